@@ -1,0 +1,303 @@
+"""The graph forward pass: the model from the steering layer on, one residual per input.
+
+:class:`GraphModel` re-runs a Hugging Face decoder from block ``ℓ`` on with its own modules
+(norms, attention modules, MLPs, post-norms, final norm, unembedding) but gives every
+downstream input of the patching graph its own pre-norm residual, so that each edge can be
+reverted on its own:
+
+- the residual entering a downstream input ``d`` is the sum of the outputs of every upstream
+  node that writes before ``d`` (the steering input, the heads, the MLPs);
+- reverting an edge ``u → d`` adds ``base_u − cur_u`` (the unsteered value of ``u`` minus its
+  value in this run) to that residual before ``d``'s norm is applied.
+
+Attention is the model's own attention module, called with the keyword arguments (position
+embeddings, mask, ...) that the model itself passed to it in a plain forward pass over the same
+tokens (captured by :meth:`GraphModel.prepare`), with the outputs of ``q_proj``, ``k_proj``
+and ``v_proj`` replaced by per-head projections of the per-input residuals (so q/k norms,
+RoPE, GQA, scaling, soft-caps and sliding windows are the model's own). A head's output is its
+slice of ``o_proj`` (for Gemma's post-attention norm: that slice times the norm's per-position
+scale and weight, so heads still sum to the block output). With no edge reverted the logits
+equal the steered HF model's, with every edge reverted the unsteered model's (tested on all
+six tiny architectures).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from steerscope.errors import SteerscopeError
+from steerscope.models.archs import ModelArch, validate_model
+from steerscope.patching.graph import Graph
+
+
+@dataclass
+class Prepared:
+    """What the graph forward needs for one token sequence.
+
+    ``input_ids`` [1, S]; ``resid`` [1, S, d] the unsteered residual entering block ``layer``;
+    ``attn_kwargs``: per block ``L >= layer`` the keyword arguments the model passed to its
+    attention module (position embeddings, mask, ...).
+    """
+
+    input_ids: torch.Tensor
+    resid: torch.Tensor
+    attn_kwargs: dict[int, dict]
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+@dataclass
+class GraphRun:
+    """Output of :meth:`GraphModel.run`.
+
+    ``logits`` [1, N, V] at the requested positions (all positions when none were given);
+    ``upstream`` [U, 1, S, d] the output of every upstream node in graph order (detached, only
+    without ``track``); with ``track``: ``up_parts`` / ``down_parts`` lists of tensors in
+    the autograd graph whose concatenation along dim 0 is the [U, 1, S, d] upstream outputs /
+    the [D, 1, S, d] pre-norm downstream residuals.
+    """
+
+    logits: torch.Tensor
+    upstream: torch.Tensor | None = None
+    up_parts: list[torch.Tensor] | None = None
+    down_parts: list[torch.Tensor] | None = None
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module):
+    """Temporarily turn off ``requires_grad`` on every parameter (gradients on activations
+    only)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class GraphModel:
+    """A model seen as the patching graph from steering layer ``layer`` on (fine graph)."""
+
+    def __init__(self, model: nn.Module, layer: int, *, arch: ModelArch | None = None):
+        self.model = model
+        self.arch = arch if arch is not None else validate_model(model)
+        self.graph = Graph.from_arch(self.arch, layer)
+        self.layer = layer
+        a = self.arch
+        self.H, self.G, self.dh, self.d = a.n_heads, a.n_kv_heads, a.d_head, a.d_model
+
+    # offsets in graph order -------------------------------------------------------------
+    def up_offset(self, L: int) -> int:
+        """Upstream index of head 0 of block ``L`` (the MLP is at ``+ H``)."""
+        return 1 + (L - self.layer) * (self.H + 1)
+
+    def down_offset(self, L: int) -> int:
+        """Downstream index of the query input of head 0 of block ``L``."""
+        return (L - self.layer) * (self.H + 2 * self.G + 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.arch.embed.weight.device
+
+    # preparation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare(self, input_ids: torch.Tensor) -> Prepared:
+        """Run the unsteered model once over ``input_ids`` ([S] or [1, S]) and keep what the
+        graph forward needs (the residual entering the steering layer and the attention
+        modules' keyword arguments)."""
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        if input_ids.ndim != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
+            raise SteerscopeError(f"graph forward takes one non-empty sequence, got ids of shape "
+                                  f"{tuple(input_ids.shape)}", "pass a [S] or [1, S] tensor")
+        input_ids = input_ids.to(self.device)
+        arch = self.arch
+        captured: dict[int, dict] = {}
+        resid: list[torch.Tensor] = []
+        handles = []
+
+        def block_hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            resid.append(x.detach().clone())
+
+        def attn_hook(L):
+            def hook(module, args, kwargs):
+                kw = dict(kwargs)
+                kw.pop("hidden_states", None)
+                if len(args) > 1:
+                    raise SteerscopeError("attention module was called with positional "
+                                          "arguments steerscope cannot forward")
+                captured[L] = kw
+            return hook
+
+        handles.append(arch.block(self.layer).register_forward_pre_hook(block_hook,
+                                                                        with_kwargs=True))
+        for L in range(self.layer, arch.n_layers):
+            handles.append(arch.component(L, "attn").register_forward_pre_hook(
+                attn_hook(L), with_kwargs=True))
+        try:
+            self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+        finally:
+            for h in handles:
+                h.remove()
+        return Prepared(input_ids, resid[0], captured)
+
+    # the forward pass -----------------------------------------------------------------------
+    def run(
+        self,
+        prep: Prepared,
+        vector: torch.Tensor,
+        alpha: float,
+        *,
+        reverted: torch.Tensor | None = None,
+        base: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        track: bool = False,
+    ) -> GraphRun:
+        """The forward pass steered with ``alpha·vector`` at the steering layer.
+
+        ``reverted`` [U, D] bool (graph order): edges that carry their unsteered value; needs
+        ``base`` [U, 1, S, d] (the upstream outputs of an unsteered run, ``alpha = 0``).
+        ``positions`` [N] long: positions whose logits are returned. ``track``: keep the
+        autograd graph (for gradients w.r.t. upstream outputs and downstream residuals); not
+        combinable with ``reverted``.
+        """
+        arch, g = self.arch, self.graph
+        if track and reverted is not None:
+            raise SteerscopeError("a tracked run cannot revert edges")
+        if reverted is not None:
+            if reverted.shape != (g.n_up, g.n_down):
+                raise SteerscopeError(f"reverted-edge mask has shape {tuple(reverted.shape)}, "
+                                      f"expected ({g.n_up}, {g.n_down})")
+            if base is None:
+                raise SteerscopeError("reverting edges needs the unsteered upstream outputs",
+                                      "pass base=run(prep, vector, 0.0).upstream")
+            reverted = (reverted.to(self.device) & g.adjacency.to(self.device))
+            if not bool(reverted.any()):
+                reverted = None
+        vector = arch.check_vector(vector).to(device=self.device, dtype=prep.resid.dtype)
+        H, G, d = self.H, self.G, self.d
+        S = prep.seq_len
+        grad_ctx = torch.enable_grad() if track else torch.no_grad()
+        with grad_ctx:
+            steer_out = (prep.resid + float(alpha) * vector).unsqueeze(0)  # [1, 1, S, d]
+            if track:
+                steer_out.requires_grad_(True)
+            up_parts: list[torch.Tensor] = [steer_out]
+            down_parts: list[torch.Tensor] = []
+            cur = None
+            if not track:
+                cur = steer_out.new_empty((g.n_up, 1, S, d))  # upstream outputs, graph order
+                cur[0] = steer_out[0]
+            r = steer_out[0]  # [1, S, d] running residual of this run
+
+            def corrections(n_avail: int, cols: slice) -> torch.Tensor | None:
+                """[n_cols, 1, S, d] sum of (base − cur) over the reverted edges."""
+                if reverted is None:
+                    return None
+                m = reverted[:n_avail, cols]
+                if not bool(m.any()):
+                    return None
+                delta = (base[:n_avail] - cur[:n_avail]).reshape(n_avail, -1)  # [n, S*d]
+                return (m.to(delta.dtype).T @ delta).view(-1, 1, S, d)
+
+            for L in range(self.layer, arch.n_layers):
+                uo, do = self.up_offset(L), self.down_offset(L)
+                # attention inputs: H query residuals, G key residuals, G value residuals
+                n_attn = H + 2 * G
+                res_attn = r.unsqueeze(0).expand(n_attn, -1, -1, -1)  # [H+2G, 1, S, d]
+                corr = corrections(uo, slice(do, do + n_attn))
+                res_attn = res_attn + corr if corr is not None else res_attn.clone()
+                if track:
+                    down_parts.append(res_attn)
+                heads = self._attention(L, prep, res_attn)  # [H, 1, S, d]
+                if track:
+                    up_parts.append(heads)
+                else:
+                    cur[uo:uo + H] = heads
+                r_mid = r + heads.sum(0)
+                # MLP input
+                corr = corrections(uo + H, slice(do + n_attn, do + n_attn + 1))
+                res_m = r_mid.unsqueeze(0)
+                res_m = res_m + corr if corr is not None else res_m.clone()  # [1, 1, S, d]
+                if track:
+                    down_parts.append(res_m)
+                mlp_out = self._mlp(L, res_m)  # [1, 1, S, d]
+                if track:
+                    up_parts.append(mlp_out)
+                else:
+                    cur[uo + H] = mlp_out[0]
+                r = r_mid + mlp_out[0]
+            corr = corrections(g.n_up, slice(g.n_down - 1, g.n_down))
+            res_out = r.unsqueeze(0)
+            res_out = res_out + corr if corr is not None else res_out.clone()  # [1, 1, S, d]
+            if track:
+                down_parts.append(res_out)
+            x = res_out[0]
+            if positions is not None:
+                x = x[:, positions.to(self.device)]
+            logits = arch.unembed(arch.final_norm(x))  # [1, N, V]
+            cap = arch.final_logit_softcap
+            if cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+        if track:
+            return GraphRun(logits, up_parts=up_parts, down_parts=down_parts)
+        return GraphRun(logits, upstream=cur)
+
+    # components ------------------------------------------------------------------------------
+    def _attention(self, L: int, prep: Prepared, res: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs [H, 1, S, d] of block ``L`` from the [H+2G, 1, S, d] residuals of
+        its query, key and value inputs."""
+        arch = self.arch
+        H, G, dh, d = self.H, self.G, self.dh, self.d
+        x = arch.component(L, "attn_norm")(res)  # [H+2G, 1, S, d]
+        xq, xk, xv = x[:H], x[H:H + G], x[H + G:]
+        S = res.shape[2]
+
+        def project(name: str, xs: torch.Tensor, n: int) -> torch.Tensor:
+            proj = arch.component(L, name)
+            w = proj.weight.view(n, dh, d)
+            out = torch.einsum("nbsd,ned->bsne", xs, w)  # [1, S, n, dh]
+            if proj.bias is not None:
+                out = out + proj.bias.view(n, dh)
+            return out.reshape(1, S, n * dh)
+
+        replaced = {"q_proj": project("q_proj", xq, H), "k_proj": project("k_proj", xk, G),
+                    "v_proj": project("v_proj", xv, G)}
+        z: list[torch.Tensor] = []
+        handles = []
+        for name, value in replaced.items():
+            handles.append(arch.component(L, name).register_forward_hook(
+                lambda m, a, o, v=value: v))
+        o_proj = arch.component(L, "o_proj")
+        handles.append(o_proj.register_forward_pre_hook(lambda m, a: z.append(a[0])))
+        try:
+            arch.component(L, "attn")(hidden_states=xq[0], **prep.attn_kwargs[L])
+        finally:
+            for h in handles:
+                h.remove()
+        zh = z[0].view(1, S, H, dh)
+        heads = torch.einsum("bshe,dhe->hbsd", zh, o_proj.weight.view(d, H, dh))  # [H,1,S,d]
+        if o_proj.bias is not None:
+            heads = heads + o_proj.bias / H
+        post = arch.component(L, "attn_post_norm")
+        if post is not None:  # per-head share of the post-norm output
+            total = heads.sum(0).float()  # [1, S, d]
+            scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + arch.norm_eps(post))
+            heads = (heads.float() * scale * arch.norm_weight(post).float()).to(heads.dtype)
+        return heads
+
+    def _mlp(self, L: int, res: torch.Tensor) -> torch.Tensor:
+        """MLP output [1, 1, S, d] (after Gemma's post-norm) from its pre-norm residual."""
+        arch = self.arch
+        out = arch.component(L, "mlp")(arch.component(L, "mlp_norm")(res))
+        post = arch.component(L, "mlp_post_norm")
+        return post(out) if post is not None else out
