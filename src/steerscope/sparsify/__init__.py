@@ -1,0 +1,43 @@
+"""Sparsifying steering vectors and agreement between methods (paper section 7).
+
+- :mod:`~steerscope.sparsify.scores`: dimension-level IE = s ⊙ g at the steering node by
+  integrated gradients (or feed the patching package's scores);
+- :mod:`~steerscope.sparsify.rules`: gradient-ratio (τ), top-k by |IE|, bottom-k by |s| and
+  random dropout at equal sparsity, rescaled to ‖s‖;
+- :mod:`~steerscope.sparsify.agreement`: IoU of kept sets with a hypergeometric p-value;
+- :mod:`~steerscope.sparsify.sweep`: steered evaluation of every sparse vector, retention
+  curves, the highest sparsity keeping a given share of the dense effect.
+"""
+
+from steerscope.sparsify.agreement import (
+    agreement,
+    agreement_table,
+    hypergeom_pvalue,
+    set_agreement,
+)
+from steerscope.sparsify.rules import (
+    DEFAULT_TAUS,
+    RULES,
+    apply_mask,
+    equal_sparsity_family,
+    gradient_ratio,
+    kept,
+    resolve_k,
+    rule_mask,
+    sparsify,
+    tau_levels,
+)
+from steerscope.sparsify.scores import (
+    DimensionScores,
+    dimension_scores,
+    ig_gradient,
+    ig_scores_from_rollouts,
+    load_ie,
+)
+
+__all__ = [
+    "DEFAULT_TAUS", "RULES", "DimensionScores", "agreement", "agreement_table", "apply_mask",
+    "dimension_scores", "equal_sparsity_family", "gradient_ratio", "hypergeom_pvalue",
+    "ig_gradient", "ig_scores_from_rollouts", "kept", "load_ie", "resolve_k", "rule_mask",
+    "set_agreement", "sparsify", "tau_levels",
+]

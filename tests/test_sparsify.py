@@ -1,0 +1,292 @@
+"""Sparsification rules, agreement statistics, IG dimension scores and the sparsity sweep."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from steerscope.errors import SteerscopeError
+from steerscope.models.tiny import tiny_model, tiny_tokenizer
+from steerscope.runtime import Runtime, steer
+from steerscope.sparsify import (
+    DEFAULT_TAUS,
+    RULES,
+    agreement,
+    equal_sparsity_family,
+    hypergeom_pvalue,
+    ig_gradient,
+    ig_scores_from_rollouts,
+    set_agreement,
+    sparsify,
+    tau_levels,
+)
+from steerscope.vectors import SteeringVector
+from steerscope.vectors.trained import _collate
+
+D = 64
+
+
+def _vec(seed: int = 0, d: int = D, layer: int = 2) -> SteeringVector:
+    g = torch.Generator().manual_seed(seed)
+    return SteeringVector(torch.randn(d, generator=g) * 3, layer=layer, method="dim")
+
+
+def _ie(seed: int = 1, d: int = D) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(d, generator=g)
+
+
+# --- rules --------------------------------------------------------------------------------
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("k", [1, 7, 32, 63, 64])
+def test_rules_keep_exactly_k_and_the_norm(rule, k):
+    sv, ie = _vec(), _ie()
+    out = sparsify(sv, rule, ie=ie, k=k)
+    assert int((out.vector != 0).sum()) == k
+    info = out.metadata["sparsify"]
+    assert info["k"] == k and info["sparsity"] == pytest.approx(1 - k / D)
+    assert out.norm == pytest.approx(sv.norm, rel=1e-6)
+    assert out.layer == sv.layer and out.method.startswith(f"dim+{rule}@")
+    # kept entries are the original ones times one common factor
+    nz = out.vector != 0
+    ratio = out.vector[nz].double() / sv.vector[nz].double()
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 0.9, 0.95])
+def test_fraction_gives_the_requested_sparsity(rule, fraction):
+    out = sparsify(_vec(), rule, ie=_ie(), fraction=fraction)
+    k = round((1 - fraction) * D)
+    assert int((out.vector != 0).sum()) == k
+    assert out.metadata["sparsify"]["sparsity"] == pytest.approx(1 - k / D)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_zero_sparsity_is_the_original(rule):
+    sv = _vec()
+    for out in (sparsify(sv, rule, ie=_ie(), fraction=0.0), sparsify(sv, rule, ie=_ie(), k=D)):
+        assert torch.equal(out.vector, sv.vector)
+    assert torch.equal(sparsify(sv, "gradient", ie=_ie(), tau=0.0).vector, sv.vector)
+
+
+def test_rules_match_brute_force_rankings():
+    sv, ie = _vec(), _ie()
+    s = sv.vector.double().tolist()
+    e = ie.double().tolist()
+    ns, ne = math.sqrt(sum(x * x for x in s)), math.sqrt(sum(x * x for x in e))
+    k = 10
+    by = {
+        "ie": sorted(range(D), key=lambda i: (-abs(e[i]), i))[:k],
+        "magnitude": sorted(range(D), key=lambda i: (-abs(s[i]), i))[:k],
+        "gradient": sorted(range(D), key=lambda i: (-(abs(e[i]) / ne) / (abs(s[i]) / ns), i))[:k],
+    }
+    for rule, idx in by.items():
+        got = set(torch.nonzero(sparsify(sv, rule, ie=ie, k=k).vector).flatten().tolist())
+        assert got == set(idx), rule
+    # the tau rule, dimension by dimension
+    for tau in DEFAULT_TAUS:
+        keep = {i for i in range(D) if not abs(e[i]) / ne < tau * abs(s[i]) / ns}
+        out = sparsify(sv, "gradient", ie=ie, tau=tau)
+        assert set(torch.nonzero(out.vector).flatten().tolist()) == keep
+        assert out.metadata["sparsify"]["tau"] == tau
+
+
+def test_ties_are_broken_by_index():
+    sv = SteeringVector(torch.ones(8), layer=1)
+    out = sparsify(sv, "magnitude", k=3)
+    assert torch.nonzero(out.vector).flatten().tolist() == [0, 1, 2]
+    out = sparsify(sv, "ie", ie=torch.tensor([1., 2, 2, 1, 2, 0, 0, 1]), k=4)
+    assert torch.nonzero(out.vector).flatten().tolist() == [0, 1, 2, 4]
+
+
+def test_random_rule_is_seeded_and_nested():
+    sv = _vec()
+    a = sparsify(sv, "random", k=10, seed=42)
+    assert torch.equal(a.vector != 0, sparsify(sv, "random", k=10, seed=42).vector != 0)
+    assert not torch.equal(a.vector != 0, sparsify(sv, "random", k=10, seed=5).vector != 0)
+    b = sparsify(sv, "random", k=20, seed=42)
+    assert bool(((a.vector != 0) & ~(b.vector != 0)).sum() == 0)
+    assert a.metadata["sparsify"]["seed"] == 42
+
+
+def test_equal_sparsity_family_uses_the_tau_levels():
+    sv, ie = _vec(), _ie()
+    levels = tau_levels(sv, ie)
+    assert levels[0]["k"] == D and [lv["tau"] for lv in levels] == list(DEFAULT_TAUS)
+    ks = [lv["k"] for lv in levels]
+    assert ks == sorted(ks, reverse=True)  # larger tau, sparser
+    fam = equal_sparsity_family(sv, ie, fractions=[0.9])
+    for lv in levels:
+        rows = [r for r in fam if r["tau"] == lv["tau"]]
+        if lv["k"] == 0:
+            assert not rows
+            continue
+        assert sorted(r["rule"] for r in rows) == sorted(RULES)
+        for r in rows:
+            assert r["k"] == lv["k"] and int((r["vector"].vector != 0).sum()) == lv["k"]
+    assert {r["k"] for r in fam if r["fraction"] == 0.9} == {round(0.1 * D)}
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(rule="bogus", k=3), "unknown sparsification rule"),
+        (dict(rule="ie", k=3, ie=None), "needs the dimension-level IE"),
+        (dict(rule="ie", k=3, ie=torch.ones(5)), "has shape"),
+        (dict(rule="ie", k=3, ie=torch.full((D,), float("nan"))), "NaN"),
+        (dict(rule="ie", k=3, ie=torch.zeros(D)), "all zeros"),
+        (dict(rule="magnitude", k=0), "out of range"),
+        (dict(rule="magnitude", k=D + 1), "out of range"),
+        (dict(rule="magnitude", fraction=1.0), "out of range"),
+        (dict(rule="magnitude", fraction=-0.1), "out of range"),
+        (dict(rule="magnitude"), "exactly one of k"),
+        (dict(rule="magnitude", k=3, fraction=0.5), "exactly one of k"),
+        (dict(rule="ie", tau=0.5, ie=torch.ones(D)), "tau applies to the gradient rule"),
+        (dict(rule="gradient", tau=-1.0, ie=torch.ones(D)), "tau = -1.0 is invalid"),
+        (dict(rule="gradient", tau=1e9, ie=torch.ones(D)), "keeps no dimension"),
+    ],
+)
+def test_bad_input_is_one_line(kwargs, needle):
+    with pytest.raises(SteerscopeError, match=needle) as exc:
+        sparsify(_vec(), **kwargs)
+    assert "\n" not in str(exc.value)
+
+
+def test_sparse_vectors_save_and_export(tmp_path):
+    from steerscope.vectors import export_control_vector, import_control_vector
+
+    out = sparsify(_vec(layer=3), "ie", ie=_ie(), fraction=0.75)
+    back = SteeringVector.load(out.save(tmp_path / "sparse.safetensors"))
+    assert torch.equal(back.vector, out.vector) and back.method == out.method
+    assert back.metadata["sparsify"]["k"] == 16
+    (cv,) = import_control_vector(export_control_vector(out, tmp_path / "sparse.gguf"))
+    assert cv.layer == 3 and torch.equal(cv.vector, out.vector)
+
+
+# --- agreement ----------------------------------------------------------------------------
+def _direct_pvalue(x: int, d: int, a: int, b: int) -> float:
+    """P(X >= x) by summing the hypergeometric pmf with exact integer binomials."""
+    total = math.comb(d, b)
+    return sum(math.comb(a, j) * math.comb(d - a, b - j)
+               for j in range(x, min(a, b) + 1)) / total
+
+
+@pytest.mark.parametrize("x, d, a, b", [(0, 10, 3, 4), (2, 10, 3, 4), (3, 10, 3, 4),
+                                        (5, 20, 8, 6), (1, 7, 1, 1), (12, 40, 15, 20),
+                                        (10, 10, 10, 10)])
+def test_hypergeometric_pvalue_matches_direct_sum(x, d, a, b):
+    assert hypergeom_pvalue(x, d, a, b) == pytest.approx(_direct_pvalue(x, d, a, b), rel=1e-9)
+
+
+def test_agreement_rows():
+    g = torch.Generator().manual_seed(3)
+    masks = {m: torch.rand(30, generator=g) < p for m, p in (("dim", 0.4), ("ntp", 0.5),
+                                                              ("po", 0.3))}
+    vecs = {m: SteeringVector(torch.randn(30, generator=g) * mask, layer=1)
+            for m, mask in masks.items()}
+    rows = agreement({"tau=1": vecs})
+    assert [(r["a"], r["b"]) for r in rows] == [("dim", "ntp"), ("dim", "po"), ("ntp", "po")]
+    for r in rows:
+        sa = set(torch.nonzero(masks[r["a"]]).flatten().tolist())
+        sb = set(torch.nonzero(masks[r["b"]]).flatten().tolist())
+        assert r["overlap"] == len(sa & sb) and r["iou"] == pytest.approx(
+            len(sa & sb) / len(sa | sb))
+        assert r["p_value"] == pytest.approx(_direct_pvalue(len(sa & sb), 30, len(sa), len(sb)))
+    same = set_agreement(masks["dim"], masks["dim"])
+    assert same["iou"] == 1.0 and same["p_value"] < 1e-3
+    with pytest.raises(SteerscopeError, match="impossible overlap"):
+        hypergeom_pvalue(5, 10, 3, 4)
+
+
+# --- IG dimension scores ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def f64_model():
+    return tiny_model("llama", dtype=torch.float64)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    rows = [(torch.randint(3, 256, (n,), generator=g).tolist(), r)
+            for n, r in ((12, 5), (9, 4), (7, 3))]
+    return _collate(rows, pad_id=0)
+
+
+def _metric(model, batch, add, y, y_star, mask, k):
+    with Runtime(model, [steer(add, 1, 1.0)]), torch.no_grad():
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
+                    logits_to_keep=k + 1)
+    logits = out.logits[:, :-1]
+    ly = logits.gather(-1, y[..., None])[..., 0]
+    ls = logits.gather(-1, y_star[..., None])[..., 0]
+    return float(((ly - ls) * mask).sum())
+
+
+def _targets(model, batch, s, alpha):
+    t, k = batch.input_ids.shape[1], int(batch.n_tokens.max())
+    clean_y = _greedy(model, batch, alpha * s, k)
+    corrupt_y = _greedy(model, batch, torch.zeros_like(s), k)
+    mask = (batch.label_mask[:, t - k:] & (clean_y != corrupt_y)).double()
+    return clean_y, corrupt_y, mask, k
+
+
+def _greedy(model, batch, add, k):
+    with Runtime(model, [steer(add, 1, 1.0)]), torch.no_grad():
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
+                    logits_to_keep=k + 1)
+    return out.logits[:, :-1].argmax(-1)
+
+
+def test_ig_gradient_matches_finite_differences(f64_model):
+    model, batch = f64_model, _batch()
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(D, generator=g, dtype=torch.float64) * 6
+    alpha = -1.0
+    y, y_star, mask, k = _targets(model, batch, s, alpha)
+    assert int(mask.sum()) > 0  # the steering changes some greedy tokens
+    res = ig_gradient(model, batch, s, 1, alpha, steps=1)
+    assert res.n_positions == int(mask.sum())
+    beta = 0.5 * alpha
+    for j in range(3):
+        v = torch.randn(D, generator=g, dtype=torch.float64)
+        eps = 1e-3  # the RMSNorms compute in float32 even in a float64 model
+        fd = (_metric(model, batch, beta * s + eps * v, y, y_star, mask, k)
+              - _metric(model, batch, beta * s - eps * v, y, y_star, mask, k)) / (2 * eps)
+        assert float(res.grad_sum @ v) == pytest.approx(fd, rel=2e-3, abs=1e-4), j
+    assert res.m_clean == pytest.approx(_metric(model, batch, alpha * s, y, y_star, mask, k))
+    assert res.m_corrupt == pytest.approx(_metric(model, batch, 0 * s, y, y_star, mask, k))
+
+
+def test_ig_completeness(f64_model):
+    """Σ_i IE_i → (M(α) − M(0)) / N as the number of IG steps grows."""
+    model, batch = f64_model, _batch()
+    s = torch.randn(D, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 6
+    alpha = 1.0
+    errors = []
+    for steps in (4, 32):
+        res = ig_gradient(model, batch, s, 1, alpha, steps=steps)
+        total = float(alpha * (s * res.grad_sum).sum())
+        errors.append(abs(total / (res.m_clean - res.m_corrupt) - 1))
+    assert errors[1] < 5e-3 and errors[1] < errors[0] / 10  # midpoint rule: O(1/T^2)
+
+
+def test_dimension_scores_from_rollouts_combine_datasets():
+    model, tok = tiny_model("qwen2"), tiny_tokenizer()
+    from steerscope.models.chat import format_prompt
+
+    sv = SteeringVector(torch.randn(D, generator=torch.Generator().manual_seed(4)) * 8, layer=1)
+    prompts = [format_prompt(tok, p) for p in ("make a bomb", "bake bread")]
+    responses = ["Sure, here it is: step one", "I cannot help with that request."]
+    a = ig_scores_from_rollouts(model, tok, sv, {"x": (prompts, responses, -1.0)}, steps=2)
+    b = ig_scores_from_rollouts(model, tok, sv, {"y": (prompts, responses, 1.0)}, steps=2)
+    both = ig_scores_from_rollouts(model, tok, sv, {"x": (prompts, responses, -1.0),
+                                                    "y": (prompts, responses, 1.0)}, steps=2)
+    assert both.ie.shape == (D,) and torch.allclose(both.ie, sv.vector * both.grad, atol=1e-6)
+    na, nb = a.n_positions["x"], b.n_positions["y"]
+    assert na > 0 and nb > 0
+    expect = (na * a.grad + nb * b.grad) / (na + nb)  # position-weighted average
+    assert torch.allclose(both.grad, expect, atol=1e-6, rtol=1e-5)
