@@ -1,0 +1,133 @@
+"""Steered evaluation sharded over ranks, with the same numbers as one process.
+
+:func:`sharded_steering_eval` computes what :func:`steerscope.evaluate.steering.evaluate_steering`
+computes (per method and ``none``: greedy completions, substring ASR, refusal scores under
+the same steering, optional judge ASR; the cosine matrix), but cuts the work into fixed
+units: each prompt set is sorted by token length (longest first, as ``generate`` does) and cut
+into batches of ``batch_size``; a unit is one (method, prompt set, batch). Units are spread
+over the ranks and gathered in order, and every unit is computed exactly as in a one-process
+run, so the merged result is byte-identical for any number of ranks. With one rank the
+completions equal ``evaluate_steering``'s (same batches); refusal scores agree to float
+precision (``evaluate_steering`` scores in input-order batches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from steerscope.errors import SteerscopeError
+from steerscope.evaluate.matchers import is_refusal_substring
+from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
+from steerscope.evaluate.steering import NONE, SteeringRow, cosine_matrix
+from steerscope.generate import generate
+from steerscope.models.chat import format_prompt
+from steerscope.pipeline import distributed
+from steerscope.runtime import Runtime
+from steerscope.vectors.vector import SteeringVector
+
+
+def length_batches(tokenizer, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Prompt indices sorted by token length (longest first, stable) cut into batches: the
+    batches :func:`steerscope.generate.generate` forms."""
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def sharded_steering_eval(
+    model,
+    tokenizer,
+    vectors: Mapping[str, SteeringVector],
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    *,
+    arch,
+    bypass_alpha: float = -1.0,
+    induce_alpha: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    judge=None,
+    dist: distributed.Dist | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The steering table as a JSON-able dict (``rows``, ``cosine``, ``prompts``,
+    ``completions``, ``refusal_scores``), identical on every rank (the judge runs on rank 0
+    only; other ranks get ``judge_asr`` None)."""
+    if not harmful or not harmless:
+        raise SteerscopeError("steered evaluation needs harmful and harmless test prompts",
+                              "pass non-empty prompt lists")
+    if NONE in vectors:
+        raise SteerscopeError(f"'{NONE}' is reserved for the unsteered model", "rename the vector")
+    dist = dist or distributed.current()
+    for sv in vectors.values():
+        sv.check_fits(arch)
+    sets = {"harmful": (list(harmful), bypass_alpha), "harmless": (list(harmless), induce_alpha)}
+    formatted = {k: [format_prompt(tokenizer, p) for p in v[0]] for k, v in sets.items()}
+    batches = {k: length_batches(tokenizer, formatted[k], batch_size) for k in sets}
+    methods: dict[str, SteeringVector | None] = {NONE: None, **vectors}
+    ids = refusal_token_ids(tokenizer)
+    units = [(m, s, b) for m in methods for s in sets for b in range(len(batches[s]))]
+
+    def run(unit) -> tuple[list[str], list[float]]:
+        method, set_name, b = unit
+        sv = methods[method]
+        ops = [] if sv is None else [sv.intervention(sets[set_name][1])]
+        texts = [formatted[set_name][i] for i in batches[set_name][b]]
+        outs = generate(model, tokenizer, texts, interventions=ops, max_new_tokens=max_new_tokens,
+                        batch_size=len(texts), progress=False)
+        with Runtime(model, ops, arch=arch), torch.no_grad():
+            scores = refusal_scores(model, tokenizer, texts, refusal_ids=ids,
+                                    batch_size=len(texts), progress=False)  # [b] float64
+        return outs, scores.tolist()
+
+    mine = distributed.shard_indices(len(units), dist)
+    it = mine
+    if progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        it = tqdm(mine, desc="steered evaluation", unit="batch")
+    local = {i: run(units[i]) for i in it}
+    done = distributed.gather_indexed(local, len(units), dist)
+
+    completions: dict[str, dict[str, list[str]]] = {m: {} for m in methods}
+    scores: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
+    for m in methods:
+        for s in sets:
+            n = len(formatted[s])
+            outs: list[Any] = [None] * n
+            vals: list[Any] = [None] * n
+            for (um, us, b), (o, v) in zip(units, done):
+                if um == m and us == s:
+                    for j, i in enumerate(batches[s][b]):
+                        outs[i], vals[i] = o[j], v[j]
+            completions[m][s], scores[m][s] = outs, vals
+
+    rows: list[SteeringRow] = []
+    for m, sv in methods.items():
+        for s, (instructions, alpha) in sets.items():
+            outs = completions[m][s]
+            sc = torch.tensor(scores[m][s], dtype=torch.float64)  # [n]
+            refused = [is_refusal_substring(o) for o in outs]
+            judge_asr = None
+            if judge is not None and s == "harmful" and dist.is_main:
+                verdicts = judge.judge(instructions, outs)
+                judge_asr = sum(bool(v) for v in verdicts) / len(verdicts)
+            n = len(outs)
+            rows.append(SteeringRow(
+                method=m, prompt_set=s, alpha=0.0 if sv is None else alpha, n=n,
+                asr=1 - sum(refused) / n, refusal_rate=sum(refused) / n,
+                score_refusal_rate=float((sc > 0).double().mean()),
+                mean_refusal_score=float(sc.mean()), judge_asr=judge_asr))
+    return {
+        "rows": [asdict(r) for r in rows],
+        "cosine": cosine_matrix(vectors),
+        "prompts": {k: v[0] for k, v in sets.items()},
+        "completions": completions,
+        "refusal_scores": scores,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+    }

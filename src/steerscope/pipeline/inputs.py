@@ -1,0 +1,294 @@
+"""The run's inputs, checked and fingerprinted before any compute.
+
+:func:`check_inputs` resolves the model source (reading only its ``config.json`` or GGUF
+metadata, never the weights) and every prompt source, checks layer indices against the
+model's depth and sample sizes against the prompt files, and returns :class:`Inputs`: the
+model's shape and a content digest of the model and of each prompt source. The digests go
+into the run folder's hash, so a changed prompt file or model gives a new run folder.
+
+Prompt sources (``data.*`` keys): a file path, a named dataset (``available_datasets()``,
+read from ``data.data_dir`` / ``$STEERSCOPE_DATA_DIR``, else the Hub), or ``builtin:NAME``
+with NAME one of :data:`BUILTIN_SOURCES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerscope.data import PromptSet
+from steerscope.errors import SteerscopeError
+from steerscope.pipeline.config import PipelineConfig
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_SOURCES = ("harmful", "harmless", "demo_harmful_train", "demo_harmless_train",
+                   "demo_harmful_held_out", "demo_harmless_held_out")
+SPLIT_KEYS = ("harmful_train", "harmless_train", "harmful_val", "harmless_val",
+              "harmful_test", "harmless_test")
+_LARGE = 64 << 20  # files above this are fingerprinted by size + head + tail
+
+
+@dataclass
+class ModelShape:
+    """What the pipeline needs to know about the model before loading it."""
+
+    n_layers: int
+    model_type: str | None
+    digest: str  # content fingerprint of the model files (or of the alias)
+
+
+@dataclass
+class Inputs:
+    model: ModelShape
+    data: dict[str, str] = field(default_factory=dict)  # split key -> digest of its source
+
+    def digest(self) -> str:
+        return _sha({"model": self.model.digest, "data": self.data})
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's content (files above 64 MiB: of its size, first and last 4 MiB)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size <= _LARGE:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        else:
+            h.update(f"size={size}".encode())
+            h.update(fh.read(4 << 20))
+            fh.seek(size - (4 << 20))
+            h.update(fh.read(4 << 20))
+    return h.hexdigest()
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Fingerprint of every regular file directly in ``folder`` (names and contents)."""
+    parts = {p.name: file_fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    return _sha(parts)
+
+
+# --- model -------------------------------------------------------------------------------------
+def _n_layers_from_config(config: dict, where: str) -> tuple[int, str | None]:
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else None
+    for c in (text, config):
+        if c and isinstance(c.get("num_hidden_layers"), int):
+            return int(c["num_hidden_layers"]), c.get("model_type") or config.get("model_type")
+    raise SteerscopeError(f"{where} has no num_hidden_layers", "pass a causal LM folder")
+
+
+def _embedded_shape() -> tuple[int, str | None]:
+    """Depth of the embedded model: from its cached copy, else from the GGUF metadata."""
+    from steerscope.models import loading
+
+    cached = loading.cache_dir() / "models" / loading.DEFAULT_MODEL
+    if loading._embedded_cache_valid(cached):
+        return _n_layers_from_config(json.loads((cached / "config.json").read_text()),
+                                     str(cached))
+    return _gguf_shape(loading.embedded_gguf_path())
+
+
+def _gguf_shape(path: Path) -> tuple[int, str | None]:
+    from transformers.integrations.gguf.reader import read_gguf_metadata
+
+    try:
+        meta, _ = read_gguf_metadata(str(path))
+    except (OSError, ValueError) as exc:
+        raise SteerscopeError(f"cannot read the GGUF file {path} ({exc})",
+                              "pass a valid .gguf file") from exc
+    arch = meta.get("general.architecture")
+    arch = arch.decode() if isinstance(arch, bytes) else arch
+    count = meta.get(f"{arch}.block_count")
+    if count is None:
+        raise SteerscopeError(f"the GGUF file {path} records no block count",
+                              "pass a model folder instead")
+    return int(count), arch
+
+
+def model_shape(source: str, revision: str | None = None) -> ModelShape:
+    """Depth, type and fingerprint of ``source`` without loading weights (one-line errors for
+    a missing path or an unreachable Hub id)."""
+    from steerscope.models import loading
+
+    key = source.strip().lower()
+    if key in loading.DEFAULT_MODEL_ALIASES:
+        n, mt = _embedded_shape()
+        return ModelShape(n, mt, _sha({"alias": loading.DEFAULT_MODEL,
+                                       "package": loading.EMBEDDED_VERSION}))
+    if key in loading.DEMO_MODEL_ALIASES:
+        from steerscope.models.demo_model import DEMO_MODEL, DemoRecipe
+
+        n, mt = _embedded_shape()  # a fine-tune of the embedded model: the same shape
+        return ModelShape(n, mt, _sha({"alias": DEMO_MODEL, "recipe": DemoRecipe().hash()}))
+    src = loading._resolve_source(source)  # ModelNotFoundError for a missing local path
+    if src.kind == "dir":
+        folder = Path(src.location)
+        n, mt = _n_layers_from_config(loading._read_json(str(folder / "config.json")),
+                                      str(folder / "config.json"))
+        if mt:
+            loading.spec_for_model_type(str(mt))
+        return ModelShape(n, mt, folder_fingerprint(folder))
+    if src.kind == "gguf":
+        n, mt = _gguf_shape(Path(src.location))
+        return ModelShape(n, mt, file_fingerprint(Path(src.location)))
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(src.location, revision=revision,
+                                            local_files_only=loading._offline())
+    except Exception as exc:  # offline, unknown repo, gated ...
+        raise SteerscopeError(f"cannot read the config of model '{source}' ({type(exc).__name__})",
+                              "check the id, or pass a local folder when offline") from exc
+    n, mt = _n_layers_from_config(config.to_dict(), f"the config of '{source}'")
+    if mt:
+        loading.spec_for_model_type(str(mt))
+    return ModelShape(n, mt, _sha({"hub": source, "revision": revision}))
+
+
+# --- data --------------------------------------------------------------------------------------
+def _builtin(name: str) -> PromptSet:
+    if name in ("harmful", "harmless"):
+        from steerscope.data.builtin import demo_prompts
+
+        return demo_prompts(name)
+    from steerscope.data.demo_prompts import split_demo_prompts
+
+    split = split_demo_prompts(0)
+    table = {"demo_harmful_train": split.train_harmful,
+             "demo_harmless_train": split.train_harmless,
+             "demo_harmful_held_out": split.held_out_harmful,
+             "demo_harmless_held_out": split.held_out_harmless}
+    return table[name]
+
+
+def source_kind(source: str, data_dir: str | None) -> str:
+    """``"builtin"``, ``"file"``, ``"local"`` (named dataset in a data folder) or ``"hub"``;
+    a one-line error for a source that is none of them (e.g. a missing file)."""
+    from steerscope.data.readers import DATA_DIR_ENV, DATASETS
+
+    if source.startswith(BUILTIN_PREFIX):
+        name = source[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_SOURCES:
+            raise SteerscopeError(f"unknown built-in prompt set '{source}'",
+                                  f"use builtin: followed by one of {', '.join(BUILTIN_SOURCES)}")
+        return "builtin"
+    if Path(source).expanduser().is_file():
+        return "file"
+    if source.strip().lower() in DATASETS:
+        root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
+        return "local" if root is not None else "hub"
+    raise SteerscopeError(f"prompt source '{source}' is neither an existing file nor a known "
+                          "dataset", "fix the path, or use a dataset name or builtin:NAME")
+
+
+def load_source(source: str, data_dir: str | None) -> PromptSet:
+    """The prompts of one source (see the module docstring)."""
+    from steerscope.data import load_prompts
+
+    if source_kind(source, data_dir) == "builtin":
+        return _builtin(source[len(BUILTIN_PREFIX):])
+    return load_prompts(source, data_dir=data_dir)
+
+
+def data_plan(cfg: PipelineConfig) -> dict[str, list[tuple[str, int]]]:
+    """Source -> the (split key, size) pairs drawn from it, in split order; splits sharing a
+    source get disjoint prompts."""
+    sizes = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
+    plan: dict[str, list[tuple[str, int]]] = {}
+    for key in SPLIT_KEYS:
+        plan.setdefault(getattr(cfg.data, key), []).append((key, sizes[key.split("_")[1]]))
+    return plan
+
+
+def sample_splits(cfg: PipelineConfig, loaded: dict[str, PromptSet]) -> dict[str, list[str]]:
+    """Seeded samples of each split (``data_seed``): a source used once is sampled with
+    ``PromptSet.sample(n, seed)``; a source shared by several splits is shuffled once and cut
+    into consecutive disjoint parts."""
+    out: dict[str, list[str]] = {}
+    for source, uses in data_plan(cfg).items():
+        ps = loaded[source]
+        need = _check_size(source, uses, ps)
+        if len(uses) == 1:
+            key, n = uses[0]
+            out[key] = ps.sample(n, seed=cfg.data_seed).instructions
+            continue
+        drawn = ps.sample(need, seed=cfg.data_seed).instructions
+        start = 0
+        for key, n in uses:
+            out[key] = drawn[start:start + n]
+            start += n
+    return {k: out[k] for k in SPLIT_KEYS}
+
+
+def _check_size(source: str, uses: list[tuple[str, int]], ps: PromptSet) -> int:
+    need = sum(n for _, n in uses)
+    if need > len(ps):
+        keys = " + ".join(f"{k} ({n})" for k, n in uses)
+        raise SteerscopeError(
+            f"prompt source '{source}' has {len(ps)} prompts but {keys} need {need}",
+            "lower data.n_train / n_val / n_test or use a larger source")
+    return need
+
+
+def _prompts_digest(ps: PromptSet) -> str:
+    return _sha(ps.instructions)
+
+
+# --- everything ---------------------------------------------------------------------------------
+def check_inputs(cfg: PipelineConfig) -> Inputs:
+    """Check the model and data against the config and fingerprint them (no weights read).
+
+    Raises a one-line :class:`SteerscopeError` for a missing model or prompt file, a layer
+    outside the model, a source too small for the asked sizes, or a ``device_map`` combined
+    with several processes.
+    """
+    if cfg.data.data_dir is not None and not Path(cfg.data.data_dir).expanduser().is_dir():
+        raise SteerscopeError(f"config key 'data.data_dir': folder {cfg.data.data_dir} does "
+                              "not exist", "fix the path or drop the key")
+    try:
+        shape = model_shape(cfg.model.source, cfg.model.revision)
+    except SteerscopeError as exc:
+        raise SteerscopeError(f"config key 'model.source': {exc}") from None
+    L = shape.n_layers
+    v = cfg.vectors
+
+    def check_layer(key: str, layer: int) -> None:
+        if not 0 <= layer < L:
+            raise SteerscopeError(f"config key '{key}': layer {layer} is out of range for this "
+                                  f"{L}-layer model", f"use a layer from 0 to {L - 1}")
+
+    if v.layer is not None:
+        check_layer("vectors.layer", v.layer)
+    for x in v.dim.layers or []:
+        check_layer("vectors.dim.layers", x)
+    if v.layer is not None and v.dim.layers is not None and v.layer not in v.dim.layers:
+        raise SteerscopeError(f"config key 'vectors.layer' ({v.layer}) is not among "
+                              f"vectors.dim.layers {v.dim.layers}", "drop one of the two keys")
+    if cfg.model.device_map is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SteerscopeError("config key 'model.device_map' shards one model over several "
+                              "GPUs and cannot be combined with several processes (torchrun)",
+                              "launch one process or drop model.device_map")
+
+    data: dict[str, str] = {}
+    for source, uses in data_plan(cfg).items():
+        keys = ", ".join(f"data.{k}" for k, _ in uses)
+        try:
+            if source_kind(source, cfg.data.data_dir) == "hub":
+                digest = _sha({"hub": source})  # downloaded (and size-checked) by the data stage
+            else:
+                ps = load_source(source, cfg.data.data_dir)
+                _check_size(source, uses, ps)
+                digest = _prompts_digest(ps)
+        except SteerscopeError as exc:
+            raise SteerscopeError(f"config key {keys}: {exc}") from None
+        for key, _ in uses:
+            data[key] = digest
+    return Inputs(shape, {k: data[k] for k in SPLIT_KEYS})

@@ -1,0 +1,147 @@
+"""The run folder: one sub-folder per finished stage, each written atomically.
+
+Layout of ``<out>/<name>-<run hash>/``::
+
+    config.yaml              the normalised config (every key)
+    run.json                 the stage plan: status, folder and digest of each stage
+    results.json             the results summary (docs/results.md)
+    report.html, figures/    the report (copied from the report stage's folder)
+    <stage>-<key>/           a finished stage: its files and stage.json
+    .<stage>-<key>.tmp-*     a stage being computed (removed when a run starts)
+
+A stage's ``key`` is the hash of its name, version, config section and the digests of its
+upstream stages (and, for ``model``/``data``, of the input files). Its ``digest`` is the hash
+of the files it wrote. A stage writes into a temporary sibling folder; ``stage.json`` (status
+``done``, key, digest, timings) is written last and the folder is renamed into place with one
+``os.replace``: a folder ``<stage>-<key>`` with a ``stage.json`` is always complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from steerscope.artifacts import atomic_write_json
+from steerscope.errors import SteerscopeError
+from steerscope.pipeline.registry import StageOutput
+
+STAGE_FILE = "stage.json"
+KEY_CHARS = 16
+
+
+def hash_json(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def folder_digest(folder: Path, *, exclude: tuple[str, ...] = (STAGE_FILE,)) -> str:
+    """sha256 over every file below ``folder`` (relative path and content), in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel in exclude:
+            continue
+        fh = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                fh.update(chunk)
+        h.update(f"{rel}\0{fh.hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+class RunStore:
+    """Reads and writes the stage folders of one run folder."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir).absolute()
+
+    def stage_dir(self, name: str, key: str) -> Path:
+        return self.run_dir / f"{name}-{key[:KEY_CHARS]}"
+
+    def load(self, name: str, key: str) -> StageOutput | None:
+        """The finished stage ``name`` with ``key``, or None when it has not finished."""
+        folder = self.stage_dir(name, key)
+        try:
+            record = json.loads((folder / STAGE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if record.get("status") != "done" or record.get("key") != key:
+            return None
+        return StageOutput(name, key, folder, record.get("outputs") or {}, record["digest"])
+
+    def begin(self, name: str, key: str) -> Path:
+        """A fresh temporary folder for computing stage ``name``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{name}-{key[:KEY_CHARS]}.tmp-",
+                                     dir=self.run_dir))
+
+    def commit(self, tmp: Path, name: str, key: str, record: dict[str, Any]) -> StageOutput:
+        """Finish a stage: hash ``tmp``'s files, write ``stage.json`` and rename ``tmp`` onto
+        the stage folder (replacing an older one, e.g. under ``--force``)."""
+        digest = folder_digest(tmp)
+        record = {**record, "stage": name, "key": key, "status": "done", "digest": digest}
+        atomic_write_json(tmp / STAGE_FILE, record)
+        final = self.stage_dir(name, key)
+        if final.exists():
+            old = self.run_dir / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        return StageOutput(name, key, final, record.get("outputs") or {}, digest)
+
+    @staticmethod
+    def abort(tmp: Path) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def sweep(self) -> list[str]:
+        """Remove temporary folders left by interrupted stages; returns their names."""
+        gone = []
+        if self.run_dir.is_dir():
+            for entry in self.run_dir.iterdir():
+                if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    gone.append(entry.name)
+        return sorted(gone)
+
+    def prune(self, current: dict[str, Path]) -> list[str]:
+        """Remove the folders of older keys of the stages in ``current`` (stage name -> its
+        current folder), e.g. left behind when a forced stage changed its outputs."""
+        gone = []
+        keep = {p.name for p in current.values()}
+        for entry in self.run_dir.iterdir():
+            name = entry.name.rsplit("-", 1)[0]
+            if entry.is_dir() and name in current and entry.name not in keep \
+                    and (entry / STAGE_FILE).is_file():
+                shutil.rmtree(entry, ignore_errors=True)
+                gone.append(entry.name)
+        return sorted(gone)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder's lock: a second process running the same config fails fast."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        with open(self.run_dir / ".lock", "a+b") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SteerscopeError(f"another steerscope run is using {self.run_dir}",
+                                      "wait for it to finish") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

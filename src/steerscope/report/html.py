@@ -1,0 +1,243 @@
+"""The self-contained HTML report, built from results.json alone.
+
+:func:`build_report` writes ``report.html`` (figures embedded as base64 PNG, no external
+resources) and the same figures as ``figures/*.png``. Each results.json section present gets
+its table and figure; a section that is absent says "not run" with the stage's status.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from steerscope.artifacts import atomic_write
+from steerscope.report import figures
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}
+figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
+figcaption{font-size:.8em;color:#555}
+.notrun{color:#888;font-style:italic}
+.tokens{font-family:monospace;font-size:.85em;text-align:left}
+.meta{color:#555;font-size:.9em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return _e(x)
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+class _Doc:
+    """Accumulates HTML parts and the figures (name -> PNG bytes)."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+        self.figures: dict[str, bytes] = {}
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+
+    def figure(self, name: str, png: bytes, caption: str) -> None:
+        self.figures[name] = png
+        data = base64.b64encode(png).decode("ascii")
+        self.add(f'<figure><img alt="{_e(caption)}" data-figure="{_e(name)}" '
+                 f'src="data:image/png;base64,{data}"><figcaption>{_e(caption)}</figcaption>'
+                 "</figure>")
+
+    def table(self, head: list[str], rows: list[list[str]], left: int = 1) -> None:
+        th = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
+                     for i, h in enumerate(head))
+        body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>'
+                                        for i, c in enumerate(r)) + "</tr>" for r in rows)
+        self.add(f"<table><tr>{th}</tr>{body}</table>")
+
+    def not_run(self, results: dict, stage: str) -> None:
+        status = results.get("run", {}).get("stages", {}).get(stage, "not run")
+        self.add(f'<p class="notrun">not run (stage <code>{_e(stage)}</code>: {_e(status)})</p>')
+
+
+def _model(doc: _Doc, r: dict) -> None:
+    doc.add("<h2>Model</h2>")
+    m = r.get("model")
+    if not m:
+        return doc.not_run(r, "model")
+    keys = ["id", "revision", "architecture", "n_layers", "d_model", "n_heads", "n_kv_heads",
+            "steering_layer", "dtype"]
+    doc.table(["", "value"], [[_e(k), _e(m.get(k))] for k in keys if k in m])
+
+
+def _vectors(doc: _Doc, r: dict) -> None:
+    doc.add("<h2>Steering vectors</h2>")
+    v = r.get("vectors")
+    if not v:
+        return doc.not_run(r, "vectors")
+    doc.table(["method", "layer", "position", "norm"],
+              [[_e(m), _num(e.get("layer")), _num(e.get("position")), _num(e.get("norm"))]
+               for m, e in v.items()])
+    sel = r.get("dim_selection")
+    if sel:
+        doc.add(f'<p class="meta">DIM selection: layer {_num(sel.get("layer"))}, position '
+                f'{_num(sel.get("position"))}, bypass {_num(sel.get("bypass"))}, induce '
+                f'{_num(sel.get("induce"))}, KL {_num(sel.get("kl"), 4)}</p>')
+
+
+def _steering(doc: _Doc, r: dict) -> None:
+    doc.add("<h2>Steering</h2>")
+    s = r.get("steering")
+    if not s:
+        return doc.not_run(r, "evaluation")
+    rows = []
+    for m, cells in s.items():
+        h, b = cells.get("harmful", {}), cells.get("harmless", {})
+        rows.append([_e(m), _num(h.get("asr")), _num(h.get("judge_asr")),
+                     _num(h.get("mean_refusal_score")), _num(b.get("asr")),
+                     _num(b.get("mean_refusal_score"))])
+    doc.add('<p class="meta">Harmful prompts are steered with −s (ASR ↑ is better), harmless '
+            "prompts with +s (ASR ↓ is better). ASR by substring matching.</p>")
+    doc.table(["vector", "harmful ASR", "judge ASR", "harmful refusal score", "harmless ASR",
+               "harmless refusal score"], rows)
+    doc.figure("steering", figures.steering_bars(s), "ASR by method")
+    doc.add("<h2>Cosine similarity</h2>")
+    c = r.get("cosine")
+    if not c:
+        return doc.not_run(r, "evaluation")
+    doc.figure("cosine", figures.heatmap(c["methods"], c["matrix"], "Cosine similarity",
+                                         vmin=-1, vmax=1, cmap="RdBu_r"),
+               "Cosine similarity between the steering vectors")
+
+
+def _circuits(doc: _Doc, r: dict) -> None:
+    doc.add("<h2>Circuits</h2>")
+    c = r.get("circuits")
+    if not c:
+        doc.not_run(r, "circuits")
+    else:
+        doc.table(["vector", "total edges", "min faithful size", "complement", "random (2×)"],
+                  [[_e(m), _num(e.get("total_edges")), _num(e.get("min_faithful_size")),
+                    _num(e.get("complement_faithfulness")), _num(e.get("random_faithfulness"))]
+                   for m, e in c.items()])
+        doc.figure("faithfulness", figures.faithfulness_curves(c), "Faithfulness curves")
+    doc.add("<h3>Circuit overlap</h3>")
+    o = r.get("overlap")
+    if not o:
+        doc.not_run(r, "circuits")
+    else:
+        for item in o["by_size"]:
+            doc.figure(f"overlap_{item['size']}",
+                       figures.heatmap(o["methods"], item["matrix"],
+                                       f"Overlap, circuits of {item['size']} edges"),
+                       f"|C1 ∩ C2| / min(|C1|, |C2|) at {item['size']} edges")
+    doc.add("<h3>Interchangeability</h3>")
+    i = r.get("interchange")
+    if not i:
+        doc.not_run(r, "circuits")
+    else:
+        doc.figure("interchange", figures.heatmap(i["methods"], i["matrix"], "Interchange",
+                                                  xlabel="steering vector",
+                                                  ylabel="circuit of"),
+                   "Faithfulness of each vector's minimal circuit under another vector")
+    doc.add("<h3>Edge types</h3>")
+    et = r.get("edge_types")
+    if not et:
+        doc.not_run(r, "patching")
+    else:
+        doc.figure("edge_types", figures.edge_type_bars(et), "Edge types of the top edges")
+
+
+def _freeze(doc: _Doc, r: dict) -> None:
+    doc.add("<h2>Freezing ablations</h2>")
+    f = r.get("freeze")
+    if not f:
+        return doc.not_run(r, "freeze")
+    doc.table(["ablation", "harmful ASR", "harmless ASR", "mean drop (points)"],
+              [[_e(m), _num(e.get("harmful_asr")), _num(e.get("harmless_asr")),
+                _num(e.get("mean_drop"), 2)] for m, e in f.items()])
+    doc.figure("freeze", figures.freeze_bars(f), "ASR under freezing ablations")
+
+
+def _svv(doc: _Doc, r: dict) -> None:
+    doc.add("<h2>Steering value vectors</h2>")
+    s = r.get("svv")
+    if not s:
+        return doc.not_run(r, "svv")
+    for m, heads in s.items():
+        doc.add(f"<h3>{_e(m)}</h3>")
+        doc.table(["head", "score", "top tokens (logit lens)"],
+                  [[_e(h["head"]), _num(h.get("score")),
+                    '<span class="tokens">' + " · ".join(_e(repr(t)[1:-1]) for t in h["tokens"])
+                    + "</span>"] for h in heads])
+
+
+def _sparsify(doc: _Doc, r: dict) -> None:
+    doc.add("<h2>Sparsification</h2>")
+    sp = r.get("sparsify")
+    if not sp:
+        return doc.not_run(r, "sparsify")
+    for m, rules in sp.items():
+        if m == "iou":
+            continue
+        doc.figure(f"sparsify_{m}", figures.sparsity_curves(m, rules),
+                   f"ASR retention under sparsification: {m}")
+    iou = sp.get("iou")
+    if iou:
+        doc.figure("iou", figures.iou_plot(iou), "IoU of the kept dimensions")
+        doc.table(["level", "pair", "IoU", "p-value"],
+                  [[_num(x["level"]), _e(" / ".join(x["pair"])), _num(x["iou"]),
+                    _e(f"{x['p_value']:.2e}") if x.get("p_value") is not None else "–"]
+                   for x in iou], left=0)
+
+
+SECTIONS = (_model, _vectors, _steering, _circuits, _freeze, _svv, _sparsify)
+
+
+def render_report(results: dict, title: str | None = None) -> tuple[str, dict[str, bytes]]:
+    """The report's HTML text and its figures (name -> PNG bytes)."""
+    doc = _Doc()
+    name = results.get("run", {}).get("name", "run")
+    model = (results.get("model") or {}).get("id", "")
+    title = title or f"steerscope report: {name}" + (f" ({model})" if model else "")
+    for section in SECTIONS:
+        section(doc, results)
+    stages = results.get("run", {}).get("stages", {})
+    doc.add("<h2>Stages</h2>")
+    doc.table(["stage", "status"], [[_e(k), _e(v)] for k, v in stages.items()])
+    head = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}'
+            f"</title><style>{CSS}</style></head><body><h1>{_e(title)}</h1>"
+            f'<p class="meta">steerscope {_e(results.get("steerscope_version"))}, results format '
+            f'{_e(results.get("format_version"))}</p>')
+    return head + "\n".join(doc.parts) + "</body></html>\n", doc.figures
+
+
+def build_report(results: dict | str | Path, out_dir: str | Path, *,
+                 title: str | None = None) -> Path:
+    """Write ``out_dir/report.html`` and ``out_dir/figures/<name>.png`` from a results dict
+    (or a results.json path); returns the HTML path."""
+    if not isinstance(results, dict):
+        results = json.loads(Path(results).read_text(encoding="utf-8"))
+    from steerscope.pipeline.results import check_results
+
+    check_results(results)
+    text, figs = render_report(results, title)
+    out_dir = Path(out_dir)
+    for name, png in figs.items():
+        atomic_write(out_dir / "figures" / f"{name}.png", lambda tmp, png=png: Path(tmp).write_bytes(png))
+    return atomic_write(out_dir / "report.html",
+                        lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
