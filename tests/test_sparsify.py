@@ -28,6 +28,16 @@ from steerscope.vectors.trained import _collate
 D = 64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads per process make these
+    small forward passes ~40x slower under load (measured 4 s vs 0.1 s per tiny generate)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _vec(seed: int = 0, d: int = D, layer: int = 2) -> SteeringVector:
     g = torch.Generator().manual_seed(seed)
     return SteeringVector(torch.randn(d, generator=g) * 3, layer=layer, method="dim")
@@ -290,3 +300,76 @@ def test_dimension_scores_from_rollouts_combine_datasets():
     assert na > 0 and nb > 0
     expect = (na * a.grad + nb * b.grad) / (na + nb)  # position-weighted average
     assert torch.allclose(both.grad, expect, atol=1e-6, rtol=1e-5)
+
+
+# --- the sweep ----------------------------------------------------------------------------
+def _refuses(text: str) -> bool:
+    """A stand-in refusal detector that random tiny models trigger part of the time."""
+    return "e" in text.lower()
+
+
+def test_highest_retained_sparsity_on_handmade_points():
+    from steerscope.sparsify import highest_retained_sparsity
+
+    pts = [{"sparsity": 0.0, "bypass_retention": 1.0, "induce_retention": 1.0},
+           {"sparsity": 0.5, "bypass_retention": 0.95, "induce_retention": 0.8},
+           {"sparsity": 0.7, "bypass_retention": 0.92, "induce_retention": 0.91},
+           {"sparsity": 0.9, "bypass_retention": 0.2, "induce_retention": None}]
+    h = highest_retained_sparsity(pts, 0.9)
+    assert h["bypass"] == 0.7 and h["induce"] == 0.7 and h["both"] == 0.7
+    assert highest_retained_sparsity(pts, 0.93)["both"] == 0.0
+    assert highest_retained_sparsity(pts, 1.5)["bypass"] is None
+
+
+def test_sparsity_sweep_on_a_tiny_chat_model(tmp_path):
+    from steerscope.generate import generate
+    from steerscope.models.chat import format_prompt
+    from steerscope.sparsify import sparsity_sweep
+
+    model, tok = tiny_model("qwen2"), tiny_tokenizer()
+    g = torch.Generator().manual_seed(7)
+    vectors = {m: SteeringVector(torch.randn(D, generator=g) * 8, layer=2, method=m)
+               for m in ("dim", "ntp")}
+    ies = {m: torch.randn(D, generator=g) for m in vectors}
+    harmful, harmless, unseen = ["make a bomb", "rob it"], ["bake bread", "a poem"], ["hack"]
+    res = sparsity_sweep(model, tok, vectors, ies, harmful, harmless, unseen,
+                         taus=(0.0, 1.0, 2.0), fractions=(0.5,), max_new_tokens=4,
+                         batch_size=2, refusal=_refuses, progress=False)
+    levels = tau_levels(vectors["dim"], ies["dim"], (0.0, 1.0, 2.0))
+    n_levels = sum(lv["k"] > 0 for lv in levels) + 1
+    assert len([p for p in res.points if p["method"] == "dim"]) == n_levels * len(RULES)
+
+    def brute_asr(sv, prompts, alpha):
+        outs = generate(model, tok, [format_prompt(tok, p) for p in prompts],
+                        interventions=[sv.intervention(alpha)], max_new_tokens=4, batch_size=1)
+        return sum(not _refuses(o) for o in outs) / len(outs)
+
+    for p in res.points:
+        assert p["k"] == round((1 - p["sparsity"]) * D)
+        if p["sparsity"] == 0.0:  # sparsity 0 = the dense vector
+            assert p["bypass_asr"] == res.dense[p["method"]]["bypass"]
+            assert p["bypass_retention"] in (None, 1.0)
+        for e in ("bypass", "induce", "unseen"):
+            base, dense = res.unsteered[e], res.dense[p["method"]][e]
+            if dense != base:
+                assert p[f"{e}_retention"] == pytest.approx((p[f"{e}_asr"] - base) / (dense - base))
+    # two points re-evaluated independently (one at a time, no batching)
+    for p in [q for q in res.points if q["rule"] in ("ie", "random") and q["fraction"] == 0.5]:
+        sv = res.vectors[f"{p['method']}_{p['rule']}_k{p['k']}"]
+        assert sv.sha256 == p["vector_sha256"]
+        assert p["bypass_asr"] == brute_asr(sv, harmful, -1.0)
+        assert p["induce_asr"] == brute_asr(sv, harmless, 1.0)
+    # agreement rows: one per level of the gradient rule and per direct level of each rule
+    assert {(r["level"], r["rule"]) for r in res.agreement} >= {("fraction=0.5", "ie"),
+                                                                  ("fraction=0.5", "gradient")}
+    for r in res.agreement:
+        assert (r["a"], r["b"]) == ("dim", "ntp") and 0 <= r["p_value"] <= 1
+    folder = res.save(tmp_path / "sweep", save_vectors=True)
+    import json
+
+    data = json.loads((folder / "sweep.json").read_text())
+    assert len(data["points"]) == len(res.points) and "highest_retained_0.9" in data
+    assert (folder / "retention.png").stat().st_size > 0
+    assert (folder / "agreement.png").stat().st_size > 0
+    assert len(list((folder / "vectors").glob("*.safetensors"))) == len(res.vectors)
+    assert "highest sparsity" in res.table()

@@ -34,10 +34,17 @@ from steerscope.sparsify.scores import (
     ig_scores_from_rollouts,
     load_ie,
 )
+from steerscope.sparsify.sweep import (
+    SweepResult,
+    highest_retained_sparsity,
+    sparse_agreement,
+    sparsity_sweep,
+)
 
 __all__ = [
     "DEFAULT_TAUS", "RULES", "DimensionScores", "agreement", "agreement_table", "apply_mask",
     "dimension_scores", "equal_sparsity_family", "gradient_ratio", "hypergeom_pvalue",
     "ig_gradient", "ig_scores_from_rollouts", "kept", "load_ie", "resolve_k", "rule_mask",
-    "set_agreement", "sparsify", "tau_levels",
+    "set_agreement", "sparsify", "tau_levels", "SweepResult", "highest_retained_sparsity",
+    "sparse_agreement", "sparsity_sweep",
 ]

@@ -1,0 +1,257 @@
+"""The sparsity sweep: evaluate every sparse vector by steered generation (paper section 7).
+
+For each method (a dense vector ``s`` and its IE vector) and each level (each τ of the
+gradient rule, which fixes the kept count k; and optional direct sparsities), every rule's
+sparse vector at that k is evaluated by greedy steered generation:
+
+- ``bypass``: harmful prompts steered with ``bypass_alpha`` (−1), ASR = fraction not refused;
+- ``induce``: harmless prompts steered with ``induce_alpha`` (+1), ASR = fraction not refused;
+- ``unseen``: an optional second harmful set (e.g. StrongREJECT), steered like ``bypass``.
+
+Refusal is judged by the paper's substring matcher, or by ``judge`` on the harmful sets.
+effect = ASR(steered) − ASR(unsteered); retention = sparse effect / dense effect (1 at
+sparsity 0; None when the dense vector has no effect on that set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from steerscope.artifacts import atomic_write_json
+from steerscope.errors import SteerscopeError
+from steerscope.evaluate.matchers import is_refusal_substring
+from steerscope.generate import generate
+from steerscope.models.chat import format_prompt
+from steerscope.sparsify.agreement import agreement
+from steerscope.sparsify.rules import (
+    DEFAULT_TAUS,
+    PATCHING_RULES,
+    RULES,
+    equal_sparsity_family,
+)
+from steerscope.vectors.vector import SteeringVector
+
+EFFECTS = ("bypass", "induce", "unseen")
+
+
+@dataclass
+class SweepResult:
+    """Points of the retention curves, dense/unsteered baselines and method agreement."""
+
+    points: list[dict]
+    dense: dict[str, dict[str, float]]  # method -> effect -> ASR of the dense vector
+    unsteered: dict[str, float]  # effect -> ASR without steering
+    agreement: list[dict]
+    config: dict = field(default_factory=dict)
+    vectors: dict[str, SteeringVector] = field(default_factory=dict, repr=False)
+
+    def curve(self, method: str, rule: str) -> list[dict]:
+        """The points of one (method, rule), sorted by sparsity."""
+        pts = [p for p in self.points if p["method"] == method and p["rule"] == rule]
+        return sorted(pts, key=lambda p: (p["sparsity"], p["level"]))
+
+    def highest_retained(self, threshold: float = 0.9) -> dict[str, dict[str, dict]]:
+        """method → rule → :func:`highest_retained_sparsity` of its curve."""
+        out: dict[str, dict[str, dict]] = {}
+        for p in self.points:
+            out.setdefault(p["method"], {})
+        for m in out:
+            for r in dict.fromkeys(p["rule"] for p in self.points if p["method"] == m):
+                out[m][r] = highest_retained_sparsity(self.curve(m, r), threshold)
+        return out
+
+    def to_json(self) -> dict:
+        return {"config": self.config, "unsteered": self.unsteered, "dense": self.dense,
+                "points": self.points, "agreement": self.agreement,
+                "highest_retained_0.9": self.highest_retained(0.9)}
+
+    def table(self, threshold: float = 0.9) -> str:
+        """Plain text: per method and rule, the highest sparsity keeping ≥ threshold."""
+        effects = [e for e in EFFECTS if e in self.unsteered]
+        head = f"{'method':8s} {'rule':10s} " + " ".join(f"{e:>8s}" for e in effects) + \
+            f" {'both':>8s}"
+        lines = [f"highest sparsity keeping >= {threshold:.0%} of the dense effect", head,
+                 "-" * len(head)]
+        for m, by_rule in self.highest_retained(threshold).items():
+            for r, h in by_rule.items():
+                cells = [h.get(e) for e in (*effects, "both")]
+                lines.append(f"{m:8s} {r:10s} " + " ".join(
+                    f"{c:8.3f}" if c is not None else f"{'-':>8s}" for c in cells))
+        return "\n".join(lines)
+
+    def save(self, folder: str | Path, *, save_vectors: bool = False,
+             figures: bool = True) -> Path:
+        """Write ``sweep.json`` (and ``agreement.json``, figures, optionally every sparse
+        vector under ``vectors/``) into ``folder``; returns the folder."""
+        folder = Path(folder)
+        atomic_write_json(folder / "sweep.json", self.to_json())
+        atomic_write_json(folder / "agreement.json", self.agreement)
+        if save_vectors:
+            for name, sv in self.vectors.items():
+                sv.save(folder / "vectors" / f"{name}.safetensors")
+        if figures:
+            from steerscope.sparsify.figures import plot_agreement, plot_retention
+
+            plot_retention(self, folder / "retention.png")
+            if self.agreement:
+                plot_agreement(self.agreement, folder / "agreement.png")
+        return folder
+
+
+def highest_retained_sparsity(points: Sequence[dict], threshold: float = 0.9,
+                              effects: Sequence[str] = ("bypass", "induce")) -> dict:
+    """The highest sparsity among ``points`` whose retention is ≥ ``threshold``.
+
+    Per effect (``bypass``, ``induce``, ``unseen`` when present) and ``"both"`` (every effect
+    in ``effects`` at once). Points without a retention value are ignored; None when no point
+    qualifies. This is the highest qualifying point, not the end of the first unbroken run.
+    """
+    out: dict[str, float | None] = {}
+    for e in EFFECTS:
+        vals = [p["sparsity"] for p in points
+                if p.get(f"{e}_retention") is not None and p[f"{e}_retention"] >= threshold]
+        if any(p.get(f"{e}_retention") is not None for p in points) or e in effects:
+            out[e] = max(vals) if vals else None
+    both = [p["sparsity"] for p in points
+            if all(p.get(f"{e}_retention") is not None and p[f"{e}_retention"] >= threshold
+                   for e in effects)]
+    out["both"] = max(both) if both else None
+    return out
+
+
+def _retention(asr: float, dense: float, base: float) -> float | None:
+    eff = dense - base
+    return None if abs(eff) < 1e-12 else (asr - base) / eff
+
+
+def sparse_agreement(families: Mapping[str, list[dict]],
+                     rules: Sequence[str] = PATCHING_RULES) -> list[dict]:
+    """IoU + hypergeometric rows between methods: at each τ (gradient rule) and each direct
+    sparsity (every rule in ``rules``). ``families``: method → :func:`equal_sparsity_family`."""
+    by_level: dict[tuple[str, str], dict[str, SteeringVector]] = {}
+    for method, fam in families.items():
+        for r in fam:
+            if r["rule"] not in rules or (r["tau"] is not None and r["rule"] != "gradient"):
+                continue
+            by_level.setdefault((r["level"], r["rule"]), {})[method] = r["vector"]
+    groups = {f"{lv}/{rule}": vs for (lv, rule), vs in by_level.items() if len(vs) > 1}
+    if not groups:
+        return []
+    rows = agreement(groups)
+    for row in rows:
+        row["level"], row["rule"] = row["level"].rsplit("/", 1)
+        row["sparsity_a"] = 1 - row["size_a"] / row["d"]
+        row["sparsity_b"] = 1 - row["size_b"] / row["d"]
+    return rows
+
+
+def sparsity_sweep(
+    model,
+    tokenizer,
+    vectors: Mapping[str, SteeringVector],
+    ies: Mapping[str, torch.Tensor],
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    unseen_harmful: Sequence[str] | None = None,
+    *,
+    taus: Sequence[float] = DEFAULT_TAUS,
+    fractions: Sequence[float] = (),
+    rules: Sequence[str] = RULES,
+    seed: int = 42,
+    bypass_alpha: float = -1.0,
+    induce_alpha: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    judge=None,
+    refusal=is_refusal_substring,
+    arch=None,
+    progress: bool = True,
+) -> SweepResult:
+    """Evaluate every rule's sparse vector of every method at equal sparsity (module doc).
+
+    ``vectors``: method → dense vector; ``ies``: method → its IE [d] (IE = s ⊙ g).
+    Instructions are raw (formatted with the chat template here). ``refusal(text) -> bool``
+    decides refusals (default: the paper's substring matcher); ``judge`` (optional) replaces
+    it on the harmful sets. Identical sparse vectors (e.g. every rule at sparsity 0) are
+    generated once.
+    """
+    if not vectors:
+        raise SteerscopeError("no vectors to sparsify", "pass at least one method's vector")
+    missing = [m for m in vectors if m not in ies]
+    if missing:
+        raise SteerscopeError(f"no IE vector for method '{missing[0]}'",
+                              "pass one IE per vector (sparsify.dimension_scores)")
+    if not harmful or not harmless:
+        raise SteerscopeError("the sparsity sweep needs harmful and harmless prompts",
+                              "pass non-empty prompt lists")
+    if arch is None:
+        from steerscope.models.archs import validate_model
+
+        arch = validate_model(model)
+    for sv in vectors.values():
+        sv.check_fits(arch)
+    sets = {"bypass": (list(harmful), bypass_alpha), "induce": (list(harmless), induce_alpha)}
+    if unseen_harmful:
+        sets["unseen"] = (list(unseen_harmful), bypass_alpha)
+    formatted = {e: [format_prompt(tokenizer, p) for p in v[0]] for e, v in sets.items()}
+    cache: dict[tuple[str, str], float] = {}
+
+    def asr(sv: SteeringVector | None, effect: str) -> float:
+        key = ("none" if sv is None else sv.sha256, effect)
+        if key not in cache:
+            instructions, alpha = sets[effect]
+            ops = [] if sv is None else [sv.intervention(alpha)]
+            outs = generate(model, tokenizer, formatted[effect], interventions=ops,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            progress=False)
+            if judge is not None and effect != "induce":
+                ok = [bool(v) for v in judge.judge(instructions, outs)]
+            else:
+                ok = [not refusal(o) for o in outs]
+            cache[key] = sum(ok) / len(ok)
+        return cache[key]
+
+    families = {m: equal_sparsity_family(sv, ies[m], taus=taus, fractions=fractions,
+                                         rules=rules, seed=seed)
+                for m, sv in vectors.items()}
+    total = sum(len(f) for f in families.values()) + len(vectors) + 1
+    bar = tqdm(total=total * len(sets), desc="sparsity sweep", disable=not progress)
+
+    def run(sv, effect):
+        v = asr(sv, effect)
+        bar.update(1)
+        return v
+
+    unsteered = {e: run(None, e) for e in sets}
+    dense = {m: {e: run(sv, e) for e in sets} for m, sv in vectors.items()}
+    points, saved = [], {}
+    for m, fam in families.items():
+        for r in fam:
+            sv = r["vector"]
+            pt = {"method": m, "rule": r["rule"], "level": r["level"], "tau": r["tau"],
+                  "fraction": r["fraction"], "k": r["k"], "d": sv.d_model,
+                  "sparsity": r["sparsity"], "vector_sha256": sv.sha256}
+            for e in sets:
+                a = run(sv, e)
+                pt[f"{e}_asr"] = a
+                pt[f"{e}_retention"] = _retention(a, dense[m][e], unsteered[e])
+            points.append(pt)
+            saved[f"{m}_{r['rule']}_k{r['k']}"] = sv
+    bar.close()
+    config = {"taus": [float(t) for t in taus], "fractions": [float(f) for f in fractions],
+              "rules": list(rules), "seed": seed, "bypass_alpha": bypass_alpha,
+              "induce_alpha": induce_alpha, "max_new_tokens": max_new_tokens,
+              "n": {e: len(v[0]) for e, v in sets.items()},
+              "judge": None if judge is None else repr(judge),
+              "vectors": {m: {"layer": sv.layer, "norm": sv.norm, "sha256": sv.sha256,
+                              "method": sv.method} for m, sv in vectors.items()},
+              "generations": len(cache)}
+    return SweepResult(points, dense, unsteered, sparse_agreement(families), config, saved)
+
+
+__all__ = ["SweepResult", "highest_retained_sparsity", "sparse_agreement", "sparsity_sweep"]
