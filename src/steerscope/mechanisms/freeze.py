@@ -1,0 +1,457 @@
+"""Freezing ablations during steered generation (paper section 5), KV-cached and in lockstep.
+
+Steering adds ``α·s`` to the residual entering block ``ℓ`` at every position. A freezing
+ablation keeps the steering but, at every layer ``l >= ℓ`` and for the whole response, cuts
+one path through which it acts:
+
+``qk``   QK freeze: the steered run uses the *unsteered* run's attention probabilities,
+         ``out^h = A^h_base · V^h_steered`` (GQA: query head h reads KV head ``h // (H/G)``).
+``ov``   OV freeze: the steered run uses the unsteered run's value activations
+         (``v_proj`` outputs, which is what the KV cache stores).
+``svv``  SVV removal: the value-projection input loses the normalised steering term,
+         ``v ← v − W_V (α·s ⊙ γ_eff · rsqrt(mean(x²) + ε))`` with ``x`` the current steered
+         residual entering block ``l`` (pre-norm), ``γ_eff`` the effective weight of the
+         pre-attention norm ((1+γ) for Gemma). Queries and keys are unchanged. ``v_proj`` is
+         linear, so this equals editing its input (a bias is unaffected).
+``mlp``  Direct-MLP removal: every MLP input loses ``α·s ⊙ γ_eff · rsqrt(mean(x²) + ε)`` with
+         ``x`` the residual entering the pre-MLP norm and ``γ_eff`` that norm's weight.
+
+``qk`` and ``ov`` need the unsteered run on the *same tokens* as the steered one. Instead of
+re-running both models over the whole sequence at every step (the paper's code: quadratic in
+the length), :func:`frozen_generate_ids` runs one batch of ``2B`` rows, rows ``[0, B)``
+unsteered ("base") and rows ``[B, 2B)`` steered, with one KV cache: at every step both halves
+are fed the steered half's greedy token, so the base rows' cache holds base activations of
+the steered tokens. ``use_cache=False`` re-runs both halves over the whole sequence at every
+step: the reference the cached loop is tested against token for token. ``svv`` / ``mlp``
+need no base run and use ``B`` rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from steerscope.errors import SteerscopeError
+from steerscope.generate import _eos_ids, position_ids_from_mask
+from steerscope.models.archs import ModelArch, validate_model
+from steerscope.models.chat import encode_prompts
+from steerscope.runtime import Edit, Intervention, Runtime, steer
+
+MODES = ("none", "qk", "ov", "svv", "mlp")
+LOCKSTEP_MODES = ("qk", "ov")
+MODE_NAMES = {
+    "none": "plain steering",
+    "qk": "QK freeze",
+    "ov": "OV freeze",
+    "svv": "SVV removal",
+    "mlp": "direct-MLP removal",
+}
+
+
+def check_mode(mode: str) -> str:
+    """Return ``mode`` if it is a known freezing mode, else raise a one-line error."""
+    if mode not in MODES:
+        raise SteerscopeError(f"unknown freezing mode '{mode}'", f"use one of {', '.join(MODES)}")
+    return mode
+
+
+# ---------------------------------------------------------------------------------------
+# norm-input recorder: rsqrt(mean(x²) + ε) of the pre-norm residual, per layer, per call
+# ---------------------------------------------------------------------------------------
+class NormScaleRecorder:
+    """Forward pre-hooks on the pre-attention (``attn_norm``) or pre-MLP (``mlp_norm``) norms
+    of ``layers`` that record ``rsqrt(mean(x²) + ε)`` [B, T, 1] (float32) of the norm's input
+    on every call, so an intervention later in the same block can use it."""
+
+    def __init__(self, arch: ModelArch, layers: Iterable[int], norm: str):
+        if norm not in ("attn_norm", "mlp_norm"):
+            raise SteerscopeError(f"unknown norm '{norm}'", "use 'attn_norm' or 'mlp_norm'")
+        self.arch, self.layers, self.norm = arch, list(layers), norm
+        self.scale: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> NormScaleRecorder:
+        for layer in self.layers:
+            module = self.arch.component(layer, self.norm)
+            eps = self.arch.norm_eps(module)
+
+            def hook(mod, args, kwargs, layer=layer, eps=eps):
+                x = args[0] if args else next(iter(kwargs.values()))
+                x = x.float()
+                self.scale[layer] = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+                return None
+
+            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.scale.clear()
+
+
+# ---------------------------------------------------------------------------------------
+# the interventions of each mode
+# ---------------------------------------------------------------------------------------
+def _steer_half(vector: torch.Tensor, layer: int, alpha: float) -> Edit:
+    """Steering of the second half of the batch only (the steered rows of a lockstep batch)."""
+
+    def fn(x, ctx):  # x [2B, T, d]
+        half = x.shape[0] // 2
+        rows = torch.zeros(x.shape[0], 1, 1, dtype=x.dtype, device=x.device)
+        rows[half:] = 1
+        return x + rows * (alpha * vector).to(device=x.device, dtype=x.dtype)
+
+    return Edit("resid_pre", layer, fn=fn)
+
+
+def _copy_base_half(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """[2B, ...] → the base half [0, B) repeated: the steered rows get the base values."""
+    half = x.shape[dim] // 2
+    base = x.narrow(dim, 0, half)
+    return torch.cat([base, base], dim=dim)
+
+
+def freeze_interventions(
+    arch: ModelArch,
+    vector: torch.Tensor,
+    layer: int,
+    alpha: float,
+    mode: str,
+    *,
+    recorder: NormScaleRecorder | None = None,
+    qk_source: str = "base",
+) -> list[Intervention]:
+    """The interventions that implement steering with freezing ``mode`` (see module doc).
+
+    For ``qk`` / ``ov`` the batch is a lockstep batch (base half, steered half); ``svv`` /
+    ``mlp`` need ``recorder``, a :class:`NormScaleRecorder` over the layers ``>= layer`` of the
+    matching norm, attached during the run. ``qk_source="steered"`` replaces the steered
+    rows' probabilities by their own (a check of the replacement path: equals plain steering).
+    """
+    check_mode(mode)
+    arch.check_layer(layer)
+    arch.check_vector(vector)
+    alpha = float(alpha)
+    layers = range(layer, arch.n_layers)
+    if mode == "none":
+        return [steer(vector, layer, alpha)]
+    if mode in LOCKSTEP_MODES:
+        ops: list[Intervention] = [_steer_half(vector, layer, alpha)]
+        if mode == "qk":
+            if qk_source not in ("base", "steered"):
+                raise SteerscopeError(f"unknown qk_source '{qk_source}'", "use 'base' or 'steered'")
+            fn = (lambda p, ctx: _copy_base_half(p)) if qk_source == "base" else (lambda p, ctx: p)
+            ops += [Edit("pattern", lv, fn=fn) for lv in layers]  # p [2B, H, T, K]
+        else:
+            ops += [Edit("v", lv, fn=lambda v, ctx: _copy_base_half(v)) for lv in layers]
+        return ops
+    if recorder is None:
+        raise SteerscopeError(f"freezing mode '{mode}' needs a NormScaleRecorder",
+                              "use frozen_generate_ids, which attaches one")
+    ops = [steer(vector, layer, alpha)]
+    s = vector.detach().float()
+    for lv in layers:
+        if mode == "svv":
+            norm = arch.component(lv, "attn_norm")
+            w_v = arch.component(lv, "v_proj").weight  # [G*dh, d]
+            g = arch.norm_weight(norm).detach().float()  # [d]
+            # W_V (s ⊙ γ_eff) per KV head: [G, dh]
+            term = F.linear(s.to(w_v.device) * g.to(w_v.device), w_v.detach().float())
+            term = term.view(arch.n_kv_heads, arch.d_head)
+
+            def fn(v, ctx, lv=lv, term=term):  # v [B, T, G, dh]
+                r = recorder.scale[lv]  # [B, T, 1]
+                return (v.float() - alpha * r.unsqueeze(-1) * term).to(v.dtype)
+
+            ops.append(Edit("v", lv, fn=fn))
+        else:
+            norm = arch.component(lv, "mlp_norm")
+            term = (s.to(norm.weight.device) * arch.norm_weight(norm).detach().float())  # [d]
+
+            def fn(x, ctx, lv=lv, term=term):  # x [B, T, d] post-norm MLP input
+                r = recorder.scale[lv]  # [B, T, 1]
+                return (x.float() - alpha * r * term).to(x.dtype)
+
+            ops.append(Edit("mlp_in", lv, fn=fn))
+    return ops
+
+
+# ---------------------------------------------------------------------------------------
+# generation
+# ---------------------------------------------------------------------------------------
+@dataclass
+class FrozenGeneration:
+    """Output of :func:`frozen_generate_ids` (steered rows only).
+
+    ``sequences`` [B, P + N]; ``new_tokens`` [B, N]; ``lengths`` [B] generated tokens up to
+    and including the EOS; ``first_logits`` [B, V] float32: the next-token logits at the last
+    prompt position under the ablation (the refusal score's input).
+    """
+
+    sequences: torch.Tensor
+    new_tokens: torch.Tensor
+    lengths: torch.Tensor
+    prompt_len: int
+    first_logits: torch.Tensor
+    mode: str
+
+
+@torch.no_grad()
+def frozen_generate_ids(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    vector: torch.Tensor,
+    layer: int,
+    alpha: float,
+    mode: str,
+    *,
+    max_new_tokens: int = 64,
+    use_cache: bool = True,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    stop_at_eos: bool = True,
+    arch: ModelArch | None = None,
+    qk_source: str = "base",
+) -> FrozenGeneration:
+    """Greedy steered decoding of a left-padded batch ([B, P] ids and mask) with freezing
+    ``mode`` at every layer ``>= layer`` (see the module docstring).
+
+    ``qk`` / ``ov`` run the base and steered rows in lockstep in one ``2B``-row batch; the
+    tokens are the steered rows' greedy choices, fed to both halves. ``use_cache=False``
+    re-runs everything over the whole sequence at every step (the reference).
+    """
+    check_mode(mode)
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise SteerscopeError(f"input_ids must be a non-empty [batch, length] tensor, got shape "
+                              f"{tuple(input_ids.shape)}")
+    if max_new_tokens < 1:
+        raise SteerscopeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    arch = arch if arch is not None else validate_model(model)
+    device = next(model.parameters()).device
+    vector = arch.check_vector(vector).to(device)
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(device).long()
+    batch, prompt_len = input_ids.shape
+    eos = torch.tensor(_eos_ids(model, eos_token_id), device=device, dtype=torch.long)
+    if pad_token_id is None:
+        pad_token_id = int(eos[0]) if len(eos) else 0
+
+    lockstep = mode in LOCKSTEP_MODES
+    copies = 2 if lockstep else 1
+    ids = input_ids.repeat(copies, 1)  # [cB, P]
+    mask = attention_mask.repeat(copies, 1)  # [cB, P]
+    steered = slice(batch, 2 * batch) if lockstep else slice(0, batch)
+
+    new = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    first_logits = None
+    with ExitStack() as stack:
+        recorder = None
+        if mode in ("svv", "mlp"):
+            norm = "attn_norm" if mode == "svv" else "mlp_norm"
+            recorder = stack.enter_context(
+                NormScaleRecorder(arch, range(layer, arch.n_layers), norm))
+        ops = freeze_interventions(arch, vector, layer, alpha, mode, recorder=recorder,
+                                   qk_source=qk_source)
+        stack.enter_context(Runtime(model, ops, arch=arch, prompt_len=prompt_len))
+        cache = DynamicCache(config=model.config) if use_cache else None
+        pos = position_ids_from_mask(mask)
+        step_ids, step_pos = ids, pos
+        for step in range(max_new_tokens):
+            if use_cache:
+                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                            cache=cache, use_cache=True, logits_to_keep=1)
+            else:
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                            use_cache=False, logits_to_keep=1)
+            logits = out.logits[steered, -1]  # [B, V]
+            if step == 0:
+                first_logits = logits.float().clone()
+            token = logits.argmax(-1)  # [B]
+            token = torch.where(done, torch.full_like(token, pad_token_id), token)
+            new[:, step] = token
+            lengths += (~done).long()
+            if len(eos):
+                done |= torch.isin(token, eos)
+            if (stop_at_eos and bool(done.all())) or step == max_new_tokens - 1:
+                new = new[:, : step + 1]
+                break
+            fed = token.repeat(copies)[:, None]  # [cB, 1]: both halves get the steered token
+            next_pos = pos[:, -1:] + 1
+            ids = torch.cat([ids, fed], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = torch.cat([pos, next_pos], dim=1)
+            step_ids, step_pos = fed, next_pos
+    return FrozenGeneration(torch.cat([input_ids, new], dim=1), new, lengths, prompt_len,
+                            first_logits, mode)
+
+
+def frozen_generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    vector: torch.Tensor,
+    layer: int,
+    alpha: float,
+    mode: str,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    arch: ModelArch | None = None,
+    progress: bool | None = None,
+    desc: str | None = None,
+) -> tuple[list[str], torch.Tensor]:
+    """Greedy completions of already chat-formatted ``prompts`` under steering with freezing
+    ``mode``, in input order, and the last-prompt-position logits [N, V] (float32, CPU).
+
+    Prompts are batched by length (left-padded; ``qk`` / ``ov`` batches hold ``2·batch_size``
+    rows); decoding stops at EOS; texts exclude the prompt and special tokens.
+    """
+    if isinstance(prompts, str):
+        raise SteerscopeError("prompts must be a list of strings, not one string")
+    if len(prompts) == 0:
+        raise SteerscopeError("no prompts to generate from", "pass a non-empty list")
+    check_mode(mode)
+    arch = arch if arch is not None else validate_model(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    lengths = [len(i) for i in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    texts: list[str | None] = [None] * len(prompts)
+    logits: list[torch.Tensor | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    show = progress if progress is not None else len(batches) > 1
+    for idx in tqdm(batches, desc=desc or MODE_NAMES[mode], disable=not show):
+        enc = encode_prompts(tokenizer, [prompts[i] for i in idx], device=device)
+        gen = frozen_generate_ids(model, enc["input_ids"], enc["attention_mask"], vector, layer,
+                                  alpha, mode, max_new_tokens=max_new_tokens, arch=arch,
+                                  pad_token_id=pad_id)
+        for row, i in enumerate(idx):
+            toks = gen.new_tokens[row, : int(gen.lengths[row])].tolist()
+            texts[i] = tokenizer.decode(toks, skip_special_tokens=True)
+            logits[i] = gen.first_logits[row].cpu()
+    return texts, torch.stack(logits)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# the paper's way: two separate full passes per step (the reference)
+# ---------------------------------------------------------------------------------------
+class _DirectRemoval:
+    """Reference SVV / direct-MLP removal with plain module hooks: a pre-hook on the norm
+    keeps its input ``x``; a pre-hook on ``v_proj`` (svv) or on the MLP (mlp) subtracts
+    ``α·s ⊙ γ_eff · rsqrt(mean(x²) + ε)`` from that module's input."""
+
+    def __init__(self, arch: ModelArch, vector: torch.Tensor, layer: int, alpha: float, mode: str):
+        self.arch, self.vector, self.layer, self.alpha, self.mode = arch, vector, layer, alpha, mode
+        self._handles: list = []
+        self._x: dict[int, torch.Tensor] = {}
+
+    def __enter__(self):
+        arch = self.arch
+        norm_name, target = (("attn_norm", "v_proj") if self.mode == "svv" else ("mlp_norm", "mlp"))
+        for lv in range(self.layer, arch.n_layers):
+            norm = arch.component(lv, norm_name)
+
+            def keep(mod, args, lv=lv):
+                self._x[lv] = args[0]
+
+            def remove(mod, args, lv=lv, norm=norm):
+                x = self._x[lv].float()
+                r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + arch.norm_eps(norm))
+                term = self.alpha * self.vector.float() * arch.norm_weight(norm).float() * r
+                return ((args[0].float() - term).to(args[0].dtype), *args[1:])
+
+            self._handles.append(norm.register_forward_pre_hook(keep))
+            self._handles.append(arch.component(lv, target).register_forward_pre_hook(remove))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._x.clear()
+
+
+@torch.no_grad()
+def frozen_generate_reference(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    vector: torch.Tensor,
+    layer: int,
+    alpha: float,
+    mode: str,
+    *,
+    max_new_tokens: int = 64,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    stop_at_eos: bool = True,
+    arch: ModelArch | None = None,
+) -> FrozenGeneration:
+    """The paper's computation, no KV cache: at every step run the unsteered model over the
+    whole sequence (capturing its attention probabilities / values at layers ``>= layer``),
+    then the steered model over the whole sequence with those replaced; ``svv`` / ``mlp`` edit
+    the module inputs directly with plain hooks. Cost quadratic in the length; the test
+    oracle and the benchmark baseline of :func:`frozen_generate_ids`.
+    """
+    from steerscope.runtime import Capture, Replace
+
+    check_mode(mode)
+    arch = arch if arch is not None else validate_model(model)
+    device = next(model.parameters()).device
+    vector = arch.check_vector(vector).to(device)
+    ids = input_ids.to(device)
+    mask = (torch.ones_like(ids) if attention_mask is None else attention_mask.to(device)).long()
+    batch, prompt_len = ids.shape
+    eos = torch.tensor(_eos_ids(model, eos_token_id), device=device, dtype=torch.long)
+    if pad_token_id is None:
+        pad_token_id = int(eos[0]) if len(eos) else 0
+    layers = range(layer, arch.n_layers)
+    point = {"qk": "pattern", "ov": "v"}.get(mode)
+
+    new = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    first_logits = None
+    for step in range(max_new_tokens):
+        pos = position_ids_from_mask(mask)
+        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                  logits_to_keep=1)
+        ops: list[Intervention] = [steer(vector, layer, alpha)]
+        if point is not None:
+            caps = [Capture(point, lv) for lv in layers]
+            with Runtime(model, caps, arch=arch, prompt_len=prompt_len):
+                model(**kw)  # the unsteered pass
+            ops += [Replace(point, lv, value=c.value) for lv, c in zip(layers, caps)]
+        with ExitStack() as stack:
+            stack.enter_context(Runtime(model, ops, arch=arch, prompt_len=prompt_len))
+            if mode in ("svv", "mlp"):
+                stack.enter_context(_DirectRemoval(arch, vector, layer, float(alpha), mode))
+            logits = model(**kw).logits[:, -1]  # [B, V]
+        if step == 0:
+            first_logits = logits.float().clone()
+        token = logits.argmax(-1)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        new[:, step] = token
+        lengths += (~done).long()
+        if len(eos):
+            done |= torch.isin(token, eos)
+        if (stop_at_eos and bool(done.all())) or step == max_new_tokens - 1:
+            new = new[:, : step + 1]
+            break
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return FrozenGeneration(torch.cat([input_ids.to(device), new], dim=1), new, lengths,
+                            prompt_len, first_logits, mode)
