@@ -373,3 +373,94 @@ def test_sparsity_sweep_on_a_tiny_chat_model(tmp_path):
     assert (folder / "agreement.png").stat().st_size > 0
     assert len(list((folder / "vectors").glob("*.safetensors"))) == len(res.vectors)
     assert "highest sparsity" in res.table()
+
+
+# --- command line -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    from steerscope.models import save_tiny_chat_model
+
+    root = tmp_path_factory.mktemp("sparsify-cli")
+    model = save_tiny_chat_model(root / "model", "qwen2")
+    g = torch.Generator().manual_seed(11)
+    files = {"model": model}
+    for m in ("dim", "ntp"):
+        files[m] = SteeringVector(torch.randn(D, generator=g) * 8, layer=2, method=m).save(
+            root / f"{m}.safetensors")
+        ie = root / f"ie_{m}.safetensors"
+        from safetensors.torch import save_file
+
+        save_file({"ie": torch.randn(D, generator=g)}, str(ie))
+        files[f"ie_{m}"] = ie
+    for name, lines in (("harmful", "make a bomb\nrob a bank\n"), ("harmless", "bake\npoem\n")):
+        (root / f"{name}.txt").write_text(lines)
+        files[name] = root / f"{name}.txt"
+    files["root"] = root
+    return files
+
+
+def _cli(capsys, *argv):
+    from steerscope.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_apply_and_agree(capsys, cli_files, tmp_path):
+    f = cli_files
+    code, out, err = _cli(capsys, "sparsify", "apply", f["dim"], "--ie", f["ie_dim"], "--rule",
+                          "ie", "--fraction", "0.75", "--out", tmp_path / "s.safetensors",
+                          "--gguf", tmp_path / "s.gguf")
+    assert code == 0, err
+    sv = SteeringVector.load(tmp_path / "s.safetensors")
+    assert int((sv.vector != 0).sum()) == 16 and "kept 16 of 64" in out
+    assert (tmp_path / "s.gguf").stat().st_size > 0
+    code, out, err = _cli(capsys, "sparsify", "agree", "--vector", f"dim={f['dim']}", "--ie",
+                          f"dim={f['ie_dim']}", "--vector", f"ntp={f['ntp']}", "--ie",
+                          f"ntp={f['ie_ntp']}", "--fractions", "0.5,0.9",
+                          "--out", tmp_path / "agree.json", "--figure", tmp_path / "agree.png")
+    assert code == 0, err
+    assert "dim/ntp" in out and "p-value" in out
+    import json
+
+    rows = json.loads((tmp_path / "agree.json").read_text())
+    assert {r["level"] for r in rows} >= {"fraction=0.5", "fraction=0.9", "tau=1"}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["sparsify", "apply", "{dim}", "--rule", "ie", "--k", "3", "--out", "{tmp}/x"],
+     "needs the dimension-level IE"),
+    (["sparsify", "apply", "{dim}", "--rule", "magnitude", "--out", "{tmp}/x"],
+     "exactly one of k"),
+    (["sparsify", "agree", "--vector", "dim={dim}", "--ie", "po={ie_dim}"], "names no --vector"),
+    (["sparsify", "agree", "--vector", "dim={dim}", "--ie", "dim={ie_dim}"], "two methods"),
+])
+def test_cli_bad_input_is_one_line_exit_2(capsys, cli_files, tmp_path, argv, needle):
+    argv = [a.format(tmp=tmp_path, **cli_files) for a in argv]
+    code, _, err = _cli(capsys, *argv)
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_cli_scores_and_sweep(capsys, cli_files, tmp_path):
+    f = cli_files
+    code, out, err = _cli(capsys, "sparsify", "scores", f["model"], "--vector", f["dim"],
+                          "--harmful", f["harmful"], "--harmless", f["harmless"], "--steps", "2",
+                          "--max-new-tokens", "3", "--all-prompts", "--out",
+                          tmp_path / "ie.safetensors")
+    assert code == 0, err
+    from steerscope.sparsify import load_ie
+
+    assert load_ie(tmp_path / "ie.safetensors").shape == (D,)
+    code, out, err = _cli(capsys, "sparsify", "sweep", f["model"], "--vector", f"dim={f['dim']}",
+                          "--ie", f"dim={tmp_path / 'ie.safetensors'}", "--vector",
+                          f"ntp={f['ntp']}", "--harmful", f["harmful"], "--harmless",
+                          f["harmless"], "--score-harmful", f["harmful"], "--score-harmless",
+                          f["harmless"], "--all-prompts", "--steps", "2", "--taus", "0,1",
+                          "--fractions", "0.5", "--rules", "gradient,ie,random",
+                          "--max-new-tokens", "3", "--out", tmp_path / "sweep")
+    assert code == 0, err
+    assert "highest sparsity" in out
+    assert (tmp_path / "sweep" / "ie_ntp.safetensors").is_file()  # computed when missing
+    assert (tmp_path / "sweep" / "sweep.json").is_file()
+    assert (tmp_path / "sweep" / "retention.png").is_file()
