@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steerscope.cli import sparsify
 
     sparsify.register(sub)
+    from steerscope.cli import mechanisms
+
+    mechanisms.register(sub)
     return parser
 
 
