@@ -111,18 +111,44 @@ def test_vector_file_round_trip_and_checks(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_on_the_embedded_model(capsys):
-    code, out, _ = _run(capsys, "demo", "--max-new-tokens", "12", "--json")
+def test_demo_on_the_demo_refusal_model(capsys, tmp_path):
+    """The demo end to end on the demo refusal model (built into the session cache on first
+    use): DIM selection, steered evaluation, artifacts."""
+    out_dir = tmp_path / "demo"
+    code, out, _ = _run(capsys, "demo", "--n-train", "24", "--n-val", "8", "--n-test", "8",
+                        "--max-new-tokens", "16", "--out", out_dir, "--json")
     assert code == 0
     res = json.loads(out)
-    assert res["model"] == "smollm2-135m-instruct" and res["layer"] == 12
-    assert len(res["rows"]) == 8
-    # steering moves the refusal score in the intended direction on average
-    harmful = [r for r in res["rows"] if r["kind"] == "harmful"]
-    harmless = [r for r in res["rows"] if r["kind"] == "harmless"]
-    assert sum(r["steered_score"] - r["base_score"] for r in harmful) < 0
-    assert sum(r["steered_score"] - r["base_score"] for r in harmless) > 0
-    assert any(r["steered"] != r["base"] for r in res["rows"])
+    assert res["model"] == "smollm2-135m-refusal-demo"
+    rows = {(r["method"], r["prompt_set"]): r for r in res["rows"]}
+    assert set(rows) == {("none", "harmful"), ("none", "harmless"), ("dim", "harmful"),
+                         ("dim", "harmless")}
+    # the demo model refuses harmful prompts; -s lowers and +s raises the refusal score
+    assert rows["none", "harmful"]["mean_refusal_score"] > rows["none", "harmless"][
+        "mean_refusal_score"]
+    assert rows["dim", "harmful"]["mean_refusal_score"] < rows["none", "harmful"][
+        "mean_refusal_score"]
+    assert rows["dim", "harmless"]["mean_refusal_score"] > rows["none", "harmless"][
+        "mean_refusal_score"]
+    vec = SteeringVector.load(out_dir / "dim.safetensors")
+    assert vec.layer == res["dim"]["layer"] and vec.model_id == "smollm2-135m-refusal-demo"
+    assert json.loads((out_dir / "dim_candidates.json").read_text())
+    assert json.loads((out_dir / "steering.json").read_text())
+
+
+def test_prepare_demo_prints_the_cached_model(capsys, tmp_path, monkeypatch):
+    from steerscope.models import demo_model
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "steerscope.json").write_text(json.dumps(
+        {"recipe_hash": "abc", "base_model": "b", "examples": {"harmful": 1}}))
+    monkeypatch.setattr(demo_model, "demo_model_dir", lambda cache_dir=None: folder)
+    code, out, _ = _run(capsys, "model", "prepare-demo", "--json")
+    assert code == 0 and json.loads(out) == {"path": str(folder), "recipe_hash": "abc",
+                                             "base_model": "b", "examples": {"harmful": 1}}
+    code, out, _ = _run(capsys, "model", "prepare-demo")
+    assert code == 0 and str(folder) in out and "abc" in out
 
 
 def test_vector_commands_end_to_end(capsys, tiny_dir, tmp_path):

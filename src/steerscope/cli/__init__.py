@@ -1,6 +1,7 @@
 """The ``steerscope`` command line.
 
-    steerscope demo                       steering on the embedded default model
+    steerscope demo                       refusal steering on the demo refusal model
+    steerscope model prepare-demo         build and cache the demo refusal model
     steerscope archs                      supported architectures
     steerscope info MODEL                 load and validate a model, print its shape
     steerscope prompts SOURCE             read a prompt file or named dataset
@@ -52,16 +53,31 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="steer the embedded default model and show the effect")
+    p = sub.add_parser("demo", help="refusal steering on the demo refusal model (built and "
+                                    "cached on first use)")
     _add_model_args(p, positional=False)
-    p.add_argument("--model", default="default")
-    p.add_argument("--layer", type=int, help="steering layer (default: 40%% of the depth)")
-    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--model", default="demo", help="default: the demo refusal model")
+    p.add_argument("--methods", default="dim", help="comma-separated: dim[,ntp,po]")
+    p.add_argument("--data-dir", help="standard splits folder (default: $STEERSCOPE_DATA_DIR, "
+                                      "else the built-in demo prompts)")
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-val", type=int, default=16)
+    p.add_argument("--n-test", type=int, default=24)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--out", default="runs/demo", help="artifact folder (default runs/demo)")
+    p.add_argument("--json", action="store_true", help="print the steering table as JSON")
     p.set_defaults(func=cmd_demo)
 
     sub.add_parser("archs", help="list the supported architectures").set_defaults(func=cmd_archs)
+
+    p = sub.add_parser("model", help="model preparation: prepare-demo")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    q = msub.add_parser("prepare-demo", help="build (once) and cache the demo refusal model, "
+                                             "print its folder and build record")
+    q.add_argument("--cache-dir", help="cache root (default $STEERSCOPE_CACHE or "
+                                       "~/.cache/steerscope)")
+    q.add_argument("--json", action="store_true", help="print the build manifest as JSON")
+    q.set_defaults(func=cmd_prepare_demo)
 
     p = sub.add_parser("info", help="load and validate a model; print its architecture")
     _add_model_args(p)
@@ -160,6 +176,22 @@ def cmd_archs(args) -> None:
               + (", q/k norms" if a.q_norm else ""))
 
 
+def cmd_prepare_demo(args) -> None:
+    from steerscope.models.demo_model import demo_manifest, demo_model_dir
+
+    folder = demo_model_dir(args.cache_dir)
+    manifest = demo_manifest(folder)
+    if args.json:
+        print(json.dumps({"path": str(folder), **manifest}, indent=2))
+        return
+    dur = manifest.get("duration_s", {})
+    print(f"demo refusal model: {folder}")
+    print(f"  recipe {manifest['recipe_hash']} on {manifest['base_model']}; examples "
+          f"{manifest['examples']}; built in {dur.get('total', 0):.0f} s "
+          f"({manifest.get('created', '-')})")
+    print("  load it with steerscope.models.load_model('demo') or any command's MODEL = demo")
+
+
 def cmd_info(args) -> None:
     loaded = _load(args)
     a = loaded.arch
@@ -223,27 +255,33 @@ def cmd_score(args) -> None:
 def cmd_demo(args) -> None:
     from steerscope.demo import run_demo
 
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     loaded = _load(args)
-    res = run_demo(loaded, layer=args.layer, alpha=args.alpha, max_new_tokens=args.max_new_tokens)
+    res = run_demo(loaded, out=args.out, methods=methods, data_dir=args.data_dir,
+                   n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                   max_new_tokens=args.max_new_tokens)
     if args.json:
-        print(json.dumps({"model": res.model_id, "layer": res.layer, "vector_norm": res.vector_norm,
-                          "rows": [r.__dict__ for r in res.rows]}, indent=2))
+        print(json.dumps({"model": res.model_id, "dim": res.dim_choice,
+                          "rows": [r.__dict__ for r in res.steering.rows],
+                          "cosine": res.steering.cosine}, indent=2))
         return
-    print(f"\nmodel {res.model_id}; refusal direction = mean(harmful) - mean(harmless) at the "
-          f"input of layer {res.layer} (norm {res.vector_norm:.2f})\n")
-    for r in res.rows:
-        sign = "+" if r.alpha > 0 else "-"
-        print(f"[{r.kind}] {r.prompt}")
-        print(f"  unsteered (refusal score {r.base_score:+.2f}): {_short(r.base)}")
-        print(f"  steered {sign}{abs(r.alpha):g}·s (score {r.steered_score:+.2f}): {_short(r.steered)}")
-        print()
-    for kind in ("harmful", "harmless"):
-        rows = [r for r in res.rows if r.kind == kind]
-        base = sum(r.base_score for r in rows) / len(rows)
-        steered = sum(r.steered_score for r in rows) / len(rows)
-        print(f"{kind:9s} mean refusal score {base:+.2f} -> {steered:+.2f} "
-              f"(refusals by substring {sum(r.base_refused for r in rows)}/{len(rows)} -> "
-              f"{sum(r.steered_refused for r in rows)}/{len(rows)})")
+    c = res.dim_choice
+    print(f"\nmodel {res.model_id}; prompts: {res.prompts_source}")
+    print(f"DIM vector: layer {c['layer']}, position {c['position']}, norm {c['norm']:.2f} "
+          f"(bypass score {c['bypass']:+.2f}, induce score {c['induce']:+.2f}, KL {c['kl']:.3f})\n")
+    ev = res.steering
+    for set_name, alpha in (("harmful", -1), ("harmless", +1)):
+        prompts = ev.prompts[set_name]
+        for i in range(min(2, len(prompts))):
+            print(f"[{set_name}] {prompts[i]}")
+            print(f"  unsteered: {_short(ev.completions['none'][set_name][i])}")
+            for m in res.vectors:
+                print(f"  {m} {'+' if alpha > 0 else '-'}s: {_short(ev.completions[m][set_name][i])}")
+            print()
+    print(ev.table())
+    print("\n(ASR = fraction of completions that do not refuse, by substring; harmful prompts are "
+          "steered with -s to bypass refusal, harmless ones with +s to induce it)")
+    print(f"artifacts: {res.out}/")
 
 
 def _short(text: str, width: int = 160) -> str:

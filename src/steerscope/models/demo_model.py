@@ -497,6 +497,11 @@ def demo_model_dir(cache_dir: str | os.PathLike | None = None, *,
                             valid=lambda f: _demo_valid(f, h))
 
 
+def demo_manifest(folder: str | os.PathLike) -> dict:
+    """The build record (``steerscope.json``) of a demo model folder."""
+    return json.loads((Path(folder) / MANIFEST_NAME).read_text())
+
+
 def load_demo_model(*, recipe: DemoRecipe = DemoRecipe(), cache_dir: str | os.PathLike | None = None,
                     **kwargs) -> LoadedModel:
     """The demo refusal model (built on first use), loaded with
@@ -558,6 +563,7 @@ __all__ = [
     "DemoRecipe",
     "build_demo_model",
     "demo_examples",
+    "demo_manifest",
     "demo_model_dir",
     "evaluate_refusal",
     "finetune",
