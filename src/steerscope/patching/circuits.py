@@ -1,0 +1,305 @@
+"""Circuits from edge scores, faithfulness by real reverted-edge runs, and comparisons.
+
+- :func:`build_circuit`: the top-``n`` edges by ``|score|``, pruned to edges on a path from the
+  steering node to the logits, refilled with the next-best edges until at least ``n`` remain
+  (adding one edge can connect several dangling ones, so a circuit may exceed ``n`` by a few).
+- :func:`faithfulness`: ``(m(C) − m(∅)) / (m(M) − m(∅))`` where ``m(C)`` is a real forward pass
+  in which every edge outside ``C`` carries its unsteered value, ``∅`` the unsteered model and
+  ``M`` the steered model; metrics are aggregated over examples like the scores.
+- curves over circuit sizes, the minimum faithful size, the complement, random circuits;
+  overlap / Jaccard across vectors, interchangeability, edge-type shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from steerscope.errors import SteerscopeError
+from steerscope.patching.data import PatchingExample
+from steerscope.patching.forward import GraphModel
+from steerscope.patching.graph import DOWN_KINDS, UP_KINDS, Graph
+from steerscope.patching.scores import aggregate, iter_contexts, patched_metric
+
+FAITHFUL = 0.85
+
+
+# ----------------------------------------------------------------------------------------
+# circuits
+# ----------------------------------------------------------------------------------------
+def prune(graph: Graph, mask: torch.Tensor) -> torch.Tensor:
+    """[E] bool: the edges of ``mask`` on a path from ``"steer"`` to ``"logits"``."""
+    mask = graph.edge_mask(mask)
+    m = graph.to_matrix(mask, False)  # [U, D]
+    U, D = graph.n_up, graph.n_down
+    consumers = graph.consumers()
+    inputs_of: list[list[int]] = [[] for _ in range(U)]
+    for d, us in enumerate(consumers):
+        for u in us:
+            inputs_of[u].append(d)
+    # forward: reachable from the steering node (upstream nodes are in topological order)
+    reach_up = torch.zeros(U, dtype=torch.bool)
+    reach_up[0] = True
+    reach_down: dict[int, bool] = {}
+
+    def down_reached(d: int) -> bool:
+        if d not in reach_down:
+            reach_down[d] = bool((m[:, d] & reach_up).any())
+        return reach_down[d]
+
+    for u in range(1, U):
+        reach_up[u] = any(down_reached(d) for d in inputs_of[u])
+    # backward: reaches the logits
+    co_down = torch.zeros(D, dtype=torch.bool)
+    co_down[D - 1] = True
+    co_up = torch.zeros(U, dtype=torch.bool)
+    for u in range(U - 1, -1, -1):
+        co_up[u] = bool((m[u] & co_down).any())
+        for d in inputs_of[u]:
+            if co_up[u]:
+                co_down[d] = True
+    keep = m & reach_up[:, None] & co_down[None, :]
+    return graph.from_matrix(keep)
+
+
+def build_circuit(graph: Graph, scores: torch.Tensor, n: int) -> torch.Tensor:
+    """[E] bool: a circuit of (at least) ``n`` edges, see the module docstring."""
+    E = graph.n_edges
+    if scores.shape != (E,):
+        raise SteerscopeError(f"edge scores have shape {tuple(scores.shape)}, expected ({E},)")
+    if not isinstance(n, int) or n < 0:
+        raise SteerscopeError(f"circuit size must be a non-negative int, got {n!r}")
+    n = min(n, E)
+    if n == 0:
+        return torch.zeros(E, dtype=torch.bool)
+    order = torch.argsort(-torch.nan_to_num(scores.abs(), nan=-1.0), stable=True)
+
+    def top(k: int) -> torch.Tensor:
+        mask = torch.zeros(E, dtype=torch.bool)
+        mask[order[:k]] = True
+        return prune(graph, mask)
+
+    best = top(E)
+    if int(best.sum()) <= n:
+        return best
+    lo, hi = n, E  # smallest k with |prune(top k)| >= n (monotone in k)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if int(top(mid).sum()) >= n:
+            hi = mid
+        else:
+            lo = mid + 1
+    return top(lo)
+
+
+def random_circuit(graph: Graph, size: int, seed: int = 42) -> torch.Tensor:
+    """[E] bool: ``size`` edges drawn uniformly without replacement (not pruned)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(graph.n_edges, dtype=torch.bool)
+    mask[torch.randperm(graph.n_edges, generator=g)[: min(size, graph.n_edges)]] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------------------
+# faithfulness
+# ----------------------------------------------------------------------------------------
+@dataclass
+class CircuitEval:
+    """Aggregated metrics: ``m_circuits`` [K] for K circuits, ``m_full`` = m(M),
+    ``m_empty`` = m(∅); ``faithfulness`` [K]."""
+
+    m_circuits: torch.Tensor
+    m_full: float
+    m_empty: float
+    sizes: list[int] = field(default_factory=list)
+
+    @property
+    def faithfulness(self) -> torch.Tensor:
+        denom = self.m_full - self.m_empty
+        if denom == 0:
+            return torch.full_like(self.m_circuits, float("nan"))
+        return (self.m_circuits - self.m_empty) / denom
+
+
+def evaluate_circuits(gm: GraphModel, examples: Iterable[PatchingExample], vector,
+                      circuits: Sequence[torch.Tensor], *, metric: str = "logit_diff",
+                      tau: float = 0.0, progress: bool = False) -> CircuitEval:
+    """Run every example once per circuit with the edges outside the circuit reverted.
+
+    ``circuits``: [E] bool masks of ``gm.graph`` (a coarse-graph mask is not accepted: map it
+    with :meth:`Graph.coarse_to_fine`). ``m(M)`` and ``m(∅)`` come from the steered and the
+    unsteered graph forward of each example.
+    """
+    g = gm.graph
+    masks = [g.edge_mask(c) for c in circuits]
+    reverted = [g.adjacency & ~g.to_matrix(c, False) for c in masks]
+    vals, full, empty, weights, names = [], [], [], [], []
+    for ctx in iter_contexts(gm, examples, vector, metric=metric, tau=tau, progress=progress,
+                             desc="faithfulness"):
+        vals.append(torch.tensor([patched_metric(gm, ctx, r) for r in reverted],
+                                 dtype=torch.float64))
+        full.append(ctx.m_clean)
+        empty.append(ctx.m_corrupt)
+        weights.append(ctx.weight)
+        names.append(ctx.dataset)
+    m_c, _ = aggregate(vals, weights, names)
+    m_full, _ = aggregate(full, weights, names)
+    m_empty, _ = aggregate(empty, weights, names)
+    return CircuitEval(m_c.double(), float(m_full), float(m_empty),
+                       [int(c.sum()) for c in masks])
+
+
+def faithfulness(gm: GraphModel, examples, vector, circuit: torch.Tensor, **kw) -> float:
+    """Faithfulness of one circuit ([E] bool)."""
+    return float(evaluate_circuits(gm, examples, vector, [circuit], **kw).faithfulness[0])
+
+
+def default_sizes(n_edges: int) -> list[int]:
+    """Circuit sizes for a curve: 0.5% … 100% of the edges."""
+    fracs = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+    return sorted({max(1, round(f * n_edges)) for f in fracs})
+
+
+@dataclass
+class FaithfulnessCurve:
+    """Faithfulness by requested size (``sizes``) and actual circuit size (``actual``)."""
+
+    sizes: list[int]
+    actual: list[int]
+    faithfulness: list[float]
+    m_full: float
+    m_empty: float
+
+    def minimal_size(self, threshold: float = FAITHFUL) -> int | None:
+        """The smallest evaluated size whose faithfulness reaches ``threshold``."""
+        for n, f in zip(self.actual, self.faithfulness):
+            if f == f and f >= threshold:
+                return n
+        return None
+
+    def to_json(self) -> dict:
+        return {"sizes": self.sizes, "actual": self.actual, "faithfulness": self.faithfulness,
+                "m_full": self.m_full, "m_empty": self.m_empty}
+
+    @classmethod
+    def from_json(cls, d: dict) -> FaithfulnessCurve:
+        return cls(list(d["sizes"]), list(d["actual"]), [float("nan") if f is None else f
+                                                         for f in d["faithfulness"]],
+                   d["m_full"], d["m_empty"])
+
+
+def faithfulness_curve(gm: GraphModel, examples, vector, scores: torch.Tensor,
+                       sizes: Sequence[int] | None = None, **kw) -> FaithfulnessCurve:
+    """Faithfulness of the circuits built from ``scores`` at each size."""
+    g = gm.graph
+    sizes = list(sizes) if sizes is not None else default_sizes(g.n_edges)
+    circuits = [build_circuit(g, scores, int(n)) for n in sizes]
+    ev = evaluate_circuits(gm, examples, vector, circuits, **kw)
+    return FaithfulnessCurve(sizes, ev.sizes, [float(f) for f in ev.faithfulness],
+                             ev.m_full, ev.m_empty)
+
+
+def minimal_faithful_circuit(gm: GraphModel, examples, vector, scores: torch.Tensor, *,
+                             threshold: float = FAITHFUL, curve: FaithfulnessCurve | None = None,
+                             refine_steps: int = 4, **kw) -> tuple[torch.Tensor, float]:
+    """The smallest circuit found reaching ``threshold``: the first curve size that does,
+    refined by ``refine_steps`` bisection steps toward the previous size (assumes
+    faithfulness grows with size there). Returns ``(mask [E], faithfulness)``."""
+    g = gm.graph
+    examples = list(examples)
+    if curve is None:
+        curve = faithfulness_curve(gm, examples, vector, scores, **kw)
+    hit = None
+    for i, f in enumerate(curve.faithfulness):
+        if f == f and f >= threshold:
+            hit = i
+            break
+    if hit is None:
+        return torch.ones(g.n_edges, dtype=torch.bool), float(curve.faithfulness[-1])
+    hi, f_hi = curve.sizes[hit], curve.faithfulness[hit]
+    lo = curve.sizes[hit - 1] if hit > 0 else 0
+    for _ in range(refine_steps):
+        if hi - lo <= 1:
+            break
+        mid = (lo + hi) // 2
+        f = faithfulness(gm, examples, vector, build_circuit(g, scores, mid), **kw)
+        if f == f and f >= threshold:
+            hi, f_hi = mid, f
+        else:
+            lo = mid
+    return build_circuit(g, scores, hi), float(f_hi)
+
+
+def complement(graph: Graph, circuit: torch.Tensor) -> torch.Tensor:
+    """[E] bool: every edge not in ``circuit``."""
+    return ~graph.edge_mask(circuit)
+
+
+# ----------------------------------------------------------------------------------------
+# comparisons across vectors
+# ----------------------------------------------------------------------------------------
+def overlap(c1: torch.Tensor, c2: torch.Tensor) -> float:
+    """``|C1 ∩ C2| / min(|C1|, |C2|)``."""
+    n = min(int(c1.sum()), int(c2.sum()))
+    return float((c1 & c2).sum()) / n if n else float("nan")
+
+
+def jaccard(c1: torch.Tensor, c2: torch.Tensor) -> float:
+    """``|C1 ∩ C2| / |C1 ∪ C2|``."""
+    u = int((c1 | c2).sum())
+    return float((c1 & c2).sum()) / u if u else float("nan")
+
+
+def overlap_matrix(circuits: Mapping[str, torch.Tensor], kind: str = "overlap"
+                   ) -> dict[str, dict[str, float]]:
+    """Pairwise overlap (or ``kind="jaccard"``) between named circuits."""
+    fn = {"overlap": overlap, "jaccard": jaccard}.get(kind)
+    if fn is None:
+        raise SteerscopeError(f"unknown overlap kind '{kind}'", "use 'overlap' or 'jaccard'")
+    return {a: {b: fn(ca, cb) for b, cb in circuits.items()} for a, ca in circuits.items()}
+
+
+def matched_size_overlap(graph: Graph, scores_a: torch.Tensor, scores_b: torch.Tensor,
+                         sizes: Sequence[int]) -> list[dict]:
+    """Overlap and Jaccard of the two vectors' circuits at each size."""
+    rows = []
+    for n in sizes:
+        a, b = build_circuit(graph, scores_a, int(n)), build_circuit(graph, scores_b, int(n))
+        rows.append({"size": int(n), "overlap": overlap(a, b), "jaccard": jaccard(a, b)})
+    return rows
+
+
+def interchange_matrix(gm: GraphModel, circuits: Mapping[str, torch.Tensor],
+                       data: Mapping[str, tuple[Sequence[PatchingExample], object]],
+                       **kw) -> dict[str, dict[str, float]]:
+    """``M[A][B]``: faithfulness of vector A's circuit while steering with vector B on B's own
+    examples. ``data[B] = (examples_B, vector_B)``."""
+    out: dict[str, dict[str, float]] = {a: {} for a in circuits}
+    names = list(circuits)
+    for b, (examples, vector) in data.items():
+        ev = evaluate_circuits(gm, examples, vector, [circuits[a] for a in names], **kw)
+        for a, f in zip(names, ev.faithfulness.tolist()):
+            out[a][b] = f
+    return out
+
+
+def edge_type_shares(graph: Graph, edges: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Share of incoming types (``q``/``k``/``v``/``mlp``/``logits``) and outgoing types
+    (``steer``/``attn``/``mlp``) among the edges of an [E] bool mask."""
+    mask = graph.edge_mask(edges)
+    n = int(mask.sum())
+    ei = graph.edge_index[mask]
+    inc = torch.bincount(graph.down_kind[ei[:, 1]], minlength=len(DOWN_KINDS)).tolist()
+    out = torch.bincount(graph.up_kind[ei[:, 0]], minlength=len(UP_KINDS)).tolist()
+    share = (lambda c: c / n) if n else (lambda c: float("nan"))
+    return {"incoming": {k: share(c) for k, c in zip(DOWN_KINDS, inc)},
+            "outgoing": {k: share(c) for k, c in zip(UP_KINDS, out)}, "n_edges": n}
+
+
+def top_k_edges(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """[E] bool: the ``k`` edges with the largest ``|score|`` (no pruning)."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[torch.argsort(-scores.abs(), stable=True)[:k]] = True
+    return mask

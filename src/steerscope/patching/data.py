@@ -1,0 +1,152 @@
+"""Patching data: teacher-forced examples built from steered and unsteered greedy rollouts.
+
+For a steering vector, generate unsteered and steered completions (harmful prompts with the
+bypass coefficient, harmless prompts with the induce coefficient), keep the prompts whose
+outcome flipped (harmful: the steered model complies and the base model refuses; harmless: the
+steered model refuses and the base model does not) and build four datasets, each of at most
+``max_per_dataset`` examples:
+
+- ``harmful/steered``, ``harmful/base``: harmful prompts teacher-forcing the steered / the base
+  response;
+- ``harmless/steered``, ``harmless/base``: the same for harmless prompts.
+
+Each example is one token sequence (prompt + response) and one steering coefficient; every
+response position is a patching sample (see :mod:`steerscope.patching.metrics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from steerscope.errors import DataError, SteerscopeError
+from steerscope.evaluate.matchers import is_refusal_substring
+from steerscope.generate import generate_ids
+from steerscope.models.chat import encode_prompts, format_prompt
+
+DATASETS = ("harmful/steered", "harmful/base", "harmless/steered", "harmless/base")
+
+
+@dataclass
+class PatchingExample:
+    """One teacher-forced sequence: ``input_ids`` [S] long (prompt then response),
+    ``prompt_len`` prompt tokens, steering coefficient ``alpha``, ``dataset`` name."""
+
+    input_ids: torch.Tensor
+    prompt_len: int
+    alpha: float
+    dataset: str = "custom"
+    prompt: str | None = None
+    response: str | None = None
+
+    def __post_init__(self) -> None:
+        self.input_ids = torch.as_tensor(self.input_ids, dtype=torch.long).flatten().cpu()
+        if not 0 < self.prompt_len < self.input_ids.numel():
+            raise SteerscopeError(
+                f"example has {self.input_ids.numel()} tokens and prompt length "
+                f"{self.prompt_len}", "give a non-empty prompt followed by a non-empty response")
+
+    @property
+    def response_positions(self) -> torch.Tensor:
+        """[N] long: positions whose next-token logits predict a response token."""
+        return torch.arange(self.prompt_len - 1, self.input_ids.numel() - 1)
+
+    def to_json(self) -> dict:
+        return {"input_ids": self.input_ids.tolist(), "prompt_len": self.prompt_len,
+                "alpha": self.alpha, "dataset": self.dataset, "prompt": self.prompt,
+                "response": self.response}
+
+    @classmethod
+    def from_json(cls, d: dict) -> PatchingExample:
+        return cls(torch.tensor(d["input_ids"]), int(d["prompt_len"]), float(d["alpha"]),
+                   d.get("dataset", "custom"), d.get("prompt"), d.get("response"))
+
+
+@dataclass
+class Rollout:
+    """Base and steered greedy completions of one prompt (token ids and text)."""
+
+    prompt: str
+    prompt_ids: list[int]
+    base_ids: list[int]
+    steered_ids: list[int]
+    base_text: str
+    steered_text: str
+    base_refused: bool
+    steered_refused: bool
+
+
+def rollouts(model, tokenizer, instructions: Sequence[str], vector, alpha: float, *,
+             max_new_tokens: int = 64, batch_size: int = 8,
+             refused: Callable[[str, str], bool] | None = None) -> list[Rollout]:
+    """Unsteered and steered (``alpha·vector``) greedy completions of ``instructions``.
+
+    ``refused(instruction, response) -> bool`` judges a completion (default: the paper's
+    substring matcher).
+    """
+    if not instructions:
+        raise DataError("no prompts for the patching rollouts", "pass a non-empty list")
+    judge = refused or (lambda _p, text: is_refusal_substring(text))
+    texts = [format_prompt(tokenizer, p) for p in instructions]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[Rollout] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        enc = encode_prompts(tokenizer, chunk, device=device)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        gens = {}
+        for name, ops in (("base", []), ("steered", [vector.intervention(alpha)])):
+            gens[name] = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens,
+                                      interventions=ops, pad_token_id=pad)
+        for row, instruction in enumerate(instructions[start:start + batch_size]):
+            prompt_ids = ids[row][mask[row].bool()].tolist()
+            toks = {k: g.new_tokens[row, : int(g.lengths[row])].tolist() for k, g in gens.items()}
+            text = {k: tokenizer.decode(t, skip_special_tokens=True) for k, t in toks.items()}
+            out.append(Rollout(instruction, prompt_ids, toks["base"], toks["steered"],
+                               text["base"], text["steered"], judge(instruction, text["base"]),
+                               judge(instruction, text["steered"])))
+    return out
+
+
+def datasets_from_rollouts(harmful: Sequence[Rollout], harmless: Sequence[Rollout], *,
+                           bypass_alpha: float = -1.0, induce_alpha: float = 1.0,
+                           max_per_dataset: int = 100) -> dict[str, list[PatchingExample]]:
+    """The four patching datasets from rollouts (flipped prompts only, in input order)."""
+    if max_per_dataset < 1:
+        raise SteerscopeError(f"max_per_dataset must be >= 1, got {max_per_dataset}")
+    out: dict[str, list[PatchingExample]] = {k: [] for k in DATASETS}
+    for kind, rolls, alpha in (("harmful", harmful, bypass_alpha),
+                               ("harmless", harmless, induce_alpha)):
+        for r in rolls:
+            flipped = (r.base_refused and not r.steered_refused) if kind == "harmful" else \
+                (r.steered_refused and not r.base_refused)
+            if not flipped:
+                continue
+            for which, ids, text in (("steered", r.steered_ids, r.steered_text),
+                                     ("base", r.base_ids, r.base_text)):
+                name = f"{kind}/{which}"
+                if len(out[name]) >= max_per_dataset or not ids:
+                    continue
+                out[name].append(PatchingExample(torch.tensor(r.prompt_ids + ids),
+                                                 len(r.prompt_ids), alpha, name, r.prompt, text))
+    return out
+
+
+def build_patching_datasets(model, tokenizer, vector, harmful: Sequence[str],
+                            harmless: Sequence[str], *, bypass_alpha: float = -1.0,
+                            induce_alpha: float = 1.0, max_per_dataset: int = 100,
+                            max_new_tokens: int = 64, batch_size: int = 8,
+                            refused: Callable[[str, str], bool] | None = None,
+                            ) -> dict[str, list[PatchingExample]]:
+    """Rollouts on both prompt sets, then :func:`datasets_from_rollouts`."""
+    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, refused=refused)
+    harm = rollouts(model, tokenizer, list(harmful), vector, bypass_alpha, **kw) if harmful else []
+    harmless_r = rollouts(model, tokenizer, list(harmless), vector, induce_alpha, **kw) \
+        if harmless else []
+    if not harm and not harmless_r:
+        raise DataError("no prompts for the patching datasets", "pass harmful or harmless prompts")
+    return datasets_from_rollouts(harm, harmless_r, bypass_alpha=bypass_alpha,
+                                  induce_alpha=induce_alpha, max_per_dataset=max_per_dataset)

@@ -1,0 +1,90 @@
+"""Patching metrics over the response positions of one teacher-forced sequence.
+
+The clean run is the steered model (``H + α·S``), the corrupt run the unsteered model (``H``),
+on the same tokens. A metric maps the logits of a (patched) run at its positions to a scalar:
+
+- :class:`LogitDiff`: ``m = mean_p logit_p(y_p) − logit_p(y*_p)`` with ``y`` the clean greedy
+  token and ``y*`` the corrupt greedy token at position ``p``; positions with ``y = y*`` are
+  masked out.
+- :class:`DirectionalKL`: ``m = mean_p KL(P_corrupt ‖ P_patched) − KL(P_clean ‖ P_patched)``;
+  positions whose ``KL(P_clean ‖ P_corrupt) < τ`` are masked out.
+
+Both are ``m(clean) > m(corrupt)``-oriented: patching toward the steered run raises ``m``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from steerscope.errors import SteerscopeError
+
+METRICS = ("logit_diff", "kl")
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+@dataclass
+class LogitDiff:
+    """``positions`` [N] long, ``y`` / ``y_star`` [N] long."""
+
+    positions: torch.Tensor
+    y: torch.Tensor
+    y_star: torch.Tensor
+
+    @property
+    def weight(self) -> int:
+        return int(self.positions.numel())
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` [1, N, V] at ``positions`` → scalar."""
+        lg = _wide(logits[0])
+        idx = torch.arange(lg.shape[0], device=lg.device)
+        return (lg[idx, self.y.to(lg.device)] - lg[idx, self.y_star.to(lg.device)]).mean()
+
+
+@dataclass
+class DirectionalKL:
+    """``positions`` [N]; ``logp_clean`` / ``logp_corrupt`` [N, V] log-probabilities."""
+
+    positions: torch.Tensor
+    logp_clean: torch.Tensor
+    logp_corrupt: torch.Tensor
+
+    @property
+    def weight(self) -> int:
+        return int(self.positions.numel())
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        logq = torch.log_softmax(_wide(logits[0]), -1)  # [N, V]
+        pc, pk = self.logp_clean.to(logq.device), self.logp_corrupt.to(logq.device)
+        kl_corrupt = (pk.exp() * (pk - logq)).sum(-1)
+        kl_clean = (pc.exp() * (pc - logq)).sum(-1)
+        return (kl_corrupt - kl_clean).mean()
+
+
+def make_metric(kind: str, positions: torch.Tensor, clean_logits: torch.Tensor,
+                corrupt_logits: torch.Tensor, *, tau: float = 0.0):
+    """Build a metric from the clean and corrupt logits [1, N, V] at ``positions`` [N].
+
+    Masked positions are dropped; the metric's ``weight`` is the number left (0: the example
+    carries no signal).
+    """
+    if kind not in METRICS:
+        raise SteerscopeError(f"unknown patching metric '{kind}'", f"use one of {', '.join(METRICS)}")
+    clean, corrupt = clean_logits[0].float(), corrupt_logits[0].float()  # [N, V]
+    positions = positions.to(clean.device)
+    if kind == "logit_diff":
+        y, y_star = clean.argmax(-1), corrupt.argmax(-1)
+        keep = y != y_star
+        return LogitDiff(positions[keep], y[keep], y_star[keep])
+    if tau < 0:
+        raise SteerscopeError(f"KL threshold must be >= 0, got {tau}")
+    lc, lk = torch.log_softmax(clean, -1), torch.log_softmax(corrupt, -1)
+    kl = (lc.exp() * (lc - lk)).sum(-1)  # KL(P_steer ‖ P_base) per position
+    keep = kl >= tau if tau > 0 else kl > 0
+    return DirectionalKL(positions[keep], lc[keep], lk[keep])
