@@ -1,0 +1,139 @@
+"""``steerscope freeze`` (freezing-ablation table) and ``steerscope svv`` (steering value
+vectors through the logit lens)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from steerscope.errors import SteerscopeError
+
+
+def _load(args):
+    from steerscope.models.loading import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="'default', 'demo', a local folder, a .gguf file or a Hub id")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--vector", required=True, help="steering vector file (.safetensors)")
+    p.add_argument("--layer", type=int, help="override the vector's layer")
+    p.add_argument("--name", help="vector name in tables (default: its method)")
+
+
+def _read(source: str, n: int | None, seed: int) -> list[str]:
+    from steerscope.data import load_prompts
+
+    ps = load_prompts(source)
+    if n is not None:
+        ps = ps.sample(n, seed=seed, allow_fewer=True)
+    return ps.instructions
+
+
+def _modes(text: str) -> list[str]:
+    from steerscope.mechanisms.freeze import check_mode
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes:
+        raise SteerscopeError("no freezing modes given", "pass e.g. --modes qk,ov,svv,mlp")
+    return [check_mode(m) for m in modes]
+
+
+def read_head_scores(path: str | Path) -> dict[str, float]:
+    """Head node scores from a JSON file: a mapping ``{"a12.h3": score, ...}`` or an object
+    holding one under ``head_node_scores``, ``node_scores`` or ``nodes``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SteerscopeError(f"scores file {path} does not exist", "check the path")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SteerscopeError(f"scores file {path} is not valid JSON") from exc
+    if isinstance(data, dict):
+        for key in ("head_node_scores", "node_scores", "nodes"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict):
+        raise SteerscopeError(f"scores file {path} holds no mapping of node names to scores",
+                              'write {"a12.h3": 0.5, ...}')
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[str(k)] = float(v)
+    if not out:
+        raise SteerscopeError(f"scores file {path} has no numeric node scores",
+                              'write {"a12.h3": 0.5, ...}')
+    return out
+
+
+def cmd_freeze(args) -> None:
+    from steerscope.mechanisms.evaluate import freeze_evaluation
+    from steerscope.vectors import SteeringVector
+
+    modes = _modes(args.modes)
+    sv = SteeringVector.load(args.vector, layer=args.layer)
+    harmful = _read(args.harmful, args.n, args.seed)
+    harmless = _read(args.harmless, args.n, args.seed)
+    lm = _load(args)
+    res = freeze_evaluation(lm.model, lm.tokenizer, sv, harmful, harmless, modes=modes,
+                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            include_unsteered=args.unsteered, arch=lm.arch,
+                            vector_name=args.name or sv.method)
+    print(res.table())
+    if args.out:
+        for p in res.save(args.out, figure=not args.no_figure):
+            print(f"wrote {p}")
+
+
+def cmd_svv(args) -> None:
+    from steerscope.mechanisms.svv import svv_report
+    from steerscope.vectors import SteeringVector
+
+    sv = SteeringVector.load(args.vector, layer=args.layer)
+    scores = read_head_scores(args.scores) if args.scores else None
+    lm = _load(args)
+    sv.check_fits(lm.arch)
+    name = args.name or sv.method
+    rep = svv_report(lm.model, lm.tokenizer, sv.vector, sv.layer, head_scores=scores,
+                     top_k=args.top_k, alpha_sign=-1 if args.negative else 1, arch=lm.arch,
+                     vector_name=name + (" (-s)" if args.negative else ""))
+    print(rep.table(n_heads=args.heads, n_tokens=args.show_tokens))
+    if args.out:
+        out = Path(args.out)
+        print(f"wrote {rep.save(out / f'svv_{name}.json')}")
+        if not args.no_figure:
+            print(f"wrote {rep.figure(out / f'svv_{name}.png', n_heads=args.heads)}")
+
+
+def register(sub) -> None:
+    """Add ``freeze`` and ``svv`` to the top-level subparsers."""
+    p = sub.add_parser("freeze", help="freezing ablations during steered generation "
+                                      "(QK/OV freeze, SVV/MLP removal; the paper's Table 1)")
+    _model_args(p)
+    p.add_argument("--modes", default="qk,ov,svv,mlp", help="comma-separated: qk,ov,svv,mlp")
+    p.add_argument("--harmful", default="jailbreakbench")
+    p.add_argument("--harmless", default="harmless_test")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--unsteered", action="store_true", help="add the unsteered model as a row")
+    p.add_argument("--out", help="folder for freeze.json (+ freeze.png)")
+    p.add_argument("--no-figure", action="store_true")
+    p.set_defaults(func=cmd_freeze)
+
+    p = sub.add_parser("svv", help="steering value vectors per head through the logit lens")
+    _model_args(p)
+    p.add_argument("--scores", help="JSON of head node scores ('a{L}.h{H}': score) to rank by")
+    p.add_argument("--top-k", type=int, default=20, help="tokens kept per head (default 20)")
+    p.add_argument("--heads", type=int, default=10, help="heads shown in the table and figure")
+    p.add_argument("--show-tokens", type=int, default=10, help="tokens shown per line")
+    p.add_argument("--negative", action="store_true", help="read -s (the bypass direction)")
+    p.add_argument("--out", help="folder for svv_NAME.json (+ svv_NAME.png)")
+    p.add_argument("--no-figure", action="store_true")
+    p.set_defaults(func=cmd_svv)
