@@ -1,0 +1,205 @@
+"""The freezing-ablation table (the paper's Table 1) on any model.
+
+For plain steering (``none``) and each freezing mode: greedy completions of the harmful test
+prompts steered with ``bypass_alpha`` (default −1) and of the harmless ones with
+``induce_alpha`` (default +1), the ablation applied at every layer ``>= ℓ`` for the whole
+response (:mod:`steerscope.mechanisms.freeze`). Per (mode, set): ASR (fraction of completions
+that did not refuse, substring matcher), the refusal score at the last prompt position under
+the same ablation (fraction > 0, mean), and the **drop** versus plain steering in absolute
+points: ``100 · (success_none − success_mode)`` with success = ASR on the harmful set (bypass)
+and 1 − ASR on the harmless set (induce). ``mean drop`` averages the two sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from steerscope.artifacts import atomic_write, atomic_write_json
+from steerscope.errors import SteerscopeError
+from steerscope.evaluate.matchers import is_refusal_substring
+from steerscope.evaluate.refusal import refusal_score_from_logits, refusal_token_ids
+from steerscope.generate import generate
+from steerscope.mechanisms.freeze import MODE_NAMES, check_mode, frozen_generate
+from steerscope.models.archs import validate_model
+from steerscope.models.chat import format_prompt
+
+UNSTEERED = "unsteered"
+DEFAULT_MODES = ("qk", "ov", "svv", "mlp")
+
+
+@dataclass
+class FreezeRow:
+    """One (mode, prompt set) cell."""
+
+    mode: str
+    prompt_set: str  # "harmful" | "harmless"
+    alpha: float
+    n: int
+    asr: float
+    score_refusal_rate: float
+    mean_refusal_score: float
+    drop: float | None  # absolute points lost versus plain steering (None for "none")
+
+
+@dataclass
+class FreezeEval:
+    """The ablation table with every completion."""
+
+    rows: list[FreezeRow]
+    layer: int
+    vector_name: str
+    completions: dict[str, dict[str, list[str]]] = field(repr=False)
+    prompts: dict[str, list[str]] = field(repr=False)
+
+    def row(self, mode: str, prompt_set: str) -> FreezeRow:
+        for r in self.rows:
+            if r.mode == mode and r.prompt_set == prompt_set:
+                return r
+        raise KeyError((mode, prompt_set))
+
+    @property
+    def modes(self) -> list[str]:
+        return list(dict.fromkeys(r.mode for r in self.rows))
+
+    def mean_drop(self, mode: str) -> float | None:
+        drops = [self.row(mode, s).drop for s in ("harmful", "harmless")]
+        return None if any(d is None for d in drops) else sum(drops) / 2
+
+    def table(self) -> str:
+        """Plain text, one line per mode (like the paper's Table 1)."""
+        head = (f"{'ablation':20s} {'harmful ASR':>11s} {'drop':>6s} {'harmless ASR':>12s} "
+                f"{'drop':>6s} {'mean drop':>9s}")
+        lines = [f"{self.vector_name} at layer {self.layer}; ASR by substring; drop = points "
+                 "of steering success lost vs plain steering", head, "-" * len(head)]
+
+        def fmt(d):
+            return "-" if d is None else f"{d:+.1f}"
+
+        for m in self.modes:
+            h, b = self.row(m, "harmful"), self.row(m, "harmless")
+            name = MODE_NAMES.get(m, m)
+            lines.append(f"{name:20s} {h.asr:11.3f} {fmt(h.drop):>6s} {b.asr:12.3f} "
+                         f"{fmt(b.drop):>6s} {fmt(self.mean_drop(m)):>9s}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "vector": self.vector_name,
+                "rows": [asdict(r) for r in self.rows],
+                "mean_drop": {m: self.mean_drop(m) for m in self.modes},
+                "table": self.table(), "prompts": self.prompts,
+                "completions": self.completions}
+
+    def save(self, folder: str | Path, *, figure: bool = True) -> list[Path]:
+        """Write ``freeze.json`` (table and completions) and, with matplotlib, ``freeze.png``."""
+        folder = Path(folder)
+        paths = [atomic_write_json(folder / "freeze.json", self.to_json())]
+        if figure:
+            paths.append(self.figure(folder / "freeze.png"))
+        return paths
+
+    def figure(self, path: str | Path) -> Path:
+        """Grouped bars: ASR per mode on both sets."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        modes = self.modes
+        fig, ax = plt.subplots(figsize=(1.2 * len(modes) + 2, 3.2))
+        xs = range(len(modes))
+        for off, (s, color) in zip((-0.2, 0.2), (("harmful", "tab:red"), ("harmless", "tab:blue"))):
+            ax.bar([x + off for x in xs], [self.row(m, s).asr for m in modes], width=0.4,
+                   color=color, label=f"{s} (α = {self.row(modes[0], s).alpha:+g})")
+        ax.set_xticks(list(xs), [MODE_NAMES.get(m, m) for m in modes], fontsize=8, rotation=15)
+        ax.set_ylabel("ASR (not refused)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+        ax.set_title(f"{self.vector_name}, layer {self.layer}: freezing ablations", fontsize=9)
+        fig.tight_layout()
+        try:
+            return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        finally:
+            plt.close(fig)
+
+
+def freeze_evaluation(
+    model,
+    tokenizer,
+    vector,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    *,
+    modes: Sequence[str] = DEFAULT_MODES,
+    layer: int | None = None,
+    bypass_alpha: float = -1.0,
+    induce_alpha: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    include_unsteered: bool = False,
+    arch=None,
+    vector_name: str | None = None,
+) -> FreezeEval:
+    """Table 1 for one vector (a :class:`~steerscope.vectors.SteeringVector`, or a tensor
+    with ``layer``). ``harmful`` / ``harmless`` are raw instructions (chat-formatted here).
+    ``include_unsteered`` adds the unsteered model as a reference row."""
+    import torch
+
+    from steerscope.vectors.vector import SteeringVector
+
+    if not harmful or not harmless:
+        raise SteerscopeError("the freezing evaluation needs harmful and harmless test prompts",
+                              "pass non-empty prompt lists")
+    arch = arch if arch is not None else validate_model(model)
+    if isinstance(vector, SteeringVector):
+        vector.check_fits(arch)
+        layer = vector.layer if layer is None else layer
+        vector_name = vector_name or vector.method
+        s = vector.vector
+    elif isinstance(vector, torch.Tensor):
+        if layer is None:
+            raise SteerscopeError("a raw tensor vector needs its layer", "pass layer=")
+        s = vector
+    else:
+        raise SteerscopeError(f"vector must be a SteeringVector or a tensor, got "
+                              f"{type(vector).__name__}")
+    arch.check_layer(layer)
+    arch.check_vector(s)
+    modes = list(dict.fromkeys(["none", *[check_mode(m) for m in modes]]))
+    sets = {"harmful": (list(harmful), float(bypass_alpha)),
+            "harmless": (list(harmless), float(induce_alpha))}
+    formatted = {k: [format_prompt(tokenizer, p) for p in v[0]] for k, v in sets.items()}
+    ids = refusal_token_ids(tokenizer)
+    rows: list[FreezeRow] = []
+    completions: dict[str, dict[str, list[str]]] = {}
+    success: dict[tuple[str, str], float] = {}
+    for mode in ([UNSTEERED] if include_unsteered else []) + modes:
+        completions[mode] = {}
+        for set_name, (_, alpha) in sets.items():
+            texts = formatted[set_name]
+            if mode == UNSTEERED:
+                outs = generate(model, tokenizer, texts, max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, desc=f"unsteered on {set_name}")
+                _, logits = frozen_generate(model, tokenizer, texts, s, layer, 0.0, "none",
+                                            max_new_tokens=1, batch_size=batch_size, arch=arch)
+                alpha_used = 0.0
+            else:
+                outs, logits = frozen_generate(model, tokenizer, texts, s, layer, alpha, mode,
+                                               max_new_tokens=max_new_tokens,
+                                               batch_size=batch_size, arch=arch,
+                                               desc=f"{MODE_NAMES[mode]} on {set_name}")
+                alpha_used = alpha
+            scores = refusal_score_from_logits(logits, ids)
+            n = len(outs)
+            asr = 1 - sum(is_refusal_substring(o) for o in outs) / n
+            success[mode, set_name] = asr if set_name == "harmful" else 1 - asr
+            rows.append(FreezeRow(mode, set_name, alpha_used, n, asr,
+                                  float((scores > 0).double().mean()), float(scores.mean()),
+                                  None))
+            completions[mode][set_name] = outs
+    for r in rows:
+        if r.mode != "none":
+            r.drop = 100.0 * (success["none", r.prompt_set] - success[r.mode, r.prompt_set])
+    prompts = {k: v[0] for k, v in sets.items()}
+    return FreezeEval(rows, layer, vector_name or "vector", completions, prompts)
