@@ -77,6 +77,7 @@ def plot_agreement(rows: list[dict], path: str | Path) -> Path:
                         mfc=line.get_color() if r["p_value"] < 0.05 else "none")
         ax.set_xlabel("sparsity (mean of the pair)")
         ax.set_ylabel("IoU of kept dimensions")
+        ax.set_xlim(-0.02, 1.0)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{rule} rule (filled: p < 0.05)", fontsize=9)
         ax.legend(fontsize=7)
