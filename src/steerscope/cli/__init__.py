@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steerscope.cli import mechanisms
 
     mechanisms.register(sub)
+    from steerscope.cli import pipeline
+
+    pipeline.register(sub)
     return parser
 
 
