@@ -28,6 +28,15 @@ from steerscope.patching.graph import Graph
 from steerscope.patching.scores import eap_ig
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small matrices: one thread is faster than two on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _examples(n=2, alpha=1.0):
     g = torch.Generator().manual_seed(0)
     return [PatchingExample(torch.randint(3, 256, (12,), generator=g), 5, alpha,

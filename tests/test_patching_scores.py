@@ -26,6 +26,15 @@ from steerscope.patching.scores import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small matrices: one thread is faster than two on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _example(seed=0, length=14, prompt_len=6, alpha=1.0, dataset="harmless/steered"):
     g = torch.Generator().manual_seed(seed)
     return PatchingExample(torch.randint(3, 256, (length,), generator=g), prompt_len, alpha,

@@ -1,0 +1,165 @@
+"""The patching stage end to end: EAP-IG scores → circuits → faithfulness → tables.
+
+:func:`patch_vector` analyses one steering vector on its patching datasets and returns a
+:class:`~steerscope.patching.result.PatchingResult`; :func:`compare_vectors` compares the
+circuits of several analysed vectors (overlap, Jaccard at matched sizes, interchangeability).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from steerscope.errors import DataError
+from steerscope.patching.circuits import (
+    FAITHFUL,
+    build_circuit,
+    complement,
+    default_sizes,
+    edge_type_shares,
+    evaluate_circuits,
+    faithfulness_curve,
+    interchange_matrix,
+    matched_size_overlap,
+    minimal_faithful_circuit,
+    overlap_matrix,
+    random_circuit,
+    top_k_edges,
+)
+from steerscope.patching.data import PatchingExample
+from steerscope.patching.forward import GraphModel
+from steerscope.patching.result import PatchingResult
+from steerscope.patching.scores import eap_ig, exact_patching, head_node_scores
+
+
+def _flatten(datasets) -> list[PatchingExample]:
+    if isinstance(datasets, Mapping):
+        out = [ex for exs in datasets.values() for ex in exs]
+    else:
+        out = list(datasets)
+    if not out:
+        raise DataError("no patching examples (no prompt flipped under steering)",
+                        "use more prompts, longer responses or a stronger vector")
+    return out
+
+
+def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
+                 metric: str = "logit_diff", tau: float = 0.0,
+                 sizes: Sequence[int] | None = None, threshold: float = FAITHFUL,
+                 refine_steps: int = 4, n_random: int = 3, exact_nodes: bool = False,
+                 top_k: int = 100, progress: bool = False) -> PatchingResult:
+    """Analyse one :class:`~steerscope.vectors.SteeringVector` on its patching examples.
+
+    ``datasets``: ``{name: [PatchingExample]}`` (see :mod:`steerscope.patching.data`) or a
+    list. Produces EAP-IG scores (and exact node scores with ``exact_nodes``), the
+    faithfulness curve over ``sizes``, the minimum faithful circuit (``threshold``), the
+    faithfulness of its complement and of ``n_random`` random circuits of twice its size, and
+    edge-type shares of the top-``top_k`` edges and of the circuit.
+    """
+    examples = _flatten(datasets)
+    gm = GraphModel(model, vector.layer, arch=arch)
+    g = gm.graph
+    kw = dict(metric=metric, tau=tau, progress=progress)
+    result = PatchingResult(g, meta={
+        "vector": {"method": vector.method, "layer": vector.layer, "sha256": vector.sha256,
+                   "norm": vector.norm},
+        "steps": steps, "metric": metric, "tau": tau, "threshold": threshold,
+        "examples": {name: sum(1 for e in examples if e.dataset == name)
+                     for name in dict.fromkeys(e.dataset for e in examples)},
+    })
+    scores = eap_ig(gm, examples, vector.vector, steps=steps, **kw)
+    result.scores["eap_ig"] = scores
+    if exact_nodes:
+        result.scores["exact"] = exact_patching(gm, examples, vector.vector, nodes=None,
+                                                edges=[], **kw)
+    sizes = list(sizes) if sizes is not None else default_sizes(g.n_edges)
+    curve = faithfulness_curve(gm, examples, vector.vector, scores.edges, sizes, **kw)
+    result.curves["eap_ig"] = curve
+    for n, c in zip(sizes, (build_circuit(g, scores.edges, int(n)) for n in sizes)):
+        result.circuits[f"eap_ig.n{n}"] = c
+    circuit, f_min = minimal_faithful_circuit(gm, examples, vector.vector, scores.edges,
+                                              threshold=threshold, curve=curve,
+                                              refine_steps=refine_steps, **kw)
+    size = int(circuit.sum())
+    result.circuits["eap_ig.min"] = circuit
+    controls = [complement(g, circuit)] + [random_circuit(g, 2 * size, seed=42 + i)
+                                           for i in range(n_random)]
+    ev = evaluate_circuits(gm, examples, vector.vector, controls, **kw)
+    f = ev.faithfulness.tolist()
+    result.tables["summary"] = {
+        "n_edges": g.n_edges, "min_faithful_size": size,
+        "min_faithful_fraction": size / g.n_edges, "min_faithfulness": f_min,
+        "complement_faithfulness": f[0], "random_2x_faithfulness": f[1:],
+        "m_full": ev.m_full, "m_empty": ev.m_empty,
+    }
+    result.tables["edge_types"] = {
+        f"top{top_k}": edge_type_shares(g, top_k_edges(scores.edges, min(top_k, g.n_edges))),
+        "circuit": edge_type_shares(g, circuit),
+    }
+    result.tables["head_scores"] = head_node_scores(scores, g)
+    return result
+
+
+def compare_vectors(model, results: Mapping[str, PatchingResult],
+                    datasets: Mapping[str, tuple[Sequence[PatchingExample], object]], *,
+                    sizes: Sequence[int] | None = None, metric: str = "logit_diff",
+                    tau: float = 0.0, progress: bool = False) -> dict:
+    """Compare analysed vectors: overlap and Jaccard of their minimum faithful circuits,
+    overlap/Jaccard at matched sizes, and the interchange matrix (circuit of A while steering
+    with B on B's examples). ``datasets[name] = (examples, SteeringVector)``."""
+    names = list(results)
+    first = results[names[0]].graph
+    circuits = {n: r.circuits["eap_ig.min"] for n, r in results.items()}
+    sizes = list(sizes) if sizes is not None else default_sizes(first.n_edges)
+    matched = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            matched[f"{a}|{b}"] = matched_size_overlap(
+                first, results[a].scores["eap_ig"].edges, results[b].scores["eap_ig"].edges,
+                sizes)
+    layer = datasets[names[0]][1].layer
+    gm = GraphModel(model, layer)
+    inter = interchange_matrix(
+        gm, circuits, {n: (_flatten(exs), v.vector) for n, (exs, v) in datasets.items()},
+        metric=metric, tau=tau, progress=progress)
+    return {"overlap": overlap_matrix(circuits, "overlap"),
+            "jaccard": overlap_matrix(circuits, "jaccard"),
+            "sizes": {n: int(c.sum()) for n, c in circuits.items()},
+            "matched": matched, "interchange": inter}
+
+
+def circuit_summary(result: PatchingResult) -> str:
+    """A plain-text report: faithfulness curve, minimum circuit, controls, top edges."""
+    lines = []
+    g = result.graph
+    lines.append(f"graph: layers {g.layer}..{g.n_layers - 1}, {g.n_up} upstream nodes, "
+                 f"{g.n_down} downstream inputs, {g.n_edges} edges")
+    for name, c in result.curves.items():
+        lines.append(f"faithfulness curve ({name}): m(M)={c.m_full:.4f} m(0)={c.m_empty:.4f}")
+        for a, f in zip(c.actual, c.faithfulness):
+            lines.append(f"  {a:>8d} edges ({a / g.n_edges:6.1%})  faithfulness {f:7.3f}")
+    s = result.tables.get("summary")
+    if s:
+        rnd = ", ".join(f"{x:.3f}" for x in s["random_2x_faithfulness"])
+        lines.append(f"minimum faithful circuit: {s['min_faithful_size']} edges "
+                     f"({s['min_faithful_fraction']:.1%}), faithfulness "
+                     f"{s['min_faithfulness']:.3f}; complement {s['complement_faithfulness']:.3f};"
+                     f" random 2x: {rnd}")
+    for key, t in result.tables.get("edge_types", {}).items():
+        inc = " ".join(f"{k}={v:.1%}" for k, v in t["incoming"].items())
+        out = " ".join(f"{k}={v:.1%}" for k, v in t["outgoing"].items())
+        lines.append(f"edge types ({key}, {t['n_edges']} edges): in {inc} | out {out}")
+    if "eap_ig" in result.scores:
+        lines.append("top edges (EAP-IG):")
+        for name, v in result.top_edges("eap_ig", 15):
+            lines.append(f"  {v:+.4f}  {name}")
+    return "\n".join(lines)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two score vectors (NaNs dropped)."""
+    from scipy.stats import spearmanr
+
+    ok = torch.isfinite(a) & torch.isfinite(b)
+    return float(spearmanr(a[ok].double().numpy(), b[ok].double().numpy()).statistic)
