@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steerscope.cli import vectors
 
     vectors.register(sub)
+    from steerscope.cli import patching
+
+    patching.register(sub)
     from steerscope.cli import sparsify
 
     sparsify.register(sub)
