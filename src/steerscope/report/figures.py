@@ -47,9 +47,10 @@ def steering_bars(steering: dict[str, dict[str, dict]]) -> bytes:
         for b, v in zip(bars, vals):
             ax.text(b.get_x() + b.get_width() / 2, v + 0.02, f"{v:.2f}", ha="center", fontsize=7)
     ax.set_xticks(range(len(methods)), methods)
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.1)
     ax.set_ylabel("attack success rate")
-    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2,
+              frameon=False)
     ax.set_title("Steering: ASR by method", fontsize=10)
     return _png(fig)
 
@@ -68,9 +69,10 @@ def heatmap(methods: list[str], matrix: list[list], title: str, *, vmin: float =
         for j in range(n):
             v = vals[i][j]
             if not math.isnan(v):
-                shade = (v - vmin) / (vmax - vmin) if vmax > vmin else 0.5
+                r, g, b, _ = im.cmap(im.norm(v))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if shade < 0.6 else "black")
+                        color="white" if dark else "black")
     if xlabel:
         ax.set_xlabel(xlabel, fontsize=8)
     if ylabel:

@@ -183,7 +183,7 @@ def _svv(doc: _Doc, r: dict) -> None:
         doc.table(["head", "score", "top tokens (logit lens)"],
                   [[_e(h["head"]), _num(h.get("score")),
                     '<span class="tokens">' + " · ".join(_e(repr(t)[1:-1]) for t in h["tokens"])
-                    + "</span>"] for h in heads])
+                    + "</span>"] for h in heads], left=3)
 
 
 def _sparsify(doc: _Doc, r: dict) -> None:

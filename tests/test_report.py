@@ -1,0 +1,180 @@
+"""The HTML report, from a synthetic results.json holding every section, checked in a real
+headless browser (Debian chromium; skipped when it is not installed)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from steerscope.errors import SteerscopeError
+from steerscope.pipeline.results import check_results
+from steerscope.report import build_report, render_report
+
+METHODS = ["dim", "ntp", "po"]
+
+
+def full_results() -> dict:
+    """A results.json with every documented section (docs/results.md), made-up numbers."""
+    square = [[1.0, 0.3, 0.2], [0.3, 1.0, 0.4], [0.2, 0.4, 1.0]]
+    curve = [[10, 0.1], [100, 0.5], [900, 0.87], [4000, 0.97], [8790, 1.0]]
+    return {
+        "format_version": 1,
+        "steerscope_version": "0.1.0",
+        "run": {"name": "synthetic", "dir": "/tmp/x", "config": "config.yaml",
+                "stages": {s: "done" for s in ("model", "data", "vectors", "trained",
+                                               "evaluation", "patching", "circuits", "freeze",
+                                               "svv", "sparsify")}},
+        "model": {"id": "toy", "revision": None, "architecture": "gemma2", "path": "/tmp/m",
+                  "steering_layer": 15, "n_layers": 26, "d_model": 2304},
+        "vectors": {m: {"path": f"/tmp/{m}.safetensors", "layer": 15, "position": -1,
+                        "norm": 42.0} for m in METHODS},
+        "steering": {m: {"harmful": {"asr": a, "mean_refusal_score": -s, "judge_asr": a},
+                         "harmless": {"asr": b, "mean_refusal_score": s}}
+                     for m, a, b, s in (("none", 0.0, 0.99, -3.0), ("dim", 0.8, 0.0, 2.0),
+                                        ("ntp", 0.84, 0.03, 1.5), ("po", 0.8, 0.0, 1.7))},
+        "cosine": {"methods": METHODS, "matrix": square},
+        "circuits": {m: {"total_edges": 8790, "faithfulness_curve": curve,
+                         "min_faithful_size": 900, "complement_faithfulness": 0.01,
+                         "random_faithfulness": 0.05} for m in METHODS},
+        "overlap": {"methods": METHODS,
+                    "by_size": [{"size": 100, "matrix": square}, {"size": 900, "matrix": square}]},
+        "interchange": {"methods": METHODS, "matrix": [[0.9, 0.88, 0.91]] * 3},
+        "edge_types": {m: {"top_n": 100, "fractions": {"q": 0.0, "k": 0.0, "v": 0.16,
+                                                       "mlp": 0.5, "logits": 0.34}}
+                       for m in METHODS},
+        "freeze": {"qk": {"harmful_asr": 0.74, "harmless_asr": 0.03, "mean_drop": 8.75},
+                   "ov": {"harmful_asr": 0.06, "harmless_asr": 0.57, "mean_drop": 71.75},
+                   "svv": {"harmful_asr": 0.2, "harmless_asr": 0.35, "mean_drop": 54.75},
+                   "mlp": {"harmful_asr": 0.57, "harmless_asr": 0.29, "mean_drop": 44.5}},
+        "svv": {m: [{"head": "L16H1", "score": 0.8, "tokens": ["forbid", " prohibition", "<b>"]},
+                    {"head": "L17H3 (−)", "score": -0.2, "tokens": ["sorry", "\n"]}]
+                for m in METHODS},
+        "sparsify": {
+            **{m: {rule: [{"sparsity": s, "harmful_asr": 0.8 * (1 - s ** 4),
+                           "harmless_asr": s ** 4} for s in (0.0, 0.5, 0.9, 0.99)]
+                   for rule in ("grad", "ie", "dropout", "bottomk")} for m in METHODS},
+            "iou": [{"level": t, "pair": [a, b], "iou": 0.5, "p_value": 1e-12}
+                    for t in (0.1, 0.5, 1.0) for a, b in (("dim", "ntp"), ("dim", "po"),
+                                                          ("ntp", "po"))],
+        },
+    }
+
+
+# figures the full results must produce (name -> section)
+EXPECTED_FIGURES = {"steering", "cosine", "faithfulness", "overlap_100", "overlap_900",
+                    "interchange", "edge_types", "freeze", "sparsify_dim", "sparsify_ntp",
+                    "sparsify_po", "iou"}
+
+
+def test_the_synthetic_results_follow_the_documented_contract():
+    present = check_results(full_results())
+    assert set(present) == {"model", "vectors", "steering", "cosine", "circuits", "overlap",
+                            "interchange", "edge_types", "freeze", "svv", "sparsify"}
+    bad = full_results()
+    bad["circuits"]["dim"]["faithfulness_curve"] = [[1, 2, 3]]
+    with pytest.raises(SteerscopeError, match=r"circuits.dim needs 'faithfulness_curve'"):
+        check_results(bad)
+    bad = full_results()
+    del bad["steering"]["none"]
+    with pytest.raises(SteerscopeError, match=r"steering lacks the unsteered row 'none'"):
+        check_results(bad)
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> Path:
+    """The report of :func:`full_results`, built once (its folder also holds figures/)."""
+    return build_report(full_results(), tmp_path_factory.mktemp("report"))
+
+
+def test_full_report_has_every_section_and_figure(full_report):
+    tmp_path = full_report.parent
+    text = full_report.read_text()
+    assert set(re.findall(r'data-figure="([^"]+)"', text)) == EXPECTED_FIGURES
+    assert {p.stem for p in (tmp_path / "figures").glob("*.png")} == EXPECTED_FIGURES
+    assert "not run" not in text
+    for heading in ("Steering", "Cosine similarity", "Circuits", "Circuit overlap",
+                    "Interchangeability", "Edge types", "Freezing ablations",
+                    "Steering value vectors", "Sparsification"):
+        assert f">{heading}</h" in text
+    assert "forbid" in text and "&lt;b&gt;" in text and "<b>" not in text  # tokens escaped
+    assert "http://" not in text and "https://" not in text  # self-contained
+    # deterministic: the same results give the same bytes
+    again, figs = render_report(full_results())
+    assert again == text and set(figs) == EXPECTED_FIGURES
+
+
+def test_missing_sections_say_not_run(tmp_path):
+    r = full_results()
+    for k in ("circuits", "overlap", "interchange", "edge_types", "freeze", "svv", "sparsify"):
+        del r[k]
+    r["run"]["stages"].update(patching="not available", circuits="blocked",
+                              freeze="not available", svv="blocked", sparsify="disabled")
+    text = build_report(r, tmp_path).read_text()
+    assert text.count('class="notrun"') == 7
+    assert "stage <code>freeze</code>: not available" in text
+    assert "stage <code>sparsify</code>: disabled" in text
+
+
+def _browser() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+CHECK = """<script>window.addEventListener("load", function () {
+  var rows = [];
+  document.querySelectorAll("img").forEach(function (i) {
+    rows.push([i.getAttribute("data-figure"), i.complete, i.naturalWidth, i.naturalHeight]);
+  });
+  var pre = document.createElement("pre");
+  pre.id = "imgcheck";
+  pre.textContent = JSON.stringify(rows);
+  document.body.appendChild(pre);
+});</script>"""
+
+
+def test_every_figure_renders_in_headless_chromium(full_report, tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium; scripts/setup "
+                    "installs it when run as root)")
+    html_path = full_report
+    probe = tmp_path / "probe.html"  # the report plus a script listing each decoded image
+    probe.write_text(html_path.read_text().replace("</body>", CHECK + "</body>"))
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--virtual-time-budget=10000", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    match = re.search(r'<pre id="imgcheck">(.*?)</pre>', proc.stdout, re.S)
+    assert match, f"no image report from chromium: {proc.stderr[-1500:]}"
+    rows = json.loads(match.group(1).replace("&quot;", '"'))
+    assert {r[0] for r in rows} == EXPECTED_FIGURES
+    for name, complete, width, height in rows:
+        assert complete and width > 0 and height > 0, f"figure {name} did not render"
+
+
+def test_report_cli_rebuilds_from_results_json(tmp_path, capsys):
+    from steerscope.cli import main
+
+    r = full_results()
+    for k in ("circuits", "overlap", "interchange", "edge_types", "freeze", "svv", "sparsify"):
+        del r[k]
+    (tmp_path / "results.json").write_text(json.dumps(r))
+    assert main(["report", str(tmp_path)]) == 0
+    assert "report:" in capsys.readouterr().out
+    assert (tmp_path / "report.html").is_file()
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "results.json does not exist" in capsys.readouterr().err
+
+
+def test_report_figures_are_real_pngs(full_report):
+    for png in Path(full_report.parent, "figures").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
