@@ -1,0 +1,91 @@
+"""``steerscope patch`` and ``steerscope circuits`` on a tiny chat model saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from steerscope.cli import main
+from steerscope.models import save_tiny_chat_model
+from steerscope.vectors import SteeringVector
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"), "llama", n_layers=3)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _fake_refusals(monkeypatch):
+    """Tiny random models never refuse: for each vector, the base completion of the two
+    harmful prompts and the steered completion of the two harmless prompts 'refuse'."""
+    import steerscope.patching.data as data
+
+    calls = {"n": 0}
+
+    def fake(text):
+        calls["n"] += 1
+        # rollouts judge base then steered for each prompt, harmful set first
+        pair = ((calls["n"] - 1) // 2) % 4
+        first = (calls["n"] - 1) % 2 == 0
+        harmful = pair < 2
+        return first if harmful else not first
+
+    monkeypatch.setattr(data, "is_refusal_substring", fake)
+
+
+def test_patch_then_circuits(capsys, tiny_dir, tmp_path, monkeypatch):
+    _fake_refusals(monkeypatch)
+    harmful, harmless = tmp_path / "harmful.txt", tmp_path / "harmless.txt"
+    harmful.write_text("bad one\nbad two\n")
+    harmless.write_text("good one\ngood two\n")
+    vecs = []
+    for i in range(2):
+        v = torch.randn(64, generator=torch.Generator().manual_seed(i)) * 4
+        vecs.append(SteeringVector(v, 1).save(tmp_path / f"v{i}.safetensors"))
+    out = tmp_path / "patch"
+    code, text, err = _run(capsys, "patch", tiny_dir, "--vector", f"A={vecs[0]}",
+                           "--vector", f"B={vecs[1]}", "--harmful", harmful, "--harmless",
+                           harmless, "--max-new-tokens", "5", "--steps", "2",
+                           "--sizes", "10,30,1000", "--max-per-dataset", "1", "--out", out)
+    assert code == 0, err
+    assert "minimum faithful circuit" in text and "interchange" in text
+    for name in ("A", "B"):
+        assert (out / name / "result.json").is_file()
+        assert (out / name / "scores.safetensors").is_file()
+        ex = json.loads((out / name / "examples.json").read_text())
+        assert len(ex["harmful/steered"]) == 1
+    cmp = json.loads((out / "comparison.json").read_text())
+    assert set(cmp["interchange"]) == {"A", "B"}
+    code, text, _ = _run(capsys, "circuits", out)
+    assert code == 0 and "== A ==" in text and "top edges" in text and "Jaccard" in text
+    code, text, _ = _run(capsys, "circuits", out / "A", "--json", "--top", "3")
+    assert code == 0 and len(json.loads(text.split("\n", 1)[1])["top_edges"]) == 3
+
+
+def test_patch_errors(capsys, tiny_dir, tmp_path):
+    code, _, err = _run(capsys, "patch", tiny_dir, "--out", tmp_path / "x")
+    assert code == 2 and "no steering vector" in err
+    code, _, err = _run(capsys, "circuits", tmp_path)
+    assert code == 2 and "no patching results" in err
+    v = SteeringVector(torch.randn(32), 1).save(tmp_path / "bad.safetensors")
+    p = tmp_path / "p.txt"
+    p.write_text("x\n")
+    code, _, err = _run(capsys, "patch", tiny_dir, "--vector", v, "--harmful", p,
+                        "--harmless", p, "--out", tmp_path / "y")
+    assert code == 2 and "error:" in err
