@@ -1,0 +1,169 @@
+"""Frozen (ablated) steered generation: lockstep KV-cached vs the paper's full re-computation,
+and vs plain steered generation, measured side by side in one run.
+
+    python benchmarks/bench_freeze.py [--model demo] [--prompts 8] [--new-tokens 256]
+                                      [--modes qk,ov] [--ref-mode qk] [--ref-new-tokens N]
+
+On the same model, prompts and DIM vector (from the built-in demo prompts, at ``--layer``,
+default 40% of the depth), each run once after a short warm-up, every run producing exactly
+the requested number of tokens per row (no EOS stop):
+  P. plain steered generation (``generate_ids`` with the steering vector, KV cache)
+  L. lockstep frozen generation (``frozen_generate_ids``) for each of ``--modes``
+  R. the paper's computation for ``--ref-mode`` (``frozen_generate_reference``: two full
+     forward passes over the whole sequence per step, no cache) at ``--ref-new-tokens``
+     (default: ``--new-tokens``); when that differs, L is also timed at that length so the
+     speed-up is a measured same-length ratio.
+  S. with ``--ref-sample-steps K``: single reference steps timed at K evenly spaced
+     positions t of the ``--new-tokens`` response (the same two full passes over the prompt
+     plus the first t tokens of L's output); the reference time at ``--new-tokens`` is then
+     estimated as the trapezoid sum over t = 0..N-1 of these step times (labelled
+     "estimated"): the reference at 256 tokens takes hours on a 2-core CPU.
+Prints seconds, tokens/s and the ratios (targets, issue 5): R/L time >= 10x at 256 tokens;
+P/L time (= L throughput relative to plain) >= 0.4x (two passes make 0.5x the natural limit).
+Also prints how many generated tokens of L and R agree (exactness on a real model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from steerscope.data.builtin import demo_prompts
+from steerscope.generate import generate_ids
+from steerscope.mechanisms import frozen_generate_ids, frozen_generate_reference
+from steerscope.models.chat import encode_prompts, format_prompt
+from steerscope.models.loading import load_model
+from steerscope.runtime import steer
+from steerscope.vectors import extract_vector
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--modes", default="qk,ov")
+    ap.add_argument("--ref-mode", default="qk")
+    ap.add_argument("--ref-new-tokens", type=int)
+    ap.add_argument("--ref-sample-steps", type=int, default=0)
+    ap.add_argument("--layer", type=int)
+    ap.add_argument("--alpha", type=float, default=-1.0, help="default -1 on harmful prompts")
+    ap.add_argument("--out", help="write the measurements as JSON")
+    args = ap.parse_args()
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tok, arch = loaded.model, loaded.tokenizer, loaded.arch
+    layer = args.layer if args.layer is not None else int(0.4 * arch.n_layers)
+    harmful = demo_prompts("harmful").instructions
+    harmless = demo_prompts("harmless").instructions
+    sv = extract_vector(model, tok, [format_prompt(tok, p) for p in harmful[:16]],
+                        [format_prompt(tok, p) for p in harmless[:16]], method="dim",
+                        layer=layer, arch=arch)
+    s = sv.vector.to(model.device)
+    texts = [format_prompt(tok, harmful[i % len(harmful)]) for i in range(args.prompts)]
+    enc = encode_prompts(tok, texts, device=model.device)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    n, n_ref = args.new_tokens, args.ref_new_tokens or args.new_tokens
+    modes = [m for m in args.modes.split(",") if m]
+    kw = dict(stop_at_eos=False, arch=arch)
+
+    def sync():
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        return time.perf_counter() - t0, out
+
+    def plain(k):
+        return generate_ids(model, ids, mask, max_new_tokens=k, stop_at_eos=False,
+                            interventions=[steer(s, layer, args.alpha)])
+
+    def lockstep(mode, k):
+        return frozen_generate_ids(model, ids, mask, s, layer, args.alpha, mode,
+                                   max_new_tokens=k, **kw)
+
+    def reference(k):
+        return frozen_generate_reference(model, ids, mask, s, layer, args.alpha, args.ref_mode,
+                                         max_new_tokens=k, **kw)
+
+    results: dict[str, dict] = {}
+    with torch.inference_mode():
+        plain(2)  # warm-up
+        for m in modes:
+            lockstep(m, 2)
+        reference(2)
+        t, _ = timed(lambda: plain(n))
+        results["plain"] = dict(seconds=t, new_tokens=n)
+        full: dict[str, torch.Tensor] = {}
+        for m in modes:
+            t, g = timed(lambda m=m: lockstep(m, n))
+            results[f"lockstep_{m}"] = dict(seconds=t, new_tokens=n)
+            full[m] = g.sequences
+        if n_ref != n or args.ref_mode not in modes:
+            t, lock_ref = timed(lambda: lockstep(args.ref_mode, n_ref))
+            results[f"lockstep_{args.ref_mode}@{n_ref}"] = dict(seconds=t, new_tokens=n_ref)
+        else:
+            lock_ref = lockstep(args.ref_mode, n_ref)  # tokens only (not timed again)
+        t, ref = timed(lambda: reference(n_ref))
+        results[f"reference_{args.ref_mode}@{n_ref}"] = dict(seconds=t, new_tokens=n_ref)
+        sampled = []
+        if args.ref_sample_steps and args.ref_mode in full:
+            seqs, p_len = full[args.ref_mode], ids.shape[1]
+            k = args.ref_sample_steps
+            for step in sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)}):
+                x = seqs[:, : p_len + step]
+                xm = torch.cat([mask, torch.ones_like(x[:, p_len:])], dim=1)
+                dt, _ = timed(lambda x=x, xm=xm: frozen_generate_reference(
+                    model, x, xm, s, layer, args.alpha, args.ref_mode, max_new_tokens=1, **kw))
+                sampled.append((step, dt))
+            est = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(sampled, sampled[1:]))
+            est += (sampled[0][1] + sampled[-1][1]) / 2  # endpoints of the sum over t = 0..N-1
+            results[f"reference_{args.ref_mode}@{n} (estimated)"] = dict(
+                seconds=est, new_tokens=n, sampled_steps=sampled)
+
+    rows = args.prompts
+    print(f"model {loaded.model_id} on {model.device} ({args.dtype}, {torch.get_num_threads()} "
+          f"threads), {rows} prompts (prompt length {ids.shape[1]}), DIM vector at layer {layer}, "
+          f"alpha {args.alpha:+g}")
+    for name, r in results.items():
+        print(f"  {name:24s} {r['seconds']:9.2f} s  {rows * r['new_tokens'] / r['seconds']:8.2f} "
+              f"tokens/s  ({r['new_tokens']} new tokens)")
+    ratios = {}
+    for m in modes:
+        ratios[f"lockstep_{m}_vs_plain_throughput"] = (results["plain"]["seconds"]
+                                                       / results[f"lockstep_{m}"]["seconds"])
+    lock_key = (f"lockstep_{args.ref_mode}@{n_ref}" if f"lockstep_{args.ref_mode}@{n_ref}" in results
+                else f"lockstep_{args.ref_mode}")
+    ratios[f"reference_vs_lockstep_{args.ref_mode}_speedup@{n_ref}"] = (
+        results[f"reference_{args.ref_mode}@{n_ref}"]["seconds"] / results[lock_key]["seconds"])
+    est_key = f"reference_{args.ref_mode}@{n} (estimated)"
+    if est_key in results:
+        ratios[f"reference_vs_lockstep_{args.ref_mode}_speedup@{n} (estimated)"] = (
+            results[est_key]["seconds"] / results[f"lockstep_{args.ref_mode}"]["seconds"])
+        print("  reference step times (t, s): " + ", ".join(
+            f"({a}, {b:.2f})" for a, b in results[est_key]["sampled_steps"]))
+    for k, v in ratios.items():
+        print(f"ratio {k} = {v:.3f}")
+    same = (lock_ref.new_tokens == ref.new_tokens)
+    prefix = int(same.long().cumprod(-1).sum(-1).min())
+    print(f"lockstep vs reference tokens: {int(same.sum())}/{same.numel()} equal; all rows agree "
+          f"on the first {prefix} tokens")
+    if args.out:
+        from steerscope.artifacts import atomic_write_json
+
+        atomic_write_json(args.out, dict(model=loaded.model_id, layer=layer, prompts=rows,
+                                         threads=torch.get_num_threads(), results=results,
+                                         ratios=ratios, tokens_equal=int(same.sum()),
+                                         tokens_total=same.numel(), common_prefix=prefix))
+
+
+if __name__ == "__main__":
+    main()
