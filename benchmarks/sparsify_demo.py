@@ -4,10 +4,12 @@
 
 1. vectors at one layer from harmful_train vs harmless_train (last prompt token): DIM and, as
    a second method for the agreement study, PCA (NTP/PO training is too slow for this
-   CPU budget; feed their vectors with --vector NAME=FILE when you have them);
+   CPU budget; save their vectors as OUT/ntp.safetensors, OUT/po.safetensors and pass
+   --methods dim,ntp,po: existing vector files are used as they are);
 2. IE = s ⊙ IG gradient on harmful_val / harmless_val rollouts (prompts whose outcome flips);
-3. the sweep: every rule at each τ's sparsity and at extra sparsities, steered generation on
-   JailbreakBench (bypass, α = −1) and Alpaca test (induce, α = +1), optionally StrongREJECT
+   agreement (IoU, hypergeometric p) between all methods at every level (no generation);
+3. the sweep (``--sweep-methods``, default DIM only to fit a CPU budget): every rule at
+   each τ's sparsity and at extra sparsities, steered generation on JailbreakBench (bypass, α = −1) and Alpaca test (induce, α = +1), optionally StrongREJECT
    (unseen);
 4. prints the highest sparsity keeping ≥ 90% of the dense bypass and induce effect per
    method and rule, and the agreement table; artifacts (JSON, figures, IE files) in --out.
@@ -23,13 +25,16 @@ from pathlib import Path
 
 import torch
 
+from steerscope.artifacts import atomic_write_json
 from steerscope.data import load_prompts
 from steerscope.models import load_model
 from steerscope.models.chat import format_prompt
 from steerscope.sparsify import (
     agreement_table,
     dimension_scores,
+    equal_sparsity_family,
     load_ie,
+    sparse_agreement,
     sparsity_sweep,
 )
 from steerscope.vectors import SteeringVector
@@ -49,13 +54,15 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/sparsify-demo"))
     ap.add_argument("--layer", type=int, default=16)
     ap.add_argument("--methods", default="dim,pca")
+    ap.add_argument("--sweep-methods", default="dim",
+                    help="methods evaluated by generation (the agreement uses all)")
     ap.add_argument("--n-train", type=int, default=64)
-    ap.add_argument("--n-score", type=int, default=16)
-    ap.add_argument("--n-test", type=int, default=16)
+    ap.add_argument("--n-score", type=int, default=8)
+    ap.add_argument("--n-test", type=int, default=12)
     ap.add_argument("--n-unseen", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--fractions", default="0.8,0.9,0.95,0.98")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--fractions", default="0.9,0.95,0.98")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
@@ -108,7 +115,13 @@ def main() -> int:
     unseen = (load_prompts(test / "strongreject.csv").sample(args.n_unseen, seed=args.seed)
               .instructions if args.n_unseen else None)
     fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
-    res = sparsity_sweep(lm.model, tok, vectors, ies, harmful, harmless, unseen,
+    fams = {m: equal_sparsity_family(sv, ies[m], fractions=fractions, rules=("gradient", "ie"))
+            for m, sv in vectors.items()}
+    rows = sparse_agreement(fams)
+    atomic_write_json(out / "agreement_all.json", rows)
+    print(agreement_table(rows), flush=True)
+    sweep_vectors = {m: vectors[m] for m in args.sweep_methods.split(",")}
+    res = sparsity_sweep(lm.model, tok, sweep_vectors, ies, harmful, harmless, unseen,
                          fractions=fractions, max_new_tokens=args.max_new_tokens,
                          batch_size=args.batch_size, arch=lm.arch)
     res.config.update(model=lm.model_id, layer=args.layer, n_score=args.n_score,
@@ -116,8 +129,6 @@ def main() -> int:
     res.save(out)
     print(f"[{time.time() - t0:6.0f}s] unsteered ASR {res.unsteered}; dense {res.dense}")
     print(res.table(0.9))
-    print()
-    print(agreement_table(res.agreement))
     print(json.dumps({"generations": res.config["generations"],
                       "wall_s": round(time.time() - t0)}))
     return 0

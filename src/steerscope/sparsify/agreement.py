@@ -72,10 +72,11 @@ def agreement(vectors_by_level: Mapping[str, Mapping[str, SteeringVector | torch
 
 def agreement_table(rows: list[dict]) -> str:
     """Plain-text table of :func:`agreement` rows."""
-    head = f"{'level':16s} {'pair':16s} {'|A|':>6s} {'|B|':>6s} {'overlap':>8s} {'IoU':>6s} " \
-           f"{'p-value':>10s}"
+    head = f"{'level':16s} {'rule':10s} {'pair':16s} {'|A|':>6s} {'|B|':>6s} {'overlap':>8s} " \
+           f"{'IoU':>6s} {'p-value':>10s}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{str(r['level']):16s} {r['a'] + '/' + r['b']:16s} {r['size_a']:6d} "
+        lines.append(f"{str(r['level']):16s} {r.get('rule', '-'):10s} "
+                     f"{r['a'] + '/' + r['b']:16s} {r['size_a']:6d} "
                      f"{r['size_b']:6d} {r['overlap']:8d} {r['iou']:6.3f} {r['p_value']:10.2e}")
     return "\n".join(lines)
