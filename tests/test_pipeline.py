@@ -129,7 +129,7 @@ def test_demo_config_is_valid_and_uses_the_demo_model():
     assert cfg.model.source == "demo"
     assert cfg.vectors.methods == ["dim", "ntp", "po"]
     assert demo_config(vectors={"methods": ["dim"]}).vectors.methods == ["dim"]
-    assert demo_config(vectors={"methods": ["dim"]}).vectors.preference.n_prompts == 24
+    assert demo_config(vectors={"methods": ["dim"]}).vectors.preference.max_new_tokens == 48
 
 
 def test_inputs_checked_before_any_compute(workdir, tmp_path, monkeypatch):
@@ -232,25 +232,32 @@ def test_changed_config_gets_its_own_run_folder(finished, workdir):
     assert other != finished.run_dir and other.parent == finished.run_dir.parent
 
 
-def test_a_failing_stage_leaves_nothing_and_the_rerun_resumes(workdir, tmp_path, monkeypatch):
-    calls = []
-    original = reg.STAGES["evaluation"]
+ORDER = ["model", "data", "vectors", "trained", "evaluation", "report"]
+
+
+@pytest.mark.parametrize("stage", ORDER)
+def test_a_failing_stage_leaves_nothing_and_the_rerun_resumes(stage, workdir, tmp_path,
+                                                              monkeypatch):
+    """An exception in the middle of any stage (after it wrote a file) leaves no stage folder;
+    the rerun skips every earlier stage and recomputes from the failed one."""
+    original = reg.get_stage(stage)  # imports the built-in stages first
 
     def boom(ctx, section, inputs):
-        calls.append(1)
+        original.fn(ctx, section, inputs)
         (ctx.out / "partial.json").write_text("{}")
-        raise RuntimeError("crash in the middle of evaluation")
+        raise RuntimeError(f"crash in the middle of {stage}")
 
-    monkeypatch.setitem(reg.STAGES, "evaluation", original.__class__(
+    monkeypatch.setitem(reg.STAGES, stage, original.__class__(
         **{**original.__dict__, "fn": boom}))
     with pytest.raises(RuntimeError, match="crash in the middle"):
         run_pipeline(tiny_config(workdir), tmp_path, progress=False)
     run_dir = next(tmp_path.iterdir())
-    assert not list(run_dir.glob("evaluation-*")) and not list(run_dir.glob(".*tmp*"))
-    monkeypatch.setitem(reg.STAGES, "evaluation", original)
+    assert not list(run_dir.glob(f"{stage}-*")) and not list(run_dir.glob(".*tmp*"))
+    monkeypatch.setitem(reg.STAGES, stage, original)
     res = run_pipeline(tiny_config(workdir), tmp_path, progress=False)
-    assert res.skipped == ["model", "data", "vectors", "trained"]
-    assert res.ran == ["evaluation", "report"]
+    k = ORDER.index(stage)
+    assert res.skipped == ORDER[:k]
+    assert res.ran == ORDER[k:]
 
 
 # --- kill -9 and resume, in fresh processes ----------------------------------------------------
@@ -341,3 +348,14 @@ def test_sharded_evaluation_matches_evaluate_steering():
             (g_["method"], g_["prompt_set"], g_["n"], g_["asr"], g_["alpha"])
         assert g_["mean_refusal_score"] == pytest.approx(r.mean_refusal_score, abs=1e-6)
         assert g_["score_refusal_rate"] == r.score_refusal_rate
+
+
+def test_dtype_and_device_map_pass_through_to_the_model(workdir, tmp_path):
+    """bf16 and device_map come from the model section (here device_map='cpu' via
+    accelerate; on GPUs 'auto' shards the model)."""
+    cfg = tiny_config(workdir, model={"dtype": "bfloat16", "device_map": "cpu"})
+    res = run_pipeline(cfg, tmp_path, until="model", progress=False)
+    results = json.loads(res.results_path.read_text())
+    assert results["model"]["dtype"] == "bfloat16"
+    assert res.records["data"].status == "not run"
+    assert "vectors" not in results

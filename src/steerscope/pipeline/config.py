@@ -488,10 +488,12 @@ def check_values(cfg: PipelineConfig) -> None:
 
 # --- the demo ---------------------------------------------------------------------------------
 def demo_config(**overrides: Any) -> PipelineConfig:
-    """The small default config for the demo refusal model (``model.source: demo``), sized to
-    run on 2 CPU cores: built-in project-written prompts (no download), DIM + NTP + PO with
-    the quick training grid, 24 test prompts per class. ``overrides`` are top-level sections
-    given as dicts (merged key by key), e.g. ``demo_config(vectors={"methods": ["dim"]})``."""
+    """The small default config for the demo refusal model (``model.source: demo``), sized for
+    2 CPU cores and matching ``steerscope.demo``: built-in project-written prompts (no
+    download; test = held-out prompts), 64 train + 16 val + 24 test prompts per class, DIM
+    over every layer and post-instruction position, NTP and PO with one config each (lr 0.04,
+    batch 6, 2 epochs), 48 new tokens. ``overrides`` are top-level sections given as dicts
+    (merged key by key), e.g. ``demo_config(vectors={"methods": ["dim"]})``."""
     base: dict[str, Any] = {
         "name": "demo",
         "seed": 42,
@@ -503,21 +505,20 @@ def demo_config(**overrides: Any) -> PipelineConfig:
             "harmless_val": "builtin:demo_harmless_train",
             "harmful_test": "builtin:demo_harmful_held_out",
             "harmless_test": "builtin:demo_harmless_held_out",
-            "n_train": 32,
+            "n_train": 64,
             "n_val": 16,
             "n_test": 24,
         },
         "vectors": {
             "methods": ["dim", "ntp", "po"],
             "batch_size": 16,
-            "dim": {"positions": [-1]},
-            "preference": {"n_prompts": 24, "max_new_tokens": 32},
-            "ntp": {"preset": "quick", "lr": [0.04]},
-            "po": {"preset": "quick", "lr": [0.04]},
+            "preference": {"max_new_tokens": 48},
+            "ntp": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
+            "po": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
         },
-        "evaluation": {"max_new_tokens": 32, "batch_size": 16},
-        "patching": {"n_prompts": 16, "max_new_tokens": 32},
-        "freeze": {"n_prompts": 24, "max_new_tokens": 32},
+        "evaluation": {"max_new_tokens": 48, "batch_size": 16},
+        "patching": {"n_prompts": 16, "max_new_tokens": 48},
+        "freeze": {"n_prompts": 24, "max_new_tokens": 48},
         "sparsify": {"n_prompts": 24},
     }
     for key, value in overrides.items():
