@@ -12,8 +12,8 @@ reverted on its own:
 
 Attention is the model's own attention module, called with the keyword arguments (position
 embeddings, mask, ...) that the model itself passed to it in a plain forward pass over the same
-tokens (captured by :meth:`GraphModel.prepare`), with the outputs of ``q_proj``, ``k_proj``
-and ``v_proj`` replaced by per-head projections of the per-input residuals (so q/k norms,
+tokens (captured by :meth:`GraphModel.prepare`), with ``q_proj``, ``k_proj`` and ``v_proj``
+temporarily swapped for stand-ins returning per-head projections of the per-input residuals (so q/k norms,
 RoPE, GQA, scaling, soft-caps and sliding windows are the model's own). A head's output is its
 slice of ``o_proj`` (for Gemma's post-attention norm: that slice times the norm's per-position
 scale and weight, so heads still sum to the block output). With no edge reverted the logits
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from steerscope.errors import SteerscopeError
-from steerscope.models.archs import ModelArch, validate_model
+from steerscope.models.archs import ModelArch, get_module, validate_model
 from steerscope.patching.graph import Graph
 
 
@@ -67,6 +67,29 @@ class GraphRun:
     upstream: torch.Tensor | None = None
     up_parts: list[torch.Tensor] | None = None
     down_parts: list[torch.Tensor] | None = None
+
+
+class _Fixed(nn.Module):
+    """Stand-in projection: returns a precomputed tensor whatever its input."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return self.value
+
+
+class _Record(nn.Module):
+    """Stand-in output projection: records its input and returns it."""
+
+    def __init__(self, store: list):
+        super().__init__()
+        self.store = store
+
+    def forward(self, x):
+        self.store.append(x)
+        return x
 
 
 @contextmanager
@@ -199,15 +222,25 @@ class GraphModel:
                 cur[0] = steer_out[0]
             r = steer_out[0]  # [1, S, d] running residual of this run
 
+            delta = None  # base − cur of the upstream nodes computed so far, [U, 1, S, d]
+            filled = 0
+
             def corrections(n_avail: int, cols: slice) -> torch.Tensor | None:
                 """[n_cols, 1, S, d] sum of (base − cur) over the reverted edges."""
+                nonlocal delta, filled
                 if reverted is None:
                     return None
                 m = reverted[:n_avail, cols]
                 if not bool(m.any()):
                     return None
-                delta = (base[:n_avail] - cur[:n_avail]).reshape(n_avail, -1)  # [n, S*d]
-                return (m.to(delta.dtype).T @ delta).view(-1, 1, S, d)
+                if delta is None:
+                    delta = torch.empty_like(cur)
+                if filled < n_avail:  # outputs of finished nodes no longer change
+                    torch.sub(base[filled:n_avail], cur[filled:n_avail],
+                              out=delta[filled:n_avail])
+                    filled = n_avail
+                flat = delta[:n_avail].reshape(n_avail, -1)  # [n, S*d]
+                return (m.to(flat.dtype).T @ flat).view(-1, 1, S, d)
 
             for L in range(self.layer, arch.n_layers):
                 uo, do = self.up_offset(L), self.down_offset(L)
@@ -270,20 +303,26 @@ class GraphModel:
                 out = out + proj.bias.view(n, dh)
             return out.reshape(1, S, n * dh)
 
-        replaced = {"q_proj": project("q_proj", xq, H), "k_proj": project("k_proj", xk, G),
-                    "v_proj": project("v_proj", xv, G)}
-        z: list[torch.Tensor] = []
-        handles = []
-        for name, value in replaced.items():
-            handles.append(arch.component(L, name).register_forward_hook(
-                lambda m, a, o, v=value: v))
+        attn = arch.component(L, "attn")
         o_proj = arch.component(L, "o_proj")
-        handles.append(o_proj.register_forward_pre_hook(lambda m, a: z.append(a[0])))
+        z: list[torch.Tensor] = []
+        # the attention module's projections are swapped for stand-ins while it runs: q/k/v
+        # return the per-head projections, o_proj records its input z (its output is unused)
+        stand_ins = {"q_proj": _Fixed(project("q_proj", xq, H)),
+                     "k_proj": _Fixed(project("k_proj", xk, G)),
+                     "v_proj": _Fixed(project("v_proj", xv, G)), "o_proj": _Record(z)}
+        originals = {}
         try:
-            arch.component(L, "attn")(hidden_states=xq[0], **prep.attn_kwargs[L])
+            for name, module in stand_ins.items():
+                path = getattr(arch.spec, name)
+                owner = get_module(arch.block(L), path.rsplit(".", 1)[0])
+                attr = path.rsplit(".", 1)[1]
+                originals[(owner, attr)] = getattr(owner, attr)
+                setattr(owner, attr, module)
+            attn(hidden_states=xq[0], **prep.attn_kwargs[L])
         finally:
-            for h in handles:
-                h.remove()
+            for (owner, attr), module in originals.items():
+                setattr(owner, attr, module)
         zh = z[0].view(1, S, H, dh)
         heads = torch.einsum("bshe,dhe->hbsd", zh, o_proj.weight.view(d, H, dh))  # [H,1,S,d]
         if o_proj.bias is not None:
