@@ -359,3 +359,14 @@ def test_dtype_and_device_map_pass_through_to_the_model(workdir, tmp_path):
     assert results["model"]["dtype"] == "bfloat16"
     assert res.records["data"].status == "not run"
     assert "vectors" not in results
+
+
+def test_cli_run_reports_config_errors_in_one_line(tmp_path, capsys):
+    from steerscope.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  n_tets: 3\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown config key 'data.n_tets'") and "\n" not in err
+    assert not (tmp_path / "runs").exists()
