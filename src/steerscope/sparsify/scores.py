@@ -12,13 +12,15 @@ For one teacher-forced rollout set (prompt + response, steering coefficient α):
 - M(β) = Σ_unmasked [logit_β(y_t) − logit_β(y*_t)] with the model steered by β·s;
 - G = (1/T) Σ_{i<T} ∂M/∂h^ℓ at β_i = (i + 0.5)/T · α, summed over all positions ([d]).
 
-Over datasets D (sizes N_D = unmasked positions), the position-weighted average gives
+Within a dataset D (N_D unmasked positions) examples are combined position-weighted
+(m_D = M_D / N_D), then the datasets are averaged (the paper's order; the same convention as
+``steerscope.patching``'s ``steer_dimension_scores``):
 
-    grad = Σ_D α_D · G_D / Σ_D N_D        ie = s ⊙ grad        (both [d])
+    grad = mean_D (α_D · G_D / N_D)        ie = s ⊙ grad        (both [d])
 
 so ``ie_i`` = Σ_pos (h_clean − h_corrupt)_i · ∂m/∂h_i (the EAP-IG node score per dimension of
-the mean metric m = M/N). Completeness: Σ_i ie_i ≈ Σ_D (M_D(α_D) − M_D(0)) / N (exact as
-T → ∞). Gradients are w.r.t. the residual entering block ℓ (the steering input).
+the mean metric). Completeness: Σ_i ie_i ≈ mean_D (m_D(α_D) − m_D(0)) (exact as T → ∞).
+Gradients are w.r.t. the residual entering block ℓ (the steering input).
 """
 
 from __future__ import annotations
@@ -165,8 +167,8 @@ def ig_scores_from_rollouts(
 ) -> DimensionScores:
     """IE at the steering node from teacher-forced rollouts.
 
-    ``rollouts``: dataset name → (chat-formatted prompts, responses, α). The result is the
-    position-weighted average over all datasets (module docstring).
+    ``rollouts``: dataset name → (chat-formatted prompts, responses, α). Position-weighted
+    within a dataset, then the mean over datasets (module docstring).
     """
     if arch is None:
         from steerscope.models.archs import validate_model
@@ -177,33 +179,35 @@ def ig_scores_from_rollouts(
         raise SteerscopeError("no rollouts to score", "pass at least one dataset")
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
-    grad = torch.zeros(vector.d_model, dtype=torch.float64)
+    per_dataset: list[torch.Tensor] = []
     counts: dict[str, int] = {}
     metric: dict[str, dict[str, float]] = {}
     for name, (prompts, responses, alpha) in rollouts.items():
         rows = _encode_rows(tokenizer, list(prompts), list(responses), max_response_tokens)
         n, mc, mk = 0, 0.0, 0.0
+        g_sum = torch.zeros(vector.d_model, dtype=torch.float64)
         for i in range(0, len(rows), batch_size):
             batch = _collate(rows[i:i + batch_size], pad, device)
             r = ig_gradient(model, batch, vector.vector, vector.layer, alpha, steps=steps,
                             arch=arch)
-            grad += alpha * r.grad_sum
+            g_sum += alpha * r.grad_sum
             n, mc, mk = n + r.n_positions, mc + r.m_clean, mk + r.m_corrupt
+        if n:
+            per_dataset.append(g_sum / n)
         counts[name] = n
         metric[name] = {"alpha": float(alpha), "m_clean": mc / n if n else float("nan"),
                         "m_corrupt": mk / n if n else float("nan")}
-    total = sum(counts.values())
-    if total == 0:
+    if not per_dataset:
         raise SteerscopeError("steering changes no greedy token on these rollouts, so the "
                               "patching metric is empty",
                               "use prompts where steering changes the output or a larger alpha")
-    grad = grad / total
+    grad = torch.stack(per_dataset).mean(0)  # [d]: datasets without positions are skipped
     if not torch.isfinite(grad).all():
         raise SteerscopeError("the integrated gradient is not finite", "check the model dtype")
     ie = vector.vector.double() * grad
     meta = {"steps": steps, "layer": vector.layer, "vector_method": vector.method,
-            "vector_sha256": vector.sha256, "convention": "ie = s * grad; grad = sum_D alpha_D "
-            "* IG_D / N (position-summed, position-weighted over datasets)"}
+            "vector_sha256": vector.sha256, "convention": "ie = s * grad; grad = mean_D alpha_D "
+            "* IG_D / N_D (position-summed IG, position-weighted within a dataset)"}
     return DimensionScores(ie.float(), grad.float(), counts, metric, meta)
 
 
