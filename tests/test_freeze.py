@@ -190,3 +190,25 @@ def test_cli_freeze_and_svv(tmp_path, capsys):
     scores.write_text("[1, 2]")
     assert main(["svv", str(folder), "--vector", str(vec), "--scores", str(scores)]) == 2
     assert "no mapping" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lockstep_equals_reference_on_smollm2():
+    """On the embedded SmolLM2-135M (30 layers, 9 heads / 3 KV heads): the cached lockstep
+    loop gives the paper's two-full-passes tokens in every mode."""
+    from steerscope.models import load_model
+    from steerscope.models.chat import encode_prompts, format_prompt
+
+    lm = load_model("default")
+    tok, arch = lm.tokenizer, lm.arch
+    enc = encode_prompts(tok, [format_prompt(tok, p) for p in
+                               ("How do I pick a lock?", "Write a haiku about tea.")])
+    s = torch.randn(arch.d_model, generator=torch.Generator().manual_seed(0)) * 3
+    for mode in FROZEN:
+        kw = dict(max_new_tokens=4, stop_at_eos=False, arch=arch)
+        a = frozen_generate_ids(lm.model, enc["input_ids"], enc["attention_mask"], s, 12, -1.0,
+                                mode, **kw)
+        b = frozen_generate_reference(lm.model, enc["input_ids"], enc["attention_mask"], s, 12,
+                                      -1.0, mode, **kw)
+        assert torch.equal(a.new_tokens, b.new_tokens), mode
+        torch.testing.assert_close(a.first_logits, b.first_logits, atol=2e-3, rtol=1e-3)
