@@ -111,7 +111,7 @@ class FreezeEval:
         xs = range(len(modes))
         for off, (s, color) in zip((-0.2, 0.2), (("harmful", "tab:red"), ("harmless", "tab:blue"))):
             ax.bar([x + off for x in xs], [self.row(m, s).asr for m in modes], width=0.4,
-                   color=color, label=f"{s} (α = {self.row(modes[0], s).alpha:+g})")
+                   color=color, label=f"{s} (α = {self.row('none', s).alpha:+g})")
         ax.set_xticks(list(xs), [MODE_NAMES.get(m, m) for m in modes], fontsize=8, rotation=15)
         ax.set_ylabel("ASR (not refused)")
         ax.set_ylim(0, 1)

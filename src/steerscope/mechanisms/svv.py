@@ -205,6 +205,8 @@ class SVVReport:
     def figure(self, path: str | Path, n_heads: int = 10, n_tokens: int = 10) -> Path:
         """A PNG: rows = the top heads, SUM and the raw vector; cells = their top tokens,
         shaded by logit (scaled per row)."""
+        import warnings
+
         import matplotlib
 
         matplotlib.use("Agg")
@@ -229,14 +231,16 @@ class SVVReport:
         ax.set_xticks(range(k), [str(j + 1) for j in range(k)], fontsize=7)
         ax.set_title(f"{self.vector_name}: steering value vectors, logit lens (ranked by "
                      f"{self.ranking})", fontsize=9)
-        fig.tight_layout()
         path = Path(path)
 
         def write(tmp):
             fig.savefig(tmp, format="png", dpi=120)
 
         try:
-            return atomic_write(path, write)
+            with warnings.catch_warnings():  # tokens in scripts the font lacks draw as boxes
+                warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+                fig.tight_layout()
+                return atomic_write(path, write)
         finally:
             plt.close(fig)
 
