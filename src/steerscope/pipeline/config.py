@@ -491,8 +491,9 @@ def demo_config(**overrides: Any) -> PipelineConfig:
     """The small default config for the demo refusal model (``model.source: demo``), sized for
     2 CPU cores and matching ``steerscope.demo``: built-in project-written prompts (no
     download; test = held-out prompts), 64 train + 16 val + 24 test prompts per class, DIM
-    over every layer and post-instruction position, NTP and PO with one config each (lr 0.04,
-    batch 6, 2 epochs), 48 new tokens. ``overrides`` are top-level sections given as dicts
+    over every layer at the last prompt token (over all post-instruction positions the demo
+    model's only surviving candidate is layer 16, position -1: the same vector for 6x less
+    compute), NTP and PO with one config each (lr 0.04, batch 6, 2 epochs), 48 new tokens. ``overrides`` are top-level sections given as dicts
     (merged key by key), e.g. ``demo_config(vectors={"methods": ["dim"]})``."""
     base: dict[str, Any] = {
         "name": "demo",
@@ -512,6 +513,7 @@ def demo_config(**overrides: Any) -> PipelineConfig:
         "vectors": {
             "methods": ["dim", "ntp", "po"],
             "batch_size": 16,
+            "dim": {"positions": [-1]},
             "preference": {"max_new_tokens": 48},
             "ntp": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
             "po": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
