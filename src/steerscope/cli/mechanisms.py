@@ -7,13 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from steerscope.cli.vectors import _load, _read
 from steerscope.errors import SteerscopeError
-
-
-def _load(args):
-    from steerscope.models.loading import load_model
-
-    return load_model(args.model, dtype=args.dtype, device=args.device)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -25,13 +20,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="vector name in tables (default: its method)")
 
 
-def _read(source: str, n: int | None, seed: int) -> list[str]:
-    from steerscope.data import load_prompts
-
-    ps = load_prompts(source)
-    if n is not None:
-        ps = ps.sample(n, seed=seed, allow_fewer=True)
-    return ps.instructions
 
 
 def _modes(text: str) -> list[str]:

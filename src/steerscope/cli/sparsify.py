@@ -9,32 +9,10 @@ agreement (paper section 7).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from steerscope.cli.vectors import _load, _model_args, _read
 from steerscope.errors import SteerscopeError
-
-
-def _load(args):
-    from steerscope.models.loading import load_model
-
-    return load_model(args.model, dtype=args.dtype, device=args.device)
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="'default', 'demo', a local folder, a .gguf file or a Hub id")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=16)
-
-
-def _read(source: str, n: int | None, seed: int) -> list[str]:
-    from steerscope.data import load_prompts
-
-    ps = load_prompts(source)
-    if n is not None:
-        ps = ps.sample(n, seed=seed, allow_fewer=True)
-    return ps.instructions
 
 
 def _floats(text: str | None, what: str) -> list[float]:
