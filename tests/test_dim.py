@@ -362,3 +362,32 @@ def test_lazy_scoring_selects_the_same_candidate(llama5, short_tok):
     assert lazy.chosen["bypass"] == pytest.approx(full.candidates[expected]["bypass"])
     skipped = [r for r in lazy.candidates if r["discarded"] == "induce"]
     assert skipped and all(r["bypass"] is None and r["kl"] is None for r in skipped)
+
+
+def test_relax_kl_doubles_the_threshold_until_a_candidate_survives(llama5, short_tok):
+    """relax_kl=True: with a KL threshold below every candidate's KL, the chosen row is the one
+    the full table gives at the smallest doubled threshold some row passes; it is recorded."""
+    full = _select(llama5, short_tok)
+    kls = [r["kl"] for r in full.candidates if r["kl"] is not None and not math.isnan(r["kl"])]
+    requested = min(kls) / 5  # 2**3 * requested > min(kl) >= 2**2 * requested
+    with pytest.raises(SteerscopeError) as e:
+        _select(llama5, short_tok, kl_threshold=requested, score_all=False)
+    assert "relax_kl" in _one_line(e)
+    with pytest.warns(UserWarning, match="no DIM candidate passed KL"):
+        relaxed = _select(llama5, short_tok, kl_threshold=requested, score_all=False,
+                          relax_kl=True)
+    used = requested * 8
+    hp = relaxed.vector.hyperparameters
+    assert hp["kl_threshold"] == pytest.approx(used) and hp["kl_threshold_requested"] == requested
+    expected = full.candidates[select_candidate(full.candidates, n_layers=5, kl_threshold=used,
+                                                induce_threshold=-math.inf)]
+    assert (relaxed.chosen["layer"], relaxed.chosen["position"]) == (
+        expected["layer"], expected["position"])
+    assert relaxed.chosen["bypass"] == pytest.approx(expected["bypass"])
+    assert relaxed.chosen["discarded"] is None and relaxed.chosen["kl"] < used
+    assert all(r["discarded"] is not None for r in relaxed.candidates
+               if r["kl"] is not None and r["kl"] >= used)
+    # a strict selection that succeeds is untouched by relax_kl
+    same = _select(llama5, short_tok, kl_threshold=math.inf, relax_kl=True)
+    assert same.vector.hyperparameters["kl_threshold"] == math.inf
+    assert same.selected == full.selected

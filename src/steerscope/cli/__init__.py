@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-val", type=int, default=16)
     p.add_argument("--n-test", type=int, default=24)
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--strict-kl", action="store_true",
+                   help="fail if no DIM candidate passes KL < 0.1 (default: double the "
+                        "threshold until one does, and say so)")
     p.add_argument("--out", default="runs/demo", help="artifact folder (default runs/demo)")
     p.add_argument("--json", action="store_true", help="print the steering table as JSON")
     p.set_defaults(func=cmd_demo)
@@ -265,7 +268,7 @@ def cmd_demo(args) -> None:
     loaded = _load(args)
     res = run_demo(loaded, out=args.out, methods=methods, data_dir=args.data_dir,
                    n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                   max_new_tokens=args.max_new_tokens)
+                   max_new_tokens=args.max_new_tokens, relax_kl=not args.strict_kl)
     if args.json:
         print(json.dumps({"model": res.model_id, "dim": res.dim_choice,
                           "rows": [r.__dict__ for r in res.steering.rows],
@@ -274,7 +277,12 @@ def cmd_demo(args) -> None:
     c = res.dim_choice
     print(f"\nmodel {res.model_id}; prompts: {res.prompts_source}")
     print(f"DIM vector: layer {c['layer']}, position {c['position']}, norm {c['norm']:.2f} "
-          f"(bypass score {c['bypass']:+.2f}, induce score {c['induce']:+.2f}, KL {c['kl']:.3f})\n")
+          f"(bypass score {c['bypass']:+.2f}, induce score {c['induce']:+.2f}, KL {c['kl']:.3f})")
+    hp = res.vectors["dim"].hyperparameters
+    if hp["kl_threshold"] != hp["kl_threshold_requested"]:
+        print(f"  (no candidate passed KL < {hp['kl_threshold_requested']}: selected with KL < "
+              f"{hp['kl_threshold']}; give more --n-val prompts or --strict-kl)")
+    print()
     ev = res.steering
     for set_name, alpha in (("harmful", -1), ("harmless", +1)):
         prompts = ev.prompts[set_name]

@@ -63,7 +63,7 @@ def cmd_dim(args) -> None:
                      induce_threshold=args.induce_threshold,
                      max_layer_fraction=args.max_layer_fraction,
                      batch_size=args.batch_size, arch=lm.arch,
-                     progress=True)
+                     progress=True, relax_kl=args.relax_kl)
     out = Path(args.out)
     res.vector.save(out / "dim.safetensors")
     res.save_candidates(out / "dim_candidates.json")
@@ -198,6 +198,9 @@ def register(sub) -> None:
     p.add_argument("--no-filter", action="store_true",
                    help="keep prompts whatever their unsteered refusal score")
     p.add_argument("--kl-threshold", type=float, default=0.1)
+    p.add_argument("--relax-kl", action="store_true",
+                   help="if no candidate passes the KL filter, double its threshold until one "
+                        "does (recorded in the vector)")
     p.add_argument("--induce-threshold", type=float, default=0.0)
     p.add_argument("--max-layer-fraction", type=float, default=0.8)
     p.add_argument("--out", required=True, help="output folder")

@@ -71,6 +71,7 @@ class DimSection:
     filter: bool = True  # refusal-score filter of train/val prompts
     max_layer_fraction: float = 0.8
     kl_threshold: float = 0.1
+    relax_kl: bool = False  # no survivor: double kl_threshold until one (recorded, warned)
     induce_threshold: float = 0.0
     score_all: bool = False  # score every filter of every candidate (slower, same choice)
 
@@ -513,7 +514,7 @@ def demo_config(**overrides: Any) -> PipelineConfig:
         "vectors": {
             "methods": ["dim", "ntp", "po"],
             "batch_size": 16,
-            "dim": {"positions": [-1]},
+            "dim": {"positions": [-1], "relax_kl": True},
             "preference": {"max_new_tokens": 48},
             "ntp": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
             "po": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},

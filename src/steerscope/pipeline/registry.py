@@ -153,5 +153,7 @@ def get_stage(name: str) -> Stage:
 
 
 def _ensure_builtin() -> None:
-    """Import the module that registers the built-in stage functions."""
+    """Import the modules that register the built-in stage functions."""
     import steerscope.pipeline.stages  # noqa: F401
+    import steerscope.pipeline.stages_mechanisms  # noqa: F401
+    import steerscope.pipeline.stages_patching  # noqa: F401

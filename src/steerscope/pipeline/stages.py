@@ -121,7 +121,8 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
                      filter=d.filter, layers=layers, positions=d.positions,
                      max_layer_fraction=d.max_layer_fraction, kl_threshold=d.kl_threshold,
                      induce_threshold=d.induce_threshold, batch_size=section.batch_size,
-                     arch=lm.arch, progress=ctx.progress and ctx.is_main, score_all=d.score_all)
+                     arch=lm.arch, progress=ctx.progress and ctx.is_main, score_all=d.score_all,
+                     relax_kl=d.relax_kl)
     dim = res.vector
     dim.save(ctx.out / "dim.safetensors")
     res.save_candidates(ctx.out / "dim_candidates.json")

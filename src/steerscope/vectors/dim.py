@@ -264,6 +264,21 @@ def discard_reason(
     return ",".join(reasons) or None
 
 
+MAX_RELAXED_KL = 3.2  # the largest KL threshold relax_kl may reach (0.1 doubled 5 times)
+
+
+def _relaxed_kl_threshold(rows, kl_threshold: float) -> float | None:
+    """The smallest ``kl_threshold * 2**k`` (k ≥ 1, at most ``MAX_RELAXED_KL``) that some row
+    discarded only for its KL passes, or None."""
+    kls = [r["kl"] for r in rows if r["discarded"] == REASON_KL and not _is_nan(r["kl"])]
+    t = kl_threshold
+    while kls and t * 2 <= MAX_RELAXED_KL + 1e-12:
+        t *= 2
+        if any(k < t for k in kls):
+            return t
+    return None
+
+
 def _no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold,
                        induce_threshold) -> SteerscopeError:
     counts = {REASON_LAYER: 0, REASON_NAN: 0, REASON_KL: 0, REASON_INDUCE: 0}
@@ -273,13 +288,18 @@ def _no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold,
         for r in (reason or "").split(","):
             if r in counts:
                 counts[r] += 1
+        # a value left unscored (None, score_all=False) is not a NaN score
+        if reason and REASON_NAN in reason and not any(
+                isinstance(row.get(k), float) and math.isnan(row[k])
+                for k in ("bypass", "induce", "kl")):
+            counts[REASON_NAN] -= 1
     return SteerscopeError(
         f"no DIM candidate of {len(rows)} survived the filters (discarded: "
         f"{counts[REASON_LAYER]} with layer >= {max_layer_fraction}*L, {counts[REASON_KL]} with "
         f"KL >= {kl_threshold}, {counts[REASON_INDUCE]} with induce <= {induce_threshold}, "
         f"{counts[REASON_NAN]} with a NaN score)",
-        "relax them with kl_threshold=, induce_threshold= or max_layer_fraction=, or use more "
-        "prompts and a model that refuses harmful requests")
+        "relax them with kl_threshold=, induce_threshold=, max_layer_fraction= or relax_kl=True "
+        "(CLI: --relax-kl), or use more prompts and a model that refuses harmful requests")
 
 
 def select_candidate(
@@ -376,6 +396,7 @@ def select_dim(
     arch: ModelArch | None = None,
     progress: bool | None = None,
     score_all: bool = True,
+    relax_kl: bool = False,
 ) -> DimResult:
     """Extract the DIM refusal direction and select its layer and position (spec §3.1).
 
@@ -386,6 +407,10 @@ def select_dim(
     tqdm bar over candidates (None: shown for more than 4 candidates). ``score_all=False``
     scores each candidate only until its first failed filter (induce, then KL, then bypass):
     the same vector is selected for up to 3x less compute, and the table has gaps.
+    ``relax_kl``: when no candidate survives, double the KL threshold (up to
+    ``MAX_RELAXED_KL``) until one does, warn, and record the threshold used in the vector's
+    ``hyperparameters["kl_threshold"]`` (the requested one in ``kl_threshold_requested``);
+    the other filters are never relaxed. Small validation sets make the KL filter noisy.
     """
     arch = arch if arch is not None else validate_model(model)
     L = arch.n_layers
@@ -468,6 +493,26 @@ def select_dim(
                                           induce_threshold=induce_threshold)
         rows.append(row)
 
+    requested_kl = kl_threshold
+    if relax_kl and not any(r["discarded"] is None for r in rows):
+        kl_threshold = _relaxed_kl_threshold(rows, kl_threshold)
+        if kl_threshold is not None:
+            warnings.warn(f"no DIM candidate passed KL < {requested_kl}; selected with KL < "
+                          f"{kl_threshold} instead (use more validation prompts for the "
+                          "paper's filter)", stacklevel=2)
+            for row in rows:
+                if row["discarded"] == REASON_KL and row["kl"] < kl_threshold:
+                    s = directions[layers.index(row["layer"]), positions.index(row["position"])]
+                    row["bypass"] = _mean_refusal(model, harmful_val_b, refusal_ids,
+                                                  [steer(s, row["layer"], -1.0)], arch)
+                    row["score"] = selection_score(row["bypass"], row["induce"])
+            for row in rows:
+                if row["discarded"] != REASON_LAYER and row["bypass"] is not None:
+                    row["discarded"] = discard_reason(
+                        row, n_layers=L, max_layer_fraction=max_layer_fraction,
+                        kl_threshold=kl_threshold, induce_threshold=induce_threshold)
+        else:
+            kl_threshold = requested_kl
     selected = select_candidate(rows, n_layers=L, max_layer_fraction=max_layer_fraction,
                                 kl_threshold=kl_threshold, induce_threshold=induce_threshold)
     chosen = rows[selected]
@@ -484,6 +529,7 @@ def select_dim(
             "selection": SELECTION_RULE,
             "max_layer_fraction": float(max_layer_fraction),
             "kl_threshold": float(kl_threshold),
+            "kl_threshold_requested": float(requested_kl),
             "induce_threshold": float(induce_threshold),
             "filter": bool(filter),
             "layers": layers,

@@ -1,0 +1,1 @@
+"""Pipeline stages ``patching`` and ``circuits`` (filled in by the patching-stage work)."""
