@@ -1,7 +1,10 @@
 """The patching stage end to end: EAP-IG scores → circuits → faithfulness → tables.
 
 :func:`patch_vector` analyses one steering vector on its patching datasets and returns a
-:class:`~steerscope.patching.result.PatchingResult`; :func:`compare_vectors` compares the
+:class:`~steerscope.patching.result.PatchingResult`; it is :func:`score_vector` (EAP-IG
+scores, head scores, edge types of the top edges) followed by :func:`add_circuits`
+(faithfulness curve, minimum faithful circuit, controls), which the pipeline runs as two
+stages; :func:`compare_vectors` compares the
 circuits of several analysed vectors (overlap, Jaccard at matched sizes, interchangeability).
 """
 
@@ -30,7 +33,14 @@ from steerscope.patching.circuits import (
 from steerscope.patching.data import PatchingExample
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.result import PatchingResult
-from steerscope.patching.scores import eap_ig, exact_patching, head_node_scores
+from steerscope.patching.scores import _aggregate_records as aggregate_records
+from steerscope.patching.scores import (
+    eap_ig,
+    eap_ig_example,
+    exact_patching,
+    head_node_scores,
+    prepare_example,
+)
 
 
 def _flatten(datasets) -> list[PatchingExample]:
@@ -44,35 +54,78 @@ def _flatten(datasets) -> list[PatchingExample]:
     return out
 
 
-def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
-                 metric: str = "logit_diff", tau: float = 0.0,
-                 sizes: Sequence[int] | None = None, threshold: float = FAITHFUL,
-                 refine_steps: int = 4, n_random: int = 3, exact_nodes: bool = False,
-                 top_k: int = 100, progress: bool = False) -> PatchingResult:
-    """Analyse one :class:`~steerscope.vectors.SteeringVector` on its patching examples.
+def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
+                 metric: str = "logit_diff", tau: float = 0.0, exact_nodes: bool = False,
+                 top_k: int = 100, progress: bool = False, map_fn=None) -> PatchingResult:
+    """The scoring half of :func:`patch_vector`: EAP-IG edge, node and steering-dimension
+    scores of one vector on its patching examples (and exact node scores with
+    ``exact_nodes``), the node score of every head (``tables["head_scores"]``) and the
+    edge-type shares of the top-``top_k`` edges (``tables["edge_types"]["top{k}"]``).
 
-    ``datasets``: ``{name: [PatchingExample]}`` (see :mod:`steerscope.patching.data`) or a
-    list. Produces EAP-IG scores (and exact node scores with ``exact_nodes``), the
-    faithfulness curve over ``sizes``, the minimum faithful circuit (``threshold``), the
-    faithfulness of its complement and of ``n_random`` random circuits of twice its size, and
-    edge-type shares of the top-``top_k`` edges and of the circuit.
+    ``map_fn(fn, examples) -> [fn(e) for e in examples]`` runs the per-example EAP-IG (default:
+    in order here; the pipeline passes a function that shards the examples over ranks and
+    gathers the records in example order, which gives the same scores as :func:`eap_ig`).
     """
     examples = _flatten(datasets)
     gm = GraphModel(model, vector.layer, arch=arch)
     g = gm.graph
-    kw = dict(metric=metric, tau=tau, progress=progress)
     result = PatchingResult(g, meta={
         "vector": {"method": vector.method, "layer": vector.layer, "sha256": vector.sha256,
                    "norm": vector.norm},
-        "steps": steps, "metric": metric, "tau": tau, "threshold": threshold,
+        "steps": steps, "metric": metric, "tau": tau,
         "examples": {name: sum(1 for e in examples if e.dataset == name)
                      for name in dict.fromkeys(e.dataset for e in examples)},
     })
-    scores = eap_ig(gm, examples, vector.vector, steps=steps, **kw)
-    result.scores["eap_ig"] = scores
+    if map_fn is None:
+        result.scores["eap_ig"] = eap_ig(gm, examples, vector.vector, steps=steps,
+                                         metric=metric, tau=tau, progress=progress)
+    else:
+        def one(ex: PatchingExample):
+            ctx = prepare_example(gm, ex, vector.vector, metric=metric, tau=tau)
+            return eap_ig_example(gm, ctx, steps) if ctx.weight else None
+
+        records = [r for r in map_fn(one, examples) if r is not None]
+        if not records:
+            raise DataError("no patching example has an unmasked position",
+                            "use more examples, longer responses or a lower KL threshold")
+        result.scores["eap_ig"] = aggregate_records("eap_ig", records, g, steps=steps,
+                                                    metric=metric, tau=tau)
+    scores = result.scores["eap_ig"]
     if exact_nodes:
         result.scores["exact"] = exact_patching(gm, examples, vector.vector, nodes=None,
-                                                edges=[], **kw)
+                                                edges=[], metric=metric, tau=tau,
+                                                progress=progress)
+    result.tables["edge_types"] = {
+        f"top{top_k}": edge_type_shares(g, top_k_edges(scores.edges, min(top_k, g.n_edges))),
+    }
+    result.tables["head_scores"] = head_node_scores(scores, g)
+    return result
+
+
+def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
+                 sizes: Sequence[int] | None = None, threshold: float = FAITHFUL,
+                 refine_steps: int = 4, n_random: int = 3, metric: str | None = None,
+                 tau: float | None = None, progress: bool = False) -> PatchingResult:
+    """The circuits half of :func:`patch_vector`, on a result holding EAP-IG scores (from
+    :func:`score_vector` or :meth:`PatchingResult.load`): the faithfulness curve over
+    ``sizes`` (None: :func:`~steerscope.patching.circuits.default_sizes`), the minimum
+    faithful circuit (``threshold``, refined by ``refine_steps`` bisection steps), the
+    faithfulness of its complement and of ``n_random`` random circuits of twice its size
+    (seeds 42, 43, ...), and the edge-type shares of the circuit. ``metric``/``tau``: None
+    takes the scoring run's (``result.meta``). Adds to ``result`` in place and returns it."""
+    examples = _flatten(datasets)
+    metric = result.meta.get("metric", "logit_diff") if metric is None else metric
+    tau = result.meta.get("tau", 0.0) if tau is None else tau
+    gm = GraphModel(model, vector.layer, arch=arch)
+    g = gm.graph
+    if g.n_edges != result.graph.n_edges or g.layer != result.graph.layer:
+        raise DataError(f"the patching result's graph (layer {result.graph.layer}, "
+                        f"{result.graph.n_edges} edges) does not fit this model at layer "
+                        f"{vector.layer} ({g.n_edges} edges)",
+                        "use the model and vector the scores were computed with")
+    scores = result.scores["eap_ig"]
+    kw = dict(metric=metric, tau=tau, progress=progress)
+    result.meta["threshold"] = threshold
     sizes = list(sizes) if sizes is not None else default_sizes(g.n_edges)
     curve = faithfulness_curve(gm, examples, vector.vector, scores.edges, sizes, **kw)
     result.curves["eap_ig"] = curve
@@ -90,15 +143,33 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
     result.tables["summary"] = {
         "n_edges": g.n_edges, "min_faithful_size": size,
         "min_faithful_fraction": size / g.n_edges, "min_faithfulness": f_min,
+        "faithful": bool(f_min == f_min and f_min >= threshold),
         "complement_faithfulness": f[0], "random_2x_faithfulness": f[1:],
         "m_full": ev.m_full, "m_empty": ev.m_empty,
     }
-    result.tables["edge_types"] = {
-        f"top{top_k}": edge_type_shares(g, top_k_edges(scores.edges, min(top_k, g.n_edges))),
-        "circuit": edge_type_shares(g, circuit),
-    }
-    result.tables["head_scores"] = head_node_scores(scores, g)
+    result.tables.setdefault("edge_types", {})["circuit"] = edge_type_shares(g, circuit)
     return result
+
+
+def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
+                 metric: str = "logit_diff", tau: float = 0.0,
+                 sizes: Sequence[int] | None = None, threshold: float = FAITHFUL,
+                 refine_steps: int = 4, n_random: int = 3, exact_nodes: bool = False,
+                 top_k: int = 100, progress: bool = False) -> PatchingResult:
+    """Analyse one :class:`~steerscope.vectors.SteeringVector` on its patching examples:
+    :func:`score_vector` then :func:`add_circuits`.
+
+    ``datasets``: ``{name: [PatchingExample]}`` (see :mod:`steerscope.patching.data`) or a
+    list. Produces EAP-IG scores (and exact node scores with ``exact_nodes``), the
+    faithfulness curve over ``sizes``, the minimum faithful circuit (``threshold``), the
+    faithfulness of its complement and of ``n_random`` random circuits of twice its size, and
+    edge-type shares of the top-``top_k`` edges and of the circuit.
+    """
+    result = score_vector(model, vector, datasets, arch=arch, steps=steps, metric=metric,
+                          tau=tau, exact_nodes=exact_nodes, top_k=top_k, progress=progress)
+    return add_circuits(model, vector, datasets, result, arch=arch, sizes=sizes,
+                        threshold=threshold, refine_steps=refine_steps, n_random=n_random,
+                        progress=progress)
 
 
 def compare_vectors(model, results: Mapping[str, PatchingResult],
