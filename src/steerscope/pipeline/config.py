@@ -148,6 +148,7 @@ class CircuitsSection:
 @dataclass
 class FreezeSection:
     enabled: bool = True
+    method: str = "dim"  # the vector ablated: dim or an extraction method (not ntp/po)
     modes: list[str] = field(default_factory=lambda: list(FREEZE_MODES))
     n_prompts: int | None = None
     max_new_tokens: int = 64
@@ -168,6 +169,7 @@ class SparsifySection:
     rules: list[str] = field(default_factory=lambda: list(SPARSIFY_RULES))
     taus: list[float] = field(default_factory=lambda: [0, 0.1, 0.3, 0.5, 1, 1.5, 2, 2.5])
     n_prompts: int | None = None
+    max_new_tokens: int | None = None  # tokens per steered generation (None: evaluation's)
     seed: int = 42
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -475,6 +477,10 @@ def check_values(cfg: PipelineConfig) -> None:
         _positive_int("circuits.sizes", x)
     _positive_int("circuits.n_random", cfg.circuits.n_random)
     _known("freeze.modes", cfg.freeze.modes, FREEZE_MODES)
+    if cfg.freeze.enabled and (cfg.freeze.method not in v.methods
+                               or cfg.freeze.method in TRAINED_METHODS):
+        _fail("freeze.method", f"'{cfg.freeze.method}' is not an extracted vector of "
+              "vectors.methods", "use dim or an extraction method listed in vectors.methods")
     _positive_int("freeze.n_prompts", cfg.freeze.n_prompts, allow_none=True)
     _positive_int("freeze.max_new_tokens", cfg.freeze.max_new_tokens)
     _positive_int("svv.top_tokens", cfg.svv.top_tokens)
@@ -485,6 +491,11 @@ def check_values(cfg: PipelineConfig) -> None:
             _fail("sparsify.taus", f"has a negative or non-finite threshold {t}",
                   "use values >= 0")
     _positive_int("sparsify.n_prompts", cfg.sparsify.n_prompts, allow_none=True)
+    _positive_int("sparsify.max_new_tokens", cfg.sparsify.max_new_tokens, allow_none=True)
+    if not cfg.sparsify.taus:
+        _fail("sparsify.taus", "is empty", "list at least one threshold, e.g. [0, 1]")
+    if not cfg.sparsify.rules:
+        _fail("sparsify.rules", "is empty", "list at least one rule, e.g. [grad, ie]")
 
 
 # --- the demo ---------------------------------------------------------------------------------
