@@ -29,6 +29,8 @@ TRAINED_METHODS = ("ntp", "po")
 FREEZE_MODES = ("qk", "ov", "svv", "mlp")
 SPARSIFY_RULES = ("grad", "ie", "dropout", "bottomk")
 TRAIN_PRESETS = ("quick", "paper")
+PATCHING_FLIPS = ("refusal", "tokens")
+PATCHING_METRICS = ("logit_diff", "kl")
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -129,19 +131,31 @@ class EvaluationSection:
 
 @dataclass
 class PatchingSection:
+    """EAP-IG patching of each patched vector on flipped test prompts (paper section 4)."""
+
     enabled: bool = True
-    n_prompts: int = 100
-    ig_steps: int = 10
-    max_new_tokens: int = 64
+    methods: list[str] | None = None  # patched vectors (None: dim, ntp, po in vectors.methods)
+    n_prompts: int = 100  # at most this many flipped prompts per patching dataset
+    ig_steps: int = 10  # EAP-IG steps T
+    max_new_tokens: int = 64  # rollout length
+    batch_size: int = 16  # rollout batch
+    flip: str = "refusal"  # refusal: refusal outcome flipped | tokens: steered tokens differ
+    metric: str = "logit_diff"  # logit_diff | kl (directional KL)
+    tau: float = 0.0  # kl only: mask positions with KL(P_steer || P_base) < tau
+    top_n: int = 100  # top edges (by |score|) for results.json's edge_types
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class CircuitsSection:
+    """Circuits from the patching scores: faithfulness, minimum circuit, comparisons."""
+
     enabled: bool = True
-    sizes: list[int] | None = None
-    threshold: float = 0.85
-    n_random: int = 5
+    sizes: list[int] | None = None  # faithfulness-curve sizes (None: 0.5% ... 100% of edges)
+    threshold: float = 0.85  # faithful at >= threshold
+    n_random: int = 5  # random circuits of twice the minimum size
+    refine_steps: int = 4  # bisection steps refining the minimum faithful size
+    overlap_sizes: list[int] | None = None  # matched sizes (None: each minimum circuit's size)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -467,15 +481,37 @@ def check_values(cfg: PipelineConfig) -> None:
     _positive_int("evaluation.batch_size", e.batch_size)
     _finite("evaluation.bypass_alpha", e.bypass_alpha)
     _finite("evaluation.induce_alpha", e.induce_alpha)
-    _positive_int("patching.n_prompts", cfg.patching.n_prompts)
-    _positive_int("patching.ig_steps", cfg.patching.ig_steps)
-    _positive_int("patching.max_new_tokens", cfg.patching.max_new_tokens)
+    pa = cfg.patching
+    if pa.methods is not None:
+        if not pa.methods:
+            _fail("patching.methods", "is empty", "list at least one method or drop the key")
+        _known("patching.methods", pa.methods, v.methods)
+    _positive_int("patching.n_prompts", pa.n_prompts)
+    _positive_int("patching.ig_steps", pa.ig_steps)
+    _positive_int("patching.max_new_tokens", pa.max_new_tokens)
+    _positive_int("patching.batch_size", pa.batch_size)
+    _positive_int("patching.top_n", pa.top_n)
+    _known("patching.flip", [pa.flip], PATCHING_FLIPS)
+    _known("patching.metric", [pa.metric], PATCHING_METRICS)
+    if not (math.isfinite(pa.tau) and pa.tau >= 0):
+        _fail("patching.tau", f"must be a finite number >= 0, got {pa.tau}", "use e.g. 0 or 1")
+    if pa.tau and pa.metric != "kl":
+        _fail("patching.tau", "applies to metric kl only", "drop it or set patching.metric: kl")
     if not 0 < cfg.circuits.threshold <= 1:
         _fail("circuits.threshold", f"must be in (0, 1], got {cfg.circuits.threshold}",
               "use e.g. 0.85")
     for x in cfg.circuits.sizes or []:
         _positive_int("circuits.sizes", x)
+    if cfg.circuits.sizes is not None and not cfg.circuits.sizes:
+        _fail("circuits.sizes", "is empty", "list at least one size or drop the key")
     _positive_int("circuits.n_random", cfg.circuits.n_random)
+    if cfg.circuits.refine_steps < 0:
+        _fail("circuits.refine_steps", f"must be >= 0, got {cfg.circuits.refine_steps}",
+              "use e.g. 4")
+    for x in cfg.circuits.overlap_sizes or []:
+        _positive_int("circuits.overlap_sizes", x)
+    if cfg.circuits.overlap_sizes is not None and not cfg.circuits.overlap_sizes:
+        _fail("circuits.overlap_sizes", "is empty", "list at least one size or drop the key")
     _known("freeze.modes", cfg.freeze.modes, FREEZE_MODES)
     if cfg.freeze.enabled and (cfg.freeze.method not in v.methods
                                or cfg.freeze.method in TRAINED_METHODS):
