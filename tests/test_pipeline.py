@@ -78,6 +78,9 @@ def tiny_config(root: Path, **changes) -> dict:
             "po": {"lr": [0.04], "epochs": 1, "max_response_tokens": 4},
         },
         "evaluation": {"max_new_tokens": 4, "batch_size": 3},
+        "freeze": {"n_prompts": 3, "max_new_tokens": 4},
+        "svv": {"top_tokens": 5, "n_heads": 3},
+        "sparsify": {"taus": [0, 1], "n_prompts": 3, "max_new_tokens": 4},
     }
     for k, v in changes.items():
         cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
@@ -170,13 +173,12 @@ def finished(workdir, tmp_path_factory):
 
 def test_run_writes_every_artifact_and_results_json(finished):
     res = finished
-    assert res.ran == ["model", "data", "vectors", "trained", "evaluation", "report"]
-    for slot in ("patching", "circuits", "freeze", "svv", "sparsify"):
+    assert res.ran == ["model", "data", "vectors", "trained", "evaluation", "freeze", "report"]
+    for slot in ("patching", "circuits", "svv", "sparsify"):
         assert res.records[slot].status == "not available"
     results = json.loads(res.results_path.read_text())
-    assert set(check_results(results)) == {"model", "vectors", "steering", "cosine"}
-    for absent in ("circuits", "overlap", "interchange", "edge_types", "freeze", "svv",
-                   "sparsify"):
+    assert set(check_results(results)) == {"model", "vectors", "steering", "cosine", "freeze"}
+    for absent in ("circuits", "overlap", "interchange", "edge_types", "svv", "sparsify"):
         assert absent not in results
     assert results["run"]["stages"]["patching"] == "not available"
     m = results["model"]
@@ -232,7 +234,7 @@ def test_changed_config_gets_its_own_run_folder(finished, workdir):
     assert other != finished.run_dir and other.parent == finished.run_dir.parent
 
 
-ORDER = ["model", "data", "vectors", "trained", "evaluation", "report"]
+ORDER = ["model", "data", "vectors", "trained", "evaluation", "freeze", "report"]
 
 
 @pytest.mark.parametrize("stage", ORDER)
@@ -314,7 +316,7 @@ def test_kill_mid_stage_then_resume_equals_an_uninterrupted_run(workdir, tmp_pat
     resumed = _run_process(config, out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     status = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert status == {"ran": ["trained", "evaluation", "report"],
+    assert status == {"ran": ["trained", "evaluation", "freeze", "report"],
                       "skipped": ["model", "data", "vectors"]}
     for folder, data in before.items():  # finished stages untouched (timestamps included)
         assert (run_dir / folder / "stage.json").read_bytes() == data
