@@ -212,3 +212,22 @@ def test_lockstep_equals_reference_on_smollm2():
                                       -1.0, mode, **kw)
         assert torch.equal(a.new_tokens, b.new_tokens), mode
         torch.testing.assert_close(a.first_logits, b.first_logits, atol=2e-3, rtol=1e-3)
+
+
+def test_head_scores_read_from_a_patch_output_folder(tmp_path):
+    """``svv --scores`` takes what ``steerscope patch`` wrote: the vector folder or its
+    result.json (scores under tables.head_scores, other numbers in the file ignored)."""
+    import json
+
+    from steerscope.cli.mechanisms import read_head_scores
+
+    folder = tmp_path / "patch" / "dim"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({
+        "format_version": 1, "meta": {"steps": 10},
+        "tables": {"summary": {"n_edges": 7}, "head_scores": {"a1.h0": 0.25, "a2.h1": -1.5}}}))
+    expected = {"a1.h0": 0.25, "a2.h1": -1.5}
+    assert read_head_scores(folder) == expected
+    assert read_head_scores(folder / "result.json") == expected
+    with pytest.raises(SteerscopeError, match="does not exist"):
+        read_head_scores(tmp_path / "patch")

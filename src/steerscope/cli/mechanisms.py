@@ -32,15 +32,21 @@ def _modes(text: str) -> list[str]:
 
 
 def read_head_scores(path: str | Path) -> dict[str, float]:
-    """Head node scores from a JSON file: a mapping ``{"a12.h3": score, ...}`` or an object
-    holding one under ``head_node_scores``, ``node_scores`` or ``nodes``."""
+    """Head node scores from a JSON file: a mapping ``{"a12.h3": score, ...}``, an object
+    holding one under ``head_node_scores``, ``node_scores`` or ``nodes``, or the output of
+    ``steerscope patch`` (its ``result.json`` or the vector's folder: ``tables.head_scores``)."""
     path = Path(path)
+    if path.is_dir() and (path / "result.json").is_file():
+        path = path / "result.json"
     if not path.is_file():
         raise SteerscopeError(f"scores file {path} does not exist", "check the path")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SteerscopeError(f"scores file {path} is not valid JSON") from exc
+    if isinstance(data, dict) and isinstance(data.get("tables"), dict) and isinstance(
+            data["tables"].get("head_scores"), dict):
+        data = data["tables"]["head_scores"]
     if isinstance(data, dict):
         for key in ("head_node_scores", "node_scores", "nodes"):
             if isinstance(data.get(key), dict):
@@ -117,7 +123,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("svv", help="steering value vectors per head through the logit lens")
     _model_args(p)
-    p.add_argument("--scores", help="JSON of head node scores ('a{L}.h{H}': score) to rank by")
+    p.add_argument("--scores", help="head node scores to rank by: a 'steerscope patch' vector "
+                                    "folder, its result.json, or JSON {'a{L}.h{H}': score}")
     p.add_argument("--top-k", type=int, default=20, help="tokens kept per head (default 20)")
     p.add_argument("--heads", type=int, default=10, help="heads shown in the table and figure")
     p.add_argument("--show-tokens", type=int, default=10, help="tokens shown per line")
