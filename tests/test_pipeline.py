@@ -78,6 +78,9 @@ def tiny_config(root: Path, **changes) -> dict:
             "po": {"lr": [0.04], "epochs": 1, "max_response_tokens": 4},
         },
         "evaluation": {"max_new_tokens": 4, "batch_size": 3},
+        # a random model never refuses: patch the prompts whose steered tokens change
+        "patching": {"flip": "tokens", "n_prompts": 1, "ig_steps": 2, "max_new_tokens": 4},
+        "circuits": {"sizes": [10, 50, 1000], "n_random": 1, "refine_steps": 1},
         "freeze": {"n_prompts": 3, "max_new_tokens": 4},
         "svv": {"top_tokens": 5, "n_heads": 3},
         "sparsify": {"taus": [0, 1], "n_prompts": 3, "max_new_tokens": 4},
@@ -173,14 +176,12 @@ def finished(workdir, tmp_path_factory):
 
 def test_run_writes_every_artifact_and_results_json(finished):
     res = finished
-    assert res.ran == ["model", "data", "vectors", "trained", "evaluation", "freeze", "report"]
-    for slot in ("patching", "circuits", "svv", "sparsify"):
-        assert res.records[slot].status == "not available"
+    assert res.ran == ORDER
     results = json.loads(res.results_path.read_text())
-    assert set(check_results(results)) == {"model", "vectors", "steering", "cosine", "freeze"}
-    for absent in ("circuits", "overlap", "interchange", "edge_types", "svv", "sparsify"):
-        assert absent not in results
-    assert results["run"]["stages"]["patching"] == "not available"
+    assert set(check_results(results)) == {
+        "model", "vectors", "steering", "cosine", "circuits", "overlap", "interchange",
+        "edge_types", "freeze", "svv", "sparsify"}
+    assert all(s == "done" for s in results["run"]["stages"].values())
     m = results["model"]
     assert (m["architecture"], m["n_layers"], m["revision"]) == ("llama", 4, None)
     assert list(results["vectors"]) == ["dim", "pca", "ntp", "po"]
@@ -190,8 +191,9 @@ def test_run_writes_every_artifact_and_results_json(finished):
     assert cos["methods"] == ["dim", "pca", "ntp", "po"]
     assert cos["matrix"][0][0] == pytest.approx(1.0)
     html = (res.run_dir / "report.html").read_text()
-    assert "Steering" in html and "not run" in html
-    assert (res.run_dir / "figures" / "steering.png").is_file()
+    assert "Steering" in html and "Circuits" in html and "not run" not in html
+    for fig in ("steering", "faithfulness", "interchange", "edge_types"):
+        assert (res.run_dir / "figures" / f"{fig}.png").is_file(), fig
 
 
 def test_results_paths_load_with_plain_libraries(finished):
@@ -234,7 +236,8 @@ def test_changed_config_gets_its_own_run_folder(finished, workdir):
     assert other != finished.run_dir and other.parent == finished.run_dir.parent
 
 
-ORDER = ["model", "data", "vectors", "trained", "evaluation", "freeze", "report"]
+ORDER = ["model", "data", "vectors", "trained", "evaluation", "patching", "circuits", "freeze",
+         "svv", "sparsify", "report"]
 
 
 @pytest.mark.parametrize("stage", ORDER)
@@ -316,7 +319,7 @@ def test_kill_mid_stage_then_resume_equals_an_uninterrupted_run(workdir, tmp_pat
     resumed = _run_process(config, out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     status = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert status == {"ran": ["trained", "evaluation", "freeze", "report"],
+    assert status == {"ran": ORDER[3:],
                       "skipped": ["model", "data", "vectors"]}
     for folder, data in before.items():  # finished stages untouched (timestamps included)
         assert (run_dir / folder / "stage.json").read_bytes() == data
