@@ -9,21 +9,21 @@ import torch
 
 from steerscope.errors import SteerscopeError
 from steerscope.models.tiny import tiny_model, tiny_tokenizer
+from steerscope.patching.data import PatchingExample
 from steerscope.runtime import Runtime, steer
 from steerscope.sparsify import (
     DEFAULT_TAUS,
     RULES,
     agreement,
+    dimension_scores,
     equal_sparsity_family,
     hypergeom_pvalue,
-    ig_gradient,
-    ig_scores_from_rollouts,
+    ig_scores_from_examples,
     set_agreement,
     sparsify,
     tau_levels,
 )
 from steerscope.vectors import SteeringVector
-from steerscope.vectors.trained import _collate
 
 D = 64
 
@@ -211,95 +211,127 @@ def test_agreement_rows():
         hypergeom_pvalue(5, 10, 3, 4)
 
 
-# --- IG dimension scores ------------------------------------------------------------------
+# --- IG dimension scores (the patching package's EAP-IG steering-node gradient) -------------
 @pytest.fixture(scope="module")
 def f64_model():
     return tiny_model("llama", dtype=torch.float64)
 
 
-def _batch():
-    g = torch.Generator().manual_seed(0)
-    rows = [(torch.randint(3, 256, (n,), generator=g).tolist(), r)
+def _examples(alpha: float, dataset: str = "x", seed: int = 0) -> list[PatchingExample]:
+    """Three random token sequences with 5, 4 and 3 response tokens."""
+    g = torch.Generator().manual_seed(seed)
+    return [PatchingExample(torch.randint(3, 256, (n,), generator=g), n - r, alpha, dataset)
             for n, r in ((12, 5), (9, 4), (7, 3))]
-    return _collate(rows, pad_id=0)
 
 
-def _metric(model, batch, add, y, y_star, mask, k):
+def _response_logits(model, ex: PatchingExample, add: torch.Tensor) -> torch.Tensor:
+    """[R, V] logits predicting the response tokens, with ``add`` added to the residual
+    entering block 1 at every position (a plain HF forward with a steering hook)."""
     with Runtime(model, [steer(add, 1, 1.0)]), torch.no_grad():
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
-                    logits_to_keep=k + 1)
-    logits = out.logits[:, :-1]
-    ly = logits.gather(-1, y[..., None])[..., 0]
-    ls = logits.gather(-1, y_star[..., None])[..., 0]
-    return float(((ly - ls) * mask).sum())
+        logits = model(input_ids=ex.input_ids[None]).logits[0]
+    return logits[ex.prompt_len - 1:-1].double()
 
 
-def _targets(model, batch, s, alpha):
-    t, k = batch.input_ids.shape[1], int(batch.n_tokens.max())
-    clean_y = _greedy(model, batch, alpha * s, k)
-    corrupt_y = _greedy(model, batch, torch.zeros_like(s), k)
-    mask = (batch.label_mask[:, t - k:] & (clean_y != corrupt_y)).double()
-    return clean_y, corrupt_y, mask, k
+def _targets(model, ex, s, alpha):
+    """Clean (steered) and corrupt greedy tokens and the unmasked positions (y != y*)."""
+    y = _response_logits(model, ex, alpha * s).argmax(-1)
+    y_star = _response_logits(model, ex, 0 * s).argmax(-1)
+    return y, y_star, (y != y_star).double()
 
 
-def _greedy(model, batch, add, k):
-    with Runtime(model, [steer(add, 1, 1.0)]), torch.no_grad():
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
-                    logits_to_keep=k + 1)
-    return out.logits[:, :-1].argmax(-1)
+def _metric_sum(model, examples, targets, add) -> float:
+    """Σ over examples and unmasked positions of logit(y) − logit(y*)."""
+    total = 0.0
+    for ex, (y, y_star, keep) in zip(examples, targets):
+        lg = _response_logits(model, ex, add)
+        idx = torch.arange(lg.shape[0])
+        total += float(((lg[idx, y] - lg[idx, y_star]) * keep).sum())
+    return total
 
 
 def test_ig_gradient_matches_finite_differences(f64_model):
-    model, batch = f64_model, _batch()
+    """With T = 1 the steering-node gradient is α·∂M/∂h at h + (α/2)·s over the N unmasked
+    positions: grad·v = α·(central finite difference of Σ M along v)/N."""
+    model = f64_model
     g = torch.Generator().manual_seed(1)
     s = torch.randn(D, generator=g, dtype=torch.float64) * 6
     alpha = -1.0
-    y, y_star, mask, k = _targets(model, batch, s, alpha)
-    assert int(mask.sum()) > 0  # the steering changes some greedy tokens
-    res = ig_gradient(model, batch, s, 1, alpha, steps=1)
-    assert res.n_positions == int(mask.sum())
+    exs = _examples(alpha)
+    targets = [_targets(model, ex, s, alpha) for ex in exs]
+    n = int(sum(float(k.sum()) for _, _, k in targets))
+    assert n > 0  # the steering changes some greedy tokens
+    sv = SteeringVector(s.float(), layer=1)
+    res = ig_scores_from_examples(model, sv.with_vector(s), exs, steps=1)
+    assert res.n_positions == {"x": n}
+    assert torch.allclose(res.ie.double(), s * res.grad.double(), rtol=1e-5, atol=1e-6)
     beta = 0.5 * alpha
     for j in range(3):
         v = torch.randn(D, generator=g, dtype=torch.float64)
         eps = 1e-3  # the RMSNorms compute in float32 even in a float64 model
-        fd = (_metric(model, batch, beta * s + eps * v, y, y_star, mask, k)
-              - _metric(model, batch, beta * s - eps * v, y, y_star, mask, k)) / (2 * eps)
-        assert float(res.grad_sum @ v) == pytest.approx(fd, rel=2e-3, abs=1e-4), j
-    assert res.m_clean == pytest.approx(_metric(model, batch, alpha * s, y, y_star, mask, k))
-    assert res.m_corrupt == pytest.approx(_metric(model, batch, 0 * s, y, y_star, mask, k))
+        fd = (_metric_sum(model, exs, targets, beta * s + eps * v)
+              - _metric_sum(model, exs, targets, beta * s - eps * v)) / (2 * eps)
+        assert float(res.grad.double() @ v) == pytest.approx(alpha * fd / n, rel=2e-3,
+                                                             abs=1e-5), j
 
 
 def test_ig_completeness(f64_model):
-    """Σ_i IE_i → (M(α) − M(0)) / N as the number of IG steps grows."""
-    model, batch = f64_model, _batch()
+    """Σ_i IE_i → (M(α) − M(0)) / N as the number of IG steps grows (midpoint rule)."""
+    model = f64_model
     s = torch.randn(D, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 6
     alpha = 1.0
+    exs = _examples(alpha)
+    targets = [_targets(model, ex, s, alpha) for ex in exs]
+    n = int(sum(float(k.sum()) for _, _, k in targets))
+    delta = (_metric_sum(model, exs, targets, alpha * s)
+             - _metric_sum(model, exs, targets, 0 * s)) / n
+    sv = SteeringVector(s.float(), layer=1).with_vector(s)
     errors = []
-    for steps in (4, 32):
-        res = ig_gradient(model, batch, s, 1, alpha, steps=steps)
-        total = float(alpha * (s * res.grad_sum).sum())
-        errors.append(abs(total / (res.m_clean - res.m_corrupt) - 1))
-    assert errors[1] < 5e-3 and errors[1] < errors[0] / 10  # midpoint rule: O(1/T^2)
+    for steps in (4, 64):
+        res = ig_scores_from_examples(model, sv, exs, steps=steps)
+        errors.append(abs(float(res.ie.double().sum()) / delta - 1))
+    assert errors[1] < 2e-3 and errors[1] < errors[0] / 10  # midpoint rule, measured 0.1 → 5e-4
 
 
-def test_dimension_scores_from_rollouts_combine_datasets():
-    model, tok = tiny_model("qwen2"), tiny_tokenizer()
-    from steerscope.models.chat import format_prompt
-
+def test_dimension_scores_combine_datasets():
+    model = tiny_model("qwen2")
     sv = SteeringVector(torch.randn(D, generator=torch.Generator().manual_seed(4)) * 8, layer=1)
-    prompts = [format_prompt(tok, p) for p in ("make a bomb", "bake bread")]
-    responses = ["Sure, here it is: step one", "I cannot help with that request."]
-    a = ig_scores_from_rollouts(model, tok, sv, {"x": (prompts, responses, -1.0)}, steps=2)
-    b = ig_scores_from_rollouts(model, tok, sv, {"y": (prompts, responses, 1.0)}, steps=2)
-    both = ig_scores_from_rollouts(model, tok, sv, {"x": (prompts, responses, -1.0),
-                                                    "y": (prompts, responses, 1.0)}, steps=2)
+    x, y = _examples(-1.0, "x", seed=5), _examples(1.0, "y", seed=6)
+    a = ig_scores_from_examples(model, sv, {"x": x}, steps=2)
+    b = ig_scores_from_examples(model, sv, {"y": y}, steps=2)
+    both = ig_scores_from_examples(model, sv, {"x": x, "y": y}, steps=2)
     assert both.ie.shape == (D,) and torch.allclose(both.ie, sv.vector * both.grad, atol=1e-6)
-    na, nb = a.n_positions["x"], b.n_positions["y"]
-    assert na > 0 and nb > 0
+    assert a.n_positions["x"] > 0 and b.n_positions["y"] > 0
     expect = (a.grad + b.grad) / 2  # position-weighted within a dataset, then the mean
     assert torch.allclose(both.grad, expect, atol=1e-6, rtol=1e-5)
+    assert both.metric == {"x": {"alpha": -1.0, "examples": 3},
+                           "y": {"alpha": 1.0, "examples": 3}}
+
+
+def test_dimension_scores_use_the_generated_token_ids():
+    """dimension_scores = rollouts (token ids, no re-tokenization) → patching examples →
+    the same scores as ig_scores_from_examples on those examples."""
+    from steerscope.patching.data import rollouts
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    tok.padding_side = "left"
+    sv = SteeringVector(torch.randn(D, generator=torch.Generator().manual_seed(7)) * 8, layer=1)
+    harmful, harmless = ["make a bomb", "rob a bank"], ["bake bread"]
+    res = dimension_scores(model, tok, sv, harmful, harmless, steps=2, max_new_tokens=4,
+                           only_flipped=False, batch_size=2)
+    exs = []
+    for name, prompts, alpha in (("harmful", harmful, -1.0), ("harmless", harmless, 1.0)):
+        rs = rollouts(model, tok, prompts, sv, alpha, max_new_tokens=4, batch_size=2)
+        for which in ("steered", "base"):
+            exs += [PatchingExample(torch.tensor(r.prompt_ids + ids), len(r.prompt_ids), alpha,
+                                    f"{name}/{which}")
+                    for r in rs for ids in [r.steered_ids if which == "steered" else r.base_ids]
+                    if ids]
+    ref = ig_scores_from_examples(model, sv, exs, steps=2)
+    torch.testing.assert_close(res.ie, ref.ie)
+    assert res.n_positions == ref.n_positions
+    assert res.metadata["prompts_kept"] == {"harmful": 2, "harmless": 1}
+    with pytest.raises(SteerscopeError, match="steering flips no harmful prompt"):
+        dimension_scores(model, tok, sv, harmful, harmless, steps=1, max_new_tokens=2)
 
 
 # --- the sweep ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Sparsifying steering vectors and agreement between methods (paper section 7).
 
-- :mod:`~steerscope.sparsify.scores`: dimension-level IE = s ⊙ g at the steering node by
-  integrated gradients (or feed the patching package's scores);
+- :mod:`~steerscope.sparsify.scores`: dimension-level IE = s ⊙ g at the steering node, the
+  patching package's EAP-IG steering-node scores (or any IE with the same convention);
 - :mod:`~steerscope.sparsify.rules`: gradient-ratio (τ), top-k by |IE|, bottom-k by |s| and
   random dropout at equal sparsity, rescaled to ‖s‖;
 - :mod:`~steerscope.sparsify.agreement`: IoU of kept sets with a hypergeometric p-value;
@@ -30,8 +30,7 @@ from steerscope.sparsify.rules import (
 from steerscope.sparsify.scores import (
     DimensionScores,
     dimension_scores,
-    ig_gradient,
-    ig_scores_from_rollouts,
+    ig_scores_from_examples,
     load_ie,
 )
 from steerscope.sparsify.sweep import (
@@ -44,7 +43,7 @@ from steerscope.sparsify.sweep import (
 __all__ = [
     "DEFAULT_TAUS", "RULES", "DimensionScores", "agreement", "agreement_table", "apply_mask",
     "dimension_scores", "equal_sparsity_family", "gradient_ratio", "hypergeom_pvalue",
-    "ig_gradient", "ig_scores_from_rollouts", "kept", "load_ie", "resolve_k", "rule_mask",
+    "ig_scores_from_examples", "kept", "load_ie", "resolve_k", "rule_mask",
     "set_agreement", "sparsify", "tau_levels", "SweepResult", "highest_retained_sparsity",
     "sparse_agreement", "sparsity_sweep",
 ]
