@@ -43,10 +43,10 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def _config(root: Path, patching=None, circuits=None, **changes) -> dict:
+def _config(root: Path, patching=None, circuits=None, methods=("dim", "pca", "ntp")) -> dict:
     return tiny_config(root, patching={**PATCHING, **(patching or {})},
                        circuits={**CIRCUITS, **(circuits or {})},
-                       vectors={"methods": ["dim", "pca", "ntp"]}, **changes)
+                       vectors={"methods": list(methods)})
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +284,33 @@ def test_bad_patching_and_circuits_keys_fail_in_one_line(section, match):
     with pytest.raises(SteerscopeError, match=match) as e:
         config_from_dict({"vectors": {"methods": ["dim", "ntp"]}, **section})
     assert "\n" not in str(e.value)
+
+
+def test_two_gloo_ranks_write_the_same_patching_artifacts(workdir, tmp_path):
+    """Rollout batches and EAP-IG examples sharded over 2 torchrun ranks (gloo): the patching
+    stage's files are byte-identical to one process."""
+    import subprocess
+
+    import yaml
+    from test_distributed import CLI, REPO, _env, _stage_files
+
+    cfg = _config(workdir, methods=["dim"])
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    script = tmp_path / "cli.py"
+    script.write_text(CLI)
+    args = [str(script), "run", str(config), "--until", "patching", "--quiet"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=_env(),
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", *args, "--out", str(tmp_path / "two")],
+                         env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    (run_one,) = (tmp_path / "one").iterdir()
+    (run_two,) = (tmp_path / "two").iterdir()
+    (patch_dir,) = run_two.glob("patching-*")
+    assert json.loads((patch_dir / "stage.json").read_text())["world_size"] == 2
+    files_one, files_two = _stage_files(run_one), _stage_files(run_two)
+    assert any(k.startswith("patching-") and k.endswith("scores.safetensors") for k in files_one)
+    assert files_one == files_two
