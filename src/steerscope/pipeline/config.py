@@ -569,7 +569,11 @@ def demo_config(**overrides: Any) -> PipelineConfig:
             "po": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
         },
         "evaluation": {"max_new_tokens": 48, "batch_size": 16},
-        "patching": {"n_prompts": 16, "max_new_tokens": 48},
+        # patching ~4.5 min, circuits ~3.5 min on the demo (1 thread): 2 flipped prompts per
+        # dataset (8 examples per vector), T = 5, 32-token rollouts, a 6-size curve
+        "patching": {"n_prompts": 2, "ig_steps": 5, "max_new_tokens": 32},
+        "circuits": {"sizes": [151, 301, 753, 1505, 3010, 15051], "n_random": 2,
+                     "refine_steps": 2},
         # Table 1 on 16 + 16 test prompts, 32 tokens: 10 generations (262 s measured on 2
         # busy cores, OMP_NUM_THREADS=1)
         "freeze": {"n_prompts": 16, "max_new_tokens": 32},
