@@ -54,6 +54,56 @@ def _eos_ids(model, eos_token_id) -> list[int]:
     return [int(e) for e in (eos_token_id if isinstance(eos_token_id, Iterable) else [eos_token_id])]
 
 
+def greedy_loop(model, ids: torch.Tensor, mask: torch.Tensor, *, batch: int,
+                max_new_tokens: int, use_cache: bool, eos: torch.Tensor, pad_token_id: int,
+                stop_at_eos: bool, rows: slice | None = None, copies: int = 1,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The greedy decoding loop under whatever hooks are attached (the caller's context).
+
+    ``ids``/``mask``: [copies·B, P] left-padded prompts; the next token of each of the B
+    sequences is the argmax of the logits of ``rows`` (default: the first B rows) and is fed to
+    all ``copies`` of that sequence (lockstep runs). One prefill and one KV-cached step per
+    token, or the whole sequence re-run at every step with ``use_cache=False``. Returns
+    ``new_tokens`` [B, N] (pad after an EOS), ``lengths`` [B] (up to and including the EOS)
+    and the first step's logits of ``rows`` [B, V] float32.
+    """
+    device = ids.device
+    rows = rows if rows is not None else slice(0, batch)
+    new = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    first_logits = None
+    cache = DynamicCache(config=model.config) if use_cache else None
+    pos = position_ids_from_mask(mask)
+    step_ids, step_pos = ids, pos
+    for step in range(max_new_tokens):
+        if use_cache:
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                        cache=cache, use_cache=True, logits_to_keep=1)
+        else:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                        use_cache=False, logits_to_keep=1)
+        logits = out.logits[rows, -1]  # [B, V]
+        if step == 0:
+            first_logits = logits.float().clone()
+        token = logits.argmax(-1)  # [B]
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        new[:, step] = token
+        lengths += (~done).long()
+        if len(eos):
+            done |= torch.isin(token, eos)
+        if (stop_at_eos and bool(done.all())) or step == max_new_tokens - 1:
+            new = new[:, : step + 1]
+            break
+        fed = token.repeat(copies)[:, None]  # [copies·B, 1]
+        next_pos = pos[:, -1:] + 1
+        ids = torch.cat([ids, fed], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = torch.cat([pos, next_pos], dim=1)
+        step_ids, step_pos = fed, next_pos
+    return new, lengths, first_logits
+
+
 @torch.no_grad()
 def generate_ids(
     model,
@@ -96,37 +146,11 @@ def generate_ids(
         runtime.reset(prompt_len)
         ctx = nullcontext(runtime)
 
-    new = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
     with ctx:
-        cache = DynamicCache(config=model.config) if use_cache else None
-        ids, mask = input_ids, attention_mask
-        pos = position_ids_from_mask(mask)
-        step_ids, step_pos = ids, pos
-        for step in range(max_new_tokens):
-            if use_cache:
-                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                            cache=cache, use_cache=True, logits_to_keep=1)
-            else:
-                out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                            use_cache=False, logits_to_keep=1)
-            token = out.logits[:, -1].argmax(-1)  # [B]
-            token = torch.where(done, torch.full_like(token, pad_token_id), token)
-            new[:, step] = token
-            lengths += (~done).long()
-            if len(eos):
-                done |= torch.isin(token, eos)
-            if stop_at_eos and bool(done.all()):
-                new = new[:, : step + 1]
-                break
-            if step == max_new_tokens - 1:
-                break
-            next_pos = pos[:, -1:] + 1
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            pos = torch.cat([pos, next_pos], dim=1)
-            step_ids, step_pos = token[:, None], next_pos
+        new, lengths, _ = greedy_loop(model, input_ids, attention_mask, batch=batch,
+                                      max_new_tokens=max_new_tokens, use_cache=use_cache,
+                                      eos=eos, pad_token_id=pad_token_id,
+                                      stop_at_eos=stop_at_eos)
     return Generation(torch.cat([input_ids, new], dim=1), new, lengths, prompt_len)
 
 

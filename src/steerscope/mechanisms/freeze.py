@@ -35,10 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
 from steerscope.errors import SteerscopeError
-from steerscope.generate import _eos_ids, position_ids_from_mask
+from steerscope.generate import _eos_ids, greedy_loop, position_ids_from_mask
 from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.chat import encode_prompts
 from steerscope.runtime import Edit, Intervention, Runtime, steer
@@ -253,10 +252,6 @@ def frozen_generate_ids(
     mask = attention_mask.repeat(copies, 1)  # [cB, P]
     steered = slice(batch, 2 * batch) if lockstep else slice(0, batch)
 
-    new = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    first_logits = None
     with ExitStack() as stack:
         recorder = None
         if mode in ("svv", "mlp"):
@@ -266,34 +261,10 @@ def frozen_generate_ids(
         ops = freeze_interventions(arch, vector, layer, alpha, mode, recorder=recorder,
                                    qk_source=qk_source)
         stack.enter_context(Runtime(model, ops, arch=arch, prompt_len=prompt_len))
-        cache = DynamicCache(config=model.config) if use_cache else None
-        pos = position_ids_from_mask(mask)
-        step_ids, step_pos = ids, pos
-        for step in range(max_new_tokens):
-            if use_cache:
-                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                            cache=cache, use_cache=True, logits_to_keep=1)
-            else:
-                out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                            use_cache=False, logits_to_keep=1)
-            logits = out.logits[steered, -1]  # [B, V]
-            if step == 0:
-                first_logits = logits.float().clone()
-            token = logits.argmax(-1)  # [B]
-            token = torch.where(done, torch.full_like(token, pad_token_id), token)
-            new[:, step] = token
-            lengths += (~done).long()
-            if len(eos):
-                done |= torch.isin(token, eos)
-            if (stop_at_eos and bool(done.all())) or step == max_new_tokens - 1:
-                new = new[:, : step + 1]
-                break
-            fed = token.repeat(copies)[:, None]  # [cB, 1]: both halves get the steered token
-            next_pos = pos[:, -1:] + 1
-            ids = torch.cat([ids, fed], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            pos = torch.cat([pos, next_pos], dim=1)
-            step_ids, step_pos = fed, next_pos
+        new, lengths, first_logits = greedy_loop(
+            model, ids, mask, batch=batch, max_new_tokens=max_new_tokens, use_cache=use_cache,
+            eos=eos, pad_token_id=pad_token_id, stop_at_eos=stop_at_eos, rows=steered,
+            copies=copies)
     return FrozenGeneration(torch.cat([input_ids, new], dim=1), new, lengths, prompt_len,
                             first_logits, mode)
 
