@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from steerscope.cli import main
+from steerscope.errors import SteerscopeError
 from steerscope.models import save_tiny_chat_model
 from steerscope.vectors import SteeringVector
 
@@ -112,28 +113,49 @@ def test_vector_file_round_trip_and_checks(tmp_path):
 
 @pytest.mark.slow
 def test_demo_on_the_demo_refusal_model(capsys, tmp_path):
-    """The demo end to end on the demo refusal model (built into the session cache on first
-    use): DIM selection, steered evaluation, artifacts."""
-    out_dir = tmp_path / "demo"
-    code, out, _ = _run(capsys, "demo", "--n-train", "24", "--n-val", "8", "--n-test", "8",
-                        "--max-new-tokens", "16", "--out", out_dir, "--json")
+    """The demo pipeline up to the steered evaluation on the demo refusal model (built into
+    the session cache on first use): DIM selection, steering table, artifacts."""
+    code, out, _ = _run(capsys, "demo", "--methods", "dim", "--until", "evaluation",
+                        "--n-train", "24", "--n-val", "8", "--n-test", "8",
+                        "--max-new-tokens", "16", "--out", tmp_path, "--quiet", "--json")
     assert code == 0
     res = json.loads(out)
-    assert res["model"] == "smollm2-135m-refusal-demo"
-    rows = {(r["method"], r["prompt_set"]): r for r in res["rows"]}
-    assert set(rows) == {("none", "harmful"), ("none", "harmless"), ("dim", "harmful"),
-                         ("dim", "harmless")}
+    assert res["model"]["id"] == "smollm2-135m-refusal-demo"
+    steering = res["steering"]
+    assert set(steering) == {"none", "dim"}
     # the demo model refuses harmful prompts; -s lowers and +s raises the refusal score
-    assert rows["none", "harmful"]["mean_refusal_score"] > rows["none", "harmless"][
+    assert steering["none"]["harmful"]["mean_refusal_score"] > steering["none"]["harmless"][
         "mean_refusal_score"]
-    assert rows["dim", "harmful"]["mean_refusal_score"] < rows["none", "harmful"][
+    assert steering["dim"]["harmful"]["mean_refusal_score"] < steering["none"]["harmful"][
         "mean_refusal_score"]
-    assert rows["dim", "harmless"]["mean_refusal_score"] > rows["none", "harmless"][
+    assert steering["dim"]["harmless"]["mean_refusal_score"] > steering["none"]["harmless"][
         "mean_refusal_score"]
-    vec = SteeringVector.load(out_dir / "dim.safetensors")
-    assert vec.layer == res["dim"]["layer"] and vec.model_id == "smollm2-135m-refusal-demo"
-    assert json.loads((out_dir / "dim_candidates.json").read_text())
-    assert json.loads((out_dir / "steering.json").read_text())
+    vec = SteeringVector.load(res["vectors"]["dim"]["path"])
+    assert vec.layer == res["model"]["steering_layer"] == res["dim_selection"]["layer"]
+    assert vec.model_id == "smollm2-135m-refusal-demo"
+    assert res["run"]["stages"]["patching"] == "not run"
+
+
+def test_demo_config_overrides():
+    from steerscope.demo import demo_run_config
+    from steerscope.pipeline import demo_config
+
+    base = demo_config()
+    cfg = demo_run_config()
+    assert cfg.to_dict() == base.to_dict()  # no flag: exactly the documented demo config
+    cfg = demo_run_config(methods=["dim", "po"], n_train=8, n_val=4, n_test=6,
+                          max_new_tokens=12, data_dir="/data/refusal", relax_kl=False)
+    assert cfg.vectors.methods == ["dim", "po"] and not cfg.vectors.dim.relax_kl
+    assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test) == (8, 4, 6)
+    assert cfg.data.data_dir == "/data/refusal" and cfg.data.harmful_test == "jailbreakbench"
+    assert cfg.data.harmful_train == "harmful_train"
+    for section in (cfg.patching, cfg.freeze, cfg.sparsify):
+        if getattr(section, "n_prompts", None) is not None:
+            assert section.n_prompts <= 6
+    assert cfg.evaluation.max_new_tokens == cfg.vectors.preference.max_new_tokens == 12
+    assert cfg.patching.max_new_tokens == cfg.freeze.max_new_tokens == 12
+    with pytest.raises(SteerscopeError, match="must include 'dim'"):
+        demo_run_config(methods=["ntp"])
 
 
 def test_prepare_demo_prints_the_cached_model(capsys, tmp_path, monkeypatch):

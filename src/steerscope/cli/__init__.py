@@ -53,22 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="refusal steering on the demo refusal model (built and "
-                                    "cached on first use)")
+    p = sub.add_parser("demo", help="the whole study on the demo refusal model (built and "
+                                    "cached on first use): vectors, steering, patching, "
+                                    "circuits, freezing, svv, sparsity, report")
     _add_model_args(p, positional=False)
     p.add_argument("--model", default="demo", help="default: the demo refusal model")
-    p.add_argument("--methods", default="dim", help="comma-separated: dim[,ntp,po]")
+    p.add_argument("--methods", default="dim,ntp,po", help="comma-separated: dim[,ntp][,po]")
     p.add_argument("--data-dir", help="standard splits folder (default: $STEERSCOPE_DATA_DIR, "
                                       "else the built-in demo prompts)")
-    p.add_argument("--n-train", type=int, default=64)
-    p.add_argument("--n-val", type=int, default=16)
-    p.add_argument("--n-test", type=int, default=24)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--n-train", type=int, help="train prompts per class (default 64)")
+    p.add_argument("--n-val", type=int, help="validation prompts per class (default 16)")
+    p.add_argument("--n-test", type=int, help="test prompts per class (default 24)")
+    p.add_argument("--max-new-tokens", type=int, help="every generation (default 48)")
+    p.add_argument("--until", help="stop after this stage (e.g. evaluation: steering only)")
     p.add_argument("--strict-kl", action="store_true",
                    help="fail if no DIM candidate passes KL < 0.1 (default: double the "
                         "threshold until one does, and say so)")
-    p.add_argument("--out", default="runs/demo", help="artifact folder (default runs/demo)")
-    p.add_argument("--json", action="store_true", help="print the steering table as JSON")
+    p.add_argument("--out", default="runs", help="runs folder (default runs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--json", action="store_true", help="print results.json")
     p.set_defaults(func=cmd_demo)
 
     sub.add_parser("archs", help="list the supported architectures").set_defaults(func=cmd_archs)
@@ -262,40 +265,60 @@ def cmd_score(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    from steerscope.cli.pipeline import print_run
     from steerscope.demo import run_demo
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    loaded = _load(args)
-    res = run_demo(loaded, out=args.out, methods=methods, data_dir=args.data_dir,
-                   n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                   max_new_tokens=args.max_new_tokens, relax_kl=not args.strict_kl)
+    res = run_demo(args.out, until=args.until, progress=not args.quiet, model=args.model,
+                   dtype=args.dtype, device=args.device, methods=args.methods.split(","),
+                   data_dir=args.data_dir, n_train=args.n_train, n_val=args.n_val,
+                   n_test=args.n_test, max_new_tokens=args.max_new_tokens,
+                   relax_kl=not args.strict_kl)
     if args.json:
-        print(json.dumps({"model": res.model_id, "dim": res.dim_choice,
-                          "rows": [r.__dict__ for r in res.steering.rows],
-                          "cosine": res.steering.cosine}, indent=2))
+        print(res.results_path.read_text(encoding="utf-8"))
         return
-    c = res.dim_choice
-    print(f"\nmodel {res.model_id}; prompts: {res.prompts_source}")
-    print(f"DIM vector: layer {c['layer']}, position {c['position']}, norm {c['norm']:.2f} "
-          f"(bypass score {c['bypass']:+.2f}, induce score {c['induce']:+.2f}, KL {c['kl']:.3f})")
-    hp = res.vectors["dim"].hyperparameters
-    if hp["kl_threshold"] != hp["kl_threshold_requested"]:
-        print(f"  (no candidate passed KL < {hp['kl_threshold_requested']}: selected with KL < "
-              f"{hp['kl_threshold']}; give more --n-val prompts or --strict-kl)")
-    print()
-    ev = res.steering
-    for set_name, alpha in (("harmful", -1), ("harmless", +1)):
-        prompts = ev.prompts[set_name]
-        for i in range(min(2, len(prompts))):
-            print(f"[{set_name}] {prompts[i]}")
-            print(f"  unsteered: {_short(ev.completions['none'][set_name][i])}")
-            for m in res.vectors:
-                print(f"  {m} {'+' if alpha > 0 else '-'}s: {_short(ev.completions[m][set_name][i])}")
-            print()
-    print(ev.table())
-    print("\n(ASR = fraction of completions that do not refuse, by substring; harmful prompts are "
-          "steered with -s to bypass refusal, harmless ones with +s to induce it)")
-    print(f"artifacts: {res.out}/")
+    if not print_run(res):
+        return
+    results = json.loads(res.results_path.read_text(encoding="utf-8"))
+    evaluation = res.outputs.get("evaluation")
+    _print_demo_summary(results, res.run_dir,
+                        evaluation.path(evaluation.outputs["file"]) if evaluation else None)
+
+
+def _print_demo_summary(results: dict, run_dir, evaluation_file=None) -> None:
+    """The headline numbers of a demo run: DIM's choice, the steering table and example
+    completions."""
+    sel = results.get("dim_selection")
+    if sel:
+        print(f"\nDIM vector: layer {sel['layer']}, position {sel['position']} (bypass score "
+              f"{sel['bypass']:+.2f}, induce score {sel['induce']:+.2f}, KL {sel['kl']:.3f})")
+        if sel.get("kl_threshold") not in (None, sel.get("kl_threshold_requested")):
+            print(f"  (no candidate passed KL < {sel['kl_threshold_requested']}: selected with "
+                  f"KL < {sel['kl_threshold']}; give more --n-val prompts or --strict-kl)")
+    steering = results.get("steering")
+    if steering:
+        print(f"\n{'vector':8s} {'harmful ASR (-s)':>17s} {'harmless ASR (+s)':>18s} "
+              f"{'refusal score harmful/harmless':>31s}")
+        for m, cells in steering.items():
+            h, b = cells["harmful"], cells["harmless"]
+            print(f"{m:8s} {h['asr']:17.3f} {b['asr']:18.3f} "
+                  f"{h['mean_refusal_score']:+15.2f} / {b['mean_refusal_score']:+.2f}")
+        print("(ASR = fraction of completions that do not refuse, by substring; harmful "
+              "prompts are steered with -s to bypass refusal, harmless ones with +s to "
+              "induce it)")
+    if evaluation_file is not None:
+        _print_examples(evaluation_file)
+    print(f"\nall numbers: {run_dir}/results.json (docs/results.md)")
+
+
+def _print_examples(evaluation_file, n: int = 2) -> None:
+    ev = json.loads(evaluation_file.read_text(encoding="utf-8"))
+    comp, prompts = ev.get("completions", {}), ev.get("prompts", {})
+    for set_name, sign in (("harmful", "-"), ("harmless", "+")):
+        for i in range(min(n, len(prompts.get(set_name, [])))):
+            print(f"\n[{set_name}] {prompts[set_name][i]}")
+            for m, by_set in comp.items():
+                label = "unsteered" if m == "none" else f"{m} {sign}s"
+                print(f"  {label}: {_short(by_set[set_name][i])}")
 
 
 def _short(text: str, width: int = 160) -> str:

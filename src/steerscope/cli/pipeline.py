@@ -14,12 +14,18 @@ def cmd_run(args) -> None:
 
     res = run_pipeline(args.config, args.out, force=args.force or None, until=args.until,
                        progress=not args.quiet)
+    print_run(res)
+
+
+def print_run(res) -> bool:
+    """Print each stage's status and the results/report paths (main rank only); False on
+    the other ranks."""
     if not res.run_dir.exists():  # pragma: no cover - only non-main ranks could get here
-        return
+        return False
     from steerscope.pipeline import distributed
 
     if not distributed.current().is_main:
-        return
+        return False
     width = max(len(n) for n in res.records)
     for name, rec in res.records.items():
         extra = f" ({rec.reason})" if rec.reason else ""
@@ -28,6 +34,7 @@ def cmd_run(args) -> None:
     print(f"results: {res.results_path}")
     if res.report_path is not None:
         print(f"report:  {res.report_path}")
+    return True
 
 
 def cmd_report(args) -> None:

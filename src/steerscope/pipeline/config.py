@@ -539,9 +539,9 @@ def demo_config(**overrides: Any) -> PipelineConfig:
     """The small default config for the demo refusal model (``model.source: demo``), sized for
     2 CPU cores and matching ``steerscope.demo``: built-in project-written prompts (no
     download; test = held-out prompts), 64 train + 16 val + 24 test prompts per class, DIM
-    over every layer at the last prompt token (over all post-instruction positions the demo
-    model's only surviving candidate is layer 16, position -1: the same vector for 6x less
-    compute), NTP and PO with one config each (lr 0.04, batch 6, 2 epochs), 48 new tokens;
+    over every layer at the last prompt token (the position of every demo-model candidate
+    that passes the paper's filters; ``relax_kl`` on, since 16 validation prompts make the
+    KL filter noisy), NTP and PO with one config each (lr 0.04, batch 6, 2 epochs), 48 new tokens;
     freezing ablations on 16 + 16 test prompts (32 tokens), the sparsity sweep at τ ∈ {0, 1,
     2} on 8 + 8 test prompts (16 tokens). ``overrides`` are top-level sections given as dicts
     (merged key by key), e.g. ``demo_config(vectors={"methods": ["dim"]})``."""

@@ -140,7 +140,10 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
         sv.save(ctx.out / f"{m}.safetensors")
         methods[m] = _vector_entry(sv, f"{m}.safetensors")
     return {"steering_layer": dim.layer, "position": dim.position, "methods": methods,
-            "dim_selection": {k: chosen.get(k) for k in ("bypass", "induce", "kl", "score")},
+            "dim_selection": {**{k: chosen.get(k) for k in ("bypass", "induce", "kl", "score")},
+                              "kl_threshold": dim.hyperparameters["kl_threshold"],
+                              "kl_threshold_requested":
+                                  dim.hyperparameters["kl_threshold_requested"]},
             "candidates_file": "dim_candidates.json"}
 
 
