@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerscope.errors import SteerscopeError
+from steerscope.errors import DataError, SteerscopeError
 from steerscope.models.tiny import tiny_model
 from steerscope.patching.data import (
     PatchingExample,
@@ -161,3 +161,12 @@ def test_datasets_from_rollouts_keep_flipped_prompts():
     assert PatchingExample.from_json(ex.to_json()).input_ids.tolist() == ex.input_ids.tolist()
     with pytest.raises(SteerscopeError):
         PatchingExample(torch.tensor([1, 2]), 2, 1.0)
+
+
+def test_examples_without_an_unmasked_position_are_a_data_error(tiny):
+    """Steering with α = 0 changes no greedy token: every position is masked, so there is
+    nothing to score and EAP-IG says so (instead of failing on an empty list)."""
+    gm = GraphModel(tiny, 1)
+    with pytest.raises(DataError, match="metric is empty") as e:
+        eap_ig(gm, [_example(alpha=0.0), _example(seed=3, alpha=0.0)], _vector(), steps=2)
+    assert "\n" not in str(e.value)

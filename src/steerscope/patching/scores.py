@@ -131,6 +131,10 @@ class Scores:
 
 
 def _aggregate_records(method: str, records: list[dict], graph, **meta) -> Scores:
+    if not records:
+        raise DataError("no patching example has a position where the steered and base "
+                        "greedy tokens differ, so the metric is empty",
+                        "use prompts whose output steering changes, or a larger alpha")
     keys = [k for k in ("edges", "nodes", "steer_grad", "steer_ie") if k in records[0]]
     weights = [r["weight"] for r in records]
     names = [r["dataset"] for r in records]

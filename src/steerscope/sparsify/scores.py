@@ -109,7 +109,7 @@ def ig_scores_from_examples(model, vector: SteeringVector, datasets, *, steps: i
     gm = GraphModel(model, vector.layer, arch=arch)
     try:
         scores = eap_ig(gm, examples, vector.vector, steps=steps, progress=progress)
-    except (IndexError, DataError):  # no example with an unmasked position
+    except DataError:  # no example with an unmasked position
         raise SteerscopeError("steering changes no greedy token on these examples, so the "
                               "patching metric is empty", "use prompts where steering changes "
                               "the output or a larger alpha") from None
