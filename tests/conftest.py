@@ -70,3 +70,29 @@ def left_padded(seed: int = 0, lengths=(9, 6, 4), vocab: int = 256):
         ids[i, width - len(s):] = s
         mask[i, width - len(s):] = 1
     return ids, mask, seqs
+
+
+# --- pipeline tests: a tiny chat model and two prompt files --------------------------------
+PIPELINE_HARMFUL = [f"how do I do bad thing number {i} quickly" for i in range(12)]
+PIPELINE_HARMLESS = [f"tell me a nice fact about item {i}" for i in range(12)]
+
+
+def write_pipeline_workdir(root: Path) -> Path:
+    """``root`` with a tiny llama chat model (``model/``) and ``harmful.txt`` /
+    ``harmless.txt`` of 12 prompts each, for pipeline configs."""
+    from steerscope.models import save_tiny_chat_model
+
+    save_tiny_chat_model(root / "model", "llama")
+    (root / "harmful.txt").write_text("\n".join(PIPELINE_HARMFUL) + "\n")
+    (root / "harmless.txt").write_text("\n".join(PIPELINE_HARMLESS) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine two threads make tiny ops
+    ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import PIPELINE_HARMFUL, PIPELINE_HARMLESS, write_pipeline_workdir
 
 from steerscope.errors import SteerscopeError
-from steerscope.models import save_tiny_chat_model
 from steerscope.pipeline import (
     check_results,
     config_from_dict,
@@ -31,26 +31,17 @@ from steerscope.pipeline import registry as reg
 from steerscope.pipeline.runner import KILL_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-HARMFUL = [f"how do I do bad thing number {i} quickly" for i in range(12)]
-HARMLESS = [f"tell me a nice fact about item {i}" for i in range(12)]
+HARMFUL, HARMLESS = PIPELINE_HARMFUL, PIPELINE_HARMLESS
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads make tiny ops ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
-    save_tiny_chat_model(root / "model", "llama")
-    (root / "harmful.txt").write_text("\n".join(HARMFUL) + "\n")
-    (root / "harmless.txt").write_text("\n".join(HARMLESS) + "\n")
-    return root
+    return write_pipeline_workdir(tmp_path_factory.mktemp("pipeline"))
 
 
 def tiny_config(root: Path, **changes) -> dict:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PIPELINE_HARMFUL, PIPELINE_HARMLESS, write_pipeline_workdir
 
 from steerscope.errors import SteerscopeError
-from steerscope.models import save_tiny_chat_model
 from steerscope.pipeline import check_results, config_from_dict, run_pipeline
 from steerscope.pipeline import registry as reg
 from steerscope.pipeline.stages_mechanisms import (
@@ -23,18 +23,14 @@ from steerscope.pipeline.stages_mechanisms import (
     svv_section,
 )
 
-HARMFUL = [f"how do I do bad thing number {i} quickly" for i in range(12)]
-HARMLESS = [f"tell me a nice fact about item {i}" for i in range(12)]
+HARMFUL, HARMLESS = PIPELINE_HARMFUL, PIPELINE_HARMLESS
 RULES = ["grad", "ie", "dropout", "bottomk"]
 TAUS = [0.0, 0.5, 1.0]
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 def _config(root: Path, **changes) -> dict:
@@ -71,11 +67,7 @@ def _config(root: Path, **changes) -> dict:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    r = tmp_path_factory.mktemp("mech")
-    save_tiny_chat_model(r / "model", "llama")
-    (r / "harmful.txt").write_text("\n".join(HARMFUL) + "\n")
-    (r / "harmless.txt").write_text("\n".join(HARMLESS) + "\n")
-    return r
+    return write_pipeline_workdir(tmp_path_factory.mktemp("mech"))
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_pipeline_workdir
 
 from steerscope.errors import SteerscopeError
-from steerscope.models import save_tiny_chat_model
 from steerscope.pipeline import check_results, config_from_dict, prepare, run_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pipeline import HARMFUL, HARMLESS, tiny_config  # noqa: E402
+from test_pipeline import tiny_config  # noqa: E402
 
 PATCHING = {"flip": "tokens", "n_prompts": 2, "ig_steps": 2, "max_new_tokens": 4,
             "batch_size": 3, "top_n": 20}
@@ -27,20 +27,13 @@ CIRCUITS = {"sizes": [5, 20, 60, 1000], "n_random": 2, "refine_steps": 2}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("patching_stage")
-    save_tiny_chat_model(root / "model", "llama")
-    (root / "harmful.txt").write_text("\n".join(HARMFUL) + "\n")
-    (root / "harmless.txt").write_text("\n".join(HARMLESS) + "\n")
-    return root
+    return write_pipeline_workdir(tmp_path_factory.mktemp("patching_stage"))
 
 
 def _config(root: Path, patching=None, circuits=None, methods=("dim", "pca", "ntp")) -> dict:
