@@ -11,17 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from steerscope.cli.vectors import _int_list
 from steerscope.errors import SteerscopeError
-
-
-def _int_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise SteerscopeError(f"'{text}' is not a comma-separated list of integers",
-                              "write e.g. 100,500,1000") from exc
 
 
 def _vectors(specs: list[str]) -> dict:
