@@ -399,6 +399,14 @@ def known_methods() -> list[str]:
     return list(dict.fromkeys(["dim", *TRAINED_METHODS, *sorted(METHODS)]))
 
 
+def _size_list(key: str, sizes: list[int] | None) -> None:
+    """``sizes`` is None or a non-empty list of positive ints."""
+    if sizes is not None and not sizes:
+        _fail(key, "is empty", "list at least one size or drop the key")
+    for x in sizes or []:
+        _positive_int(key, x)
+
+
 def check_values(cfg: PipelineConfig) -> None:
     """Range and name checks that need neither the model nor the data (one-line errors)."""
     if not _NAME.match(cfg.name):
@@ -500,18 +508,12 @@ def check_values(cfg: PipelineConfig) -> None:
     if not 0 < cfg.circuits.threshold <= 1:
         _fail("circuits.threshold", f"must be in (0, 1], got {cfg.circuits.threshold}",
               "use e.g. 0.85")
-    for x in cfg.circuits.sizes or []:
-        _positive_int("circuits.sizes", x)
-    if cfg.circuits.sizes is not None and not cfg.circuits.sizes:
-        _fail("circuits.sizes", "is empty", "list at least one size or drop the key")
+    _size_list("circuits.sizes", cfg.circuits.sizes)
     _positive_int("circuits.n_random", cfg.circuits.n_random)
     if cfg.circuits.refine_steps < 0:
         _fail("circuits.refine_steps", f"must be >= 0, got {cfg.circuits.refine_steps}",
               "use e.g. 4")
-    for x in cfg.circuits.overlap_sizes or []:
-        _positive_int("circuits.overlap_sizes", x)
-    if cfg.circuits.overlap_sizes is not None and not cfg.circuits.overlap_sizes:
-        _fail("circuits.overlap_sizes", "is empty", "list at least one size or drop the key")
+    _size_list("circuits.overlap_sizes", cfg.circuits.overlap_sizes)
     _known("freeze.modes", cfg.freeze.modes, FREEZE_MODES)
     if cfg.freeze.enabled and (cfg.freeze.method not in v.methods
                                or cfg.freeze.method in TRAINED_METHODS):

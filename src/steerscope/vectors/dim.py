@@ -501,7 +501,8 @@ def select_dim(
                           f"{kl_threshold} instead (use more validation prompts for the "
                           "paper's filter)", stacklevel=2)
             for row in rows:
-                if row["discarded"] == REASON_KL and row["kl"] < kl_threshold:
+                if (row["discarded"] == REASON_KL and row["kl"] < kl_threshold
+                        and row["bypass"] is None):  # score_all=True rows are fully scored
                     s = directions[layers.index(row["layer"]), positions.index(row["position"])]
                     row["bypass"] = _mean_refusal(model, harmful_val_b, refusal_ids,
                                                   [steer(s, row["layer"], -1.0)], arch)
