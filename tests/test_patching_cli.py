@@ -78,6 +78,27 @@ def test_patch_then_circuits(capsys, tiny_dir, tmp_path, monkeypatch):
     assert code == 0 and len(json.loads(text.split("\n", 1)[1])["top_edges"]) == 3
 
 
+def test_patch_reverse_roles_on_the_coarse_graph(capsys, tiny_dir, tmp_path, monkeypatch):
+    _fake_refusals(monkeypatch)
+    harmful, harmless = tmp_path / "harmful.txt", tmp_path / "harmless.txt"
+    harmful.write_text("bad one\n")
+    harmless.write_text("good one\n")
+    v = torch.randn(64, generator=torch.Generator().manual_seed(0)) * 4
+    vec = SteeringVector(v, 1).save(tmp_path / "v.safetensors")
+    out = tmp_path / "patch"
+    code, text, err = _run(capsys, "patch", tiny_dir, "--vector", f"A={vec}", "--harmful",
+                           harmful, "--harmless", harmless, "--max-new-tokens", "5",
+                           "--steps", "2", "--sizes", "5,1000", "--reverse", "--graph",
+                           "coarse", "--out", out)
+    assert code == 0, err
+    assert "graph: coarse" in text and "roles: reverse" in text
+    res = json.loads((out / "A" / "result.json").read_text())
+    assert res["graph"]["coarse"] is True and res["meta"]["reverse"] is True
+    with pytest.raises(SystemExit):
+        _run(capsys, "patch", tiny_dir, "--vector", f"A={vec}", "--graph", "medium", "--out", out)
+    assert "invalid choice: 'medium'" in capsys.readouterr().err
+
+
 def test_patch_errors(capsys, tiny_dir, tmp_path):
     code, _, err = _run(capsys, "patch", tiny_dir, "--out", tmp_path / "x")
     assert code == 2 and "no steering vector" in err

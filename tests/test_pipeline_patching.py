@@ -250,6 +250,32 @@ def test_a_new_threshold_reruns_circuits_only(run, workdir, tmp_path):
     assert third.ran == ["patching", "circuits"]
 
 
+def test_reverse_roles_on_the_coarse_graph(run, workdir, tmp_path, model):
+    """patching.reverse / patching.graph reach the library: the stage's scores equal
+    score_vector(reverse=True, coarse=True) and the circuits live on the coarse graph."""
+    from steerscope.patching import PatchingResult
+    from steerscope.patching.graph import Graph
+    from steerscope.patching.run import score_vector
+    from steerscope.pipeline.stages_patching import load_examples
+
+    cfg = _config(workdir, patching={"reverse": True, "graph": "coarse"})
+    _, _, run_dir = prepare(cfg, tmp_path)
+    _seed_run(run.run_dir, run_dir, ("model", "data", "vectors", "trained", "evaluation"))
+    again = run_pipeline(cfg, tmp_path, until="circuits", progress=False)
+    assert again.ran == ["patching", "circuits"]
+    folder = again.outputs["patching"].path("dim")
+    res = PatchingResult.load(folder)
+    assert res.graph.coarse and res.meta["reverse"] is True
+    direct = score_vector(model.model, _vector(again, "dim", model.arch), load_examples(folder),
+                          arch=model.arch, steps=PATCHING["ig_steps"], reverse=True,
+                          coarse=True, top_k=PATCHING["top_n"])
+    torch.testing.assert_close(res.scores["eap_ig"].edges, direct.scores["eap_ig"].edges)
+    g = Graph.from_arch(model.arch, res.graph.layer, coarse=True)
+    results = json.loads(again.results_path.read_text())
+    assert all(c["total_edges"] == g.n_edges for c in results["circuits"].values())
+    check_results(results)
+
+
 def test_nothing_flipped_is_a_one_line_error_naming_the_fix(run, workdir, tmp_path):
     cfg = _config(workdir, patching={"flip": "refusal"})  # a random model never refuses
     _, _, run_dir = prepare(cfg, tmp_path)
@@ -269,6 +295,7 @@ def test_nothing_flipped_is_a_one_line_error_naming_the_fix(run, workdir, tmp_pa
     ({"patching": {"tau": 1.0}}, r"'patching.tau' applies to metric kl only"),
     ({"patching": {"metric": "kl", "tau": -1.0}}, r"'patching.tau' must be a finite number"),
     ({"patching": {"top_n": 0}}, r"'patching.top_n' must be a positive integer"),
+    ({"patching": {"graph": "medium"}}, r"'patching.graph' has unknown value 'medium'"),
     ({"circuits": {"sizes": []}}, r"'circuits.sizes' is empty"),
     ({"circuits": {"overlap_sizes": [0]}}, r"'circuits.overlap_sizes' must be a positive"),
     ({"circuits": {"refine_steps": -1}}, r"'circuits.refine_steps' must be >= 0"),

@@ -66,7 +66,8 @@ def cmd_patch(args) -> None:
         atomic_write_json(out / name / "examples.json",
                           {k: [e.to_json() for e in x] for k, x in ds.items()})
         res = patch_vector(lm.model, v, ds, arch=lm.arch, steps=args.steps, metric=args.metric,
-                           tau=args.kl_threshold, sizes=_int_list(args.sizes),
+                           tau=args.kl_threshold, reverse=args.reverse,
+                           coarse=args.graph == "coarse", sizes=_int_list(args.sizes),
                            threshold=args.threshold, exact_nodes=args.exact_nodes,
                            top_k=args.top_k, progress=True)
         res.meta["model"] = lm.model_id
@@ -76,7 +77,7 @@ def cmd_patch(args) -> None:
         results[name], data[name] = res, (ds, v)
     if len(results) > 1:
         cmp = compare_vectors(lm.model, results, data, sizes=_int_list(args.sizes),
-                              metric=args.metric, tau=args.kl_threshold, progress=True)
+                              progress=True)
         atomic_write_json(out / "comparison.json", cmp)
         _print_comparison(cmp)
         print(f"wrote {out / 'comparison.json'}")
@@ -143,6 +144,11 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=10, help="EAP-IG steps T (default 10)")
     p.add_argument("--metric", choices=["logit_diff", "kl"], default="logit_diff")
     p.add_argument("--kl-threshold", type=float, default=0.0, help="τ for --metric kl")
+    p.add_argument("--reverse", action="store_true",
+                   help="reverse roles: clean = unsteered, corrupt = steered (patched runs are "
+                        "the unsteered model with some edges carrying their steered value)")
+    p.add_argument("--graph", choices=["fine", "coarse"], default="fine",
+                   help="fine: per-head q/k/v inputs (default); coarse: q/k/v grouped per layer")
     p.add_argument("--sizes", help="circuit sizes for the faithfulness curve, e.g. 50,100,500")
     p.add_argument("--threshold", type=float, default=0.85, help="faithfulness threshold")
     p.add_argument("--exact-nodes", action="store_true",

@@ -123,21 +123,48 @@ class CircuitEval:
         return (self.m_circuits - self.m_empty) / denom
 
 
+def _circuit_graph(gm: GraphModel, graph: Graph | None) -> Graph:
+    """The graph circuits are given on: ``gm.graph`` or its coarse variant."""
+    if graph is None:
+        return gm.graph
+    fine = gm.graph
+    same = (graph.n_layers, graph.layer, graph.n_heads, graph.n_kv_heads) == (
+        fine.n_layers, fine.layer, fine.n_heads, fine.n_kv_heads)
+    if not same:
+        raise SteerscopeError(f"circuit graph (layer {graph.layer}, {graph.n_edges} edges) is "
+                              f"not a graph of this model at layer {fine.layer}",
+                              "use the graph the scores were computed on")
+    return graph
+
+
+def _fine_masks(gm: GraphModel, graph: Graph, circuits: Sequence[torch.Tensor]
+                ) -> tuple[list[torch.Tensor], list[int]]:
+    """[U, D_fine] bool masks of the fine graph for [E] circuits of ``graph``, and sizes."""
+    masks = [graph.edge_mask(c) for c in circuits]
+    mats = [graph.to_matrix(c, False) for c in masks]
+    if graph.coarse:
+        mats = [gm.graph.coarse_to_fine(m) for m in mats]
+    return mats, [int(c.sum()) for c in masks]
+
+
 def evaluate_circuits(gm: GraphModel, examples: Iterable[PatchingExample], vector,
                       circuits: Sequence[torch.Tensor], *, metric: str = "logit_diff",
-                      tau: float = 0.0, progress: bool = False) -> CircuitEval:
+                      tau: float = 0.0, reverse: bool = False, graph: Graph | None = None,
+                      progress: bool = False) -> CircuitEval:
     """Run every example once per circuit with the edges outside the circuit reverted.
 
-    ``circuits``: [E] bool masks of ``gm.graph`` (a coarse-graph mask is not accepted: map it
-    with :meth:`Graph.coarse_to_fine`). ``m(M)`` and ``m(∅)`` come from the steered and the
-    unsteered graph forward of each example.
+    ``circuits``: [E] bool masks of ``graph`` (default ``gm.graph``; the coarse graph of the
+    same model is accepted, a coarse edge standing for every fine edge it groups).
+    ``m(M)`` and ``m(∅)`` come from the clean and corrupt graph forward of each example (the
+    steered and unsteered runs; swapped with ``reverse``).
     """
-    g = gm.graph
-    masks = [g.edge_mask(c) for c in circuits]
-    reverted = [g.adjacency & ~g.to_matrix(c, False) for c in masks]
+    g = _circuit_graph(gm, graph)
+    mats, sizes = _fine_masks(gm, g, circuits)
+    adj = gm.graph.adjacency
+    reverted = [adj & ~m for m in mats]
     vals, full, empty, weights, names = [], [], [], [], []
-    for ctx in iter_contexts(gm, examples, vector, metric=metric, tau=tau, progress=progress,
-                             desc="faithfulness"):
+    for ctx in iter_contexts(gm, examples, vector, metric=metric, tau=tau, reverse=reverse,
+                             progress=progress, desc="faithfulness"):
         vals.append(torch.tensor([patched_metric(gm, ctx, r) for r in reverted],
                                  dtype=torch.float64))
         full.append(ctx.m_clean)
@@ -147,8 +174,7 @@ def evaluate_circuits(gm: GraphModel, examples: Iterable[PatchingExample], vecto
     m_c, _ = aggregate(vals, weights, names)
     m_full, _ = aggregate(full, weights, names)
     m_empty, _ = aggregate(empty, weights, names)
-    return CircuitEval(m_c.double(), float(m_full), float(m_empty),
-                       [int(c.sum()) for c in masks])
+    return CircuitEval(m_c.double(), float(m_full), float(m_empty), sizes)
 
 
 def faithfulness(gm: GraphModel, examples, vector, circuit: torch.Tensor, **kw) -> float:
@@ -191,23 +217,28 @@ class FaithfulnessCurve:
 
 
 def faithfulness_curve(gm: GraphModel, examples, vector, scores: torch.Tensor,
-                       sizes: Sequence[int] | None = None, **kw) -> FaithfulnessCurve:
-    """Faithfulness of the circuits built from ``scores`` at each size."""
-    g = gm.graph
+                       sizes: Sequence[int] | None = None, *, graph: Graph | None = None,
+                       **kw) -> FaithfulnessCurve:
+    """Faithfulness of the circuits built from ``scores`` (edges of ``graph``, default
+    ``gm.graph``) at each size."""
+    g = _circuit_graph(gm, graph)
     sizes = list(sizes) if sizes is not None else default_sizes(g.n_edges)
     circuits = [build_circuit(g, scores, int(n)) for n in sizes]
-    ev = evaluate_circuits(gm, examples, vector, circuits, **kw)
+    ev = evaluate_circuits(gm, examples, vector, circuits, graph=g, **kw)
     return FaithfulnessCurve(sizes, ev.sizes, [float(f) for f in ev.faithfulness],
                              ev.m_full, ev.m_empty)
 
 
 def minimal_faithful_circuit(gm: GraphModel, examples, vector, scores: torch.Tensor, *,
                              threshold: float = FAITHFUL, curve: FaithfulnessCurve | None = None,
-                             refine_steps: int = 4, **kw) -> tuple[torch.Tensor, float]:
+                             refine_steps: int = 4, graph: Graph | None = None,
+                             **kw) -> tuple[torch.Tensor, float]:
     """The smallest circuit found reaching ``threshold``: the first curve size that does,
     refined by ``refine_steps`` bisection steps toward the previous size (assumes
-    faithfulness grows with size there). Returns ``(mask [E], faithfulness)``."""
-    g = gm.graph
+    faithfulness grows with size there). Returns ``(mask [E], faithfulness)``, edges of
+    ``graph`` (default ``gm.graph``)."""
+    g = _circuit_graph(gm, graph)
+    kw["graph"] = g
     examples = list(examples)
     if curve is None:
         curve = faithfulness_curve(gm, examples, vector, scores, **kw)

@@ -10,6 +10,9 @@ on the same tokens. A metric maps the logits of a (patched) run at its positions
   positions whose ``KL(P_clean ‖ P_corrupt) < τ`` are masked out.
 
 Both are ``m(clean) > m(corrupt)``-oriented: patching toward the steered run raises ``m``.
+With the reverse roles (clean = unsteered) the metric is built in the forward roles, so the
+masked positions are the same, and then ``swapped()``; both metrics are antisymmetric under
+the swap (``m_reverse = −m``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ class LogitDiff:
         idx = torch.arange(lg.shape[0], device=lg.device)
         return (lg[idx, self.y.to(lg.device)] - lg[idx, self.y_star.to(lg.device)]).mean()
 
+    def swapped(self) -> LogitDiff:
+        """The metric with the clean and corrupt runs' roles swapped (same positions)."""
+        return LogitDiff(self.positions, self.y_star, self.y)
+
 
 @dataclass
 class DirectionalKL:
@@ -65,6 +72,10 @@ class DirectionalKL:
         kl_corrupt = (pk.exp() * (pk - logq)).sum(-1)
         kl_clean = (pc.exp() * (pc - logq)).sum(-1)
         return (kl_corrupt - kl_clean).mean()
+
+    def swapped(self) -> DirectionalKL:
+        """The metric with the clean and corrupt runs' roles swapped (same positions)."""
+        return DirectionalKL(self.positions, self.logp_corrupt, self.logp_clean)
 
 
 def make_metric(kind: str, positions: torch.Tensor, clean_logits: torch.Tensor,

@@ -35,6 +35,7 @@ from steerscope.patching.forward import GraphModel
 from steerscope.patching.result import PatchingResult
 from steerscope.patching.scores import _aggregate_records as aggregate_records
 from steerscope.patching.scores import (
+    coarsen,
     eap_ig,
     eap_ig_example,
     exact_patching,
@@ -55,12 +56,17 @@ def _flatten(datasets) -> list[PatchingExample]:
 
 
 def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
-                 metric: str = "logit_diff", tau: float = 0.0, exact_nodes: bool = False,
-                 top_k: int = 100, progress: bool = False, map_fn=None) -> PatchingResult:
+                 metric: str = "logit_diff", tau: float = 0.0, reverse: bool = False,
+                 coarse: bool = False, exact_nodes: bool = False, top_k: int = 100,
+                 progress: bool = False, map_fn=None) -> PatchingResult:
     """The scoring half of :func:`patch_vector`: EAP-IG edge, node and steering-dimension
     scores of one vector on its patching examples (and exact node scores with
     ``exact_nodes``), the node score of every head (``tables["head_scores"]``) and the
     edge-type shares of the top-``top_k`` edges (``tables["edge_types"]["top{k}"]``).
+
+    ``reverse``: clean = unsteered, corrupt = steered (the paper's reverse roles; see
+    :class:`~steerscope.patching.scores.ExampleContext`). ``coarse``: the result is on the
+    coarse graph (q/k/v inputs grouped per layer; edge scores summed from the fine ones).
 
     ``map_fn(fn, examples) -> [fn(e) for e in examples]`` runs the per-example EAP-IG (default:
     in order here; the pipeline passes a function that shards the examples over ranks and
@@ -69,19 +75,21 @@ def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
     examples = _flatten(datasets)
     gm = GraphModel(model, vector.layer, arch=arch)
     g = gm.graph
-    result = PatchingResult(g, meta={
+    result = PatchingResult(g.coarsened() if coarse else g, meta={
         "vector": {"method": vector.method, "layer": vector.layer, "sha256": vector.sha256,
                    "norm": vector.norm},
-        "steps": steps, "metric": metric, "tau": tau,
+        "steps": steps, "metric": metric, "tau": tau, "reverse": bool(reverse),
         "examples": {name: sum(1 for e in examples if e.dataset == name)
                      for name in dict.fromkeys(e.dataset for e in examples)},
     })
     if map_fn is None:
         result.scores["eap_ig"] = eap_ig(gm, examples, vector.vector, steps=steps,
-                                         metric=metric, tau=tau, progress=progress)
+                                         metric=metric, tau=tau, reverse=reverse,
+                                         progress=progress)
     else:
         def one(ex: PatchingExample):
-            ctx = prepare_example(gm, ex, vector.vector, metric=metric, tau=tau)
+            ctx = prepare_example(gm, ex, vector.vector, metric=metric, tau=tau,
+                                  reverse=reverse)
             return eap_ig_example(gm, ctx, steps) if ctx.weight else None
 
         records = [r for r in map_fn(one, examples) if r is not None]
@@ -89,12 +97,15 @@ def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
             raise DataError("no patching example has an unmasked position",
                             "use more examples, longer responses or a lower KL threshold")
         result.scores["eap_ig"] = aggregate_records("eap_ig", records, g, steps=steps,
-                                                    metric=metric, tau=tau)
-    scores = result.scores["eap_ig"]
+                                                    metric=metric, tau=tau, reverse=reverse)
     if exact_nodes:
         result.scores["exact"] = exact_patching(gm, examples, vector.vector, nodes=None,
                                                 edges=[], metric=metric, tau=tau,
-                                                progress=progress)
+                                                reverse=reverse, progress=progress)
+    if coarse:
+        result.scores = {k: coarsen(v, g) for k, v in result.scores.items()}
+    scores = result.scores["eap_ig"]
+    g = result.graph
     result.tables["edge_types"] = {
         f"top{top_k}": edge_type_shares(g, top_k_edges(scores.edges, min(top_k, g.n_edges))),
     }
@@ -105,26 +116,29 @@ def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
 def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
                  sizes: Sequence[int] | None = None, threshold: float = FAITHFUL,
                  refine_steps: int = 4, n_random: int = 3, metric: str | None = None,
-                 tau: float | None = None, progress: bool = False) -> PatchingResult:
+                 tau: float | None = None, reverse: bool | None = None,
+                 progress: bool = False) -> PatchingResult:
     """The circuits half of :func:`patch_vector`, on a result holding EAP-IG scores (from
     :func:`score_vector` or :meth:`PatchingResult.load`): the faithfulness curve over
     ``sizes`` (None: :func:`~steerscope.patching.circuits.default_sizes`), the minimum
     faithful circuit (``threshold``, refined by ``refine_steps`` bisection steps), the
     faithfulness of its complement and of ``n_random`` random circuits of twice its size
     (seeds 42, 43, ...), and the edge-type shares of the circuit. ``metric``/``tau``: None
-    takes the scoring run's (``result.meta``). Adds to ``result`` in place and returns it."""
+    takes the scoring run's (``result.meta``), as does ``reverse``. Circuits are built on the
+    result's graph (fine or coarse). Adds to ``result`` in place and returns it."""
     examples = _flatten(datasets)
     metric = result.meta.get("metric", "logit_diff") if metric is None else metric
     tau = result.meta.get("tau", 0.0) if tau is None else tau
+    reverse = bool(result.meta.get("reverse", False)) if reverse is None else bool(reverse)
     gm = GraphModel(model, vector.layer, arch=arch)
-    g = gm.graph
+    g = gm.graph.coarsened() if result.graph.coarse else gm.graph
     if g.n_edges != result.graph.n_edges or g.layer != result.graph.layer:
         raise DataError(f"the patching result's graph (layer {result.graph.layer}, "
                         f"{result.graph.n_edges} edges) does not fit this model at layer "
                         f"{vector.layer} ({g.n_edges} edges)",
                         "use the model and vector the scores were computed with")
     scores = result.scores["eap_ig"]
-    kw = dict(metric=metric, tau=tau, progress=progress)
+    kw = dict(metric=metric, tau=tau, reverse=reverse, graph=g, progress=progress)
     result.meta["threshold"] = threshold
     sizes = list(sizes) if sizes is not None else default_sizes(g.n_edges)
     curve = faithfulness_curve(gm, examples, vector.vector, scores.edges, sizes, **kw)
@@ -152,8 +166,9 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
 
 
 def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
-                 metric: str = "logit_diff", tau: float = 0.0,
-                 sizes: Sequence[int] | None = None, threshold: float = FAITHFUL,
+                 metric: str = "logit_diff", tau: float = 0.0, reverse: bool = False,
+                 coarse: bool = False, sizes: Sequence[int] | None = None,
+                 threshold: float = FAITHFUL,
                  refine_steps: int = 4, n_random: int = 3, exact_nodes: bool = False,
                  top_k: int = 100, progress: bool = False) -> PatchingResult:
     """Analyse one :class:`~steerscope.vectors.SteeringVector` on its patching examples:
@@ -163,10 +178,12 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
     list. Produces EAP-IG scores (and exact node scores with ``exact_nodes``), the
     faithfulness curve over ``sizes``, the minimum faithful circuit (``threshold``), the
     faithfulness of its complement and of ``n_random`` random circuits of twice its size, and
-    edge-type shares of the top-``top_k`` edges and of the circuit.
+    edge-type shares of the top-``top_k`` edges and of the circuit. ``reverse``: clean =
+    unsteered, corrupt = steered; ``coarse``: scores and circuits on the coarse graph.
     """
     result = score_vector(model, vector, datasets, arch=arch, steps=steps, metric=metric,
-                          tau=tau, exact_nodes=exact_nodes, top_k=top_k, progress=progress)
+                          tau=tau, reverse=reverse, coarse=coarse, exact_nodes=exact_nodes,
+                          top_k=top_k, progress=progress)
     return add_circuits(model, vector, datasets, result, arch=arch, sizes=sizes,
                         threshold=threshold, refine_steps=refine_steps, n_random=n_random,
                         progress=progress)
@@ -174,13 +191,26 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
 
 def compare_vectors(model, results: Mapping[str, PatchingResult],
                     datasets: Mapping[str, tuple[Sequence[PatchingExample], object]], *,
-                    sizes: Sequence[int] | None = None, metric: str = "logit_diff",
-                    tau: float = 0.0, progress: bool = False) -> dict:
+                    sizes: Sequence[int] | None = None, metric: str | None = None,
+                    tau: float | None = None, reverse: bool | None = None,
+                    progress: bool = False) -> dict:
     """Compare analysed vectors: overlap and Jaccard of their minimum faithful circuits,
     overlap/Jaccard at matched sizes, and the interchange matrix (circuit of A while steering
-    with B on B's examples). ``datasets[name] = (examples, SteeringVector)``."""
+    with B on B's examples). ``datasets[name] = (examples, SteeringVector)``. ``metric``,
+    ``tau``, ``reverse``: None takes the first result's scoring settings."""
     names = list(results)
     first = results[names[0]].graph
+    meta = results[names[0]].meta
+    metric = meta.get("metric", "logit_diff") if metric is None else metric
+    tau = meta.get("tau", 0.0) if tau is None else tau
+    reverse = bool(meta.get("reverse", False)) if reverse is None else bool(reverse)
+    for n in names[1:]:
+        gr = results[n].graph
+        if (gr.n_edges, gr.layer, gr.coarse) != (first.n_edges, first.layer, first.coarse):
+            raise DataError(f"cannot compare circuits of different graphs ('{names[0]}': "
+                            f"layer {first.layer}, {first.n_edges} edges; '{n}': layer "
+                            f"{gr.layer}, {gr.n_edges} edges)",
+                            "patch every vector at the same layer with the same graph")
     circuits = {n: r.circuits["eap_ig.min"] for n, r in results.items()}
     sizes = list(sizes) if sizes is not None else default_sizes(first.n_edges)
     matched = {}
@@ -193,7 +223,7 @@ def compare_vectors(model, results: Mapping[str, PatchingResult],
     gm = GraphModel(model, layer)
     inter = interchange_matrix(
         gm, circuits, {n: (_flatten(exs), v.vector) for n, (exs, v) in datasets.items()},
-        metric=metric, tau=tau, progress=progress)
+        metric=metric, tau=tau, reverse=reverse, graph=first, progress=progress)
     return {"overlap": overlap_matrix(circuits, "overlap"),
             "jaccard": overlap_matrix(circuits, "jaccard"),
             "sizes": {n: int(c.sum()) for n, c in circuits.items()},
@@ -204,8 +234,11 @@ def circuit_summary(result: PatchingResult) -> str:
     """A plain-text report: faithfulness curve, minimum circuit, controls, top edges."""
     lines = []
     g = result.graph
-    lines.append(f"graph: layers {g.layer}..{g.n_layers - 1}, {g.n_up} upstream nodes, "
-                 f"{g.n_down} downstream inputs, {g.n_edges} edges")
+    kind = "coarse (q/k/v grouped per layer)" if g.coarse else "fine"
+    roles = ("reverse (clean = unsteered, corrupt = steered)" if result.meta.get("reverse")
+             else "clean = steered, corrupt = unsteered")
+    lines.append(f"graph: {kind}, layers {g.layer}..{g.n_layers - 1}, {g.n_up} upstream nodes, "
+                 f"{g.n_down} downstream inputs, {g.n_edges} edges; roles: {roles}")
     for name, c in result.curves.items():
         lines.append(f"faithfulness curve ({name}): m(M)={c.m_full:.4f} m(0)={c.m_empty:.4f}")
         for a, f in zip(c.actual, c.faithfulness):

@@ -1,6 +1,7 @@
 """Per-example patching contexts, EAP-IG and exact patching scores, and their aggregation.
 
-Conventions (clean = steered run, corrupt = unsteered run, same tokens):
+Conventions (clean = steered run, corrupt = unsteered run, same tokens; ``reverse=True``
+swaps the roles: clean = unsteered, corrupt = steered, see :class:`ExampleContext`):
 
 - the score of an edge ``u → d`` or a node ``u`` is the effect of restoring it to its clean
   value, ``m(clean) − m(clean with u→d / u patched to corrupt)`` for exact patching; EAP-IG
@@ -30,7 +31,14 @@ from steerscope.patching.metrics import make_metric
 @dataclass
 class ExampleContext:
     """One example ready for patching: its prepared sequence, metric and the upstream outputs
-    of the unsteered (``base_up``) and steered (``steered_up``) runs, [U, 1, S, d] each."""
+    of the unsteered (``base_up``) and steered (``steered_up``) runs, [U, 1, S, d] each.
+
+    ``reverse=False`` (the paper's main setting): clean = steered (coefficient ``alpha``),
+    corrupt = unsteered; a patched run is the steered run with some edges carrying their
+    unsteered value. ``reverse=True``: clean = unsteered, corrupt = steered; a patched run is
+    the unsteered run with some edges carrying their steered value. ``m_clean`` /
+    ``m_corrupt`` are the metric of the clean / corrupt run (the metric is built with the
+    clean run's greedy tokens as ``y``)."""
 
     example: PatchingExample
     vector: torch.Tensor
@@ -41,10 +49,31 @@ class ExampleContext:
     steered_up: torch.Tensor
     m_clean: float
     m_corrupt: float
+    reverse: bool = False
 
     @property
     def weight(self) -> int:
         return self.metric.weight
+
+    @property
+    def clean_alpha(self) -> float:
+        """Steering coefficient of the clean run."""
+        return 0.0 if self.reverse else self.alpha
+
+    @property
+    def corrupt_alpha(self) -> float:
+        """Steering coefficient of the corrupt run."""
+        return self.alpha if self.reverse else 0.0
+
+    @property
+    def clean_up(self) -> torch.Tensor:
+        """[U, 1, S, d] upstream outputs of the clean run."""
+        return self.base_up if self.reverse else self.steered_up
+
+    @property
+    def corrupt_up(self) -> torch.Tensor:
+        """[U, 1, S, d] upstream outputs of the corrupt run (what a reverted edge carries)."""
+        return self.steered_up if self.reverse else self.base_up
 
     @property
     def dataset(self) -> str:
@@ -56,32 +85,38 @@ def _vector_tensor(vector) -> torch.Tensor:
 
 
 def prepare_example(gm: GraphModel, example: PatchingExample, vector, *,
-                    metric: str = "logit_diff", tau: float = 0.0) -> ExampleContext:
-    """Run the base and steered graph forward over one example and build its metric."""
+                    metric: str = "logit_diff", tau: float = 0.0,
+                    reverse: bool = False) -> ExampleContext:
+    """Run the base and steered graph forward over one example and build its metric
+    (``reverse``: clean = unsteered, corrupt = steered; see :class:`ExampleContext`)."""
     s = _vector_tensor(vector)
     prep = gm.prepare(example.input_ids)
     positions = example.response_positions
     base = gm.run(prep, s, 0.0, positions=positions)
     steered = gm.run(prep, s, example.alpha, positions=positions)
+    # masks (y = y*, KL(P_steer ‖ P_base) < τ) do not depend on the roles
     m = make_metric(metric, positions, steered.logits, base.logits, tau=tau)
+    clean, corrupt = (steered, base)
+    if reverse:
+        m, clean, corrupt = m.swapped(), base, steered
     if m.weight:
         keep = torch.isin(positions.to(m.positions.device), m.positions)
-        m_clean = float(m(steered.logits[:, keep]))
-        m_corrupt = float(m(base.logits[:, keep]))
+        m_clean = float(m(clean.logits[:, keep]))
+        m_corrupt = float(m(corrupt.logits[:, keep]))
     else:
         m_clean = m_corrupt = 0.0
     return ExampleContext(example, s, float(example.alpha), prep, m, base.upstream,
-                          steered.upstream, m_clean, m_corrupt)
+                          steered.upstream, m_clean, m_corrupt, bool(reverse))
 
 
 def iter_contexts(gm: GraphModel, examples: Iterable[PatchingExample], vector, *,
-                  metric: str = "logit_diff", tau: float = 0.0, progress: bool = False,
-                  desc: str = "patching"):
+                  metric: str = "logit_diff", tau: float = 0.0, reverse: bool = False,
+                  progress: bool = False, desc: str = "patching"):
     """Yield the :class:`ExampleContext` of each example with at least one unmasked position
     (one at a time: contexts are large)."""
     examples = list(examples)
     for ex in tqdm(examples, desc=desc, disable=not progress):
-        ctx = prepare_example(gm, ex, vector, metric=metric, tau=tau)
+        ctx = prepare_example(gm, ex, vector, metric=metric, tau=tau, reverse=reverse)
         if ctx.weight:
             yield ctx
 
@@ -130,6 +165,24 @@ class Scores:
     meta: dict = field(default_factory=dict)
 
 
+def coarsen(scores: Scores, graph) -> Scores:
+    """The scores of the fine ``graph`` on its coarse graph (:meth:`Graph.coarsened`): the
+    score of a coarse edge ``u → a{L}.q`` (``.k``, ``.v``) is the sum of the scores of the fine
+    edges it groups (exact for EAP-IG: the gradient w.r.t. a shared input is the sum of the
+    gradients w.r.t. its copies); node and steering-dimension scores are unchanged."""
+    if graph.coarse:
+        raise SteerscopeError("these scores are already on the coarse graph")
+    coarse = graph.coarsened()
+
+    def edges(e):
+        return None if e is None else coarse.from_matrix(graph.coarsen_scores(graph.to_matrix(e)))
+
+    per = {n: {k: (edges(v) if k == "edges" else v) for k, v in d.items()}
+           for n, d in scores.per_dataset.items()}
+    return Scores(scores.method, edges(scores.edges), scores.nodes, scores.steer_grad,
+                  scores.steer_ie, per, dict(scores.weights), {**scores.meta, "coarse": True})
+
+
 def _aggregate_records(method: str, records: list[dict], graph, **meta) -> Scores:
     if not records:
         raise DataError("no patching example has a position where the steered and base "
@@ -157,19 +210,21 @@ def _aggregate_records(method: str, records: list[dict], graph, **meta) -> Score
 # ----------------------------------------------------------------------------------------
 def eap_ig_example(gm: GraphModel, ctx: ExampleContext, steps: int = 10) -> dict:
     """EAP-IG scores of one example: ``edges`` [U, D] (0 off the graph), ``nodes`` [U],
-    ``steer_grad`` [d] = α · Σ_positions (average IG gradient at the steering input), and
-    ``steer_ie`` [d] = s ⊙ steer_grad (sums to the steering node's score)."""
+    ``steer_grad`` [d] = (α_clean − α_corrupt) · Σ_positions (average IG gradient at the
+    steering input), and ``steer_ie`` [d] = s ⊙ steer_grad (sums to the steering node's
+    score). The path runs from the corrupt run's coefficient to the clean run's."""
     if not isinstance(steps, int) or steps < 1:
         raise SteerscopeError(f"EAP-IG needs a positive number of steps, got {steps!r}")
     g = gm.graph
     U, D = g.n_up, g.n_down
-    delta = (ctx.steered_up - ctx.base_up).float()  # [U, 1, S, d]
+    delta = (ctx.clean_up - ctx.corrupt_up).float()  # [U, 1, S, d]
+    a0, a1 = ctx.corrupt_alpha, ctx.clean_alpha
     g_up = torch.zeros_like(delta)  # [U, 1, S, d]
     g_down = delta.new_zeros((D, *delta.shape[1:]))  # [D, 1, S, d]
     positions = ctx.metric.positions
     with frozen_parameters(gm.model):
         for i in range(steps):
-            a = ctx.alpha * (i + 0.5) / steps
+            a = a0 + (a1 - a0) * (i + 0.5) / steps
             run = gm.run(ctx.prep, ctx.vector, a, positions=positions, track=True)
             m = ctx.metric(run.logits)
             grads = torch.autograd.grad(m, run.up_parts + run.down_parts)
@@ -182,20 +237,22 @@ def eap_ig_example(gm: GraphModel, ctx: ExampleContext, steps: int = 10) -> dict
     edges = delta.reshape(U, -1) @ g_down.reshape(D, -1).T  # [U, D]
     edges = edges * g.adjacency.to(edges.device)
     nodes = (delta * g_up).sum(dim=(1, 2, 3))  # [U]
-    steer_grad = ctx.alpha * g_up[0, 0].sum(0)  # [d]
+    steer_grad = (a1 - a0) * g_up[0, 0].sum(0)  # [d]
     s = ctx.vector.to(steer_grad.device).float()
     return {"edges": edges.cpu(), "nodes": nodes.cpu(), "steer_grad": steer_grad.cpu(),
             "steer_ie": (s * steer_grad).cpu(), "weight": ctx.weight, "dataset": ctx.dataset}
 
 
 def eap_ig(gm: GraphModel, examples: Iterable[PatchingExample], vector, *, steps: int = 10,
-           metric: str = "logit_diff", tau: float = 0.0, progress: bool = False) -> Scores:
+           metric: str = "logit_diff", tau: float = 0.0, reverse: bool = False,
+           progress: bool = False) -> Scores:
     """EAP-IG edge and node scores aggregated over ``examples`` (position-weighted per
     dataset, then averaged over datasets)."""
     records = [eap_ig_example(gm, ctx, steps)
                for ctx in iter_contexts(gm, examples, vector, metric=metric, tau=tau,
-                                        progress=progress, desc="EAP-IG")]
-    return _aggregate_records("eap_ig", records, gm.graph, steps=steps, metric=metric, tau=tau)
+                                        reverse=reverse, progress=progress, desc="EAP-IG")]
+    return _aggregate_records("eap_ig", records, gm.graph, steps=steps, metric=metric, tau=tau,
+                              reverse=reverse)
 
 
 def steer_dimension_scores(scores: Scores) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,9 +282,9 @@ def head_node_scores(scores: Scores, graph) -> dict[str, float]:
 # exact patching (the reference)
 # ----------------------------------------------------------------------------------------
 def patched_metric(gm: GraphModel, ctx: ExampleContext, reverted: torch.Tensor) -> float:
-    """``m`` of a real forward pass in which the ``reverted`` [U, D] edges carry their
-    unsteered value."""
-    run = gm.run(ctx.prep, ctx.vector, ctx.alpha, reverted=reverted, base=ctx.base_up,
+    """``m`` of a real forward pass of the clean run in which the ``reverted`` [U, D] edges
+    carry their corrupt value (their unsteered value; the steered one with ``reverse``)."""
+    run = gm.run(ctx.prep, ctx.vector, ctx.clean_alpha, reverted=reverted, base=ctx.corrupt_up,
                  positions=ctx.metric.positions)
     return float(ctx.metric(run.logits))
 
@@ -260,11 +317,13 @@ def exact_example(gm: GraphModel, ctx: ExampleContext, *, nodes: Sequence[int] |
 
 def exact_patching(gm: GraphModel, examples: Iterable[PatchingExample], vector, *,
                    nodes: Sequence[int] | None = None, edges: Sequence[int] | None = [],
-                   metric: str = "logit_diff", tau: float = 0.0,
+                   metric: str = "logit_diff", tau: float = 0.0, reverse: bool = False,
                    progress: bool = False) -> Scores:
     """Exact node (default: all) and edge (default: none; ``None`` = all) patching scores,
     aggregated like EAP-IG. Unscored entries are NaN."""
     records = [exact_example(gm, ctx, nodes=nodes, edges=edges)
                for ctx in iter_contexts(gm, examples, vector, metric=metric, tau=tau,
-                                        progress=progress, desc="exact patching")]
-    return _aggregate_records("exact", records, gm.graph, metric=metric, tau=tau)
+                                        reverse=reverse, progress=progress,
+                                        desc="exact patching")]
+    return _aggregate_records("exact", records, gm.graph, metric=metric, tau=tau,
+                              reverse=reverse)

@@ -31,6 +31,7 @@ SPARSIFY_RULES = ("grad", "ie", "dropout", "bottomk")
 TRAIN_PRESETS = ("quick", "paper")
 PATCHING_FLIPS = ("refusal", "tokens")
 PATCHING_METRICS = ("logit_diff", "kl")
+PATCHING_GRAPHS = ("fine", "coarse")
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -142,6 +143,8 @@ class PatchingSection:
     flip: str = "refusal"  # refusal: refusal outcome flipped | tokens: steered tokens differ
     metric: str = "logit_diff"  # logit_diff | kl (directional KL)
     tau: float = 0.0  # kl only: mask positions with KL(P_steer || P_base) < tau
+    reverse: bool = False  # reverse roles: clean = unsteered, corrupt = steered
+    graph: str = "fine"  # fine: per-head q/k/v inputs | coarse: q/k/v grouped per layer
     top_n: int = 100  # top edges (by |score|) for results.json's edge_types
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -501,6 +504,7 @@ def check_values(cfg: PipelineConfig) -> None:
     _positive_int("patching.top_n", pa.top_n)
     _known("patching.flip", [pa.flip], PATCHING_FLIPS)
     _known("patching.metric", [pa.metric], PATCHING_METRICS)
+    _known("patching.graph", [pa.graph], PATCHING_GRAPHS)
     if not (math.isfinite(pa.tau) and pa.tau >= 0):
         _fail("patching.tau", f"must be a finite number >= 0, got {pa.tau}", "use e.g. 0 or 1")
     if pa.tau and pa.metric != "kl":

@@ -142,7 +142,8 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
             skipped[m] = counts
             continue
         res = score_vector(lm.model, v, datasets, arch=lm.arch, steps=section.ig_steps,
-                           metric=section.metric, tau=section.tau, top_k=section.top_n,
+                           metric=section.metric, tau=section.tau, reverse=section.reverse,
+                           coarse=section.graph == "coarse", top_k=section.top_n,
                            map_fn=lambda fn, xs: distributed.map_units(fn, xs, ctx.dist))
         res.meta.update({"model": lm.model_id, "flip": section.flip, "counts": counts})
         entry = {"dir": m, "examples": n, **counts,
@@ -254,9 +255,7 @@ def circuits_stage(ctx, section, inputs) -> dict[str, Any]:
     if len(results) > 1:
         names = list(results)
         sizes = overlap_sizes(section, results)
-        cmp = compare_vectors(lm.model, results, data, sizes=sizes,
-                              metric=results[names[0]].meta.get("metric", "logit_diff"),
-                              tau=results[names[0]].meta.get("tau", 0.0))
+        cmp = compare_vectors(lm.model, results, data, sizes=sizes)
         atomic_write_json(ctx.out / COMPARISON_FILE, cmp)
         out["overlap"] = {"methods": names, "by_size": overlap_by_size(results, sizes),
                           "min_circuits": [[_finite(cmp["overlap"][a][b]) for b in names]
