@@ -171,7 +171,7 @@ def test_coarse_circuits_are_evaluated_through_their_fine_edges(gemma):
     coarse = gm.graph.coarsened()
     assert sc.edges.shape == (coarse.n_edges,)
     torch.testing.assert_close(sc.nodes, fine_scores.nodes)
-    for name, per in sc.per_dataset.items():
+    for per in sc.per_dataset.values():
         assert per["edges"].shape == (coarse.n_edges,)
     full = torch.ones(coarse.n_edges, dtype=torch.bool)
     circuit = build_circuit(coarse, sc.edges, 12)
