@@ -272,7 +272,8 @@ def test_reverse_roles_on_the_coarse_graph(run, workdir, tmp_path, model):
     torch.testing.assert_close(res.scores["eap_ig"].edges, direct.scores["eap_ig"].edges)
     g = Graph.from_arch(model.arch, res.graph.layer, coarse=True)
     results = json.loads(again.results_path.read_text())
-    assert all(c["total_edges"] == g.n_edges for c in results["circuits"].values())
+    assert all(c["total_edges"] == g.n_edges and c["graph"] == "coarse" and c["reverse"]
+               for c in results["circuits"].values())
     check_results(results)
 
 

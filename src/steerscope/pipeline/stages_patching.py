@@ -201,6 +201,8 @@ def circuit_entry(result, threshold: float) -> dict[str, Any]:
         "min_faithfulness": _finite(s["min_faithfulness"]),
         "threshold": threshold,
         "m_full": _finite(s["m_full"]), "m_empty": _finite(s["m_empty"]),
+        "graph": "coarse" if result.graph.coarse else "fine",
+        "reverse": bool(result.meta.get("reverse", False)),
     }
 
 
