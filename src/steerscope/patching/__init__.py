@@ -38,9 +38,17 @@ from steerscope.patching.data import (
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.graph import Graph, edge_count_formula
 from steerscope.patching.result import PatchingResult
-from steerscope.patching.run import circuit_summary, compare_vectors, patch_vector, spearman
+from steerscope.patching.run import (
+    add_circuits,
+    circuit_summary,
+    compare_vectors,
+    patch_vector,
+    score_vector,
+    spearman,
+)
 from steerscope.patching.scores import (
     Scores,
+    coarsen,
     eap_ig,
     exact_patching,
     head_node_scores,
@@ -49,11 +57,12 @@ from steerscope.patching.scores import (
 
 __all__ = [
     "DATASETS", "FAITHFUL", "Graph", "GraphModel", "PatchingExample", "PatchingResult",
-    "Scores", "build_circuit", "build_patching_datasets", "circuit_summary", "compare_vectors",
-    "complement", "datasets_from_rollouts", "eap_ig", "edge_count_formula",
+    "Scores", "build_circuit", "build_patching_datasets", "circuit_summary", "coarsen",
+    "compare_vectors", "complement", "datasets_from_rollouts", "eap_ig", "edge_count_formula",
     "edge_type_shares", "evaluate_circuits", "exact_patching", "faithfulness",
     "faithfulness_curve", "head_node_scores", "interchange_matrix", "jaccard",
     "matched_size_overlap", "minimal_faithful_circuit", "overlap", "overlap_matrix",
-    "patch_vector", "prune", "random_circuit", "rollouts", "spearman",
+    "add_circuits", "patch_vector", "prune", "random_circuit", "rollouts", "score_vector",
+    "spearman",
     "steer_dimension_scores",
 ]
