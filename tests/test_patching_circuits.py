@@ -27,14 +27,7 @@ from steerscope.patching.forward import GraphModel
 from steerscope.patching.graph import Graph
 from steerscope.patching.scores import eap_ig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: one thread is faster than two on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
 def _examples(n=2, alpha=1.0):

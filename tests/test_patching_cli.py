@@ -11,13 +11,7 @@ from steerscope.cli import main
 from steerscope.models import save_tiny_chat_model
 from steerscope.vectors import SteeringVector
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
 @pytest.fixture(scope="module")

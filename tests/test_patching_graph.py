@@ -13,14 +13,7 @@ from steerscope.patching.forward import GraphModel
 from steerscope.patching.graph import Graph, edge_count_formula
 from steerscope.runtime import Runtime, steer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: one thread is faster than two on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
 def _meta_model(config):

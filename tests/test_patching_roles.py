@@ -28,14 +28,7 @@ from steerscope.patching.scores import (
 from steerscope.runtime import Runtime, steer
 from steerscope.vectors import SteeringVector
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: one thread is faster than two on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
 def _examples(n=2, alpha=1.0, length=12, seed=0):

@@ -25,14 +25,7 @@ from steerscope.patching.scores import (
     steer_dimension_scores,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices: one thread is faster than two on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
 def _example(seed=0, length=14, prompt_len=6, alpha=1.0, dataset="harmless/steered"):
