@@ -200,7 +200,9 @@ def test_score_vector_coarse_and_reverse_round_trip(gemma, tmp_path):
         add_circuits(model, v, exs, res, sizes=[4, 20, res.graph.n_edges], refine_steps=1,
                      n_random=1)
         assert res.circuits["eap_ig.min"].shape == (res.graph.n_edges,)
-        assert res.tables["summary"]["n_edges"] == gm.graph.coarsened().n_edges
+        summary = res.tables["summary"]
+        assert summary["n_edges"] == gm.graph.coarsened().n_edges
+        assert summary["reverse"] is True and summary["graph"] == "coarse"
         res.save(tmp_path / name)
         back = PatchingResult.load(tmp_path / name)
         assert back.graph.coarse and back.meta["reverse"] is True

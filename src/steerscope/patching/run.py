@@ -159,7 +159,8 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
         "min_faithful_fraction": size / g.n_edges, "min_faithfulness": f_min,
         "faithful": bool(f_min == f_min and f_min >= threshold),
         "complement_faithfulness": f[0], "random_2x_faithfulness": f[1:],
-        "m_full": ev.m_full, "m_empty": ev.m_empty,
+        "m_full": ev.m_full, "m_empty": ev.m_empty, "reverse": reverse,
+        "graph": "coarse" if g.coarse else "fine",
     }
     result.tables.setdefault("edge_types", {})["circuit"] = edge_type_shares(g, circuit)
     return result

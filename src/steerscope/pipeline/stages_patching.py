@@ -202,7 +202,7 @@ def circuit_entry(result, threshold: float) -> dict[str, Any]:
         "threshold": threshold,
         "m_full": _finite(s["m_full"]), "m_empty": _finite(s["m_empty"]),
         "graph": "coarse" if result.graph.coarse else "fine",
-        "reverse": bool(result.meta.get("reverse", False)),
+        "reverse": bool(s.get("reverse", result.meta.get("reverse", False))),
     }
 
 
