@@ -34,9 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 HARMFUL, HARMLESS = PIPELINE_HARMFUL, PIPELINE_HARMLESS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
 @pytest.fixture(scope="module")

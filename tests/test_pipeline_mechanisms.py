@@ -28,9 +28,7 @@ RULES = ["grad", "ie", "dropout", "bottomk"]
 TAUS = [0.0, 0.5, 1.0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
 def _config(root: Path, **changes) -> dict:

@@ -26,9 +26,7 @@ PATCHING = {"flip": "tokens", "n_prompts": 2, "ig_steps": 2, "max_new_tokens": 4
 CIRCUITS = {"sizes": [5, 20, 60, 1000], "n_random": 2, "refine_steps": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
 @pytest.fixture(scope="module")
