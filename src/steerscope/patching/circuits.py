@@ -94,12 +94,94 @@ def build_circuit(graph: Graph, scores: torch.Tensor, n: int) -> torch.Tensor:
     return top(lo)
 
 
-def random_circuit(graph: Graph, size: int, seed: int = 42) -> torch.Tensor:
-    """[E] bool: ``size`` edges drawn uniformly without replacement (not pruned)."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(graph.n_edges, dtype=torch.bool)
-    mask[torch.randperm(graph.n_edges, generator=g)[: min(size, graph.n_edges)]] = True
-    return mask
+RANDOM_KINDS = ("pruned", "unpruned")
+RANDOM_EXTRA_DRAWS = 64  # extra random edges tried when no trim lands exactly on the size
+RANDOM_EXHAUSTIVE_MAX = 200  # circuits up to this many edges get the exhaustive trim too
+
+
+def random_circuit(graph: Graph, size: int, seed: int = 42, *,
+                   kind: str = "pruned") -> torch.Tensor:
+    """[E] bool: a random circuit of ``size`` edges (seeded).
+
+    ``kind="pruned"`` (the paper's control, like a real circuit): edges are taken in a random
+    order until the edges on a steer→logits path number at least ``size`` (the
+    :func:`build_circuit` rule with random scores), then edges are dropped, last-drawn first,
+    while the re-pruned circuit keeps at least ``size`` edges, until exactly ``size`` remain;
+    when no drop lands on ``size`` (circuits of at most ``RANDOM_EXHAUSTIVE_MAX`` edges first
+    retry with every drop tried at each step) one more random edge is drawn and the trim
+    repeated (up to
+    ``RANDOM_EXTRA_DRAWS`` times; then the smallest circuit found, which only happens for
+    sizes of a few edges). Every edge lies on a steer→logits path inside the circuit. ``kind="unpruned"``: ``size`` edges
+    drawn uniformly, dangling ones included (an easier control).
+    """
+    if kind not in RANDOM_KINDS:
+        raise SteerscopeError(f"unknown random-circuit kind '{kind}'",
+                              "use 'pruned' or 'unpruned'")
+    E = graph.n_edges
+    size = min(int(size), E)
+    order = torch.randperm(E, generator=torch.Generator().manual_seed(seed))  # [E]
+    mask = torch.zeros(E, dtype=torch.bool)
+    if kind == "unpruned":
+        mask[order[:size]] = True
+        return mask
+    if size <= 0:
+        return mask
+    rank = torch.empty(E, dtype=torch.long)
+    rank[order] = torch.arange(E)  # draw position of each edge
+    scores = (E - rank).double()  # [E]: earlier draws score higher
+    first = build_circuit(graph, scores, size)
+    k0 = int(rank[first].max()) + 1  # edges drawn so far
+    best = None
+    for k in range(k0, min(E, k0 + RANDOM_EXTRA_DRAWS) + 1):
+        drawn = torch.zeros(E, dtype=torch.bool)
+        drawn[order[:k]] = True
+        pruned = prune(graph, drawn)
+        circuit = _trim(graph, pruned, size, rank)
+        if int(circuit.sum()) != size and int(pruned.sum()) <= RANDOM_EXHAUSTIVE_MAX:
+            circuit = _trim_best_fit(graph, pruned, size, rank)
+        if int(circuit.sum()) == size:
+            return circuit
+        if best is None or int(circuit.sum()) < int(best.sum()):
+            best = circuit
+    return best
+
+
+def _trim_best_fit(graph: Graph, circuit: torch.Tensor, size: int,
+                   rank: torch.Tensor) -> torch.Tensor:
+    """Like :func:`_trim` but trying every drop at each step: one that lands exactly on
+    ``size`` if any, else the one losing the fewest edges (last-drawn first among ties)."""
+    while int(circuit.sum()) > size:
+        excess = int(circuit.sum()) - size
+        best, best_loss = None, None
+        for e in sorted(circuit.nonzero().flatten().tolist(), key=lambda i: -int(rank[i])):
+            cand = circuit.clone()
+            cand[e] = False
+            cand = prune(graph, cand)
+            loss = int(circuit.sum()) - int(cand.sum())
+            if loss == excess:
+                return cand
+            if loss < excess and (best_loss is None or loss < best_loss):
+                best, best_loss = cand, loss
+        if best is None:
+            return circuit
+        circuit = best
+    return circuit
+
+
+def _trim(graph: Graph, circuit: torch.Tensor, size: int, rank: torch.Tensor) -> torch.Tensor:
+    """Drop edges of a pruned ``circuit`` (last-drawn by ``rank`` first) while the re-pruned
+    circuit keeps at least ``size`` edges; stops at ``size``."""
+    for e in sorted(circuit.nonzero().flatten().tolist(), key=lambda i: -int(rank[i])):
+        if int(circuit.sum()) == size:
+            break
+        if not circuit[e]:
+            continue
+        cand = circuit.clone()
+        cand[e] = False
+        cand = prune(graph, cand)
+        if int(cand.sum()) >= size:
+            circuit = cand
+    return circuit
 
 
 # ----------------------------------------------------------------------------------------
@@ -123,7 +205,7 @@ class CircuitEval:
         return (self.m_circuits - self.m_empty) / denom
 
 
-def _circuit_graph(gm: GraphModel, graph: Graph | None) -> Graph:
+def circuit_graph(gm: GraphModel, graph: Graph | None) -> Graph:
     """The graph circuits are given on: ``gm.graph`` or its coarse variant."""
     if graph is None:
         return gm.graph
@@ -137,7 +219,7 @@ def _circuit_graph(gm: GraphModel, graph: Graph | None) -> Graph:
     return graph
 
 
-def _fine_masks(gm: GraphModel, graph: Graph, circuits: Sequence[torch.Tensor]
+def fine_masks(gm: GraphModel, graph: Graph, circuits: Sequence[torch.Tensor]
                 ) -> tuple[list[torch.Tensor], list[int]]:
     """[U, D_fine] bool masks of the fine graph for [E] circuits of ``graph``, and sizes."""
     masks = [graph.edge_mask(c) for c in circuits]
@@ -158,8 +240,8 @@ def evaluate_circuits(gm: GraphModel, examples: Iterable[PatchingExample], vecto
     ``m(M)`` and ``m(∅)`` come from the clean and corrupt graph forward of each example (the
     steered and unsteered runs; swapped with ``reverse``).
     """
-    g = _circuit_graph(gm, graph)
-    mats, sizes = _fine_masks(gm, g, circuits)
+    g = circuit_graph(gm, graph)
+    mats, sizes = fine_masks(gm, g, circuits)
     adj = gm.graph.adjacency
     reverted = [adj & ~m for m in mats]
     vals, full, empty, weights, names = [], [], [], [], []
@@ -190,13 +272,16 @@ def default_sizes(n_edges: int) -> list[int]:
 
 @dataclass
 class FaithfulnessCurve:
-    """Faithfulness by requested size (``sizes``) and actual circuit size (``actual``)."""
+    """Faithfulness by requested size (``sizes``) and actual circuit size (``actual``);
+    ``positions``: per size, the position metrics of
+    :func:`~steerscope.patching.faithfulness.evaluate_position_metrics` (None: not computed)."""
 
     sizes: list[int]
     actual: list[int]
     faithfulness: list[float]
     m_full: float
     m_empty: float
+    positions: list[dict] | None = None
 
     def minimal_size(self, threshold: float = FAITHFUL) -> int | None:
         """The smallest evaluated size whose faithfulness reaches ``threshold``."""
@@ -206,14 +291,17 @@ class FaithfulnessCurve:
         return None
 
     def to_json(self) -> dict:
-        return {"sizes": self.sizes, "actual": self.actual, "faithfulness": self.faithfulness,
-                "m_full": self.m_full, "m_empty": self.m_empty}
+        out = {"sizes": self.sizes, "actual": self.actual, "faithfulness": self.faithfulness,
+               "m_full": self.m_full, "m_empty": self.m_empty}
+        if self.positions is not None:
+            out["positions"] = self.positions
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> FaithfulnessCurve:
         return cls(list(d["sizes"]), list(d["actual"]), [float("nan") if f is None else f
                                                          for f in d["faithfulness"]],
-                   d["m_full"], d["m_empty"])
+                   d["m_full"], d["m_empty"], d.get("positions"))
 
 
 def faithfulness_curve(gm: GraphModel, examples, vector, scores: torch.Tensor,
@@ -221,7 +309,7 @@ def faithfulness_curve(gm: GraphModel, examples, vector, scores: torch.Tensor,
                        **kw) -> FaithfulnessCurve:
     """Faithfulness of the circuits built from ``scores`` (edges of ``graph``, default
     ``gm.graph``) at each size."""
-    g = _circuit_graph(gm, graph)
+    g = circuit_graph(gm, graph)
     sizes = list(sizes) if sizes is not None else default_sizes(g.n_edges)
     circuits = [build_circuit(g, scores, int(n)) for n in sizes]
     ev = evaluate_circuits(gm, examples, vector, circuits, graph=g, **kw)
@@ -237,7 +325,7 @@ def minimal_faithful_circuit(gm: GraphModel, examples, vector, scores: torch.Ten
     refined by ``refine_steps`` bisection steps toward the previous size (assumes
     faithfulness grows with size there). Returns ``(mask [E], faithfulness)``, edges of
     ``graph`` (default ``gm.graph``)."""
-    g = _circuit_graph(gm, graph)
+    g = circuit_graph(gm, graph)
     kw["graph"] = g
     examples = list(examples)
     if curve is None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from steerscope.errors import DataError
+from steerscope.errors import DataError, SteerscopeError
 from steerscope.patching.circuits import (
     FAITHFUL,
     build_circuit,
@@ -31,6 +31,11 @@ from steerscope.patching.circuits import (
     top_k_edges,
 )
 from steerscope.patching.data import PatchingExample
+from steerscope.patching.faithfulness import (
+    evaluate_position_metrics,
+    grid_sizes,
+    minimal_sizes,
+)
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.result import PatchingResult
 from steerscope.patching.scores import _aggregate_records as aggregate_records
@@ -117,15 +122,23 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
                  sizes: Sequence[int] | None = None, threshold: float = FAITHFUL,
                  refine_steps: int = 4, n_random: int = 3, metric: str | None = None,
                  tau: float | None = None, reverse: bool | None = None,
+                 grid_step: float | None = None, grid_max: float = 1.0,
+                 random_kind: str = "pruned", position_metrics: bool = False,
                  progress: bool = False) -> PatchingResult:
     """The circuits half of :func:`patch_vector`, on a result holding EAP-IG scores (from
     :func:`score_vector` or :meth:`PatchingResult.load`): the faithfulness curve over
     ``sizes`` (None: :func:`~steerscope.patching.circuits.default_sizes`), the minimum
     faithful circuit (``threshold``, refined by ``refine_steps`` bisection steps), the
     faithfulness of its complement and of ``n_random`` random circuits of twice its size
-    (seeds 42, 43, ...), and the edge-type shares of the circuit. ``metric``/``tau``: None
-    takes the scoring run's (``result.meta``), as does ``reverse``. Circuits are built on the
-    result's graph (fine or coarse). Adds to ``result`` in place and returns it."""
+    (seeds 42, 43, ...; ``random_kind``: ``pruned`` = connected like a real circuit, or
+    ``unpruned``, see :func:`~steerscope.patching.circuits.random_circuit`), and the edge-type
+    shares of the circuit. ``grid_step``: instead of ``sizes``, the sizes
+    :func:`~steerscope.patching.faithfulness.grid_sizes` (multiples of ``grid_step`` of the
+    edges up to ``grid_max``). ``position_metrics``: also the released code's per-position
+    metrics at every curve size (``curve.positions``) and the first size reaching
+    ``threshold`` under each (``tables["summary"]["min_size_by_metric"]``). ``metric``/``tau``:
+    None takes the scoring run's (``result.meta``), as does ``reverse``. Circuits are built on
+    the result's graph (fine or coarse). Adds to ``result`` in place and returns it."""
     examples = _flatten(datasets)
     metric = result.meta.get("metric", "logit_diff") if metric is None else metric
     tau = result.meta.get("tau", 0.0) if tau is None else tau
@@ -140,21 +153,31 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
     scores = result.scores["eap_ig"]
     kw = dict(metric=metric, tau=tau, reverse=reverse, graph=g, progress=progress)
     result.meta["threshold"] = threshold
+    if sizes is not None and grid_step is not None:
+        raise SteerscopeError("both circuit sizes and a size grid were given",
+                              "pass sizes or grid_step, not both")
+    if grid_step is not None:
+        sizes = grid_sizes(g.n_edges, grid_step, grid_max)
     sizes = list(sizes) if sizes is not None else default_sizes(g.n_edges)
     curve = faithfulness_curve(gm, examples, vector.vector, scores.edges, sizes, **kw)
     result.curves["eap_ig"] = curve
-    for n, c in zip(sizes, (build_circuit(g, scores.edges, int(n)) for n in sizes)):
+    built = [build_circuit(g, scores.edges, int(n)) for n in sizes]
+    for n, c in zip(sizes, built):
         result.circuits[f"eap_ig.n{n}"] = c
+    if position_metrics:
+        curve.positions = evaluate_position_metrics(gm, examples, vector.vector, built, graph=g)
     circuit, f_min = minimal_faithful_circuit(gm, examples, vector.vector, scores.edges,
                                               threshold=threshold, curve=curve,
                                               refine_steps=refine_steps, **kw)
     size = int(circuit.sum())
     result.circuits["eap_ig.min"] = circuit
-    controls = [complement(g, circuit)] + [random_circuit(g, 2 * size, seed=42 + i)
-                                           for i in range(n_random)]
+    randoms = [random_circuit(g, 2 * size, seed=42 + i, kind=random_kind)
+               for i in range(n_random)]
+    controls = [complement(g, circuit)] + randoms
     ev = evaluate_circuits(gm, examples, vector.vector, controls, **kw)
     f = ev.faithfulness.tolist()
     result.tables["summary"] = {
+        "random_kind": random_kind, "random_sizes": [int(r.sum()) for r in randoms],
         "n_edges": g.n_edges, "min_faithful_size": size,
         "min_faithful_fraction": size / g.n_edges, "min_faithfulness": f_min,
         "faithful": bool(f_min == f_min and f_min >= threshold),
@@ -162,6 +185,9 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
         "m_full": ev.m_full, "m_empty": ev.m_empty, "reverse": reverse,
         "graph": "coarse" if g.coarse else "fine",
     }
+    if curve.positions is not None:
+        result.tables["summary"]["min_size_by_metric"] = minimal_sizes(
+            curve.actual, curve.positions, threshold)
     result.tables.setdefault("edge_types", {})["circuit"] = edge_type_shares(g, circuit)
     return result
 
@@ -242,15 +268,22 @@ def circuit_summary(result: PatchingResult) -> str:
                  f"{g.n_down} downstream inputs, {g.n_edges} edges; roles: {roles}")
     for name, c in result.curves.items():
         lines.append(f"faithfulness curve ({name}): m(M)={c.m_full:.4f} m(0)={c.m_empty:.4f}")
-        for a, f in zip(c.actual, c.faithfulness):
-            lines.append(f"  {a:>8d} edges ({a / g.n_edges:6.1%})  faithfulness {f:7.3f}")
+        for i, (a, f) in enumerate(zip(c.actual, c.faithfulness)):
+            line = f"  {a:>8d} edges ({a / g.n_edges:6.1%})  faithfulness {f:7.3f}"
+            if c.positions is not None:
+                line += "  " + _position_line(c.positions[i])
+            lines.append(line)
     s = result.tables.get("summary")
     if s:
         rnd = ", ".join(f"{x:.3f}" for x in s["random_2x_faithfulness"])
+        kind = s.get("random_kind", "unpruned")
         lines.append(f"minimum faithful circuit: {s['min_faithful_size']} edges "
                      f"({s['min_faithful_fraction']:.1%}), faithfulness "
                      f"{s['min_faithfulness']:.3f}; complement {s['complement_faithfulness']:.3f};"
-                     f" random 2x: {rnd}")
+                     f" random 2x ({kind}): {rnd}")
+        for metric, per in s.get("min_size_by_metric", {}).items():
+            lines.append(f"minimum size reaching {result.meta.get('threshold', FAITHFUL)} by "
+                         f"{metric}: " + ", ".join(f"{k} {v}" for k, v in per.items()))
     for key, t in result.tables.get("edge_types", {}).items():
         inc = " ".join(f"{k}={v:.1%}" for k, v in t["incoming"].items())
         out = " ".join(f"{k}={v:.1%}" for k, v in t["outgoing"].items())
@@ -260,6 +293,21 @@ def circuit_summary(result: PatchingResult) -> str:
         for name, v in result.top_edges("eap_ig", 15):
             lines.append(f"  {v:+.4f}  {name}")
     return "\n".join(lines)
+
+
+def _position_line(entry: dict) -> str:
+    """``harmful kl .. dkl .. match .. lp ..`` for one curve size's position metrics."""
+    def fmt(x) -> str:
+        return "  n/a" if x is None else f"{x:5.2f}"
+
+    parts = []
+    for name, v in entry.items():
+        if not v.get("n_positions"):
+            continue
+        parts.append(f"{name}: kl {fmt(v['kl_ratio']['overall'])} dkl "
+                     f"{fmt(v['dir_kl']['overall'])} match {fmt(v['token_match']['overall'])} "
+                     f"lp {fmt(v['logprob']['overall'])}")
+    return " | ".join(parts)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
