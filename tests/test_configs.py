@@ -28,3 +28,21 @@ def test_config_loads_strictly_with_the_paper_settings(path):
     assert cfg.evaluation.max_new_tokens == 512
     assert cfg.patching.ig_steps == 10 and cfg.circuits.threshold == 0.85
     assert cfg.sparsify.taus == [0, 0.1, 0.3, 0.5, 1, 1.5, 2, 2.5]
+    # circuits: the paper's size grid, pruned random control, the released code's metrics
+    assert cfg.circuits.sizes is None and cfg.circuits.grid_step == pytest.approx(300 / 8790,
+                                                                                  abs=1e-4)
+    assert cfg.circuits.random == "pruned" and cfg.circuits.position_metrics
+
+
+@pytest.mark.parametrize("circuits, key", [
+    ({"grid_step": 0.05, "sizes": [10]}, "circuits.grid_step"),
+    ({"grid_step": 0.0}, "circuits.grid_step"),
+    ({"grid_max": 1.5}, "circuits.grid_max"),
+    ({"random": "dangling"}, "circuits.random"),
+])
+def test_bad_circuit_options_fail_naming_the_key(circuits, key):
+    from steerscope.errors import SteerscopeError
+    from steerscope.pipeline import config_from_dict
+
+    with pytest.raises(SteerscopeError, match=key.replace(".", r"\.")):
+        config_from_dict({"circuits": circuits})

@@ -23,7 +23,8 @@ from test_pipeline import tiny_config  # noqa: E402
 
 PATCHING = {"flip": "tokens", "n_prompts": 2, "ig_steps": 2, "max_new_tokens": 4,
             "batch_size": 3, "top_n": 20}
-CIRCUITS = {"sizes": [5, 20, 60, 1000], "n_random": 2, "refine_steps": 2}
+CIRCUITS = {"sizes": [5, 20, 60, 1000], "n_random": 2, "refine_steps": 2,
+            "position_metrics": True}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
@@ -145,6 +146,7 @@ def test_circuits_equal_the_library_called_directly(run, model):
         overlap,
         random_circuit,
     )
+    from steerscope.patching.faithfulness import evaluate_position_metrics
     from steerscope.patching.forward import GraphModel
     from steerscope.pipeline.stages_patching import load_examples
 
@@ -164,6 +166,24 @@ def test_circuits_equal_the_library_called_directly(run, model):
         assert c["faithfulness_curve"] == [[n, pytest.approx(f, abs=1e-9)]
                                            for n, f in zip(curve.actual, curve.faithfulness)]
         assert c["faithfulness_curve"][-1][1] == pytest.approx(1.0, abs=1e-4)  # all edges
+        # the released code's position metrics at every curve size
+        pm = evaluate_position_metrics(gm, examples, v.vector,
+                                       [build_circuit(g, sc, n) for n in CIRCUITS["sizes"]])
+        assert [p["size"] for p in c["position_metrics"]] == curve.actual
+        for entry, ref in zip(c["position_metrics"], pm):
+            for part in ("harmful", "harmless"):
+                assert entry[part]["n_positions"] == ref[part]["n_positions"]
+                for k in ("kl_ratio", "dir_kl", "token_match"):
+                    assert entry[part][k] == {x: pytest.approx(y, abs=1e-9) for x, y in
+                                              ref[part].get(k, {}).items()}
+        last = c["position_metrics"][-1]  # all edges: the steered model itself
+        assert any(last[p]["n_positions"] for p in ("harmful", "harmless"))
+        for p in ("harmful", "harmless"):
+            if last[p]["n_positions"]:
+                assert last[p]["token_match"]["overall"] == 1.0
+                assert last[p]["kl_ratio"]["overall"] == pytest.approx(1.0, abs=1e-5)
+        assert set(c["min_size_by_metric"]) == {"kl_ratio", "dir_kl", "token_match", "logprob"}
+        assert c["random_kind"] == "pruned"
         circuit, f_min = minimal_faithful_circuit(gm, examples, v.vector, sc, threshold=0.85,
                                                   curve=curve, refine_steps=2)
         saved = PatchingResult.load(cout.path(m))

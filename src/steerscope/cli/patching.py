@@ -43,6 +43,14 @@ def cmd_patch(args) -> None:
     )
 
     vectors = _vectors(args.vector)
+    if args.grid_step is not None and args.sizes:
+        raise SteerscopeError("--grid-step and --sizes are both given", "pass one of them")
+    if args.grid_step is not None and not 0 < args.grid_step <= 1:
+        raise SteerscopeError(f"--grid-step must be a fraction in (0, 1], got {args.grid_step}",
+                              "pass e.g. --grid-step 0.0341")
+    if not 0 < args.grid_max <= 1:
+        raise SteerscopeError(f"--grid-max must be a fraction in (0, 1], got {args.grid_max}",
+                              "pass e.g. --grid-max 0.5")
     if args.metric == "logit_diff" and args.kl_threshold:
         raise SteerscopeError("--kl-threshold applies to --metric kl only",
                               "drop it or pass --metric kl")
@@ -69,7 +77,9 @@ def cmd_patch(args) -> None:
                            tau=args.kl_threshold, reverse=args.reverse,
                            coarse=args.graph == "coarse", sizes=_int_list(args.sizes),
                            threshold=args.threshold, exact_nodes=args.exact_nodes,
-                           top_k=args.top_k, progress=True)
+                           top_k=args.top_k, grid_step=args.grid_step,
+                           grid_max=args.grid_max, random_kind=args.random,
+                           position_metrics=args.position_metrics, progress=True)
         res.meta["model"] = lm.model_id
         res.save(out / name)
         print(circuit_summary(res))
@@ -150,6 +160,17 @@ def register(sub) -> None:
     p.add_argument("--graph", choices=["fine", "coarse"], default="fine",
                    help="fine: per-head q/k/v inputs (default); coarse: q/k/v grouped per layer")
     p.add_argument("--sizes", help="circuit sizes for the faithfulness curve, e.g. 50,100,500")
+    p.add_argument("--grid-step", type=float,
+                   help="instead of --sizes: every GRID_STEP fraction of the edges (the paper's "
+                        "figure: 0.0341, i.e. 300 of Gemma's 8,790 edges)")
+    p.add_argument("--grid-max", type=float, default=1.0,
+                   help="largest fraction of the edges on the --grid-step grid (default 1)")
+    p.add_argument("--random", choices=["pruned", "unpruned"], default="pruned",
+                   help="random-circuit control: pruned to steer->logits paths and refilled "
+                        "to size like a real circuit (default, the paper's), or unpruned")
+    p.add_argument("--position-metrics", action="store_true",
+                   help="also the released code's per-position faithfulness (KL ratio, "
+                        "directional KL, token match, log-prob) on the steered responses")
     p.add_argument("--threshold", type=float, default=0.85, help="faithfulness threshold")
     p.add_argument("--exact-nodes", action="store_true",
                    help="also score every node by exact patching (one run per node)")

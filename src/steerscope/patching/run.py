@@ -197,7 +197,9 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
                  coarse: bool = False, sizes: Sequence[int] | None = None,
                  threshold: float = FAITHFUL,
                  refine_steps: int = 4, n_random: int = 3, exact_nodes: bool = False,
-                 top_k: int = 100, progress: bool = False) -> PatchingResult:
+                 top_k: int = 100, grid_step: float | None = None, grid_max: float = 1.0,
+                 random_kind: str = "pruned", position_metrics: bool = False,
+                 progress: bool = False) -> PatchingResult:
     """Analyse one :class:`~steerscope.vectors.SteeringVector` on its patching examples:
     :func:`score_vector` then :func:`add_circuits`.
 
@@ -207,13 +209,16 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
     faithfulness of its complement and of ``n_random`` random circuits of twice its size, and
     edge-type shares of the top-``top_k`` edges and of the circuit. ``reverse``: clean =
     unsteered, corrupt = steered; ``coarse``: scores and circuits on the coarse graph.
+    ``grid_step``/``grid_max``, ``random_kind``, ``position_metrics``: see
+    :func:`add_circuits`.
     """
     result = score_vector(model, vector, datasets, arch=arch, steps=steps, metric=metric,
                           tau=tau, reverse=reverse, coarse=coarse, exact_nodes=exact_nodes,
                           top_k=top_k, progress=progress)
     return add_circuits(model, vector, datasets, result, arch=arch, sizes=sizes,
                         threshold=threshold, refine_steps=refine_steps, n_random=n_random,
-                        progress=progress)
+                        grid_step=grid_step, grid_max=grid_max, random_kind=random_kind,
+                        position_metrics=position_metrics, progress=progress)
 
 
 def compare_vectors(model, results: Mapping[str, PatchingResult],

@@ -32,6 +32,7 @@ TRAIN_PRESETS = ("quick", "paper")
 PATCHING_FLIPS = ("refusal", "tokens")
 PATCHING_METRICS = ("logit_diff", "kl")
 PATCHING_GRAPHS = ("fine", "coarse")
+RANDOM_KINDS = ("pruned", "unpruned")  # patching.circuits.RANDOM_KINDS (no torch import here)
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -155,8 +156,12 @@ class CircuitsSection:
 
     enabled: bool = True
     sizes: list[int] | None = None  # faithfulness-curve sizes (None: 0.5% ... 100% of edges)
+    grid_step: float | None = None  # instead of sizes: every grid_step of the edges (paper 0.0341)
+    grid_max: float = 1.0  # the size grid's largest fraction of the edges
     threshold: float = 0.85  # faithful at >= threshold
     n_random: int = 5  # random circuits of twice the minimum size
+    random: str = "pruned"  # pruned: on steer->logits paths, refilled to size | unpruned
+    position_metrics: bool = False  # released code's per-position metrics at each curve size
     refine_steps: int = 4  # bisection steps refining the minimum faithful size
     overlap_sizes: list[int] | None = None  # matched sizes (None: each minimum circuit's size)
     options: dict[str, Any] = field(default_factory=dict)
@@ -513,6 +518,18 @@ def check_values(cfg: PipelineConfig) -> None:
         _fail("circuits.threshold", f"must be in (0, 1], got {cfg.circuits.threshold}",
               "use e.g. 0.85")
     _size_list("circuits.sizes", cfg.circuits.sizes)
+    c = cfg.circuits
+    if c.grid_step is not None:
+        if c.sizes is not None:
+            _fail("circuits.grid_step", "and circuits.sizes are both set",
+                  "keep one: a size grid or a list of sizes")
+        if not 0 < c.grid_step <= 1:
+            _fail("circuits.grid_step", f"must be a fraction in (0, 1], got {c.grid_step}",
+                  "use e.g. 0.0341 (the paper's grid)")
+    if not 0 < c.grid_max <= 1:
+        _fail("circuits.grid_max", f"must be a fraction in (0, 1], got {c.grid_max}",
+              "use e.g. 1.0")
+    _known("circuits.random", [c.random], RANDOM_KINDS)
     _positive_int("circuits.n_random", cfg.circuits.n_random)
     if cfg.circuits.refine_steps < 0:
         _fail("circuits.refine_steps", f"must be >= 0, got {cfg.circuits.refine_steps}",

@@ -21,9 +21,11 @@ and gathered in order, so the files do not depend on the number of processes. A 
 no flipped prompt is skipped (``outputs["skipped"]``); none at all is an error.
 
 ``circuits`` (deps model, vectors, trained, patching) reads those folders and, per method,
-adds the faithfulness curve over ``circuits.sizes``, the minimum faithful circuit
-(``circuits.threshold``), its complement and ``circuits.n_random`` random circuits of twice
-its size (:func:`~steerscope.patching.run.add_circuits`), saved as ``m/`` (the scores again,
+adds the faithfulness curve over ``circuits.sizes`` (or the grid ``circuits.grid_step`` up
+to ``circuits.grid_max``; with ``circuits.position_metrics`` also the released code's
+per-position metrics at each size), the minimum faithful circuit (``circuits.threshold``),
+its complement and ``circuits.n_random`` random circuits of twice its size
+(``circuits.random``: ``pruned`` or ``unpruned``; :func:`~steerscope.patching.run.add_circuits`), saved as ``m/`` (the scores again,
 ``circuits.safetensors``, curves and summary in ``result.json``); with several methods
 :func:`~steerscope.patching.run.compare_vectors` gives ``comparison.json`` (overlap, Jaccard,
 interchange), and ``circuits.json`` holds the three results.json sections. Because the
@@ -191,7 +193,7 @@ def circuit_entry(result, threshold: float) -> dict[str, Any]:
     s = result.tables["summary"]
     curve = result.curves["eap_ig"]
     rnd = [f for f in s["random_2x_faithfulness"] if f == f]
-    return {
+    entry = {
         "total_edges": int(s["n_edges"]),
         "faithfulness_curve": [[int(n), float(f)] for n, f in
                                zip(curve.actual, curve.faithfulness) if f == f],
@@ -203,7 +205,27 @@ def circuit_entry(result, threshold: float) -> dict[str, Any]:
         "m_full": _finite(s["m_full"]), "m_empty": _finite(s["m_empty"]),
         "graph": "coarse" if result.graph.coarse else "fine",
         "reverse": bool(s.get("reverse", result.meta.get("reverse", False))),
+        "random_kind": s.get("random_kind", "unpruned"),
     }
+    if curve.positions is not None:
+        entry["position_metrics"] = [
+            {"size": int(n), **{k: _position_entry(v) for k, v in per.items()}}
+            for n, per in zip(curve.actual, curve.positions)]
+        entry["min_size_by_metric"] = s["min_size_by_metric"]
+    return entry
+
+
+def _position_entry(summary: dict) -> dict[str, Any]:
+    """One set's position metrics for results.json (``overall``/``differ``/``same`` means;
+    ``logprob`` overall only)."""
+    from steerscope.patching.faithfulness import POSITION_METRICS
+
+    out: dict[str, Any] = {"n_positions": summary.get("n_positions", 0),
+                           "base_match": _finite(summary.get("base_match"))}
+    for k in POSITION_METRICS:
+        if k in summary:
+            out[k] = {part: _finite(v) for part, v in summary[k].items()}
+    return out
 
 
 def overlap_sizes(section, results: dict) -> list[int]:
@@ -244,8 +266,10 @@ def circuits_stage(ctx, section, inputs) -> dict[str, Any]:
         res = PatchingResult.load(folder)
         examples = load_examples(folder)
         add_circuits(lm.model, vectors[m], examples, res, arch=lm.arch, sizes=section.sizes,
+                     grid_step=section.grid_step, grid_max=section.grid_max,
                      threshold=section.threshold, refine_steps=section.refine_steps,
-                     n_random=section.n_random, progress=ctx.progress)
+                     n_random=section.n_random, random_kind=section.random,
+                     position_metrics=section.position_metrics, progress=ctx.progress)
         res.save(ctx.out / m)
         results[m], data[m] = res, (examples, vectors[m])
         entries[m] = circuit_entry(res, section.threshold)
