@@ -104,3 +104,32 @@ def test_patch_errors(capsys, tiny_dir, tmp_path):
     code, _, err = _run(capsys, "patch", tiny_dir, "--vector", v, "--harmful", p,
                         "--harmless", p, "--out", tmp_path / "y")
     assert code == 2 and "error:" in err
+
+
+def test_patch_grid_position_metrics_and_random_kind(capsys, tiny_dir, tmp_path, monkeypatch):
+    _fake_refusals(monkeypatch)
+    harmful, harmless = tmp_path / "harmful.txt", tmp_path / "harmless.txt"
+    harmful.write_text("bad one\n")
+    harmless.write_text("good one\n")
+    v = torch.randn(64, generator=torch.Generator().manual_seed(0)) * 4
+    vec = SteeringVector(v, 1).save(tmp_path / "v.safetensors")
+    out = tmp_path / "patch"
+    code, text, err = _run(capsys, "patch", tiny_dir, "--vector", f"A={vec}", "--harmful",
+                           harmful, "--harmless", harmless, "--max-new-tokens", "5",
+                           "--steps", "2", "--grid-step", "0.25", "--position-metrics",
+                           "--random", "unpruned", "--out", out)
+    assert code == 0, err
+    assert "random 2x (unpruned)" in text and "minimum size reaching 0.85 by kl_ratio" in text
+    res = json.loads((out / "A" / "result.json").read_text())
+    n = res["tables"]["summary"]["n_edges"]
+    curve = res["curves"]["eap_ig"]
+    assert curve["sizes"] == [round(k * 0.25 * n) for k in range(1, 5)]
+    assert len(curve["positions"]) == 4
+    last = curve["positions"][-1]["harmful"]  # all edges: the steered model itself
+    assert last["token_match"]["overall"] == 1.0
+    assert last["kl_ratio"]["overall"] == pytest.approx(1.0, abs=1e-5)
+    code, text, _ = _run(capsys, "circuits", out)
+    assert code == 0 and "kl " in text and "match" in text
+    code, _, err = _run(capsys, "patch", tiny_dir, "--vector", f"A={vec}", "--grid-step",
+                        "0.25", "--sizes", "5,10", "--out", out)
+    assert code == 2 and "--grid-step and --sizes" in err
