@@ -7,6 +7,8 @@
 - :mod:`~steerscope.patching.data`: patching datasets from flipped rollouts;
 - :mod:`~steerscope.patching.scores`: EAP-IG, exact patching, per-dimension scores;
 - :mod:`~steerscope.patching.circuits`: circuits, faithfulness, overlaps, interchange;
+- :mod:`~steerscope.patching.faithfulness`: the released code's per-position faithfulness
+  metrics and the paper's size grid;
 - :mod:`~steerscope.patching.result` / :mod:`~steerscope.patching.run`: artifacts and the
   stage end to end.
 """
@@ -35,6 +37,7 @@ from steerscope.patching.data import (
     datasets_from_rollouts,
     rollouts,
 )
+from steerscope.patching.faithfulness import evaluate_position_metrics, grid_sizes
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.graph import Graph, edge_count_formula
 from steerscope.patching.result import PatchingResult
@@ -59,8 +62,9 @@ __all__ = [
     "DATASETS", "FAITHFUL", "Graph", "GraphModel", "PatchingExample", "PatchingResult",
     "Scores", "build_circuit", "build_patching_datasets", "circuit_summary", "coarsen",
     "compare_vectors", "complement", "datasets_from_rollouts", "eap_ig", "edge_count_formula",
-    "edge_type_shares", "evaluate_circuits", "exact_patching", "faithfulness",
-    "faithfulness_curve", "head_node_scores", "interchange_matrix", "jaccard",
+    "edge_type_shares", "evaluate_circuits", "evaluate_position_metrics", "exact_patching",
+    "faithfulness",
+    "faithfulness_curve", "grid_sizes", "head_node_scores", "interchange_matrix", "jaccard",
     "matched_size_overlap", "minimal_faithful_circuit", "overlap", "overlap_matrix",
     "add_circuits", "patch_vector", "prune", "random_circuit", "rollouts", "score_vector",
     "spearman",
