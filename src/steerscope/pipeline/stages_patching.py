@@ -276,7 +276,8 @@ def circuits_stage(ctx, section, inputs) -> dict[str, Any]:
         e = entries[m]
         ctx.log(f"{m}: minimum faithful circuit {e['min_faithful_size']} of "
                 f"{e['total_edges']} edges (faithfulness {e['min_faithfulness']}), complement "
-                f"{e['complement_faithfulness']}, random 2x {e['random_faithfulness']}")
+                f"{e['complement_faithfulness']}, random 2x ({e['random_kind']}) "
+                f"{e['random_faithfulness']}")
     out: dict[str, Any] = {"circuits": entries}
     if len(results) > 1:
         names = list(results)
