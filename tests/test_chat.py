@@ -151,3 +151,105 @@ def test_no_chat_template_error(smol):
         msg = str(exc.value)
         assert "has no chat template" in msg and "tokenizer.chat_template" in msg
         assert "\n" not in msg
+
+
+# --- dates and the released Llama-3 format (issue 12.3) ------------------------------------
+# A Llama-3.2-Instruct-style template: like the Hub's, it writes "Today Date" from
+# strftime_now unless the caller passes date_string.
+LLAMA32_STYLE_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}"
+    "{%- if strftime_now is defined %}{%- set date_string = strftime_now('%d %b %Y') %}"
+    "{%- else %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content']|trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+@pytest.fixture(scope="module")
+def llama_like(smol):
+    """The SmolLM2 tokenizer with Llama-3's turn markers as special tokens and a
+    Llama-3.2-style template (no Hub access needed)."""
+    tok = copy.deepcopy(smol)
+    tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIAL})
+    tok.bos_token = "<|begin_of_text|>"
+    tok.chat_template = LLAMA32_STYLE_TEMPLATE
+    return tok
+
+
+def _clock(monkeypatch, year: int, month: int, day: int) -> None:
+    """Set the clock transformers' ``strftime_now`` reads when rendering templates."""
+    import datetime as dt
+
+    from transformers.utils import chat_template_utils
+
+    class FixedDatetime(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(year, month, day, 12, 0, 0, tzinfo=tz)
+
+    monkeypatch.setattr(chat_template_utils, "datetime", FixedDatetime)
+
+
+def test_llama32_prompts_do_not_depend_on_the_date(monkeypatch, llama_like):
+    msgs = [{"role": "user", "content": "How do I bake bread?"}]
+    raw, ids = {}, {}
+    for day, date in (("a", (2025, 1, 2)), ("b", (2026, 11, 29))):
+        _clock(monkeypatch, *date)
+        # the template itself is dated: rendering it plainly differs between the two days
+        raw[day] = llama_like.apply_chat_template(msgs, tokenize=False,
+                                                  add_generation_prompt=True)
+        text = format_prompt(llama_like, "How do I bake bread?", response="Sure.")
+        ids[day] = encode_prompts(llama_like, [text])["input_ids"][0].tolist()
+    assert "Today Date: 02 Jan 2025" in raw["a"] and "Today Date: 29 Nov 2026" in raw["b"]
+    assert ids["a"] == ids["b"]
+    assert "Today Date: 26 Jul 2024" in llama_like.decode(ids["a"])
+
+
+def test_released_llama3_format_has_no_system_header(llama_like):
+    from steerscope.models.chat import set_chat_template
+
+    tok = set_chat_template(copy.deepcopy(llama_like), "llama3-no-system-header")
+    bos, sh, eh, eot = LLAMA3_SPECIAL
+    # the released code's string, written out by hand (its tokenizer adds the BOS)
+    expected = f"{bos}{sh}user{eh}\n\n How do I bake bread? {eot}{sh}assistant{eh}\n\n"
+    assert format_prompt(tok, " How do I bake bread? ") == expected
+    assert format_prompt(tok, "Hi", system="Refuse.") == (
+        f"{bos}{sh}system{eh}\n\nRefuse.{eot}{sh}user{eh}\n\nHi{eot}{sh}assistant{eh}\n\n")
+    assert format_prompt(tok, "Hi", response="No.").endswith(f"{sh}assistant{eh}\n\nNo.")
+    assert tok.decode(post_instruction_tokens(tok)) == f"{eot}{sh}assistant{eh}\n\n"
+    assert template_supports_system(tok) is True
+    ids = encode_prompts(tok, [expected])["input_ids"][0].tolist()
+    assert ids[:2] == [tok.convert_tokens_to_ids(bos), tok.convert_tokens_to_ids(sh)]
+
+
+def test_set_chat_template_errors(smol):
+    from steerscope.models.chat import set_chat_template
+
+    with pytest.raises(SteerscopeError, match="unknown chat template 'llama4'"):
+        set_chat_template(copy.deepcopy(smol), "llama4")
+    with pytest.raises(SteerscopeError, match="needs the tokens <\\|start_header_id\\|>"):
+        set_chat_template(copy.deepcopy(smol), "llama3-no-system-header")
+    tok = copy.deepcopy(smol)
+    assert set_chat_template(tok, None).chat_template == smol.chat_template
+    assert set_chat_template(tok, NO_SYSTEM_TEMPLATE).chat_template == NO_SYSTEM_TEMPLATE
+
+
+def test_clock_only_template_warns(smol):
+    tok = copy.deepcopy(smol)
+    tok.chat_template = "{{ strftime_now('%Y') }}" + NO_SYSTEM_TEMPLATE
+    with pytest.warns(UserWarning, match="writes today's date"):
+        format_prompt(tok, "hi")

@@ -46,3 +46,18 @@ def test_bad_circuit_options_fail_naming_the_key(circuits, key):
 
     with pytest.raises(SteerscopeError, match=key.replace(".", r"\.")):
         config_from_dict({"circuits": circuits})
+
+
+def test_paper_configs_use_the_released_prompt_format():
+    """Llama: the released code's template without the dated system header; Gemma: its own
+    template (the same text as the released code's, which has no system header either)."""
+    by_name = {p.name: load_config(p) for p in CONFIGS}
+    assert by_name["paper-llama32-3b.yaml"].model.chat_template == "llama3-no-system-header"
+    assert by_name["paper-gemma2-2b.yaml"].model.chat_template is None
+
+
+def test_unknown_chat_template_is_a_config_error():
+    from steerscope.errors import SteerscopeError
+
+    with pytest.raises(SteerscopeError, match="model.chat_template.*unknown chat template"):
+        load_config({"model": {"chat_template": "llama9"}})

@@ -29,6 +29,10 @@ def _add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None
         p.add_argument("model", help="'default', a local folder, a .gguf file or a Hub id")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    if positional:
+        from steerscope.cli.vectors import add_chat_template_arg
+
+        add_chat_template_arg(p)
 
 
 def _add_steer_args(p: argparse.ArgumentParser) -> None:
@@ -134,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- helpers ---------------------------------------------------------------------------
 def _load(args):
-    from steerscope.models.loading import load_model
+    from steerscope.cli.vectors import _load as load_with_template
 
-    return load_model(args.model, dtype=args.dtype, device=args.device)
+    return load_with_template(args)
 
 
 def _prompts(args) -> list[str]:

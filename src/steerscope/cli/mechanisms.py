@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from steerscope.cli.vectors import _load, _read
+from steerscope.cli.vectors import _load, _read, add_chat_template_arg
 from steerscope.errors import SteerscopeError
 
 
@@ -15,6 +15,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="'default', 'demo', a local folder, a .gguf file or a Hub id")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
+    add_chat_template_arg(p)
     p.add_argument("--vector", required=True, help="steering vector file (.safetensors)")
     p.add_argument("--layer", type=int, help="override the vector's layer")
     p.add_argument("--name", help="vector name in tables (default: its method)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from steerscope.cli.vectors import _int_list
+from steerscope.cli.vectors import _int_list, add_chat_template_arg
 from steerscope.errors import SteerscopeError
 
 
@@ -34,6 +34,7 @@ def _vectors(specs: list[str]) -> dict:
 def cmd_patch(args) -> None:
     from steerscope.artifacts import atomic_write_json
     from steerscope.cli.vectors import _read
+    from steerscope.models.chat import set_chat_template
     from steerscope.models.loading import load_model
     from steerscope.patching import (
         build_patching_datasets,
@@ -57,6 +58,7 @@ def cmd_patch(args) -> None:
     harmful = _read(args.harmful, args.n, args.seed)
     harmless = _read(args.harmless, args.n, args.seed)
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    set_chat_template(lm.tokenizer, args.chat_template)
     for v in vectors.values():
         v.check_fits(lm.arch)
     out = Path(args.out)
@@ -141,6 +143,7 @@ def register(sub) -> None:
     p.add_argument("model", help="'default', 'demo', a local folder, a .gguf file or a Hub id")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
+    add_chat_template_arg(p)
     p.add_argument("--vector", action="append", default=[], help="NAME=FILE (repeatable)")
     p.add_argument("--harmful", default="harmful_test", help="prompt file or dataset name")
     p.add_argument("--harmless", default="harmless_test", help="prompt file or dataset name")

@@ -10,15 +10,26 @@ from steerscope.errors import SteerscopeError
 
 
 def _load(args):
+    from steerscope.models.chat import set_chat_template
     from steerscope.models.loading import load_model
 
-    return load_model(args.model, dtype=args.dtype, device=args.device)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    set_chat_template(lm.tokenizer, getattr(args, "chat_template", None))
+    return lm
+
+
+def add_chat_template_arg(p: argparse.ArgumentParser) -> None:
+    """``--chat-template``: replace the tokenizer's chat template (a name or Jinja text)."""
+    p.add_argument("--chat-template", default=None,
+                   help="prompt format: 'llama3-no-system-header' (the authors' released Llama-3 "
+                        "format) or Jinja text (default: the tokenizer's own template)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="'default', 'demo', a local folder, a .gguf file or a Hub id")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
+    add_chat_template_arg(p)
     p.add_argument("--batch-size", type=int, default=16)
 
 

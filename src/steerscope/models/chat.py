@@ -4,10 +4,17 @@ Every prompt given to a model goes through the tokenizer's own chat template
 (:func:`format_prompt`), so a formatted prompt already contains the template's BOS and turn
 markers; :func:`encode_prompts` therefore tokenizes with ``add_special_tokens=False`` and
 left-pads, which is the layout the runtime's position contract assumes.
+
+Formatting is a pure function of its input: templates that write today's date (Llama-3.x:
+``Today Date: ...`` from ``strftime_now`` unless ``date_string`` is given) are rendered with
+``date_string=PINNED_DATE_STRING``, so a prompt gives the same tokens on every day.
+:func:`set_chat_template` swaps in a named template such as the authors' released Llama-3
+format without the system header (``"llama3-no-system-header"``).
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any
 
@@ -20,6 +27,30 @@ from steerscope.errors import SteerscopeError
 # does not merge with template text such as "<end_of_turn>" when that is not a special token.
 _SENTINEL_USER = "XQJZSTEERSCOPEUSERXQJZ"
 _SENTINEL_SYSTEM = "XQJZSTEERSCOPESYSTEMXQJZ"
+
+# The date Llama-3.x chat templates write into their system block ("Today Date: ...") when not
+# given one: the templates' own fallback date, passed as ``date_string`` to every rendering so
+# that the same prompt gives the same tokens on every day.
+PINNED_DATE_STRING = "26 Jul 2024"
+
+# The prompt format of the authors' released code for Llama-3 (arXiv 2604.08524, after Arditi
+# et al.): BOS, the turns, no "Cutting Knowledge Date / Today Date" system header; a system
+# message becomes its own system turn. Contents are not trimmed.
+LLAMA3_NO_SYSTEM_HEADER_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
+    "+ message['content'] + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+NAMED_CHAT_TEMPLATES = {"llama3-no-system-header": LLAMA3_NO_SYSTEM_HEADER_TEMPLATE}
+# tokens a named template needs as single (special) tokens of the tokenizer
+_TEMPLATE_TOKENS = {
+    "llama3-no-system-header": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+}
 
 # Per-tokenizer caches, keyed by tokenizer object (weakly) then by chat template text, so a
 # user who edits ``tokenizer.chat_template`` gets fresh answers.
@@ -52,9 +83,29 @@ def _cached(tokenizer, what: str, compute):
     return per_tok[key]
 
 
+def _warn_if_dated(tokenizer) -> None:
+    """Warn (once per tokenizer and template) when the template reads the clock but not
+    ``date_string``: its prompts would then change from day to day."""
+
+    def compute() -> bool:
+        template = _check_template(tokenizer)
+        dated = "strftime_now" in template and "date_string" not in template
+        if dated:
+            warnings.warn(
+                f"the chat template of '{_name(tokenizer)}' writes today's date (strftime_now) "
+                "and ignores date_string, so its prompts change from day to day; set "
+                "tokenizer.chat_template (or model.chat_template) to a template without it",
+                stacklevel=4)
+        return dated
+
+    _cached(tokenizer, "dated", compute)
+
+
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    _warn_if_dated(tokenizer)
     text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+        date_string=PINNED_DATE_STRING,
     )
     if not isinstance(text, str):  # defensive: some versions return a list for batched input
         raise SteerscopeError(
@@ -62,6 +113,38 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
             "check the tokenizer's chat_template",
         )
     return text
+
+
+def resolve_chat_template(spec: str) -> str:
+    """The Jinja text of a chat-template spec: a name of :data:`NAMED_CHAT_TEMPLATES` or
+    Jinja text itself (anything containing ``{{`` or ``{%``)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SteerscopeError("the chat template is empty",
+                              f"name one of {', '.join(NAMED_CHAT_TEMPLATES)} or give Jinja text")
+    if spec.strip() in NAMED_CHAT_TEMPLATES:
+        return NAMED_CHAT_TEMPLATES[spec.strip()]
+    if "{{" in spec or "{%" in spec:
+        return spec
+    raise SteerscopeError(f"unknown chat template '{spec}'",
+                          f"name one of {', '.join(NAMED_CHAT_TEMPLATES)} or give Jinja text")
+
+
+def set_chat_template(tokenizer, spec: str | None):
+    """Replace ``tokenizer.chat_template`` by :func:`resolve_chat_template` of ``spec`` (None:
+    keep the tokenizer's own) and return the tokenizer. A named template is checked against
+    the tokenizer: the turn markers it writes must be single tokens of its vocabulary."""
+    if spec is None:
+        return tokenizer
+    template = resolve_chat_template(spec)
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in _TEMPLATE_TOKENS.get(spec.strip(), ()) if t not in vocab]
+    if missing:
+        raise SteerscopeError(
+            f"chat template '{spec}' needs the tokens {', '.join(missing)}, which tokenizer "
+            f"'{_name(tokenizer)}' does not have",
+            "use it with a Llama-3 model, or keep the tokenizer's own template")
+    tokenizer.chat_template = template
+    return tokenizer
 
 
 def template_supports_system(tokenizer) -> bool:
@@ -214,8 +297,13 @@ def encode_prompts(tokenizer, texts: list[str], *, device=None) -> dict[str, tor
 
 
 __all__ = [
+    "LLAMA3_NO_SYSTEM_HEADER_TEMPLATE",
+    "NAMED_CHAT_TEMPLATES",
+    "PINNED_DATE_STRING",
     "encode_prompts",
     "format_prompt",
     "post_instruction_tokens",
+    "resolve_chat_template",
+    "set_chat_template",
     "template_supports_system",
 ]

@@ -46,6 +46,9 @@ class ModelSection:
     device_map: str | dict[str, Any] | None = None  # e.g. "auto": shard over GPUs
     revision: str | None = None  # Hub revision
     attn_implementation: str | None = None
+    # prompt format: None = the tokenizer's own chat template (dates pinned); a name such as
+    # 'llama3-no-system-header' (the authors' released Llama-3 format) or Jinja text
+    chat_template: str | None = None
 
 
 @dataclass
@@ -430,6 +433,13 @@ def check_values(cfg: PipelineConfig) -> None:
         raise SteerscopeError(f"config key 'model.dtype': {exc}") from None
     if not cfg.model.source.strip():
         _fail("model.source", "is empty", "name a model: 'default', 'demo', a folder or a Hub id")
+    if cfg.model.chat_template is not None:
+        from steerscope.models.chat import resolve_chat_template
+
+        try:
+            resolve_chat_template(cfg.model.chat_template)
+        except SteerscopeError as exc:
+            raise SteerscopeError(f"config key 'model.chat_template': {exc}") from None
     d = cfg.data
     for key in ("n_train", "n_val", "n_test"):
         _positive_int(f"data.{key}", getattr(d, key))

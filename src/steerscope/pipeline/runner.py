@@ -100,6 +100,7 @@ class _Models:
 
     def get(self):
         if self.loaded is None:
+            from steerscope.models.chat import set_chat_template
             from steerscope.models.loading import load_model
 
             m = self.cfg.model
@@ -107,6 +108,7 @@ class _Models:
                                      device=distributed.device_for(m.device, self.dist),
                                      device_map=m.device_map, revision=m.revision,
                                      attn_implementation=m.attn_implementation)
+            set_chat_template(self.loaded.tokenizer, m.chat_template)
         return self.loaded
 
 
