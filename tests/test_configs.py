@@ -56,8 +56,20 @@ def test_paper_configs_use_the_released_prompt_format():
     assert by_name["paper-gemma2-2b.yaml"].model.chat_template is None
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_paper_configs_use_the_released_dim_layer_rule(path):
+    assert load_config(path).vectors.dim.layer_cutoff == "int"
+
+
 def test_unknown_chat_template_is_a_config_error():
     from steerscope.errors import SteerscopeError
 
     with pytest.raises(SteerscopeError, match="model.chat_template.*unknown chat template"):
         load_config({"model": {"chat_template": "llama9"}})
+
+
+def test_unknown_layer_cutoff_is_a_config_error():
+    from steerscope.errors import SteerscopeError
+
+    with pytest.raises(SteerscopeError, match="vectors.dim.layer_cutoff.*'round'"):
+        load_config({"vectors": {"dim": {"layer_cutoff": "round"}}})

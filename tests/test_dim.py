@@ -391,3 +391,48 @@ def test_relax_kl_doubles_the_threshold_until_a_candidate_survives(llama5, short
     same = _select(llama5, short_tok, kl_threshold=math.inf, relax_kl=True)
     assert same.vector.hyperparameters["kl_threshold"] == math.inf
     assert same.selected == full.selected
+
+
+# ---------------------------------------------------------------------------------------
+# the layer rule's two conventions (issue 12.9)
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_layers,first_cut_int,first_cut_real", [
+    (26, 20, 21),  # Gemma-2-2B: 0.8 * 26 = 20.8
+    (28, 22, 23),  # Llama-3.2-3B: 0.8 * 28 = 22.4
+    (30, 24, 24),  # SmolLM2-135M: 0.8 * 30 = 24, both rules agree
+])
+def test_layer_cutoff_int_is_the_released_rule(n_layers, first_cut_int, first_cut_real):
+    # one row per layer, the deeper the better: the best survivor is the last kept layer
+    rows = [_row(layer, bypass=-0.1 * layer, induce=0.1 * layer + 0.1, kl=0.0)
+            for layer in range(n_layers)]
+    assert first_cut_int == int(n_layers * (1.0 - 0.2))  # the released code's expression
+    cut = {"int": first_cut_int, "real": first_cut_real}
+    for rule in ("int", "real"):
+        reasons = [discard_reason(r, n_layers=n_layers, layer_cutoff=rule) for r in rows]
+        assert reasons == [None] * cut[rule] + ["layer"] * (n_layers - cut[rule])
+        assert select_candidate(rows, n_layers=n_layers, layer_cutoff=rule) == cut[rule] - 1
+    # the default is the released rule
+    assert select_candidate(rows, n_layers=n_layers) == first_cut_int - 1
+    with pytest.raises(SteerscopeError, match="unknown layer cutoff 'round'"):
+        select_candidate(rows, n_layers=n_layers, layer_cutoff="round")
+
+
+def test_select_dim_never_selects_a_filtered_layer(short_tok):
+    L = 4  # int(0.8 * 4) = 3: layer 3 is filtered by the released rule, kept by the real one
+    model = tiny_model("llama", n_layers=L)
+    res = _select(model, short_tok)  # default: the released rule
+    assert res.vector.hyperparameters["layer_cutoff"] == "int"
+    for r in res.candidates:
+        filtered = r["layer"] >= int(0.8 * L)
+        assert (r["discarded"] == "layer") == filtered
+        if filtered:  # never scored, never chosen
+            assert r["bypass"] is None and r["induce"] is None and r["kl"] is None
+    assert res.vector.layer < 3
+    # only the filtered layer offered: no survivor under the released rule ...
+    with pytest.raises(SteerscopeError) as e:
+        _select(model, short_tok, layers=[3])
+    assert "layer >= int(0.8*L)" in _one_line(e)
+    # ... while the real-number rule keeps and selects it
+    real = _select(model, short_tok, layers=[3], layer_cutoff="real")
+    assert real.vector.layer == 3 and real.vector.hyperparameters["layer_cutoff"] == "real"
+    assert all(r["discarded"] != "layer" for r in real.candidates)

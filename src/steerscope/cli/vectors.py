@@ -73,6 +73,7 @@ def cmd_dim(args) -> None:
                      layers=_int_list(args.layers), kl_threshold=args.kl_threshold,
                      induce_threshold=args.induce_threshold,
                      max_layer_fraction=args.max_layer_fraction,
+                     layer_cutoff=args.layer_cutoff,
                      batch_size=args.batch_size, arch=lm.arch,
                      progress=True, relax_kl=args.relax_kl)
     out = Path(args.out)
@@ -214,6 +215,9 @@ def register(sub) -> None:
                         "does (recorded in the vector)")
     p.add_argument("--induce-threshold", type=float, default=0.0)
     p.add_argument("--max-layer-fraction", type=float, default=0.8)
+    p.add_argument("--layer-cutoff", choices=["int", "real"], default="int",
+                   help="discard layers >= int(f*L) (int, the released code; default) or "
+                        ">= f*L (real)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_dim)
 

@@ -77,6 +77,7 @@ class DimSection:
     positions: list[int] | None = None  # candidate positions (None: post-instruction tokens)
     filter: bool = True  # refusal-score filter of train/val prompts
     max_layer_fraction: float = 0.8
+    layer_cutoff: str = "int"  # int: layer >= int(f*L) (released code) | real: layer >= f*L
     kl_threshold: float = 0.1
     relax_kl: bool = False  # no survivor: double kl_threshold until one (recorded, warned)
     induce_threshold: float = 0.0
@@ -475,6 +476,9 @@ def check_values(cfg: PipelineConfig) -> None:
     if not 0 < v.dim.max_layer_fraction <= 1:
         _fail("vectors.dim.max_layer_fraction", f"must be in (0, 1], got "
               f"{v.dim.max_layer_fraction}", "use e.g. 0.8")
+    from steerscope.vectors.dim_selection import LAYER_CUTOFFS
+
+    _known("vectors.dim.layer_cutoff", [v.dim.layer_cutoff], LAYER_CUTOFFS)
     _finite("vectors.dim.kl_threshold", v.dim.kl_threshold)
     _finite("vectors.dim.induce_threshold", v.dim.induce_threshold)
     _positive_int("vectors.preference.n_prompts", v.preference.n_prompts, allow_none=True)

@@ -119,7 +119,8 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
     res = select_dim(lm.model, tok, f["harmful_train"], f["harmless_train"], f["harmful_val"],
                      f["harmless_val"], model_id=lm.model_id, revision=lm.revision,
                      filter=d.filter, layers=layers, positions=d.positions,
-                     max_layer_fraction=d.max_layer_fraction, kl_threshold=d.kl_threshold,
+                     max_layer_fraction=d.max_layer_fraction, layer_cutoff=d.layer_cutoff,
+                     kl_threshold=d.kl_threshold,
                      induce_threshold=d.induce_threshold, batch_size=section.batch_size,
                      arch=lm.arch, progress=ctx.progress and ctx.is_main, score_all=d.score_all,
                      relax_kl=d.relax_kl)

@@ -16,11 +16,12 @@ Pipeline (:func:`select_dim`), following Arditi et al. 2024 as restated in the s
      distribution (float64), ablated = directional ablation of ``s`` at ``resid_pre``,
      ``attn_out`` and ``mlp_out`` of every layer (:func:`next_token_kl`).
 
-4. Discard candidates with ``kl ≥ 0.1``, ``induce ≤ 0``, ``layer ≥ 0.8·L`` (compared as real
-   numbers; Arditi et al.'s code uses ``layer ≥ int(0.8·L)``), or a NaN score; candidates
-   excluded by the layer rule are not scored. Pick the survivor maximising
-   ``σ(induce) − σ(bypass)`` (:func:`select_candidate`; ties go to the first row in table
-   order: layers ascending, then positions ``-k .. -1``).
+4. Discard candidates with ``kl ≥ 0.1``, ``induce ≤ 0``, ``layer ≥ int(0.8·L)`` (Arditi et
+   al.'s and the authors' released code; ``layer_cutoff="real"``: ``layer ≥ 0.8·L`` compared
+   as real numbers), or a NaN score; candidates excluded by the layer rule are not scored.
+   Pick the survivor maximising ``σ(induce) − σ(bypass)`` (:func:`select_candidate`, in
+   :mod:`steerscope.vectors.dim_selection`; ties go to the first row in table order: layers
+   ascending, then positions ``-k .. -1``).
 
 The returned vector is the raw (unnormalised) mean difference of the chosen candidate, for
 use with α = ±1.
@@ -45,16 +46,27 @@ from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.chat import encode_prompts, post_instruction_tokens
 from steerscope.runtime import Intervention, Runtime, ablate_direction, steer
 from steerscope.vectors.activations import _accepts, _check_prompts, _model_device, mean_activations
+from steerscope.vectors.dim_selection import (
+    DEFAULT_INDUCE_THRESHOLD,
+    DEFAULT_KL_THRESHOLD,
+    DEFAULT_LAYER_CUTOFF,
+    DEFAULT_MAX_LAYER_FRACTION,
+    REASON_INDUCE,
+    REASON_KL,
+    REASON_LAYER,
+    REASON_NAN,
+    SELECTION_RULE,
+    check_layer_cutoff,
+    discard_reason,
+    is_missing,
+    layer_excluded,
+    relaxed_kl_threshold,
+    select_candidate,
+    selection_score,
+)
 from steerscope.vectors.vector import SteeringVector
 
 ABLATION_POINTS = ("resid_pre", "attn_out", "mlp_out")
-SELECTION_RULE = "argmax sigmoid(induce) - sigmoid(bypass)"
-
-# discard reasons, in the order they are checked
-REASON_LAYER = "layer"  # layer >= max_layer_fraction * L (not scored)
-REASON_NAN = "nan"  # a score is NaN (e.g. a zero mean difference)
-REASON_KL = "kl"  # kl >= kl_threshold
-REASON_INDUCE = "induce"  # induce <= induce_threshold
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,130 +225,6 @@ def next_token_kl(
 
 
 # ---------------------------------------------------------------------------------------
-# selection
-# ---------------------------------------------------------------------------------------
-def _sigmoid(x: float) -> float:
-    if math.isnan(x):
-        return math.nan
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-def selection_score(bypass: float, induce: float) -> float:
-    """The selection rule's objective ``σ(induce) − σ(bypass)`` (NaN if either is NaN)."""
-    return _sigmoid(float(induce)) - _sigmoid(float(bypass))
-
-
-def _is_nan(x) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def _layer_excluded(layer: int, n_layers: int, max_layer_fraction: float) -> bool:
-    return layer >= max_layer_fraction * n_layers - 1e-9
-
-
-def discard_reason(
-    row: dict[str, Any],
-    *,
-    n_layers: int,
-    max_layer_fraction: float = 0.8,
-    kl_threshold: float = 0.1,
-    induce_threshold: float = 0.0,
-) -> str | None:
-    """Why a candidate row is discarded (``None`` if it survives).
-
-    Reasons (comma-joined when several apply; the layer rule alone for unscored rows):
-    ``"layer"`` (layer ≥ max_layer_fraction·L), ``"nan"`` (bypass, induce or kl is NaN or
-    missing), ``"kl"`` (kl ≥ kl_threshold), ``"induce"`` (induce ≤ induce_threshold).
-    """
-    if _layer_excluded(int(row["layer"]), n_layers, max_layer_fraction):
-        return REASON_LAYER
-    bypass, induce, kl = row.get("bypass"), row.get("induce"), row.get("kl")
-    reasons = []
-    if any(_is_nan(v) for v in (bypass, induce, kl)):
-        reasons.append(REASON_NAN)
-    if not _is_nan(kl) and kl >= kl_threshold:
-        reasons.append(REASON_KL)
-    if not _is_nan(induce) and induce <= induce_threshold:
-        reasons.append(REASON_INDUCE)
-    return ",".join(reasons) or None
-
-
-MAX_RELAXED_KL = 3.2  # the largest KL threshold relax_kl may reach (0.1 doubled 5 times)
-
-
-def _relaxed_kl_threshold(rows, kl_threshold: float) -> float | None:
-    """The smallest ``kl_threshold * 2**k`` (k ≥ 1, at most ``MAX_RELAXED_KL``) that some row
-    discarded only for its KL passes, or None."""
-    kls = [r["kl"] for r in rows if r["discarded"] == REASON_KL and not _is_nan(r["kl"])]
-    t = kl_threshold
-    while kls and t * 2 <= MAX_RELAXED_KL + 1e-12:
-        t *= 2
-        if any(k < t for k in kls):
-            return t
-    return None
-
-
-def _no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold,
-                       induce_threshold) -> SteerscopeError:
-    counts = {REASON_LAYER: 0, REASON_NAN: 0, REASON_KL: 0, REASON_INDUCE: 0}
-    for row in rows:
-        reason = discard_reason(row, n_layers=n_layers, max_layer_fraction=max_layer_fraction,
-                                kl_threshold=kl_threshold, induce_threshold=induce_threshold)
-        for r in (reason or "").split(","):
-            if r in counts:
-                counts[r] += 1
-        # a value left unscored (None, score_all=False) is not a NaN score
-        if reason and REASON_NAN in reason and not any(
-                isinstance(row.get(k), float) and math.isnan(row[k])
-                for k in ("bypass", "induce", "kl")):
-            counts[REASON_NAN] -= 1
-    return SteerscopeError(
-        f"no DIM candidate of {len(rows)} survived the filters (discarded: "
-        f"{counts[REASON_LAYER]} with layer >= {max_layer_fraction}*L, {counts[REASON_KL]} with "
-        f"KL >= {kl_threshold}, {counts[REASON_INDUCE]} with induce <= {induce_threshold}, "
-        f"{counts[REASON_NAN]} with a NaN score)",
-        "relax them with kl_threshold=, induce_threshold=, max_layer_fraction= or relax_kl=True "
-        "(CLI: --relax-kl), or use more prompts and a model that refuses harmful requests")
-
-
-def select_candidate(
-    rows: Sequence[dict[str, Any]],
-    *,
-    n_layers: int,
-    max_layer_fraction: float = 0.8,
-    kl_threshold: float = 0.1,
-    induce_threshold: float = 0.0,
-) -> int:
-    """Index of the chosen candidate in a table of rows (pure; the rows are not modified).
-
-    Each row has ``layer``, ``bypass``, ``induce`` and ``kl`` (``None``/NaN when unscored).
-    Rows failing :func:`discard_reason` are dropped; among the rest the row maximising
-    ``σ(induce) − σ(bypass)`` wins, ties going to the earliest row. Raises a one-line
-    :class:`SteerscopeError` naming the filters when no row survives.
-    """
-    rows = list(rows)
-    if not rows:
-        raise SteerscopeError("the DIM candidate table is empty", "score at least one candidate")
-    if not isinstance(n_layers, int) or n_layers < 1:
-        raise SteerscopeError(f"n_layers must be a positive int, got {n_layers!r}")
-    best, best_score = None, -math.inf
-    for i, row in enumerate(rows):
-        if discard_reason(row, n_layers=n_layers, max_layer_fraction=max_layer_fraction,
-                          kl_threshold=kl_threshold, induce_threshold=induce_threshold):
-            continue
-        score = selection_score(row["bypass"], row["induce"])
-        if best is None or score > best_score:
-            best, best_score = i, score
-    if best is None:
-        raise _no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold,
-                                 induce_threshold)
-    return best
-
-
-# ---------------------------------------------------------------------------------------
 # result
 # ---------------------------------------------------------------------------------------
 @dataclass
@@ -388,9 +276,10 @@ def select_dim(
     filter: bool = True,
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    max_layer_fraction: float = 0.8,
-    kl_threshold: float = 0.1,
-    induce_threshold: float = 0.0,
+    max_layer_fraction: float = DEFAULT_MAX_LAYER_FRACTION,
+    kl_threshold: float = DEFAULT_KL_THRESHOLD,
+    induce_threshold: float = DEFAULT_INDUCE_THRESHOLD,
+    layer_cutoff: str = DEFAULT_LAYER_CUTOFF,
     refusal_ids: Sequence[int] | None = None,
     batch_size: int = 16,
     arch: ModelArch | None = None,
@@ -411,6 +300,9 @@ def select_dim(
     ``MAX_RELAXED_KL``) until one does, warn, and record the threshold used in the vector's
     ``hyperparameters["kl_threshold"]`` (the requested one in ``kl_threshold_requested``);
     the other filters are never relaxed. Small validation sets make the KL filter noisy.
+    ``layer_cutoff``: ``"int"`` discards layers ``≥ int(max_layer_fraction·L)`` (the released
+    code), ``"real"`` layers ``≥ max_layer_fraction·L`` (see
+    :mod:`steerscope.vectors.dim_selection`).
     """
     arch = arch if arch is not None else validate_model(model)
     L = arch.n_layers
@@ -427,6 +319,7 @@ def select_dim(
             sets[f"harmful_{split}"], sets[f"harmless_{split}"] = filter_by_refusal_score(
                 model, tokenizer, sets[f"harmful_{split}"], sets[f"harmless_{split}"],
                 refusal_ids=refusal_ids, batch_size=batch_size, progress=False, label=split)
+    check_layer_cutoff(layer_cutoff)
     if not 0 < max_layer_fraction <= 1:
         raise SteerscopeError(f"max_layer_fraction must be in (0, 1], got {max_layer_fraction}",
                               "pass e.g. 0.8")
@@ -462,7 +355,7 @@ def select_dim(
         row: dict[str, Any] = {"layer": layer, "position": pos, "bypass": None, "induce": None,
                                "kl": None, "norm": float(s.norm()), "score": None,
                                "discarded": None}
-        if _layer_excluded(layer, L, max_layer_fraction):
+        if layer_excluded(layer, L, max_layer_fraction, layer_cutoff):
             row["discarded"] = REASON_LAYER
             rows.append(row)
             continue
@@ -470,8 +363,8 @@ def select_dim(
         # at the first filter it fails (the selection is the same; the table has gaps)
         row["induce"] = _mean_refusal(model, harmless_val_b, refusal_ids,
                                       [steer(s, layer, 1.0)], arch)
-        if not score_all and (_is_nan(row["induce"]) or row["induce"] <= induce_threshold):
-            row["discarded"] = REASON_NAN if _is_nan(row["induce"]) else REASON_INDUCE
+        if not score_all and (is_missing(row["induce"]) or row["induce"] <= induce_threshold):
+            row["discarded"] = REASON_NAN if is_missing(row["induce"]) else REASON_INDUCE
             rows.append(row)
             continue
         if row["norm"] > 0:
@@ -481,8 +374,8 @@ def select_dim(
             row["kl"] = float(_kl(base_logprobs, ablated).mean())
         else:
             row["kl"] = math.nan  # ablating the zero vector is undefined
-        if not score_all and (_is_nan(row["kl"]) or row["kl"] >= kl_threshold):
-            row["discarded"] = REASON_NAN if _is_nan(row["kl"]) else REASON_KL
+        if not score_all and (is_missing(row["kl"]) or row["kl"] >= kl_threshold):
+            row["discarded"] = REASON_NAN if is_missing(row["kl"]) else REASON_KL
             rows.append(row)
             continue
         row["bypass"] = _mean_refusal(model, harmful_val_b, refusal_ids,
@@ -490,12 +383,13 @@ def select_dim(
         row["score"] = selection_score(row["bypass"], row["induce"])
         row["discarded"] = discard_reason(row, n_layers=L, max_layer_fraction=max_layer_fraction,
                                           kl_threshold=kl_threshold,
-                                          induce_threshold=induce_threshold)
+                                          induce_threshold=induce_threshold,
+                                          layer_cutoff=layer_cutoff)
         rows.append(row)
 
     requested_kl = kl_threshold
     if relax_kl and not any(r["discarded"] is None for r in rows):
-        kl_threshold = _relaxed_kl_threshold(rows, kl_threshold)
+        kl_threshold = relaxed_kl_threshold(rows, kl_threshold)
         if kl_threshold is not None:
             warnings.warn(f"no DIM candidate passed KL < {requested_kl}; selected with KL < "
                           f"{kl_threshold} instead (use more validation prompts for the "
@@ -511,11 +405,13 @@ def select_dim(
                 if row["discarded"] != REASON_LAYER and row["bypass"] is not None:
                     row["discarded"] = discard_reason(
                         row, n_layers=L, max_layer_fraction=max_layer_fraction,
-                        kl_threshold=kl_threshold, induce_threshold=induce_threshold)
+                        kl_threshold=kl_threshold, induce_threshold=induce_threshold,
+                        layer_cutoff=layer_cutoff)
         else:
             kl_threshold = requested_kl
     selected = select_candidate(rows, n_layers=L, max_layer_fraction=max_layer_fraction,
-                                kl_threshold=kl_threshold, induce_threshold=induce_threshold)
+                                kl_threshold=kl_threshold, induce_threshold=induce_threshold,
+                                layer_cutoff=layer_cutoff)
     chosen = rows[selected]
     j, k = layers.index(chosen["layer"]), positions.index(chosen["position"])
     n_survivors = sum(1 for r in rows if r["discarded"] is None)
@@ -529,6 +425,7 @@ def select_dim(
         hyperparameters={
             "selection": SELECTION_RULE,
             "max_layer_fraction": float(max_layer_fraction),
+            "layer_cutoff": layer_cutoff,
             "kl_threshold": float(kl_threshold),
             "kl_threshold_requested": float(requested_kl),
             "induce_threshold": float(induce_threshold),
