@@ -61,6 +61,12 @@ def test_paper_configs_use_the_released_dim_layer_rule(path):
     assert load_config(path).vectors.dim.layer_cutoff == "int"
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_paper_configs_judge_harmful_flips_with_llamaguard(path):
+    cfg = load_config(path)
+    assert cfg.patching.flip == "refusal" and cfg.patching.judge == "llamaguard"
+
+
 def test_unknown_chat_template_is_a_config_error():
     from steerscope.errors import SteerscopeError
 

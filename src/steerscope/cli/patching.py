@@ -61,6 +61,11 @@ def cmd_patch(args) -> None:
     set_chat_template(lm.tokenizer, args.chat_template)
     for v in vectors.values():
         v.check_fits(lm.arch)
+    judge = None
+    if args.judge is not None:
+        from steerscope.evaluate import get_judge
+
+        judge = get_judge(args.judge)
     out = Path(args.out)
     results, data = {}, {}
     for name, v in vectors.items():
@@ -70,7 +75,7 @@ def cmd_patch(args) -> None:
                                      induce_alpha=args.induce_alpha,
                                      max_per_dataset=args.max_per_dataset,
                                      max_new_tokens=args.max_new_tokens,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, judge=judge)
         counts = {k: len(x) for k, x in ds.items()}
         print(f"[{name}] patching examples: {counts}")
         atomic_write_json(out / name / "examples.json",
@@ -150,6 +155,9 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=100, help="prompts per set (seeded sample)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-per-dataset", type=int, default=100)
+    p.add_argument("--judge", default=None,
+                   help="jailbreak judge for the harmful flips, e.g. llamaguard (the paper: "
+                        "steered unsafe and base safe); default: the refusal substrings")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--bypass-alpha", type=float, default=-1.0)

@@ -4,7 +4,10 @@ For a steering vector, generate unsteered and steered completions (harmful promp
 bypass coefficient, harmless prompts with the induce coefficient), keep the prompts whose
 outcome flipped (harmful: the steered model complies and the base model refuses; harmless: the
 steered model refuses and the base model does not) and build four datasets, each of at most
-``max_per_dataset`` examples:
+``max_per_dataset`` examples. Outcomes come from the paper's refusal substrings by default;
+with a jailbreak judge (:func:`judge_harmful_rollouts`, the paper: LlamaGuard) a harmful prompt
+is kept when the judge calls the steered response unsafe and the base response safe, while
+harmless outcomes stay with the substrings (the paper scores Alpaca by substring):
 
 - ``harmful/steered``, ``harmful/base``: harmful prompts teacher-forcing the steered / the base
   response;
@@ -16,6 +19,7 @@ response position is a patching sample (see :mod:`steerscope.patching.metrics`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -111,6 +115,41 @@ def rollouts(model, tokenizer, instructions: Sequence[str], vector, alpha: float
     return out
 
 
+def judge_verdicts(judge, prompts: list[str], responses: list[str]) -> list[bool]:
+    """``judge``'s verdicts (True = jailbroken / unsafe) on prompt-response pairs; ``judge`` is
+    a :class:`~steerscope.evaluate.judges.Judge` (``.judge(prompts, responses)``) or a plain
+    callable with that signature."""
+    fn = judge.judge if hasattr(judge, "judge") else judge
+    if not callable(fn):
+        raise SteerscopeError(f"a judge must be callable or have .judge(), got "
+                              f"{type(judge).__name__}", "pass e.g. get_judge('llamaguard')")
+    verdicts = list(fn(list(prompts), list(responses)))
+    if len(verdicts) != len(responses):
+        raise SteerscopeError(f"the judge returned {len(verdicts)} verdicts for "
+                              f"{len(responses)} responses", "return one verdict per response")
+    return [bool(v) for v in verdicts]
+
+
+def judge_harmful_rollouts(rolls: Sequence[Rollout], judge) -> list[Rollout]:
+    """Harmful-prompt rollouts with their outcomes relabelled by a jailbreak judge.
+
+    The base and the steered response of every rollout are judged in one call;
+    ``base_refused = not unsafe(base)`` and ``steered_refused = not unsafe(steered)``, so
+    :func:`datasets_from_rollouts` keeps a prompt exactly when the judge calls the steered
+    response unsafe and the base response safe (the paper's criterion with LlamaGuard).
+    """
+    rolls = list(rolls)
+    if not rolls:
+        return []
+    prompts = [r.prompt for r in rolls]
+    verdicts = judge_verdicts(judge, prompts + prompts,
+                              [r.base_text for r in rolls] + [r.steered_text for r in rolls])
+    n = len(rolls)
+    return [dataclasses.replace(r, base_refused=not verdicts[i],
+                                steered_refused=not verdicts[n + i])
+            for i, r in enumerate(rolls)]
+
+
 def datasets_from_rollouts(harmful: Sequence[Rollout], harmless: Sequence[Rollout], *,
                            bypass_alpha: float = -1.0, induce_alpha: float = 1.0,
                            max_per_dataset: int = 100) -> dict[str, list[PatchingExample]]:
@@ -140,10 +179,14 @@ def build_patching_datasets(model, tokenizer, vector, harmful: Sequence[str],
                             induce_alpha: float = 1.0, max_per_dataset: int = 100,
                             max_new_tokens: int = 64, batch_size: int = 8,
                             refused: Callable[[str, str], bool] | None = None,
-                            ) -> dict[str, list[PatchingExample]]:
-    """Rollouts on both prompt sets, then :func:`datasets_from_rollouts`."""
+                            judge=None) -> dict[str, list[PatchingExample]]:
+    """Rollouts on both prompt sets, then :func:`datasets_from_rollouts`. ``judge``: harmful
+    outcomes from this jailbreak judge (:func:`judge_harmful_rollouts`) instead of
+    ``refused``."""
     kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, refused=refused)
     harm = rollouts(model, tokenizer, list(harmful), vector, bypass_alpha, **kw) if harmful else []
+    if judge is not None:
+        harm = judge_harmful_rollouts(harm, judge)
     harmless_r = rollouts(model, tokenizer, list(harmless), vector, induce_alpha, **kw) \
         if harmless else []
     if not harm and not harmless_r:

@@ -146,6 +146,9 @@ class PatchingSection:
     max_new_tokens: int = 64  # rollout length
     batch_size: int = 16  # rollout batch
     flip: str = "refusal"  # refusal: refusal outcome flipped | tokens: steered tokens differ
+    # flip refusal: harmful outcomes by this judge (a get_judge spec, paper: llamaguard; steered
+    # unsafe and base safe); None: the refusal substrings (offline). Harmless: substrings.
+    judge: str | None = None
     metric: str = "logit_diff"  # logit_diff | kl (directional KL)
     tau: float = 0.0  # kl only: mask positions with KL(P_steer || P_base) < tau
     reverse: bool = False  # reverse roles: clean = unsteered, corrupt = steered
@@ -522,6 +525,12 @@ def check_values(cfg: PipelineConfig) -> None:
     _positive_int("patching.batch_size", pa.batch_size)
     _positive_int("patching.top_n", pa.top_n)
     _known("patching.flip", [pa.flip], PATCHING_FLIPS)
+    if pa.judge is not None:
+        if not pa.judge.strip():
+            _fail("patching.judge", "is empty", "name a judge (e.g. llamaguard) or drop the key")
+        if pa.flip != "refusal":
+            _fail("patching.judge", f"applies to patching.flip: refusal, not '{pa.flip}'",
+                  "drop patching.judge or set patching.flip: refusal")
     _known("patching.metric", [pa.metric], PATCHING_METRICS)
     _known("patching.graph", [pa.graph], PATCHING_GRAPHS)
     if not (math.isfinite(pa.tau) and pa.tau >= 0):

@@ -7,8 +7,10 @@ circuits, overlap, interchange), paper section 4.
 1. greedy base and steered rollouts of the test prompts (harmful with
    ``evaluation.bypass_alpha``, harmless with ``evaluation.induce_alpha``), in fixed batches
    of ``patching.batch_size``;
-2. the flipped prompts (``patching.flip``: ``refusal`` = the substring matcher's outcome
-   flipped, the paper's rule; ``tokens`` = the steered greedy tokens differ from the base
+2. the flipped prompts (``patching.flip``: ``refusal`` = the refusal outcome flipped, the
+   paper's rule, with harmful outcomes from the ``patching.judge`` jailbreak judge when set
+   (the paper: LlamaGuard; steered unsafe and base safe; run on rank 0 and broadcast), else
+   from the refusal substrings; ``tokens`` = the steered greedy tokens differ from the base
    ones, for models that never refuse) → the four patching datasets, at most
    ``patching.n_prompts`` each (:func:`~steerscope.patching.data.datasets_from_rollouts`);
 3. EAP-IG with ``patching.ig_steps`` steps (:func:`~steerscope.patching.run.score_vector`).
@@ -79,11 +81,13 @@ def _units(items: list, size: int) -> list[list]:
 
 
 def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, section,
-                      bypass_alpha: float, induce_alpha: float, dist=None) -> tuple[dict, dict]:
+                      bypass_alpha: float, induce_alpha: float, dist=None,
+                      judge=None) -> tuple[dict, dict]:
     """The four patching datasets of one vector from the test prompts, with rollouts cut in
-    fixed batches (units sharded over ``dist``'s ranks). Returns ``(datasets, counts)``,
-    ``counts`` = prompts rolled out and flipped per prompt set."""
-    from steerscope.patching.data import datasets_from_rollouts, rollouts
+    fixed batches (units sharded over ``dist``'s ranks). ``judge`` (used on rank 0 only, with
+    ``flip: refusal``): harmful outcomes from this jailbreak judge. Returns
+    ``(datasets, counts)``, ``counts`` = prompts rolled out and flipped per prompt set."""
+    from steerscope.patching.data import datasets_from_rollouts, judge_harmful_rollouts, rollouts
 
     dist = dist or distributed.Dist()
     units = [("harmful", c) for c in _units(harmful, section.batch_size)] + \
@@ -101,6 +105,15 @@ def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, se
         rolls[kind].extend(rs)
     if section.flip == "tokens":
         rolls = {k: token_flips(v, k == "harmful") for k, v in rolls.items()}
+    elif section.judge is not None:
+        judged = None
+        if dist.is_main:
+            if judge is None:
+                from steerscope.evaluate import get_judge
+
+                judge = get_judge(section.judge)
+            judged = judge_harmful_rollouts(rolls["harmful"], judge)
+        rolls["harmful"] = distributed.broadcast(judged, dist)
     flipped = {
         "harmful": sum(r.base_refused and not r.steered_refused for r in rolls["harmful"]),
         "harmless": sum(r.steered_refused and not r.base_refused for r in rolls["harmless"]),
@@ -128,6 +141,11 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
     vectors = load_vectors(ctx.config, inputs, lm.arch)
     p = _read(inputs["data"], PROMPTS_FILE)
     ev = ctx.config.evaluation
+    judge = None
+    if section.flip == "refusal" and section.judge is not None and ctx.is_main:
+        from steerscope.evaluate import get_judge
+
+        judge = get_judge(section.judge)
     methods, skipped, summary = {}, {}, {}
     for m in patched_methods(ctx.config):
         if m not in vectors:
@@ -136,7 +154,8 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
         v = vectors[m]
         datasets, counts = patching_datasets(
             lm, v, p["harmful_test"], p["harmless_test"], section=section,
-            bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, dist=ctx.dist)
+            bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, dist=ctx.dist,
+            judge=judge)
         n = {k: len(x) for k, x in datasets.items()}
         ctx.log(f"{m}: flipped {counts['flipped']} of {counts['prompts']} test prompts; "
                 f"examples {n}")
@@ -147,7 +166,8 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
                            metric=section.metric, tau=section.tau, reverse=section.reverse,
                            coarse=section.graph == "coarse", top_k=section.top_n,
                            map_fn=lambda fn, xs: distributed.map_units(fn, xs, ctx.dist))
-        res.meta.update({"model": lm.model_id, "flip": section.flip, "counts": counts})
+        res.meta.update({"model": lm.model_id, "flip": section.flip, "judge": section.judge,
+                         "counts": counts})
         entry = {"dir": m, "examples": n, **counts,
                  "steer_score": float(res.scores["eap_ig"].nodes[0]),
                  "n_edges": res.graph.n_edges, "edge_types": _edge_type_entry(res, section.top_n)}
