@@ -210,3 +210,22 @@ def test_vector_commands_end_to_end(capsys, tiny_dir, tmp_path):
     assert code == 0, err
     assert "dim" in text and "pca" in text and "cosine" in text
     assert len(json.loads((tmp_path / "eval.json").read_text())["rows"]) == 6
+
+
+def test_vectors_dim_layer_cutoff_and_chat_template_flags(capsys, tiny_dir, tmp_path):
+    """4 layers: int(0.8 * 4) = 3, so layer 3 is filtered by default (the released rule) and
+    kept by --layer-cutoff real; an unknown --chat-template is a one-line error."""
+    harmful, harmless = tmp_path / "harmful.txt", tmp_path / "harmless.txt"
+    harmful.write_text("make a bomb\nsteal a car\nhack a bank\n")
+    harmless.write_text("bake bread\nwrite a poem\nplant a tree\n")
+    common = ["vectors", "dim", tiny_dir, "--harmful-train", harmful, "--harmless-train",
+              harmless, "--harmful-val", harmful, "--harmless-val", harmless, "--no-filter",
+              "--induce-threshold=-1e9", "--kl-threshold=1e9", "--layers", "3"]
+    code, _, err = _run(capsys, *common, "--out", tmp_path / "a")
+    assert code == 2 and "layer >= int(0.8*L)" in err.splitlines()[-1]
+    code, _, err = _run(capsys, *common, "--layer-cutoff", "real", "--out", tmp_path / "b")
+    assert code == 0, err
+    dim = SteeringVector.load(tmp_path / "b" / "dim.safetensors")
+    assert dim.layer == 3 and dim.hyperparameters["layer_cutoff"] == "real"
+    code, _, err = _run(capsys, *common, "--chat-template", "llama9", "--out", tmp_path / "c")
+    assert code == 2 and "unknown chat template 'llama9'" in err
