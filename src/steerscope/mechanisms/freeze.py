@@ -6,6 +6,12 @@ one path through which it acts:
 
 ``qk``   QK freeze: the steered run uses the *unsteered* run's attention probabilities,
          ``out^h = A^h_base · V^h_steered`` (GQA: query head h reads KV head ``h // (H/G)``).
+         The probabilities are a function of the queries and keys only (RoPE, q/k norms,
+         scaling, soft-caps and masks act identically on both halves), so the lockstep loop
+         gives the steered rows the base rows' ``q_proj`` / ``k_proj`` outputs and keeps the
+         model's fused attention kernel (``qk_impl="keys"``, the default);
+         ``qk_impl="pattern"`` replaces the probabilities themselves through the runtime's
+         eager decomposition ``A · V`` (slower; the two agree to float rounding).
 ``ov``   OV freeze: the steered run uses the unsteered run's value activations
          (``v_proj`` outputs, which is what the KV cache stores).
 ``svv``  SVV removal: the value-projection input loses the normalised steering term,
@@ -58,6 +64,20 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise SteerscopeError(f"unknown freezing mode '{mode}'", f"use one of {', '.join(MODES)}")
     return mode
+
+
+QK_IMPLS = ("keys", "pattern")
+
+
+def check_qk_options(qk_source: str, qk_impl: str) -> None:
+    """Raise a one-line error unless ``qk_source`` / ``qk_impl`` are known and compatible."""
+    if qk_source not in ("base", "steered"):
+        raise SteerscopeError(f"unknown qk_source '{qk_source}'", "use 'base' or 'steered'")
+    if qk_impl not in QK_IMPLS:
+        raise SteerscopeError(f"unknown qk_impl '{qk_impl}'", f"use one of {', '.join(QK_IMPLS)}")
+    if qk_source == "steered" and qk_impl != "pattern":
+        raise SteerscopeError("qk_source='steered' replaces probabilities",
+                              "pass qk_impl='pattern' with it")
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,15 +147,20 @@ def freeze_interventions(
     *,
     recorder: NormScaleRecorder | None = None,
     qk_source: str = "base",
+    qk_impl: str = "keys",
 ) -> list[Intervention]:
     """The interventions that implement steering with freezing ``mode`` (see module doc).
 
     For ``qk`` / ``ov`` the batch is a lockstep batch (base half, steered half); ``svv`` /
     ``mlp`` need ``recorder``, a :class:`NormScaleRecorder` over the layers ``>= layer`` of the
-    matching norm, attached during the run. ``qk_source="steered"`` replaces the steered
-    rows' probabilities by their own (a check of the replacement path: equals plain steering).
+    matching norm, attached during the run. ``qk_impl`` chooses how ``qk`` freezes the
+    probabilities: ``"keys"`` copies the base rows' queries and keys into the steered rows,
+    ``"pattern"`` copies the probabilities. ``qk_source="steered"`` (pattern path only)
+    replaces the steered rows' probabilities by their own (a check of the replacement path:
+    equals plain steering).
     """
     check_mode(mode)
+    check_qk_options(qk_source, qk_impl)
     arch.check_layer(layer)
     arch.check_vector(vector)
     alpha = float(alpha)
@@ -144,9 +169,11 @@ def freeze_interventions(
         return [steer(vector, layer, alpha)]
     if mode in LOCKSTEP_MODES:
         ops: list[Intervention] = [_steer_half(vector, layer, alpha)]
-        if mode == "qk":
-            if qk_source not in ("base", "steered"):
-                raise SteerscopeError(f"unknown qk_source '{qk_source}'", "use 'base' or 'steered'")
+        if mode == "qk" and qk_impl == "keys":
+            for lv in layers:  # q [2B, T, H, dh], k [2B, T, G, dh]: before RoPE / q-k norms
+                ops += [Edit("q", lv, fn=lambda q, ctx: _copy_base_half(q)),
+                        Edit("k", lv, fn=lambda k, ctx: _copy_base_half(k))]
+        elif mode == "qk":
             fn = (lambda p, ctx: _copy_base_half(p)) if qk_source == "base" else (lambda p, ctx: p)
             ops += [Edit("pattern", lv, fn=fn) for lv in layers]  # p [2B, H, T, K]
         else:
@@ -220,6 +247,7 @@ def frozen_generate_ids(
     stop_at_eos: bool = True,
     arch: ModelArch | None = None,
     qk_source: str = "base",
+    qk_impl: str = "keys",
 ) -> FrozenGeneration:
     """Greedy steered decoding of a left-padded batch ([B, P] ids and mask) with freezing
     ``mode`` at every layer ``>= layer`` (see the module docstring).
@@ -259,7 +287,7 @@ def frozen_generate_ids(
             recorder = stack.enter_context(
                 NormScaleRecorder(arch, range(layer, arch.n_layers), norm))
         ops = freeze_interventions(arch, vector, layer, alpha, mode, recorder=recorder,
-                                   qk_source=qk_source)
+                                   qk_source=qk_source, qk_impl=qk_impl)
         stack.enter_context(Runtime(model, ops, arch=arch, prompt_len=prompt_len))
         new, lengths, first_logits = greedy_loop(
             model, ids, mask, batch=batch, max_new_tokens=max_new_tokens, use_cache=use_cache,
