@@ -79,6 +79,26 @@ def test_qk_freeze_by_keys_equals_freeze_by_probabilities(tiny):
     assert torch.equal(keys.new_tokens, nocache.new_tokens)
 
 
+@pytest.mark.parametrize("mode", ("qk", "ov"))
+def test_shared_prefix_lockstep_equals_doubled_batch(tiny, mode):
+    """Blocks below the steering layer run once on B rows and the batch is widened at the
+    layer: same tokens and logits as feeding 2B identical rows through the runtime, with and
+    without the KV cache, at the first and the last layer."""
+    ids, mask, _ = left_padded(seed=13)
+    s = _vector(2.0)
+    for layer in (0, LAYER, 3):
+        kw = dict(max_new_tokens=N_NEW, stop_at_eos=False)
+        shared = frozen_generate_ids(tiny, ids, mask, s, layer, 1.0, mode, **kw)
+        doubled = frozen_generate_ids(tiny, ids, mask, s, layer, 1.0, mode,
+                                      shared_prefix=False, **kw)
+        assert torch.equal(shared.new_tokens, doubled.new_tokens), layer
+        torch.testing.assert_close(shared.first_logits, doubled.first_logits, atol=1e-5,
+                                   rtol=1e-5)
+        nocache = frozen_generate_ids(tiny, ids, mask, s, layer, 1.0, mode, use_cache=False,
+                                      **kw)
+        assert torch.equal(shared.new_tokens, nocache.new_tokens), layer
+
+
 def test_later_layer_and_eos_padding():
     """Steering at the last layer; rows that hit EOS are padded identically in both loops."""
     model = tiny_model("gemma2", n_layers=3)
