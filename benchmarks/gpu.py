@@ -16,8 +16,9 @@ on the device (bf16 on a GPU) and measured:
 3. ``eap_ig``: seconds for one example (``steerscope.patching.eap_ig``, T = 10) of a 512-token
    response after a 64-token prompt, and the peak GPU memory above the loaded model.
 4. ``exact``: exact patching (``steerscope.patching.exact_patching``) of a random sample of
-   edges of the same example: seconds per edge, Spearman(EAP-IG, exact) on the sample and the
-   extrapolated speed-up of EAP-IG over exact patching of every edge.
+   edges of the same example and EAP-IG again, both in float32 (the model is converted; in
+   bf16 single-edge effects drown in rounding): seconds per edge, Spearman(EAP-IG, exact) on
+   the sample, the extrapolated speed-up of EAP-IG over exact patching of every edge.
 5. ``paper_estimate``: the whole paper study's GPU time from those figures (formula in the
    JSON and in benchmarks/README.md).
 
@@ -166,7 +167,7 @@ def bench_generation(model, arch, layer, s, prompts, cfg, clock) -> dict:
         ids = prompts[:b]
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                              max_new_tokens=k, min_new_tokens=k, do_sample=False,
-                             pad_token_id=0)
+                             pad_token_id=0, disable_compile=True)
         assert out.shape[1] == ids.shape[1] + k, "HF generate stopped early"
         return out
 
@@ -214,8 +215,8 @@ def patching_example(prompt_tokens: int, response_tokens: int, vocab: int) -> Pa
     return PatchingExample(ids, prompt_tokens, 1.0, "harmful/steered")
 
 
-def bench_eap_ig(gm, s, example, cfg, clock, device) -> tuple[dict, object]:
-    """Seconds and peak memory of EAP-IG on one example; returns the scores too."""
+def bench_eap_ig(gm, s, example, cfg, clock, device) -> dict:
+    """Seconds and peak memory of EAP-IG on one example (the model's dtype)."""
     free_memory(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -230,20 +231,23 @@ def bench_eap_ig(gm, s, example, cfg, clock, device) -> tuple[dict, object]:
                 extra_memory_gb=peak - before,
                 memory_kind="torch.cuda.max_memory_allocated" if device.type == "cuda"
                 else "process peak RSS", unmasked_positions=int(sum(scores.weights.values())),
-                n_edges=gm.graph.n_edges, n_nodes=gm.graph.n_up), scores
+                n_edges=gm.graph.n_edges, n_nodes=gm.graph.n_up)
 
 
-def bench_exact(gm, s, example, ig_scores, cfg, clock, eap_s: float) -> dict:
-    """Exact patching of a random edge sample vs the EAP-IG scores of the same edges."""
+def bench_exact(gm, s, example, cfg, clock) -> dict:
+    """Exact patching of a random edge sample vs EAP-IG on the same edges, both in float32
+    (the model is converted in place: in bf16 the single-edge effects drown in rounding)."""
+    gm.model.float()
     g = gm.graph
     k = min(cfg["exact_edges"], g.n_edges)
     sample = torch.randperm(g.n_edges, generator=torch.Generator().manual_seed(0))[:k].tolist()
+    t_ig, ig = clock.time(lambda: eap_ig(gm, [example], s, steps=cfg["ig_steps"]))
     t, exact = clock.time(lambda: exact_patching(gm, [example], s, nodes=[], edges=sample))
     per_edge = t / k  # includes the example's two preparation passes, shared by every edge
-    rho = spearman(ig_scores.edges[sample].float(), exact.edges[sample].float())
-    return dict(sampled_edges=k, exact_s=t, exact_s_per_edge=per_edge,
-                exact_all_edges_s_extrapolated=per_edge * g.n_edges,
-                eap_ig_speedup_vs_exact_edges=per_edge * g.n_edges / eap_s,
+    rho = spearman(ig.edges[sample].float(), exact.edges[sample].float())
+    return dict(dtype="float32", sampled_edges=k, eap_ig_s=t_ig, exact_s=t,
+                exact_s_per_edge=per_edge, exact_all_edges_s_extrapolated=per_edge * g.n_edges,
+                eap_ig_speedup_vs_exact_edges=per_edge * g.n_edges / t_ig,
                 spearman_sampled_edges=rho)
 
 
@@ -287,26 +291,19 @@ def run_model(name: str, cfg: dict, args, device, dtype, deadline: float, save) 
     s = steering_vector(model, arch, layer, prompts)
     example = patching_example(cfg["prompt_tokens"], cfg["eap_tokens"], arch.vocab_size)
     gm = GraphModel(model, layer, arch=arch)
-    ig_scores = None
-    sections = [
+    sections = [  # "exact" converts the model to float32: it comes last
         ("generation", lambda: bench_generation(model, arch, layer, s, prompts, cfg, clock)),
         ("freeze", lambda: bench_freeze(model, arch, layer, s, prompts, cfg, clock)),
         ("eap_ig", lambda: bench_eap_ig(gm, s, example, cfg, clock, device)),
-        ("exact", lambda: bench_exact(gm, s, example, ig_scores, cfg, clock,
-                                      res["eap_ig"]["seconds_per_example"])),
+        ("exact", lambda: bench_exact(gm, s, example, cfg, clock)),
     ]
     for key, fn in sections:
         if time.perf_counter() > deadline:
             res[key] = dict(error="skipped: time budget spent")
-        elif key == "exact" and ig_scores is None:
-            res[key] = dict(error="skipped: no EAP-IG scores")
         else:
             try:
                 with torch.inference_mode(key in ("generation", "freeze")):
-                    out = fn()
-                if key == "eap_ig":
-                    out, ig_scores = out
-                res[key] = out
+                    res[key] = fn()
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 res[key] = dict(error=f"{type(exc).__name__}: {str(exc)[:300]}")
             free_memory(device)
@@ -352,13 +349,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--small", action="store_true", help="tiny configs on CPU (seconds)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--device", help="default: cuda if available (cpu with --small)")
+    ap.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                    help="default: bfloat16 on a GPU, float32 on CPU")
     ap.add_argument("--out", default="gpu_benchmark.json")
-    ap.add_argument("--budget-s", type=float, default=450.0,
-                    help="no section starts after this many seconds")
+    ap.add_argument("--budget-s", type=float,
+                    help="no section starts after this many seconds (default 450; none with "
+                         "--small)")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.small
                                           else "cpu"))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = (getattr(torch, args.dtype) if args.dtype
+             else torch.bfloat16 if device.type == "cuda" else torch.float32)
     cfg = SMALL if args.small else FULL
     start = time.perf_counter()
     results = dict(
@@ -379,7 +380,9 @@ def main(argv=None) -> dict:
             raise SystemExit(2)
     for name in [m for m in args.models.split(",") if m]:
         results["models"][name] = {}
-        res = run_model(name, cfg, args, device, dtype, start + args.budget_s,
+        budget = args.budget_s if args.budget_s is not None else (
+            math.inf if args.small else 450.0)
+        res = run_model(name, cfg, args, device, dtype, start + budget,
                         lambda r, name=name: (results["models"].__setitem__(name, r), save()))
         results["models"][name] = res
         free_memory(device)
