@@ -9,7 +9,8 @@ On the same model, prompts and DIM vector (from the built-in demo prompts, at ``
 default 40% of the depth), after a short warm-up, every run producing exactly the requested
 number of tokens per row (no EOS stop); P and L are repeated ``--rounds`` times in
 interleaved order (P, L_qk, L_ov, ..., P, L_qk, ...) and compared by their summed times, so
-a shared machine's load hits every side alike:
+a shared machine's load hits every side alike; their process CPU time is reported too (with
+one thread, the ratio least disturbed by other processes):
   P. plain steered generation (``generate_ids`` with the steering vector, KV cache)
   L. lockstep frozen generation (``frozen_generate_ids``) for each of ``--modes``
   R. the paper's computation for ``--ref-mode`` (``frozen_generate_reference``: two full
@@ -108,17 +109,21 @@ def main() -> None:
         if not args.no_reference:
             reference(2)
         full: dict[str, torch.Tensor] = {}
-        for _ in range(args.rounds):
-            t, _ = timed(lambda: plain(n))
-            r = results.setdefault("plain", dict(seconds=0.0, rounds=[], new_tokens=n))
+        def timed_round(key, fn):  # wall and process CPU time (robust to a shared machine)
+            c0 = time.process_time()
+            t, out = timed(fn)
+            r = results.setdefault(key, dict(seconds=0.0, rounds=[], cpu_seconds=0.0,
+                                             cpu_rounds=[], new_tokens=n))
             r["seconds"] += t
             r["rounds"].append(t)
+            r["cpu_seconds"] += time.process_time() - c0
+            r["cpu_rounds"].append(time.process_time() - c0)
+            return out
+
+        for _ in range(args.rounds):
+            timed_round("plain", lambda: plain(n))
             for m in modes:
-                t, g = timed(lambda m=m: lockstep(m, n))
-                r = results.setdefault(f"lockstep_{m}", dict(seconds=0.0, rounds=[], new_tokens=n))
-                r["seconds"] += t
-                r["rounds"].append(t)
-                full[m] = g.sequences
+                full[m] = timed_round(f"lockstep_{m}", lambda m=m: lockstep(m, n)).sequences
         if not args.no_reference:
             if n_ref != n or args.ref_mode not in modes:
                 t, lock_ref = timed(lambda: lockstep(args.ref_mode, n_ref))
@@ -155,6 +160,8 @@ def main() -> None:
     for m in modes:
         ratios[f"lockstep_{m}_vs_plain_throughput"] = (results["plain"]["seconds"]
                                                        / results[f"lockstep_{m}"]["seconds"])
+        ratios[f"lockstep_{m}_vs_plain_throughput (CPU time)"] = (
+            results["plain"]["cpu_seconds"] / results[f"lockstep_{m}"]["cpu_seconds"])
     def one_run(key):  # seconds of one run (P / L entries sum --rounds runs)
         return results[key]["seconds"] / len(results[key].get("rounds", [0]))
 
