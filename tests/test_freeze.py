@@ -57,10 +57,46 @@ def test_qk_freeze_with_own_probabilities_is_plain_steering(tiny):
     s = _vector()
     kw = dict(max_new_tokens=N_NEW, stop_at_eos=False)
     plain = generate_ids(tiny, ids, mask, interventions=[steer(s, LAYER, 1.0)], **kw)
-    own = frozen_generate_ids(tiny, ids, mask, s, LAYER, 1.0, "qk", qk_source="steered", **kw)
+    own = frozen_generate_ids(tiny, ids, mask, s, LAYER, 1.0, "qk", qk_source="steered",
+                              qk_impl="pattern", **kw)
     assert torch.equal(own.new_tokens, plain.new_tokens)
     none = frozen_generate_ids(tiny, ids, mask, s, LAYER, 1.0, "none", **kw)
     assert torch.equal(none.new_tokens, plain.new_tokens)
+
+
+def test_qk_freeze_by_keys_equals_freeze_by_probabilities(tiny):
+    """The fast QK freeze (steered rows take the base rows' queries and keys, fused attention)
+    gives the tokens and logits of replacing the probabilities themselves (eager A · V), on
+    every architecture (RoPE, q/k norms, soft-caps, sliding windows, GQA)."""
+    ids, mask, _ = left_padded(seed=11)
+    s = _vector(2.0)
+    kw = dict(max_new_tokens=N_NEW, stop_at_eos=False)
+    keys = frozen_generate_ids(tiny, ids, mask, s, LAYER, 1.0, "qk", **kw)
+    probs = frozen_generate_ids(tiny, ids, mask, s, LAYER, 1.0, "qk", qk_impl="pattern", **kw)
+    assert torch.equal(keys.new_tokens, probs.new_tokens)
+    torch.testing.assert_close(keys.first_logits, probs.first_logits, atol=1e-4, rtol=1e-4)
+    nocache = frozen_generate_ids(tiny, ids, mask, s, LAYER, 1.0, "qk", use_cache=False, **kw)
+    assert torch.equal(keys.new_tokens, nocache.new_tokens)
+
+
+@pytest.mark.parametrize("mode", ("qk", "ov"))
+def test_shared_prefix_lockstep_equals_doubled_batch(tiny, mode):
+    """Blocks below the steering layer run once on B rows and the batch is widened at the
+    layer: same tokens and logits as feeding 2B identical rows through the runtime, with and
+    without the KV cache, at the first and the last layer."""
+    ids, mask, _ = left_padded(seed=13)
+    s = _vector(2.0)
+    for layer in (0, LAYER, 3):
+        kw = dict(max_new_tokens=N_NEW, stop_at_eos=False)
+        shared = frozen_generate_ids(tiny, ids, mask, s, layer, 1.0, mode, **kw)
+        doubled = frozen_generate_ids(tiny, ids, mask, s, layer, 1.0, mode,
+                                      shared_prefix=False, **kw)
+        assert torch.equal(shared.new_tokens, doubled.new_tokens), layer
+        torch.testing.assert_close(shared.first_logits, doubled.first_logits, atol=1e-5,
+                                   rtol=1e-5)
+        nocache = frozen_generate_ids(tiny, ids, mask, s, layer, 1.0, mode, use_cache=False,
+                                      **kw)
+        assert torch.equal(shared.new_tokens, nocache.new_tokens), layer
 
 
 def test_later_layer_and_eos_padding():
@@ -107,6 +143,10 @@ def test_bad_input():
         frozen_generate_ids(model, ids, mask, s, 1, 1.0, "mlp", max_new_tokens=0)
     with pytest.raises(SteerscopeError, match="qk_source"):
         frozen_generate_ids(model, ids, mask, s, 1, 1.0, "qk", qk_source="other")
+    with pytest.raises(SteerscopeError, match="qk_impl"):
+        frozen_generate_ids(model, ids, mask, s, 1, 1.0, "qk", qk_impl="flash")
+    with pytest.raises(SteerscopeError, match="qk_impl='pattern'"):
+        frozen_generate_ids(model, ids, mask, s, 1, 1.0, "qk", qk_source="steered")
 
 
 # --- Table 1 evaluation and CLI ----------------------------------------------------------

@@ -11,8 +11,8 @@ from steerscope.mechanisms.freeze import (
     freeze_interventions,
     frozen_generate,
     frozen_generate_ids,
-    frozen_generate_reference,
 )
+from steerscope.mechanisms.freeze_reference import frozen_generate_reference
 from steerscope.mechanisms.svv import (
     AttentionDecomposition,
     SVVReport,

@@ -6,6 +6,12 @@ one path through which it acts:
 
 ``qk``   QK freeze: the steered run uses the *unsteered* run's attention probabilities,
          ``out^h = A^h_base · V^h_steered`` (GQA: query head h reads KV head ``h // (H/G)``).
+         The probabilities are a function of the queries and keys only (RoPE, q/k norms,
+         scaling, soft-caps and masks act identically on both halves), so the lockstep loop
+         gives the steered rows the base rows' ``q_proj`` / ``k_proj`` outputs and keeps the
+         model's fused attention kernel (``qk_impl="keys"``, the default);
+         ``qk_impl="pattern"`` replaces the probabilities themselves through the runtime's
+         eager decomposition ``A · V`` (slower; the two agree to float rounding).
 ``ov``   OV freeze: the steered run uses the unsteered run's value activations
          (``v_proj`` outputs, which is what the KV cache stores).
 ``svv``  SVV removal: the value-projection input loses the normalised steering term,
@@ -22,8 +28,10 @@ the length), :func:`frozen_generate_ids` runs one batch of ``2B`` rows, rows ``[
 unsteered ("base") and rows ``[B, 2B)`` steered, with one KV cache: at every step both halves
 are fed the steered half's greedy token, so the base rows' cache holds base activations of
 the steered tokens. ``use_cache=False`` re-runs both halves over the whole sequence at every
-step: the reference the cached loop is tested against token for token. ``svv`` / ``mlp``
-need no base run and use ``B`` rows.
+step: the reference the cached loop is tested against token for token. The two halves are
+identical below ``layer``, so by default the model is fed ``B`` rows and the batch is widened
+to ``2B`` at ``layer`` (:mod:`steerscope.mechanisms.lockstep`). ``svv`` / ``mlp`` need no
+base run and use ``B`` rows.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from steerscope.errors import SteerscopeError
-from steerscope.generate import _eos_ids, greedy_loop, position_ids_from_mask
+from steerscope.generate import _eos_ids, greedy_loop
+from steerscope.mechanisms.lockstep import SharedPrefixLockstep
 from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.chat import encode_prompts
 from steerscope.runtime import Edit, Intervention, Runtime, steer
@@ -58,6 +67,20 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise SteerscopeError(f"unknown freezing mode '{mode}'", f"use one of {', '.join(MODES)}")
     return mode
+
+
+QK_IMPLS = ("keys", "pattern")
+
+
+def check_qk_options(qk_source: str, qk_impl: str) -> None:
+    """Raise a one-line error unless ``qk_source`` / ``qk_impl`` are known and compatible."""
+    if qk_source not in ("base", "steered"):
+        raise SteerscopeError(f"unknown qk_source '{qk_source}'", "use 'base' or 'steered'")
+    if qk_impl not in QK_IMPLS:
+        raise SteerscopeError(f"unknown qk_impl '{qk_impl}'", f"use one of {', '.join(QK_IMPLS)}")
+    if qk_source == "steered" and qk_impl != "pattern":
+        raise SteerscopeError("qk_source='steered' replaces probabilities",
+                              "pass qk_impl='pattern' with it")
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,15 +150,20 @@ def freeze_interventions(
     *,
     recorder: NormScaleRecorder | None = None,
     qk_source: str = "base",
+    qk_impl: str = "keys",
 ) -> list[Intervention]:
     """The interventions that implement steering with freezing ``mode`` (see module doc).
 
     For ``qk`` / ``ov`` the batch is a lockstep batch (base half, steered half); ``svv`` /
     ``mlp`` need ``recorder``, a :class:`NormScaleRecorder` over the layers ``>= layer`` of the
-    matching norm, attached during the run. ``qk_source="steered"`` replaces the steered
-    rows' probabilities by their own (a check of the replacement path: equals plain steering).
+    matching norm, attached during the run. ``qk_impl`` chooses how ``qk`` freezes the
+    probabilities: ``"keys"`` copies the base rows' queries and keys into the steered rows,
+    ``"pattern"`` copies the probabilities. ``qk_source="steered"`` (pattern path only)
+    replaces the steered rows' probabilities by their own (a check of the replacement path:
+    equals plain steering).
     """
     check_mode(mode)
+    check_qk_options(qk_source, qk_impl)
     arch.check_layer(layer)
     arch.check_vector(vector)
     alpha = float(alpha)
@@ -144,9 +172,11 @@ def freeze_interventions(
         return [steer(vector, layer, alpha)]
     if mode in LOCKSTEP_MODES:
         ops: list[Intervention] = [_steer_half(vector, layer, alpha)]
-        if mode == "qk":
-            if qk_source not in ("base", "steered"):
-                raise SteerscopeError(f"unknown qk_source '{qk_source}'", "use 'base' or 'steered'")
+        if mode == "qk" and qk_impl == "keys":
+            for lv in layers:  # q [2B, T, H, dh], k [2B, T, G, dh]: before RoPE / q-k norms
+                ops += [Edit("q", lv, fn=lambda q, ctx: _copy_base_half(q)),
+                        Edit("k", lv, fn=lambda k, ctx: _copy_base_half(k))]
+        elif mode == "qk":
             fn = (lambda p, ctx: _copy_base_half(p)) if qk_source == "base" else (lambda p, ctx: p)
             ops += [Edit("pattern", lv, fn=fn) for lv in layers]  # p [2B, H, T, K]
         else:
@@ -220,13 +250,18 @@ def frozen_generate_ids(
     stop_at_eos: bool = True,
     arch: ModelArch | None = None,
     qk_source: str = "base",
+    qk_impl: str = "keys",
+    shared_prefix: bool = True,
 ) -> FrozenGeneration:
     """Greedy steered decoding of a left-padded batch ([B, P] ids and mask) with freezing
     ``mode`` at every layer ``>= layer`` (see the module docstring).
 
     ``qk`` / ``ov`` run the base and steered rows in lockstep in one ``2B``-row batch; the
-    tokens are the steered rows' greedy choices, fed to both halves. ``use_cache=False``
-    re-runs everything over the whole sequence at every step (the reference).
+    tokens are the steered rows' greedy choices, fed to both halves. With ``shared_prefix``
+    (the default; ``qk_impl="keys"``) the blocks below ``layer`` run once on ``B`` rows and
+    the batch is widened at ``layer`` (:mod:`.lockstep`); ``shared_prefix=False`` feeds
+    ``2B`` identical rows through the intervention runtime. ``use_cache=False`` re-runs
+    everything over the whole sequence at every step (the reference).
     """
     check_mode(mode)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
@@ -246,21 +281,26 @@ def frozen_generate_ids(
     if pad_token_id is None:
         pad_token_id = int(eos[0]) if len(eos) else 0
 
+    check_qk_options(qk_source, qk_impl)
     lockstep = mode in LOCKSTEP_MODES
-    copies = 2 if lockstep else 1
+    shared = shared_prefix and lockstep and qk_impl == "keys"
+    copies = 2 if lockstep and not shared else 1  # the shared prefix widens at ``layer``
     ids = input_ids.repeat(copies, 1)  # [cB, P]
     mask = attention_mask.repeat(copies, 1)  # [cB, P]
     steered = slice(batch, 2 * batch) if lockstep else slice(0, batch)
 
     with ExitStack() as stack:
-        recorder = None
-        if mode in ("svv", "mlp"):
-            norm = "attn_norm" if mode == "svv" else "mlp_norm"
-            recorder = stack.enter_context(
-                NormScaleRecorder(arch, range(layer, arch.n_layers), norm))
-        ops = freeze_interventions(arch, vector, layer, alpha, mode, recorder=recorder,
-                                   qk_source=qk_source)
-        stack.enter_context(Runtime(model, ops, arch=arch, prompt_len=prompt_len))
+        if shared:
+            stack.enter_context(SharedPrefixLockstep(arch, vector, layer, alpha, mode))
+        else:
+            recorder = None
+            if mode in ("svv", "mlp"):
+                norm = "attn_norm" if mode == "svv" else "mlp_norm"
+                recorder = stack.enter_context(
+                    NormScaleRecorder(arch, range(layer, arch.n_layers), norm))
+            ops = freeze_interventions(arch, vector, layer, alpha, mode, recorder=recorder,
+                                       qk_source=qk_source, qk_impl=qk_impl)
+            stack.enter_context(Runtime(model, ops, arch=arch, prompt_len=prompt_len))
         new, lengths, first_logits = greedy_loop(
             model, ids, mask, batch=batch, max_new_tokens=max_new_tokens, use_cache=use_cache,
             eos=eos, pad_token_id=pad_token_id, stop_at_eos=stop_at_eos, rows=steered,
@@ -314,115 +354,3 @@ def frozen_generate(
             texts[i] = tokenizer.decode(toks, skip_special_tokens=True)
             logits[i] = gen.first_logits[row].cpu()
     return texts, torch.stack(logits)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------------------
-# the paper's way: two separate full passes per step (the reference)
-# ---------------------------------------------------------------------------------------
-class _DirectRemoval:
-    """Reference SVV / direct-MLP removal with plain module hooks: a pre-hook on the norm
-    keeps its input ``x``; a pre-hook on ``v_proj`` (svv) or on the MLP (mlp) subtracts
-    ``α·s ⊙ γ_eff · rsqrt(mean(x²) + ε)`` from that module's input."""
-
-    def __init__(self, arch: ModelArch, vector: torch.Tensor, layer: int, alpha: float, mode: str):
-        self.arch, self.vector, self.layer, self.alpha, self.mode = arch, vector, layer, alpha, mode
-        self._handles: list = []
-        self._x: dict[int, torch.Tensor] = {}
-
-    def __enter__(self):
-        arch = self.arch
-        norm_name, target = (("attn_norm", "v_proj") if self.mode == "svv" else ("mlp_norm", "mlp"))
-        for lv in range(self.layer, arch.n_layers):
-            norm = arch.component(lv, norm_name)
-
-            def keep(mod, args, lv=lv):
-                self._x[lv] = args[0]
-
-            def remove(mod, args, lv=lv, norm=norm):
-                x = self._x[lv].float()
-                r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + arch.norm_eps(norm))
-                term = self.alpha * self.vector.float() * arch.norm_weight(norm).float() * r
-                return ((args[0].float() - term).to(args[0].dtype), *args[1:])
-
-            self._handles.append(norm.register_forward_pre_hook(keep))
-            self._handles.append(arch.component(lv, target).register_forward_pre_hook(remove))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._x.clear()
-
-
-@torch.no_grad()
-def frozen_generate_reference(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    vector: torch.Tensor,
-    layer: int,
-    alpha: float,
-    mode: str,
-    *,
-    max_new_tokens: int = 64,
-    eos_token_id: int | Sequence[int] | None = None,
-    pad_token_id: int | None = None,
-    stop_at_eos: bool = True,
-    arch: ModelArch | None = None,
-) -> FrozenGeneration:
-    """The paper's computation, no KV cache: at every step run the unsteered model over the
-    whole sequence (capturing its attention probabilities / values at layers ``>= layer``),
-    then the steered model over the whole sequence with those replaced; ``svv`` / ``mlp`` edit
-    the module inputs directly with plain hooks. Cost quadratic in the length; the test
-    oracle and the benchmark baseline of :func:`frozen_generate_ids`.
-    """
-    from steerscope.runtime import Capture, Replace
-
-    check_mode(mode)
-    arch = arch if arch is not None else validate_model(model)
-    device = next(model.parameters()).device
-    vector = arch.check_vector(vector).to(device)
-    ids = input_ids.to(device)
-    mask = (torch.ones_like(ids) if attention_mask is None else attention_mask.to(device)).long()
-    batch, prompt_len = ids.shape
-    eos = torch.tensor(_eos_ids(model, eos_token_id), device=device, dtype=torch.long)
-    if pad_token_id is None:
-        pad_token_id = int(eos[0]) if len(eos) else 0
-    layers = range(layer, arch.n_layers)
-    point = {"qk": "pattern", "ov": "v"}.get(mode)
-
-    new = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    lengths = torch.zeros(batch, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    first_logits = None
-    for step in range(max_new_tokens):
-        pos = position_ids_from_mask(mask)
-        kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                  logits_to_keep=1)
-        ops: list[Intervention] = [steer(vector, layer, alpha)]
-        if point is not None:
-            caps = [Capture(point, lv) for lv in layers]
-            with Runtime(model, caps, arch=arch, prompt_len=prompt_len):
-                model(**kw)  # the unsteered pass
-            ops += [Replace(point, lv, value=c.value) for lv, c in zip(layers, caps)]
-        with ExitStack() as stack:
-            stack.enter_context(Runtime(model, ops, arch=arch, prompt_len=prompt_len))
-            if mode in ("svv", "mlp"):
-                stack.enter_context(_DirectRemoval(arch, vector, layer, float(alpha), mode))
-            logits = model(**kw).logits[:, -1]  # [B, V]
-        if step == 0:
-            first_logits = logits.float().clone()
-        token = logits.argmax(-1)
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
-        new[:, step] = token
-        lengths += (~done).long()
-        if len(eos):
-            done |= torch.isin(token, eos)
-        if (stop_at_eos and bool(done.all())) or step == max_new_tokens - 1:
-            new = new[:, : step + 1]
-            break
-        ids = torch.cat([ids, token[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    return FrozenGeneration(torch.cat([input_ids.to(device), new], dim=1), new, lengths,
-                            prompt_len, first_logits, mode)

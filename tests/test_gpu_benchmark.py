@@ -1,0 +1,63 @@
+"""Smoke test of benchmarks/gpu.py --small: tiny Gemma-2 and Llama configs on CPU in seconds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _numbers(d):
+    for v in d.values():
+        if isinstance(v, dict):
+            yield from _numbers(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield v
+
+
+def test_small_run_writes_every_section(tmp_path, capsys):
+    gpu = _load()
+    out = tmp_path / "gpu.json"
+    gpu.main(["--small", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["device"] == "cpu" and res["small"] is True
+    assert set(res["models"]) == {"gemma-2-2b", "llama-3.2-3b"}
+    for name, m in res["models"].items():
+        for section in ("generation", "freeze", "eap_ig", "exact", "paper_estimate"):
+            assert section in m and "error" not in m[section], (name, section, m.get(section))
+        gen, frz = m["generation"], m["freeze"]
+        assert gen["batch"] == 2 and gen["new_tokens"] == 6
+        assert {"hf_generate_s", "steered_s", "steered_vs_hf_throughput"} <= set(gen)
+        for mode in ("qk", "ov", "svv", "mlp"):
+            assert frz[f"{mode}_vs_plain_throughput"] > 0
+        assert {"seconds_per_example", "peak_memory_gb", "extra_memory_gb"} <= set(m["eap_ig"])
+        assert m["eap_ig"]["sequence_tokens"] == 8 + 12
+        assert -1 <= m["exact"]["spearman_sampled_edges"] <= 1
+        assert m["paper_estimate"]["total_h"] > 0
+        assert all(math.isfinite(v) for v in _numbers(m)), name
+    assert res["paper_estimate_total_h"] == pytest.approx(
+        sum(m["paper_estimate"]["total_h"] for m in res["models"].values()))
+    printed = capsys.readouterr().out
+    assert "EAP-IG s / example" in printed and "paper study estimate" in printed
+
+
+def test_unknown_model_is_a_one_line_error(tmp_path, capsys):
+    gpu = _load()
+    with pytest.raises(SystemExit):
+        gpu.main(["--small", "--models", "gpt-9", "--out", str(tmp_path / "x.json")])
+    assert "error: no config 'gpt-9'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
