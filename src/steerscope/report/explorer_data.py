@@ -234,6 +234,28 @@ def explorer_data(results: dict, stage_dirs: dict[str, Path], *,
         vectors[m]["meta"] = {k: res.meta.get(k) for k in ("metric", "tau", "reverse", "steps")}
         graph = res.graph.to_json()
     threshold = next((c.get("threshold") for c in circuits.values() if c.get("threshold")), 0.85)
-    return {"version": EXPLORER_VERSION, "methods": methods, "graph": graph,
+    return assemble(vectors, graph, threshold=threshold, max_edges=max_edges,
+                    sparsify=results.get("sparsify"))
+
+
+def assemble(vectors: dict[str, dict], graph: dict, *, threshold: float = 0.85,
+             max_edges: int = MAX_EDGES, sparsify: dict | None = None) -> dict[str, Any]:
+    """The explorer data from per-vector views (:func:`vector_view`) on one graph."""
+    return {"version": EXPLORER_VERSION, "methods": list(vectors), "graph": graph,
             "threshold": threshold, "max_edges": max_edges, "vectors": vectors,
-            "sparsify": results.get("sparsify")}
+            "sparsify": sparsify}
+
+
+def results_explorer_data(results: dict, *, svv: dict | None = None, threshold: float = 0.85,
+                          max_edges: int = MAX_EDGES) -> dict[str, Any]:
+    """The explorer data of in-memory :class:`PatchingResult` objects (``{name: result}``,
+    one model and steering layer) and optional svv reports (``{name: report JSON}``), e.g. to
+    show a circuit in a notebook with :func:`steerscope.report.explorer.explorer_section`."""
+    if not results:
+        raise SteerscopeError("no patching result to explore", "pass {name: PatchingResult}")
+    vectors = {m: vector_view(r, svv=(svv or {}).get(m), max_edges=max_edges)
+               for m, r in results.items()}
+    for m, r in results.items():
+        vectors[m]["meta"] = {k: r.meta.get(k) for k in ("metric", "tau", "reverse", "steps")}
+    graph = next(iter(results.values())).graph.to_json()
+    return assemble(vectors, graph, threshold=threshold, max_edges=max_edges)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 MAX_ROWS = 64  # response positions shown in an attention pattern
-PATTERN_BUDGET = 1_500_000  # bytes of attention patterns per vector (before base64)
+PATTERN_BUDGET = 400_000  # bytes of attention patterns per vector (before base64)
 
 
 def token_texts(tokenizer, ids: list[int]) -> list[str]:
