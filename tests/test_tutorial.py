@@ -29,7 +29,7 @@ def test_tutorial_notebook_executes(tmp_path):
     from nbclient import NotebookClient
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=1200, kernel_name="python3",
+    NotebookClient(nb, timeout=1800, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
