@@ -88,9 +88,18 @@ def _top_edges(names: list[str], scores: torch.Tensor, mask: torch.Tensor, k: in
     return [[names[i], _finite(scores[i])] for i in order.tolist()]
 
 
+def slider_grid(limit: int) -> list[int]:
+    """Extra slider sizes between the curve's: 5, 10, 20, 50, 100, ... up to ``limit``."""
+    out, base = [], 1
+    while base <= limit:
+        out += [n for n in (base, 2 * base, 5 * base) if 5 <= n <= limit]
+        base *= 10
+    return out
+
+
 def _steps(curve, n_edges: int, min_size: int | None, max_edges: int) -> tuple[list[int], dict]:
-    """Requested sizes (ascending, distinct, ≤ max_edges, min circuit included) and their
-    curve faithfulness (keyed by requested size)."""
+    """Requested sizes (ascending, distinct, ≤ max_edges: the curve's, the minimum circuit's
+    and :func:`slider_grid`) and their curve faithfulness (keyed by requested size)."""
     faith = {}
     if curve is not None:
         for n, a, f in zip(curve.sizes, curve.actual, curve.faithfulness):
@@ -103,6 +112,7 @@ def _steps(curve, n_edges: int, min_size: int | None, max_edges: int) -> tuple[l
         wanted = default_sizes(n_edges)
     if min_size:
         wanted.append(int(min_size))
+    wanted += slider_grid(min(max_edges, n_edges))
     sizes = sorted({min(n, n_edges) for n in wanted if 0 < n <= max_edges})
     if not sizes:  # every curve size is too large: show the top max_edges edges
         sizes = [min(max_edges, n_edges)]
