@@ -239,6 +239,7 @@ def test_a_3b_sized_graph_stays_small():
                              "threshold": 0.85, "max_edges": MAX_EDGES,
                              "vectors": {"dim": view}, "sparsify": None})
     assert len(page.encode()) < 1_000_000, len(page.encode())
+    assert "not run" not in page  # reserved for the report's sections that did not run
 
 
 def test_explore_cli_builds_the_report_and_fails_in_one_line(run_dir, tmp_path, capsys):

@@ -34,7 +34,7 @@ def _script_json(data: dict) -> str:
 def explorer_section(data: dict[str, Any]) -> str:
     """The explorer's HTML (heading, container, inlined D3, data, script and style)."""
     return (
-        f'<h2 id="circuit-explorer">{SECTION_TITLE}</h2>'
+        f'<a id="circuit-explorer"></a><h2>{SECTION_TITLE}</h2>'
         '<p class="meta">Interactive: the circuit of each patched vector along its '
         "faithfulness curve, node details, one example's per-position metric, the vectors "
         f"compared, and the curves. Drawn with D3 {D3_VERSION} (ISC licence), inlined.</p>"

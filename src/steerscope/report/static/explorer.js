@@ -164,7 +164,7 @@
       panel.append("div").attr("id", "ex-svv").attr("class", "ex-tokens")
         .html(svv.tokens.map(tokHtml).join(" "));
     } else if (node.kind === "attn") {
-      panel.append("p").attr("class", "ex-meta").text("no svv tokens (svv stage not run)");
+      panel.append("p").attr("class", "ex-meta").text("no svv tokens (this run has no svv stage)");
     }
     if (view.svv && view.svv.sum && (node.kind === "attn" || node.kind === "steer")) {
       panel.append("h5").text("sum of all heads' svv");
