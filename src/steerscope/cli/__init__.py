@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steerscope.cli import pipeline
 
     pipeline.register(sub)
+    from steerscope.cli import explore
+
+    explore.register(sub)
     return parser
 
 

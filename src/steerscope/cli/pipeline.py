@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-
-from steerscope.errors import SteerscopeError
 
 
 def cmd_run(args) -> None:
@@ -38,19 +34,10 @@ def print_run(res) -> bool:
 
 
 def cmd_report(args) -> None:
-    from steerscope.report import build_report
+    from steerscope.report.explorer import build_run_report
 
-    run_dir = Path(args.run_dir)
-    results = run_dir / "results.json"
-    if not results.is_file():
-        raise SteerscopeError(f"{results} does not exist",
-                              "pass a run folder written by 'steerscope run'")
-    try:
-        data = json.loads(results.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise SteerscopeError(f"{results} is not valid JSON ({exc})") from None
-    out = Path(args.out) if args.out else run_dir
-    path = build_report(data, out, title=args.title)
+    path = build_run_report(args.run_dir, args.out, title=args.title,
+                            explorer=not args.no_explorer, model=not args.no_model)
     print(f"report: {path}")
 
 
@@ -68,4 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a run folder holding results.json")
     p.add_argument("--out", help="write report.html and figures/ here (default: the run folder)")
     p.add_argument("--title")
+    p.add_argument("--no-explorer", action="store_true",
+                   help="leave out the interactive circuit explorer")
+    p.add_argument("--no-model", action="store_true",
+                   help="do not load the model (the explorer then has no example view)")
     p.set_defaults(func=cmd_report)

@@ -288,11 +288,17 @@ def evaluation_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 # --- report --------------------------------------------------------------------------------------
 def report_stage(ctx, section, inputs) -> dict[str, Any]:
-    """The HTML report and PNG figures, built from ``results.json`` alone."""
+    """The HTML report and PNG figures, built from ``results.json``; with patching results
+    also the circuit explorer (from the patching, circuits and svv folders and the model)."""
     from steerscope.report import build_report
+    from steerscope.report.explorer import run_explorer_data
 
     results = json.loads(Path(ctx.run_dir, "results.json").read_text(encoding="utf-8"))
-    html = build_report(results, ctx.out, title=section.title)
+    dirs = {name: out.dir for name, out in inputs.items()}
+    explorer = None
+    if "patching" in dirs:
+        explorer = run_explorer_data(results, dirs, lm=ctx.model())
+    html = build_report(results, ctx.out, title=section.title, explorer=explorer)
     return {"file": html.name, "figures": sorted(p.name for p in (ctx.out / "figures").glob("*.png"))}
 
 

@@ -208,14 +208,21 @@ def _sparsify(doc: _Doc, r: dict) -> None:
 SECTIONS = (_model, _vectors, _steering, _circuits, _freeze, _svv, _sparsify)
 
 
-def render_report(results: dict, title: str | None = None) -> tuple[str, dict[str, bytes]]:
-    """The report's HTML text and its figures (name -> PNG bytes)."""
+def render_report(results: dict, title: str | None = None, *,
+                  explorer: dict | None = None) -> tuple[str, dict[str, bytes]]:
+    """The report's HTML text and its figures (name -> PNG bytes); with ``explorer`` data
+    (:func:`steerscope.report.explorer.run_explorer_data`) the interactive circuit explorer
+    is added after the sections."""
     doc = _Doc()
     name = results.get("run", {}).get("name", "run")
     model = (results.get("model") or {}).get("id", "")
     title = title or f"steerscope report: {name}" + (f" ({model})" if model else "")
     for section in SECTIONS:
         section(doc, results)
+    if explorer is not None:
+        from steerscope.report.explorer import explorer_section
+
+        doc.add(explorer_section(explorer))
     stages = results.get("run", {}).get("stages", {})
     doc.add("<h2>Stages</h2>")
     doc.table(["stage", "status"], [[_e(k), _e(v)] for k, v in stages.items()])
@@ -227,15 +234,16 @@ def render_report(results: dict, title: str | None = None) -> tuple[str, dict[st
 
 
 def build_report(results: dict | str | Path, out_dir: str | Path, *,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, explorer: dict | None = None) -> Path:
     """Write ``out_dir/report.html`` and ``out_dir/figures/<name>.png`` from a results dict
-    (or a results.json path); returns the HTML path."""
+    (or a results.json path), with the circuit explorer when ``explorer`` data is given;
+    returns the HTML path."""
     if not isinstance(results, dict):
         results = json.loads(Path(results).read_text(encoding="utf-8"))
     from steerscope.pipeline.results import check_results
 
     check_results(results)
-    text, figs = render_report(results, title)
+    text, figs = render_report(results, title, explorer=explorer)
     out_dir = Path(out_dir)
     for name, png in figs.items():
         atomic_write(out_dir / "figures" / f"{name}.png", lambda tmp, png=png: Path(tmp).write_bytes(png))
