@@ -270,7 +270,11 @@ def _run_one(stage: Stage, cfg, inputs, store: RunStore, result: RunResult, forc
         distributed.barrier(dist)
         upstream["results.json"] = hash_json(_read_json(store.run_dir / RESULTS_FILE))
     key = stage_key(stage, cfg, inputs, upstream)
-    done = store.load(name, key) if dist.is_main else None
+    done, damaged = store.check(name, key) if dist.is_main else (None, None)
+    if damaged is not None:
+        # always said (not only with progress): a damaged folder is never reused silently
+        print(f"warning: stage '{name}': {store.stage_dir(name, key).name} is damaged "
+              f"({damaged}); recomputing it", file=sys.stderr, flush=True)
     if done is not None and name in force:
         done = None
     done_key = distributed.broadcast(None if done is None else key, dist)
@@ -317,7 +321,9 @@ def _run_one(stage: Stage, cfg, inputs, store: RunStore, result: RunResult, forc
     say(f"{name:10s} finished in {seconds:.1f} s ({out.dir.name})")
     if name == "report" and dist.is_main:
         _publish_report(out, store.run_dir)
-    return StageRecord(name, "ran", key[:KEY_CHARS], out.dir.name, out.digest, round(seconds, 3))
+    return StageRecord(name, "ran", key[:KEY_CHARS], out.dir.name, out.digest, round(seconds, 3),
+                       None if damaged is None else f"recomputed: the earlier folder was damaged, "
+                                                    f"{damaged}")
 
 
 def _section_json(stage: Stage, cfg) -> Any:
