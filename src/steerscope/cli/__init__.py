@@ -21,7 +21,7 @@ import json
 import sys
 import textwrap
 
-from steerscope.errors import SteerscopeError
+from steerscope.errors import SteerscopeError, write_error
 
 
 def _add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
@@ -332,9 +332,15 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # steerscope shows its own progress bars
     try:
+        from steerscope.validation import check_cli_args
+
+        check_cli_args(args)
         args.func(args)
     except SteerscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the OS refused a file operation no check could foresee
+        print(f"error: {write_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

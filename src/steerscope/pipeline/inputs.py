@@ -82,6 +82,10 @@ def _n_layers_from_config(config: dict, where: str) -> tuple[int, str | None]:
     for c in (text, config):
         if c and isinstance(c.get("num_hidden_layers"), int):
             return int(c["num_hidden_layers"]), c.get("model_type") or config.get("model_type")
+    if isinstance(config.get("model_type"), str):  # e.g. gpt2 (n_layer): name the architecture
+        from steerscope.models.archs import spec_for_model_type
+
+        spec_for_model_type(config["model_type"])
     raise SteerscopeError(f"{where} has no num_hidden_layers", "pass a causal LM folder")
 
 

@@ -26,14 +26,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from steerscope.artifacts import atomic_write_json
-from steerscope.errors import SteerscopeError
+from steerscope.artifacts import atomic_write_json, make_temp_folder
+from steerscope.errors import SteerscopeError, write_error
 from steerscope.pipeline.registry import StageOutput
 
 STAGE_FILE = "stage.json"
@@ -148,9 +147,7 @@ class RunStore:
 
     def begin(self, name: str, key: str) -> Path:
         """A fresh temporary folder for computing stage ``name``."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{name}-{key[:KEY_CHARS]}.tmp-",
-                                     dir=self.run_dir))
+        return make_temp_folder(self.run_dir, f".{name}-{key[:KEY_CHARS]}.tmp-")
 
     def commit(self, tmp: Path, name: str, key: str, record: dict[str, Any]) -> StageOutput:
         """Finish a stage: hash ``tmp``'s files, write ``stage.json`` and rename ``tmp`` onto
@@ -160,13 +157,16 @@ class RunStore:
                   "files": stage_files(tmp)}
         atomic_write_json(tmp / STAGE_FILE, record)
         final = self.stage_dir(name, key)
-        if final.exists():
-            old = self.run_dir / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        try:
+            if final.exists():
+                old = self.run_dir / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except OSError as exc:
+            raise write_error(exc, final) from None
         return StageOutput(name, key, final, record.get("outputs") or {}, digest)
 
     @staticmethod
@@ -199,13 +199,18 @@ class RunStore:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run folder's lock: a second process running the same config fails fast."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock_file = open(self.run_dir / ".lock", "a+b")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise write_error(exc, self.run_dir) from None
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
+            lock_file.close()
             yield
             return
-        with open(self.run_dir / ".lock", "a+b") as fh:
+        with lock_file as fh:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
