@@ -285,11 +285,11 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
     for source, uses in data_plan(cfg).items():
         keys = ", ".join(f"data.{k}" for k, _ in uses)
         try:
+            ps = load_source(source, cfg.data.data_dir)  # a Hub dataset: downloaded now
+            _check_size(source, uses, ps)
             if source_kind(source, cfg.data.data_dir) == "hub":
-                digest = _sha({"hub": source})  # downloaded (and size-checked) by the data stage
+                digest = _sha({"hub": source})  # (the run hash of Hub sources is unchanged)
             else:
-                ps = load_source(source, cfg.data.data_dir)
-                _check_size(source, uses, ps)
                 digest = _prompts_digest(ps)
         except SteerscopeError as exc:
             raise SteerscopeError(f"config key {keys}: {exc}") from None

@@ -37,8 +37,10 @@ from steerscope.errors import SteerscopeError
 from steerscope.pipeline import distributed
 from steerscope.pipeline.config import PipelineConfig, dump_config, load_config
 from steerscope.pipeline.inputs import Inputs, check_inputs
+from steerscope.pipeline.preflight import preflight
 from steerscope.pipeline.registry import STAGES, Stage, StageOutput, stage_names
 from steerscope.pipeline.store import KEY_CHARS, RunStore, hash_json
+from steerscope.validation import check_output_folder
 
 # Testing hook: SIGKILL this process inside stage NAME, after its files are written and
 # before they are committed (the worst moment for an interruption).
@@ -176,7 +178,9 @@ def _maybe_kill(name: str) -> None:
 def prepare(config, out: str | os.PathLike = "runs") -> tuple[PipelineConfig, Inputs, Path]:
     """Check the config and the inputs (no compute); returns them and the run folder."""
     cfg = load_config(config)
+    check_output_folder(out)
     inputs = check_inputs(cfg)
+    preflight(cfg)
     return cfg, inputs, run_dir_for(cfg, inputs, out)
 
 
