@@ -119,3 +119,26 @@ def test_verify_checks_a_run_folder_without_computing(workdir, tmp_path, capsys)
     assert "rerun 'steerscope run'" in err[0]
     # nothing was recomputed or rewritten
     assert {p: p.stat().st_mtime_ns for p in res.run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_moved_run_folder_is_reused_and_its_results_json_is_unchanged(workdir, tmp_path):
+    """results.json holds paths relative to the run folder: moving the folder under another
+    --out changes no byte, and the rerun there skips every stage (the report included)."""
+    cfg = tiny_config(workdir, patching={"enabled": False}, circuits={"enabled": False},
+                      freeze={"enabled": False}, svv={"enabled": False},
+                      sparsify={"enabled": False})
+    cfg["vectors"] = {**cfg["vectors"], "methods": ["dim"]}
+    first = run_pipeline(cfg, tmp_path / "a", progress=False)
+    text = first.results_path.read_text()
+    results = json.loads(text)
+    assert str(tmp_path) not in text.replace(str(workdir), "")
+    assert results["run"]["dir"] == "."
+    vec = results["vectors"]["dim"]["path"]
+    assert vec == f"{first.outputs['vectors'].dir.name}/dim.safetensors"
+    (tmp_path / "b").mkdir()
+    moved = tmp_path / "b" / first.run_dir.name
+    first.run_dir.rename(moved)
+    again = run_pipeline(cfg, tmp_path / "b", progress=False)
+    assert again.run_dir == moved and again.ran == []
+    assert again.results_path.read_text() == text
+    assert (moved / vec).is_file()
