@@ -342,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the OS refused a file operation no check could foresee
         print(f"error: {write_error(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if "No space left on device" not in str(exc):  # e.g. a library's wrapped ENOSPC
+            raise
+        print(f"error: {write_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
