@@ -175,7 +175,7 @@ def test_run_out_that_is_a_file_or_under_a_file(capsys, workdir, tmp_path):
     code, _, err = _run(capsys, "run", config, "--out", blocker)
     _one_line_error(code, err, f"{blocker} is a file, not a folder")
     code, _, err = _run(capsys, "run", config, "--out", blocker / "sub" / "runs")
-    _one_line_error(code, err, f"{blocker} is a file")
+    _one_line_error(code, err, f"is under {blocker}, which is a file")
     assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == \
         ["afile", "config.yaml"]
 
