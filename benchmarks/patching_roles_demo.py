@@ -45,7 +45,8 @@ def main() -> None:
     if not patching:
         raise SystemExit(f"error: no patching stage under {args.run}: run the pipeline first")
     results = args.run / "results.json"
-    model = json.loads(results.read_text())["model"]["path"] if results.is_file() else "demo"
+    model = str(args.run / json.loads(results.read_text())["model"]["path"]) \
+        if results.is_file() else "demo"  # results.json paths are relative to the run folder
     lm = load_model(model)
     rows = []
     print(f"{'method':6s} {'roles':8s} {'graph':6s} {'edges':>6s} {'min':>6s} {'frac':>6s} "

@@ -195,7 +195,7 @@ def test_results_paths_load_with_plain_libraries(finished):
     model = AutoModelForCausalLM.from_pretrained(results["model"]["path"])
     d = model.config.hidden_size
     for name, v in results["vectors"].items():
-        with safe_open(v["path"], framework="pt") as f:
+        with safe_open(finished.run_dir / v["path"], framework="pt") as f:
             keys = list(f.keys())
             assert len(keys) == 1, name
             t = f.get_tensor(keys[0])

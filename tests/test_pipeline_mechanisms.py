@@ -74,6 +74,8 @@ def run(root):
         pytest.skip("the patching stage is not registered yet (svv/sparsify need its output)")
     res = run_pipeline(_config(root), root / "runs", progress=False)
     results = json.loads(res.results_path.read_text())
+    for v in results.get("vectors", {}).values():  # results.json paths: relative to the run
+        v["path"] = str(res.run_dir / v["path"])
     return res, results
 
 

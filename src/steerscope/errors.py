@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 
 class SteerscopeError(ValueError):
     """A user-facing error. Its message is one line: what is wrong, then how to fix it."""
@@ -29,3 +33,48 @@ class DataError(SteerscopeError):
 
 class ShapeError(SteerscopeError):
     """A tensor (vector, replacement value) whose shape does not fit the model."""
+
+
+class WriteError(SteerscopeError):
+    """The operating system refused to write a file or folder (read-only file system, no
+    permission, disk full, a file where a folder should be)."""
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` (or ``path`` itself) that is not a folder."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def write_error(exc: BaseException, path: str | os.PathLike | None = None) -> WriteError:
+    """A one-line :class:`WriteError` for an operating-system error raised while writing
+    ``path`` (``exc.filename`` when not given): what failed and how to fix it."""
+    where = Path(path if path is not None else getattr(exc, "filename", None) or "?")
+    code = getattr(exc, "errno", None)
+    if code is None and "No space left on device" in str(exc):
+        code = errno.ENOSPC  # e.g. safetensors' SafetensorError wraps the OS error in text
+    blocker = _file_in_the_way(where)
+    if code == errno.ENOSPC:
+        return WriteError(f"no space left on the device to write {where}",
+                          "free some disk space (or write to another disk), then rerun: "
+                          "finished files are kept")
+    if code == errno.EROFS:
+        return WriteError(f"cannot write {where}: the file system is read-only",
+                          "write to a folder on a writable disk (e.g. pass another --out)")
+    if code in (errno.EACCES, errno.EPERM):
+        return WriteError(f"no permission to write {where}",
+                          "write to a folder you own (e.g. pass another --out)")
+    if blocker is not None and blocker != where:
+        return WriteError(f"cannot write {where}: {blocker} is a file, not a folder",
+                          "pass a path inside a folder")
+    if blocker == where and code in (errno.EEXIST, errno.ENOTDIR):
+        return WriteError(f"{where} is a file, not a folder", "pass a folder path")
+    if where.is_dir() or code == errno.EISDIR:
+        return WriteError(f"{where} is an existing folder, not a file",
+                          "pass a file path (e.g. a name inside that folder)")
+    if code == errno.ENOENT:
+        return WriteError(f"{where} does not exist", "check the path")
+    reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or ["?"])[0]
+    return WriteError(f"cannot write {where} ({reason})", "check the path and the disk")

@@ -10,6 +10,7 @@ generated tokens, in both modes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.models.chat import encode_prompts
 from steerscope.runtime.core import Runtime
 from steerscope.runtime.interventions import Intervention
+from steerscope.validation import check_positive_int
 
 
 @dataclass
@@ -154,6 +156,23 @@ def generate_ids(
     return Generation(torch.cat([input_ids, new], dim=1), new, lengths, prompt_len)
 
 
+def context_length(model) -> int:
+    """The model's context window (``max_position_embeddings``; unbounded when unknown)."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else 1 << 62
+
+
+def warn_if_too_long(model, longest: int, n_over: int) -> None:
+    """Warn (once per call) when ``n_over`` prompts plus their generated tokens exceed the
+    model's context window: positions past it are out of the model's training range, so the
+    completions are unreliable. Nothing is truncated."""
+    if n_over:
+        warnings.warn(f"{n_over} prompt(s) with their new tokens are longer than the model's "
+                      f"context of {context_length(model)} tokens (longest {longest}): their "
+                      "completions are unreliable; shorten the prompts or --max-new-tokens",
+                      stacklevel=3)
+
+
 def generate(
     model,
     tokenizer,
@@ -174,8 +193,11 @@ def generate(
         raise SteerscopeError("prompts must be a list of strings, not one string")
     if len(prompts) == 0:
         raise SteerscopeError("no prompts to generate from", "pass a non-empty list")
+    check_positive_int(batch_size, "batch_size")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    warn_if_too_long(model, max(lengths) + max_new_tokens, sum(
+        n + max_new_tokens > context_length(model) for n in lengths))
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     results: list[str | None] = [None] * len(prompts)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

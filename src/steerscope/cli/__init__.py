@@ -21,7 +21,7 @@ import json
 import sys
 import textwrap
 
-from steerscope.errors import SteerscopeError
+from steerscope.errors import SteerscopeError, write_error
 
 
 def _add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
@@ -339,9 +339,20 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # steerscope shows its own progress bars
     try:
+        from steerscope.validation import check_cli_args
+
+        check_cli_args(args)
         args.func(args)
     except SteerscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the OS refused a file operation no check could foresee
+        print(f"error: {write_error(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if "No space left on device" not in str(exc):  # e.g. a library's wrapped ENOSPC
+            raise
+        print(f"error: {write_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

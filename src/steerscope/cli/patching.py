@@ -20,15 +20,10 @@ def _vectors(specs: list[str]) -> dict:
 
     if not specs:
         raise SteerscopeError("no steering vector given", "pass --vector NAME=FILE")
-    out = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).stem, spec
-        if not name or "/" in name or "." in name or "@" in name:
-            raise SteerscopeError(f"bad vector name '{name}'", "use NAME=FILE with a plain name")
-        out[name] = SteeringVector.load(path)
-    return out
+    from steerscope.validation import parse_named_files
+
+    return {name: SteeringVector.load(path)
+            for name, path in parse_named_files(specs, "vector").items()}
 
 
 def cmd_patch(args) -> None:

@@ -8,9 +8,47 @@ import argparse
 def cmd_run(args) -> None:
     from steerscope.pipeline import run_pipeline
 
+    if args.verify:
+        verify_run(args.config, args.out)
+        return
     res = run_pipeline(args.config, args.out, force=args.force or None, until=args.until,
                        progress=not args.quiet)
     print_run(res)
+
+
+def verify_run(config: str, out: str) -> None:
+    """Check every stage folder of a run folder (CONFIG's, or CONFIG itself when it is a
+    run folder) against its ``stage.json``; print one line per folder; a one-line error when
+    any is damaged or missing. Computes nothing."""
+    from steerscope.pipeline import prepare
+    from steerscope.pipeline.store import verify_folder
+
+    run_dir = Path(config)
+    if not run_dir.is_dir():
+        run_dir = prepare(config, out)[2]
+        if not run_dir.is_dir():
+            raise SteerscopeError(f"{config} has no run folder under {out} ({run_dir.name})",
+                                  "run it first, or pass --out with the folder it ran under")
+    report = verify_folder(run_dir)
+    recorded = run_dir / "run.json"
+    if recorded.is_file():
+        try:
+            stages = json.loads(recorded.read_text(encoding="utf-8")).get("stages", {})
+        except (ValueError, AttributeError):
+            stages = {}
+        for rec in stages.values() if isinstance(stages, dict) else []:
+            folder = rec.get("dir") if isinstance(rec, dict) else None
+            if isinstance(folder, str) and folder not in report:
+                report[folder] = "the folder is missing"
+    width = max((len(n) for n in report), default=0)
+    for folder, problem in sorted(report.items()):
+        print(f"{folder:{width}s}  {'ok' if problem is None else 'damaged: ' + problem}")
+    bad = sorted(f for f, problem in report.items() if problem is not None)
+    if bad:
+        raise SteerscopeError(f"{len(bad)} stage folder(s) of {run_dir} are damaged "
+                              f"({', '.join(bad)})",
+                              "rerun 'steerscope run' with the same config: it recomputes them")
+    print(f"{run_dir}: {len(report)} stage folder(s), all match their stage.json")
 
 
 def print_run(res) -> bool:
@@ -49,6 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="recompute this stage even if finished (repeatable)")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--verify", action="store_true",
+                   help="compute nothing: check every finished stage folder of the run folder "
+                        "(CONFIG's, or CONFIG itself if it is a run folder) against the sizes "
+                        "and digest in its stage.json")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="(re)build the HTML report of a run folder")

@@ -26,16 +26,10 @@ def _floats(text: str | None, what: str) -> list[float]:
 
 
 def _named(specs: list[str], what: str) -> dict[str, str]:
-    """NAME=FILE pairs (a bare FILE is named by its stem)."""
-    out: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).stem, spec
-        if name in out:
-            raise SteerscopeError(f"{what} '{name}' given twice", "use distinct NAME=FILE names")
-        out[name] = path
-    return out
+    """NAME=FILE pairs (a bare FILE is named by its stem; names plain, as they name files)."""
+    from steerscope.validation import parse_named_files
+
+    return parse_named_files(specs, what)
 
 
 def _vectors(args) -> tuple[dict, dict]:

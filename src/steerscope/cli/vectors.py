@@ -88,8 +88,10 @@ def cmd_dim(args) -> None:
 
 
 def cmd_extract(args) -> None:
+    from steerscope.validation import check_output_file
     from steerscope.vectors import extract_vector
 
+    check_output_file(args.out)
     pos = _read(args.positive, args.n, args.seed)
     neg = _read(args.negative, args.n, args.seed)
     lm = _load(args)
@@ -167,14 +169,11 @@ def cmd_import_gguf(args) -> None:
 def cmd_evaluate(args) -> None:
     from steerscope.evaluate.judges import get_judge
     from steerscope.evaluate.steering import evaluate_steering
+    from steerscope.validation import parse_named_files
     from steerscope.vectors import SteeringVector
 
-    vectors = {}
-    for spec in args.vector:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).stem, spec
-        vectors[name] = SteeringVector.load(path)
+    vectors = {name: SteeringVector.load(path)
+               for name, path in parse_named_files(args.vector, "vector").items()}
     harmful = _read(args.harmful, args.n, args.seed)
     harmless = _read(args.harmless, args.n, args.seed)
     judge = get_judge(args.judge) if args.judge else None

@@ -227,6 +227,9 @@ def atomic_build_dir(
             shutil.rmtree(old, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
         try:
+            from steerscope.artifacts import new_file_mode
+
+            os.chmod(tmp, new_file_mode(folder=True))  # mkdtemp makes 0700: use the umask's
             build_fn(tmp)
             os.replace(tmp, final)
         except BaseException:

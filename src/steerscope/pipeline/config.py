@@ -368,6 +368,10 @@ def load_config(source: str | Path | dict | PipelineConfig | None) -> PipelineCo
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SteerscopeError(f"config file {path} is not valid YAML{where}",
                               "fix the syntax") from None
+    if isinstance(data, dict):  # relative paths mean files next to the config
+        from steerscope.pipeline.preflight import anchor_paths
+
+        data = anchor_paths(data, path.parent)
     return config_from_dict(data)
 
 

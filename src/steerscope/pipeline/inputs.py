@@ -82,6 +82,10 @@ def _n_layers_from_config(config: dict, where: str) -> tuple[int, str | None]:
     for c in (text, config):
         if c and isinstance(c.get("num_hidden_layers"), int):
             return int(c["num_hidden_layers"]), c.get("model_type") or config.get("model_type")
+    if isinstance(config.get("model_type"), str):  # e.g. gpt2 (n_layer): name the architecture
+        from steerscope.models.archs import spec_for_model_type
+
+        spec_for_model_type(config["model_type"])
     raise SteerscopeError(f"{where} has no num_hidden_layers", "pass a causal LM folder")
 
 
@@ -281,11 +285,11 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
     for source, uses in data_plan(cfg).items():
         keys = ", ".join(f"data.{k}" for k, _ in uses)
         try:
+            ps = load_source(source, cfg.data.data_dir)  # a Hub dataset: downloaded now
+            _check_size(source, uses, ps)
             if source_kind(source, cfg.data.data_dir) == "hub":
-                digest = _sha({"hub": source})  # downloaded (and size-checked) by the data stage
+                digest = _sha({"hub": source})  # (the run hash of Hub sources is unchanged)
             else:
-                ps = load_source(source, cfg.data.data_dir)
-                _check_size(source, uses, ps)
                 digest = _prompts_digest(ps)
         except SteerscopeError as exc:
             raise SteerscopeError(f"config key {keys}: {exc}") from None

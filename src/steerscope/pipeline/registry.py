@@ -69,6 +69,7 @@ class Stage:
     results: ResultsFn | None = None
     distributed: bool = False
     version: int = 1
+    options: tuple[str, ...] = ()  # keys its section's ``options`` mapping may hold
 
     @property
     def available(self) -> bool:
@@ -107,11 +108,13 @@ for _s in _SLOTS:
 def register_stage(name: str, *, deps: tuple[str, ...] | None = None,
                    optional: tuple[str, ...] | None = None, section: str | None = None,
                    results: ResultsFn | None = None, distributed: bool = False,
-                   version: int = 1, before: str = "report"):
+                   version: int = 1, before: str = "report",
+                   options: tuple[str, ...] = ()):
     """Decorator: register ``fn`` as stage ``name``.
 
     An existing slot keeps its place (and its deps/section unless given); a new name is
-    inserted before ``before`` (default: the report).
+    inserted before ``before`` (default: the report). ``options``: the keys the section's
+    ``options`` mapping may hold (any other key is a config error before compute).
     """
 
     def add(fn: StageFn) -> StageFn:
@@ -121,14 +124,15 @@ def register_stage(name: str, *, deps: tuple[str, ...] | None = None,
                 old, fn=fn, deps=old.deps if deps is None else tuple(deps),
                 optional=old.optional if optional is None else tuple(optional),
                 section=section if section is not None else old.section,
-                results=results, distributed=distributed, version=version)
+                results=results, distributed=distributed, version=version,
+                options=tuple(options))
             return fn
         for d in deps or ():
             if d not in STAGES:
                 raise SteerscopeError(f"stage '{name}' depends on unknown stage '{d}'",
                                       f"register '{d}' first")
         stage = Stage(name, fn, tuple(deps or ()), tuple(optional or ()), section, results,
-                      distributed, version)
+                      distributed, version, tuple(options))
         items = list(STAGES.items())
         at = next((i for i, (k, _) in enumerate(items) if k == before), len(items))
         items.insert(at, (name, stage))

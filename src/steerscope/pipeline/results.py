@@ -10,6 +10,7 @@ can be checked against the same contract.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def build_results(cfg, run_dir: Path, outputs: dict[str, StageOutput],
     results: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "steerscope_version": _version(),
-        "run": {"name": cfg.name, "dir": str(run_dir), "config": "config.yaml",
+        "run": {"name": cfg.name, "dir": ".", "config": "config.yaml",
                 "stages": dict(statuses)},
     }
     for name, stage in STAGES.items():
@@ -60,7 +61,29 @@ def build_results(cfg, run_dir: Path, outputs: dict[str, StageOutput],
     if "vectors" in results:  # config order
         order = [m for m in cfg.vectors.methods if m in results["vectors"]]
         results["vectors"] = {m: results["vectors"][m] for m in order}
-    return results
+    return relative_to_run(results, Path(run_dir))
+
+
+def relative_to_run(obj: Any, run_dir: Path) -> Any:
+    """``obj`` with every string that is an absolute path inside ``run_dir`` made relative
+    to it (POSIX form), so a moved or copied run folder keeps a valid, identical results.json;
+    paths outside the run folder (e.g. a local model source) stay absolute."""
+    if isinstance(obj, dict):
+        return {k: relative_to_run(v, run_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [relative_to_run(v, run_dir) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/"):
+        try:
+            return Path(obj).relative_to(run_dir).as_posix()
+        except ValueError:
+            return obj
+    return obj
+
+
+def resolve_path(results_file: str | os.PathLike, path: str) -> Path:
+    """A path read from results.json as a usable path: relative ones are relative to the
+    folder holding results.json (the run folder)."""
+    return Path(results_file).parent / path
 
 
 # --- the contract ---------------------------------------------------------------------------

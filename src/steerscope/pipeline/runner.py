@@ -37,8 +37,10 @@ from steerscope.errors import SteerscopeError
 from steerscope.pipeline import distributed
 from steerscope.pipeline.config import PipelineConfig, dump_config, load_config
 from steerscope.pipeline.inputs import Inputs, check_inputs
+from steerscope.pipeline.preflight import preflight
 from steerscope.pipeline.registry import STAGES, Stage, StageOutput, stage_names
 from steerscope.pipeline.store import KEY_CHARS, RunStore, hash_json
+from steerscope.validation import check_output_folder
 
 # Testing hook: SIGKILL this process inside stage NAME, after its files are written and
 # before they are committed (the worst moment for an interruption).
@@ -178,7 +180,9 @@ def _maybe_kill(name: str) -> None:
 def prepare(config, out: str | os.PathLike = "runs") -> tuple[PipelineConfig, Inputs, Path]:
     """Check the config and the inputs (no compute); returns them and the run folder."""
     cfg = load_config(config)
+    check_output_folder(out)
     inputs = check_inputs(cfg)
+    preflight(cfg)
     return cfg, inputs, run_dir_for(cfg, inputs, out)
 
 
@@ -272,7 +276,11 @@ def _run_one(stage: Stage, cfg, inputs, store: RunStore, result: RunResult, forc
         distributed.barrier(dist)
         upstream["results.json"] = hash_json(_read_json(store.run_dir / RESULTS_FILE))
     key = stage_key(stage, cfg, inputs, upstream)
-    done = store.load(name, key) if dist.is_main else None
+    done, damaged = store.check(name, key) if dist.is_main else (None, None)
+    if damaged is not None:
+        # always said (not only with progress): a damaged folder is never reused silently
+        print(f"warning: stage '{name}': {store.stage_dir(name, key).name} is damaged "
+              f"({damaged}); recomputing it", file=sys.stderr, flush=True)
     if done is not None and name in force:
         done = None
     done_key = distributed.broadcast(None if done is None else key, dist)
@@ -319,7 +327,9 @@ def _run_one(stage: Stage, cfg, inputs, store: RunStore, result: RunResult, forc
     say(f"{name:10s} finished in {seconds:.1f} s ({out.dir.name})")
     if name == "report" and dist.is_main:
         _publish_report(out, store.run_dir)
-    return StageRecord(name, "ran", key[:KEY_CHARS], out.dir.name, out.digest, round(seconds, 3))
+    return StageRecord(name, "ran", key[:KEY_CHARS], out.dir.name, out.digest, round(seconds, 3),
+                       None if damaged is None else f"recomputed: the earlier folder was damaged, "
+                                                    f"{damaged}")
 
 
 def _section_json(stage: Stage, cfg) -> Any:

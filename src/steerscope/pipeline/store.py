@@ -11,7 +11,10 @@ Layout of ``<out>/<name>-<run hash>/``::
 
 A stage's ``key`` is the hash of its name, version, config section and the digests of its
 upstream stages (and, for ``model``/``data``, of the input files). Its ``digest`` is the hash
-of the files it wrote. A stage writes into a temporary sibling folder; ``stage.json`` (status
+of the files it wrote, and ``files`` their sizes. A finished stage is reused only after its
+files are checked against both (:meth:`RunStore.check`): a truncated, deleted, added or
+edited file makes the stage count as unfinished, so the run recomputes it (and, through the
+digests in their keys, whatever depends on it if its files come out different). A stage writes into a temporary sibling folder; ``stage.json`` (status
 ``done``, key, digest, timings) is written last and the folder is renamed into place with one
 ``os.replace``: a folder ``<stage>-<key>`` with a ``stage.json`` is always complete.
 """
@@ -23,14 +26,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from steerscope.artifacts import atomic_write_json
-from steerscope.errors import SteerscopeError
+from steerscope.artifacts import atomic_write_json, make_temp_folder
+from steerscope.errors import SteerscopeError, write_error
 from steerscope.pipeline.registry import StageOutput
 
 STAGE_FILE = "stage.json"
@@ -42,19 +44,75 @@ def hash_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def stage_files(folder: Path, *, exclude: tuple[str, ...] = (STAGE_FILE,)) -> dict[str, int]:
+    """Relative path -> size in bytes of every file below ``folder``, in sorted order."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel not in exclude:
+            files[rel] = path.stat().st_size
+    return files
+
+
 def folder_digest(folder: Path, *, exclude: tuple[str, ...] = (STAGE_FILE,)) -> str:
     """sha256 over every file below ``folder`` (relative path and content), in sorted order."""
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if rel in exclude:
-            continue
+    for rel in stage_files(folder, exclude=exclude):
+        path = folder / rel
         fh = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 fh.update(chunk)
         h.update(f"{rel}\0{fh.hexdigest()}\n".encode())
     return h.hexdigest()
+
+
+def read_stage_record(folder: Path) -> tuple[dict[str, Any], str | None]:
+    """The ``stage.json`` of a stage folder, or ``({}, problem)`` when it is missing or not a
+    JSON object with a digest (an interrupted copy, a truncated file)."""
+    path = folder / STAGE_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, f"{STAGE_FILE} is missing"
+    except (OSError, ValueError) as exc:
+        return {}, f"{STAGE_FILE} is unreadable ({type(exc).__name__})"
+    if not isinstance(record, dict) or not isinstance(record.get("digest"), str):
+        return {}, f"{STAGE_FILE} records no digest"
+    return record, None
+
+
+def damage(folder: Path, record: dict[str, Any]) -> str | None:
+    """How the files of a finished stage folder differ from what its ``stage.json`` recorded
+    (missing, extra, resized or edited files), or None when they match. Sizes are compared
+    first (cheap); then the content hash."""
+    files = stage_files(folder)
+    expected = record.get("files")
+    if isinstance(expected, dict):
+        missing = sorted(set(expected) - set(files))
+        if missing:
+            return f"{missing[0]} is missing"
+        extra = sorted(set(files) - set(expected))
+        if extra:
+            return f"{extra[0]} was not written by the stage"
+        for rel, size in expected.items():
+            if files[rel] != size:
+                return f"{rel} has {files[rel]} bytes, {size} were written"
+    if folder_digest(folder) != record["digest"]:
+        return "a file's content changed since the stage finished"
+    return None
+
+
+def verify_folder(run_dir: Path) -> dict[str, str | None]:
+    """Every stage folder of a run folder -> None when its files match its ``stage.json``,
+    else what is wrong with it (for ``steerscope run --verify``)."""
+    report: dict[str, str | None] = {}
+    for entry in sorted(run_dir.iterdir()):
+        if not entry.is_dir() or entry.name.startswith(".") or entry.name == "figures":
+            continue
+        record, problem = read_stage_record(entry)
+        report[entry.name] = problem if problem is not None else damage(entry, record)
+    return report
 
 
 class RunStore:
@@ -67,36 +125,48 @@ class RunStore:
         return self.run_dir / f"{name}-{key[:KEY_CHARS]}"
 
     def load(self, name: str, key: str) -> StageOutput | None:
-        """The finished stage ``name`` with ``key``, or None when it has not finished."""
+        """The finished, undamaged stage ``name`` with ``key``, or None."""
+        return self.check(name, key)[0]
+
+    def check(self, name: str, key: str) -> tuple[StageOutput | None, str | None]:
+        """``(output, None)`` for a finished stage whose files match its ``stage.json``;
+        ``(None, None)`` when the stage has not finished; ``(None, problem)`` when its folder
+        is damaged (``problem`` says how, in a few words)."""
         folder = self.stage_dir(name, key)
-        try:
-            record = json.loads((folder / STAGE_FILE).read_text())
-        except (OSError, ValueError):
-            return None
+        if not folder.is_dir():
+            return None, None
+        record, problem = read_stage_record(folder)
+        if problem is not None:
+            return None, problem
         if record.get("status") != "done" or record.get("key") != key:
-            return None
-        return StageOutput(name, key, folder, record.get("outputs") or {}, record["digest"])
+            return None, None
+        problem = damage(folder, record)
+        if problem is not None:
+            return None, problem
+        return StageOutput(name, key, folder, record.get("outputs") or {}, record["digest"]), None
 
     def begin(self, name: str, key: str) -> Path:
         """A fresh temporary folder for computing stage ``name``."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{name}-{key[:KEY_CHARS]}.tmp-",
-                                     dir=self.run_dir))
+        return make_temp_folder(self.run_dir, f".{name}-{key[:KEY_CHARS]}.tmp-")
 
     def commit(self, tmp: Path, name: str, key: str, record: dict[str, Any]) -> StageOutput:
         """Finish a stage: hash ``tmp``'s files, write ``stage.json`` and rename ``tmp`` onto
         the stage folder (replacing an older one, e.g. under ``--force``)."""
         digest = folder_digest(tmp)
-        record = {**record, "stage": name, "key": key, "status": "done", "digest": digest}
+        record = {**record, "stage": name, "key": key, "status": "done", "digest": digest,
+                  "files": stage_files(tmp)}
         atomic_write_json(tmp / STAGE_FILE, record)
         final = self.stage_dir(name, key)
-        if final.exists():
-            old = self.run_dir / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        try:
+            if final.exists():
+                old = self.run_dir / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except OSError as exc:
+            raise write_error(exc, final) from None
         return StageOutput(name, key, final, record.get("outputs") or {}, digest)
 
     @staticmethod
@@ -129,13 +199,18 @@ class RunStore:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run folder's lock: a second process running the same config fails fast."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock_file = open(self.run_dir / ".lock", "a+b")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise write_error(exc, self.run_dir) from None
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
+            lock_file.close()
             yield
             return
-        with open(self.run_dir / ".lock", "a+b") as fh:
+        with lock_file as fh:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -23,6 +23,7 @@ the model twice, unsteered and steered (``h^ℓ ← h^ℓ + α·s``), and gives:
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,7 +136,10 @@ def add_example_views(data: dict, stage_dirs: dict, lm, results: dict) -> dict:
         ex = first_example(load_examples(folder))
         if ex is None:
             continue
-        sv = SteeringVector.load(entry["path"], lm.arch)
+        vector_path = Path(entry["path"])
+        if not vector_path.is_absolute():  # results.json paths are relative to the run folder
+            vector_path = patched.parent / vector_path
+        sv = SteeringVector.load(vector_path, lm.arch)
         heads = sorted((n for n in view["nodes"] if n["kind"] == "attn"),
                        key=lambda n: (n["entry"], -abs(n["score"] or 0.0)))
         meta = view.get("meta", {})

@@ -34,6 +34,7 @@ import torch
 
 from steerscope.errors import ShapeError, SteerscopeError
 from steerscope.runtime.scope import ScopeSpec, StepContext, check_scope
+from steerscope.validation import check_alpha
 
 RESIDUAL_POINTS = ("resid_pre", "attn_in", "attn_out", "mlp_in", "mlp_out")
 HEAD_POINTS = ("q", "k", "v", "z")
@@ -125,6 +126,7 @@ class Add(Intervention):
 
     def check(self, arch) -> None:
         super().check(arch)
+        check_alpha(self.alpha)
         if self.point in RESIDUAL_POINTS:
             arch.check_vector(self.vector)
         elif not torch.isfinite(self.vector).all():
@@ -265,6 +267,7 @@ class Capture(Intervention):
 
 def steer(vector: torch.Tensor, layer: int, alpha: float = 1.0, scope: ScopeSpec = "all") -> Add:
     """The steering intervention: ``h^layer ← h^layer + alpha * vector`` at ``resid_pre``."""
+    check_alpha(alpha)
     return Add("resid_pre", layer, scope=scope, vector=vector, alpha=alpha)
 
 

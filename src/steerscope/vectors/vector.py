@@ -163,6 +163,10 @@ class SteeringVector:
                 fields = json.loads(header[META_KEY])
             except json.JSONDecodeError as exc:
                 raise SteerscopeError(f"vector file {path} has corrupt steerscope metadata") from exc
+            if not isinstance(fields, dict):
+                raise SteerscopeError(f"vector file {path} has steerscope metadata that is not a "
+                                      f"JSON object (a {type(fields).__name__})",
+                                      "re-save the vector with SteeringVector.save")
         for k in ("format_version", "d_model", "norm", "sha256"):
             fields.pop(k, None)
         if layer is not None:

@@ -1,0 +1,217 @@
+"""Checks that need more than the config text, run by ``run_pipeline`` before anything is
+written or computed (after :func:`steerscope.pipeline.inputs.check_inputs`):
+
+- ``model.device``: CUDA / MPS present, the CUDA index exists;
+- ``vectors.extraction``: each method takes the given keywords;
+- ``<section>.options``: only keys the section's stage declared (``register_stage(options=)``);
+- ``evaluation.judge``: the judge model resolves (a local folder with ``config.json``, or a
+  Hub id in the local cache or reachable) without loading it;
+- ``vectors.position`` / ``vectors.dim.positions``: every sampled train/val prompt, chat
+  formatted, has that many tokens (when the tokenizer is on disk: a local model folder or the
+  cached embedded model; otherwise the vectors stage checks).
+
+Each failure is one :class:`~steerscope.errors.SteerscopeError` naming the config key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import torch
+
+from steerscope.errors import SteerscopeError
+from steerscope.pipeline.config import PipelineConfig
+
+JUDGE_KEY = "config key 'evaluation.judge'"
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """Every check of this module, cheapest first."""
+    check_device(cfg.model.device)
+    check_extraction(cfg)
+    check_options(cfg)
+    check_judge(cfg.evaluation.judge)
+    check_positions(cfg)
+
+
+def check_device(device: str) -> None:
+    """``device`` names a device this machine has (``auto``/``cpu`` always do)."""
+    key = "config key 'model.device'"
+    text = device.strip().lower()
+    if text in ("auto", "cpu"):
+        return
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise SteerscopeError(f"{key}: '{device}' is not a device",
+                              "use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SteerscopeError(f"{key}: '{device}' but CUDA is not available on this machine",
+                                  "set model.device: cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SteerscopeError(f"{key}: '{device}' but this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s)",
+                                  "use an index below that, or cuda")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SteerscopeError(f"{key}: '{device}' but MPS is not available on this machine",
+                              "set model.device: cpu (or auto)")
+
+
+def check_extraction(cfg: PipelineConfig) -> None:
+    """Each ``vectors.extraction.<method>`` mapping binds to the method's signature."""
+    from steerscope.vectors.methods import METHODS
+
+    probe = torch.zeros(2, 1)
+    for method, keywords in cfg.vectors.extraction.items():
+        fn = METHODS.get(method)
+        if fn is None:
+            continue  # not an extraction method: config.check_values names it
+        try:
+            inspect.signature(fn).bind(probe, probe, **keywords)
+        except TypeError as exc:
+            raise SteerscopeError(
+                f"config key 'vectors.extraction.{method}': method '{method}' does not take "
+                f"{sorted(keywords)} ({exc})",
+                f"see help(steerscope.vectors.methods.METHODS['{method}'])") from None
+
+
+def check_options(cfg: PipelineConfig) -> None:
+    """Every ``<section>.options`` key is one that section's stage declared."""
+    from steerscope.pipeline.registry import STAGES, stage_names
+
+    stage_names()  # registers the built-in stages
+    declared: dict[str, set[str]] = {}
+    for stage in STAGES.values():
+        if stage.section is not None:
+            declared.setdefault(stage.section, set()).update(stage.options)
+    for section, known in declared.items():
+        options = getattr(getattr(cfg, section, None), "options", None)
+        for key in options or {}:
+            if key not in known:
+                valid = ", ".join(sorted(known)) if known else "none yet"
+                raise SteerscopeError(f"unknown config key '{section}.options.{key}'",
+                                      f"keys {section}.options takes: {valid}")
+
+
+def judge_model_id(spec: str | None) -> str | None:
+    """The model a judge spec loads (None for the substring judge)."""
+    from steerscope.evaluate.judges import LLAMAGUARD2
+
+    if spec is None or spec.strip().lower() == "substring":
+        return None
+    spec = spec.strip()
+    if spec.lower() in ("llamaguard", "llamaguard2", "llama-guard-2"):
+        return LLAMAGUARD2
+    kind, sep, rest = spec.partition(":")
+    if sep and kind.lower() in ("classifier", "chat") and rest:
+        return rest
+    return spec
+
+
+def check_judge(spec: str | None) -> None:
+    """The judge's model is a local folder with ``config.json``, or a Hub id whose config is
+    in the local cache or downloadable now (one request, before any compute)."""
+    model = judge_model_id(spec)
+    if model is None:
+        return
+    path = Path(model).expanduser()
+    fix = "download it first, pass a local folder, or set evaluation.judge: substring"
+    if path.exists() or model.startswith(("/", ".", "~")) or model.count("/") > 1:
+        if not (path / "config.json").is_file():
+            raise SteerscopeError(f"{JUDGE_KEY}: judge model folder {path} does not exist or "
+                                  "has no config.json", "pass a folder written by "
+                                  "save_pretrained, or set evaluation.judge: substring")
+        return
+    from huggingface_hub import file_exists, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise SteerscopeError(f"{JUDGE_KEY}: judge model '{model}' is not in the local Hugging "
+                              "Face cache and HF_HUB_OFFLINE is set", fix)
+    try:
+        found = file_exists(model, "config.json")
+    except Exception as exc:  # no network, gated, bad id: all mean "cannot load it"
+        raise SteerscopeError(f"{JUDGE_KEY}: cannot reach judge model '{model}' on the Hugging "
+                              f"Face Hub ({type(exc).__name__})", fix) from None
+    if not found:
+        raise SteerscopeError(f"{JUDGE_KEY}: judge model '{model}' has no config.json on the "
+                              "Hugging Face Hub", "check the id")
+
+
+def _local_tokenizer(source: str):
+    """The model's tokenizer when it is on disk (a local folder, or the cached embedded model
+    for the ``default``/``demo`` aliases, which share it); else None."""
+    from transformers import AutoTokenizer
+
+    from steerscope.models import loading
+
+    key = source.strip().lower()
+    if key in loading.DEFAULT_MODEL_ALIASES or key in loading.DEMO_MODEL_ALIASES:
+        folder = loading.cache_dir() / "models" / loading.DEFAULT_MODEL
+    else:
+        folder = Path(source).expanduser()
+    if not (folder / "tokenizer_config.json").is_file() and \
+            not (folder / "tokenizer.json").is_file():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception:  # an unusual tokenizer: leave the check to the vectors stage
+        return None
+
+
+def check_positions(cfg: PipelineConfig) -> None:
+    """``vectors.position`` and ``vectors.dim.positions`` reach no further back than the
+    shortest chat-formatted train/val prompt of the sample."""
+    v = cfg.vectors
+    positions = [("vectors.position", v.position)] if v.position is not None else []
+    positions += [("vectors.dim.positions", p) for p in v.dim.positions or []]
+    if not positions:
+        return
+    tokenizer = _local_tokenizer(cfg.model.source)
+    if tokenizer is None:
+        return
+    from steerscope.models.chat import format_prompt
+    from steerscope.pipeline.inputs import data_plan, load_source, sample_splits
+
+    splits = sample_splits(cfg, {src: load_source(src, cfg.data.data_dir)
+                                 for src in data_plan(cfg)})
+    texts = [format_prompt(tokenizer, p) for k, items in splits.items()
+             if k.endswith(("_train", "_val")) for p in items]
+    shortest = min(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    for key, pos in positions:
+        if -pos > shortest:
+            raise SteerscopeError(f"config key '{key}': position {pos} is before the start of "
+                                  f"the shortest formatted train/val prompt ({shortest} tokens)",
+                                  f"use a position from -1 to -{shortest}")
+
+
+# --- relative paths in a config file ----------------------------------------------------------
+PATH_KEYS = (("model", "source"), ("data", "data_dir"), ("data", "harmful_train"),
+             ("data", "harmless_train"), ("data", "harmful_val"), ("data", "harmless_val"),
+             ("data", "harmful_test"), ("data", "harmless_test"), ("evaluation", "judge"))
+
+
+def anchor_paths(data: dict, folder: Path) -> dict:
+    """The raw config ``data`` of a YAML file in ``folder`` with each relative path that
+    exists next to the config (model source, prompt files, data_dir, a judge folder, also
+    after ``classifier:``/``chat:``) made absolute, so a config means the same files from any
+    working folder. Names (``default``, datasets, Hub ids) and absolute paths are kept."""
+    out = dict(data)
+    for section, key in PATH_KEYS:
+        sub = out.get(section)
+        value = sub.get(key) if isinstance(sub, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            continue
+        prefix, sep, rest = value.partition(":")
+        if not (sep and prefix in ("classifier", "chat", "builtin")):
+            prefix, rest = "", value
+        path = Path(rest).expanduser()
+        if path.is_absolute() or not (folder / path).exists():
+            continue
+        anchored = os.path.abspath(folder / path)  # normalised: no ".." left
+        out[section] = {**sub, key: f"{prefix}:{anchored}" if prefix else anchored}
+    return out
