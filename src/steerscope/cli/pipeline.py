@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from steerscope.errors import SteerscopeError
 
 
 def cmd_run(args) -> None:
