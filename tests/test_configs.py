@@ -27,6 +27,8 @@ def test_config_loads_strictly_with_the_paper_settings(path):
     assert cfg.vectors.ntp.preset == cfg.vectors.po.preset == "paper"
     assert cfg.evaluation.max_new_tokens == 512
     assert cfg.patching.ig_steps == 10 and cfg.circuits.threshold == 0.85
+    assert (cfg.patching.grad_at, cfg.patching.logits_at, cfg.patching.pooling) == (
+        "post_norm", "pre_cap", "positions")  # the paper's / released code's conventions
     assert cfg.sparsify.taus == [0, 0.1, 0.3, 0.5, 1, 1.5, 2, 2.5]
     # circuits: the paper's size grid, pruned random control, the released code's metrics
     assert cfg.circuits.sizes is None and cfg.circuits.grid_step == pytest.approx(300 / 8790,

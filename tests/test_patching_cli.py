@@ -83,11 +83,13 @@ def test_patch_reverse_roles_on_the_coarse_graph(capsys, tiny_dir, tmp_path, mon
     code, text, err = _run(capsys, "patch", tiny_dir, "--vector", f"A={vec}", "--harmful",
                            harmful, "--harmless", harmless, "--max-new-tokens", "5",
                            "--steps", "2", "--sizes", "5,1000", "--reverse", "--graph",
-                           "coarse", "--out", out)
+                           "coarse", "--grad-at", "post_norm", "--pooling", "positions",
+                           "--ig-batch-size", "2", "--out", out)
     assert code == 0, err
     assert "graph: coarse" in text and "roles: reverse" in text
     res = json.loads((out / "A" / "result.json").read_text())
     assert res["graph"]["coarse"] is True and res["meta"]["reverse"] is True
+    assert (res["meta"]["grad_at"], res["meta"]["pooling"]) == ("post_norm", "positions")
     with pytest.raises(SystemExit):
         _run(capsys, "patch", tiny_dir, "--vector", f"A={vec}", "--graph", "medium", "--out", out)
     assert "invalid choice: 'medium'" in capsys.readouterr().err
@@ -98,6 +100,11 @@ def test_patch_errors(capsys, tiny_dir, tmp_path):
     assert code == 2 and "no steering vector" in err
     code, _, err = _run(capsys, "circuits", tmp_path)
     assert code == 2 and "no patching results" in err
+    vec = SteeringVector(torch.randn(64), 1).save(tmp_path / "ok.safetensors")
+    code, _, err = _run(capsys, "patch", tiny_dir, "--vector", vec, "--ig-batch-size", "0",
+                        "--out", tmp_path / "z")
+    assert code == 2 and "error: --ig-batch-size must be >= 1" in err and "\n" not in err.strip()
+    assert not (tmp_path / "z").exists()
     v = SteeringVector(torch.randn(32), 1).save(tmp_path / "bad.safetensors")
     p = tmp_path / "p.txt"
     p.write_text("x\n")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from steerscope.cli.vectors import _int_list, add_chat_template_arg
 from steerscope.errors import SteerscopeError
+from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING
 
 
 def _vectors(specs: list[str]) -> dict:
@@ -50,6 +51,9 @@ def cmd_patch(args) -> None:
     if args.metric == "logit_diff" and args.kl_threshold:
         raise SteerscopeError("--kl-threshold applies to --metric kl only",
                               "drop it or pass --metric kl")
+    if args.ig_batch_size < 1:
+        raise SteerscopeError(f"--ig-batch-size must be >= 1, got {args.ig_batch_size}",
+                              "pass e.g. --ig-batch-size 4")
     harmful = _read(args.harmful, args.n, args.seed)
     harmless = _read(args.harmless, args.n, args.seed)
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -81,7 +85,9 @@ def cmd_patch(args) -> None:
                            threshold=args.threshold, exact_nodes=args.exact_nodes,
                            top_k=args.top_k, grid_step=args.grid_step,
                            grid_max=args.grid_max, random_kind=args.random,
-                           position_metrics=args.position_metrics, progress=True)
+                           position_metrics=args.position_metrics, grad_at=args.grad_at,
+                           logits_at=args.logits_at, pooling=args.pooling,
+                           batch_size=args.ig_batch_size, progress=True)
         res.meta["model"] = lm.model_id
         res.save(out / name)
         print(circuit_summary(res))
@@ -165,6 +171,18 @@ def register(sub) -> None:
                         "the unsteered model with some edges carrying their steered value)")
     p.add_argument("--graph", choices=["fine", "coarse"], default="fine",
                    help="fine: per-head q/k/v inputs (default); coarse: q/k/v grouped per layer")
+    p.add_argument("--grad-at", choices=list(GRAD_AT), default=GRAD_AT[0],
+                   help="EAP-IG gradient at each downstream node's pre-norm residual (default) "
+                        "or its post-norm input, norm Jacobian ignored (the paper)")
+    p.add_argument("--logits-at", choices=list(LOGITS_AT), default=LOGITS_AT[0],
+                   help="models with a final-logit soft-cap (Gemma-2): the metric reads the "
+                        "logits after the cap (default) or before it (the released code)")
+    p.add_argument("--pooling", choices=list(POOLING), default=POOLING[0],
+                   help="combine examples by the mean over datasets (default) or pooled by "
+                        "unmasked positions (the released code)")
+    p.add_argument("--ig-batch-size", type=int, default=1,
+                   help="examples of similar length per batched EAP-IG backward pass (same "
+                        "scores; more memory; default 1)")
     p.add_argument("--sizes", help="circuit sizes for the faithfulness curve, e.g. 50,100,500")
     p.add_argument("--grid-step", type=float,
                    help="instead of --sizes: every GRID_STEP fraction of the edges (the paper's "

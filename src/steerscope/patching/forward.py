@@ -19,6 +19,12 @@ slice of ``o_proj`` (for Gemma's post-attention norm: that slice times the norm'
 scale and weight, so heads still sum to the block output). With no edge reverted the logits
 equal the steered HF model's, with every edge reverted the unsteered model's (tested on all
 six tiny architectures).
+
+``logits_at`` picks the logits the metric reads on models with a final-logit soft-cap
+(Gemma-2): ``"post_cap"`` (the model's output, ``cap·tanh(z/cap)``) or ``"pre_cap"`` (the
+unembedding output ``z``, as the authors' released code reads ``lm_head``'s output). With a
+tracked run, ``post_norm=True`` also returns the post-norm inputs of every downstream input
+(what EAP-IG differentiates with ``grad_at="post_norm"``).
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ from torch import nn
 from steerscope.errors import SteerscopeError
 from steerscope.models.archs import ModelArch, get_module, validate_model
 from steerscope.patching.graph import Graph
+from steerscope.patching_conventions import LOGITS_AT, check_choice
 
 
 @dataclass
 class Prepared:
     """What the graph forward needs for one token sequence.
 
-    ``input_ids`` [1, S]; ``resid`` [1, S, d] the unsteered residual entering block ``layer``;
+    ``input_ids`` [B, S] (B = 1, or a batch right-padded by :meth:`GraphModel.prepare_batch`);
+    ``resid`` [B, S, d] the unsteered residual entering block ``layer``;
     ``attn_kwargs``: per block ``L >= layer`` the keyword arguments the model passed to its
     attention module (position embeddings, mask, ...).
     """
@@ -60,13 +68,16 @@ class GraphRun:
     ``upstream`` [U, 1, S, d] the output of every upstream node in graph order (detached, only
     without ``track``); with ``track``: ``up_parts`` / ``down_parts`` lists of tensors in
     the autograd graph whose concatenation along dim 0 is the [U, 1, S, d] upstream outputs /
-    the [D, 1, S, d] pre-norm downstream residuals.
+    the [D, 1, S, d] pre-norm downstream residuals; with ``post_norm`` also ``post_parts``,
+    whose concatenation is the [D, 1, S, d] post-norm downstream inputs (each residual after
+    its own norm: the q/k/v projection inputs, the MLP input, the unembedding input).
     """
 
     logits: torch.Tensor
     upstream: torch.Tensor | None = None
     up_parts: list[torch.Tensor] | None = None
     down_parts: list[torch.Tensor] | None = None
+    post_parts: list[torch.Tensor] | None = None
 
 
 class _Fixed(nn.Module):
@@ -109,7 +120,9 @@ def frozen_parameters(model: nn.Module):
 class GraphModel:
     """A model seen as the patching graph from steering layer ``layer`` on (fine graph)."""
 
-    def __init__(self, model: nn.Module, layer: int, *, arch: ModelArch | None = None):
+    def __init__(self, model: nn.Module, layer: int, *, arch: ModelArch | None = None,
+                 logits_at: str = LOGITS_AT[0]):
+        self.logits_at = check_choice("logits_at", logits_at, LOGITS_AT)
         self.model = model
         self.arch = arch if arch is not None else validate_model(model)
         self.graph = Graph.from_arch(self.arch, layer)
@@ -141,6 +154,23 @@ class GraphModel:
         if input_ids.ndim != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
             raise SteerscopeError(f"graph forward takes one non-empty sequence, got ids of shape "
                                   f"{tuple(input_ids.shape)}", "pass a [S] or [1, S] tensor")
+        return self._prepare(input_ids)
+
+    @torch.no_grad()
+    def prepare_batch(self, sequences: list[torch.Tensor], pad_id: int = 0) -> Prepared:
+        """:meth:`prepare` for several [S_b] sequences at once, right-padded to the longest
+        with ``pad_id``. Causal attention keeps every real position exactly as in its own
+        sequence (padding only follows it); only gradient runs (``patching.gradients``) take a
+        batch."""
+        if not sequences or any(x.ndim != 1 or x.numel() == 0 for x in sequences):
+            raise SteerscopeError("a patching batch takes one or more non-empty [S] sequences")
+        S = max(int(x.numel()) for x in sequences)
+        ids = torch.full((len(sequences), S), pad_id, dtype=sequences[0].dtype)
+        for b, x in enumerate(sequences):
+            ids[b, :x.numel()] = x
+        return self._prepare(ids)
+
+    def _prepare(self, input_ids: torch.Tensor) -> Prepared:
         input_ids = input_ids.to(self.device)
         arch = self.arch
         captured: dict[int, dict] = {}
@@ -184,6 +214,7 @@ class GraphModel:
         base: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         track: bool = False,
+        post_norm: bool = False,
     ) -> GraphRun:
         """The forward pass steered with ``alpha·vector`` at the steering layer.
 
@@ -191,11 +222,14 @@ class GraphModel:
         ``base`` [U, 1, S, d] (the upstream outputs of an unsteered run, ``alpha = 0``).
         ``positions`` [N] long: positions whose logits are returned. ``track``: keep the
         autograd graph (for gradients w.r.t. upstream outputs and downstream residuals); not
-        combinable with ``reverted``.
+        combinable with ``reverted``. ``post_norm`` (needs ``track``): also keep the post-norm
+        downstream inputs (``GraphRun.post_parts``).
         """
         arch, g = self.arch, self.graph
         if track and reverted is not None:
             raise SteerscopeError("a tracked run cannot revert edges")
+        if post_norm and not track:
+            raise SteerscopeError("post-norm inputs are kept by tracked runs only")
         if reverted is not None:
             if reverted.shape != (g.n_up, g.n_down):
                 raise SteerscopeError(f"reverted-edge mask has shape {tuple(reverted.shape)}, "
@@ -216,6 +250,7 @@ class GraphModel:
                 steer_out.requires_grad_(True)
             up_parts: list[torch.Tensor] = [steer_out]
             down_parts: list[torch.Tensor] = []
+            post_parts: list[torch.Tensor] | None = [] if post_norm else None
             cur = None
             if not track:
                 cur = steer_out.new_empty((g.n_up, 1, S, d))  # upstream outputs, graph order
@@ -251,7 +286,10 @@ class GraphModel:
                 res_attn = res_attn + corr if corr is not None else res_attn.clone()
                 if track:
                     down_parts.append(res_attn)
-                heads = self._attention(L, prep, res_attn)  # [H, 1, S, d]
+                x = arch.component(L, "attn_norm")(res_attn)  # [H+2G, 1, S, d]
+                if post_parts is not None:
+                    post_parts.append(x)
+                heads = self.attention_heads(L, prep, x)  # [H, 1, S, d]
                 if track:
                     up_parts.append(heads)
                 else:
@@ -263,7 +301,10 @@ class GraphModel:
                 res_m = res_m + corr if corr is not None else res_m.clone()  # [1, 1, S, d]
                 if track:
                     down_parts.append(res_m)
-                mlp_out = self._mlp(L, res_m)  # [1, 1, S, d]
+                x = arch.component(L, "mlp_norm")(res_m)  # [1, 1, S, d]
+                if post_parts is not None:
+                    post_parts.append(x)
+                mlp_out = self.mlp_output(L, x)  # [1, 1, S, d]
                 if track:
                     up_parts.append(mlp_out)
                 else:
@@ -275,33 +316,38 @@ class GraphModel:
             if track:
                 down_parts.append(res_out)
             x = res_out[0]
-            if positions is not None:
-                x = x[:, positions.to(self.device)]
-            logits = arch.unembed(arch.final_norm(x))  # [1, N, V]
-            cap = arch.final_logit_softcap
-            if cap is not None:
-                logits = torch.tanh(logits / cap) * cap
+            if post_parts is not None:  # the unembedding input at every position
+                xp = arch.final_norm(x).unsqueeze(0)  # [1, 1, S, d]
+                post_parts.append(xp)
+                x = xp[0]
+                if positions is not None:
+                    x = x[:, positions.to(self.device)]
+                logits = self.logits(x)  # [1, N, V]
+            else:
+                if positions is not None:
+                    x = x[:, positions.to(self.device)]
+                logits = self.logits(arch.final_norm(x))  # [1, N, V]
         if track:
-            return GraphRun(logits, up_parts=up_parts, down_parts=down_parts)
+            return GraphRun(logits, up_parts=up_parts, down_parts=down_parts,
+                            post_parts=post_parts)
         return GraphRun(logits, upstream=cur)
 
     # components ------------------------------------------------------------------------------
-    def _attention(self, L: int, prep: Prepared, res: torch.Tensor) -> torch.Tensor:
-        """Per-head outputs [H, 1, S, d] of block ``L`` from the [H+2G, 1, S, d] residuals of
-        its query, key and value inputs."""
+    def attention_heads(self, L: int, prep: Prepared, x: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs [H, B, S, d] of block ``L`` from the [H+2G, B, S, d] post-norm
+        inputs of its query, key and value projections (one per head / KV head)."""
         arch = self.arch
         H, G, dh, d = self.H, self.G, self.dh, self.d
-        x = arch.component(L, "attn_norm")(res)  # [H+2G, 1, S, d]
         xq, xk, xv = x[:H], x[H:H + G], x[H + G:]
-        S = res.shape[2]
+        B, S = x.shape[1], x.shape[2]
 
         def project(name: str, xs: torch.Tensor, n: int) -> torch.Tensor:
             proj = arch.component(L, name)
             w = proj.weight.view(n, dh, d)
-            out = torch.einsum("nbsd,ned->bsne", xs, w)  # [1, S, n, dh]
+            out = torch.einsum("nbsd,ned->bsne", xs, w)  # [B, S, n, dh]
             if proj.bias is not None:
                 out = out + proj.bias.view(n, dh)
-            return out.reshape(1, S, n * dh)
+            return out.reshape(B, S, n * dh)
 
         attn = arch.component(L, "attn")
         o_proj = arch.component(L, "o_proj")
@@ -323,20 +369,30 @@ class GraphModel:
         finally:
             for (owner, attr), module in originals.items():
                 setattr(owner, attr, module)
-        zh = z[0].view(1, S, H, dh)
-        heads = torch.einsum("bshe,dhe->hbsd", zh, o_proj.weight.view(d, H, dh))  # [H,1,S,d]
+        zh = z[0].view(B, S, H, dh)
+        heads = torch.einsum("bshe,dhe->hbsd", zh, o_proj.weight.view(d, H, dh))  # [H,B,S,d]
         if o_proj.bias is not None:
             heads = heads + o_proj.bias / H
         post = arch.component(L, "attn_post_norm")
         if post is not None:  # per-head share of the post-norm output
-            total = heads.sum(0).float()  # [1, S, d]
+            total = heads.sum(0).float()  # [B, S, d]
             scale = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + arch.norm_eps(post))
             heads = (heads.float() * scale * arch.norm_weight(post).float()).to(heads.dtype)
         return heads
 
-    def _mlp(self, L: int, res: torch.Tensor) -> torch.Tensor:
-        """MLP output [1, 1, S, d] (after Gemma's post-norm) from its pre-norm residual."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[1, N, V] logits the metric reads from the [1, N, d] post-final-norm residual (the
+        soft-cap applied with ``logits_at="post_cap"``)."""
+        logits = self.arch.unembed(x)
+        cap = self.arch.final_logit_softcap
+        if cap is not None and self.logits_at == "post_cap":
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def mlp_output(self, L: int, x: torch.Tensor) -> torch.Tensor:
+        """MLP output [1, 1, S, d] of block ``L`` (after Gemma's post-norm) from its
+        [1, 1, S, d] post-norm input."""
         arch = self.arch
-        out = arch.component(L, "mlp")(arch.component(L, "mlp_norm")(res))
+        out = arch.component(L, "mlp")(x)
         post = arch.component(L, "mlp_post_norm")
         return post(out) if post is not None else out

@@ -24,6 +24,7 @@ import torch
 from steerscope.errors import SteerscopeError
 
 METRICS = ("logit_diff", "kl")
+CHUNK = 64  # positions per block where a metric is evaluated block by block (bounded memory)
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +54,10 @@ class LogitDiff:
         """The metric with the clean and corrupt runs' roles swapped (same positions)."""
         return LogitDiff(self.positions, self.y_star, self.y)
 
+    def part(self, i: int, j: int) -> LogitDiff:
+        """The metric restricted to its positions ``i:j`` (the mean over those)."""
+        return LogitDiff(self.positions[i:j], self.y[i:j], self.y_star[i:j])
+
 
 @dataclass
 class DirectionalKL:
@@ -67,15 +72,30 @@ class DirectionalKL:
         return int(self.positions.numel())
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        logq = torch.log_softmax(_wide(logits[0]), -1)  # [N, V]
-        pc, pk = self.logp_clean.to(logq.device), self.logp_corrupt.to(logq.device)
+        """``logits`` [1, N, V] at ``positions`` → scalar (without autograd: block by block
+        of :data:`CHUNK` positions, the same per-position values in less memory)."""
+        if torch.is_grad_enabled() and logits.requires_grad:
+            return self._per_position(logits[0], 0, logits.shape[1]).mean()
+        n = logits.shape[1]
+        return torch.cat([self._per_position(logits[0, i:i + CHUNK], i, i + CHUNK)
+                          for i in range(0, n, CHUNK)]).mean()
+
+    def _per_position(self, lg: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        """[j − i] KL(P_corrupt ‖ Q) − KL(P_clean ‖ Q) for the [j − i, V] logits ``lg``."""
+        logq = torch.log_softmax(_wide(lg), -1)  # [n, V]
+        pc = self.logp_clean[i:j].to(logq.device)
+        pk = self.logp_corrupt[i:j].to(logq.device)
         kl_corrupt = (pk.exp() * (pk - logq)).sum(-1)
         kl_clean = (pc.exp() * (pc - logq)).sum(-1)
-        return (kl_corrupt - kl_clean).mean()
+        return kl_corrupt - kl_clean
 
     def swapped(self) -> DirectionalKL:
         """The metric with the clean and corrupt runs' roles swapped (same positions)."""
         return DirectionalKL(self.positions, self.logp_corrupt, self.logp_clean)
+
+    def part(self, i: int, j: int) -> DirectionalKL:
+        """The metric restricted to its positions ``i:j`` (the mean over those)."""
+        return DirectionalKL(self.positions[i:j], self.logp_clean[i:j], self.logp_corrupt[i:j])
 
 
 def make_metric(kind: str, positions: torch.Tensor, clean_logits: torch.Tensor,
@@ -96,6 +116,9 @@ def make_metric(kind: str, positions: torch.Tensor, clean_logits: torch.Tensor,
     if tau < 0:
         raise SteerscopeError(f"KL threshold must be >= 0, got {tau}")
     lc, lk = torch.log_softmax(clean, -1), torch.log_softmax(corrupt, -1)
-    kl = (lc.exp() * (lc - lk)).sum(-1)  # KL(P_steer ‖ P_base) per position
+    kl = torch.cat([(lc[i:i + CHUNK].exp() * (lc[i:i + CHUNK] - lk[i:i + CHUNK])).sum(-1)
+                    for i in range(0, lc.shape[0], CHUNK)])  # KL(P_steer ‖ P_base) per position
     keep = kl >= tau if tau > 0 else kl > 0
+    if bool(keep.all()):  # no copies
+        return DirectionalKL(positions, lc, lk)
     return DirectionalKL(positions[keep], lc[keep], lk[keep])

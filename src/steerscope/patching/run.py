@@ -38,8 +38,8 @@ from steerscope.patching.faithfulness import (
 )
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.result import PatchingResult
-from steerscope.patching.scores import _aggregate_records as aggregate_records
 from steerscope.patching.scores import (
+    aggregate_records,
     coarsen,
     eap_ig,
     eap_ig_example,
@@ -47,6 +47,7 @@ from steerscope.patching.scores import (
     head_node_scores,
     prepare_example,
 )
+from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING, check_choice
 
 
 def _flatten(datasets) -> list[PatchingExample]:
@@ -63,7 +64,9 @@ def _flatten(datasets) -> list[PatchingExample]:
 def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
                  metric: str = "logit_diff", tau: float = 0.0, reverse: bool = False,
                  coarse: bool = False, exact_nodes: bool = False, top_k: int = 100,
-                 progress: bool = False, map_fn=None) -> PatchingResult:
+                 grad_at: str = GRAD_AT[0], logits_at: str = LOGITS_AT[0],
+                 pooling: str = POOLING[0], batch_size: int = 1, progress: bool = False,
+                 map_fn=None) -> PatchingResult:
     """The scoring half of :func:`patch_vector`: EAP-IG edge, node and steering-dimension
     scores of one vector on its patching examples (and exact node scores with
     ``exact_nodes``), the node score of every head (``tables["head_scores"]``) and the
@@ -72,41 +75,53 @@ def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
     ``reverse``: clean = unsteered, corrupt = steered (the paper's reverse roles; see
     :class:`~steerscope.patching.scores.ExampleContext`). ``coarse``: the result is on the
     coarse graph (q/k/v inputs grouped per layer; edge scores summed from the fine ones).
+    ``grad_at``: EAP-IG's gradient at the ``"pre_norm"`` residual or the ``"post_norm"``
+    input of each downstream node; ``logits_at``: the metric reads the logits after
+    (``"post_cap"``) or before (``"pre_cap"``) a final-logit soft-cap; ``pooling``: examples
+    combine by ``"dataset_mean"`` or ``"positions"`` (:func:`~steerscope.patching.scores.aggregate`).
+    ``batch_size``: examples of similar length per batched EAP-IG backward pass (same scores;
+    ignored with ``map_fn``).
 
     ``map_fn(fn, examples) -> [fn(e) for e in examples]`` runs the per-example EAP-IG (default:
     in order here; the pipeline passes a function that shards the examples over ranks and
     gathers the records in example order, which gives the same scores as :func:`eap_ig`).
     """
     examples = _flatten(datasets)
-    gm = GraphModel(model, vector.layer, arch=arch)
+    check_choice("grad_at", grad_at, GRAD_AT)
+    check_choice("pooling", pooling, POOLING)
+    gm = GraphModel(model, vector.layer, arch=arch, logits_at=logits_at)
     g = gm.graph
     result = PatchingResult(g.coarsened() if coarse else g, meta={
         "vector": {"method": vector.method, "layer": vector.layer, "sha256": vector.sha256,
                    "norm": vector.norm},
         "steps": steps, "metric": metric, "tau": tau, "reverse": bool(reverse),
+        "grad_at": grad_at, "logits_at": logits_at, "pooling": pooling,
         "examples": {name: sum(1 for e in examples if e.dataset == name)
                      for name in dict.fromkeys(e.dataset for e in examples)},
     })
     if map_fn is None:
         result.scores["eap_ig"] = eap_ig(gm, examples, vector.vector, steps=steps,
                                          metric=metric, tau=tau, reverse=reverse,
-                                         progress=progress)
+                                         grad_at=grad_at, pooling=pooling,
+                                         batch_size=batch_size, progress=progress)
     else:
         def one(ex: PatchingExample):
             ctx = prepare_example(gm, ex, vector.vector, metric=metric, tau=tau,
                                   reverse=reverse)
-            return eap_ig_example(gm, ctx, steps) if ctx.weight else None
+            return eap_ig_example(gm, ctx, steps, grad_at) if ctx.weight else None
 
         records = [r for r in map_fn(one, examples) if r is not None]
         if not records:
             raise DataError("no patching example has an unmasked position",
                             "use more examples, longer responses or a lower KL threshold")
-        result.scores["eap_ig"] = aggregate_records("eap_ig", records, g, steps=steps,
-                                                    metric=metric, tau=tau, reverse=reverse)
+        result.scores["eap_ig"] = aggregate_records("eap_ig", records, g, pooling, steps=steps,
+                                                    metric=metric, tau=tau, reverse=reverse,
+                                                    grad_at=grad_at, logits_at=logits_at)
     if exact_nodes:
         result.scores["exact"] = exact_patching(gm, examples, vector.vector, nodes=None,
                                                 edges=[], metric=metric, tau=tau,
-                                                reverse=reverse, progress=progress)
+                                                reverse=reverse, pooling=pooling,
+                                                progress=progress)
     if coarse:
         result.scores = {k: coarsen(v, g) for k, v in result.scores.items()}
     scores = result.scores["eap_ig"]
@@ -124,7 +139,7 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
                  tau: float | None = None, reverse: bool | None = None,
                  grid_step: float | None = None, grid_max: float = 1.0,
                  random_kind: str = "pruned", position_metrics: bool = False,
-                 progress: bool = False) -> PatchingResult:
+                 logits_at: str | None = None, progress: bool = False) -> PatchingResult:
     """The circuits half of :func:`patch_vector`, on a result holding EAP-IG scores (from
     :func:`score_vector` or :meth:`PatchingResult.load`): the faithfulness curve over
     ``sizes`` (None: :func:`~steerscope.patching.circuits.default_sizes`), the minimum
@@ -137,13 +152,15 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
     edges up to ``grid_max``). ``position_metrics``: also the released code's per-position
     metrics at every curve size (``curve.positions``) and the first size reaching
     ``threshold`` under each (``tables["summary"]["min_size_by_metric"]``). ``metric``/``tau``:
-    None takes the scoring run's (``result.meta``), as does ``reverse``. Circuits are built on
+    None takes the scoring run's (``result.meta``), as do ``reverse`` and ``logits_at`` (the
+    logits the faithfulness metric reads, see :func:`score_vector`). Circuits are built on
     the result's graph (fine or coarse). Adds to ``result`` in place and returns it."""
     examples = _flatten(datasets)
     metric = result.meta.get("metric", "logit_diff") if metric is None else metric
     tau = result.meta.get("tau", 0.0) if tau is None else tau
     reverse = bool(result.meta.get("reverse", False)) if reverse is None else bool(reverse)
-    gm = GraphModel(model, vector.layer, arch=arch)
+    logits_at = result.meta.get("logits_at", LOGITS_AT[0]) if logits_at is None else logits_at
+    gm = GraphModel(model, vector.layer, arch=arch, logits_at=logits_at)
     g = gm.graph.coarsened() if result.graph.coarse else gm.graph
     if g.n_edges != result.graph.n_edges or g.layer != result.graph.layer:
         raise DataError(f"the patching result's graph (layer {result.graph.layer}, "
@@ -199,6 +216,8 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
                  refine_steps: int = 4, n_random: int = 3, exact_nodes: bool = False,
                  top_k: int = 100, grid_step: float | None = None, grid_max: float = 1.0,
                  random_kind: str = "pruned", position_metrics: bool = False,
+                 grad_at: str = GRAD_AT[0], logits_at: str = LOGITS_AT[0],
+                 pooling: str = POOLING[0], batch_size: int = 1,
                  progress: bool = False) -> PatchingResult:
     """Analyse one :class:`~steerscope.vectors.SteeringVector` on its patching examples:
     :func:`score_vector` then :func:`add_circuits`.
@@ -210,11 +229,13 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
     edge-type shares of the top-``top_k`` edges and of the circuit. ``reverse``: clean =
     unsteered, corrupt = steered; ``coarse``: scores and circuits on the coarse graph.
     ``grid_step``/``grid_max``, ``random_kind``, ``position_metrics``: see
-    :func:`add_circuits`.
+    :func:`add_circuits`; ``grad_at``, ``logits_at``, ``pooling``, ``batch_size``: see
+    :func:`score_vector`.
     """
     result = score_vector(model, vector, datasets, arch=arch, steps=steps, metric=metric,
                           tau=tau, reverse=reverse, coarse=coarse, exact_nodes=exact_nodes,
-                          top_k=top_k, progress=progress)
+                          top_k=top_k, grad_at=grad_at, logits_at=logits_at, pooling=pooling,
+                          batch_size=batch_size, progress=progress)
     return add_circuits(model, vector, datasets, result, arch=arch, sizes=sizes,
                         threshold=threshold, refine_steps=refine_steps, n_random=n_random,
                         grid_step=grid_step, grid_max=grid_max, random_kind=random_kind,
@@ -252,7 +273,7 @@ def compare_vectors(model, results: Mapping[str, PatchingResult],
                 first, results[a].scores["eap_ig"].edges, results[b].scores["eap_ig"].edges,
                 sizes)
     layer = datasets[names[0]][1].layer
-    gm = GraphModel(model, layer)
+    gm = GraphModel(model, layer, logits_at=meta.get("logits_at", LOGITS_AT[0]))
     inter = interchange_matrix(
         gm, circuits, {n: (_flatten(exs), v.vector) for n, (exs, v) in datasets.items()},
         metric=metric, tau=tau, reverse=reverse, graph=first, progress=progress)

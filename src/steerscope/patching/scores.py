@@ -7,11 +7,21 @@ swaps the roles: clean = unsteered, corrupt = steered, see :class:`ExampleContex
   value, ``m(clean) − m(clean with u→d / u patched to corrupt)`` for exact patching; EAP-IG
   estimates the same quantity:
   ``score(u→d) = Σ_positions (u_clean − u_corrupt) · (1/T) Σ_i ∂m/∂res_d |_{H + ((i+0.5)/T)·α·S}``
-  where ``res_d`` is ``d``'s pre-norm residual (the norm's Jacobian is included, so the
-  scores of a node's edges sum to its node score and the steering node's score converges to
-  ``m(M) − m(∅)``). The node score takes the gradient at ``u``'s own output.
-- examples are combined by a position-weighted average (weight = number of unmasked positions)
-  within each dataset, then by the plain mean over datasets.
+  where ``res_d`` is where the gradient is taken (``grad_at``):
+
+  - ``"pre_norm"`` (steerscope's default): ``d``'s pre-norm residual; the norm's Jacobian is
+    included, so the scores of a node's edges sum to its node score and the steering node's
+    score converges to ``m(M) − m(∅)``;
+  - ``"post_norm"`` (the paper, and the authors' released code with its norm-gradient
+    correction off): ``d``'s post-norm input (the per-head query input, the per-KV-head key
+    and value inputs, the MLP input, the unembedding input), the RMSNorm Jacobian ignored:
+    each edge is then scaled by roughly ``γ/rms`` of its target relative to ``"pre_norm"``.
+
+  The node score takes the gradient at ``u``'s own output (both variants).
+- examples are combined (``pooling``) by a position-weighted average (weight = number of
+  unmasked positions) within each dataset, then by the plain mean over datasets
+  (``"dataset_mean"``, the default), or by one position-weighted average over all examples
+  (``"positions"``, the released code's default).
 """
 
 from __future__ import annotations
@@ -24,8 +34,10 @@ from tqdm.auto import tqdm
 
 from steerscope.errors import DataError, SteerscopeError
 from steerscope.patching.data import PatchingExample
-from steerscope.patching.forward import GraphModel, Prepared, frozen_parameters
+from steerscope.patching.forward import GraphModel, Prepared
+from steerscope.patching.gradients import batched_ig_gradients, ig_gradients
 from steerscope.patching.metrics import make_metric
+from steerscope.patching_conventions import GRAD_AT, POOLING, check_choice
 
 
 @dataclass
@@ -101,8 +113,9 @@ def prepare_example(gm: GraphModel, example: PatchingExample, vector, *,
         m, clean, corrupt = m.swapped(), base, steered
     if m.weight:
         keep = torch.isin(positions.to(m.positions.device), m.positions)
-        m_clean = float(m(clean.logits[:, keep]))
-        m_corrupt = float(m(corrupt.logits[:, keep]))
+        every = bool(keep.all())  # no copies of the logits
+        m_clean = float(m(clean.logits if every else clean.logits[:, keep]))
+        m_corrupt = float(m(corrupt.logits if every else corrupt.logits[:, keep]))
     else:
         m_clean = m_corrupt = 0.0
     return ExampleContext(example, s, float(example.alpha), prep, m, base.upstream,
@@ -124,11 +137,15 @@ def iter_contexts(gm: GraphModel, examples: Iterable[PatchingExample], vector, *
 # ----------------------------------------------------------------------------------------
 # aggregation
 # ----------------------------------------------------------------------------------------
-def aggregate(values: Sequence, weights: Sequence[int], datasets: Sequence[str]):
-    """Position-weighted mean within each dataset, then the mean over datasets.
+def aggregate(values: Sequence, weights: Sequence[int], datasets: Sequence[str],
+              pooling: str = POOLING[0]):
+    """Position-weighted mean within each dataset; overall: the mean over datasets
+    (``pooling="dataset_mean"``) or the position-weighted mean over every example
+    (``"positions"``: each dataset's mean weighted by its number of unmasked positions).
 
     ``values``: floats or equally shaped tensors. Returns ``(overall, {dataset: mean})``.
     """
+    check_choice("pooling", pooling, POOLING)
     if not values:
         raise DataError("no patching example has an unmasked position",
                         "use more examples, longer responses or a lower KL threshold")
@@ -138,7 +155,10 @@ def aggregate(values: Sequence, weights: Sequence[int], datasets: Sequence[str])
         acc[0] = acc[0] + w * (v.double() if isinstance(v, torch.Tensor) else float(v))
         acc[1] += w
     means = {k: acc[0] / acc[1] for k, acc in per.items()}
-    overall = sum(means.values()) / len(means)
+    if pooling == "positions":
+        overall = sum(acc[0] for acc in per.values()) / sum(acc[1] for acc in per.values())
+    else:
+        overall = sum(means.values()) / len(means)
     if isinstance(overall, torch.Tensor):
         overall = overall.float()
         means = {k: v.float() for k, v in means.items()}
@@ -183,7 +203,10 @@ def coarsen(scores: Scores, graph) -> Scores:
                   scores.steer_ie, per, dict(scores.weights), {**scores.meta, "coarse": True})
 
 
-def _aggregate_records(method: str, records: list[dict], graph, **meta) -> Scores:
+def aggregate_records(method: str, records: list[dict], graph, pooling: str = POOLING[0],
+                      **meta) -> Scores:
+    """Per-example records (``edges`` [U, D], ``nodes`` [U], ...; ``weight``, ``dataset``)
+    → aggregated :class:`Scores` (``pooling``: see :func:`aggregate`), ``meta`` recorded."""
     if not records:
         raise DataError("no patching example has a position where the steered and base "
                         "greedy tokens differ, so the metric is empty",
@@ -191,9 +214,9 @@ def _aggregate_records(method: str, records: list[dict], graph, **meta) -> Score
     keys = [k for k in ("edges", "nodes", "steer_grad", "steer_ie") if k in records[0]]
     weights = [r["weight"] for r in records]
     names = [r["dataset"] for r in records]
-    out = Scores(method, meta=meta)
+    out = Scores(method, meta={**meta, "pooling": pooling})
     for k in keys:
-        overall, per = aggregate([r[k] for r in records], weights, names)
+        overall, per = aggregate([r[k] for r in records], weights, names, pooling)
         if k == "edges":
             overall = graph.from_matrix(overall)
             per = {n: graph.from_matrix(v) for n, v in per.items()}
@@ -208,32 +231,51 @@ def _aggregate_records(method: str, records: list[dict], graph, **meta) -> Score
 # ----------------------------------------------------------------------------------------
 # EAP-IG
 # ----------------------------------------------------------------------------------------
-def eap_ig_example(gm: GraphModel, ctx: ExampleContext, steps: int = 10) -> dict:
-    """EAP-IG scores of one example: ``edges`` [U, D] (0 off the graph), ``nodes`` [U],
+def eap_ig_example(gm: GraphModel, ctx: ExampleContext, steps: int = 10,
+                   grad_at: str = GRAD_AT[0], *, low_memory: bool = True) -> dict:
+    """EAP-IG scores of one example: ``edges`` [U, D] (0 off the graph; the gradient at each
+    downstream input's pre- or post-norm activation, ``grad_at``), ``nodes`` [U],
     ``steer_grad`` [d] = (α_clean − α_corrupt) · Σ_positions (average IG gradient at the
     steering input), and ``steer_ie`` [d] = s ⊙ steer_grad (sums to the steering node's
-    score). The path runs from the corrupt run's coefficient to the clean run's."""
+    score). The path runs from the corrupt run's coefficient to the clean run's.
+    ``low_memory``: checkpointed backward passes (same numbers, see
+    :mod:`~steerscope.patching.gradients`)."""
     if not isinstance(steps, int) or steps < 1:
         raise SteerscopeError(f"EAP-IG needs a positive number of steps, got {steps!r}")
+    a0, a1 = ctx.corrupt_alpha, ctx.clean_alpha
+    g_up, g_down = ig_gradients(gm, ctx.prep, ctx.vector, a0, a1, ctx.metric,
+                                ctx.metric.positions, steps, grad_at=grad_at,
+                                low_memory=low_memory)  # [U | D, 1, S, d]
+    return _scores_from_gradients(gm, ctx, g_up, g_down)
+
+
+def eap_ig_batch(gm: GraphModel, ctxs: Sequence[ExampleContext], steps: int = 10,
+                 grad_at: str = GRAD_AT[0]) -> list[dict]:
+    """:func:`eap_ig_example` of several examples (same vector) in one batched backward pass
+    per IG step (right-padded; padding is outside every metric and, attention being causal,
+    never reaches a real position): the same records, example by example."""
+    if not isinstance(steps, int) or steps < 1:
+        raise SteerscopeError(f"EAP-IG needs a positive number of steps, got {steps!r}")
+    prep = gm.prepare_batch([c.prep.input_ids[0] for c in ctxs])
+    g_up, g_down = batched_ig_gradients(
+        gm, prep, ctxs[0].vector, [(c.corrupt_alpha, c.clean_alpha) for c in ctxs],
+        [c.metric for c in ctxs], [c.metric.positions for c in ctxs], steps,
+        grad_at=grad_at)  # [U | D, B, S, d]
+    out = []
+    for b, c in enumerate(ctxs):
+        n = c.prep.seq_len
+        out.append(_scores_from_gradients(gm, c, g_up[:, b:b + 1, :n], g_down[:, b:b + 1, :n]))
+    return out
+
+
+def _scores_from_gradients(gm: GraphModel, ctx: ExampleContext, g_up: torch.Tensor,
+                           g_down: torch.Tensor) -> dict:
+    """The EAP-IG record of one example from its average gradients g_up [U, 1, S, d] and
+    g_down [D, 1, S, d] (see :func:`eap_ig_example`)."""
     g = gm.graph
     U, D = g.n_up, g.n_down
-    delta = (ctx.clean_up - ctx.corrupt_up).float()  # [U, 1, S, d]
     a0, a1 = ctx.corrupt_alpha, ctx.clean_alpha
-    g_up = torch.zeros_like(delta)  # [U, 1, S, d]
-    g_down = delta.new_zeros((D, *delta.shape[1:]))  # [D, 1, S, d]
-    positions = ctx.metric.positions
-    with frozen_parameters(gm.model):
-        for i in range(steps):
-            a = a0 + (a1 - a0) * (i + 0.5) / steps
-            run = gm.run(ctx.prep, ctx.vector, a, positions=positions, track=True)
-            m = ctx.metric(run.logits)
-            grads = torch.autograd.grad(m, run.up_parts + run.down_parts)
-            n_up = len(run.up_parts)
-            g_up += torch.cat(grads[:n_up]).float()
-            g_down += torch.cat(grads[n_up:]).float()
-            del run, grads, m
-    g_up /= steps
-    g_down /= steps
+    delta = (ctx.clean_up - ctx.corrupt_up).float()  # [U, 1, S, d]
     edges = delta.reshape(U, -1) @ g_down.reshape(D, -1).T  # [U, D]
     edges = edges * g.adjacency.to(edges.device)
     nodes = (delta * g_up).sum(dim=(1, 2, 3))  # [U]
@@ -245,14 +287,37 @@ def eap_ig_example(gm: GraphModel, ctx: ExampleContext, steps: int = 10) -> dict
 
 def eap_ig(gm: GraphModel, examples: Iterable[PatchingExample], vector, *, steps: int = 10,
            metric: str = "logit_diff", tau: float = 0.0, reverse: bool = False,
+           grad_at: str = GRAD_AT[0], pooling: str = POOLING[0], batch_size: int = 1,
            progress: bool = False) -> Scores:
-    """EAP-IG edge and node scores aggregated over ``examples`` (position-weighted per
-    dataset, then averaged over datasets)."""
-    records = [eap_ig_example(gm, ctx, steps)
-               for ctx in iter_contexts(gm, examples, vector, metric=metric, tau=tau,
-                                        reverse=reverse, progress=progress, desc="EAP-IG")]
-    return _aggregate_records("eap_ig", records, gm.graph, steps=steps, metric=metric, tau=tau,
-                              reverse=reverse)
+    """EAP-IG edge and node scores aggregated over ``examples`` (see :func:`aggregate` for
+    ``pooling``; :func:`eap_ig_example` for ``grad_at``). ``batch_size`` > 1: examples of
+    similar length (sorted by length) share one backward pass per IG step
+    (:func:`eap_ig_batch`; same scores)."""
+    check_choice("grad_at", grad_at, GRAD_AT)
+    check_choice("pooling", pooling, POOLING)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise SteerscopeError(f"EAP-IG batch size must be a positive int, got {batch_size!r}")
+    if batch_size == 1:
+        records = [eap_ig_example(gm, ctx, steps, grad_at)
+                   for ctx in iter_contexts(gm, examples, vector, metric=metric, tau=tau,
+                                            reverse=reverse, progress=progress, desc="EAP-IG")]
+    else:
+        exs = list(examples)
+        order = sorted(range(len(exs)), key=lambda i: int(exs[i].input_ids.numel()))
+        by_index: dict[int, dict] = {}
+        for k in tqdm(range(0, len(order), batch_size), desc="EAP-IG batches",
+                      disable=not progress):
+            idx = order[k:k + batch_size]
+            ctxs = [(i, prepare_example(gm, exs[i], vector, metric=metric, tau=tau,
+                                        reverse=reverse)) for i in idx]
+            ctxs = [(i, c) for i, c in ctxs if c.weight]
+            if ctxs:
+                recs = eap_ig_batch(gm, [c for _, c in ctxs], steps, grad_at)
+                by_index.update(zip([i for i, _ in ctxs], recs))
+        records = [by_index[i] for i in sorted(by_index)]
+    return aggregate_records("eap_ig", records, gm.graph, pooling, steps=steps, metric=metric,
+                              tau=tau, reverse=reverse, grad_at=grad_at,
+                              logits_at=gm.logits_at)
 
 
 def steer_dimension_scores(scores: Scores) -> tuple[torch.Tensor, torch.Tensor]:
@@ -318,12 +383,13 @@ def exact_example(gm: GraphModel, ctx: ExampleContext, *, nodes: Sequence[int] |
 def exact_patching(gm: GraphModel, examples: Iterable[PatchingExample], vector, *,
                    nodes: Sequence[int] | None = None, edges: Sequence[int] | None = [],
                    metric: str = "logit_diff", tau: float = 0.0, reverse: bool = False,
-                   progress: bool = False) -> Scores:
+                   pooling: str = POOLING[0], progress: bool = False) -> Scores:
     """Exact node (default: all) and edge (default: none; ``None`` = all) patching scores,
     aggregated like EAP-IG. Unscored entries are NaN."""
+    check_choice("pooling", pooling, POOLING)
     records = [exact_example(gm, ctx, nodes=nodes, edges=edges)
                for ctx in iter_contexts(gm, examples, vector, metric=metric, tau=tau,
                                         reverse=reverse, progress=progress,
                                         desc="exact patching")]
-    return _aggregate_records("exact", records, gm.graph, metric=metric, tau=tau,
-                              reverse=reverse)
+    return aggregate_records("exact", records, gm.graph, pooling, metric=metric, tau=tau,
+                              reverse=reverse, logits_at=gm.logits_at)

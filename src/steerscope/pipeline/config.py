@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from steerscope.errors import SteerscopeError
+from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING
 
 TRAINED_METHODS = ("ntp", "po")
 FREEZE_MODES = ("qk", "ov", "svv", "mlp")
@@ -153,6 +154,9 @@ class PatchingSection:
     tau: float = 0.0  # kl only: mask positions with KL(P_steer || P_base) < tau
     reverse: bool = False  # reverse roles: clean = unsteered, corrupt = steered
     graph: str = "fine"  # fine: per-head q/k/v inputs | coarse: q/k/v grouped per layer
+    grad_at: str = GRAD_AT[0]  # EAP-IG gradient: pre_norm residual | post_norm input (paper)
+    logits_at: str = LOGITS_AT[0]  # soft-capped models: post_cap | pre_cap (released code)
+    pooling: str = POOLING[0]  # dataset_mean | positions (released code)
     top_n: int = 100  # top edges (by |score|) for results.json's edge_types
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -537,6 +541,9 @@ def check_values(cfg: PipelineConfig) -> None:
                   "drop patching.judge or set patching.flip: refusal")
     _known("patching.metric", [pa.metric], PATCHING_METRICS)
     _known("patching.graph", [pa.graph], PATCHING_GRAPHS)
+    _known("patching.grad_at", [pa.grad_at], GRAD_AT)
+    _known("patching.logits_at", [pa.logits_at], LOGITS_AT)
+    _known("patching.pooling", [pa.pooling], POOLING)
     if not (math.isfinite(pa.tau) and pa.tau >= 0):
         _fail("patching.tau", f"must be a finite number >= 0, got {pa.tau}", "use e.g. 0 or 1")
     if pa.tau and pa.metric != "kl":

@@ -165,6 +165,8 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
         res = score_vector(lm.model, v, datasets, arch=lm.arch, steps=section.ig_steps,
                            metric=section.metric, tau=section.tau, reverse=section.reverse,
                            coarse=section.graph == "coarse", top_k=section.top_n,
+                           grad_at=section.grad_at, logits_at=section.logits_at,
+                           pooling=section.pooling,
                            map_fn=lambda fn, xs: distributed.map_units(fn, xs, ctx.dist))
         res.meta.update({"model": lm.model_id, "flip": section.flip, "judge": section.judge,
                          "counts": counts})
