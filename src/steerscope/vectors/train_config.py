@@ -1,0 +1,157 @@
+"""Hyperparameters, conventions and presets of the NTP and PO trainers (paper §3).
+
+Four conventions decide how a trained vector is chosen; each has the paper's (where the paper
+is silent: the authors' released code's) value as the default and steerscope's earlier
+choice as a named alternative:
+
+===============  ===========================================  =================================
+field            default (paper / released code)              alternative (steerscope ≤ v0)
+===============  ===========================================  =================================
+``lr_schedule``  ``"per_epoch"``: lr·(1 − e/E) in epoch e      ``"per_step"``: lr·(1 − s/S),
+                 (``LinearLR(1 → 0, total_iters=E)`` stepped  S = all optimiser steps
+                 once per epoch)
+``validation``   ``"deployed"``: the vector rescaled to the    ``"mean_factor"``: the raw vector
+                 DIM norm, α = ±1 (c = sign·‖dim‖/‖v‖)         at c = sign·mean(factors)
+``keep``         ``"best_epoch"``: validate after every       ``"last_epoch"``: the vector
+                 epoch, keep the best                         after the last epoch
+``ranking``      ``"released"``: NTP by the sum of its loss   ``"loss_then_match"``: lowest
+                 rank and token-match rank, PO by loss        loss (to 1e-4), then higher match
+===============  ===========================================  =================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from steerscope.errors import SteerscopeError
+
+OBJECTIVES = ("ntp", "po")
+PAPER_FACTORS = tuple(range(2, 21, 2))  # 2, 4, ..., 20
+LR_SCHEDULES = ("per_epoch", "per_step")
+VALIDATIONS = ("deployed", "mean_factor")
+KEEPS = ("best_epoch", "last_epoch")
+RANKINGS = ("released", "loss_then_match")
+# steerscope's conventions before the paper's were matched (issue 12, point 4)
+STEERSCOPE_CONVENTIONS = {"lr_schedule": "per_step", "validation": "mean_factor",
+                          "keep": "last_epoch", "ranking": "loss_then_match"}
+PAPER_CONVENTIONS = {"lr_schedule": "per_epoch", "validation": "deployed",
+                     "keep": "best_epoch", "ranking": "released"}
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run (defaults: the paper's, first grid value, and the
+    paper's conventions, see the module docstring).
+
+    ``objective``: ``"ntp"`` or ``"po"``; ``phi``: PO's φ (ignored by NTP); ``factors``: the
+    steering factors ``f`` sampled per example; ``val_factor``: the factor of
+    ``validation="mean_factor"`` (``None``: the mean of ``factors``).
+    """
+
+    objective: str = "ntp"
+    lr: float = 0.04
+    epochs: int = 10
+    batch_size: int = 6
+    seed: int = 42
+    phi: float = 2e-2
+    factors: tuple[float, ...] = PAPER_FACTORS
+    max_response_tokens: int = 64
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    init_scale: float = 0.01
+    val_factor: float | None = None
+    lr_schedule: str = "per_epoch"
+    validation: str = "deployed"
+    keep: str = "best_epoch"
+    ranking: str = "released"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise SteerscopeError(f"unknown training objective '{self.objective}'",
+                                  "use 'ntp' or 'po'")
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("validation", VALIDATIONS),
+                              ("keep", KEEPS), ("ranking", RANKINGS)):
+            if getattr(self, name) not in allowed:
+                raise SteerscopeError(f"TrainConfig.{name}={getattr(self, name)!r} is unknown",
+                                      f"use one of {', '.join(allowed)}")
+        self.factors = tuple(float(f) for f in self.factors)
+        checks = [
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "a positive number"),
+            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an int >= 1"),
+            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1,
+             "an int >= 1"),
+            ("phi", self.phi >= 0 and math.isfinite(self.phi), "a non-negative number"),
+            ("factors", len(self.factors) > 0 and all(math.isfinite(f) for f in self.factors),
+             "a non-empty list of numbers"),
+            ("max_response_tokens",
+             isinstance(self.max_response_tokens, int) and self.max_response_tokens >= 1,
+             "an int >= 1"),
+            ("grad_clip", self.grad_clip > 0, "a positive number"),
+            ("weight_decay", self.weight_decay >= 0, "a non-negative number"),
+            ("init_scale", self.init_scale >= 0 and math.isfinite(self.init_scale),
+             "a non-negative number"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                raise SteerscopeError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid",
+                                      f"use {what}")
+
+    @property
+    def validation_factor(self) -> float:
+        """The factor ``f_val`` of ``validation="mean_factor"``."""
+        if self.val_factor is not None:
+            return float(self.val_factor)
+        return sum(self.factors) / len(self.factors)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["factors"] = list(self.factors)
+        return d
+
+
+def lr_factors(config: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """The learning-rate multiplier of every optimiser step (``epochs·steps_per_epoch``).
+
+    ``per_epoch`` (released code): ``1 − e/E`` during epoch ``e`` (0-based), so the last epoch
+    trains at lr/E; ``per_step``: ``max(0, 1 − s/S)`` at step ``s`` of ``S``.
+    """
+    total = steps_per_epoch * config.epochs
+    if config.lr_schedule == "per_epoch":
+        return [1.0 - (s // steps_per_epoch) / config.epochs for s in range(total)]
+    return [max(0.0, 1.0 - s / total) for s in range(total)]
+
+
+def paper_grid(objective: str, **changes) -> list[TrainConfig]:
+    """The paper's grid: lr {0.01, 0.04} × batch {6, 12} × seed {42, 5} (× φ {2e-2, 1e-5} for
+    PO), 10 epochs, the paper's conventions; ``changes`` override fields of every config."""
+    phis = (2e-2, 1e-5) if objective == "po" else (2e-2,)
+    return [TrainConfig(objective=objective, lr=lr, batch_size=b, seed=s, phi=phi,
+                        **changes)
+            for lr in (0.01, 0.04) for b in (6, 12) for s in (42, 5) for phi in phis]
+
+
+def quick_grid(objective: str, **changes) -> list[TrainConfig]:
+    """A CPU-sized grid for small models (the demo model): lr {0.01, 0.04}, batch 6, seed 42,
+    2 epochs, 32 response tokens, the paper's conventions; ``changes`` override fields of
+    every config."""
+    base = dict(epochs=2, max_response_tokens=32)
+    base.update(changes)
+    return [TrainConfig(objective=objective, lr=lr, **base) for lr in (0.01, 0.04)]
+
+
+__all__ = [
+    "OBJECTIVES",
+    "PAPER_FACTORS",
+    "LR_SCHEDULES",
+    "VALIDATIONS",
+    "KEEPS",
+    "RANKINGS",
+    "PAPER_CONVENTIONS",
+    "STEERSCOPE_CONVENTIONS",
+    "TrainConfig",
+    "lr_factors",
+    "paper_grid",
+    "quick_grid",
+]
