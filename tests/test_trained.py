@@ -12,6 +12,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.models.chat import format_prompt
 from steerscope.models.tiny import tiny_model, tiny_tokenizer
 from steerscope.runtime import Add
+from steerscope.vectors.train_config import STEERSCOPE_CONVENTIONS
 from steerscope.vectors.trained import (
     TrainConfig,
     TrainResult,
@@ -204,7 +205,8 @@ def test_rescaling_gives_the_requested_norm(model, tok, tmp_path):
 # --- model selection -----------------------------------------------------------------------
 def test_grid_selects_the_best_validation_loss(model, tok):
     train, val = synthetic(tok, 4), synthetic(tok, 2, offset=50)
-    base = dict(epochs=2, batch_size=4, factors=(1.0, 2.0, 3.0), max_response_tokens=16)
+    base = dict(epochs=2, batch_size=4, factors=(1.0, 2.0, 3.0), max_response_tokens=16,
+                **STEERSCOPE_CONVENTIONS)  # steerscope's earlier selection, kept as an option
     configs = [TrainConfig(lr=1e-6, **base), TrainConfig(lr=0.04, **base),
                TrainConfig(lr=1e-5, seed=5, **base)]
     res = train_grid(model, tok, train, layer=LAYER, configs=configs, val_data=val,
