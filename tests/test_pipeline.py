@@ -185,6 +185,26 @@ def test_run_writes_every_artifact_and_results_json(finished):
         assert (res.run_dir / "figures" / f"{fig}.png").is_file(), fig
 
 
+def test_trained_vectors_validate_on_dim_val_prompts_and_keep_the_best_epoch(finished):
+    """Paper conventions (vectors.preference.val_prompts: dim_val): the NTP/PO validation
+    pairs come from DIM's validation prompts, the training pairs from every train prompt."""
+    from steerscope.vectors import SteeringVector
+
+    run = finished.run_dir
+    (data_dir,) = run.glob("data-*")
+    (trained_dir,) = run.glob("trained-*")
+    prompts = json.loads((data_dir / "prompts.json").read_text())
+    val = json.loads((trained_dir / "preference_val.json").read_text())["examples"]
+    train = json.loads((trained_dir / "preference_data.json").read_text())["examples"]
+    assert {e["instruction"] for e in val} <= set(prompts["harmful_val"] + prompts["harmless_val"])
+    assert {e["instruction"] for e in train} <= set(prompts["harmful_train"]
+                                                    + prompts["harmless_train"])
+    for obj in ("ntp", "po"):
+        meta = SteeringVector.load(trained_dir / f"{obj}.safetensors").metadata
+        assert meta["epoch_choice"] == "best_epoch" and meta["val"]["validation"] == "deployed"
+        assert meta["val"]["n"] == len(val)
+
+
 def test_results_paths_load_with_plain_libraries(finished):
     """model.path loads with AutoModelForCausalLM; each vector file holds exactly one tensor,
     added at the recorded layer."""

@@ -25,11 +25,13 @@ from typing import Any, Union
 
 from steerscope.errors import SteerscopeError
 from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING
+from steerscope.vectors.train_config import KEEPS, LR_SCHEDULES, RANKINGS, VALIDATIONS
 
 TRAINED_METHODS = ("ntp", "po")
 FREEZE_MODES = ("qk", "ov", "svv", "mlp")
 SPARSIFY_RULES = ("grad", "ie", "dropout", "bottomk")
 TRAIN_PRESETS = ("quick", "paper")
+VAL_PROMPTS = ("dim_val", "split")
 PATCHING_FLIPS = ("refusal", "tokens")
 PATCHING_METRICS = ("logit_diff", "kl")
 PATCHING_GRAPHS = ("fine", "coarse")
@@ -91,7 +93,8 @@ class PreferenceSection:
 
     n_prompts: int | None = None  # per class, from the train sets (None: all)
     max_new_tokens: int = 64
-    val_fraction: float = 0.2
+    val_prompts: str = "dim_val"  # dim_val: generate validation pairs from DIM's val prompts
+    val_fraction: float = 0.2  # split: hold out this share of the training pairs instead
 
 
 @dataclass
@@ -106,6 +109,11 @@ class TrainSection:
     epochs: int | None = None
     max_response_tokens: int | None = None
     factors: list[float] | None = None
+    # selection conventions (None: the preset's; see steerscope.vectors.train_config)
+    lr_schedule: str | None = None  # per_epoch | per_step
+    validation: str | None = None  # deployed | mean_factor
+    keep: str | None = None  # best_epoch | last_epoch
+    ranking: str | None = None  # released | loss_then_match
 
 
 @dataclass
@@ -494,6 +502,7 @@ def check_values(cfg: PipelineConfig) -> None:
     _finite("vectors.dim.induce_threshold", v.dim.induce_threshold)
     _positive_int("vectors.preference.n_prompts", v.preference.n_prompts, allow_none=True)
     _positive_int("vectors.preference.max_new_tokens", v.preference.max_new_tokens)
+    _known("vectors.preference.val_prompts", [v.preference.val_prompts], VAL_PROMPTS)
     if not 0 < v.preference.val_fraction < 1:
         _fail("vectors.preference.val_fraction", f"must be in (0, 1), got "
               f"{v.preference.val_fraction}", "use e.g. 0.2")
@@ -501,6 +510,10 @@ def check_values(cfg: PipelineConfig) -> None:
         t: TrainSection = getattr(v, obj)
         key = f"vectors.{obj}"
         _known(f"{key}.preset", [t.preset], TRAIN_PRESETS)
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("validation", VALIDATIONS),
+                              ("keep", KEEPS), ("ranking", RANKINGS)):
+            if getattr(t, name) is not None:
+                _known(f"{key}.{name}", [getattr(t, name)], allowed)
         for name in ("lr", "batch_size", "seed", "phi", "factors"):
             vals = getattr(t, name)
             if vals is not None and not vals:

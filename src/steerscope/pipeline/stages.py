@@ -162,29 +162,37 @@ def vectors_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 
 # --- trained (NTP / PO) --------------------------------------------------------------------------
-_PRESETS = {
-    "quick": dict(lr=[0.01, 0.04], batch_size=[6], seed=None, phi=[2e-2], epochs=2,
-                  max_response_tokens=32),
-    "paper": dict(lr=[0.01, 0.04], batch_size=[6, 12], seed=[42, 5], phi=None, epochs=10,
-                  max_response_tokens=64),
-}
+_CONVENTIONS = ("lr_schedule", "validation", "keep", "ranking")
+
+
+def _presets() -> dict[str, dict[str, Any]]:
+    from steerscope.vectors.train_config import PAPER_CONVENTIONS
+
+    return {
+        "quick": dict(lr=[0.01, 0.04], batch_size=[6], seed=None, phi=[2e-2], epochs=2,
+                      max_response_tokens=32, **PAPER_CONVENTIONS),
+        "paper": dict(lr=[0.01, 0.04], batch_size=[6, 12], seed=[42, 5], phi=None, epochs=10,
+                      max_response_tokens=64, **PAPER_CONVENTIONS),
+    }
 
 
 def train_configs(objective: str, section: TrainSection, seed: int) -> list:
     """The grid of :class:`~steerscope.vectors.trained.TrainConfig` for one objective: the
     preset's values (``quick``: the top-level seed; ``paper``: seeds 42 and 5, φ ∈ {2e-2,
-    1e-5} for PO), each list overridable by the config."""
+    1e-5} for PO; both: the paper's selection conventions), each overridable by the config."""
     from steerscope.vectors.trained import TrainConfig
 
-    pre = dict(_PRESETS[section.preset])
+    pre = dict(_presets()[section.preset])
     if pre["seed"] is None:
         pre["seed"] = [seed]
     if pre["phi"] is None:
         pre["phi"] = [2e-2, 1e-5] if objective == "po" else [2e-2]
-    for k in ("lr", "batch_size", "seed", "phi", "epochs", "max_response_tokens"):
+    for k in ("lr", "batch_size", "seed", "phi", "epochs", "max_response_tokens",
+              *_CONVENTIONS):
         if getattr(section, k) is not None:
             pre[k] = getattr(section, k)
     extra = {} if section.factors is None else {"factors": tuple(section.factors)}
+    extra.update({k: pre[k] for k in _CONVENTIONS})
     phis = pre["phi"] if objective == "po" else pre["phi"][:1]
     return [TrainConfig(objective=objective, lr=lr, batch_size=b, seed=s, phi=phi,
                         epochs=pre["epochs"], max_response_tokens=pre["max_response_tokens"],
@@ -193,27 +201,41 @@ def train_configs(objective: str, section: TrainSection, seed: int) -> list:
                                                    phis)]
 
 
+def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]]):
+    """(train, val) preference data: ``val_prompts: dim_val`` trains on every train prompt
+    and generates the validation pairs from DIM's validation prompts (the released code);
+    ``split`` holds out ``val_fraction`` of the training pairs. Writes
+    ``preference_data.json`` (and ``preference_val.json`` for ``dim_val``)."""
+    from steerscope.vectors.training_data import build_preference_data
+
+    pref = section.preference
+    n = pref.n_prompts
+    opts = dict(max_new_tokens=pref.max_new_tokens, batch_size=section.batch_size,
+                progress=ctx.progress)
+    data = build_preference_data(lm.model, lm.tokenizer, prompts["harmful_train"][:n],
+                                 prompts["harmless_train"][:n], dim, **opts)
+    data.save(ctx.out / "preference_data.json")
+    if pref.val_prompts == "split":
+        return data.split(pref.val_fraction, seed=ctx.config.seed)
+    val = build_preference_data(lm.model, lm.tokenizer, prompts["harmful_val"],
+                                prompts["harmless_val"], dim, **opts)
+    val.save(ctx.out / "preference_val.json")
+    return data, val
+
+
 def trained_stage(ctx, section, inputs) -> dict[str, Any]:
     """NTP and PO vectors (those in ``vectors.methods``) at DIM's layer: self-generated
-    preference data from the train prompts, a validation split, grid training with
+    preference data (train and validation, :func:`preference_splits`), grid training with
     selection, rescaled to the DIM norm. Writes nothing when neither is asked for."""
     objectives = [m for m in section.methods if m in TRAINED_METHODS]
     if not objectives:
         return {"methods": {}}
     from steerscope.vectors import SteeringVector
     from steerscope.vectors.trained import train_grid
-    from steerscope.vectors.training_data import build_preference_data
 
     lm = ctx.model()
     dim = SteeringVector.load(inputs["vectors"].path("dim.safetensors"), lm.arch)
-    p = _read(inputs["data"], PROMPTS_FILE)
-    n = section.preference.n_prompts
-    harmful, harmless = p["harmful_train"][:n], p["harmless_train"][:n]
-    data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim,
-                                 max_new_tokens=section.preference.max_new_tokens,
-                                 batch_size=section.batch_size, progress=ctx.progress)
-    data.save(ctx.out / "preference_data.json")
-    train, val = data.split(section.preference.val_fraction, seed=ctx.config.seed)
+    train, val = preference_splits(ctx, lm, dim, section, _read(inputs["data"], PROMPTS_FILE))
     methods = {}
     for obj in objectives:
         res = train_grid(lm.model, lm.tokenizer, train, layer=dim.layer,
@@ -222,10 +244,12 @@ def trained_stage(ctx, section, inputs) -> dict[str, Any]:
                          eval_batch_size=section.batch_size, progress=ctx.progress)
         res.vector.save(ctx.out / f"{obj}.safetensors")
         methods[obj] = _vector_entry(res.vector, f"{obj}.safetensors")
-        ctx.log(f"{obj}: val loss {res.val_loss:.4f}, cosine with DIM "
-                f"{res.vector.cosine(dim):+.3f}")
-    return {"methods": methods, "preference": {"n_examples": len(data),
-                                               "counts": data.counts()}}
+        ctx.log(f"{obj}: val loss {res.val_loss:.4f} (epoch {res.best_epoch}), cosine with "
+                f"DIM {res.vector.cosine(dim):+.3f}")
+    return {"methods": methods, "preference": {"n_examples": len(train) + len(val),
+                                               "n_train": len(train), "n_val": len(val),
+                                               "counts": train.counts(),
+                                               "val_counts": val.counts()}}
 
 
 def trained_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
