@@ -188,6 +188,16 @@ def test_vector_commands_end_to_end(capsys, tiny_dir, tmp_path):
     rows = json.loads((out / "dim_candidates.json").read_text())
     assert dim.method == "dim" and dim.layer in (1, 2) and len(rows) == 2 * len(
         {r["position"] for r in rows})
+    code, text, err = _run(capsys, "vectors", "train", tiny_dir, "--objective", "ntp",
+                           "--dim", out / "dim.safetensors", "--harmful", harmful,
+                           "--harmless", harmless, "--harmful-val", harmful, "--harmless-val",
+                           harmless, "--n", "3", "--n-val", "2", "--epochs", "2",
+                           "--max-new-tokens", "3", "--out", tmp_path / "ntp.safetensors")
+    assert code == 0, err
+    ntp = SteeringVector.load(tmp_path / "ntp.safetensors")
+    assert ntp.norm == pytest.approx(dim.norm, rel=1e-5) and "epoch" in text
+    assert ntp.metadata["epoch_choice"] == "best_epoch" and ntp.metadata["val"]["n"] <= 4
+    assert ntp.hyperparameters["lr_schedule"] == "per_epoch"
     code, text, err = _run(capsys, "vectors", "extract", tiny_dir, "--method", "pca",
                            "--positive", harmful, "--negative", harmless, "--layer", "2",
                            "--out", tmp_path / "pca.safetensors")

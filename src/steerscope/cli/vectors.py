@@ -107,31 +107,50 @@ def cmd_extract(args) -> None:
 
 def cmd_train(args) -> None:
     from steerscope.vectors import SteeringVector
-    from steerscope.vectors.trained import TrainConfig, paper_grid, quick_grid, train_grid
+    from steerscope.vectors.train_config import (
+        PAPER_CONVENTIONS,
+        STEERSCOPE_CONVENTIONS,
+        TrainConfig,
+        paper_grid,
+        quick_grid,
+    )
+    from steerscope.vectors.trained import train_grid
     from steerscope.vectors.training_data import build_preference_data
 
     dim = SteeringVector.load(args.dim)
     harmful = _read(args.harmful, args.n, args.seed)
     harmless = _read(args.harmless, args.n, args.seed)
+    if args.val_prompts == "dim_val":
+        harmful_val = _read(args.harmful_val, args.n_val, args.seed)
+        harmless_val = _read(args.harmless_val, args.n_val, args.seed)
     lm = _load(args)
     dim.check_fits(lm.arch)
     layer = args.layer if args.layer is not None else dim.layer
     lm.arch.check_layer(layer)
-    data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim,
-                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    train, val = data.split(args.val_fraction, seed=args.seed)
+    opts = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim, **opts)
+    if args.val_prompts == "dim_val":
+        train = data
+        val = build_preference_data(lm.model, lm.tokenizer, harmful_val, harmless_val, dim,
+                                    **opts)
+    else:
+        train, val = data.split(args.val_fraction, seed=args.seed)
+    conventions = PAPER_CONVENTIONS if args.conventions == "paper" else STEERSCOPE_CONVENTIONS
     if args.grid == "paper":
-        configs = paper_grid(args.objective)
+        configs = paper_grid(args.objective, **conventions)
     elif args.grid == "quick":
-        configs = quick_grid(args.objective)
+        configs = quick_grid(args.objective, **conventions)
     else:
         configs = [TrainConfig(objective=args.objective, epochs=args.epochs, lr=args.lr,
-                               batch_size=args.train_batch_size, seed=args.seed)]
+                               batch_size=args.train_batch_size, seed=args.seed,
+                               **conventions)]
     res = train_grid(lm.model, lm.tokenizer, train, layer=layer, configs=configs, val_data=val,
                      rescale_to=dim.norm, model_id=lm.model_id)
     res.vector.save(args.out)
     print(f"{args.objective} vector at layer {layer}, rescaled to the DIM norm {dim.norm:.3f}; "
-          f"cosine with DIM {res.vector.cosine(dim):+.3f}; wrote {args.out}")
+          f"epoch {res.best_epoch} kept (val loss {res.val_loss:.4f}, token match "
+          f"{res.val_match_mean:.3f}); cosine with DIM {res.vector.cosine(dim):+.3f}; "
+          f"wrote {args.out}")
 
 
 def cmd_info(args) -> None:
@@ -244,7 +263,18 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.04)
     p.add_argument("--train-batch-size", type=int, default=6)
+    p.add_argument("--val-prompts", choices=["dim_val", "split"], default="dim_val",
+                   help="dim_val: validation pairs from DIM's validation prompts (released "
+                        "code); split: hold out --val-fraction of the training pairs")
+    p.add_argument("--harmful-val", default="harmful_val")
+    p.add_argument("--harmless-val", default="harmless_val")
+    p.add_argument("--n-val", type=int, default=32, help="validation prompts per class "
+                   "(the same seeded sample as 'vectors dim')")
     p.add_argument("--val-fraction", type=float, default=0.125)
+    p.add_argument("--conventions", choices=["paper", "steerscope"], default="paper",
+                   help="model selection: paper = validate at the DIM norm after every epoch, "
+                        "keep the best, LR stepped per epoch; steerscope = the last epoch, "
+                        "validated at the mean factor, LR stepped per step")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True)
