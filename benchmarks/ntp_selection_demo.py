@@ -23,9 +23,12 @@ import time
 from pathlib import Path
 
 from steerscope.demo import demo_run_config
+from steerscope.evaluate.refusal import refusal_scores
 from steerscope.evaluate.steering import evaluate_steering
+from steerscope.models.chat import format_prompt
 from steerscope.models.loading import load_model
 from steerscope.pipeline import run_pipeline
+from steerscope.runtime.core import Runtime
 from steerscope.vectors import SteeringVector
 from steerscope.vectors.train_config import PAPER_CONVENTIONS, STEERSCOPE_CONVENTIONS, TrainConfig
 from steerscope.vectors.trained import train_grid
@@ -58,6 +61,19 @@ def _preference(lm, dim, prompts, kind: str, cache: Path) -> PreferenceData:
     return data
 
 
+def refusal_curve(lm, sv: SteeringVector, prompts, multipliers=(0.5, 1.0, 2.0)) -> dict:
+    """Mean refusal score on DIM's val prompts, harmful at α = −m and harmless at α = +m
+    (no generation): does the direction work at a larger or smaller scale?"""
+    out = {}
+    for kind, sign in (("harmful", -1.0), ("harmless", 1.0)):
+        formatted = [format_prompt(lm.tokenizer, q) for q in prompts[f"{kind}_val"]]
+        for m in multipliers:
+            with Runtime(lm.model, [sv.intervention(sign * m)], arch=lm.arch):
+                s = refusal_scores(lm.model, lm.tokenizer, formatted, progress=False)
+            out[f"{kind}@{sign * m:+g}"] = round(float(s.mean()), 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs")
@@ -80,6 +96,7 @@ def main() -> None:
     split_train, split_val = train.split(0.2, seed=42)
     print(f"DIM layer {dim.layer}, norm {dim.norm:.3f}; {len(train)} train pairs, "
           f"{len(val)} DIM-val pairs ({time.time() - t0:.0f} s)", flush=True)
+    print("dim refusal curve", refusal_curve(lm, dim, prompts), flush=True)
 
     vectors: dict[str, SteeringVector] = {"dim": dim}
     summary: dict[str, dict] = {}
@@ -102,7 +119,8 @@ def main() -> None:
                 "val_match_mean": r.val_match_mean,
                 "epochs": [{k: e[k] for k in ("epoch", "val_loss", "val_match_mean",
                                               "trained_norm")} for e in r.epochs],
-                "train_s": time.time() - t}
+                "train_s": time.time() - t,
+                "refusal_curve": refusal_curve(lm, r.vector, prompts)}
             print(key, json.dumps(summary[key]), flush=True)
 
     t = time.time()

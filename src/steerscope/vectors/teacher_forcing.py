@@ -183,7 +183,7 @@ def score_responses(model, tokenizer, prompts: Sequence[str], responses: Sequenc
     tensors, input order). ``coefs``: one steering coefficient per example (default 1)."""
     rows = encode_rows(tokenizer, prompts, responses, max_response_tokens)
     return score_rows(model, rows, pad_token_id(tokenizer), layer=layer, vector=vector,
-                       coefs=coefs, batch_size=batch_size)
+                      coefs=coefs, batch_size=batch_size)
 
 
 @torch.no_grad()

@@ -143,9 +143,9 @@ def _encode_data(model, tokenizer, data: PreferenceData, config: TrainConfig, na
     else:
         prompts = [e.prompt for e in examples]
         winners = encode_rows(tokenizer, prompts, [e.winner for e in examples],
-                               config.max_response_tokens)
-        losers = encode_rows(tokenizer, prompts, [e.loser for e in examples],
                               config.max_response_tokens)
+        losers = encode_rows(tokenizer, prompts, [e.loser for e in examples],
+                             config.max_response_tokens)
         for i, ((_, kw), (_, kl)) in enumerate(zip(winners, losers)):
             if kw == 0 or kl == 0:
                 which = "winner" if kw == 0 else "loser"
@@ -158,9 +158,9 @@ def _encode_data(model, tokenizer, data: PreferenceData, config: TrainConfig, na
     if config.objective == "po" and enc.ref_w is None:
         pad = pad_token_id(tokenizer)
         enc.ref_w = score_rows(model, enc.winners, pad, batch_size=eval_batch_size,
-                                arch=arch).logprob
+                               arch=arch).logprob
         enc.ref_l = score_rows(model, enc.losers, pad, batch_size=eval_batch_size,
-                                arch=arch).logprob
+                               arch=arch).logprob
     return enc
 
 
