@@ -25,6 +25,15 @@ def test_config_loads_strictly_with_the_paper_settings(path):
     assert cfg.vectors.methods == ["dim", "ntp", "po"]
     assert cfg.vectors.dim.kl_threshold == 0.1 and not cfg.vectors.dim.relax_kl
     assert cfg.vectors.ntp.preset == cfg.vectors.po.preset == "paper"
+    assert cfg.vectors.preference.val_prompts == "dim_val"
+    from steerscope.pipeline.stages import train_configs
+    from steerscope.vectors.train_config import PAPER_CONVENTIONS
+
+    for obj, n in (("ntp", 8), ("po", 16)):
+        grid = train_configs(obj, getattr(cfg.vectors, obj), cfg.seed)
+        assert len(grid) == n and all(c.epochs == 10 for c in grid)
+        assert all({k: getattr(c, k) for k in PAPER_CONVENTIONS} == PAPER_CONVENTIONS
+                   for c in grid)
     assert cfg.evaluation.max_new_tokens == 512
     assert cfg.patching.ig_steps == 10 and cfg.circuits.threshold == 0.85
     assert (cfg.patching.grad_at, cfg.patching.logits_at, cfg.patching.pooling) == (
