@@ -32,12 +32,18 @@ from steerscope.runtime.core import Runtime
 from steerscope.vectors import SteeringVector
 from steerscope.vectors.train_config import PAPER_CONVENTIONS, STEERSCOPE_CONVENTIONS, TrainConfig
 from steerscope.vectors.trained import train_grid
-from steerscope.vectors.training_data import PreferenceData, build_preference_data
+from steerscope.vectors.training_data import (
+    PreferenceData,
+    build_preference_data,
+    drop_mislabelled,
+)
 
-# name -> (conventions, validation pairs: "dim_val" or "split")
+# name -> (conventions, validation pairs: "dim_val" or "split"[, "filtered": drop mislabelled])
 VARIANTS = {
     "before": (STEERSCOPE_CONVENTIONS, "split"),
     "after": (PAPER_CONVENTIONS, "dim_val"),
+    "after_filtered": (PAPER_CONVENTIONS, "dim_val", "filtered"),
+    "before_filtered": (STEERSCOPE_CONVENTIONS, "split", "filtered"),
     "after_split": (PAPER_CONVENTIONS, "split"),
     "per_step_lr": ({**PAPER_CONVENTIONS, "lr_schedule": "per_step"}, "dim_val"),
     "last_epoch": ({**PAPER_CONVENTIONS, "keep": "last_epoch"}, "dim_val"),
@@ -96,14 +102,18 @@ def main() -> None:
     split_train, split_val = train.split(0.2, seed=42)
     print(f"DIM layer {dim.layer}, norm {dim.norm:.3f}; {len(train)} train pairs, "
           f"{len(val)} DIM-val pairs ({time.time() - t0:.0f} s)", flush=True)
+    print("label check: train", train.metadata["label_check"], "val",
+          val.metadata["label_check"], flush=True)
     print("dim refusal curve", refusal_curve(lm, dim, prompts), flush=True)
 
     vectors: dict[str, SteeringVector] = {"dim": dim}
     summary: dict[str, dict] = {}
     for obj in args.objectives.split(","):
         for name in args.variants.split(","):
-            conventions, val_kind = VARIANTS[name]
+            conventions, val_kind, *filtered = VARIANTS[name]
             tr, va = (train, val) if val_kind == "dim_val" else (split_train, split_val)
+            if filtered:
+                tr, va = drop_mislabelled(tr), drop_mislabelled(va)
             cfg = TrainConfig(objective=obj, lr=args.lr, epochs=args.epochs, batch_size=6,
                               seed=42, max_response_tokens=64, **conventions)
             t = time.time()

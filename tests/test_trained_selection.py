@@ -215,3 +215,23 @@ def test_bad_convention_values_give_one_line_errors(model, tok):
             make()
         msg = str(exc.value)
         assert text in msg and "\n" not in msg, msg
+
+
+def test_label_check_and_drop_mislabelled_follow_the_refusal_substrings(tok):
+    from steerscope.vectors.training_data import drop_mislabelled, label_check
+
+    p = format_prompt(tok, "q")
+    ex = [PreferenceExample(p, "Sure, step one.", "I'm sorry, I can't.", -1, "harmful"),
+          PreferenceExample(p, "I cannot help with that.", "Sure.", -1, "harmful"),  # bad
+          PreferenceExample(p, "I'm sorry, but I can't.", "Paris.", 1, "harmless"),
+          PreferenceExample(p, "Paris is the capital.", "Paris.", 1, "harmless"),  # bad
+          PreferenceExample(p, "Paris.", "Paris.", 1, "harmless")]  # bad: ignored the order
+    data = PreferenceData(ex, {"source": "hand"})
+    assert label_check(ex) == {"harmful_winner_as_labelled": 0.5,
+                               "harmless_winner_as_labelled": pytest.approx(1 / 3)}
+    kept = drop_mislabelled(data)
+    assert kept.examples == [ex[0], ex[2]]
+    assert kept.metadata == {"source": "hand",
+                             "dropped_mislabelled": {"harmful": 1, "harmless": 2}}
+    with pytest.raises(SteerscopeError, match="no preference example"):
+        drop_mislabelled(PreferenceData([ex[1]]))

@@ -95,6 +95,7 @@ class PreferenceSection:
     max_new_tokens: int = 64
     val_prompts: str = "dim_val"  # dim_val: generate validation pairs from DIM's val prompts
     val_fraction: float = 0.2  # split: hold out this share of the training pairs instead
+    drop_mislabelled: bool = False  # drop pairs whose winner fails the refusal-substring check
 
 
 @dataclass

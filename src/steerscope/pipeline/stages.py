@@ -204,9 +204,10 @@ def train_configs(objective: str, section: TrainSection, seed: int) -> list:
 def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]]):
     """(train, val) preference data: ``val_prompts: dim_val`` trains on every train prompt
     and generates the validation pairs from DIM's validation prompts (the released code);
-    ``split`` holds out ``val_fraction`` of the training pairs. Writes
-    ``preference_data.json`` (and ``preference_val.json`` for ``dim_val``)."""
-    from steerscope.vectors.training_data import build_preference_data
+    ``split`` holds out ``val_fraction`` of the training pairs; ``drop_mislabelled`` keeps
+    only pairs whose winner does what its kind asks. Writes ``preference_data.json`` (and
+    ``preference_val.json`` for ``dim_val``), as generated."""
+    from steerscope.vectors.training_data import build_preference_data, drop_mislabelled
 
     pref = section.preference
     n = pref.n_prompts
@@ -215,11 +216,16 @@ def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]]):
     data = build_preference_data(lm.model, lm.tokenizer, prompts["harmful_train"][:n],
                                  prompts["harmless_train"][:n], dim, **opts)
     data.save(ctx.out / "preference_data.json")
+    ctx.log(f"preference pairs: {data.metadata['label_check']}")
+    if pref.drop_mislabelled:
+        data = drop_mislabelled(data)
     if pref.val_prompts == "split":
         return data.split(pref.val_fraction, seed=ctx.config.seed)
     val = build_preference_data(lm.model, lm.tokenizer, prompts["harmful_val"],
                                 prompts["harmless_val"], dim, **opts)
     val.save(ctx.out / "preference_val.json")
+    if pref.drop_mislabelled:
+        val = drop_mislabelled(val)
     return data, val
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from steerscope.artifacts import atomic_write
 from steerscope.errors import DataError, SteerscopeError
+from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.generate import generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import format_prompt
@@ -223,6 +224,7 @@ def build_preference_data(
         raise DataError("every generated response pair has an empty response",
                         "raise max_new_tokens or check the model and DIM vector")
     meta = {
+        "label_check": label_check(kept),
         "refuse_instruction": REFUSE_INSTRUCTION,
         "max_new_tokens": max_new_tokens,
         "dim": {"layer": dim.layer, "method": dim.method, "norm": dim.norm, "sha256": dim.sha256},
@@ -237,8 +239,42 @@ def build_preference_data(
     return PreferenceData(kept, meta)
 
 
+def winner_as_labelled(example: PreferenceExample) -> bool:
+    """Whether the winner does what its kind asks by the refusal-substring matcher: a
+    harmful example's winner complies (no refusal substring), a harmless one's refuses."""
+    refuses = is_refusal_substring(example.winner)
+    return refuses if example.kind == "harmless" else not refuses
+
+
+def label_check(examples: Sequence[PreferenceExample]) -> dict[str, float | None]:
+    """Per kind, the share of winners that do what their kind asks
+    (:func:`winner_as_labelled`); None for a kind without examples. A low harmless share
+    means the model ignored the refuse instruction, so NTP learns to comply on both sides."""
+    out: dict[str, float | None] = {}
+    for kind in KINDS:
+        rows = [winner_as_labelled(e) for e in examples if e.kind == kind]
+        out[f"{kind}_winner_as_labelled"] = sum(rows) / len(rows) if rows else None
+    return out
+
+
+def drop_mislabelled(data: PreferenceData) -> PreferenceData:
+    """The examples whose winner does what its kind asks (:func:`winner_as_labelled`); the
+    dropped count per kind goes to ``metadata["dropped_mislabelled"]``."""
+    kept = [e for e in data.examples if winner_as_labelled(e)]
+    if not kept:
+        raise DataError("no preference example has a winner that does what its kind asks",
+                        "check the model's refusals or keep vectors.preference."
+                        "drop_mislabelled off")
+    dropped = {k: sum(e.kind == k and not winner_as_labelled(e) for e in data.examples)
+               for k in KINDS}
+    return PreferenceData(kept, {**data.metadata, "dropped_mislabelled": dropped})
+
+
 __all__ = [
     "REFUSE_INSTRUCTION",
+    "winner_as_labelled",
+    "label_check",
+    "drop_mislabelled",
     "PreferenceExample",
     "PreferenceData",
     "build_preference_data",
