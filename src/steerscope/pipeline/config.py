@@ -612,7 +612,9 @@ def demo_config(**overrides: Any) -> PipelineConfig:
     download; test = held-out prompts), 64 train + 16 val + 24 test prompts per class, DIM
     over every layer at the last prompt token (the position of every demo-model candidate
     that passes the paper's filters; ``relax_kl`` on, since 16 validation prompts make the
-    KL filter noisy), NTP and PO with one config each (lr 0.04, batch 6, 2 epochs), 48 new tokens;
+    KL filter noisy), NTP and PO with one config each (lr 0.04, batch 6, 2 epochs; the paper's
+    selection: validation pairs from the 16 val prompts, the best epoch at the DIM norm), 48 new
+    tokens;
     freezing ablations on 16 + 16 test prompts (32 tokens), the sparsity sweep at τ ∈ {0, 1,
     2} on 8 + 8 test prompts (16 tokens). ``overrides`` are top-level sections given as dicts
     (merged key by key), e.g. ``demo_config(vectors={"methods": ["dim"]})``."""
