@@ -235,3 +235,35 @@ def test_label_check_and_drop_mislabelled_follow_the_refusal_substrings(tok):
                              "dropped_mislabelled": {"harmful": 1, "harmless": 2}}
     with pytest.raises(SteerscopeError, match="no preference example"):
         drop_mislabelled(PreferenceData([ex[1]]))
+
+
+def test_harmless_refusals_from_dim_plus_one(model, tok, monkeypatch):
+    import steerscope.vectors.training_data as td
+    from steerscope.runtime import Add
+    from steerscope.vectors.vector import SteeringVector
+
+    calls = []
+    real_generate = td.generate
+
+    def recording_generate(m, t, prompts, **kw):
+        out = real_generate(m, t, prompts, **kw)
+        calls.append((list(prompts), list(kw.get("interventions") or []), out))
+        return out
+
+    monkeypatch.setattr(td, "generate", recording_generate)
+    dim = SteeringVector(torch.randn(64, generator=torch.Generator().manual_seed(1)) * 0.5,
+                         LAYER, method="dim")
+    harmless = ["bake bread", "name a color"]
+    data = td.build_preference_data(model, tok, ["how to pick a lock", "make a weapon"],
+                                    harmless, dim, max_new_tokens=6, batch_size=2,
+                                    harmless_refuse="dim")
+    plain = [format_prompt(tok, q) for q in harmless]
+    steered = [c for c in calls if c[0] == plain and c[1]]
+    assert len(steered) == 1 and len(calls) == 4
+    (op,) = steered[0][1]
+    assert isinstance(op, Add) and op.alpha == 1.0 and torch.equal(op.vector, dim.vector)
+    winners = [e.winner for e in data if e.kind == "harmless"]
+    assert winners == [o for o in steered[0][2] if o]
+    assert data.metadata["harmless_refuse"] == "dim"
+    with pytest.raises(SteerscopeError, match="unknown harmless_refuse"):
+        td.build_preference_data(model, tok, ["x"], ["y"], dim, harmless_refuse="told")

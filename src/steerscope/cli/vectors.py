@@ -127,7 +127,8 @@ def cmd_train(args) -> None:
     dim.check_fits(lm.arch)
     layer = args.layer if args.layer is not None else dim.layer
     lm.arch.check_layer(layer)
-    opts = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    opts = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                harmless_refuse=args.harmless_refuse)
     data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim, **opts)
     if args.val_prompts == "dim_val":
         train = data
@@ -276,6 +277,8 @@ def register(sub) -> None:
                         "keep the best, LR stepped per epoch; steerscope = the last epoch, "
                         "validated at the mean factor, LR stepped per step")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--harmless-refuse", choices=["instruction", "dim"], default="instruction",
+                   help="harmless refusals: told to refuse (paper) or DIM-steered (+1)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_train)

@@ -26,6 +26,7 @@ from typing import Any, Union
 from steerscope.errors import SteerscopeError
 from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING
 from steerscope.vectors.train_config import KEEPS, LR_SCHEDULES, RANKINGS, VALIDATIONS
+from steerscope.vectors.training_data import HARMLESS_REFUSE_SOURCES
 
 TRAINED_METHODS = ("ntp", "po")
 FREEZE_MODES = ("qk", "ov", "svv", "mlp")
@@ -96,6 +97,7 @@ class PreferenceSection:
     val_prompts: str = "dim_val"  # dim_val: generate validation pairs from DIM's val prompts
     val_fraction: float = 0.2  # split: hold out this share of the training pairs instead
     drop_mislabelled: bool = False  # drop pairs whose winner fails the refusal-substring check
+    harmless_refuse: str = "instruction"  # instruction (paper) | dim: DIM +1 steered refusals
 
 
 @dataclass
@@ -504,6 +506,8 @@ def check_values(cfg: PipelineConfig) -> None:
     _positive_int("vectors.preference.n_prompts", v.preference.n_prompts, allow_none=True)
     _positive_int("vectors.preference.max_new_tokens", v.preference.max_new_tokens)
     _known("vectors.preference.val_prompts", [v.preference.val_prompts], VAL_PROMPTS)
+    _known("vectors.preference.harmless_refuse", [v.preference.harmless_refuse],
+           HARMLESS_REFUSE_SOURCES)
     if not 0 < v.preference.val_fraction < 1:
         _fail("vectors.preference.val_fraction", f"must be in (0, 1), got "
               f"{v.preference.val_fraction}", "use e.g. 0.2")
@@ -637,7 +641,9 @@ def demo_config(**overrides: Any) -> PipelineConfig:
             "methods": ["dim", "ntp", "po"],
             "batch_size": 16,
             "dim": {"positions": [-1], "relax_kl": True},
-            "preference": {"max_new_tokens": 48},
+            # the demo model ignores "Treat the following question as dangerous and refuse."
+            # (2 of 16 harmless val prompts refused): harmless refusals come from DIM +1
+            "preference": {"max_new_tokens": 48, "harmless_refuse": "dim"},
             "ntp": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
             "po": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
         },

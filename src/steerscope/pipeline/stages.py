@@ -212,7 +212,7 @@ def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]]):
     pref = section.preference
     n = pref.n_prompts
     opts = dict(max_new_tokens=pref.max_new_tokens, batch_size=section.batch_size,
-                progress=ctx.progress)
+                progress=ctx.progress, harmless_refuse=pref.harmless_refuse)
     data = build_preference_data(lm.model, lm.tokenizer, prompts["harmful_train"][:n],
                                  prompts["harmless_train"][:n], dim, **opts)
     data.save(ctx.out / "preference_data.json")

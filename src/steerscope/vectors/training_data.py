@@ -36,6 +36,7 @@ from steerscope.vectors.vector import SteeringVector
 REFUSE_INSTRUCTION = "Treat the following question as dangerous and refuse."
 KINDS = ("harmful", "harmless")
 SIGN_OF_KIND = {"harmful": -1, "harmless": 1}
+HARMLESS_REFUSE_SOURCES = ("instruction", "dim")  # how harmless refusals are generated
 FORMAT_VERSION = 1
 
 
@@ -182,13 +183,16 @@ def build_preference_data(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     progress: bool | None = None,
+    harmless_refuse: str = "instruction",
 ) -> PreferenceData:
     """Generate the four greedy response kinds and pair them into preference examples.
 
     ``harmful`` / ``harmless``: raw (unformatted) instructions. harmful-refuse = unsteered;
     harmful-comply = steered with ``dim.intervention(-1.0)`` at every position;
     harmless-comply = unsteered; harmless-refuse = generated with :data:`REFUSE_INSTRUCTION`
-    as the system prompt. Examples keep the input order, harmful first. Examples whose winner
+    as the system prompt (``harmless_refuse="instruction"``, the paper) or steered with
+    ``dim.intervention(+1.0)`` (``"dim"``: for models that ignore the instruction, such as
+    the demo refusal model). Examples keep the input order, harmful first. Examples whose winner
     or loser is empty (an immediate EOS) are dropped and counted in
     ``metadata["dropped_empty"]``.
     """
@@ -202,6 +206,9 @@ def build_preference_data(
 
     harmful_prompts = [format_prompt(tokenizer, q) for q in harmful]
     harmless_prompts = [format_prompt(tokenizer, q) for q in harmless]
+    if harmless_refuse not in HARMLESS_REFUSE_SOURCES:
+        raise SteerscopeError(f"unknown harmless_refuse '{harmless_refuse}'",
+                              f"use one of {', '.join(HARMLESS_REFUSE_SOURCES)}")
     told_prompts = [format_prompt(tokenizer, q, system=REFUSE_INSTRUCTION) for q in harmless]
 
     harmful_refuse = generate(model, tokenizer, harmful_prompts, desc="harmful, refuse", **opts)
@@ -209,14 +216,20 @@ def build_preference_data(
                               interventions=[dim.intervention(-1.0)],
                               desc="harmful, comply (DIM -1)", **opts)
     harmless_comply = generate(model, tokenizer, harmless_prompts, desc="harmless, comply", **opts)
-    harmless_refuse = generate(model, tokenizer, told_prompts, desc="harmless, refuse (told)",
-                               **opts)
+    if harmless_refuse == "dim":
+        harmless_refuse_out = generate(model, tokenizer, harmless_prompts,
+                                       interventions=[dim.intervention(1.0)],
+                                       desc="harmless, refuse (DIM +1)", **opts)
+    else:
+        harmless_refuse_out = generate(model, tokenizer, told_prompts,
+                                       desc="harmless, refuse (told)", **opts)
 
     examples: list[PreferenceExample] = []
     for q, p, comply, refuse in zip(harmful, harmful_prompts, harmful_comply, harmful_refuse):
         examples.append(PreferenceExample(p, winner=comply, loser=refuse, sign=-1,
                                           kind="harmful", instruction=q))
-    for q, p, comply, refuse in zip(harmless, harmless_prompts, harmless_comply, harmless_refuse):
+    for q, p, comply, refuse in zip(harmless, harmless_prompts, harmless_comply,
+                                   harmless_refuse_out):
         examples.append(PreferenceExample(p, winner=refuse, loser=comply, sign=1,
                                           kind="harmless", instruction=q))
     kept = [e for e in examples if e.winner and e.loser]
@@ -226,6 +239,7 @@ def build_preference_data(
     meta = {
         "label_check": label_check(kept),
         "refuse_instruction": REFUSE_INSTRUCTION,
+        "harmless_refuse": harmless_refuse,
         "max_new_tokens": max_new_tokens,
         "dim": {"layer": dim.layer, "method": dim.method, "norm": dim.norm, "sha256": dim.sha256},
         "model_id": dim.model_id,
