@@ -12,7 +12,7 @@ Per vector it prints the trained norm, the factor the deployed vector correspond
 the ASR. Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/ntp_selection_demo.py [--out runs] [--objectives ntp,po]
-        [--variants before,after,...] [--epochs 2]
+        [--variants before,after,...] [--epochs 2] [--harmless-refuse instruction|dim]
 """
 
 from __future__ import annotations
@@ -56,13 +56,14 @@ def _stage_file(run_dir: Path, stage: str, name: str) -> Path:
     return folder / name
 
 
-def _preference(lm, dim, prompts, kind: str, cache: Path) -> PreferenceData:
-    path = cache / f"preference_{kind}.json"
+def _preference(lm, dim, prompts, kind: str, cache: Path, refuse: str) -> PreferenceData:
+    path = cache / f"preference_{kind}_{refuse}.json"
     if path.is_file():
         return PreferenceData.load(path)
     harmful, harmless = prompts[f"harmful_{kind}"], prompts[f"harmless_{kind}"]
     data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim,
-                                 max_new_tokens=48, batch_size=16, progress=False)
+                                 max_new_tokens=48, batch_size=16, progress=False,
+                                 harmless_refuse=refuse)
     data.save(path)
     return data
 
@@ -87,6 +88,8 @@ def main() -> None:
     ap.add_argument("--variants", default="before,after")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--lr", type=float, default=0.04)
+    ap.add_argument("--harmless-refuse", default="dim", choices=["instruction", "dim"],
+                    help="instruction: the data behind the reported symptom; dim: the fix")
     args = ap.parse_args()
 
     t0 = time.time()
@@ -97,8 +100,8 @@ def main() -> None:
     dim = SteeringVector.load(_stage_file(res.run_dir, "vectors", "dim.safetensors"), lm.arch)
     cache = res.run_dir / "ntp_selection"
     cache.mkdir(exist_ok=True)
-    train = _preference(lm, dim, prompts, "train", cache)
-    val = _preference(lm, dim, prompts, "val", cache)
+    train = _preference(lm, dim, prompts, "train", cache, args.harmless_refuse)
+    val = _preference(lm, dim, prompts, "val", cache, args.harmless_refuse)
     split_train, split_val = train.split(0.2, seed=42)
     print(f"DIM layer {dim.layer}, norm {dim.norm:.3f}; {len(train)} train pairs, "
           f"{len(val)} DIM-val pairs ({time.time() - t0:.0f} s)", flush=True)
