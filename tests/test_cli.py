@@ -130,7 +130,7 @@ def test_demo_on_the_demo_refusal_model(capsys, tmp_path):
         "mean_refusal_score"]
     assert steering["dim"]["harmless"]["mean_refusal_score"] > steering["none"]["harmless"][
         "mean_refusal_score"]
-    run_dir = next((tmp_path / "runs").glob("demo-*"))  # results.json paths: relative to it
+    run_dir = next(tmp_path.glob("demo-*"))  # results.json paths: relative to it
     vec = SteeringVector.load(run_dir / res["vectors"]["dim"]["path"])
     assert vec.layer == res["model"]["steering_layer"] == res["dim_selection"]["layer"]
     assert vec.model_id == "smollm2-135m-refusal-demo"
