@@ -76,16 +76,21 @@ def _file_above(path: Path) -> Path | None:
     return None
 
 
+def _refuse_file_above(path: Path, what: str) -> None:
+    """A one-line error when a parent of ``path`` is a file (nothing can be written there)."""
+    blocker = _file_above(path)
+    if blocker is not None:
+        raise SteerscopeError(f"{what} {path} is under {blocker}, which is a file",
+                              "pass a path inside a folder")
+
+
 def check_output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
     """``path`` can be (or already is) a folder: it is not a file and no parent is a file."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise SteerscopeError(f"{what} {path} is a file, not a folder",
                               "pass a folder (it is created if missing)")
-    blocker = _file_above(path)
-    if blocker is not None:
-        raise SteerscopeError(f"{what} {path} is under {blocker}, which is a file",
-                              "pass a path inside a folder")
+    _refuse_file_above(path, what)
     return path
 
 
@@ -96,10 +101,7 @@ def check_output_file(path: str | os.PathLike, what: str = "--out") -> Path:
     if path.is_dir():
         raise SteerscopeError(f"{what} {path} is an existing folder",
                               "pass a file path, e.g. a .safetensors name inside it")
-    blocker = _file_above(path)
-    if blocker is not None:
-        raise SteerscopeError(f"{what} {path} is under {blocker}, which is a file",
-                              "pass a path inside a folder")
+    _refuse_file_above(path, what)
     return path
 
 

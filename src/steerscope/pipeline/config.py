@@ -384,7 +384,7 @@ def load_config(source: str | Path | dict | PipelineConfig | None) -> PipelineCo
         raise SteerscopeError(f"config file {path} is not valid YAML{where}",
                               "fix the syntax") from None
     if isinstance(data, dict):  # relative paths mean files next to the config
-        from steerscope.pipeline.preflight import anchor_paths
+        from steerscope.pipeline.config_paths import anchor_paths
 
         data = anchor_paths(data, path.parent)
     return config_from_dict(data)

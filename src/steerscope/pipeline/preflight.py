@@ -187,31 +187,3 @@ def check_positions(cfg: PipelineConfig) -> None:
             raise SteerscopeError(f"config key '{key}': position {pos} is before the start of "
                                   f"the shortest formatted train/val prompt ({shortest} tokens)",
                                   f"use a position from -1 to -{shortest}")
-
-
-# --- relative paths in a config file ----------------------------------------------------------
-PATH_KEYS = (("model", "source"), ("data", "data_dir"), ("data", "harmful_train"),
-             ("data", "harmless_train"), ("data", "harmful_val"), ("data", "harmless_val"),
-             ("data", "harmful_test"), ("data", "harmless_test"), ("evaluation", "judge"))
-
-
-def anchor_paths(data: dict, folder: Path) -> dict:
-    """The raw config ``data`` of a YAML file in ``folder`` with each relative path that
-    exists next to the config (model source, prompt files, data_dir, a judge folder, also
-    after ``classifier:``/``chat:``) made absolute, so a config means the same files from any
-    working folder. Names (``default``, datasets, Hub ids) and absolute paths are kept."""
-    out = dict(data)
-    for section, key in PATH_KEYS:
-        sub = out.get(section)
-        value = sub.get(key) if isinstance(sub, dict) else None
-        if not isinstance(value, str) or not value.strip():
-            continue
-        prefix, sep, rest = value.partition(":")
-        if not (sep and prefix in ("classifier", "chat", "builtin")):
-            prefix, rest = "", value
-        path = Path(rest).expanduser()
-        if path.is_absolute() or not (folder / path).exists():
-            continue
-        anchored = os.path.abspath(folder / path)  # normalised: no ".." left
-        out[section] = {**sub, key: f"{prefix}:{anchored}" if prefix else anchored}
-    return out
