@@ -22,14 +22,15 @@ import sys
 import textwrap
 
 from steerscope.cli import common
-from steerscope.cli.common import (
-    add_batch_size_arg,
-    add_json_arg,
-    add_max_new_tokens_arg,
-    add_model_args,
-    add_sample_args,
-)
 from steerscope.errors import SteerscopeError
+
+
+def _add_steered_prompt_args(p: argparse.ArgumentParser) -> None:
+    """MODEL and its options, the prompts, the steering vector, generation length and batch."""
+    common.add_model_args(p, batch_size=16)
+    _add_prompt_args(p)
+    _add_steer_args(p)
+    common.add_max_new_tokens_arg(p)
 
 
 def _add_steer_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +47,7 @@ def _add_steer_args(p: argparse.ArgumentParser) -> None:
 def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", default=[], help="an instruction (repeatable)")
     p.add_argument("--prompts", help="prompt file or named dataset (added after --prompt)")
-    add_sample_args(p, None, "prompts used")
+    common.add_sample_args(p, None, "prompts used")
     p.add_argument("--system", help="system prompt (prepended to the user turn if the "
                                     "template has no system role)")
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole study on the demo refusal model (built and "
                                     "cached on first use): vectors, steering, patching, "
                                     "circuits, freezing, svv, sparsity, report")
-    add_model_args(p, positional=False, chat_template=False)
+    common.add_model_args(p, positional=False, chat_template=False)
     p.add_argument("--model", default="demo", help="the model (default: %(default)s, the demo "
                                                    "refusal model)")
     p.add_argument("--methods", default="dim,ntp,po",
@@ -84,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "threshold until one does, and say so)")
     p.add_argument("--out", default="runs", help="runs folder (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
-    add_json_arg(p, "results.json")
+    common.add_json_arg(p, "results.json")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("archs", help="list the supported architectures")
-    add_json_arg(p, "the architecture table")
+    common.add_json_arg(p, "the architecture table")
     p.set_defaults(func=cmd_archs)
 
     p = sub.add_parser("model", help="model preparation: prepare-demo")
@@ -98,12 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                                              "print its folder and build record")
     q.add_argument("--cache-dir", help="cache root (default $STEERSCOPE_CACHE or "
                                        "~/.cache/steerscope)")
-    add_json_arg(q, "the folder and build manifest")
+    common.add_json_arg(q, "the folder and build manifest")
     q.set_defaults(func=cmd_prepare_demo)
 
     p = sub.add_parser("info", help="load and validate a model; print its architecture")
-    add_model_args(p)
-    add_json_arg(p, "the model's identity and shape")
+    common.add_model_args(p)
+    common.add_json_arg(p, "the model's identity and shape")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("prompts", help="read a prompt file or named dataset and show a sample")
@@ -112,28 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=5,
                    help="prompts shown: a seeded sample (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help=common.SEED_HELP)
-    add_json_arg(p, "the set's name, size and sample")
+    common.add_json_arg(p, "the set's name, size and sample")
     p.set_defaults(func=cmd_prompts)
 
     p = sub.add_parser("generate", help="greedy (steered) completions")
-    add_model_args(p)
-    _add_prompt_args(p)
-    _add_steer_args(p)
-    add_max_new_tokens_arg(p)
-    add_batch_size_arg(p, 16)
-    add_json_arg(p, "[{prompt, response}, ...]")
+    _add_steered_prompt_args(p)
+    common.add_json_arg(p, "[{prompt, response}, ...]")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("score", help="refusal scores (no generation) and, with --generate, "
                                      "refusal rate by substring")
-    add_model_args(p)
-    _add_prompt_args(p)
-    _add_steer_args(p)
+    _add_steered_prompt_args(p)
     p.add_argument("--generate", action="store_true",
                    help="also generate completions and report the substring refusal rate")
-    add_max_new_tokens_arg(p)
-    add_batch_size_arg(p, 16)
-    add_json_arg(p, "the per-prompt scores and rates")
+    common.add_json_arg(p, "the per-prompt scores and rates")
     p.set_defaults(func=cmd_score)
 
     from steerscope.cli import explore, mechanisms, patching, pipeline, sparsify, vectors

@@ -71,6 +71,38 @@ def add_sample_args(p: argparse.ArgumentParser, n: int | None, what: str = "prom
         p.add_argument("--seed", type=int, default=42, help=SEED_HELP)
 
 
+def add_vector_specs(p: argparse.ArgumentParser, ie_note: str | None = None) -> None:
+    """Repeatable ``--vector NAME=FILE`` and, when ``ie_note`` is given, ``--ie NAME=FILE``
+    (the vector's dimension scores; ``ie_note`` says when they are needed)."""
+    p.add_argument("--vector", action="append", default=[],
+                   help=f"a steering vector as {NAMED_FILE_HELP}")
+    if ie_note is not None:
+        p.add_argument("--ie", action="append", default=[],
+                       help=f"{NAMED_FILE_HELP}: the IE of the --vector of that NAME{ie_note}")
+
+
+def add_run_folder_args(p: argparse.ArgumentParser, *, out: str, no_model: str) -> None:
+    """RUN_DIR, ``--out`` and ``--no-model`` of the commands that read a run folder."""
+    p.add_argument("run_dir", help="a run folder written by 'steerscope run' (it holds "
+                                   "results.json)")
+    p.add_argument("--out", help=out)
+    p.add_argument("--no-model", action="store_true", help=no_model)
+
+
+def add_prompt_pair(p: argparse.ArgumentParser, harmful: str, harmless: str, *,
+                    flag: str = "{}", note: str = "") -> None:
+    """``--harmful`` and ``--harmless`` (``flag``'s ``{}`` is the class: ``"{}-val"`` gives
+    ``--harmful-val``): prompt files or dataset names with these defaults; ``note`` says what
+    they are used for."""
+    for cls, default in (("harmful", harmful), ("harmless", harmless)):
+        p.add_argument("--" + flag.format(cls), default=default,
+                       help=f"{cls} prompts{note}: a file or dataset name (default: "
+                            "%(default)s)")
+
+
+STEERED_NOTE = " (harmful steered with -s to bypass refusal, harmless with +s to induce it)"
+
+
 def add_max_new_tokens_arg(p: argparse.ArgumentParser, default: int | None = 64) -> None:
     shown = "%(default)s" if default is not None else "the config's"
     p.add_argument("--max-new-tokens", type=int, default=default,

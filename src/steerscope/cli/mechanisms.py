@@ -7,20 +7,12 @@ import argparse
 import json
 from pathlib import Path
 
-from steerscope.cli.common import (
-    add_batch_size_arg,
-    add_json_arg,
-    add_max_new_tokens_arg,
-    add_model_args,
-    add_sample_args,
-    load,
-    read_prompts,
-)
+from steerscope.cli import common
 from steerscope.errors import SteerscopeError
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
+    common.add_model_args(p)
     p.add_argument("--vector", required=True, help="steering vector file (.safetensors)")
     p.add_argument("--layer", type=int, help="override the vector's layer")
     p.add_argument("--name", help="vector name in tables (default: its method)")
@@ -75,9 +67,9 @@ def cmd_freeze(args) -> dict:
 
     modes = _modes(args.modes)
     sv = SteeringVector.load(args.vector, layer=args.layer)
-    harmful = read_prompts(args.harmful, args.n, args.seed)
-    harmless = read_prompts(args.harmless, args.n, args.seed)
-    lm = load(args)
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    lm = common.load(args)
     res = freeze_evaluation(lm.model, lm.tokenizer, sv, harmful, harmless, modes=modes,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             include_unsteered=args.unsteered, arch=lm.arch,
@@ -95,7 +87,7 @@ def cmd_svv(args) -> dict:
 
     sv = SteeringVector.load(args.vector, layer=args.layer)
     scores = read_head_scores(args.scores) if args.scores else None
-    lm = load(args)
+    lm = common.load(args)
     sv.check_fits(lm.arch)
     name = args.name or sv.method
     rep = svv_report(lm.model, lm.tokenizer, sv.vector, sv.layer, head_scores=scores,
@@ -120,17 +112,14 @@ def register(sub) -> None:
                         "(unsteered value activations), svv (the steering term removed from "
                         "the value input), mlp (the steering term removed from every MLP "
                         "input) (default: %(default)s)")
-    p.add_argument("--harmful", default="jailbreakbench",
-                   help="harmful prompts, steered with -s (default: %(default)s)")
-    p.add_argument("--harmless", default="harmless_test",
-                   help="harmless prompts, steered with +s (default: %(default)s)")
-    add_sample_args(p, 100)
-    add_max_new_tokens_arg(p)
-    add_batch_size_arg(p, 16)
+    common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
+    common.add_sample_args(p, 100)
+    common.add_max_new_tokens_arg(p)
+    common.add_batch_size_arg(p, 16)
     p.add_argument("--unsteered", action="store_true", help="add the unsteered model as a row")
     p.add_argument("--out", help="folder for freeze.json (+ freeze.png)")
     p.add_argument("--no-figure", action="store_true", help="skip freeze.png")
-    add_json_arg(p, "the ablation table and completions")
+    common.add_json_arg(p, "the ablation table and completions")
     p.set_defaults(func=cmd_freeze)
 
     p = sub.add_parser("svv", help="steering value vectors per head through the logit lens")
@@ -146,5 +135,5 @@ def register(sub) -> None:
     p.add_argument("--negative", action="store_true", help="read -s (the bypass direction)")
     p.add_argument("--out", help="folder for svv_NAME.json (+ svv_NAME.png)")
     p.add_argument("--no-figure", action="store_true", help="skip svv_NAME.png")
-    add_json_arg(p, "the per-head report")
+    common.add_json_arg(p, "the per-head report")
     p.set_defaults(func=cmd_svv)

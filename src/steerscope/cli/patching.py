@@ -11,18 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from steerscope.cli.common import (
-    JUDGE_HELP,
-    NAMED_FILE_HELP,
-    add_json_arg,
-    add_max_new_tokens_arg,
-    add_model_args,
-    add_sample_args,
-    int_list,
-    load,
-    load_vectors,
-    read_prompts,
-)
+from steerscope.cli import common
 from steerscope.errors import SteerscopeError
 from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING
 
@@ -43,7 +32,7 @@ def cmd_patch(args) -> dict:
         patch_vector,
     )
 
-    vectors = load_vectors(args.vector)
+    vectors = common.load_vectors(args.vector)
     if args.grid_step is not None and args.sizes:
         raise SteerscopeError("--grid-step and --sizes are both given", "pass one of them")
     if args.grid_step is not None and not 0 < args.grid_step <= 1:
@@ -58,9 +47,9 @@ def cmd_patch(args) -> dict:
     if args.ig_batch_size < 1:
         raise SteerscopeError(f"--ig-batch-size must be >= 1, got {args.ig_batch_size}",
                               "pass e.g. --ig-batch-size 4")
-    harmful = read_prompts(args.harmful, args.n, args.seed)
-    harmless = read_prompts(args.harmless, args.n, args.seed)
-    lm = load(args)
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    lm = common.load(args)
     for v in vectors.values():
         v.check_fits(lm.arch)
     judge = None
@@ -84,7 +73,7 @@ def cmd_patch(args) -> dict:
                           {k: [e.to_json() for e in x] for k, x in ds.items()})
         res = patch_vector(lm.model, v, ds, arch=lm.arch, steps=args.steps, metric=args.metric,
                            tau=args.kl_threshold, reverse=args.reverse,
-                           coarse=args.graph == "coarse", sizes=int_list(args.sizes),
+                           coarse=args.graph == "coarse", sizes=common.int_list(args.sizes),
                            threshold=args.threshold, exact_nodes=args.exact_nodes,
                            top_k=args.top_k, grid_step=args.grid_step,
                            grid_max=args.grid_max, random_kind=args.random,
@@ -99,7 +88,7 @@ def cmd_patch(args) -> dict:
         report["vectors"][name] = {"folder": str(out / name), "examples": counts,
                                    **result_json(res, args.top_k)}
     if len(results) > 1:
-        cmp = compare_vectors(lm.model, results, data, sizes=int_list(args.sizes),
+        cmp = compare_vectors(lm.model, results, data, sizes=common.int_list(args.sizes),
                               progress=True)
         atomic_write_json(out / "comparison.json", cmp)
         _print_comparison(cmp)
@@ -154,20 +143,17 @@ def register(sub) -> None:
     """Add ``patch`` and ``circuits`` to the top-level subparsers."""
     p = sub.add_parser("patch", help="multi-token activation patching (EAP-IG), circuits and "
                                      "faithfulness for steering vectors")
-    add_model_args(p, batch_size=8)
-    p.add_argument("--vector", action="append", default=[], help=NAMED_FILE_HELP)
-    p.add_argument("--harmful", default="harmful_test",
-                   help="harmful prompts: a file or dataset name (default: %(default)s)")
-    p.add_argument("--harmless", default="harmless_test",
-                   help="harmless prompts: a file or dataset name (default: %(default)s)")
-    add_sample_args(p, 100)
+    common.add_model_args(p, batch_size=8)
+    common.add_vector_specs(p)
+    common.add_prompt_pair(p, "harmful_test", "harmless_test", note=" for the rollouts")
+    common.add_sample_args(p, 100)
     p.add_argument("--max-per-dataset", type=int, default=100,
                    help="most patching examples kept per dataset (harmful/harmless x "
                         "steered/base; default: %(default)s)")
     p.add_argument("--judge", default=None,
                    help="jailbreak judge for the harmful flips, e.g. llamaguard (the paper: "
                         "steered unsafe and base safe); default: the refusal substrings")
-    add_max_new_tokens_arg(p)
+    common.add_max_new_tokens_arg(p)
     p.add_argument("--bypass-alpha", type=float, default=-1.0,
                    help="steering coefficient on harmful prompts (default: %(default)s)")
     p.add_argument("--induce-alpha", type=float, default=1.0,
@@ -220,7 +206,7 @@ def register(sub) -> None:
                    help="top edges counted in the edge-type shares and listed by --json "
                         "(default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder (one subfolder per vector)")
-    add_json_arg(p, "each vector's summary, curves and top edges (and the comparison)")
+    common.add_json_arg(p, "each vector's summary, curves and top edges (and the comparison)")
     p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("circuits", help="print faithfulness curves, circuits and top edges of "
@@ -229,5 +215,5 @@ def register(sub) -> None:
                                    "subfolder")
     p.add_argument("--top", type=int, default=20,
                    help="top EAP-IG edges listed by --json (default: %(default)s)")
-    add_json_arg(p, "{vectors: {NAME: {summary, curves, top_edges}}, comparison}")
+    common.add_json_arg(p, "{vectors: {NAME: {summary, curves, top_edges}}, comparison}")
     p.set_defaults(func=cmd_circuits)

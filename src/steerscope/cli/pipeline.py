@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from steerscope.cli.common import add_json_arg
+from steerscope.cli import common
 from steerscope.errors import SteerscopeError
 
 
@@ -101,16 +101,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compute nothing: check every finished stage folder of the run folder "
                         "(CONFIG's, or CONFIG itself if it is a run folder) against the sizes "
                         "and digest in its stage.json")
-    add_json_arg(p, "the run folder, results/report paths and each stage's record")
+    common.add_json_arg(p, "the run folder, results/report paths and each stage's record")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="(re)build the HTML report of a run folder")
-    p.add_argument("run_dir", help="a run folder holding results.json")
-    p.add_argument("--out", help="write report.html and figures/ here (default: the run folder)")
+    common.add_run_folder_args(
+        p, out="write report.html and figures/ here (default: the run folder)",
+        no_model="do not load the model (the explorer then has no example view)")
     p.add_argument("--title", help="the report's title (default: from the run's name)")
     p.add_argument("--no-explorer", action="store_true",
                    help="leave out the interactive circuit explorer")
-    p.add_argument("--no-model", action="store_true",
-                   help="do not load the model (the explorer then has no example view)")
-    add_json_arg(p, "the report's path")
+    common.add_json_arg(p, "the report's path")
     p.set_defaults(func=cmd_report)

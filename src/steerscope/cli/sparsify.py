@@ -11,20 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from steerscope.cli.common import (
-    JUDGE_HELP,
-    NAMED_FILE_HELP,
-    SEED_HELP,
-    add_json_arg,
-    add_max_new_tokens_arg,
-    add_model_args,
-    add_sample_args,
-    float_list,
-    load,
-    load_vectors,
-    named_files,
-    read_prompts,
-)
+from steerscope.cli import common
 from steerscope.errors import SteerscopeError
 
 
@@ -32,8 +19,8 @@ def _vectors(args) -> tuple[dict, dict]:
     """The --vector and --ie files (read before any model loads)."""
     from steerscope.sparsify import load_ie
 
-    vectors = load_vectors(args.vector)
-    ie_paths = named_files(args.ie, "IE")
+    vectors = common.load_vectors(args.vector)
+    ie_paths = common.named_files(args.ie, "IE")
     unknown = [n for n in ie_paths if n not in vectors]
     if unknown:
         raise SteerscopeError(f"--ie {unknown[0]}=... names no --vector",
@@ -68,9 +55,9 @@ def cmd_scores(args) -> dict:
     from steerscope.vectors import SteeringVector
 
     sv = SteeringVector.load(args.vector)
-    harmful = read_prompts(args.harmful, args.n, args.seed)
-    harmless = read_prompts(args.harmless, args.n, args.seed)
-    lm = load(args)
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    lm = common.load(args)
     res = dimension_scores(lm.model, lm.tokenizer, sv, harmful, harmless, steps=args.steps,
                            max_new_tokens=args.max_new_tokens,
                            only_flipped=not args.all_prompts, batch_size=args.batch_size,
@@ -88,19 +75,19 @@ def cmd_sweep(args) -> dict:
     from steerscope.sparsify import RULES, dimension_scores, sparsity_sweep
 
     vectors, ies = _vectors(args)
-    taus = float_list(args.taus, "--taus")
-    fractions = float_list(args.fractions, "--fractions")
+    taus = common.float_list(args.taus, "--taus")
+    fractions = common.float_list(args.fractions, "--fractions")
     rules = [r.strip() for r in args.rules.split(",")] if args.rules else list(RULES)
-    harmful = read_prompts(args.harmful, args.n, args.seed)
-    harmless = read_prompts(args.harmless, args.n, args.seed)
-    unseen = read_prompts(args.unseen, args.n, args.seed) if args.unseen else None
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    unseen = common.read_prompts(args.unseen, args.n, args.seed) if args.unseen else None
     judge = get_judge(args.judge) if args.judge else None
-    lm = load(args)
+    lm = common.load(args)
     out = Path(args.out)
     missing = [m for m in vectors if m not in ies]
     if missing:
-        score_harmful = read_prompts(args.score_harmful, args.n_score, args.seed)
-        score_harmless = read_prompts(args.score_harmless, args.n_score, args.seed)
+        score_harmful = common.read_prompts(args.score_harmful, args.n_score, args.seed)
+        score_harmless = common.read_prompts(args.score_harmless, args.n_score, args.seed)
         for m in missing:
             res = dimension_scores(lm.model, lm.tokenizer, vectors[m], score_harmful,
                                    score_harmless, steps=args.steps,
@@ -129,8 +116,8 @@ def cmd_agree(args) -> list[dict]:
         raise SteerscopeError(f"no --ie for vector '{missing[0]}'", "pass --ie NAME=FILE")
     if len(vectors) < 2:
         raise SteerscopeError("agreement needs at least two methods", "pass two --vector")
-    taus = float_list(args.taus, "--taus")
-    fractions = float_list(args.fractions, "--fractions")
+    taus = common.float_list(args.taus, "--taus")
+    fractions = common.float_list(args.fractions, "--fractions")
     fams = {m: equal_sparsity_family(sv, ies[m], taus=taus, fractions=fractions,
                                      rules=("gradient", "ie"), seed=args.seed)
             for m, sv in vectors.items()}
@@ -169,54 +156,44 @@ def register(sub) -> None:
                    help="seed of the random rule (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--gguf", help="also write a llama.cpp control vector here")
-    add_json_arg(p, "the kept dimensions and norms")
+    common.add_json_arg(p, "the kept dimensions and norms")
     p.set_defaults(func=cmd_apply)
 
     def score_args(p):
         p.add_argument("--steps", type=int, default=10,
                        help="integrated-gradient steps (default: %(default)s)")
-        add_max_new_tokens_arg(p)
+        common.add_max_new_tokens_arg(p)
         p.add_argument("--all-prompts", action="store_true",
                        help="score every prompt, not only those whose outcome flips")
-        p.add_argument("--seed", type=int, default=42, help=SEED_HELP)
+        p.add_argument("--seed", type=int, default=42, help=common.SEED_HELP)
 
     p = gsub.add_parser("scores", help="dimension-level IE = s * IG gradient at the steering "
                                        "node")
-    add_model_args(p, batch_size=16)
+    common.add_model_args(p, batch_size=16)
     p.add_argument("--vector", required=True, help="steering vector file (.safetensors)")
-    p.add_argument("--harmful", default="harmful_val",
-                   help="harmful prompts: a file or dataset name (default: %(default)s)")
-    p.add_argument("--harmless", default="harmless_val",
-                   help="harmless prompts: a file or dataset name (default: %(default)s)")
-    add_sample_args(p, 32, seed=False)
+    common.add_prompt_pair(p, "harmful_val", "harmless_val", note=" for the IE")
+    common.add_sample_args(p, 32, seed=False)
     score_args(p)
     p.add_argument("--out", required=True, help="output .safetensors (tensors ie, grad)")
-    add_json_arg(p, "where the IE went and how many positions it sums")
+    common.add_json_arg(p, "where the IE went and how many positions it sums")
     p.set_defaults(func=cmd_scores)
 
     p = gsub.add_parser("sweep", help="steered ASR of every rule's sparse vectors at equal "
                                       "sparsity; retention curves and agreement")
-    add_model_args(p, batch_size=16)
-    p.add_argument("--vector", action="append", default=[], help=NAMED_FILE_HELP)
-    p.add_argument("--ie", action="append", default=[],
-                   help=NAMED_FILE_HELP + "; computed when missing")
-    p.add_argument("--harmful", default="jailbreakbench",
-                   help="harmful prompts, steered with -s (default: %(default)s)")
-    p.add_argument("--harmless", default="harmless_test",
-                   help="harmless prompts, steered with +s (default: %(default)s)")
+    common.add_model_args(p, batch_size=16)
+    common.add_vector_specs(p, ie_note="; computed when missing")
+    common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
     p.add_argument("--unseen", help="unseen harmful set (e.g. strongreject)")
-    add_sample_args(p, 100, seed=False)
-    p.add_argument("--score-harmful", default="harmful_val",
-                   help="harmful prompts for a missing IE (default: %(default)s)")
-    p.add_argument("--score-harmless", default="harmless_val",
-                   help="harmless prompts for a missing IE (default: %(default)s)")
+    common.add_sample_args(p, 100, seed=False)
+    common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="score-{}",
+                           note=" for a missing IE")
     p.add_argument("--n-score", type=int, default=32,
                    help="prompts per class for a missing IE (default: %(default)s)")
     p.add_argument("--taus", default=default_taus, help=taus_help)
     p.add_argument("--fractions", default="", help="extra sparsities, e.g. 0.9,0.95,0.99")
     p.add_argument("--rules", help=f"comma-separated subset of {','.join(RULES)} "
                                    "(default: all)")
-    p.add_argument("--judge", help=JUDGE_HELP)
+    p.add_argument("--judge", help=common.JUDGE_HELP)
     p.add_argument("--threshold", type=float, default=0.9,
                    help="retention the table's highest sparsity must keep, as a fraction of "
                         "the dense vector's ASR (default: %(default)s)")
@@ -224,14 +201,12 @@ def register(sub) -> None:
                    help="also write every sparse vector (.safetensors)")
     score_args(p)
     p.add_argument("--out", required=True, help="output folder")
-    add_json_arg(p, "sweep.json's content and the highest retained sparsities")
+    common.add_json_arg(p, "sweep.json's content and the highest retained sparsities")
     p.set_defaults(func=cmd_sweep)
 
     p = gsub.add_parser("agree", help="IoU + hypergeometric p-value of kept dimensions "
                                       "between methods (no model needed)")
-    p.add_argument("--vector", action="append", default=[], help=NAMED_FILE_HELP)
-    p.add_argument("--ie", action="append", default=[],
-                   help=NAMED_FILE_HELP + "; one per --vector, same NAME")
+    common.add_vector_specs(p, ie_note="; one per --vector")
     p.add_argument("--taus", default=default_taus, help=taus_help)
     p.add_argument("--fractions", default="0.5,0.9,0.95",
                    help="extra sparsities compared (default: %(default)s)")
@@ -239,5 +214,5 @@ def register(sub) -> None:
                    help="seed of the sparsify rules (default: %(default)s)")
     p.add_argument("--out", help="write the rows as JSON")
     p.add_argument("--figure", help="write the IoU figure (PNG)")
-    add_json_arg(p, "the agreement rows")
+    common.add_json_arg(p, "the agreement rows")
     p.set_defaults(func=cmd_agree)

@@ -6,20 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from steerscope.cli.common import (
-    JUDGE_HELP,
-    NAMED_FILE_HELP,
-    SEED_HELP,
-    add_json_arg,
-    add_max_new_tokens_arg,
-    add_model_args,
-    add_sample_args,
-    formatted,
-    int_list,
-    load,
-    load_vectors,
-    read_prompts,
-)
+from steerscope.cli import common
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -34,14 +21,14 @@ def describe(sv, path=None) -> dict:
 def cmd_dim(args) -> dict:
     from steerscope.vectors import select_dim
 
-    sets = {name: read_prompts(getattr(args, name.replace("-", "_")), n, args.seed)
+    sets = {name: common.read_prompts(getattr(args, name.replace("-", "_")), n, args.seed)
             for name, n in (("harmful-train", args.n_train), ("harmless-train", args.n_train),
                             ("harmful-val", args.n_val), ("harmless-val", args.n_val))}
-    lm = load(args)
+    lm = common.load(args)
     tok = lm.tokenizer
-    res = select_dim(lm.model, tok, *(formatted(tok, v) for v in sets.values()),
+    res = select_dim(lm.model, tok, *(common.formatted(tok, v) for v in sets.values()),
                      model_id=lm.model_id, revision=lm.revision, filter=not args.no_filter,
-                     layers=int_list(args.layers), kl_threshold=args.kl_threshold,
+                     layers=common.int_list(args.layers), kl_threshold=args.kl_threshold,
                      induce_threshold=args.induce_threshold,
                      max_layer_fraction=args.max_layer_fraction,
                      layer_cutoff=args.layer_cutoff,
@@ -67,12 +54,12 @@ def cmd_extract(args) -> dict:
     from steerscope.vectors import extract_vector
 
     check_output_file(args.out)
-    pos = read_prompts(args.positive, args.n, args.seed)
-    neg = read_prompts(args.negative, args.n, args.seed)
-    lm = load(args)
+    pos = common.read_prompts(args.positive, args.n, args.seed)
+    neg = common.read_prompts(args.negative, args.n, args.seed)
+    lm = common.load(args)
     lm.arch.check_layer(args.layer)
-    sv = extract_vector(lm.model, lm.tokenizer, formatted(lm.tokenizer, pos),
-                        formatted(lm.tokenizer, neg), method=args.method, layer=args.layer,
+    sv = extract_vector(lm.model, lm.tokenizer, common.formatted(lm.tokenizer, pos),
+                        common.formatted(lm.tokenizer, neg), method=args.method, layer=args.layer,
                         position=args.position, batch_size=args.batch_size,
                         model_id=lm.model_id, revision=lm.revision, arch=lm.arch, progress=True)
     sv.save(args.out)
@@ -94,12 +81,12 @@ def cmd_train(args) -> dict:
     from steerscope.vectors.training_data import build_preference_data
 
     dim = SteeringVector.load(args.dim)
-    harmful = read_prompts(args.harmful, args.n, args.seed)
-    harmless = read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
     if args.val_prompts == "dim_val":
-        harmful_val = read_prompts(args.harmful_val, args.n_val, args.seed)
-        harmless_val = read_prompts(args.harmless_val, args.n_val, args.seed)
-    lm = load(args)
+        harmful_val = common.read_prompts(args.harmful_val, args.n_val, args.seed)
+        harmless_val = common.read_prompts(args.harmless_val, args.n_val, args.seed)
+    lm = common.load(args)
     dim.check_fits(lm.arch)
     layer = args.layer if args.layer is not None else dim.layer
     lm.arch.check_layer(layer)
@@ -175,11 +162,11 @@ def cmd_evaluate(args) -> dict:
     from steerscope.evaluate.judges import get_judge
     from steerscope.evaluate.steering import evaluate_steering
 
-    vectors = load_vectors(args.vector, required=False)
-    harmful = read_prompts(args.harmful, args.n, args.seed)
-    harmless = read_prompts(args.harmless, args.n, args.seed)
+    vectors = common.load_vectors(args.vector, required=False)
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
     judge = get_judge(args.judge) if args.judge else None
-    lm = load(args)
+    lm = common.load(args)
     res = evaluate_steering(lm.model, lm.tokenizer, vectors, harmful, harmless, arch=lm.arch,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             judge=judge)
@@ -209,18 +196,16 @@ def register(sub) -> None:
                               help="dim | extract | train | info | export-gguf | import-gguf")
 
     p = vsub.add_parser("dim", help="DIM refusal direction with the paper's selection rule")
-    add_model_args(p, batch_size=16)
-    for name, default in (("harmful-train", "harmful_train"),
-                          ("harmless-train", "harmless_train"),
-                          ("harmful-val", "harmful_val"), ("harmless-val", "harmless_val")):
-        p.add_argument(f"--{name}", default=default,
-                       help=f"{name.replace('-', ' ')} prompts: a file or dataset name "
-                            "(default: %(default)s)")
+    common.add_model_args(p, batch_size=16)
+    common.add_prompt_pair(p, "harmful_train", "harmless_train", flag="{}-train",
+                           note=" for the difference of means")
+    common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="{}-val",
+                           note=" for the candidate selection")
     p.add_argument("--n-train", type=int, default=128,
                    help="train prompts per class, a seeded sample (default: %(default)s)")
     p.add_argument("--n-val", type=int, default=32,
                    help="validation prompts per class, a seeded sample (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=42, help=SEED_HELP)
+    p.add_argument("--seed", type=int, default=42, help=common.SEED_HELP)
     p.add_argument("--layers", help="comma-separated layers to consider (default: all)")
     p.add_argument("--no-filter", action="store_true",
                    help="keep prompts whatever their unsteered refusal score")
@@ -241,11 +226,11 @@ def register(sub) -> None:
                         "(default: %(default)s)")
     p.add_argument("--out", required=True,
                    help="output folder (dim.safetensors, dim_candidates.json)")
-    add_json_arg(p, "the chosen candidate and the files")
+    common.add_json_arg(p, "the chosen candidate and the files")
     p.set_defaults(func=cmd_dim)
 
     p = vsub.add_parser("extract", help="one vector by dim | caa | pca | probe at a given layer")
-    add_model_args(p, batch_size=16)
+    common.add_model_args(p, batch_size=16)
     p.add_argument("--method", default="dim",
                    help=f"extraction method: {' | '.join(sorted(METHODS))} (default: "
                         "%(default)s)")
@@ -258,22 +243,17 @@ def register(sub) -> None:
     p.add_argument("--position", type=int, default=-1,
                    help="token position read; negative: from the prompt end "
                         "(default: %(default)s)")
-    add_sample_args(p, None)
+    common.add_sample_args(p, None)
     p.add_argument("--out", required=True, help="output .safetensors file")
-    add_json_arg(p, "the vector's description")
+    common.add_json_arg(p, "the vector's description")
     p.set_defaults(func=cmd_extract)
 
     p = vsub.add_parser("train", help="NTP or PO (one-directional RePS) vector")
-    add_model_args(p, batch_size=16)
+    common.add_model_args(p, batch_size=16)
     p.add_argument("--objective", choices=["ntp", "po"], required=True,
                    help="ntp: next-token prediction on refusals; po: preference optimisation")
     p.add_argument("--dim", required=True, help="the DIM vector file (data and norm)")
-    p.add_argument("--harmful", default="harmful_train",
-                   help="harmful training prompts: a file or dataset name (default: "
-                        "%(default)s)")
-    p.add_argument("--harmless", default="harmless_train",
-                   help="harmless training prompts: a file or dataset name (default: "
-                        "%(default)s)")
+    common.add_prompt_pair(p, "harmful_train", "harmless_train", note=" to train on")
     p.add_argument("--n", type=int, default=64,
                    help="prompts per class (default: %(default)s; the paper: 256)")
     p.add_argument("--layer", type=int, help="steered layer (default: the DIM vector's layer)")
@@ -291,12 +271,8 @@ def register(sub) -> None:
     p.add_argument("--val-prompts", choices=["dim_val", "split"], default="dim_val",
                    help="dim_val: validation pairs from DIM's validation prompts (released "
                         "code); split: hold out --val-fraction of the training pairs")
-    p.add_argument("--harmful-val", default="harmful_val",
-                   help="harmful validation prompts with --val-prompts dim_val (default: "
-                        "%(default)s)")
-    p.add_argument("--harmless-val", default="harmless_val",
-                   help="harmless validation prompts with --val-prompts dim_val (default: "
-                        "%(default)s)")
+    common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="{}-val",
+                           note=" for validation with --val-prompts dim_val")
     p.add_argument("--n-val", type=int, default=32, help="validation prompts per class "
                    "(the same seeded sample as 'vectors dim'; default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.125,
@@ -306,18 +282,18 @@ def register(sub) -> None:
                    help="model selection: paper = validate at the DIM norm after every epoch, "
                         "keep the best, LR stepped per epoch; steerscope = the last epoch, "
                         "validated at the mean factor, LR stepped per step")
-    add_max_new_tokens_arg(p)
+    common.add_max_new_tokens_arg(p)
     p.add_argument("--harmless-refuse", choices=["instruction", "dim"], default="instruction",
                    help="harmless refusals: told to refuse (paper) or DIM-steered (+1)")
     p.add_argument("--seed", type=int, default=42,
                    help="seed of the prompt sample, split and training (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    add_json_arg(p, "the vector and its validation")
+    common.add_json_arg(p, "the vector and its validation")
     p.set_defaults(func=cmd_train)
 
     p = vsub.add_parser("info", help="describe vector files and their cosine similarities")
     p.add_argument("files", nargs="+", help="steering vector files (.safetensors)")
-    add_json_arg(p, "each vector's description and the cosine matrix")
+    common.add_json_arg(p, "each vector's description and the cosine matrix")
     p.set_defaults(func=cmd_info)
 
     p = vsub.add_parser("export-gguf", help="write a llama.cpp control vector (.gguf)")
@@ -328,29 +304,24 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, default=1.0,
                    help="scale written into the file: each direction is alpha * vector "
                         "(default: %(default)s)")
-    add_json_arg(p, "the written file")
+    common.add_json_arg(p, "the written file")
     p.set_defaults(func=cmd_export_gguf)
 
     p = vsub.add_parser("import-gguf", help="read a llama.cpp control vector into vector files")
     p.add_argument("file", help="a llama.cpp control vector (.gguf)")
     p.add_argument("--out-dir", required=True,
                    help="folder for one <file>_layer<L>.safetensors per layer")
-    add_json_arg(p, "the written vectors")
+    common.add_json_arg(p, "the written vectors")
     p.set_defaults(func=cmd_import_gguf)
 
     p = sub.add_parser("evaluate", help="steered evaluation: bypass on harmful, induce on "
                                         "harmless prompts (the paper's Table 2)")
-    add_model_args(p, batch_size=16)
-    p.add_argument("--vector", action="append", default=[], help=NAMED_FILE_HELP)
-    p.add_argument("--harmful", default="jailbreakbench",
-                   help="harmful prompts, steered with -s: a file or dataset name (default: "
-                        "%(default)s)")
-    p.add_argument("--harmless", default="harmless_test",
-                   help="harmless prompts, steered with +s: a file or dataset name (default: "
-                        "%(default)s)")
-    add_sample_args(p, 100)
-    add_max_new_tokens_arg(p)
-    p.add_argument("--judge", help=JUDGE_HELP)
+    common.add_model_args(p, batch_size=16)
+    common.add_vector_specs(p)
+    common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
+    common.add_sample_args(p, 100)
+    common.add_max_new_tokens_arg(p)
+    p.add_argument("--judge", help=common.JUDGE_HELP)
     p.add_argument("--out", help="write the table and completions as JSON")
-    add_json_arg(p, "the table, cosine matrix and completions")
+    common.add_json_arg(p, "the table, cosine matrix and completions")
     p.set_defaults(func=cmd_evaluate)
