@@ -63,7 +63,7 @@ def test_every_option_and_command_has_help():
     assert not missing, missing
     assert n_options > 200  # the walk really reached every subcommand's options
     # help strings are valid %-format strings: -h renders every command
-    for path, parser in _parsers(build_parser()):
+    for _, parser in _parsers(build_parser()):
         assert parser.format_help()
 
 

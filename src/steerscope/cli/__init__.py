@@ -11,7 +11,11 @@
     steerscope evaluate MODEL --vector NAME=FILE ...   steered evaluation (Table 2)
 
 MODEL is ``default`` (the embedded SmolLM2-135M-Instruct), a local folder, a ``.gguf`` file
-or a Hugging Face Hub id. User errors print one line (``error: ...``) and exit with code 2.
+or a Hugging Face Hub id. ``steerscope COMMAND -h`` explains every option; ``--json`` on any
+command prints its results as one JSON document on stdout (everything else goes to stderr);
+``steerscope --version`` prints the version. User errors print one line (``error: ...``) and
+exit with code 2. The shared argument, loading and output helpers are in
+:mod:`steerscope.cli.common`.
 """
 
 from __future__ import annotations

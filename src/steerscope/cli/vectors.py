@@ -3,7 +3,6 @@ and evaluate steering vectors."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from steerscope.cli import common
