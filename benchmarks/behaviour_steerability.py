@@ -1,9 +1,9 @@
 """Is a behaviour steerable on a model? Behaviour rate on held-out test prompts without
 steering and with the best DIM vector, for both uses.
 
-    python benchmarks/behaviour_steerability.py --behaviour french [--model default]
+    python benchmarks/behaviour_steerability.py --behaviour lists [--model default]
         [--layers 4,6,...] [--alphas 1,2] [--shortlist 1] [--max-new-tokens 32]
-        [--val-new-tokens 24] [--out result.json]
+        [--val-new-tokens 24] [--layer L --alpha A] [--out result.json]
 
 1. DIM candidates on the train sides: ``mean(present) - mean(absent)`` of the residual
    entering each candidate layer, at the last prompt position (float64).
@@ -19,7 +19,8 @@ steering and with the best DIM vector, for both uses.
 4. Test: greedy completions (``--max-new-tokens``) of the present and absent test prompts,
    unsteered, present steered with ``-α s`` (remove) and absent with ``+α s`` (induce),
    judged by the behaviour's judge. The behaviour counts as steerable when remove lowers the
-   present rate and induce raises the absent rate by at least 0.5 each.
+   present rate and induce raises the absent rate by at least 0.5 each. ``--layer`` with
+   ``--alpha`` skips step 3 and tests that (layer, α).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def main(argv=None) -> dict:
                     "the middle: L/6 .. 2L/3)")
     ap.add_argument("--alphas", default="1,2")
     ap.add_argument("--shortlist", type=int, default=1)
+    ap.add_argument("--layer", type=int, default=None,
+                    help="with --alpha: skip selection, test this (layer, alpha)")
+    ap.add_argument("--alpha", type=float, default=None)
     ap.add_argument("--val-new-tokens", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -68,8 +72,6 @@ def main(argv=None) -> dict:
     ids = b.score_token_ids(tok, model=model, present_formatted=fmt["present", "train"],
                             absent_formatted=fmt["absent", "train"])
     print(f"{b.name}: score tokens {[tok.decode([i]) for i in ids]}", flush=True)
-    cands = candidate_directions(model, tok, fmt["present", "train"], fmt["absent", "train"],
-                                 layers=layers, positions=[-1], arch=arch)[:, 0]  # [nL, d]
 
     def scores(texts, sv, alpha):
         ops = [] if sv is None else [sv.intervention(alpha)]
@@ -85,32 +87,41 @@ def main(argv=None) -> dict:
         flags = judge.judge(raw[side, split], outs)
         return sum(flags) / len(flags), outs
 
-    base_val = {s: scores(fmt[s, "val"], None, 0) for s in ("present", "absent")}
+    fixed = args.layer is not None and args.alpha is not None
+    if fixed:
+        layers = [args.layer]
+    cands = candidate_directions(model, tok, fmt["present", "train"], fmt["absent", "train"],
+                                 layers=layers, positions=[-1], arch=arch)[:, 0]  # [nL, d]
     vecs = {layer: SteeringVector(cands[i].float(), layer=layer, method="dim")
             for i, layer in enumerate(layers)}
-    shifts = []
-    for layer, sv in vecs.items():
-        down = float(base_val["present"].mean() - scores(fmt["present", "val"], sv, -1).mean())
-        up = float(scores(fmt["absent", "val"], sv, 1).mean() - base_val["absent"].mean())
-        shifts.append({"layer": layer, "down": down, "up": up})
-        print(f"  val layer {layer:2d}: score shift down {down:+.2f} up {up:+.2f}", flush=True)
-    short = [x["layer"] for x in sorted(shifts, key=lambda x: (-min(x["down"], x["up"]),
-                                                                x["layer"]))[:args.shortlist]]
-    vn = args.val_new_tokens
-    base_rate = {s: rate(s, "val", None, 0, vn)[0] for s in ("present", "absent")}
-    print(f"  val unsteered rates {base_rate}", flush=True)
-    grid = []
-    for layer in short:
-        for a in alphas:
-            rem = base_rate["present"] - rate("present", "val", vecs[layer], -a, vn)[0]
-            ind = rate("absent", "val", vecs[layer], a, vn)[0] - base_rate["absent"]
-            grid.append({"layer": layer, "alpha": a, "remove_val": rem, "induce_val": ind})
-            print(f"  val layer {layer:2d} alpha {a:g}: remove {rem:+.2f} induce {ind:+.2f}",
-                  flush=True)
-    best = max(grid, key=lambda g: (min(g["remove_val"], g["induce_val"]),
-                                    g["remove_val"] + g["induce_val"], -g["alpha"], -g["layer"]))
+    shifts, base_rate = [], {}
+    if fixed:
+        grid = [{"layer": args.layer, "alpha": args.alpha, "remove_val": None,
+                 "induce_val": None}]
+    else:
+        base_val = {s: scores(fmt[s, "val"], None, 0) for s in ("present", "absent")}
+        for layer, v in vecs.items():
+            down = float(base_val["present"].mean() - scores(fmt["present", "val"], v, -1).mean())
+            up = float(scores(fmt["absent", "val"], v, 1).mean() - base_val["absent"].mean())
+            shifts.append({"layer": layer, "down": down, "up": up})
+            print(f"  val layer {layer:2d}: score shift down {down:+.2f} up {up:+.2f}", flush=True)
+        short = [x["layer"] for x in sorted(shifts, key=lambda x: (-min(x["down"], x["up"]),
+                                                                    x["layer"]))[:args.shortlist]]
+        vn = args.val_new_tokens
+        base_rate = {s: rate(s, "val", None, 0, vn)[0] for s in ("present", "absent")}
+        print(f"  val unsteered rates {base_rate}", flush=True)
+        grid = []
+        for layer in short:
+            for a in alphas:
+                rem = base_rate["present"] - rate("present", "val", vecs[layer], -a, vn)[0]
+                ind = rate("absent", "val", vecs[layer], a, vn)[0] - base_rate["absent"]
+                grid.append({"layer": layer, "alpha": a, "remove_val": rem, "induce_val": ind})
+                print(f"  val layer {layer:2d} alpha {a:g}: remove {rem:+.2f} induce {ind:+.2f}",
+                      flush=True)
+    best = max(grid, key=lambda g: (min(g["remove_val"] or 0, g["induce_val"] or 0),
+                                    (g["remove_val"] or 0) + (g["induce_val"] or 0),
+                                    -g["alpha"], -g["layer"]))
     sv = vecs[best["layer"]]
-
     a = best["alpha"]
     res = {}
     for key, side, alpha in (("present_unsteered", "present", 0), ("absent_unsteered", "absent", 0),

@@ -209,3 +209,22 @@ def test_auto_score_tokens_on_model(chat):
         assert "score_tokens" in str(e)
     else:
         assert 1 <= len(ids) <= 3
+
+
+def test_builtin_prompt_sets_are_disjoint_and_sized():
+    from steerscope.behaviours import load_source
+
+    for b in list_behaviours():
+        if b.name == "refusal":
+            continue
+        for side in ("present", "absent"):
+            sets = {s: load_source(b.source(side, s)).instructions for s in ("train", "val", "test")}
+            assert [len(sets[s]) for s in ("train", "val", "test")] == [30, 8, 10]
+            assert not set(sets["train"]) & (set(sets["val"]) | set(sets["test"]))
+            assert not set(sets["val"]) & set(sets["test"])
+        # the judge tells the sides' typical answers apart
+        j = b.make_judge()
+        sample = {"lists": ("1. Rinse.\n2. Boil.", "Rinse the rice, then boil it."),
+                  "code": ("```python\ndef f(s):\n    return s[::-1]\n```",
+                           "Read the string from its end to its start.")}[b.name]
+        assert j.judge(["p", "q"], list(sample)) == [True, False]

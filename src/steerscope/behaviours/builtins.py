@@ -12,7 +12,7 @@ from the ``prompts_*`` data modules) and were measured on the embedded SmolLM2-1
 
 from __future__ import annotations
 
-from steerscope.behaviours import prompts_french, prompts_lists
+from steerscope.behaviours import prompts_code, prompts_lists
 from steerscope.behaviours.definition import SIDES, SPLITS, Behaviour, Splits
 from steerscope.behaviours.sources import register_prompt_set
 from steerscope.evaluate.matchers import REFUSAL_SUBSTRINGS
@@ -42,22 +42,8 @@ def _register(name: str, module) -> None:
                                 lambda side=side, split=split: module.prompts(side, split))
 
 
-_register("french", prompts_french)
 _register("lists", prompts_lists)
-
-FRENCH = Behaviour(
-    name="french",
-    description="Answering in French: present on requests written in French, absent on the "
-                "same requests in English",
-    present=_builtin_splits("french", "present"),
-    absent=_builtin_splits("french", "absent"),
-    judge={"kind": "regex", "min_matches": 4, "ignore_case": True,
-           "patterns": [r"\b(le|la|les|des|du|une|est|et|sont|dans|pour|avec|qui|sur|pas|"
-                        r"vous|nous|je|tu|il|elle|ce|cette|mais|plus|très)\b"]},
-    score_tokens="auto",
-    labels={"behaviour": "French", "present": "French requests", "absent": "English requests",
-            "remove": "to English", "induce": "to French"},
-)
+_register("code", prompts_code)
 
 LISTS = Behaviour(
     name="lists",
@@ -72,7 +58,20 @@ LISTS = Behaviour(
             "absent": "paragraph requests", "remove": "to prose", "induce": "to lists"},
 )
 
-BUILTIN_BEHAVIOURS: dict[str, Behaviour] = {
-    b.name: b for b in (REFUSAL, FRENCH, LISTS)}
+CODE = Behaviour(
+    name="code",
+    description="Answering with Python code: present on requests for a function, absent on "
+                "the same tasks asked for in plain words",
+    present=_builtin_splits("code", "present"),
+    absent=_builtin_splits("code", "absent"),
+    judge={"kind": "regex", "min_matches": 1, "ignore_case": False,
+           "patterns": [r"```", r"(?m)^\s*def \w+\(", r"(?m)^\s*(?:import \w|return\b|print\()"]},
+    score_tokens="auto",
+    labels={"behaviour": "code", "present": "code requests", "absent": "plain-words requests",
+            "remove": "to words", "induce": "to code"},
+)
 
-__all__ = ["BUILTIN_BEHAVIOURS", "FRENCH", "LISTS", "REFUSAL"]
+BUILTIN_BEHAVIOURS: dict[str, Behaviour] = {
+    b.name: b for b in (REFUSAL, LISTS, CODE)}
+
+__all__ = ["BUILTIN_BEHAVIOURS", "CODE", "LISTS", "REFUSAL"]

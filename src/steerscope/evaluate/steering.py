@@ -56,6 +56,16 @@ class SteeringRow:
     use: str = ""  # "remove" (present set) | "induce" (absent set)
     behaviour_rate: float | None = None  # = refusal_rate
 
+    def __post_init__(self) -> None:
+        # rows built without the generic fields (refusal callers) get them from the set name
+        if not self.side:
+            self.side = {"harmful": "present", "harmless": "absent"}.get(self.prompt_set,
+                                                                          self.prompt_set)
+        if not self.use:
+            self.use = {"present": "remove", "absent": "induce"}.get(self.side, "")
+        if self.behaviour_rate is None:
+            self.behaviour_rate = self.refusal_rate
+
 
 def set_names(behaviour=None) -> dict[str, str]:
     """side -> the prompt-set name of table rows: refusal keeps harmful / harmless."""
