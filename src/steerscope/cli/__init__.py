@@ -196,7 +196,7 @@ def cmd_archs(args) -> None:
 
 
 def cmd_prepare_demo(args) -> None:
-    from steerscope.models.demo_model import demo_manifest, demo_model_dir
+    from steerscope.demo.model import demo_manifest, demo_model_dir
 
     folder = demo_model_dir(args.cache_dir)
     manifest = demo_manifest(folder)
@@ -273,7 +273,7 @@ def cmd_score(args) -> None:
 
 def cmd_demo(args) -> None:
     from steerscope.cli.pipeline import print_run
-    from steerscope.demo import run_demo
+    from steerscope.demo.config import run_demo
 
     res = run_demo(args.out, until=args.until, progress=not args.quiet, model=args.model,
                    dtype=args.dtype, device=args.device, methods=args.methods.split(","),
