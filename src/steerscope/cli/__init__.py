@@ -231,7 +231,7 @@ def cmd_prompts(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from steerscope.generate import generate
+    from steerscope.generation import generate
 
     instructions = _prompts(args)
     sv = _read_vector(args)
@@ -251,7 +251,7 @@ def cmd_generate(args) -> None:
 def cmd_score(args) -> None:
     from steerscope.evaluate.matchers import is_refusal_substring
     from steerscope.evaluate.refusal import refusal_scores
-    from steerscope.generate import generate
+    from steerscope.generation import generate
     from steerscope.runtime import Runtime
 
     instructions = _prompts(args)

@@ -159,7 +159,7 @@ def evaluate_refusal(loaded, harmful, harmless, *, max_new_tokens: int = 32,
     ``mean_score``, ``completions`` and ``scores``.
     """
     from steerscope.evaluate import is_refusal_substring, refusal_scores
-    from steerscope.generate import generate
+    from steerscope.generation import generate
     from steerscope.models.chat import format_prompt
 
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -171,7 +171,7 @@ def demo_examples(model, tokenizer, recipe: DemoRecipe = DEFAULT_RECIPE, *,
     """
     from steerscope.demo.prompts import split_demo_prompts
     from steerscope.evaluate import is_refusal_substring, refusal_token_ids
-    from steerscope.generate import generate
+    from steerscope.generation import generate
     from steerscope.models.chat import format_prompt
 
     split = split_demo_prompts(recipe.prompt_seed, held_out=recipe.held_out)
