@@ -32,7 +32,7 @@ import time
 import torch
 
 from steerscope.behaviours import fast_scores, load_behaviour, load_source
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.models.chat import format_prompt
 from steerscope.models.loading import load_model
 from steerscope.runtime import Runtime

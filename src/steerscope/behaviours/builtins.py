@@ -6,15 +6,13 @@ harmless requests (``harmless_train`` / ``harmless_val`` / ``harmless_test``), j
 paper's refusal substrings, fast score on the token that starts ``"I"``.
 
 The others use prompt sets written by the project (``builtin:<behaviour>_<side>_<split>``,
-from the ``prompts_*`` data modules) and were measured on the embedded SmolLM2-135M-Instruct
+listed in :data:`steerscope.data.builtin.BUILTIN_SETS`, from the ``prompts_*`` data modules) and were measured on the embedded SmolLM2-135M-Instruct
 (docs/behaviours.md, ``benchmarks/behaviour_steerability.py``).
 """
 
 from __future__ import annotations
 
-from steerscope.behaviours import prompts_code, prompts_lists
-from steerscope.behaviours.definition import SIDES, SPLITS, Behaviour, Splits
-from steerscope.behaviours.sources import register_prompt_set
+from steerscope.behaviours.definition import SPLITS, Behaviour, Splits
 from steerscope.evaluate.matchers import REFUSAL_SUBSTRINGS
 from steerscope.evaluate.refusal import PAPER_REFUSAL_PHRASES
 
@@ -34,16 +32,6 @@ REFUSAL = Behaviour(
 def _builtin_splits(name: str, side: str) -> Splits:
     return Splits(*(f"builtin:{name}_{side}_{split}" for split in SPLITS))
 
-
-def _register(name: str, module) -> None:
-    for side in SIDES:
-        for split in SPLITS:
-            register_prompt_set(f"{name}_{side}_{split}",
-                                lambda side=side, split=split: module.prompts(side, split))
-
-
-_register("lists", prompts_lists)
-_register("code", prompts_code)
 
 LISTS = Behaviour(
     name="lists",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from steerscope.behaviours.score import AUTO
 from steerscope.errors import SteerscopeError
 
 SIDES = ("present", "absent")
@@ -25,7 +26,6 @@ SPLITS = ("train", "val", "test")
 # use -> (the side it steers, the sign of alpha)
 USES: Mapping[str, tuple[str, int]] = MappingProxyType(
     {"remove": ("present", -1), "induce": ("absent", +1)})
-AUTO = "auto"
 LABEL_KEYS = ("behaviour", "present", "absent", "remove", "induce")
 KEYS = ("name", "description", "labels", "present", "absent", "judge", "score_tokens")
 REQUIRED_KEYS = ("name", "present", "absent", "judge")

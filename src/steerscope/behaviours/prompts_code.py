@@ -8,6 +8,8 @@ Pure data. Splits are by task: train = both templates x tasks 0-14 (30), val = t
 
 from __future__ import annotations
 
+from steerscope.data import PromptSet
+
 # (code, words) request templates; {} is the task
 TEMPLATES: tuple[tuple[str, str], ...] = (
     ("Write a Python function that {}.", "Explain in plain words, without code, how to {}."),
@@ -58,3 +60,9 @@ def _split(split: str) -> list[tuple[str, str]]:
 def prompts(side: str, split: str) -> tuple[str, ...]:
     """The requests of one side (``present``: code, ``absent``: plain words)."""
     return tuple(c if side == "present" else w for c, w in _split(split))
+
+
+def prompt_set(key: str) -> PromptSet:
+    """``builtin:code_<key>`` with ``key`` = ``<side>_<split>``, e.g. ``present_train``."""
+    side, _, split = key.partition("_")
+    return PromptSet.from_strings(prompts(side, split), name=f"code_{key}")

@@ -8,6 +8,8 @@ Pure data. Splits are by topic: train = every template x topics 0-5 (30), val = 
 
 from __future__ import annotations
 
+from steerscope.data import PromptSet
+
 # (list, paragraph) request templates; {} is the topic
 TEMPLATES: tuple[tuple[str, str], ...] = (
     ("Give me a numbered list of five tips for {}.",
@@ -39,3 +41,9 @@ def _split(split: str) -> list[tuple[str, str]]:
 def prompts(side: str, split: str) -> tuple[str, ...]:
     """The requests of one side (``present``: numbered list, ``absent``: paragraph)."""
     return tuple(a if side == "present" else b for a, b in _split(split))
+
+
+def prompt_set(key: str) -> PromptSet:
+    """``builtin:lists_<key>`` with ``key`` = ``<side>_<split>``, e.g. ``present_train``."""
+    side, _, split = key.partition("_")
+    return PromptSet.from_strings(prompts(side, split), name=f"lists_{key}")

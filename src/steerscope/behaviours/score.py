@@ -25,11 +25,11 @@ from collections.abc import Sequence
 
 import torch
 
-from steerscope.behaviours.definition import AUTO, Behaviour
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
 from steerscope.models.chat import encode_prompts
 
+AUTO = "auto"  # score_tokens: derive the tokens from the model
 AUTO_TOP_K = 3
 AUTO_MIN_GAP = 0.25
 
@@ -98,10 +98,11 @@ def auto_score_token_ids(model, tokenizer, present_formatted: Sequence[str],
     return [t for _, t in sorted(gaps)[:top_k]]
 
 
-def score_token_ids(behaviour: Behaviour, tokenizer, *, model=None,
+def score_token_ids(behaviour, tokenizer, *, model=None,
                     present_formatted: Sequence[str] | None = None,
                     absent_formatted: Sequence[str] | None = None) -> list[int]:
-    """The fast score's token ids of ``behaviour`` for this tokenizer. Strings need only the
+    """The fast score's token ids of ``behaviour`` (a
+    :class:`~steerscope.behaviours.Behaviour`) for this tokenizer. Strings need only the
     tokenizer; ``auto`` needs the model and the formatted present/absent train prompts."""
     if behaviour.score_tokens != AUTO:
         return string_score_token_ids(tokenizer, behaviour.score_tokens)

@@ -1,41 +1,26 @@
 """Prompt sources of a behaviour: files, named datasets, ``builtin:NAME`` and inline lists.
 
-``builtin:NAME`` names a prompt set written by the project for a built-in behaviour
-(:func:`builtin_prompt_sets`; e.g. ``builtin:sentiment_present_train``). Everything else goes
-to :func:`steerscope.data.load_prompts` (a file path or a named dataset).
+``builtin:NAME`` names one of the project's prompt sets
+(:data:`steerscope.data.builtin.BUILTIN_SETS`: the demo sets and the built-in behaviours'
+sets, e.g. ``builtin:lists_present_train``). Everything else goes to
+:func:`steerscope.data.load_prompts` (a file path or a named dataset).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from steerscope.data import PromptSet, load_prompts
-from steerscope.errors import DataError, SteerscopeError
+from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
+from steerscope.errors import SteerscopeError
 
 BUILTIN_PREFIX = "builtin:"
 
-# name -> zero-argument function returning the instructions (filled by the prompt modules)
-_BUILTIN: dict[str, Callable[[], tuple[str, ...]]] = {}
-
-
-def register_prompt_set(name: str, fn: Callable[[], tuple[str, ...]]) -> None:
-    """Make ``builtin:NAME`` resolve to ``fn()`` (a tuple of instructions)."""
-    _BUILTIN[name] = fn
-
 
 def builtin_prompt_sets() -> list[str]:
-    """Names accepted after ``builtin:`` by :func:`load_source`, sorted."""
-    from steerscope.behaviours import builtins  # noqa: F401  (registers the sets)
-
-    return sorted(_BUILTIN)
-
-
-def is_builtin_prompt_set(source) -> bool:
-    """True for ``builtin:NAME`` with NAME a behaviour prompt set of this package."""
-    return (isinstance(source, str) and source.startswith(BUILTIN_PREFIX)
-            and source[len(BUILTIN_PREFIX):] in builtin_prompt_sets())
+    """Names accepted after ``builtin:``, sorted."""
+    return sorted(BUILTIN_SETS)
 
 
 def load_source(source, *, data_dir: str | os.PathLike | None = None,
@@ -45,11 +30,8 @@ def load_source(source, *, data_dir: str | os.PathLike | None = None,
     if isinstance(source, (list, tuple)):
         return load_prompts(list(source), name=name or "inline")
     if isinstance(source, str) and source.startswith(BUILTIN_PREFIX):
-        key = source[len(BUILTIN_PREFIX):]
-        if key not in builtin_prompt_sets():
-            raise DataError(f"unknown built-in prompt set '{source}'",
-                            f"use builtin: followed by one of {', '.join(builtin_prompt_sets())}")
-        return PromptSet.from_strings(_BUILTIN[key](), name=name or key)
+        ps = builtin_prompts(source[len(BUILTIN_PREFIX):])
+        return ps if name is None else PromptSet(ps, name=name)
     return load_prompts(source, data_dir=data_dir, name=name)
 
 
@@ -68,7 +50,7 @@ def check_source(source, where: str, data_dir: str | os.PathLike | None = None) 
         raise SteerscopeError(f"{where} must be a file, a dataset name or builtin:NAME",
                               f"write {where.split('.')[-1]}: FILE")
     if source.startswith(BUILTIN_PREFIX):
-        if not is_builtin_prompt_set(source):
+        if source[len(BUILTIN_PREFIX):] not in BUILTIN_SETS:
             raise SteerscopeError(f"{where}: unknown built-in prompt set '{source}'",
                                   f"use one of {', '.join(builtin_prompt_sets())}")
         return
@@ -87,5 +69,4 @@ def check_source(source, where: str, data_dir: str | os.PathLike | None = None) 
                           "folder) or use a dataset name or builtin:NAME")
 
 
-__all__ = ["BUILTIN_PREFIX", "builtin_prompt_sets", "check_source", "is_builtin_prompt_set",
-           "load_source", "register_prompt_set"]
+__all__ = ["BUILTIN_PREFIX", "builtin_prompt_sets", "check_source", "load_source"]

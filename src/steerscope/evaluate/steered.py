@@ -18,7 +18,7 @@ import torch
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.presence import SubstringPresence
 from steerscope.evaluate.refusal import refusal_score_from_logits, refusal_scores
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.runtime import Runtime
 
 
@@ -71,7 +71,7 @@ def steered_outcome(
 ) -> SideOutcome:
     """Completions, judge verdicts and fast scores of ``formatted`` prompts under steering.
 
-    Default generation: :func:`~steerscope.generate.generate` (greedy, length-batched) with
+    Default generation: :func:`~steerscope.generation.generate` (greedy, length-batched) with
     ``interventions``; scores: :func:`~steerscope.evaluate.refusal.refusal_scores` with
     ``score_ids`` under the same interventions (input-order batches of ``batch_size``).
     ``generator(formatted) -> (completions, logits)`` replaces both (the scores then come

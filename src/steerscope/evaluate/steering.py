@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
@@ -34,9 +35,23 @@ from steerscope.evaluate.presence import SubstringPresence
 from steerscope.evaluate.refusal import refusal_token_ids
 from steerscope.evaluate.steered import steered_outcome
 from steerscope.models.chat import format_prompt
-from steerscope.vectors.vector import SteeringVector
 
 NONE = "none"
+
+
+class Steerer(Protocol):
+    """What the steered evaluation needs of a vector: a
+    :class:`~steerscope.vectors.SteeringVector` is one (``evaluate/`` sits below ``vectors/``,
+    so it names the methods it calls rather than the class)."""
+
+    def check_fits(self, arch: Any) -> None:
+        """Raise when the vector does not fit the model ``arch``."""
+
+    def intervention(self, alpha: float = 1.0) -> Any:
+        """The runtime intervention that adds ``alpha`` times the vector."""
+
+    def cosine(self, other: Any) -> float:
+        """Cosine similarity with another vector."""
 
 
 @dataclass
@@ -113,7 +128,7 @@ class SteeringEval:
         return "\n".join(lines)
 
 
-def cosine_matrix(vectors: Mapping[str, SteeringVector]) -> dict[str, dict[str, float]]:
+def cosine_matrix(vectors: Mapping[str, Steerer]) -> dict[str, dict[str, float]]:
     """Pairwise cosine similarity between vectors (computed in float64)."""
     return {a: {b: va.cosine(vb) for b, vb in vectors.items()} for a, va in vectors.items()}
 
@@ -121,7 +136,7 @@ def cosine_matrix(vectors: Mapping[str, SteeringVector]) -> dict[str, dict[str, 
 def evaluate_steering(
     model,
     tokenizer,
-    vectors: Mapping[str, SteeringVector],
+    vectors: Mapping[str, Steerer],
     harmful: Sequence[str],
     harmless: Sequence[str],
     *,
@@ -163,7 +178,7 @@ def evaluate_steering(
         score_ids = (refusal_token_ids(tokenizer) if behaviour is None
                      else behaviour.score_token_ids(tokenizer))
     presence = SubstringPresence() if behaviour is None else behaviour.make_judge()
-    methods: dict[str, SteeringVector | None] = {}
+    methods: dict[str, Steerer | None] = {}
     if include_unsteered:
         methods[NONE] = None
     methods.update(vectors)

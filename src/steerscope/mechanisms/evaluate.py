@@ -29,7 +29,7 @@ from steerscope.evaluate.presence import CallablePresence
 from steerscope.evaluate.refusal import refusal_token_ids
 from steerscope.evaluate.steered import steered_outcome
 from steerscope.evaluate.steering import set_names
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.mechanisms.freeze import MODE_NAMES, check_mode, frozen_generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import format_prompt
