@@ -83,3 +83,29 @@ def test_preference_data_refuse_instruction_is_refusal_only(chat):
     with pytest.raises(SteerscopeError, match="harmless_refuse: dim"):
         build_preference_data(model, tok, PRESENT, ABSENT, _vectors()["a"],
                               behaviour=_tiny_behaviour())
+
+
+def test_demo_check_equals_generation_and_refusal_scores(chat):
+    """The demo model's check goes through steered_outcome and gives the numbers of a direct
+    generate + refusal_scores + substring matcher computation."""
+    from steerscope.demo.model import evaluate_refusal
+    from steerscope.evaluate import is_refusal_substring, refusal_scores
+    from steerscope.generation import generate
+
+    model, tok = chat
+
+    class Loaded:
+        pass
+
+    loaded = Loaded()
+    loaded.model, loaded.tokenizer = model, tok
+    res = evaluate_refusal(loaded, PRESENT, ABSENT, max_new_tokens=4, batch_size=2,
+                           progress=False)
+    for name, prompts in (("harmful", PRESENT), ("harmless", ABSENT)):
+        formatted = [format_prompt(tok, p) for p in prompts]
+        outs = generate(model, tok, formatted, max_new_tokens=4, batch_size=2, progress=False)
+        scores = refusal_scores(model, tok, formatted, batch_size=2)
+        assert res[name]["completions"] == outs
+        assert res[name]["scores"] == [float(s) for s in scores]
+        assert res[name]["substring_rate"] == sum(map(is_refusal_substring, outs)) / len(outs)
+        assert res[name]["score_rate"] == float((scores > 0).double().mean())

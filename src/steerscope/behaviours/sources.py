@@ -23,6 +23,12 @@ def builtin_prompt_sets() -> list[str]:
     return sorted(BUILTIN_SETS)
 
 
+def is_builtin_prompt_set(source) -> bool:
+    """True for ``builtin:NAME`` with NAME one of :func:`builtin_prompt_sets`."""
+    return (isinstance(source, str) and source.startswith(BUILTIN_PREFIX)
+            and source[len(BUILTIN_PREFIX):] in BUILTIN_SETS)
+
+
 def load_source(source, *, data_dir: str | os.PathLike | None = None,
                 name: str | None = None) -> PromptSet:
     """The prompts of one source: an inline list/tuple of strings, ``builtin:NAME``, a file or
@@ -50,7 +56,7 @@ def check_source(source, where: str, data_dir: str | os.PathLike | None = None) 
         raise SteerscopeError(f"{where} must be a file, a dataset name or builtin:NAME",
                               f"write {where.split('.')[-1]}: FILE")
     if source.startswith(BUILTIN_PREFIX):
-        if source[len(BUILTIN_PREFIX):] not in BUILTIN_SETS:
+        if not is_builtin_prompt_set(source):
             raise SteerscopeError(f"{where}: unknown built-in prompt set '{source}'",
                                   f"use one of {', '.join(builtin_prompt_sets())}")
         return
@@ -69,4 +75,5 @@ def check_source(source, where: str, data_dir: str | os.PathLike | None = None) 
                           "folder) or use a dataset name or builtin:NAME")
 
 
-__all__ = ["BUILTIN_PREFIX", "builtin_prompt_sets", "check_source", "load_source"]
+__all__ = ["BUILTIN_PREFIX", "builtin_prompt_sets", "check_source", "is_builtin_prompt_set",
+           "load_source"]

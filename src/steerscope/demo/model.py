@@ -153,33 +153,33 @@ def evaluate_refusal(loaded, harmful, harmless, *, max_new_tokens: int = 32,
     ``loaded``: a :class:`LoadedModel` (or anything with ``model`` and ``tokenizer``);
     ``harmful``/``harmless``: PromptSets (or lists of instructions). For each set: greedy
     completions of ``max_new_tokens`` tokens, the fraction that the paper's substring matcher
-    calls refusals (``substring_rate``), the refusal score of every prompt (no generation),
+    calls refusals (``substring_rate``), the refusal score of every prompt (no generation;
+    both through :func:`steerscope.evaluate.steered.steered_outcome`),
     the fraction with score > 0 (``score_rate``) and the mean score (``mean_score``).
     Returns ``{"harmful": {...}, "harmless": {...}}``, each with ``n``, the rates,
     ``mean_score``, ``completions`` and ``scores``.
     """
-    from steerscope.evaluate import is_refusal_substring, refusal_scores
-    from steerscope.generation import generate
+    from steerscope.evaluate.refusal import refusal_token_ids
+    from steerscope.evaluate.steered import steered_outcome
     from steerscope.models.chat import format_prompt
 
     model, tokenizer = loaded.model, loaded.tokenizer
+    ids = refusal_token_ids(tokenizer)
     out: dict[str, dict] = {}
     for name, prompts in (("harmful", harmful), ("harmless", harmless)):
         texts = [p if isinstance(p, str) else p.instruction for p in prompts]
         if not texts:
             raise SteerscopeError(f"the {name} prompt set is empty")
         formatted = [format_prompt(tokenizer, t) for t in texts]
-        completions = generate(model, tokenizer, formatted, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, progress=progress,
-                               desc=f"generating ({name})")
-        scores = refusal_scores(model, tokenizer, formatted, batch_size=batch_size,
-                                progress=progress)
-        n = len(texts)
+        got = steered_outcome(model, tokenizer, formatted, instructions=texts, score_ids=ids,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              progress=progress, desc=f"generating ({name})")
+        completions, scores = got.completions, got.scores  # scores [n] float64
         out[name] = {
-            "n": n,
-            "substring_rate": sum(is_refusal_substring(c) for c in completions) / n,
-            "score_rate": float((scores > 0).double().mean()),
-            "mean_score": float(scores.mean()),
+            "n": got.n,
+            "substring_rate": got.rate,
+            "score_rate": got.score_rate,
+            "mean_score": got.mean_score,
             "completions": completions,
             "scores": [float(s) for s in scores],
         }
