@@ -18,11 +18,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steerscope.data import PromptSet
 from steerscope.errors import SteerscopeError
-from steerscope.pipeline.config import PipelineConfig
+
+if TYPE_CHECKING:
+    from steerscope.pipeline.config import PipelineConfig
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_SOURCES = ("harmful", "harmless", "demo_harmful_train", "demo_harmless_train",

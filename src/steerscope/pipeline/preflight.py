@@ -18,11 +18,14 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from steerscope.errors import SteerscopeError
-from steerscope.pipeline.config import PipelineConfig
+
+if TYPE_CHECKING:
+    from steerscope.pipeline.config import PipelineConfig
 
 JUDGE_KEY = "config key 'evaluation.judge'"
 
@@ -80,9 +83,8 @@ def check_extraction(cfg: PipelineConfig) -> None:
 
 def check_options(cfg: PipelineConfig) -> None:
     """Every ``<section>.options`` key is one that section's stage declared."""
-    from steerscope.pipeline.registry import STAGES, stage_names
+    from steerscope.pipeline.registry import STAGES
 
-    stage_names()  # registers the built-in stages
     declared: dict[str, set[str]] = {}
     for stage in STAGES.values():
         if stage.section is not None:

@@ -240,7 +240,7 @@ def build_report(results: dict | str | Path, out_dir: str | Path, *,
     returns the HTML path."""
     if not isinstance(results, dict):
         results = json.loads(Path(results).read_text(encoding="utf-8"))
-    from steerscope.pipeline.results import check_results
+    from steerscope.results_schema import check_results
 
     check_results(results)
     text, figs = render_report(results, title, explorer=explorer)
