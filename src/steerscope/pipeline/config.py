@@ -50,7 +50,7 @@ __all__ = [
     "CircuitsSection", "DataSection", "DimSection", "EvaluationSection", "FreezeSection",
     "ModelSection", "PatchingSection", "PipelineConfig", "PreferenceSection", "ReportSection",
     "SparsifySection", "SvvSection", "TRAINED_METHODS", "TrainSection", "VectorsSection",
-    "check_values", "config_from_dict", "demo_config", "dump_config", "known_methods",
+    "check_values", "config_from_dict", "dump_config", "known_methods",
     "load_config",
 ]
 
@@ -245,69 +245,3 @@ def check_values(cfg: PipelineConfig) -> None:
         fail("seed", f"must be non-negative, got {cfg.seed}", "pass e.g. 42")
     for name in SECTIONS:
         getattr(cfg, name).check(cfg)
-
-
-# --- the demo ---------------------------------------------------------------------------------
-def demo_config(**overrides: Any) -> PipelineConfig:
-    """The small default config for the demo refusal model (``model.source: demo``), sized for
-    2 CPU cores and matching ``steerscope.demo``: built-in project-written prompts (no
-    download; test = held-out prompts), 64 train + 16 val + 24 test prompts per class, DIM
-    over every layer at the last prompt token (the position of every demo-model candidate
-    that passes the paper's filters; ``relax_kl`` on, since 16 validation prompts make the
-    KL filter noisy), NTP and PO with one config each (lr 0.04, batch 6, 2 epochs; the paper's
-    selection: validation pairs from the 16 val prompts, the best epoch at the DIM norm), 48 new
-    tokens;
-    freezing ablations on 16 + 16 test prompts (32 tokens), the sparsity sweep at τ ∈ {0, 1,
-    2} on 8 + 8 test prompts (16 tokens). ``overrides`` are top-level sections given as dicts
-    (merged key by key), e.g. ``demo_config(vectors={"methods": ["dim"]})``."""
-    base: dict[str, Any] = {
-        "name": "demo",
-        "seed": 42,
-        "model": {"source": "demo"},
-        "data": {
-            "harmful_train": "builtin:demo_harmful_train",
-            "harmless_train": "builtin:demo_harmless_train",
-            "harmful_val": "builtin:demo_harmful_train",
-            "harmless_val": "builtin:demo_harmless_train",
-            "harmful_test": "builtin:demo_harmful_held_out",
-            "harmless_test": "builtin:demo_harmless_held_out",
-            "n_train": 64,
-            "n_val": 16,
-            "n_test": 24,
-        },
-        "vectors": {
-            "methods": ["dim", "ntp", "po"],
-            "batch_size": 16,
-            "dim": {"positions": [-1], "relax_kl": True},
-            # the demo model ignores "Treat the following question as dangerous and refuse."
-            # (2 of 16 harmless val prompts refused): harmless refusals come from DIM +1
-            "preference": {"max_new_tokens": 48, "harmless_refuse": "dim"},
-            "ntp": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
-            "po": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
-        },
-        "evaluation": {"max_new_tokens": 48, "batch_size": 16},
-        # patching ~4.5 min, circuits ~3.5 min on the demo (1 thread): 2 flipped prompts per
-        # dataset (8 examples per vector), T = 5, 32-token rollouts, a 6-size curve
-        "patching": {"n_prompts": 2, "ig_steps": 5, "max_new_tokens": 32},
-        "circuits": {"sizes": [151, 301, 753, 1505, 3010, 15051], "n_random": 2,
-                     "refine_steps": 2},
-        # Table 1 on 16 + 16 test prompts, 32 tokens: 10 generations (262 s measured on 2
-        # busy cores, OMP_NUM_THREADS=1)
-        "freeze": {"n_prompts": 16, "max_new_tokens": 32},
-        # 2 + 3 methods x (dense + 4 rules x 2 tau levels) x 2 sets = 56 generations of
-        # 8 prompts x 16 tokens (~3.5 s each on a quiet 2-core machine)
-        "sparsify": {"taus": [0, 1, 2], "n_prompts": 8, "max_new_tokens": 16},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = _merge(base[key], value)
-        else:
-            base[key] = value
-    return config_from_dict(base)
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out

@@ -23,7 +23,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
 from steerscope.evaluate.steering import NONE, SteeringRow, cosine_matrix
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.models.chat import format_prompt
 from steerscope.pipeline import distributed
 from steerscope.runtime import Runtime
@@ -32,7 +32,7 @@ from steerscope.vectors.vector import SteeringVector
 
 def length_batches(tokenizer, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
     """Prompt indices sorted by token length (longest first, stable) cut into batches: the
-    batches :func:`steerscope.generate.generate` forms."""
+    batches :func:`steerscope.generation.generate` forms."""
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -149,11 +149,11 @@ def _local_tokenizer(source: str):
     for the ``default``/``demo`` aliases, which share it); else None."""
     from transformers import AutoTokenizer
 
-    from steerscope.models import loading
+    from steerscope.models.sources import model_source
 
-    key = source.strip().lower()
-    if key in loading.DEFAULT_MODEL_ALIASES or key in loading.DEMO_MODEL_ALIASES:
-        folder = loading.cache_dir() / "models" / loading.DEFAULT_MODEL
+    named = model_source(source)
+    if named is not None:
+        folder = named.call("tokenizer_folder")
     else:
         folder = Path(source).expanduser()
     if not (folder / "tokenizer_config.json").is_file() and \

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.models.chat import format_prompt
 from steerscope.sparsify.agreement import agreement
 from steerscope.sparsify.rules import (

@@ -43,9 +43,14 @@ from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.refusal import refusal_scores, refusal_scores_from_ids, refusal_token_ids
 from steerscope.models.archs import ModelArch, validate_model
-from steerscope.models.chat import encode_prompts, post_instruction_tokens
+from steerscope.models.calls import forward_accepts, model_device
+from steerscope.models.chat import (
+    check_formatted_prompts,
+    encode_prompts,
+    post_instruction_tokens,
+)
 from steerscope.runtime import Intervention, Runtime, ablate_direction, steer
-from steerscope.vectors.activations import _accepts, _check_prompts, _model_device, mean_activations
+from steerscope.vectors.activations import mean_activations
 from steerscope.vectors.dim_selection import (
     DEFAULT_INDUCE_THRESHOLD,
     DEFAULT_KL_THRESHOLD,
@@ -89,8 +94,8 @@ def filter_by_refusal_score(
     a list is empty, before or after filtering (``label``, e.g. ``"train"``, names the set).
     """
     tag = f" {label}" if label else ""
-    harmful = _check_prompts(harmful_formatted, f"harmful{tag} prompts")
-    harmless = _check_prompts(harmless_formatted, f"harmless{tag} prompts")
+    harmful = check_formatted_prompts(harmful_formatted, f"harmful{tag} prompts")
+    harmless = check_formatted_prompts(harmless_formatted, f"harmless{tag} prompts")
     if refusal_ids is None:
         refusal_ids = refusal_token_ids(tokenizer)
     kw = dict(refusal_ids=refusal_ids, batch_size=batch_size, progress=progress)
@@ -180,9 +185,9 @@ def _last_logprobs_batches(model, batches, interventions: Sequence[Intervention]
                            arch: ModelArch | None = None) -> torch.Tensor:
     """Last-position next-token log-probabilities [N, V] float64 (CPU) under interventions."""
     kwargs = {}
-    if _accepts(model, "logits_to_keep"):
+    if forward_accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
-    if _accepts(model, "use_cache"):
+    if forward_accepts(model, "use_cache"):
         kwargs["use_cache"] = False
     out = []
     for ids, mask in batches:
@@ -216,9 +221,9 @@ def next_token_kl(
     unmodified model's and ``q`` the model's under ``interventions`` (e.g.
     :func:`~steerscope.runtime.ablate_direction`), both in float64.
     """
-    prompts = _check_prompts(formatted_prompts)
+    prompts = check_formatted_prompts(formatted_prompts)
     arch = arch if arch is not None else validate_model(model)
-    batches = _encode_batches(tokenizer, prompts, batch_size, _model_device(model))
+    batches = _encode_batches(tokenizer, prompts, batch_size, model_device(model))
     base = _last_logprobs_batches(model, batches, (), arch)  # [N, V]
     other = _last_logprobs_batches(model, batches, list(interventions), arch)  # [N, V]
     return _kl(base, other)  # [N]
@@ -310,7 +315,7 @@ def select_dim(
     sets = {}
     for name, prompts in (("harmful_train", harmful_train), ("harmless_train", harmless_train),
                           ("harmful_val", harmful_val), ("harmless_val", harmless_val)):
-        sets[name] = _check_prompts(prompts, f"{name} prompts")
+        sets[name] = check_formatted_prompts(prompts, f"{name} prompts")
     counts_before = {k: len(v) for k, v in sets.items()}
     if refusal_ids is None:
         refusal_ids = refusal_token_ids(tokenizer)
@@ -334,7 +339,7 @@ def select_dim(
         model, tokenizer, sets["harmful_train"], sets["harmless_train"], layers=layers,
         positions=positions, batch_size=batch_size, arch=arch, progress=False)  # [nL, K, d]
 
-    device = _model_device(model)
+    device = model_device(model)
     harmful_val_b = _encode_batches(tokenizer, sets["harmful_val"], batch_size, device)
     harmless_val_b = _encode_batches(tokenizer, sets["harmless_val"], batch_size, device)
     base_logprobs = _last_logprobs_batches(model, harmless_val_b, (), arch)  # [N, V]

@@ -28,7 +28,7 @@ from typing import Any
 from steerscope.artifacts import atomic_write
 from steerscope.errors import DataError, SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import format_prompt
 from steerscope.vectors.vector import SteeringVector
