@@ -18,7 +18,7 @@ from steerscope.errors import SteerscopeError
 FORMAT_VERSION = 1
 # section -> the stage that fills it (for "not run" messages)
 SECTION_STAGE = {
-    "model": "model", "vectors": "vectors", "steering": "evaluation", "cosine": "evaluation",
+    "behaviour": "data", "data": "data", "model": "model", "vectors": "vectors", "steering": "evaluation", "cosine": "evaluation",
     "circuits": "circuits", "overlap": "circuits", "interchange": "circuits",
     "edge_types": "patching", "freeze": "freeze", "svv": "svv", "sparsify": "sparsify",
 }
@@ -72,10 +72,16 @@ def _square(obj: dict, where: str) -> None:
 
 
 def check_results(results: dict) -> list[str]:
-    """Check every section present against docs/results.md; returns the sections present
-    (raises a one-line error naming the first mismatch)."""
+    """Check every section present against docs/results.md; returns the result sections
+    present (the run metadata ``behaviour`` is checked, ``data`` not; neither is listed); raises
+    a one-line error naming the first mismatch."""
     _need(isinstance(results, dict), "the file", "must hold a JSON object")
     present = []
+    if "behaviour" in results:
+        b = results["behaviour"]
+        _need(isinstance(b, dict) and isinstance(b.get("name"), str)
+              and isinstance(b.get("definition"), dict), "behaviour",
+              "needs 'name' (string) and 'definition' (object)")  # run metadata, like 'data'
     if "model" in results:
         m = results["model"]
         for k in ("id", "revision", "architecture", "path", "steering_layer"):

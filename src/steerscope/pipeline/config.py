@@ -3,7 +3,8 @@
 :class:`PipelineConfig` has the top-level ``name`` and ``seed`` and one field per config
 section registered by the stages (:mod:`steerscope.pipeline.stages`, in pipeline order:
 ``model``, ``data``, ``vectors``, ``evaluation``, ``patching``, ``circuits``, ``freeze``,
-``svv``, ``sparsify``, ``report``); each section's dataclass lives with its stage, reads its
+``svv``, ``sparsify``, ``report``) and the top-level ``behaviour`` (a built-in name, default
+``refusal``, or a behaviour YAML file; docs/behaviours.md); each section's dataclass lives with its stage, reads its
 defaults from the library function it configures, and validates itself (``check(cfg)``).
 
 ``load_config(path_or_dict)`` builds a :class:`PipelineConfig`; any key that is not in the
@@ -25,11 +26,12 @@ from pathlib import Path
 from typing import Any, Union
 
 import steerscope.pipeline.stages  # noqa: F401  (registers the stages and their sections)
+from steerscope.behaviours import DEFAULT_BEHAVIOUR
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail
 from steerscope.pipeline.registry import SECTIONS
 from steerscope.pipeline.stages.circuits import CircuitsSection
-from steerscope.pipeline.stages.data import DataSection
+from steerscope.pipeline.stages.data import DataSection, run_behaviour
 from steerscope.pipeline.stages.evaluation import EvaluationSection
 from steerscope.pipeline.stages.freeze import FreezeSection
 from steerscope.pipeline.stages.model import ModelSection
@@ -73,7 +75,9 @@ def _assemble() -> type:
     """The :class:`PipelineConfig` dataclass: ``name``, ``seed`` and one field per registered
     section, in registration (pipeline) order."""
     fields: list[tuple] = [("name", str, field(default="run")),  # run folder prefix
-                           ("seed", int, field(default=42))]
+                           ("seed", int, field(default=42)),
+                           # a built-in behaviour's name or a behaviour YAML file
+                           ("behaviour", str, field(default=DEFAULT_BEHAVIOUR))]
     fields += [(name, cls, field(default_factory=cls)) for name, cls in SECTIONS.items()]
     return make_dataclass("PipelineConfig", fields, bases=(_PipelineBase,), namespace={
         "__module__": __name__,
@@ -237,11 +241,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def check_values(cfg: PipelineConfig) -> None:
     """Range and name checks that need neither the model nor the data (one-line errors): the
-    run name and seed, then each section's own ``check(cfg)`` in pipeline order."""
+    run name and seed, the behaviour (loaded, its prompt files not read yet), then each
+    section's own ``check(cfg)`` in pipeline order."""
     if not _NAME.match(cfg.name):
         fail("name", f"'{cfg.name}' is not a valid run name",
              "use letters, digits, '.', '_' and '-' only")
     if cfg.seed < 0:
         fail("seed", f"must be non-negative, got {cfg.seed}", "pass e.g. 42")
+    run_behaviour(cfg)  # a built-in name or a readable, valid behaviour file
     for name in SECTIONS:
         getattr(cfg, name).check(cfg)

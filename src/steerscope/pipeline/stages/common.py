@@ -70,3 +70,19 @@ def patched_vectors(ctx, inputs: dict[str, StageOutput], arch) -> dict:
         raise SteerscopeError(f"patched method '{missing[0]}' has no vector in this run",
                               "list it in vectors.methods")
     return {m: vectors[m] for m in methods}
+
+
+def behaviour_detector(inputs: dict[str, StageOutput]):
+    """``present(text) -> bool``: the run's behaviour judge on one completion (refusal: the
+    paper's substring matcher), from the data stage's ``behaviour.json``."""
+    from steerscope.pipeline.stages.data import stage_behaviour
+
+    judge = stage_behaviour(inputs["data"]).make_judge()
+    return lambda text: bool(judge.judge([""], [text])[0])
+
+
+def score_ids(inputs: dict[str, StageOutput]) -> list[int] | None:
+    """The behaviour's fast-score token ids the vectors stage used (None for a vectors stage
+    that recorded none)."""
+    ids = inputs["vectors"].outputs.get("score_ids") if "vectors" in inputs else None
+    return None if ids is None else [int(i) for i in ids]

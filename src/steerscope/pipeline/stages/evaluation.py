@@ -1,4 +1,5 @@
-"""Stage ``evaluation``: the steering table on the test prompts (``evaluation.json``: rows,
+"""Stage ``evaluation``: the steering table on the test prompts (the behaviour judged by the
+run's behaviour, scored with its fast-score tokens) (``evaluation.json``: rows,
 cosine, prompts, completions, per-prompt refusal scores), sharded over ranks under torchrun
 (:func:`steerscope.pipeline.evaluation.sharded_steering_eval`).
 
@@ -16,7 +17,13 @@ from steerscope.artifacts import atomic_write_json
 from steerscope.evaluate.steering import evaluate_steering
 from steerscope.pipeline.checks import finite, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
-from steerscope.pipeline.stages.common import PROMPTS_FILE, load_vectors, read_json
+from steerscope.pipeline.stages.common import (
+    PROMPTS_FILE,
+    behaviour_detector,
+    load_vectors,
+    read_json,
+    score_ids,
+)
 
 EVAL_FILE = "evaluation.json"
 
@@ -59,7 +66,8 @@ def evaluation_stage(ctx, section, inputs) -> dict[str, Any]:
         lm.model, lm.tokenizer, vectors, p["harmful_test"], p["harmless_test"], arch=lm.arch,
         bypass_alpha=section.bypass_alpha, induce_alpha=section.induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=section.batch_size, judge=judge,
-        dist=ctx.dist, progress=ctx.progress)
+        dist=ctx.dist, progress=ctx.progress, score_ids=score_ids(inputs),
+        present=behaviour_detector(inputs))
     if ctx.is_main:
         atomic_write_json(ctx.out / EVAL_FILE, table)
     for r in table["rows"]:

@@ -42,7 +42,12 @@ from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING
 from steerscope.pipeline import distributed
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
-from steerscope.pipeline.stages.common import PROMPTS_FILE, load_vectors, read_json
+from steerscope.pipeline.stages.common import (
+    PROMPTS_FILE,
+    behaviour_detector,
+    load_vectors,
+    read_json,
+)
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
 
 PATCHED_DEFAULT = ("dim", *TRAINED_METHODS)
@@ -140,11 +145,14 @@ def _units(items: list, size: int) -> list[list]:
 
 def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, section,
                       bypass_alpha: float, induce_alpha: float, dist=None,
-                      judge=None) -> tuple[dict, dict]:
+                      judge=None, present=None) -> tuple[dict, dict]:
     """The four patching datasets of one vector from the test prompts, with rollouts cut in
     fixed batches (units sharded over ``dist``'s ranks). ``judge`` (used on rank 0 only, with
     ``flip: refusal``): harmful outcomes from this jailbreak judge. Returns
-    ``(datasets, counts)``, ``counts`` = prompts rolled out and flipped per prompt set."""
+    ``(datasets, counts)``, ``counts`` = prompts rolled out and flipped per prompt set.
+    ``present(text) -> bool``: the behaviour judge of a completion (None: the paper's refusal
+    substrings)."""
+    refused = None if present is None else (lambda _prompt, text: present(text))
     from steerscope.patching.data import judge_harmful_rollouts
 
     dist = dist or distributed.Dist()
@@ -155,7 +163,8 @@ def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, se
         kind, chunk = unit
         alpha = bypass_alpha if kind == "harmful" else induce_alpha
         return rollouts(lm.model, lm.tokenizer, chunk, vector, alpha,
-                        max_new_tokens=section.max_new_tokens, batch_size=section.batch_size)
+                        max_new_tokens=section.max_new_tokens, batch_size=section.batch_size,
+                        refused=refused)
 
     done = distributed.map_units(run, units, dist)
     rolls = {"harmful": [], "harmless": []}
@@ -202,6 +211,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
         from steerscope.evaluate import get_judge
 
         judge = get_judge(section.judge)
+    present = behaviour_detector(inputs)
     methods, skipped, summary = {}, {}, {}
     for m in patched_methods(ctx.config):
         if m not in vectors:
@@ -211,7 +221,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
         datasets, counts = patching_datasets(
             lm, v, p["harmful_test"], p["harmless_test"], section=section,
             bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, dist=ctx.dist,
-            judge=judge)
+            judge=judge, present=present)
         n = {k: len(x) for k, x in datasets.items()}
         ctx.log(f"{m}: flipped {counts['flipped']} of {counts['prompts']} test prompts; "
                 f"examples {n}")

@@ -1,5 +1,6 @@
 """Stage ``vectors``: DIM with the paper's selection (it fixes the steering layer and
-position), then every other extraction method (pca, probe, caa, ...) read at that layer and
+position; scored with the behaviour's fast-score tokens, recorded as ``score_ids`` in the
+stage's outputs for the later stages), then every other extraction method (pca, probe, caa, ...) read at that layer and
 position. Files ``dim.safetensors``, ``dim_candidates.json``, ``<method>.safetensors``.
 
 Config section ``vectors`` (:class:`VectorsSection`), shared with the ``trained`` stage: its
@@ -25,6 +26,7 @@ from steerscope.pipeline.stages.common import (
     vector_entry,
     vectors_results_section,
 )
+from steerscope.pipeline.stages.data import stage_behaviour
 from steerscope.vectors.dim import select_dim
 from steerscope.vectors.dim_selection import LAYER_CUTOFFS
 from steerscope.vectors.train_config import (
@@ -207,8 +209,14 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
     d = section.dim
     layers = d.layers if d.layers is not None else (
         [section.layer] if section.layer is not None else None)
+    # the behaviour's fast score (refusal: the paper's refusal tokens); auto: from the
+    # model's own completions on the train prompts (docs/behaviours.md)
+    ids = stage_behaviour(inputs["data"]).score_token_ids(
+        tok, model=lm.model, present_formatted=f["harmful_train"],
+        absent_formatted=f["harmless_train"])
     res = select_dim(lm.model, tok, f["harmful_train"], f["harmless_train"], f["harmful_val"],
                      f["harmless_val"], model_id=lm.model_id, revision=lm.revision,
+                     refusal_ids=ids,
                      filter=d.filter, layers=layers, positions=d.positions,
                      max_layer_fraction=d.max_layer_fraction, layer_cutoff=d.layer_cutoff,
                      kl_threshold=d.kl_threshold,
@@ -236,7 +244,7 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
                               "kl_threshold": dim.hyperparameters["kl_threshold"],
                               "kl_threshold_requested":
                                   dim.hyperparameters["kl_threshold_requested"]},
-            "candidates_file": "dim_candidates.json"}
+            "candidates_file": "dim_candidates.json", "score_ids": [int(i) for i in ids]}
 
 
 def vectors_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
