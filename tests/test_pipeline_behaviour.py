@@ -61,7 +61,7 @@ def _behaviour_file(root: Path) -> Path:
 def test_the_default_behaviour_is_refusal_with_its_old_keys():
     cfg = config_from_dict({})
     assert cfg.behaviour == "refusal"
-    from steerscope.pipeline.stages.data import split_sources
+    from steerscope.pipeline.behaviour import split_sources
 
     src = {k: v[0] for k, v in split_sources(cfg).items()}
     assert src == {"harmful_train": "harmful_train", "harmless_train": "harmless_train",

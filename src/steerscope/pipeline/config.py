@@ -28,10 +28,11 @@ from typing import Any, Union
 import steerscope.pipeline.stages  # noqa: F401  (registers the stages and their sections)
 from steerscope.behaviours import DEFAULT_BEHAVIOUR
 from steerscope.errors import SteerscopeError
+from steerscope.pipeline.behaviour import run_behaviour
 from steerscope.pipeline.checks import fail
 from steerscope.pipeline.registry import SECTIONS
 from steerscope.pipeline.stages.circuits import CircuitsSection
-from steerscope.pipeline.stages.data import DataSection, run_behaviour
+from steerscope.pipeline.stages.data import DataSection
 from steerscope.pipeline.stages.evaluation import EvaluationSection
 from steerscope.pipeline.stages.freeze import FreezeSection
 from steerscope.pipeline.stages.model import ModelSection

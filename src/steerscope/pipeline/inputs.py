@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from steerscope.data import PromptSet
 from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
 from steerscope.errors import SteerscopeError
+from steerscope.pipeline.behaviour import split_sources
 
 if TYPE_CHECKING:
     from steerscope.pipeline.config import PipelineConfig
@@ -166,9 +167,7 @@ def load_source(source, data_dir: str | None) -> PromptSet:
 def data_plan(cfg: PipelineConfig) -> dict[str, list[tuple[str, int]]]:
     """Source -> the (split key, size) pairs drawn from it, in split order; splits sharing a
     source get disjoint prompts. Sources: the behaviour's, or the data section's overrides
-    (:func:`steerscope.pipeline.stages.data.split_sources`)."""
-    from steerscope.pipeline.stages.data import split_sources
-
+    (:func:`steerscope.pipeline.behaviour.split_sources`)."""
     sources = split_sources(cfg)
     sizes = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
     plan: dict[str, list[tuple[str, int]]] = {}
@@ -245,8 +244,6 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
         raise SteerscopeError("config key 'model.device_map' shards one model over several "
                               "GPUs and cannot be combined with several processes (torchrun)",
                               "launch one process or drop model.device_map")
-
-    from steerscope.pipeline.stages.data import split_sources
 
     named = {k: where for k, (_, where) in split_sources(cfg).items()}
     data: dict[str, str] = {}

@@ -16,19 +16,15 @@ side, ``harmless_*`` = the absent side (:data:`SPLIT_SIDES`). results.json secti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from steerscope.artifacts import atomic_write_json
-from steerscope.errors import SteerscopeError
+from steerscope.pipeline.behaviour import SPLIT_SIDES, run_behaviour
 from steerscope.pipeline.checks import fail, not_empty, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import PROMPTS_FILE, read_json
 
 BEHAVIOUR_FILE = "behaviour.json"
-# prompts.json key -> (side, split); refusal's key names kept for the two sides
-SPLIT_SIDES = {f"{old}_{split}": (side, split) for split in ("train", "val", "test")
-               for side, old in (("present", "harmful"), ("absent", "harmless"))}
 
 
 @dataclass
@@ -70,39 +66,6 @@ class DataSection:
             if getattr(self, generic) is not None and getattr(self, key) is not None:
                 fail(f"data.{key}", f"and data.{generic} name the same split",
                      f"keep data.{generic} (data.{key} is refusal's name for it)")
-
-
-@lru_cache(maxsize=16)
-def _behaviour(spec: str, data_dir: str | None):
-    from steerscope.behaviours import load_behaviour
-
-    return load_behaviour(spec, data_dir=data_dir, check_sources=False)
-
-
-def run_behaviour(cfg):
-    """The run's :class:`~steerscope.behaviours.Behaviour` (one-line error naming the
-    ``behaviour`` key when it does not load)."""
-    try:
-        return _behaviour(cfg.behaviour, cfg.data.data_dir)
-    except SteerscopeError as exc:
-        raise SteerscopeError(f"config key 'behaviour': {exc}") from None
-
-
-def split_sources(cfg) -> dict[str, tuple[Any, str]]:
-    """prompts.json key -> (its source, the config key that names it): ``data.present_*``,
-    else ``data.harmful_*`` (refusal's name), else the behaviour's source (named by the
-    ``data`` key, as before behaviours)."""
-    b = run_behaviour(cfg)
-    out = {}
-    for key, (side, split) in SPLIT_SIDES.items():
-        generic = f"{side}_{split}"
-        if getattr(cfg.data, generic) is not None:
-            out[key] = (getattr(cfg.data, generic), f"data.{generic}")
-        elif getattr(cfg.data, key) is not None:
-            out[key] = (getattr(cfg.data, key), f"data.{key}")
-        else:
-            out[key] = (b.source(side, split), f"data.{key}")
-    return out
 
 
 def data_stage(ctx, section, inputs) -> dict[str, Any]:
