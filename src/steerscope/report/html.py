@@ -237,7 +237,7 @@ def render_report(results: dict, title: str | None = None, *,
     for section in SECTIONS:
         section(doc, results)
     if explorer is not None:
-        from steerscope.report.explorer import explorer_section
+        from steerscope.report.explorer_html import explorer_section
 
         doc.add(explorer_section(explorer))
     stages = results.get("run", {}).get("stages", {})

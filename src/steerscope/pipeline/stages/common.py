@@ -10,6 +10,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.pipeline.registry import StageOutput
 
 PROMPTS_FILE = "prompts.json"  # the data stage's samples, {split key: [instruction]}
+BEHAVIOUR_FILE = "behaviour.json"  # the data stage's record of the run's behaviour
 
 
 def read_json(output: StageOutput, name: str) -> Any:
@@ -75,8 +76,6 @@ def patched_vectors(ctx, inputs: dict[str, StageOutput], arch) -> dict:
 def behaviour_detector(inputs: dict[str, StageOutput]):
     """``present(text) -> bool``: the run's behaviour judge on one completion (refusal: the
     paper's substring matcher), from the data stage's ``behaviour.json``."""
-    from steerscope.pipeline.stages.data import stage_behaviour
-
     judge = stage_behaviour(inputs["data"]).make_judge()
     return lambda text: bool(judge.judge([""], [text])[0])
 
@@ -86,3 +85,11 @@ def score_ids(inputs: dict[str, StageOutput]) -> list[int] | None:
     that recorded none)."""
     ids = inputs["vectors"].outputs.get("score_ids") if "vectors" in inputs else None
     return None if ids is None else [int(i) for i in ids]
+
+
+def stage_behaviour(data: StageOutput):
+    """The behaviour a finished data stage recorded (its ``behaviour.json``)."""
+    from steerscope.behaviours import behaviour_from_dict
+
+    return behaviour_from_dict(read_json(data, BEHAVIOUR_FILE)["definition"],
+                               check_sources=False)

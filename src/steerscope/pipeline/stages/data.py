@@ -22,9 +22,7 @@ from steerscope.artifacts import atomic_write_json
 from steerscope.pipeline.behaviour import SPLIT_SIDES, run_behaviour
 from steerscope.pipeline.checks import fail, not_empty, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
-from steerscope.pipeline.stages.common import PROMPTS_FILE, read_json
-
-BEHAVIOUR_FILE = "behaviour.json"
+from steerscope.pipeline.stages.common import BEHAVIOUR_FILE, PROMPTS_FILE, read_json
 
 
 @dataclass
@@ -81,14 +79,6 @@ def data_stage(ctx, section, inputs) -> dict[str, Any]:
     ctx.log(", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return {"file": PROMPTS_FILE, "behaviour": BEHAVIOUR_FILE,
             "counts": {k: len(v) for k, v in splits.items()}}
-
-
-def stage_behaviour(data: StageOutput):
-    """The behaviour a finished data stage recorded (its ``behaviour.json``)."""
-    from steerscope.behaviours import behaviour_from_dict
-
-    return behaviour_from_dict(read_json(data, BEHAVIOUR_FILE)["definition"],
-                               check_sources=False)
 
 
 def data_results(out: StageOutput, so_far: dict) -> dict[str, Any]:

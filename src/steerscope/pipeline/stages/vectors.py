@@ -23,10 +23,10 @@ from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
     PROMPTS_FILE,
     read_json,
+    stage_behaviour,
     vector_entry,
     vectors_results_section,
 )
-from steerscope.pipeline.stages.data import stage_behaviour
 from steerscope.vectors.dim import select_dim
 from steerscope.vectors.dim_selection import LAYER_CUTOFFS
 from steerscope.vectors.train_config import (
