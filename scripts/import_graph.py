@@ -27,7 +27,7 @@ SRC = ROOT / "src" / PACKAGE
 # subpackage of steerscope ("models" covers steerscope.models and everything under it).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("errors", ("errors",)),
-    ("foundations", ("artifacts", "validation", "patching_conventions")),
+    ("foundations", ("artifacts", "validation", "patching_conventions", "results_schema")),
     ("models, data, runtime", ("models", "data", "runtime", "environment")),
     ("generation and scores", ("generation", "evaluate", "behaviours")),
     ("vectors", ("vectors",)),
