@@ -335,3 +335,36 @@ def test_load_gguf_file(embedded_cache, monkeypatch):
         a = lm.model(**batch).logits
         b = cached.model(**batch).logits
     assert torch.equal(a, b)
+
+
+_NAMED_FOLDER: list[Path] = []
+
+
+def _tiny_folder() -> Path:
+    """The folder of the test's named model (a ModelSource names this function)."""
+    return _NAMED_FOLDER[0]
+
+
+def test_named_model_sources_resolve_by_name(tmp_path, monkeypatch):
+    from steerscope.models import MODEL_SOURCES, ModelSource, model_source, register_model_source
+
+    assert model_source(" Default ").model_id == DEFAULT_MODEL
+    assert model_source("demo").model_id == "smollm2-135m-refusal-demo"
+    assert model_source(tmp_path) is None and model_source("org/name") is None
+    with pytest.raises(SteerscopeError, match="already registered"):
+        register_model_source(ModelSource("x", ("demo",), "m:f", "m:f", "m:f", "m:f"))
+
+    folder = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    source = ModelSource("tiny-named", ("tiny-named",), folder=f"{__name__}:_tiny_folder",
+                         fingerprint="m:f", shape="m:f", tokenizer_folder="m:f")
+    _NAMED_FOLDER[:] = [folder]
+    register_model_source(source)
+    try:
+        lm = load_model("tiny-named")
+        assert lm.model_id == "tiny-named" and lm.path == str(folder)
+        with pytest.raises(SteerscopeError, match="revision= applies to Hub ids"):
+            load_model("tiny-named", revision="main")
+    finally:
+        MODEL_SOURCES.remove(source)

@@ -7,13 +7,9 @@ whitespace, deduplicate nothing and raise :class:`~steerscope.errors.DataError` 
 one-line message naming the file for bad input.
 """
 
+from steerscope.data.formats import read_prompt_file
 from steerscope.data.prompts import Prompt, PromptSet
-from steerscope.data.readers import (
-    DATA_DIR_ENV,
-    available_datasets,
-    load_prompts,
-    read_prompt_file,
-)
+from steerscope.data.readers import DATA_DIR_ENV, available_datasets, load_prompts
 
 __all__ = [
     "DATA_DIR_ENV",
