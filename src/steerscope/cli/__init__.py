@@ -3,6 +3,7 @@
     steerscope demo                       refusal steering on the demo refusal model
     steerscope model prepare-demo         build and cache the demo refusal model
     steerscope archs                      supported architectures
+    steerscope behaviours [NAME|FILE]     built-in behaviours, or one definition
     steerscope info MODEL                 load and validate a model, print its shape
     steerscope prompts SOURCE             read a prompt file or named dataset
     steerscope generate MODEL ...         (steered) greedy completions
@@ -136,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     from steerscope.cli import explore
 
     explore.register(sub)
+    from steerscope.cli import behaviours
+
+    behaviours.register(sub)
     return parser
 
 

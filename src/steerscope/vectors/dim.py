@@ -189,13 +189,18 @@ def select_dim(
     progress: bool | None = None,
     score_all: bool = False,
     relax_kl: bool = False,
+    behaviour=None,
 ) -> DimResult:
     """Extract the DIM refusal direction and select its layer and position (spec §3.1).
 
     All prompt lists are already formatted with the chat template. ``filter``: apply
     :func:`filter_by_refusal_score` to the train and val pairs first. ``layers`` /
     ``positions`` restrict the candidates (defaults: all layers, every post-instruction
-    position). ``refusal_ids`` default to ``refusal_token_ids(tokenizer)``. ``progress``: a
+    position). ``refusal_ids`` (the fast score's token ids) default to ``behaviour``'s
+    (a :class:`~steerscope.behaviours.Behaviour`, whose ``score_tokens: auto`` is derived
+    from the harmful/present and harmless/absent train prompts given here), and without a
+    behaviour to ``refusal_token_ids(tokenizer)``; "harmful" / "harmless" then read "present"
+    / "absent", and "refusal score" the behaviour's fast score. ``progress``: a
     tqdm bar over candidates (None: shown for more than 4 candidates). ``score_all=False``
     (the default, as the pipeline's ``vectors.dim.score_all``; ``True``: the full table)
     scores each candidate only until its first failed filter (induce, then KL, then bypass):
@@ -215,6 +220,10 @@ def select_dim(
                           ("harmful_val", harmful_val), ("harmless_val", harmless_val)):
         sets[name] = check_formatted_prompts(prompts, f"{name} prompts")
     counts_before = {k: len(v) for k, v in sets.items()}
+    if refusal_ids is None and behaviour is not None:
+        refusal_ids = behaviour.score_token_ids(
+            tokenizer, model=model, present_formatted=sets["harmful_train"],
+            absent_formatted=sets["harmless_train"])
     if refusal_ids is None:
         refusal_ids = refusal_token_ids(tokenizer)
     refusal_ids = [int(i) for i in refusal_ids]

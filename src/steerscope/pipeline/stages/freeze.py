@@ -1,5 +1,5 @@
 """Stage ``freeze``: the freezing-ablation table (paper Table 1) of one vector
-(``freeze.method``, DIM by default) on the test prompts,
+(``freeze.method``, DIM by default) on the test prompts, judged by the run's behaviour,
 :func:`steerscope.mechanisms.freeze_evaluation`; files ``freeze.json`` (rows, mean drops,
 prompts, completions) and ``freeze.png``.
 
@@ -17,7 +17,13 @@ from steerscope.errors import SteerscopeError
 from steerscope.mechanisms import MODES, freeze_evaluation
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
-from steerscope.pipeline.stages.common import PROMPTS_FILE, first, load_vectors, read_json
+from steerscope.pipeline.stages.common import (
+    PROMPTS_FILE,
+    first,
+    load_vectors,
+    read_json,
+    stage_behaviour,
+)
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
 
 FREEZE_FILE = "freeze.json"
@@ -62,7 +68,7 @@ def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
         first(p["harmful_test"], section.n_prompts), first(p["harmless_test"], section.n_prompts),
         modes=section.modes, bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=ev.batch_size, arch=lm.arch,
-        vector_name=section.method)
+        vector_name=section.method, behaviour=stage_behaviour(inputs["data"]))
     res.save(ctx.out)
     for line in res.table().splitlines():
         ctx.log(line)
@@ -79,7 +85,9 @@ def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
         rows.setdefault(r["mode"], {})[r["prompt_set"]] = r
     out: dict[str, dict[str, Any]] = {}
     for mode, by_set in rows.items():
-        h, b = by_set["harmful"], by_set["harmless"]
+        # refusal's set names (harmful / harmless), else the sides' (present / absent)
+        h, b = (by_set["harmful"], by_set["harmless"]) if "harmful" in by_set else (
+            by_set["present"], by_set["absent"])
         none = mode == "none"
         out[mode] = {"harmful_asr": h["asr"], "harmless_asr": b["asr"],
                      "mean_drop": 0.0 if none else table["mean_drop"].get(mode),

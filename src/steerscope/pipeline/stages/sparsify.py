@@ -23,11 +23,11 @@ from steerscope.pipeline.checks import fail, known, library_default, positive_in
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
     PROMPTS_FILE,
-    behaviour_detector,
     first,
     patched_vectors,
     patching_result,
     read_json,
+    stage_behaviour,
 )
 from steerscope.sparsify.rules import RULE_ALIASES, RULES, canonical_rule
 from steerscope.sparsify.sweep import sparsity_sweep
@@ -114,7 +114,7 @@ def sparsify_stage(ctx, section, inputs) -> dict[str, Any]:
         rules=[canonical_rule(r) for r in section.rules], seed=section.seed,
         bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, max_new_tokens=max_new,
         batch_size=ev.batch_size, arch=lm.arch, progress=ctx.progress and ctx.is_main,
-        refusal=behaviour_detector(inputs))
+        behaviour=stage_behaviour(inputs["data"]))
     res.save(ctx.out)
     for line in res.table().splitlines():
         ctx.log(line)

@@ -17,6 +17,7 @@ from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
     PROMPTS_FILE,
     read_json,
+    stage_behaviour,
     vector_entry,
     vectors_results_section,
 )
@@ -40,18 +41,20 @@ def train_configs(objective: str, section: TrainSection, seed: int) -> list:
     return preset_grid(objective, section.preset, seed=seed, **overrides)
 
 
-def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]]):
+def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]], behaviour=None):
     """(train, val) preference data: ``val_prompts: dim_val`` trains on every train prompt
     and generates the validation pairs from DIM's validation prompts (the released code);
     ``split`` holds out ``val_fraction`` of the training pairs; ``drop_mislabelled`` keeps
-    only pairs whose winner does what its kind asks. Writes ``preference_data.json`` (and
-    ``preference_val.json`` for ``dim_val``), as generated."""
+    only pairs whose winner does what its kind asks (by ``behaviour``'s judge; None:
+    refusal's). Writes ``preference_data.json`` (and ``preference_val.json`` for
+    ``dim_val``), as generated."""
     from steerscope.vectors.training_data import build_preference_data, drop_mislabelled
 
     pref = section.preference
     n = pref.n_prompts
     opts = dict(max_new_tokens=pref.max_new_tokens, batch_size=section.batch_size,
-                progress=ctx.progress, harmless_refuse=pref.harmless_refuse)
+                progress=ctx.progress, harmless_refuse=pref.harmless_refuse,
+                behaviour=behaviour)
     data = build_preference_data(lm.model, lm.tokenizer, prompts["harmful_train"][:n],
                                  prompts["harmless_train"][:n], dim, **opts)
     data.save(ctx.out / "preference_data.json")
@@ -81,7 +84,8 @@ def trained_stage(ctx, section, inputs) -> dict[str, Any]:
     lm = ctx.model()
     dim = SteeringVector.load(inputs["vectors"].path("dim.safetensors"), lm.arch)
     train, val = preference_splits(ctx, lm, dim, section,
-                                   read_json(inputs["data"], PROMPTS_FILE))
+                                   read_json(inputs["data"], PROMPTS_FILE),
+                                   behaviour=stage_behaviour(inputs["data"]))
     methods = {}
     for obj in objectives:
         res = train_grid(lm.model, lm.tokenizer, train, layer=dim.layer,

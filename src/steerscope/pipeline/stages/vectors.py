@@ -166,6 +166,14 @@ def _check_vectors(self, cfg) -> None:
              "use e.g. 0.2")
     for obj in TRAINED_METHODS:
         getattr(v, obj).check(f"vectors.{obj}")
+    from steerscope.pipeline.behaviour import run_behaviour
+
+    name = run_behaviour(cfg).name
+    if (name != "refusal" and pref.harmless_refuse == "instruction"
+            and any(m in TRAINED_METHODS for m in v.methods)):
+        fail("vectors.preference.harmless_refuse", f"'instruction' (a refusal instruction) "
+             f"does not apply to behaviour '{name}'",
+             "set vectors.preference.harmless_refuse: dim (DIM-steered completions)")
     for m in v.extraction:
         if m not in v.methods or m == "dim" or m in TRAINED_METHODS:
             fail(f"vectors.extraction.{m}", "names a method that is not an extraction method "
