@@ -135,3 +135,34 @@ def test_default_refusal_runs_record_refusal(workdir, tmp_path):
     res = run_pipeline(cfg, tmp_path / "runs", until="data", progress=False)
     results = json.loads(res.results_path.read_text())
     assert results["behaviour"] == {"name": "refusal", "definition": REFUSAL.to_dict()}
+
+
+def test_a_user_behaviour_runs_through_every_stage(workdir, tmp_path):
+    """The whole study on a user behaviour: trained vectors (DIM-steered absent examples),
+    patching on token flips, circuits, freezing, svv, sparsify and the report."""
+    behaviour = _behaviour_file(tmp_path)
+    cfg = _config(workdir, behaviour=str(behaviour), vectors={
+        "methods": ["dim", "ntp"], "batch_size": 4,
+        "dim": {"filter": False, "kl_threshold": 1e9, "induce_threshold": -1e9,
+                "positions": [-1]},
+        "preference": {"max_new_tokens": 4, "harmless_refuse": "dim"},
+        "ntp": {"lr": [0.04], "epochs": 1, "max_response_tokens": 4}},
+        patching={"flip": "tokens", "n_prompts": 1, "ig_steps": 2, "max_new_tokens": 4},
+        circuits={"sizes": [10, 50, 1000], "n_random": 1, "refine_steps": 1},
+        freeze={"n_prompts": 3, "max_new_tokens": 4},
+        svv={"top_tokens": 5, "n_heads": 3},
+        sparsify={"taus": [0, 1], "n_prompts": 3, "max_new_tokens": 4})
+    res = run_pipeline(cfg, tmp_path / "runs", progress=False)
+    assert all(r.status in ("ran", "skipped") for r in res.records.values()), res.records
+    results = json.loads(res.results_path.read_text())
+    assert {"steering", "freeze", "svv", "sparsify", "circuits"} <= set(check_results(results))
+    assert results["behaviour"]["name"] == "mine"
+    sweep = json.loads(res.outputs["sparsify"].path("sweep.json").read_text())
+    assert "mine" in json.dumps(sweep)  # the sweep records the behaviour it judged
+    assert ">on ASR<" in (res.run_dir / "report.html").read_text()  # labels from the behaviour
+
+
+def test_instruction_refusals_are_refusal_only(tmp_path):
+    behaviour = _behaviour_file(tmp_path)
+    with pytest.raises(SteerscopeError, match="vectors.preference.harmless_refuse"):
+        config_from_dict({"behaviour": str(behaviour)})
