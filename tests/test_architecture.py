@@ -27,8 +27,8 @@ MODULES = ig.scan()
 
 # Known debts, each owned by a change in flight; the sub-cases below turn green (XPASS) when
 # it lands. Everything outside these units is checked strictly.
-PIPELINE_LOOP = {"pipeline", "report"}  # the registry -> stages -> report loop (pipeline/stages/)
-PRIVATE_DEBT = {"cli", "pipeline"}  # cli/vectors helpers (-> cli/common.py), pipeline.stages._read
+PIPELINE_LOOP: set[str] = set()  # the registry -> stages -> report loop: gone (pipeline/stages/)
+PRIVATE_DEBT = {"cli"}  # cli/vectors helpers (-> cli/common.py)
 
 
 def test_the_layer_table_lists_every_unit():
@@ -70,8 +70,6 @@ def test_no_import_cycle_between_modules():
     assert _cycles(outside=PIPELINE_LOOP) == []
 
 
-@pytest.mark.xfail(strict=False, reason="the pipeline registry/stages/report loop; goes away "
-                   "when the stages move to pipeline/stages/<name>.py (house-pipeline)")
 def test_no_import_cycle_in_the_pipeline():
     assert _cycles(outside=None) == []
 
@@ -86,7 +84,7 @@ def test_no_module_uses_another_modules_private_name():
 
 
 @pytest.mark.xfail(strict=False, reason="cli/vectors helpers shared by the other commands "
-                   "(cli/common.py on branch cli) and pipeline.stages._read (house-pipeline)")
+                   "(cli/common.py on branch cli)")
 def test_no_private_name_use_in_cli_and_pipeline():
     assert _private(None) == []
 

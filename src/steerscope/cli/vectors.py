@@ -75,7 +75,7 @@ def cmd_dim(args) -> None:
                      max_layer_fraction=args.max_layer_fraction,
                      layer_cutoff=args.layer_cutoff,
                      batch_size=args.batch_size, arch=lm.arch,
-                     progress=True, relax_kl=args.relax_kl)
+                     progress=True, relax_kl=args.relax_kl, score_all=args.score_all)
     out = Path(args.out)
     res.vector.save(out / "dim.safetensors")
     res.save_candidates(out / "dim_candidates.json")
@@ -232,6 +232,9 @@ def register(sub) -> None:
     p.add_argument("--relax-kl", action="store_true",
                    help="if no candidate passes the KL filter, double its threshold until one "
                         "does (recorded in the vector)")
+    p.add_argument("--score-all", action="store_true",
+                   help="score every filter of every candidate (the full candidate table; "
+                        "the same choice; default: stop at a candidate's first failed filter)")
     p.add_argument("--induce-threshold", type=float, default=0.0)
     p.add_argument("--max-layer-fraction", type=float, default=0.8)
     p.add_argument("--layer-cutoff", choices=["int", "real"], default="int",
@@ -271,7 +274,8 @@ def register(sub) -> None:
     p.add_argument("--harmless-val", default="harmless_val")
     p.add_argument("--n-val", type=int, default=32, help="validation prompts per class "
                    "(the same seeded sample as 'vectors dim')")
-    p.add_argument("--val-fraction", type=float, default=0.125)
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="--val-prompts split: share of the training pairs held out")
     p.add_argument("--conventions", choices=["paper", "steerscope"], default="paper",
                    help="model selection: paper = validate at the DIM norm after every epoch, "
                         "keep the best, LR stepped per epoch; steerscope = the last epoch, "

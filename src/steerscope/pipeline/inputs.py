@@ -18,12 +18,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steerscope.data import PromptSet
 from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
 from steerscope.errors import SteerscopeError
-from steerscope.pipeline.config import PipelineConfig
+from steerscope.pipeline.behaviour import split_sources
+
+if TYPE_CHECKING:
+    from steerscope.pipeline.config import PipelineConfig
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_SOURCES = tuple(BUILTIN_SETS)
@@ -120,11 +123,17 @@ def model_shape(source: str, revision: str | None = None) -> ModelShape:
 
 
 # --- data --------------------------------------------------------------------------------------
-def source_kind(source: str, data_dir: str | None) -> str:
-    """``"builtin"``, ``"file"``, ``"local"`` (named dataset in a data folder) or ``"hub"``;
-    a one-line error for a source that is none of them (e.g. a missing file)."""
+def source_kind(source, data_dir: str | None) -> str:
+    """``"inline"`` (a behaviour's list of prompts), ``"builtin"``, ``"file"``, ``"local"``
+    (named dataset in a data folder) or ``"hub"``; a one-line error for a source that is none
+    of them (e.g. a missing file)."""
+    from steerscope.behaviours.sources import is_builtin_prompt_set
     from steerscope.data.readers import DATA_DIR_ENV, DATASETS
 
+    if isinstance(source, tuple):
+        return "inline"
+    if is_builtin_prompt_set(source):
+        return "behaviour"
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX):]
         if name not in BUILTIN_SOURCES:
@@ -140,22 +149,30 @@ def source_kind(source: str, data_dir: str | None) -> str:
                           "dataset", "fix the path, or use a dataset name or builtin:NAME")
 
 
-def load_source(source: str, data_dir: str | None) -> PromptSet:
-    """The prompts of one source (see the module docstring)."""
+def load_source(source, data_dir: str | None) -> PromptSet:
+    """The prompts of one source (see the module docstring; also a behaviour's inline list or
+    built-in prompt set)."""
     from steerscope.data import load_prompts
 
-    if source_kind(source, data_dir) == "builtin":
+    kind = source_kind(source, data_dir)
+    if kind in ("inline", "behaviour"):
+        from steerscope.behaviours import load_source as behaviour_source
+
+        return behaviour_source(source, data_dir=data_dir)
+    if kind == "builtin":
         return builtin_prompts(source[len(BUILTIN_PREFIX):])
     return load_prompts(source, data_dir=data_dir)
 
 
 def data_plan(cfg: PipelineConfig) -> dict[str, list[tuple[str, int]]]:
     """Source -> the (split key, size) pairs drawn from it, in split order; splits sharing a
-    source get disjoint prompts."""
+    source get disjoint prompts. Sources: the behaviour's, or the data section's overrides
+    (:func:`steerscope.pipeline.behaviour.split_sources`)."""
+    sources = split_sources(cfg)
     sizes = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
     plan: dict[str, list[tuple[str, int]]] = {}
     for key in SPLIT_KEYS:
-        plan.setdefault(getattr(cfg.data, key), []).append((key, sizes[key.split("_")[1]]))
+        plan.setdefault(sources[key][0], []).append((key, sizes[key.split("_")[1]]))
     return plan
 
 
@@ -228,9 +245,10 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
                               "GPUs and cannot be combined with several processes (torchrun)",
                               "launch one process or drop model.device_map")
 
+    named = {k: where for k, (_, where) in split_sources(cfg).items()}
     data: dict[str, str] = {}
     for source, uses in data_plan(cfg).items():
-        keys = ", ".join(f"data.{k}" for k, _ in uses)
+        keys = ", ".join(named[k] for k, _ in uses)
         try:
             ps = load_source(source, cfg.data.data_dir)  # a Hub dataset: downloaded now
             _check_size(source, uses, ps)

@@ -187,7 +187,7 @@ def select_dim(
     batch_size: int = 16,
     arch: ModelArch | None = None,
     progress: bool | None = None,
-    score_all: bool = True,
+    score_all: bool = False,
     relax_kl: bool = False,
     behaviour=None,
 ) -> DimResult:
@@ -202,6 +202,7 @@ def select_dim(
     behaviour to ``refusal_token_ids(tokenizer)``; "harmful" / "harmless" then read "present"
     / "absent", and "refusal score" the behaviour's fast score. ``progress``: a
     tqdm bar over candidates (None: shown for more than 4 candidates). ``score_all=False``
+    (the default, as the pipeline's ``vectors.dim.score_all``; ``True``: the full table)
     scores each candidate only until its first failed filter (induce, then KL, then bypass):
     the same vector is selected for up to 3x less compute, and the table has gaps.
     ``relax_kl``: when no candidate survives, double the KL threshold (up to
