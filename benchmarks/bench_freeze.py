@@ -36,7 +36,7 @@ import time
 import torch
 
 from steerscope.data.builtin import demo_prompts
-from steerscope.generate import generate_ids
+from steerscope.generation import generate_ids
 from steerscope.mechanisms import frozen_generate_ids, frozen_generate_reference
 from steerscope.models.chat import encode_prompts, format_prompt
 from steerscope.models.loading import load_model

@@ -32,7 +32,7 @@ from steerscope.patching.data import datasets_from_rollouts, rollouts
 from steerscope.patching.faithfulness import PAPER_GRID_STEP
 from steerscope.patching.forward import GraphModel
 from steerscope.pipeline.inputs import load_source
-from steerscope.pipeline.stages_patching import token_flips
+from steerscope.pipeline.stages.patching import token_flips
 from steerscope.vectors import SteeringVector
 from steerscope.vectors.activations import mean_activations
 

@@ -2,7 +2,7 @@
 
     python benchmarks/eval_demo_model.py [--data-dir ../shared/data/refusal] [--skip-base]
 
-Builds the demo model once (``steerscope.models.demo_model.demo_model_dir``; reused when
+Builds the demo model once (``steerscope.demo.demo_model_dir``; reused when
 cached), then measures, for the demo model and the base SmolLM2-135M-Instruct:
   * harmful: JailbreakBench (100) + HarmBench test standard behaviours (159);
   * harmless: 200 Alpaca test prompts (splits/harmless_test.json, sampled with seed 42);
@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from steerscope.data import load_prompts
-from steerscope.models import load_model
-from steerscope.models.demo_model import (
+from steerscope.demo import (
     DEMO_MODEL,
     DemoRecipe,
     demo_model_dir,
     evaluate_refusal,
     load_demo_model,
 )
+from steerscope.models import load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/refusal"
 HARMFUL_MIN = 0.80

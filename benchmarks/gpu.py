@@ -7,7 +7,7 @@ For each config in ``benchmarks/gpu_configs/`` (the models' own ``config.json`` 
 into the repository; nothing is downloaded) the model is built with ``from_config`` directly
 on the device (bf16 on a GPU) and measured:
 
-1. ``generation``: steered greedy generation (``steerscope.generate.generate_ids`` with the
+1. ``generation``: steered greedy generation (``steerscope.generation.generate_ids`` with the
    steering vector at every position) vs HF ``model.generate`` (greedy, plain), batch 32,
    256 new tokens each. Both produce exactly ``new_tokens`` tokens per row (no EOS stop:
    ``stop_at_eos=False`` / ``min_new_tokens``), so they do equal work.
@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from steerscope.artifacts import atomic_write_json
-from steerscope.generate import generate_ids
+from steerscope.generation import generate_ids
 from steerscope.mechanisms import frozen_generate_ids
 from steerscope.models.archs import validate_model
 from steerscope.patching import GraphModel, PatchingExample, eap_ig, exact_patching, spearman

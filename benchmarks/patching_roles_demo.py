@@ -22,7 +22,7 @@ import torch
 
 from steerscope.models import load_model
 from steerscope.patching import PatchingResult, add_circuits, coarsen
-from steerscope.pipeline.stages_patching import load_examples
+from steerscope.patching.example_files import load_examples
 from steerscope.vectors import SteeringVector
 
 

@@ -1,17 +1,25 @@
-"""Atomic artifact writing: a file appears complete at its final path or not at all."""
+"""Atomic artifact writing: a file (or a cached folder) appears complete at its final path
+or not at all; the cache root and its build lock."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from steerscope.errors import write_error
+from steerscope.errors import SteerscopeError, write_error
+
+# The build record written into every cached model folder (embedded copy, demo models).
+MANIFEST_NAME = "steerscope.json"
 
 
 def new_file_mode(*, folder: bool = False) -> int:
@@ -84,3 +92,106 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> 
             f.write(text + "\n")
 
     return atomic_write(path, write)
+
+
+# --- the cache -------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """The root folder of steerscope's cache: ``$STEERSCOPE_CACHE`` if set, else
+    ``~/.cache/steerscope`` (not created here)."""
+    env = os.environ.get("STEERSCOPE_CACHE", "").strip()
+    return Path(env or "~/.cache/steerscope").expanduser().absolute()
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[bool]:
+    """Hold an exclusive advisory lock on ``lock_path`` (blocking); yields whether a real lock
+    is held (False where ``fcntl`` is unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield False
+        return
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+_STALE_AGE_S = 6 * 3600  # without a lock, only temp folders this old count as abandoned
+
+
+def _remove_stale(parent: Path, name: str, *, locked: bool) -> None:
+    """Delete leftover temp/old folders of earlier builds of ``parent/name``.
+
+    Under the build lock every leftover is from a dead build; without a lock only old ones are.
+    """
+    now = time.time()
+    for entry in parent.glob(f".{name}.*-*"):
+        if not entry.name.startswith((f".{name}.tmp-", f".{name}.old-")) or not entry.is_dir():
+            continue
+        try:
+            if locked or now - entry.stat().st_mtime > _STALE_AGE_S:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def atomic_build_dir(
+    final: str | os.PathLike,
+    build_fn: Callable[[Path], None],
+    *,
+    valid: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Return the folder ``final``, building it with ``build_fn`` first if it is missing.
+
+    ``build_fn(tmp)`` fills a fresh temporary sibling folder, which is then renamed onto
+    ``final`` with one atomic ``os.replace``: a folder at ``final`` is always complete. A failed
+    or interrupted build leaves nothing at ``final`` (its temp folder is removed, or swept by the
+    next build). Builds of the same ``final`` are serialised by a lock file next to it, so
+    concurrent callers build once and the others reuse the result. A folder already at
+    ``final`` for which ``valid(final)`` is false is replaced by a fresh build.
+    """
+    final = Path(final).expanduser().absolute()
+    parent = final.parent
+
+    def ready() -> bool:
+        return final.is_dir() and (valid is None or valid(final))
+
+    if ready():
+        return final
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SteerscopeError(f"cannot create the cache folder {parent} ({exc.strerror or exc})",
+                              "set STEERSCOPE_CACHE to a writable folder") from exc
+    with exclusive_lock(parent / f".{final.name}.lock") as locked:
+        if ready():  # built by a concurrent caller while we waited for the lock
+            return final
+        _remove_stale(parent, final.name, locked=locked)
+        if final.exists():  # present but invalid: move it aside atomically, then delete it
+            old = parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+        try:
+            os.chmod(tmp, new_file_mode(folder=True))  # mkdtemp makes 0700: use the umask's
+            build_fn(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
+
+
+def package_version(dist: str) -> str | None:
+    """The installed version of the distribution ``dist`` (for build records), or None."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None

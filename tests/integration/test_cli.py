@@ -138,8 +138,7 @@ def test_demo_on_the_demo_refusal_model(capsys, tmp_path):
 
 
 def test_demo_config_overrides():
-    from steerscope.demo import demo_run_config
-    from steerscope.pipeline import demo_config
+    from steerscope.demo import demo_config, demo_run_config
 
     base = demo_config()
     cfg = demo_run_config()
@@ -160,7 +159,7 @@ def test_demo_config_overrides():
 
 
 def test_prepare_demo_prints_the_cached_model(capsys, tmp_path, monkeypatch):
-    from steerscope.models import demo_model
+    from steerscope.demo import model as demo_model
 
     folder = tmp_path / "m"
     folder.mkdir()

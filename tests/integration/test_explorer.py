@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory) -> Path:
     from steerscope.mechanisms import svv_report
     from steerscope.models import load_model, save_tiny_chat_model
     from steerscope.patching.run import add_circuits, score_vector
-    from steerscope.pipeline.stages_patching import circuit_entry
+    from steerscope.pipeline.stages.circuits import circuit_entry
     from steerscope.vectors import SteeringVector
 
     root = tmp_path_factory.mktemp("explorer_run")

@@ -17,11 +17,11 @@ import torch
 import yaml
 from conftest import PIPELINE_HARMFUL, PIPELINE_HARMLESS, write_pipeline_workdir
 
+from steerscope.demo import demo_config
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline import (
     check_results,
     config_from_dict,
-    demo_config,
     dump_config,
     load_config,
     prepare,

@@ -15,13 +15,9 @@ from conftest import PIPELINE_HARMFUL, PIPELINE_HARMLESS, write_pipeline_workdir
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline import check_results, config_from_dict, run_pipeline
 from steerscope.pipeline import registry as reg
-from steerscope.pipeline.stages_mechanisms import (
-    RULE_NAMES,
-    freeze_section,
-    results_head_name,
-    sparsify_section,
-    svv_section,
-)
+from steerscope.pipeline.stages.freeze import freeze_section
+from steerscope.pipeline.stages.sparsify import RULE_NAMES, sparsify_section
+from steerscope.pipeline.stages.svv import results_head_name, svv_section
 
 HARMFUL, HARMLESS = PIPELINE_HARMFUL, PIPELINE_HARMLESS
 RULES = ["grad", "ie", "dropout", "bottomk"]

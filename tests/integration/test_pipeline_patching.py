@@ -76,7 +76,7 @@ def test_patched_methods_default_to_dim_ntp_po_present(run):
     assert list(run.outputs["patching"].outputs["methods"]) == ["dim", "ntp"]
     cfg = config_from_dict({"vectors": {"methods": ["dim", "pca"]},
                             "patching": {"methods": ["pca", "dim"]}})
-    from steerscope.pipeline.stages_patching import patched_methods
+    from steerscope.pipeline.stages.patching import patched_methods
 
     assert patched_methods(cfg) == ["pca", "dim"]
     assert patched_methods(config_from_dict({"vectors": {"methods": ["po", "dim"]}})) == \
@@ -109,8 +109,8 @@ def test_examples_are_the_token_flipped_rollouts(run, model):
 def test_eap_ig_scores_equal_the_library_called_directly(run, model):
     from steerscope.patching import PatchingResult, eap_ig, head_node_scores
     from steerscope.patching.circuits import edge_type_shares, top_k_edges
+    from steerscope.patching.example_files import load_examples
     from steerscope.patching.forward import GraphModel
-    from steerscope.pipeline.stages_patching import load_examples
 
     out = run.outputs["patching"]
     results = json.loads(run.results_path.read_text())
@@ -146,9 +146,9 @@ def test_circuits_equal_the_library_called_directly(run, model):
         overlap,
         random_circuit,
     )
+    from steerscope.patching.example_files import load_examples
     from steerscope.patching.faithfulness import evaluate_position_metrics
     from steerscope.patching.forward import GraphModel
-    from steerscope.pipeline.stages_patching import load_examples
 
     results = json.loads(run.results_path.read_text())
     pout, cout = run.outputs["patching"], run.outputs["circuits"]
@@ -272,9 +272,9 @@ def test_reverse_roles_on_the_coarse_graph(run, workdir, tmp_path, model):
     """patching.reverse / patching.graph reach the library: the stage's scores equal
     score_vector(reverse=True, coarse=True) and the circuits live on the coarse graph."""
     from steerscope.patching import PatchingResult
+    from steerscope.patching.example_files import load_examples
     from steerscope.patching.graph import Graph
     from steerscope.patching.run import score_vector
-    from steerscope.pipeline.stages_patching import load_examples
 
     cfg = _config(workdir, patching={"reverse": True, "graph": "coarse"})
     _, _, run_dir = prepare(cfg, tmp_path)

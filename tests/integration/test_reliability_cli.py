@@ -117,7 +117,7 @@ def test_non_positive_batch_size_is_one_line(capsys, workdir, size):
 
 
 def test_library_generate_rejects_a_zero_batch_size():
-    from steerscope.generate import generate
+    from steerscope.generation import generate
     from steerscope.models import tiny_model, tiny_tokenizer
 
     with pytest.raises(SteerscopeError, match="batch_size must be a positive integer"):
@@ -125,7 +125,7 @@ def test_library_generate_rejects_a_zero_batch_size():
 
 
 def test_a_prompt_longer_than_the_context_warns():
-    from steerscope.generate import generate
+    from steerscope.generation import generate
     from steerscope.models import tiny_model, tiny_tokenizer
 
     model, tok = tiny_model("llama"), tiny_tokenizer()

@@ -3,6 +3,7 @@
     steerscope demo                       refusal steering on the demo refusal model
     steerscope model prepare-demo         build and cache the demo refusal model
     steerscope archs                      supported architectures
+    steerscope behaviours [NAME|FILE]     built-in behaviours, or one definition
     steerscope info MODEL                 load and validate a model, print its shape
     steerscope prompts SOURCE             read a prompt file or named dataset
     steerscope generate MODEL ...         (steered) greedy completions
@@ -133,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_json_arg(p, "the per-prompt scores and rates")
     p.set_defaults(func=cmd_score)
 
-    from steerscope.cli import explore, mechanisms, patching, pipeline, sparsify, vectors
+    from steerscope.cli import behaviours, explore, mechanisms, patching, pipeline, sparsify, vectors
 
-    for module in (vectors, patching, sparsify, mechanisms, pipeline, explore):
+    for module in (vectors, patching, sparsify, mechanisms, pipeline, explore, behaviours):
         module.register(sub)
     return parser
 
@@ -190,7 +191,7 @@ def cmd_archs(args) -> list[dict]:
 
 
 def cmd_prepare_demo(args) -> dict:
-    from steerscope.models.demo_model import demo_manifest, demo_model_dir
+    from steerscope.demo.model import demo_manifest, demo_model_dir
 
     folder = demo_model_dir(args.cache_dir)
     manifest = demo_manifest(folder)
@@ -232,7 +233,7 @@ def cmd_prompts(args) -> dict:
 
 
 def cmd_generate(args) -> list[dict]:
-    from steerscope.generate import generate
+    from steerscope.generation import generate
 
     instructions = _prompts(args)
     sv = _read_vector(args)
@@ -250,7 +251,7 @@ def cmd_generate(args) -> list[dict]:
 def cmd_score(args) -> dict:
     from steerscope.evaluate.matchers import is_refusal_substring
     from steerscope.evaluate.refusal import refusal_scores
-    from steerscope.generate import generate
+    from steerscope.generation import generate
     from steerscope.runtime import Runtime
 
     instructions = _prompts(args)
@@ -280,7 +281,7 @@ def cmd_score(args) -> dict:
 
 def cmd_demo(args) -> dict | None:
     from steerscope.cli.pipeline import print_run
-    from steerscope.demo import run_demo
+    from steerscope.demo.config import run_demo
 
     res = run_demo(args.out, until=args.until, progress=not args.quiet, model=args.model,
                    dtype=args.dtype, device=args.device, methods=args.methods.split(","),

@@ -32,7 +32,7 @@ def cmd_dim(args) -> dict:
                      max_layer_fraction=args.max_layer_fraction,
                      layer_cutoff=args.layer_cutoff,
                      batch_size=args.batch_size, arch=lm.arch,
-                     progress=True, relax_kl=args.relax_kl)
+                     progress=True, relax_kl=args.relax_kl, score_all=args.score_all)
     out = Path(args.out)
     res.vector.save(out / "dim.safetensors")
     res.save_candidates(out / "dim_candidates.json")
@@ -214,6 +214,9 @@ def register(sub) -> None:
     p.add_argument("--relax-kl", action="store_true",
                    help="if no candidate passes the KL filter, double its threshold until one "
                         "does (recorded in the vector)")
+    p.add_argument("--score-all", action="store_true",
+                   help="score every filter of every candidate (the full candidate table; "
+                        "the same choice; default: stop at a candidate's first failed filter)")
     p.add_argument("--induce-threshold", type=float, default=DEFAULT_INDUCE_THRESHOLD,
                    help="discard candidates whose addition to harmless prompts gives a mean "
                         "refusal score <= this (default: %(default)s)")
@@ -274,7 +277,7 @@ def register(sub) -> None:
                            note=" for validation with --val-prompts dim_val")
     p.add_argument("--n-val", type=int, default=32, help="validation prompts per class "
                    "(the same seeded sample as 'vectors dim'; default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=0.125,
+    p.add_argument("--val-fraction", type=float, default=0.2,
                    help="fraction of training pairs held out with --val-prompts split "
                         "(default: %(default)s)")
     p.add_argument("--conventions", choices=["paper", "steerscope"], default="paper",

@@ -21,7 +21,7 @@ from steerscope.evaluate.matchers import (
     normalize_text,
     word_count_floor,
 )
-from steerscope.models.chat import _check_template, encode_prompts, format_prompt
+from steerscope.models.chat import check_chat_template, encode_prompts, format_prompt
 
 LLAMAGUARD2 = "meta-llama/Meta-Llama-Guard-2-8B"
 
@@ -260,7 +260,7 @@ class ChatModelJudge:
         """The judge's input text for one (prompt, response) pair."""
         _, tok = self._load()
         if self.template is None:
-            _check_template(tok)
+            check_chat_template(tok)
             return tok.apply_chat_template(
                 [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
                 tokenize=False,

@@ -7,12 +7,12 @@ from the tokenizer (:func:`refusal_token_ids`), never hard-coded.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Sequence
 
 import torch
 
 from steerscope.errors import SteerscopeError
+from steerscope.models.calls import forward_accepts, model_device
 from steerscope.models.chat import encode_prompts, format_prompt
 
 # A broader set of refusal openings (pass as phrases=); most share the token of "I".
@@ -120,20 +120,6 @@ def refusal_score_from_logits(
     return torch.log(p_r + EPS) - torch.log(1.0 - p_r + EPS)  # [N] float64
 
 
-def _accepts(model, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _model_device(model) -> torch.device:
-    dev = getattr(model, "device", None)
-    if isinstance(dev, torch.device):
-        return dev
-    return next(model.parameters()).device
-
-
 def refusal_scores_from_ids(
     model,
     input_ids: torch.Tensor,
@@ -162,14 +148,14 @@ def refusal_scores_from_ids(
         raise SteerscopeError(
             "the last position of some row is padding", "pad on the left (encode_prompts does)"
         )
-    device = _model_device(model)
+    device = model_device(model)
     input_ids = input_ids.to(device)
     attention_mask = attention_mask.to(device)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
     kwargs = {}
-    if _accepts(model, "logits_to_keep"):
+    if forward_accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
-    if _accepts(model, "use_cache"):
+    if forward_accepts(model, "use_cache"):
         kwargs["use_cache"] = False
     with torch.no_grad():
         out = model(
@@ -215,7 +201,7 @@ def refusal_scores(
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="refusal scores", unit="batch", leave=False)
-    device = _model_device(model)
+    device = model_device(model)
     scores = []
     for s in starts:
         enc = encode_prompts(tokenizer, prompts[s : s + batch_size], device=device)

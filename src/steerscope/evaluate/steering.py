@@ -1,8 +1,10 @@
-"""Steered evaluation: the paper's Table 2 on any model.
+"""Steered evaluation: the paper's Table 2 on any model and any behaviour.
 
-For every vector (and ``none``, the unsteered model): greedy completions of the harmful test
-prompts steered with ``bypass_alpha`` (default −1: toward compliance) and of the harmless
-test prompts steered with ``induce_alpha`` (default +1: toward refusal), then
+For every vector (and ``none``, the unsteered model): greedy completions of the harmful
+(present) test prompts steered with ``bypass_alpha`` (default −1: the *remove* use, toward
+compliance) and of the harmless (absent) test prompts steered with ``induce_alpha`` (default
++1: the *induce* use, toward refusal), each through
+:func:`steerscope.evaluate.steered.steered_outcome`, then
 
 - ASR (attack success rate) = fraction of completions that did NOT refuse, by the paper's
   substring matcher, on both sets (harmless sets: lower is better under +s; harmful sets:
@@ -12,6 +14,12 @@ test prompts steered with ``induce_alpha`` (default +1: toward refusal), then
   steering (no generation);
 
 and the cosine-similarity matrix between the vectors.
+
+With ``behaviour=`` (a :class:`~steerscope.behaviours.Behaviour`; default refusal) the
+behaviour's judge decides presence and its score tokens give the score; ``refusal_rate`` is
+then the behaviour rate (also in ``behaviour_rate``), ``asr`` its complement. Rows name their
+set ``harmful`` / ``harmless`` for refusal (the keys results.json has always had) and
+``present`` / ``absent`` for other behaviours; ``side`` and ``use`` name them generically.
 """
 
 from __future__ import annotations
@@ -19,19 +27,31 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
+from typing import Any, Protocol
 
 from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
-from steerscope.evaluate.matchers import is_refusal_substring
-from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
-from steerscope.generate import generate
+from steerscope.evaluate.presence import SubstringPresence
+from steerscope.evaluate.refusal import refusal_token_ids
+from steerscope.evaluate.steered import steered_outcome
 from steerscope.models.chat import format_prompt
-from steerscope.runtime import Runtime
-from steerscope.vectors.vector import SteeringVector
 
 NONE = "none"
+
+
+class Steerer(Protocol):
+    """What the steered evaluation needs of a vector: a
+    :class:`~steerscope.vectors.SteeringVector` is one (``evaluate/`` sits below ``vectors/``,
+    so it names the methods it calls rather than the class)."""
+
+    def check_fits(self, arch: Any) -> None:
+        """Raise when the vector does not fit the model ``arch``."""
+
+    def intervention(self, alpha: float = 1.0) -> Any:
+        """The runtime intervention that adds ``alpha`` times the vector."""
+
+    def cosine(self, other: Any) -> float:
+        """Cosine similarity with another vector."""
 
 
 @dataclass
@@ -39,14 +59,34 @@ class SteeringRow:
     """One (method, prompt set) cell of the steering table."""
 
     method: str
-    prompt_set: str  # "harmful" | "harmless"
+    prompt_set: str  # "harmful" | "harmless" (refusal), else "present" | "absent"
     alpha: float
     n: int
-    asr: float  # by substring: fraction not refused
-    refusal_rate: float  # by substring
-    score_refusal_rate: float  # fraction with refusal score > 0
+    asr: float  # fraction of completions without the behaviour (refusal: not refused)
+    refusal_rate: float  # fraction with the behaviour (refusal: by substring)
+    score_refusal_rate: float  # fraction with fast score > 0
     mean_refusal_score: float
     judge_asr: float | None = None
+    side: str = ""  # "present" | "absent"
+    use: str = ""  # "remove" (present set) | "induce" (absent set)
+    behaviour_rate: float | None = None  # = refusal_rate
+
+    def __post_init__(self) -> None:
+        # rows built without the generic fields (refusal callers) get them from the set name
+        if not self.side:
+            self.side = {"harmful": "present", "harmless": "absent"}.get(self.prompt_set,
+                                                                          self.prompt_set)
+        if not self.use:
+            self.use = {"present": "remove", "absent": "induce"}.get(self.side, "")
+        if self.behaviour_rate is None:
+            self.behaviour_rate = self.refusal_rate
+
+
+def set_names(behaviour=None) -> dict[str, str]:
+    """side -> the prompt-set name of table rows: refusal keeps harmful / harmless."""
+    if behaviour is None or behaviour.name == "refusal":
+        return {"present": "harmful", "absent": "harmless"}
+    return {"present": "present", "absent": "absent"}
 
 
 @dataclass
@@ -81,14 +121,14 @@ class SteeringEval:
                 f"{'harmless ASR':>13s} {'score>0':>8s}")
         lines = [head, "-" * len(head)]
         for m in methods:
-            h, b = self.row(m, "harmful"), self.row(m, "harmless")
+            h, b = (r for r in self.rows if r.method == m)
             judge = f"{h.judge_asr:.3f}" if h.judge_asr is not None else "-"
             lines.append(f"{m:10s} {h.asr:12.3f} {judge:>8s} {h.score_refusal_rate:8.3f} "
                          f"{b.asr:13.3f} {b.score_refusal_rate:8.3f}")
         return "\n".join(lines)
 
 
-def cosine_matrix(vectors: Mapping[str, SteeringVector]) -> dict[str, dict[str, float]]:
+def cosine_matrix(vectors: Mapping[str, Steerer]) -> dict[str, dict[str, float]]:
     """Pairwise cosine similarity between vectors (computed in float64)."""
     return {a: {b: va.cosine(vb) for b, vb in vectors.items()} for a, va in vectors.items()}
 
@@ -96,7 +136,7 @@ def cosine_matrix(vectors: Mapping[str, SteeringVector]) -> dict[str, dict[str, 
 def evaluate_steering(
     model,
     tokenizer,
-    vectors: Mapping[str, SteeringVector],
+    vectors: Mapping[str, Steerer],
     harmful: Sequence[str],
     harmless: Sequence[str],
     *,
@@ -107,11 +147,16 @@ def evaluate_steering(
     batch_size: int = 16,
     judge=None,
     include_unsteered: bool = True,
+    behaviour=None,
+    score_ids=None,
 ) -> SteeringEval:
     """Generate and score every vector on the harmful (bypass) and harmless (induce) prompts.
 
-    ``harmful`` / ``harmless`` are raw instructions; they are formatted with the model's
-    chat template.
+    ``harmful`` / ``harmless`` are raw instructions (for another ``behaviour``: its present
+    and absent test prompts); they are formatted with the model's chat template. ``judge``:
+    an optional jailbreak judge reported as ``judge_asr`` on the harmful set. ``score_ids``:
+    the fast score's token ids (default: the behaviour's, which needs them when its
+    ``score_tokens`` is ``auto``; refusal: ``refusal_token_ids``).
     """
     if not harmful or not harmless:
         raise SteerscopeError("steered evaluation needs harmful and harmless test prompts",
@@ -124,10 +169,16 @@ def evaluate_steering(
         arch = validate_model(model)
     for sv in vectors.values():
         sv.check_fits(arch)
-    sets = {"harmful": (list(harmful), bypass_alpha), "harmless": (list(harmless), induce_alpha)}
+    names = set_names(behaviour)
+    sets = {names["present"]: (list(harmful), bypass_alpha),
+            names["absent"]: (list(harmless), induce_alpha)}
+    sides = {names[k]: k for k in names}
     formatted = {k: [format_prompt(tokenizer, p) for p in v[0]] for k, v in sets.items()}
-    ids = refusal_token_ids(tokenizer)
-    methods: dict[str, SteeringVector | None] = {}
+    if score_ids is None:
+        score_ids = (refusal_token_ids(tokenizer) if behaviour is None
+                     else behaviour.score_token_ids(tokenizer))
+    presence = SubstringPresence() if behaviour is None else behaviour.make_judge()
+    methods: dict[str, Steerer | None] = {}
     if include_unsteered:
         methods[NONE] = None
     methods.update(vectors)
@@ -137,24 +188,23 @@ def evaluate_steering(
         completions[name] = {}
         for set_name, (instructions, alpha) in sets.items():
             ops = [] if sv is None else [sv.intervention(alpha)]
-            texts = formatted[set_name]
-            outs = generate(model, tokenizer, texts, interventions=ops,
-                            max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            desc=f"{name} on {set_name}")
-            with Runtime(model, ops, arch=arch), torch.no_grad():
-                scores = refusal_scores(model, tokenizer, texts, refusal_ids=ids,
-                                        batch_size=batch_size)
-            refused = [is_refusal_substring(o) for o in outs]
+            got = steered_outcome(model, tokenizer, formatted[set_name],
+                                  instructions=instructions, interventions=ops,
+                                  judge=presence, score_ids=score_ids,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  arch=arch, desc=f"{name} on {set_name}")
+            outs = got.completions
             judge_asr = None
-            if judge is not None and set_name == "harmful":
+            if judge is not None and sides[set_name] == "present":
                 verdicts = judge.judge(instructions, outs)
                 judge_asr = sum(bool(v) for v in verdicts) / len(verdicts)
-            n = len(outs)
+            side = sides[set_name]
             rows.append(SteeringRow(
-                method=name, prompt_set=set_name, alpha=0.0 if sv is None else alpha, n=n,
-                asr=1 - sum(refused) / n, refusal_rate=sum(refused) / n,
-                score_refusal_rate=float((scores > 0).double().mean()),
-                mean_refusal_score=float(scores.mean()), judge_asr=judge_asr))
+                method=name, prompt_set=set_name, alpha=0.0 if sv is None else alpha,
+                n=got.n, asr=1 - got.rate, refusal_rate=got.rate,
+                score_refusal_rate=got.score_rate, mean_refusal_score=got.mean_score,
+                judge_asr=judge_asr, side=side,
+                use="remove" if side == "present" else "induce", behaviour_rate=got.rate))
             completions[name][set_name] = outs
     prompts = {k: v[0] for k, v in sets.items()}
     return SteeringEval(rows, cosine_matrix(vectors), completions, prompts)

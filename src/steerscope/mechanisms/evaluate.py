@@ -8,6 +8,12 @@ that did not refuse, substring matcher), the refusal score at the last prompt po
 the same ablation (fraction > 0, mean), and the **drop** versus plain steering in absolute
 points: ``100 · (success_none − success_mode)`` with success = ASR on the harmful set (bypass)
 and 1 − ASR on the harmless set (induce). ``mean drop`` averages the two sets.
+
+With ``behaviour=`` (default refusal) its judge decides presence (ASR = fraction without the
+behaviour) and its score tokens give the score; the sets are its present (remove, α < 0) and
+absent (induce, α > 0) prompts, named ``harmful`` / ``harmless`` for refusal and ``present``
+/ ``absent`` otherwise. Each cell is one :func:`steerscope.evaluate.steered.steered_outcome`
+with frozen generation as its generator.
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ from pathlib import Path
 from steerscope.artifacts import atomic_write, atomic_write_json
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
-from steerscope.evaluate.refusal import refusal_score_from_logits, refusal_token_ids
-from steerscope.generate import generate
+from steerscope.evaluate.presence import CallablePresence
+from steerscope.evaluate.refusal import refusal_token_ids
+from steerscope.evaluate.steered import steered_outcome
+from steerscope.evaluate.steering import set_names
+from steerscope.generation import generate
 from steerscope.mechanisms.freeze import MODE_NAMES, check_mode, frozen_generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import format_prompt
@@ -63,8 +72,13 @@ class FreezeEval:
     def modes(self) -> list[str]:
         return list(dict.fromkeys(r.mode for r in self.rows))
 
+    @property
+    def set_names(self) -> list[str]:
+        """The two prompt-set names: present (remove) first, then absent (induce)."""
+        return list(dict.fromkeys(r.prompt_set for r in self.rows))
+
     def mean_drop(self, mode: str) -> float | None:
-        drops = [self.row(mode, s).drop for s in ("harmful", "harmless")]
+        drops = [self.row(mode, s).drop for s in self.set_names]
         return None if any(d is None for d in drops) else sum(drops) / 2
 
     def table(self) -> str:
@@ -78,7 +92,7 @@ class FreezeEval:
             return "-" if d is None else f"{d:+.1f}"
 
         for m in self.modes:
-            h, b = self.row(m, "harmful"), self.row(m, "harmless")
+            h, b = (self.row(m, s) for s in self.set_names)
             name = MODE_NAMES.get(m, m)
             lines.append(f"{name:20s} {h.asr:11.3f} {fmt(h.drop):>6s} {b.asr:12.3f} "
                          f"{fmt(b.drop):>6s} {fmt(self.mean_drop(m)):>9s}")
@@ -109,7 +123,7 @@ class FreezeEval:
         modes = self.modes
         fig, ax = plt.subplots(figsize=(1.2 * len(modes) + 2, 3.2))
         xs = range(len(modes))
-        for off, (s, color) in zip((-0.2, 0.2), (("harmful", "tab:red"), ("harmless", "tab:blue"))):
+        for off, (s, color) in zip((-0.2, 0.2), zip(self.set_names, ("tab:red", "tab:blue"))):
             ax.bar([x + off for x in xs], [self.row(m, s).asr for m in modes], width=0.4,
                    color=color, label=f"{s} (α = {self.row('none', s).alpha:+g})")
         ax.set_xticks(list(xs), [MODE_NAMES.get(m, m) for m in modes], fontsize=8, rotation=15)
@@ -140,10 +154,14 @@ def freeze_evaluation(
     include_unsteered: bool = False,
     arch=None,
     vector_name: str | None = None,
+    behaviour=None,
+    score_ids=None,
 ) -> FreezeEval:
     """Table 1 for one vector (a :class:`~steerscope.vectors.SteeringVector`, or a tensor
-    with ``layer``). ``harmful`` / ``harmless`` are raw instructions (chat-formatted here).
-    ``include_unsteered`` adds the unsteered model as a reference row."""
+    with ``layer``). ``harmful`` / ``harmless`` are raw instructions (chat-formatted here;
+    for another ``behaviour`` its present / absent prompts). ``include_unsteered`` adds the
+    unsteered model as a reference row. ``score_ids``: the fast score's token ids (default:
+    the behaviour's; refusal: ``refusal_token_ids``)."""
     import torch
 
     from steerscope.vectors.vector import SteeringVector
@@ -167,36 +185,47 @@ def freeze_evaluation(
     arch.check_layer(layer)
     arch.check_vector(s)
     modes = list(dict.fromkeys(["none", *[check_mode(m) for m in modes]]))
-    sets = {"harmful": (list(harmful), float(bypass_alpha)),
-            "harmless": (list(harmless), float(induce_alpha))}
+    names = set_names(behaviour)
+    present_set = names["present"]
+    sets = {present_set: (list(harmful), float(bypass_alpha)),
+            names["absent"]: (list(harmless), float(induce_alpha))}
     formatted = {k: [format_prompt(tokenizer, p) for p in v[0]] for k, v in sets.items()}
-    ids = refusal_token_ids(tokenizer)
+    if score_ids is None:
+        score_ids = (refusal_token_ids(tokenizer) if behaviour is None
+                     else behaviour.score_token_ids(tokenizer))
+    # refusal: the paper's substring matcher, looked up when called
+    presence = (CallablePresence(lambda text: is_refusal_substring(text)) if behaviour is None
+                else behaviour.make_judge())
     rows: list[FreezeRow] = []
     completions: dict[str, dict[str, list[str]]] = {}
     success: dict[tuple[str, str], float] = {}
     for mode in ([UNSTEERED] if include_unsteered else []) + modes:
         completions[mode] = {}
-        for set_name, (_, alpha) in sets.items():
-            texts = formatted[set_name]
+        for set_name, (instructions, alpha) in sets.items():
             if mode == UNSTEERED:
-                outs = generate(model, tokenizer, texts, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, desc=f"unsteered on {set_name}")
-                _, logits = frozen_generate(model, tokenizer, texts, s, layer, 0.0, "none",
-                                            max_new_tokens=1, batch_size=batch_size, arch=arch)
+                def gen(texts, set_name=set_name):
+                    outs = generate(model, tokenizer, texts, max_new_tokens=max_new_tokens,
+                                    batch_size=batch_size, desc=f"unsteered on {set_name}")
+                    _, logits = frozen_generate(model, tokenizer, texts, s, layer, 0.0, "none",
+                                                max_new_tokens=1, batch_size=batch_size,
+                                                arch=arch)
+                    return outs, logits
                 alpha_used = 0.0
             else:
-                outs, logits = frozen_generate(model, tokenizer, texts, s, layer, alpha, mode,
-                                               max_new_tokens=max_new_tokens,
-                                               batch_size=batch_size, arch=arch,
-                                               desc=f"{MODE_NAMES[mode]} on {set_name}")
+                def gen(texts, set_name=set_name, alpha=alpha, mode=mode):
+                    return frozen_generate(model, tokenizer, texts, s, layer, alpha, mode,
+                                           max_new_tokens=max_new_tokens,
+                                           batch_size=batch_size, arch=arch,
+                                           desc=f"{MODE_NAMES[mode]} on {set_name}")
                 alpha_used = alpha
-            scores = refusal_score_from_logits(logits, ids)
-            n = len(outs)
-            asr = 1 - sum(is_refusal_substring(o) for o in outs) / n
-            success[mode, set_name] = asr if set_name == "harmful" else 1 - asr
-            rows.append(FreezeRow(mode, set_name, alpha_used, n, asr,
-                                  float((scores > 0).double().mean()), float(scores.mean()),
-                                  None))
+            got = steered_outcome(model, tokenizer, formatted[set_name],
+                                  instructions=instructions, judge=presence,
+                                  score_ids=score_ids, generator=gen)
+            outs = got.completions
+            asr = 1 - got.rate
+            success[mode, set_name] = asr if set_name == present_set else 1 - asr
+            rows.append(FreezeRow(mode, set_name, alpha_used, got.n, asr, got.score_rate,
+                                  got.mean_score, None))
             completions[mode][set_name] = outs
     for r in rows:
         if r.mode != "none":

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from steerscope.errors import SteerscopeError
-from steerscope.generate import _eos_ids, greedy_loop
+from steerscope.generation import eos_token_ids, greedy_loop
 from steerscope.mechanisms.lockstep import SharedPrefixLockstep
 from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.chat import encode_prompts
@@ -277,7 +277,7 @@ def frozen_generate_ids(
         attention_mask = torch.ones_like(input_ids)
     attention_mask = attention_mask.to(device).long()
     batch, prompt_len = input_ids.shape
-    eos = torch.tensor(_eos_ids(model, eos_token_id), device=device, dtype=torch.long)
+    eos = torch.tensor(eos_token_ids(model, eos_token_id), device=device, dtype=torch.long)
     if pad_token_id is None:
         pad_token_id = int(eos[0]) if len(eos) else 0
 

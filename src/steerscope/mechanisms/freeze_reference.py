@@ -14,7 +14,7 @@ from contextlib import ExitStack
 
 import torch
 
-from steerscope.generate import _eos_ids, position_ids_from_mask
+from steerscope.generation import eos_token_ids, position_ids_from_mask
 from steerscope.mechanisms.freeze import FrozenGeneration, check_mode
 from steerscope.models.archs import ModelArch, validate_model
 from steerscope.runtime import Intervention, Runtime, steer
@@ -87,7 +87,7 @@ def frozen_generate_reference(
     ids = input_ids.to(device)
     mask = (torch.ones_like(ids) if attention_mask is None else attention_mask.to(device)).long()
     batch, prompt_len = ids.shape
-    eos = torch.tensor(_eos_ids(model, eos_token_id), device=device, dtype=torch.long)
+    eos = torch.tensor(eos_token_ids(model, eos_token_id), device=device, dtype=torch.long)
     if pad_token_id is None:
         pad_token_id = int(eos[0]) if len(eos) else 0
     layers = range(layer, arch.n_layers)

@@ -1,5 +1,6 @@
-"""Models: the architecture table, tiny random models, and loading real ones."""
+"""Models: the architecture table, tiny random models, named model sources, loading real ones."""
 
+from steerscope.artifacts import atomic_build_dir, cache_dir
 from steerscope.models.archs import (
     ARCHITECTURES,
     SUPPORTED_MODEL_TYPES,
@@ -9,19 +10,24 @@ from steerscope.models.archs import (
     spec_for_model_type,
     validate_model,
 )
-from steerscope.models.loading import (
+from steerscope.models.embedded import (
     DEFAULT_MODEL,
-    DEFAULT_MODEL_ALIASES,
-    DTYPES,
     EMBEDDED_GGUF,
-    LoadedModel,
-    atomic_build_dir,
-    cache_dir,
     default_model_dir,
     embedded_gguf_path,
+)
+from steerscope.models.loading import (
+    DTYPES,
+    LoadedModel,
     load_model,
     resolve_device,
     resolve_dtype,
+)
+from steerscope.models.sources import (
+    MODEL_SOURCES,
+    ModelSource,
+    model_source,
+    register_model_source,
 )
 from steerscope.models.tiny import (
     TINY_ARCHS,
@@ -34,20 +40,23 @@ from steerscope.models.tiny import (
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_MODEL",
-    "DEFAULT_MODEL_ALIASES",
     "DTYPES",
     "EMBEDDED_GGUF",
+    "MODEL_SOURCES",
     "SUPPORTED_MODEL_TYPES",
     "TINY_ARCHS",
     "ArchSpec",
     "LoadedModel",
     "ModelArch",
+    "ModelSource",
     "atomic_build_dir",
     "cache_dir",
     "default_model_dir",
     "embedded_gguf_path",
     "get_module",
     "load_model",
+    "model_source",
+    "register_model_source",
     "resolve_device",
     "resolve_dtype",
     "spec_for_model_type",

@@ -61,7 +61,7 @@ def _name(tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
 
 
-def _check_template(tokenizer) -> str:
+def check_chat_template(tokenizer) -> str:
     """The tokenizer's chat template as text (cache key); raise when there is none."""
     template = getattr(tokenizer, "chat_template", None)
     if not template:
@@ -72,8 +72,24 @@ def _check_template(tokenizer) -> str:
     return template if isinstance(template, str) else repr(template)
 
 
+def check_formatted_prompts(prompts, what: str = "prompts") -> list[str]:
+    """``prompts`` as a list of strings (already chat-formatted); a one-line error for one
+    string, an empty list or a non-string item."""
+    if isinstance(prompts, str):
+        raise SteerscopeError(f"{what} must be a list of formatted prompts, not one string",
+                              "wrap it in a list")
+    prompts = list(prompts)
+    if not prompts:
+        raise SteerscopeError(f"no {what} given", "pass at least one formatted prompt")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise SteerscopeError(f"{what} must be strings, got {type(p).__name__}",
+                                  "format prompts with format_prompt first")
+    return prompts
+
+
 def _cached(tokenizer, what: str, compute):
-    key = (what, _check_template(tokenizer))
+    key = (what, check_chat_template(tokenizer))
     try:
         per_tok = _CACHE.setdefault(tokenizer, {})
     except TypeError:  # not weak-referenceable / not hashable: no caching
@@ -88,7 +104,7 @@ def _warn_if_dated(tokenizer) -> None:
     ``date_string``: its prompts would then change from day to day."""
 
     def compute() -> bool:
-        template = _check_template(tokenizer)
+        template = check_chat_template(tokenizer)
         dated = "strftime_now" in template and "date_string" not in template
         if dated:
             warnings.warn(
@@ -181,7 +197,7 @@ def format_prompt(
     as ``system + "\\n\\n" + instruction``. ``response``: teacher forcing, the returned string
     is exactly ``format_prompt(..., response=None) + response``.
     """
-    _check_template(tokenizer)
+    check_chat_template(tokenizer)
     if not isinstance(instruction, str):
         raise SteerscopeError(
             f"instruction must be a string, got {type(instruction).__name__}",
@@ -300,6 +316,8 @@ __all__ = [
     "LLAMA3_NO_SYSTEM_HEADER_TEMPLATE",
     "NAMED_CHAT_TEMPLATES",
     "PINNED_DATE_STRING",
+    "check_chat_template",
+    "check_formatted_prompts",
     "encode_prompts",
     "format_prompt",
     "post_instruction_tokens",

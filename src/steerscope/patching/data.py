@@ -27,7 +27,7 @@ import torch
 
 from steerscope.errors import DataError, SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
-from steerscope.generate import generate_ids
+from steerscope.generation import generate_ids
 from steerscope.models.chat import encode_prompts, format_prompt
 
 DATASETS = ("harmful/steered", "harmful/base", "harmless/steered", "harmless/base")
@@ -179,10 +179,18 @@ def build_patching_datasets(model, tokenizer, vector, harmful: Sequence[str],
                             induce_alpha: float = 1.0, max_per_dataset: int = 100,
                             max_new_tokens: int = 64, batch_size: int = 8,
                             refused: Callable[[str, str], bool] | None = None,
+                            behaviour=None,
                             judge=None) -> dict[str, list[PatchingExample]]:
     """Rollouts on both prompt sets, then :func:`datasets_from_rollouts`. ``judge``: harmful
     outcomes from this jailbreak judge (:func:`judge_harmful_rollouts`) instead of
-    ``refused``."""
+    ``refused``. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`): "refused" is
+    its judge's verdict (behaviour present) unless ``refused`` is given; ``harmful`` /
+    ``harmless`` are its present / absent prompts."""
+    if refused is None and behaviour is not None:
+        presence = behaviour.make_judge()
+
+        def refused(instruction: str, text: str) -> bool:
+            return bool(presence.judge([instruction], [text])[0])
     kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, refused=refused)
     harm = rollouts(model, tokenizer, list(harmful), vector, bypass_alpha, **kw) if harmful else []
     if judge is not None:

@@ -1,14 +1,13 @@
 """The resumable pipeline: config, stage registry, run folder, results.json, scale-out.
 
-``run_pipeline(config, out)`` runs (or resumes) every stage; ``demo_config()`` is the small
-config for the demo refusal model; ``register_stage`` adds or fills a stage. See
-docs/pipeline.md and docs/results.md.
+``run_pipeline(config, out)`` runs (or resumes) every stage (the small config for the demo
+refusal model is :func:`steerscope.demo.demo_config`); ``register_stage`` adds or fills a
+stage. See docs/pipeline.md and docs/results.md.
 """
 
 from steerscope.pipeline.config import (
     PipelineConfig,
     config_from_dict,
-    demo_config,
     dump_config,
     load_config,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "build_results",
     "check_results",
     "config_from_dict",
-    "demo_config",
     "dump_config",
     "load_config",
     "prepare",

@@ -8,15 +8,25 @@ from pathlib import Path
 
 PATH_KEYS = (("model", "source"), ("data", "data_dir"), ("data", "harmful_train"),
              ("data", "harmless_train"), ("data", "harmful_val"), ("data", "harmless_val"),
-             ("data", "harmful_test"), ("data", "harmless_test"), ("evaluation", "judge"))
+             ("data", "harmful_test"), ("data", "harmless_test"), ("data", "present_train"),
+             ("data", "absent_train"), ("data", "present_val"), ("data", "absent_val"),
+             ("data", "present_test"), ("data", "absent_test"), ("evaluation", "judge"))
+TOP_PATH_KEYS = ("behaviour",)  # a behaviour YAML file
 
 
 def anchor_paths(data: dict, folder: Path) -> dict:
     """The raw config ``data`` of a YAML file in ``folder`` with each relative path that
     exists next to the config (model source, prompt files, data_dir, a judge folder, also
-    after ``classifier:``/``chat:``) made absolute, so a config means the same files from any
-    working folder. Names (``default``, datasets, Hub ids) and absolute paths are kept."""
+    after ``classifier:``/``chat:``; the top-level ``behaviour`` file) made absolute, so a
+    config means the same files from any working folder. Names (``default``, ``refusal``,
+    datasets, Hub ids) and absolute paths are kept."""
     out = dict(data)
+    for key in TOP_PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value.strip():
+            path = Path(value).expanduser()
+            if not path.is_absolute() and (folder / path).is_file():
+                out[key] = os.path.abspath(folder / path)
     for section, key in PATH_KEYS:
         sub = out.get(section)
         value = sub.get(key) if isinstance(sub, dict) else None

@@ -13,7 +13,7 @@ precision (``evaluate_steering`` scores in input-order batches).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -23,7 +23,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
 from steerscope.evaluate.steering import NONE, SteeringRow, cosine_matrix
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.models.chat import format_prompt
 from steerscope.pipeline import distributed
 from steerscope.runtime import Runtime
@@ -32,7 +32,7 @@ from steerscope.vectors.vector import SteeringVector
 
 def length_batches(tokenizer, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
     """Prompt indices sorted by token length (longest first, stable) cut into batches: the
-    batches :func:`steerscope.generate.generate` forms."""
+    batches :func:`steerscope.generation.generate` forms."""
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -53,10 +53,16 @@ def sharded_steering_eval(
     judge=None,
     dist: distributed.Dist | None = None,
     progress: bool = False,
+    score_ids: Sequence[int] | None = None,
+    present: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """The steering table as a JSON-able dict (``rows``, ``cosine``, ``prompts``,
     ``completions``, ``refusal_scores``), identical on every rank (the judge runs on rank 0
-    only; other ranks get ``judge_asr`` None)."""
+    only; other ranks get ``judge_asr`` None). ``score_ids``: the behaviour's fast-score
+    tokens (None: the refusal tokens); ``present(text) -> bool``: the behaviour judge of a
+    completion (None: the paper's refusal substrings). The table keeps refusal's names:
+    ``refusal_rate`` is the behaviour rate, ``asr`` one minus it, ``harmful`` / ``harmless``
+    the present / absent side."""
     if not harmful or not harmless:
         raise SteerscopeError("steered evaluation needs harmful and harmless test prompts",
                               "pass non-empty prompt lists")
@@ -69,7 +75,8 @@ def sharded_steering_eval(
     formatted = {k: [format_prompt(tokenizer, p) for p in v[0]] for k, v in sets.items()}
     batches = {k: length_batches(tokenizer, formatted[k], batch_size) for k in sets}
     methods: dict[str, SteeringVector | None] = {NONE: None, **vectors}
-    ids = refusal_token_ids(tokenizer)
+    ids = list(score_ids) if score_ids is not None else refusal_token_ids(tokenizer)
+    present = present or is_refusal_substring
     units = [(m, s, b) for m in methods for s in sets for b in range(len(batches[s]))]
 
     def run(unit) -> tuple[list[str], list[float]]:
@@ -111,7 +118,7 @@ def sharded_steering_eval(
         for s, (instructions, alpha) in sets.items():
             outs = completions[m][s]
             sc = torch.tensor(scores[m][s], dtype=torch.float64)  # [n]
-            refused = [is_refusal_substring(o) for o in outs]
+            refused = [bool(present(o)) for o in outs]
             judge_asr = None
             if judge is not None and s == "harmful" and dist.is_main:
                 verdicts = judge.judge(instructions, outs)

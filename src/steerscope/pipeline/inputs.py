@@ -18,15 +18,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steerscope.data import PromptSet
+from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
 from steerscope.errors import SteerscopeError
-from steerscope.pipeline.config import PipelineConfig
+from steerscope.pipeline.behaviour import split_sources
+
+if TYPE_CHECKING:
+    from steerscope.pipeline.config import PipelineConfig
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_SOURCES = ("harmful", "harmless", "demo_harmful_train", "demo_harmless_train",
-                   "demo_harmful_held_out", "demo_harmless_held_out")
+BUILTIN_SOURCES = tuple(BUILTIN_SETS)
 SPLIT_KEYS = ("harmful_train", "harmless_train", "harmful_val", "harmless_val",
               "harmful_test", "harmless_test")
 _LARGE = 64 << 20  # files above this are fingerprinted by size + head + tail
@@ -77,107 +80,60 @@ def folder_fingerprint(folder: Path) -> str:
 
 
 # --- model -------------------------------------------------------------------------------------
-def _n_layers_from_config(config: dict, where: str) -> tuple[int, str | None]:
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else None
-    for c in (text, config):
-        if c and isinstance(c.get("num_hidden_layers"), int):
-            return int(c["num_hidden_layers"]), c.get("model_type") or config.get("model_type")
-    if isinstance(config.get("model_type"), str):  # e.g. gpt2 (n_layer): name the architecture
-        from steerscope.models.archs import spec_for_model_type
-
-        spec_for_model_type(config["model_type"])
-    raise SteerscopeError(f"{where} has no num_hidden_layers", "pass a causal LM folder")
-
-
-def _embedded_shape() -> tuple[int, str | None]:
-    """Depth of the embedded model: from its cached copy, else from the GGUF metadata."""
-    from steerscope.models import loading
-
-    cached = loading.cache_dir() / "models" / loading.DEFAULT_MODEL
-    if loading._embedded_cache_valid(cached):
-        return _n_layers_from_config(json.loads((cached / "config.json").read_text()),
-                                     str(cached))
-    return _gguf_shape(loading.embedded_gguf_path())
-
-
-def _gguf_shape(path: Path) -> tuple[int, str | None]:
-    from transformers.integrations.gguf.reader import read_gguf_metadata
-
-    try:
-        meta, _ = read_gguf_metadata(str(path))
-    except (OSError, ValueError) as exc:
-        raise SteerscopeError(f"cannot read the GGUF file {path} ({exc})",
-                              "pass a valid .gguf file") from exc
-    arch = meta.get("general.architecture")
-    arch = arch.decode() if isinstance(arch, bytes) else arch
-    count = meta.get(f"{arch}.block_count")
-    if count is None:
-        raise SteerscopeError(f"the GGUF file {path} records no block count",
-                              "pass a model folder instead")
-    return int(count), arch
-
-
 def model_shape(source: str, revision: str | None = None) -> ModelShape:
     """Depth, type and fingerprint of ``source`` without loading weights (one-line errors for
     a missing path or an unreachable Hub id)."""
-    from steerscope.models import loading
+    from steerscope.models.archs import spec_for_model_type
+    from steerscope.models.gguf import gguf_depth
+    from steerscope.models.sources import (
+        config_depth,
+        hub_offline,
+        model_source,
+        read_config_json,
+        resolve_source,
+    )
 
-    key = source.strip().lower()
-    if key in loading.DEFAULT_MODEL_ALIASES:
-        n, mt = _embedded_shape()
-        return ModelShape(n, mt, _sha({"alias": loading.DEFAULT_MODEL,
-                                       "package": loading.EMBEDDED_VERSION}))
-    if key in loading.DEMO_MODEL_ALIASES:
-        from steerscope.models.demo_model import DEMO_MODEL, DemoRecipe
-
-        n, mt = _embedded_shape()  # a fine-tune of the embedded model: the same shape
-        return ModelShape(n, mt, _sha({"alias": DEMO_MODEL, "recipe": DemoRecipe().hash()}))
-    src = loading._resolve_source(source)  # ModelNotFoundError for a missing local path
+    named = model_source(source)
+    if named is not None:
+        n, mt = named.call("shape")
+        return ModelShape(n, mt, _sha(named.call("fingerprint")))
+    src = resolve_source(source)  # ModelNotFoundError for a missing local path
     if src.kind == "dir":
         folder = Path(src.location)
-        n, mt = _n_layers_from_config(loading._read_json(str(folder / "config.json")),
-                                      str(folder / "config.json"))
+        n, mt = config_depth(read_config_json(str(folder / "config.json")),
+                             str(folder / "config.json"))
         if mt:
-            loading.spec_for_model_type(str(mt))
+            spec_for_model_type(str(mt))
         return ModelShape(n, mt, folder_fingerprint(folder))
     if src.kind == "gguf":
-        n, mt = _gguf_shape(Path(src.location))
+        n, mt = gguf_depth(Path(src.location))
         return ModelShape(n, mt, file_fingerprint(Path(src.location)))
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(src.location, revision=revision,
-                                            local_files_only=loading._offline())
+                                            local_files_only=hub_offline())
     except Exception as exc:  # offline, unknown repo, gated ...
         raise SteerscopeError(f"cannot read the config of model '{source}' ({type(exc).__name__})",
                               "check the id, or pass a local folder when offline") from exc
-    n, mt = _n_layers_from_config(config.to_dict(), f"the config of '{source}'")
+    n, mt = config_depth(config.to_dict(), f"the config of '{source}'")
     if mt:
-        loading.spec_for_model_type(str(mt))
+        spec_for_model_type(str(mt))
     return ModelShape(n, mt, _sha({"hub": source, "revision": revision}))
 
 
 # --- data --------------------------------------------------------------------------------------
-def _builtin(name: str) -> PromptSet:
-    if name in ("harmful", "harmless"):
-        from steerscope.data.builtin import demo_prompts
-
-        return demo_prompts(name)
-    from steerscope.data.demo_prompts import split_demo_prompts
-
-    split = split_demo_prompts(0)
-    table = {"demo_harmful_train": split.train_harmful,
-             "demo_harmless_train": split.train_harmless,
-             "demo_harmful_held_out": split.held_out_harmful,
-             "demo_harmless_held_out": split.held_out_harmless}
-    return table[name]
-
-
-def source_kind(source: str, data_dir: str | None) -> str:
-    """``"builtin"``, ``"file"``, ``"local"`` (named dataset in a data folder) or ``"hub"``;
-    a one-line error for a source that is none of them (e.g. a missing file)."""
+def source_kind(source, data_dir: str | None) -> str:
+    """``"inline"`` (a behaviour's list of prompts), ``"builtin"``, ``"file"``, ``"local"``
+    (named dataset in a data folder) or ``"hub"``; a one-line error for a source that is none
+    of them (e.g. a missing file)."""
+    from steerscope.behaviours.sources import is_builtin_prompt_set
     from steerscope.data.readers import DATA_DIR_ENV, DATASETS
 
+    if isinstance(source, tuple):
+        return "inline"
+    if is_builtin_prompt_set(source):
+        return "behaviour"
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX):]
         if name not in BUILTIN_SOURCES:
@@ -193,22 +149,30 @@ def source_kind(source: str, data_dir: str | None) -> str:
                           "dataset", "fix the path, or use a dataset name or builtin:NAME")
 
 
-def load_source(source: str, data_dir: str | None) -> PromptSet:
-    """The prompts of one source (see the module docstring)."""
+def load_source(source, data_dir: str | None) -> PromptSet:
+    """The prompts of one source (see the module docstring; also a behaviour's inline list or
+    built-in prompt set)."""
     from steerscope.data import load_prompts
 
-    if source_kind(source, data_dir) == "builtin":
-        return _builtin(source[len(BUILTIN_PREFIX):])
+    kind = source_kind(source, data_dir)
+    if kind in ("inline", "behaviour"):
+        from steerscope.behaviours import load_source as behaviour_source
+
+        return behaviour_source(source, data_dir=data_dir)
+    if kind == "builtin":
+        return builtin_prompts(source[len(BUILTIN_PREFIX):])
     return load_prompts(source, data_dir=data_dir)
 
 
 def data_plan(cfg: PipelineConfig) -> dict[str, list[tuple[str, int]]]:
     """Source -> the (split key, size) pairs drawn from it, in split order; splits sharing a
-    source get disjoint prompts."""
+    source get disjoint prompts. Sources: the behaviour's, or the data section's overrides
+    (:func:`steerscope.pipeline.behaviour.split_sources`)."""
+    sources = split_sources(cfg)
     sizes = {"train": cfg.data.n_train, "val": cfg.data.n_val, "test": cfg.data.n_test}
     plan: dict[str, list[tuple[str, int]]] = {}
     for key in SPLIT_KEYS:
-        plan.setdefault(getattr(cfg.data, key), []).append((key, sizes[key.split("_")[1]]))
+        plan.setdefault(sources[key][0], []).append((key, sizes[key.split("_")[1]]))
     return plan
 
 
@@ -281,9 +245,10 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
                               "GPUs and cannot be combined with several processes (torchrun)",
                               "launch one process or drop model.device_map")
 
+    named = {k: where for k, (_, where) in split_sources(cfg).items()}
     data: dict[str, str] = {}
     for source, uses in data_plan(cfg).items():
-        keys = ", ".join(f"data.{k}" for k, _ in uses)
+        keys = ", ".join(named[k] for k, _ in uses)
         try:
             ps = load_source(source, cfg.data.data_dir)  # a Hub dataset: downloaded now
             _check_size(source, uses, ps)

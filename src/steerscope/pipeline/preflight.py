@@ -8,7 +8,9 @@ written or computed (after :func:`steerscope.pipeline.inputs.check_inputs`):
   Hub id in the local cache or reachable) without loading it;
 - ``vectors.position`` / ``vectors.dim.positions``: every sampled train/val prompt, chat
   formatted, has that many tokens (when the tokenizer is on disk: a local model folder or the
-  cached embedded model; otherwise the vectors stage checks).
+  cached embedded model; otherwise the vectors stage checks);
+- ``behaviour``: its listed fast-score tokens encode with the model's tokenizer (when the
+  tokenizer is on disk).
 
 Each failure is one :class:`~steerscope.errors.SteerscopeError` naming the config key.
 """
@@ -18,11 +20,14 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from steerscope.errors import SteerscopeError
-from steerscope.pipeline.config import PipelineConfig
+
+if TYPE_CHECKING:
+    from steerscope.pipeline.config import PipelineConfig
 
 JUDGE_KEY = "config key 'evaluation.judge'"
 
@@ -34,6 +39,7 @@ def preflight(cfg: PipelineConfig) -> None:
     check_options(cfg)
     check_judge(cfg.evaluation.judge)
     check_positions(cfg)
+    check_score_tokens(cfg)
 
 
 def check_device(device: str) -> None:
@@ -80,9 +86,8 @@ def check_extraction(cfg: PipelineConfig) -> None:
 
 def check_options(cfg: PipelineConfig) -> None:
     """Every ``<section>.options`` key is one that section's stage declared."""
-    from steerscope.pipeline.registry import STAGES, stage_names
+    from steerscope.pipeline.registry import STAGES
 
-    stage_names()  # registers the built-in stages
     declared: dict[str, set[str]] = {}
     for stage in STAGES.values():
         if stage.section is not None:
@@ -147,11 +152,11 @@ def _local_tokenizer(source: str):
     for the ``default``/``demo`` aliases, which share it); else None."""
     from transformers import AutoTokenizer
 
-    from steerscope.models import loading
+    from steerscope.models.sources import model_source
 
-    key = source.strip().lower()
-    if key in loading.DEFAULT_MODEL_ALIASES or key in loading.DEMO_MODEL_ALIASES:
-        folder = loading.cache_dir() / "models" / loading.DEFAULT_MODEL
+    named = model_source(source)
+    if named is not None:
+        folder = named.call("tokenizer_folder")
     else:
         folder = Path(source).expanduser()
     if not (folder / "tokenizer_config.json").is_file() and \
@@ -187,3 +192,22 @@ def check_positions(cfg: PipelineConfig) -> None:
             raise SteerscopeError(f"config key '{key}': position {pos} is before the start of "
                                   f"the shortest formatted train/val prompt ({shortest} tokens)",
                                   f"use a position from -1 to -{shortest}")
+
+
+def check_score_tokens(cfg: PipelineConfig) -> None:
+    """The behaviour's listed fast-score tokens each encode to a token of the model's
+    tokenizer (when the tokenizer is on disk; ``auto`` tokens are derived in the vectors
+    stage)."""
+    from steerscope.behaviours import AUTO, check_behaviour
+    from steerscope.pipeline.behaviour import run_behaviour
+
+    behaviour = run_behaviour(cfg)
+    if behaviour.score_tokens == AUTO:
+        return
+    tokenizer = _local_tokenizer(cfg.model.source)
+    if tokenizer is None:
+        return
+    try:
+        check_behaviour(behaviour, tokenizer)
+    except SteerscopeError as exc:
+        raise SteerscopeError(f"config key 'behaviour': {exc}") from None

@@ -14,10 +14,17 @@ A stage is a function ``fn(ctx, section, inputs) -> outputs``:
 ``results(output, so_far) -> {section: value}`` (optional) contributes sections to
 ``results.json``; dicts are deep-merged, so two stages may fill the same section.
 
-Adding a stage is one function and one :func:`register_stage` call; registering a name that
-already has a slot (``patching``, ``circuits``, ``freeze``, ``svv``, ``sparsify``) fills the
-slot in place. A slot without a function is reported as "not available": its
-``results.json`` sections are absent and the report says "not run".
+``config`` (optional) registers the dataclass of the stage's config section under
+``section``: :class:`~steerscope.pipeline.config.PipelineConfig` has one field per registered
+section, in registration order, and each section validates itself (its ``check(cfg)``).
+
+The built-in stages are one module each in :mod:`steerscope.pipeline.stages` (imported in
+pipeline order by that package). Adding a stage is one module with its function, its config
+section and its results part, plus one import line there; registering a name that already
+exists replaces that stage in place. A stage without a function is reported as "not
+available": its ``results.json`` sections are absent and the report says "not run".
+
+This module is pure mechanism: it imports no stage.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class Stage:
     distributed: bool = False
     version: int = 1
     options: tuple[str, ...] = ()  # keys its section's ``options`` mapping may hold
+    # (cfg, inputs) -> extra data hashed into the stage's key (e.g. input digests, seeds)
+    key_extra: Callable[[Any, Any], dict[str, Any]] | None = None
 
     @property
     def available(self) -> bool:
@@ -83,39 +92,40 @@ class Stage:
         return bool(getattr(self.config_of(cfg), "enabled", True))
 
 
-# The pipeline's stages in order; slots without a function are filled by later issues.
+# The pipeline's stages in order, and the config sections (top-level key -> dataclass).
 STAGES: dict[str, Stage] = {}
+SECTIONS: dict[str, type] = {}
 
-_SLOTS = (
-    Stage("model", section="model"),
-    Stage("data", section="data"),
-    Stage("vectors", deps=("model", "data"), section="vectors"),
-    Stage("trained", deps=("model", "data", "vectors"), section="vectors"),
-    Stage("evaluation", deps=("model", "data", "vectors", "trained"), section="evaluation"),
-    Stage("patching", deps=("model", "data", "vectors", "trained", "evaluation"),
-          section="patching"),
-    Stage("circuits", deps=("model", "vectors", "trained", "patching"), section="circuits"),
-    Stage("freeze", deps=("model", "data", "vectors", "evaluation"), section="freeze"),
-    Stage("svv", deps=("model", "vectors", "trained", "patching"), section="svv"),
-    Stage("sparsify", deps=("model", "data", "vectors", "trained", "patching"),
-          section="sparsify"),
-    Stage("report", optional=("*",), section="report"),
-)
-for _s in _SLOTS:
-    STAGES[_s.name] = _s
+
+def register_section(name: str, cls: type) -> type:
+    """Register ``cls`` (a dataclass with ``check(cfg)``) as the config section ``name``."""
+    old = SECTIONS.get(name)
+    if old is not None and old is not cls:
+        raise SteerscopeError(f"config section '{name}' is already registered by "
+                              f"{old.__module__}.{old.__qualname__}", "use another name")
+    SECTIONS[name] = cls
+    return cls
 
 
 def register_stage(name: str, *, deps: tuple[str, ...] | None = None,
                    optional: tuple[str, ...] | None = None, section: str | None = None,
                    results: ResultsFn | None = None, distributed: bool = False,
                    version: int = 1, before: str = "report",
-                   options: tuple[str, ...] = ()):
+                   options: tuple[str, ...] = (), config: type | None = None,
+                   key_extra: Callable[[Any, Any], dict[str, Any]] | None = None):
     """Decorator: register ``fn`` as stage ``name``.
 
-    An existing slot keeps its place (and its deps/section unless given); a new name is
-    inserted before ``before`` (default: the report). ``options``: the keys the section's
-    ``options`` mapping may hold (any other key is a config error before compute).
+    An existing stage keeps its place (and its deps/section/key_extra unless given); a new
+    name is inserted before ``before`` (default: the report; at the end when there is none).
+    ``options``: the keys the section's ``options`` mapping may hold (any other key is a
+    config error before compute); ``config``: the section's dataclass
+    (:func:`register_section`); ``key_extra(cfg, inputs)``: more data for the stage's key.
     """
+    if config is not None:
+        if section is None:
+            raise SteerscopeError(f"stage '{name}' gives a config class but no section name",
+                                  "pass section=")
+        register_section(section, config)
 
     def add(fn: StageFn) -> StageFn:
         old = STAGES.get(name)
@@ -125,14 +135,15 @@ def register_stage(name: str, *, deps: tuple[str, ...] | None = None,
                 optional=old.optional if optional is None else tuple(optional),
                 section=section if section is not None else old.section,
                 results=results, distributed=distributed, version=version,
-                options=tuple(options))
+                options=tuple(options),
+                key_extra=key_extra if key_extra is not None else old.key_extra)
             return fn
         for d in deps or ():
             if d not in STAGES:
                 raise SteerscopeError(f"stage '{name}' depends on unknown stage '{d}'",
                                       f"register '{d}' first")
         stage = Stage(name, fn, tuple(deps or ()), tuple(optional or ()), section, results,
-                      distributed, version, tuple(options))
+                      distributed, version, tuple(options), key_extra)
         items = list(STAGES.items())
         at = next((i for i, (k, _) in enumerate(items) if k == before), len(items))
         items.insert(at, (name, stage))
@@ -145,19 +156,11 @@ def register_stage(name: str, *, deps: tuple[str, ...] | None = None,
 
 def stage_names() -> list[str]:
     """Every registered stage name, in pipeline order."""
-    _ensure_builtin()
     return list(STAGES)
 
 
 def get_stage(name: str) -> Stage:
-    _ensure_builtin()
+    """The registered stage ``name`` (a one-line error naming the valid ones otherwise)."""
     if name not in STAGES:
         raise SteerscopeError(f"unknown stage '{name}'", f"use one of {', '.join(STAGES)}")
     return STAGES[name]
-
-
-def _ensure_builtin() -> None:
-    """Import the modules that register the built-in stage functions."""
-    import steerscope.pipeline.stages  # noqa: F401
-    import steerscope.pipeline.stages_mechanisms  # noqa: F401
-    import steerscope.pipeline.stages_patching  # noqa: F401

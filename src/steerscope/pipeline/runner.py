@@ -153,15 +153,9 @@ def run_dir_for(cfg: PipelineConfig, inputs: Inputs, out: str | os.PathLike) -> 
 
 def stage_key(stage: Stage, cfg: PipelineConfig, inputs: Inputs,
               upstream: dict[str, str]) -> str:
-    """Hash of the stage's name, version, config section, upstream digests and (for the
-    model and data stages) input digests."""
-    extra: dict[str, Any] = {}
-    if stage.name == "model":
-        extra = {"model": inputs.model.digest}
-    elif stage.name == "data":
-        extra = {"data": inputs.data, "seed": cfg.data_seed}
-    elif stage.name in ("trained", "vectors"):
-        extra = {"seed": cfg.seed}
+    """Hash of the stage's name, version, config section, upstream digests and its
+    ``key_extra`` (the model and data stages: the input digests; vectors, trained: the seed)."""
+    extra: dict[str, Any] = {} if stage.key_extra is None else stage.key_extra(cfg, inputs)
     return hash_json({
         "stage": stage.name, "version": stage.version,
         "config": _section_json(stage, cfg),

@@ -2,49 +2,22 @@
 
 :func:`run_explorer_data` gathers the data of a run (:mod:`explorer_data`, from the files on
 disk; with a model also :mod:`explorer_views`, the per-position metric and the attention
-patterns of one example); :func:`explorer_section` renders it as HTML with the vendored D3
-(version :data:`D3_VERSION`, ISC licence, ``static/LICENSE.d3``), the explorer's script and
-style and the data inlined, so the page needs no network.
+patterns of one example); :func:`explorer_section`
+(:mod:`steerscope.report.explorer_html`) renders it as self-contained HTML;
+:func:`build_run_report` rebuilds a run folder's report.
 """
 
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from steerscope.report.explorer_data import MAX_EDGES, explorer_data, stage_dirs_of_run
+from steerscope.report.explorer_html import D3_VERSION, SECTION_TITLE, explorer_section
 
-D3_VERSION = "7.9.2"
-SECTION_TITLE = "Circuit explorer"
-
-
-def _static(name: str) -> str:
-    return resources.files("steerscope.report").joinpath("static", name).read_text(
-        encoding="utf-8")
-
-
-def _script_json(data: dict) -> str:
-    """JSON safe inside a ``<script>`` element (every ``<`` escaped as ``\\u003c``)."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.replace("<", "\\u003c")
-
-
-def explorer_section(data: dict[str, Any]) -> str:
-    """The explorer's HTML (heading, container, inlined D3, data, script and style)."""
-    return (
-        f'<a id="circuit-explorer"></a><h2>{SECTION_TITLE}</h2>'
-        '<p class="meta">Interactive: the circuit of each patched vector along its '
-        "faithfulness curve, node details, one example's per-position metric, the vectors "
-        f"compared, and the curves. Drawn with D3 {D3_VERSION} (ISC licence), inlined.</p>"
-        f"<style>{_static('explorer.css')}</style>"
-        '<div id="explorer"></div>'
-        f'<script type="application/json" id="explorer-data">{_script_json(data)}</script>'
-        f"<script>/* D3 {D3_VERSION}, https://d3js.org, ISC licence (c) Mike Bostock */\n"
-        f"{_static('d3.min.js')}</script>"
-        f"<script>{_static('explorer.js')}</script>"
-    )
+__all__ = ["D3_VERSION", "MAX_EDGES", "SECTION_TITLE", "build_run_report", "explorer_section",
+           "load_run_model", "read_results", "run_explorer_data"]
 
 
 def run_explorer_data(results: dict, stage_dirs: dict[str, Path] | None = None, *,

@@ -122,7 +122,7 @@ def first_example(examples: dict[str, list]):
 def add_example_views(data: dict, stage_dirs: dict, lm, results: dict) -> dict:
     """Add ``example`` (per-position metric and attention patterns of the heads shown) to
     each vector of the explorer data, from the patching stage's saved examples."""
-    from steerscope.pipeline.stages_patching import load_examples
+    from steerscope.patching.example_files import EXAMPLES_FILE, load_examples
     from steerscope.vectors import SteeringVector
 
     patched = stage_dirs.get("patching")
@@ -131,7 +131,7 @@ def add_example_views(data: dict, stage_dirs: dict, lm, results: dict) -> dict:
     for m, view in data["vectors"].items():
         folder = patched / m
         entry = results.get("vectors", {}).get(m)
-        if not (folder / "examples.json").is_file() or entry is None:
+        if not (folder / EXAMPLES_FILE).is_file() or entry is None:
             continue
         ex = first_example(load_examples(folder))
         if ex is None:

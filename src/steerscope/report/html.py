@@ -74,6 +74,20 @@ class _Doc:
         self.add(f'<p class="notrun">not run (stage <code>{_e(stage)}</code>: {_e(status)})</p>')
 
 
+def _label(r: dict, key: str) -> str:
+    """Display word of the run's behaviour (``behaviour``, ``present``, ``absent``; refusal's
+    words when results.json records no behaviour)."""
+    refusal = {"behaviour": "refusal", "present": "harmful", "absent": "harmless"}
+    labels = r.get("behaviour", {}).get("definition", {}).get("labels", {})
+    return str(labels.get(key) or refusal[key])
+
+
+def _judge_kind(r: dict) -> str:
+    judge = r.get("behaviour", {}).get("definition", {}).get("judge", {})
+    kind = judge.get("kind", "substring")
+    return "substring matching" if kind == "substring" else f"{kind} judge"
+
+
 def _model(doc: _Doc, r: dict) -> None:
     doc.add("<h2>Model</h2>")
     m = r.get("model")
@@ -110,10 +124,12 @@ def _steering(doc: _Doc, r: dict) -> None:
         rows.append([_e(m), _num(h.get("asr")), _num(h.get("judge_asr")),
                      _num(h.get("mean_refusal_score")), _num(b.get("asr")),
                      _num(b.get("mean_refusal_score"))])
-    doc.add('<p class="meta">Harmful prompts are steered with −s (ASR ↑ is better), harmless '
-            "prompts with +s (ASR ↓ is better). ASR by substring matching.</p>")
-    doc.table(["vector", "harmful ASR", "judge ASR", "harmful refusal score", "harmless ASR",
-               "harmless refusal score"], rows)
+    on, off, name = _label(r, "present"), _label(r, "absent"), _label(r, "behaviour")
+    doc.add(f'<p class="meta">{_e(on.capitalize())} prompts are steered with −s (ASR ↑ is '
+            f"better), {_e(off)} prompts with +s (ASR ↓ is better). ASR = 1 − the {_e(name)} "
+            f"rate by the behaviour's judge ({_e(_judge_kind(r))}).</p>")
+    doc.table(["vector", f"{on} ASR", "judge ASR", f"{on} {name} score", f"{off} ASR",
+               f"{off} {name} score"], rows)
     doc.figure("steering", figures.steering_bars(s), "ASR by method")
     doc.add("<h2>Cosine similarity</h2>")
     c = r.get("cosine")
@@ -167,7 +183,8 @@ def _freeze(doc: _Doc, r: dict) -> None:
     f = r.get("freeze")
     if not f:
         return doc.not_run(r, "freeze")
-    doc.table(["ablation", "harmful ASR", "harmless ASR", "mean drop (points)"],
+    doc.table(["ablation", f"{_label(r, 'present')} ASR", f"{_label(r, 'absent')} ASR",
+               "mean drop (points)"],
               [[_e(m), _num(e.get("harmful_asr")), _num(e.get("harmless_asr")),
                 _num(e.get("mean_drop"), 2)] for m, e in f.items()])
     doc.figure("freeze", figures.freeze_bars(f), "ASR under freezing ablations")
@@ -220,7 +237,7 @@ def render_report(results: dict, title: str | None = None, *,
     for section in SECTIONS:
         section(doc, results)
     if explorer is not None:
-        from steerscope.report.explorer import explorer_section
+        from steerscope.report.explorer_html import explorer_section
 
         doc.add(explorer_section(explorer))
     stages = results.get("run", {}).get("stages", {})
@@ -240,7 +257,7 @@ def build_report(results: dict | str | Path, out_dir: str | Path, *,
     returns the HTML path."""
     if not isinstance(results, dict):
         results = json.loads(Path(results).read_text(encoding="utf-8"))
-    from steerscope.pipeline.results import check_results
+    from steerscope.results_schema import check_results
 
     check_results(results)
     text, figs = render_report(results, title, explorer=explorer)

@@ -17,8 +17,10 @@ from steerscope.sparsify.agreement import (
 )
 from steerscope.sparsify.rules import (
     DEFAULT_TAUS,
+    RULE_ALIASES,
     RULES,
     apply_mask,
+    canonical_rule,
     equal_sparsity_family,
     gradient_ratio,
     kept,
@@ -41,7 +43,7 @@ from steerscope.sparsify.sweep import (
 )
 
 __all__ = [
-    "DEFAULT_TAUS", "RULES", "DimensionScores", "agreement", "agreement_table", "apply_mask",
+    "DEFAULT_TAUS", "RULE_ALIASES", "RULES", "DimensionScores", "canonical_rule", "agreement", "agreement_table", "apply_mask",
     "dimension_scores", "equal_sparsity_family", "gradient_ratio", "hypergeom_pvalue",
     "ig_scores_from_examples", "kept", "load_ie", "resolve_k", "rule_mask",
     "set_agreement", "sparsify", "tau_levels", "SweepResult", "highest_retained_sparsity",

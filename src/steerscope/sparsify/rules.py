@@ -36,6 +36,8 @@ from steerscope.errors import ShapeError, SteerscopeError
 from steerscope.vectors.vector import SteeringVector
 
 RULES = ("gradient", "ie", "magnitude", "random")
+# older names (the pipeline config's before the names were unified), accepted as aliases
+RULE_ALIASES = {"grad": "gradient", "bottomk": "magnitude", "dropout": "random"}
 PATCHING_RULES = ("gradient", "ie")  # rules that need the IE vector
 DEFAULT_TAUS = (0.0, 0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 2.5)
 
@@ -66,6 +68,17 @@ def check_ie(ie: torch.Tensor | None, d: int, rule: str) -> torch.Tensor:
         raise SteerscopeError("IE vector is all zeros", "recompute it on prompts where "
                               "steering changes the output")
     return t
+
+
+def canonical_rule(rule: str) -> str:
+    """The rule name of ``rule``: itself for a name of :data:`RULES`, the rule an alias of
+    :data:`RULE_ALIASES` stands for (``grad`` → ``gradient``); a one-line error otherwise."""
+    name = RULE_ALIASES.get(rule, rule)
+    if name not in RULES:
+        raise SteerscopeError(f"unknown sparsification rule '{rule}'",
+                              f"use one of {', '.join(RULES)} (or the aliases "
+                              f"{', '.join(RULE_ALIASES)})")
+    return name
 
 
 def _check_rule(rule: str) -> str:

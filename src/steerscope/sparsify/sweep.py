@@ -8,7 +8,10 @@ sparse vector at that k is evaluated by greedy steered generation:
 - ``induce``: harmless prompts steered with ``induce_alpha`` (+1), ASR = fraction not refused;
 - ``unseen``: an optional second harmful set (e.g. StrongREJECT), steered like ``bypass``.
 
-Refusal is judged by the paper's substring matcher, or by ``judge`` on the harmful sets.
+Refusal is judged by the paper's substring matcher, or by ``judge`` on the harmful sets; with
+``behaviour=`` (default refusal) its judge decides presence and ASR is the fraction of
+completions without the behaviour (bypass/unseen = remove on present prompts, induce on
+absent prompts). Each evaluation is one :func:`steerscope.evaluate.steered.steered_outcome`.
 effect = ASR(steered) − ASR(unsteered); retention = sparse effect / dense effect (1 at
 sparsity 0; None when the dense vector has no effect on that set).
 """
@@ -25,7 +28,8 @@ from tqdm.auto import tqdm
 from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
-from steerscope.generate import generate
+from steerscope.evaluate.presence import CallablePresence
+from steerscope.evaluate.steered import steered_outcome
 from steerscope.models.chat import format_prompt
 from steerscope.sparsify.agreement import agreement
 from steerscope.sparsify.rules import (
@@ -171,14 +175,17 @@ def sparsity_sweep(
     refusal=is_refusal_substring,
     arch=None,
     progress: bool = True,
+    behaviour=None,
 ) -> SweepResult:
     """Evaluate every rule's sparse vector of every method at equal sparsity (module doc).
 
     ``vectors``: method → dense vector; ``ies``: method → its IE [d] (IE = s ⊙ g).
     Instructions are raw (formatted with the chat template here). ``refusal(text) -> bool``
     decides refusals (default: the paper's substring matcher); ``judge`` (optional) replaces
-    it on the harmful sets. Identical sparse vectors (e.g. every rule at sparsity 0) are
-    generated once.
+    it on the harmful sets. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`)
+    replaces ``refusal`` by its judge; ``harmful`` / ``harmless`` are then its present and
+    absent prompts. Identical sparse vectors (e.g. every rule at sparsity 0) are generated
+    once.
     """
     if not vectors:
         raise SteerscopeError("no vectors to sparsify", "pass at least one method's vector")
@@ -200,19 +207,21 @@ def sparsity_sweep(
         sets["unseen"] = (list(unseen_harmful), bypass_alpha)
     formatted = {e: [format_prompt(tokenizer, p) for p in v[0]] for e, v in sets.items()}
     cache: dict[tuple[str, str], float] = {}
+    presence = CallablePresence(refusal) if behaviour is None else behaviour.make_judge()
 
     def asr(sv: SteeringVector | None, effect: str) -> float:
         key = ("none" if sv is None else sv.sha256, effect)
         if key not in cache:
             instructions, alpha = sets[effect]
             ops = [] if sv is None else [sv.intervention(alpha)]
-            outs = generate(model, tokenizer, formatted[effect], interventions=ops,
-                            max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            progress=False)
+            got = steered_outcome(model, tokenizer, formatted[effect],
+                                  instructions=instructions, interventions=ops,
+                                  judge=presence, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size, arch=arch, progress=False)
             if judge is not None and effect != "induce":
-                ok = [bool(v) for v in judge.judge(instructions, outs)]
+                ok = [bool(v) for v in judge.judge(instructions, got.completions)]
             else:
-                ok = [not refusal(o) for o in outs]
+                ok = [not p for p in got.present]
             cache[key] = sum(ok) / len(ok)
         return cache[key]
 
@@ -248,6 +257,7 @@ def sparsity_sweep(
               "induce_alpha": induce_alpha, "max_new_tokens": max_new_tokens,
               "n": {e: len(v[0]) for e, v in sets.items()},
               "judge": None if judge is None else repr(judge),
+              "behaviour": "refusal" if behaviour is None else behaviour.name,
               "vectors": {m: {"layer": sv.layer, "norm": sv.norm, "sha256": sv.sha256,
                               "method": sv.method} for m, sv in vectors.items()},
               "generations": len(cache)}

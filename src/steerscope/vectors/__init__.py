@@ -4,14 +4,11 @@ from steerscope.vectors.activations import collect_activations, mean_activations
 from steerscope.vectors.dim import (
     DimResult,
     candidate_directions,
-    discard_reason,
-    filter_by_refusal_score,
-    next_token_kl,
     post_instruction_positions,
-    select_candidate,
     select_dim,
-    selection_score,
 )
+from steerscope.vectors.dim_scores import filter_by_refusal_score, next_token_kl
+from steerscope.vectors.dim_selection import discard_reason, select_candidate, selection_score
 from steerscope.vectors.gguf import export_control_vector, import_control_vector
 from steerscope.vectors.methods import METHODS, extract, extract_vector, register_method
 from steerscope.vectors.vector import SteeringVector

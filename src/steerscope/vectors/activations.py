@@ -14,14 +14,14 @@ tokens of :func:`~steerscope.models.chat.post_instruction_tokens`).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from steerscope.errors import SteerscopeError
 from steerscope.models.archs import ModelArch, validate_model
-from steerscope.models.chat import encode_prompts
+from steerscope.models.calls import forward_accepts, model_device
+from steerscope.models.chat import check_formatted_prompts, encode_prompts
 from steerscope.runtime import Capture, Edit, Runtime
 
 _AUTO_PROGRESS_BATCHES = 4  # show a progress bar above this many batches when progress=None
@@ -33,34 +33,6 @@ class _StopForward(Exception):
 
 def _stop(x, ctx):  # an Edit function: abort the forward pass
     raise _StopForward
-
-
-def _model_device(model) -> torch.device:
-    dev = getattr(model, "device", None)
-    if isinstance(dev, torch.device):
-        return dev
-    return next(model.parameters()).device
-
-
-def _accepts(model, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _check_prompts(prompts, what: str = "prompts") -> list[str]:
-    if isinstance(prompts, str):
-        raise SteerscopeError(f"{what} must be a list of formatted prompts, not one string",
-                              "wrap it in a list")
-    prompts = list(prompts)
-    if not prompts:
-        raise SteerscopeError(f"no {what} given", "pass at least one formatted prompt")
-    for p in prompts:
-        if not isinstance(p, str):
-            raise SteerscopeError(f"{what} must be strings, got {type(p).__name__}",
-                                  "format prompts with format_prompt first")
-    return prompts
 
 
 def _check_layers(layers, arch: ModelArch) -> list[int]:
@@ -125,11 +97,11 @@ def _batches(
         inverse[i] = rank  # column of positions[i] in the time-ordered capture
     scope = tuple(positions[i] for i in order)
     need = -min(positions)  # a prompt needs at least this many tokens
-    device = _model_device(model)
+    device = model_device(model)
     kwargs = {}
-    if _accepts(model, "logits_to_keep"):
+    if forward_accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
-    if _accepts(model, "use_cache"):
+    if forward_accepts(model, "use_cache"):
         kwargs["use_cache"] = False
     starts = range(0, len(prompts), batch_size)
     if progress is None:
@@ -182,7 +154,7 @@ def mean_activations(
     ``positions[k]`` (negative, from the prompt end), summed in float64.
     """
     arch = arch if arch is not None else validate_model(model)
-    prompts = _check_prompts(formatted_prompts)
+    prompts = check_formatted_prompts(formatted_prompts)
     layers = _check_layers(layers, arch)
     positions = _check_positions(positions)
     total = torch.zeros(len(layers), len(positions), arch.d_model, dtype=torch.float64)
@@ -210,7 +182,7 @@ def collect_activations(
     ``positions[k]`` (negative, from the prompt end).
     """
     arch = arch if arch is not None else validate_model(model)
-    prompts = _check_prompts(formatted_prompts)
+    prompts = check_formatted_prompts(formatted_prompts)
     layers = _check_layers(layers, arch)
     positions = _check_positions(positions)
     out = [acts.float() for acts in _batches(model, tokenizer, prompts, layers, positions,

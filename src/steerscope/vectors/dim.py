@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +41,23 @@ import torch
 
 from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
-from steerscope.evaluate.refusal import refusal_scores, refusal_scores_from_ids, refusal_token_ids
+from steerscope.evaluate.refusal import refusal_token_ids
 from steerscope.models.archs import ModelArch, validate_model
-from steerscope.models.chat import encode_prompts, post_instruction_tokens
-from steerscope.runtime import Intervention, Runtime, ablate_direction, steer
-from steerscope.vectors.activations import _accepts, _check_prompts, _model_device, mean_activations
+from steerscope.models.calls import model_device
+from steerscope.models.chat import (
+    check_formatted_prompts,
+    post_instruction_tokens,
+)
+from steerscope.runtime import ablate_direction, steer
+from steerscope.vectors.activations import mean_activations
+from steerscope.vectors.dim_scores import (
+    encode_batches,
+    filter_by_refusal_score,
+    kl_rows,
+    last_logprobs_batches,
+    mean_refusal,
+    next_token_kl,
+)
 from steerscope.vectors.dim_selection import (
     DEFAULT_INDUCE_THRESHOLD,
     DEFAULT_KL_THRESHOLD,
@@ -67,48 +79,6 @@ from steerscope.vectors.dim_selection import (
 from steerscope.vectors.vector import SteeringVector
 
 ABLATION_POINTS = ("resid_pre", "attn_out", "mlp_out")
-
-
-# ---------------------------------------------------------------------------------------
-# prompt filtering
-# ---------------------------------------------------------------------------------------
-def filter_by_refusal_score(
-    model,
-    tokenizer,
-    harmful_formatted: Sequence[str],
-    harmless_formatted: Sequence[str],
-    *,
-    refusal_ids: Sequence[int] | None = None,
-    batch_size: int = 16,
-    progress: bool | None = None,
-    label: str = "",
-) -> tuple[list[str], list[str]]:
-    """Keep harmful prompts with unsteered refusal score > 0 and harmless ones with score < 0.
-
-    Returns ``(kept_harmful, kept_harmless)`` in the given order. Raises a one-line error when
-    a list is empty, before or after filtering (``label``, e.g. ``"train"``, names the set).
-    """
-    tag = f" {label}" if label else ""
-    harmful = _check_prompts(harmful_formatted, f"harmful{tag} prompts")
-    harmless = _check_prompts(harmless_formatted, f"harmless{tag} prompts")
-    if refusal_ids is None:
-        refusal_ids = refusal_token_ids(tokenizer)
-    kw = dict(refusal_ids=refusal_ids, batch_size=batch_size, progress=progress)
-    s_harmful = refusal_scores(model, tokenizer, harmful, **kw)  # [N] float64
-    s_harmless = refusal_scores(model, tokenizer, harmless, **kw)  # [M] float64
-    kept_harmful = [p for p, s in zip(harmful, s_harmful.tolist()) if s > 0]
-    kept_harmless = [p for p, s in zip(harmless, s_harmless.tolist()) if s < 0]
-    if not kept_harmful:
-        raise SteerscopeError(
-            f"no harmful{tag} prompt is left after the refusal-score filter (0 of "
-            f"{len(harmful)} has a refusal score > 0)",
-            "pass more harmful prompts, use a model that refuses them, or pass filter=False")
-    if not kept_harmless:
-        raise SteerscopeError(
-            f"no harmless{tag} prompt is left after the refusal-score filter (0 of "
-            f"{len(harmless)} has a refusal score < 0)",
-            "pass more harmless prompts, use a model that answers them, or pass filter=False")
-    return kept_harmful, kept_harmless
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,67 +134,6 @@ def candidate_directions(
 
 
 # ---------------------------------------------------------------------------------------
-# KL of the next-token distribution
-# ---------------------------------------------------------------------------------------
-def _encode_batches(tokenizer, prompts: list[str], batch_size: int, device):
-    if int(batch_size) < 1:
-        raise SteerscopeError(f"batch_size must be at least 1, got {batch_size}", "pass e.g. 16")
-    out = []
-    for s in range(0, len(prompts), int(batch_size)):
-        enc = encode_prompts(tokenizer, prompts[s : s + int(batch_size)], device=device)
-        out.append((enc["input_ids"], enc["attention_mask"]))  # [B, T] each
-    return out
-
-
-def _last_logprobs_batches(model, batches, interventions: Sequence[Intervention] = (),
-                           arch: ModelArch | None = None) -> torch.Tensor:
-    """Last-position next-token log-probabilities [N, V] float64 (CPU) under interventions."""
-    kwargs = {}
-    if _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = 1
-    if _accepts(model, "use_cache"):
-        kwargs["use_cache"] = False
-    out = []
-    for ids, mask in batches:
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        with torch.no_grad(), Runtime(model, list(interventions), arch=arch):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                           **kwargs).logits[:, -1, :]  # [B, V]
-        out.append(torch.log_softmax(logits.to(torch.float64), dim=-1).cpu())
-    return torch.cat(out)  # [N, V] float64
-
-
-def _kl(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """KL(P_base ‖ P_other) per row of log-probabilities [N, V]: returns [N] float64."""
-    p = base.exp()
-    terms = torch.where(p > 0, p * (base - other), torch.zeros_like(p))  # 0·log 0 = 0
-    return terms.sum(-1)  # [N]
-
-
-def next_token_kl(
-    model,
-    tokenizer,
-    formatted_prompts: Sequence[str],
-    interventions: Iterable[Intervention],
-    *,
-    batch_size: int = 16,
-    arch: ModelArch | None = None,
-) -> torch.Tensor:
-    """KL(P_plain ‖ P_intervened) of the last-position next-token distribution, per prompt.
-
-    Returns [N] float64: for each prompt, ``Σ_v p(v) (log p(v) − log q(v))`` with ``p`` the
-    unmodified model's and ``q`` the model's under ``interventions`` (e.g.
-    :func:`~steerscope.runtime.ablate_direction`), both in float64.
-    """
-    prompts = _check_prompts(formatted_prompts)
-    arch = arch if arch is not None else validate_model(model)
-    batches = _encode_batches(tokenizer, prompts, batch_size, _model_device(model))
-    base = _last_logprobs_batches(model, batches, (), arch)  # [N, V]
-    other = _last_logprobs_batches(model, batches, list(interventions), arch)  # [N, V]
-    return _kl(base, other)  # [N]
-
-
-# ---------------------------------------------------------------------------------------
 # result
 # ---------------------------------------------------------------------------------------
 @dataclass
@@ -257,12 +166,6 @@ class DimResult:
 # ---------------------------------------------------------------------------------------
 # pipeline
 # ---------------------------------------------------------------------------------------
-def _mean_refusal(model, batches, refusal_ids, interventions, arch) -> float:
-    with Runtime(model, list(interventions), arch=arch):
-        scores = [refusal_scores_from_ids(model, ids, mask, refusal_ids) for ids, mask in batches]
-    return float(torch.cat(scores).mean())  # float64 mean
-
-
 def select_dim(
     model,
     tokenizer,
@@ -284,16 +187,22 @@ def select_dim(
     batch_size: int = 16,
     arch: ModelArch | None = None,
     progress: bool | None = None,
-    score_all: bool = True,
+    score_all: bool = False,
     relax_kl: bool = False,
+    behaviour=None,
 ) -> DimResult:
     """Extract the DIM refusal direction and select its layer and position (spec §3.1).
 
     All prompt lists are already formatted with the chat template. ``filter``: apply
     :func:`filter_by_refusal_score` to the train and val pairs first. ``layers`` /
     ``positions`` restrict the candidates (defaults: all layers, every post-instruction
-    position). ``refusal_ids`` default to ``refusal_token_ids(tokenizer)``. ``progress``: a
+    position). ``refusal_ids`` (the fast score's token ids) default to ``behaviour``'s
+    (a :class:`~steerscope.behaviours.Behaviour`, whose ``score_tokens: auto`` is derived
+    from the harmful/present and harmless/absent train prompts given here), and without a
+    behaviour to ``refusal_token_ids(tokenizer)``; "harmful" / "harmless" then read "present"
+    / "absent", and "refusal score" the behaviour's fast score. ``progress``: a
     tqdm bar over candidates (None: shown for more than 4 candidates). ``score_all=False``
+    (the default, as the pipeline's ``vectors.dim.score_all``; ``True``: the full table)
     scores each candidate only until its first failed filter (induce, then KL, then bypass):
     the same vector is selected for up to 3x less compute, and the table has gaps.
     ``relax_kl``: when no candidate survives, double the KL threshold (up to
@@ -309,8 +218,12 @@ def select_dim(
     sets = {}
     for name, prompts in (("harmful_train", harmful_train), ("harmless_train", harmless_train),
                           ("harmful_val", harmful_val), ("harmless_val", harmless_val)):
-        sets[name] = _check_prompts(prompts, f"{name} prompts")
+        sets[name] = check_formatted_prompts(prompts, f"{name} prompts")
     counts_before = {k: len(v) for k, v in sets.items()}
+    if refusal_ids is None and behaviour is not None:
+        refusal_ids = behaviour.score_token_ids(
+            tokenizer, model=model, present_formatted=sets["harmful_train"],
+            absent_formatted=sets["harmless_train"])
     if refusal_ids is None:
         refusal_ids = refusal_token_ids(tokenizer)
     refusal_ids = [int(i) for i in refusal_ids]
@@ -333,12 +246,12 @@ def select_dim(
         model, tokenizer, sets["harmful_train"], sets["harmless_train"], layers=layers,
         positions=positions, batch_size=batch_size, arch=arch, progress=False)  # [nL, K, d]
 
-    device = _model_device(model)
-    harmful_val_b = _encode_batches(tokenizer, sets["harmful_val"], batch_size, device)
-    harmless_val_b = _encode_batches(tokenizer, sets["harmless_val"], batch_size, device)
-    base_logprobs = _last_logprobs_batches(model, harmless_val_b, (), arch)  # [N, V]
-    baseline_bypass = _mean_refusal(model, harmful_val_b, refusal_ids, (), arch)
-    baseline_induce = _mean_refusal(model, harmless_val_b, refusal_ids, (), arch)
+    device = model_device(model)
+    harmful_val_b = encode_batches(tokenizer, sets["harmful_val"], batch_size, device)
+    harmless_val_b = encode_batches(tokenizer, sets["harmless_val"], batch_size, device)
+    base_logprobs = last_logprobs_batches(model, harmless_val_b, (), arch)  # [N, V]
+    baseline_bypass = mean_refusal(model, harmful_val_b, refusal_ids, (), arch)
+    baseline_induce = mean_refusal(model, harmless_val_b, refusal_ids, (), arch)
 
     grid = [(j, k) for j in range(len(layers)) for k in range(len(positions))]
     if progress is None:
@@ -361,24 +274,24 @@ def select_dim(
             continue
         # cheapest decisive filter first: with score_all=False a candidate stops being scored
         # at the first filter it fails (the selection is the same; the table has gaps)
-        row["induce"] = _mean_refusal(model, harmless_val_b, refusal_ids,
+        row["induce"] = mean_refusal(model, harmless_val_b, refusal_ids,
                                       [steer(s, layer, 1.0)], arch)
         if not score_all and (is_missing(row["induce"]) or row["induce"] <= induce_threshold):
             row["discarded"] = REASON_NAN if is_missing(row["induce"]) else REASON_INDUCE
             rows.append(row)
             continue
         if row["norm"] > 0:
-            ablated = _last_logprobs_batches(
+            ablated = last_logprobs_batches(
                 model, harmless_val_b, ablate_direction(s, range(L), points=ABLATION_POINTS),
                 arch)  # [N, V]
-            row["kl"] = float(_kl(base_logprobs, ablated).mean())
+            row["kl"] = float(kl_rows(base_logprobs, ablated).mean())
         else:
             row["kl"] = math.nan  # ablating the zero vector is undefined
         if not score_all and (is_missing(row["kl"]) or row["kl"] >= kl_threshold):
             row["discarded"] = REASON_NAN if is_missing(row["kl"]) else REASON_KL
             rows.append(row)
             continue
-        row["bypass"] = _mean_refusal(model, harmful_val_b, refusal_ids,
+        row["bypass"] = mean_refusal(model, harmful_val_b, refusal_ids,
                                       [steer(s, layer, -1.0)], arch)
         row["score"] = selection_score(row["bypass"], row["induce"])
         row["discarded"] = discard_reason(row, n_layers=L, max_layer_fraction=max_layer_fraction,
@@ -398,7 +311,7 @@ def select_dim(
                 if (row["discarded"] == REASON_KL and row["kl"] < kl_threshold
                         and row["bypass"] is None):  # score_all=True rows are fully scored
                     s = directions[layers.index(row["layer"]), positions.index(row["position"])]
-                    row["bypass"] = _mean_refusal(model, harmful_val_b, refusal_ids,
+                    row["bypass"] = mean_refusal(model, harmful_val_b, refusal_ids,
                                                   [steer(s, row["layer"], -1.0)], arch)
                     row["score"] = selection_score(row["bypass"], row["induce"])
             for row in rows:

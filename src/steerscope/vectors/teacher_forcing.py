@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from steerscope.errors import SteerscopeError
-from steerscope.generate import position_ids_from_mask
+from steerscope.generation import position_ids_from_mask
 from steerscope.models.archs import ModelArch
 from steerscope.runtime.core import Runtime
 from steerscope.runtime.interventions import Edit

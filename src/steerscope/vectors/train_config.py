@@ -21,6 +21,7 @@ field            default (paper / released code)              alternative (steer
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +39,20 @@ STEERSCOPE_CONVENTIONS = {"lr_schedule": "per_step", "validation": "mean_factor"
                           "keep": "last_epoch", "ranking": "loss_then_match"}
 PAPER_CONVENTIONS = {"lr_schedule": "per_epoch", "validation": "deployed",
                      "keep": "best_epoch", "ranking": "released"}
+# the grid's axes (sequences of values); phi is an axis only for the objectives whose loss
+# uses it (the others train with the first value)
+GRID_AXES = ("lr", "batch_size", "seed", "phi")
+PHI_OBJECTIVES = ("po",)
+# Training presets, defined once (the CLI's --grid and the pipeline's vectors.<obj>.preset):
+# grid axes as tuples (seed None: the caller's seed), other TrainConfig fields as values.
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU-sized for small models (the demo model): 2 epochs, 32 response tokens
+    "quick": {"lr": (0.01, 0.04), "batch_size": (6,), "seed": None, "phi": (2e-2,),
+              "epochs": 2, "max_response_tokens": 32, **PAPER_CONVENTIONS},
+    # the paper's: lr {0.01, 0.04} x batch {6, 12} x seed {42, 5} (x phi {2e-2, 1e-5} for PO)
+    "paper": {"lr": (0.01, 0.04), "batch_size": (6, 12), "seed": (42, 5), "phi": (2e-2, 1e-5),
+              "epochs": 10, "max_response_tokens": 64, **PAPER_CONVENTIONS},
+}
 
 
 @dataclass
@@ -123,22 +138,43 @@ def lr_factors(config: TrainConfig, steps_per_epoch: int) -> list[float]:
     return [max(0.0, 1.0 - s / total) for s in range(total)]
 
 
+def preset_grid(objective: str, preset: str = "quick", *, seed: int = 42,
+                **overrides: Any) -> list[TrainConfig]:
+    """The grid of :data:`PRESETS` ``[preset]`` for ``objective``: every combination of the
+    :data:`GRID_AXES` values (lr, batch size, seed, phi; in that nesting order), the preset's
+    other fields on every config. ``seed``: the seed axis of a preset that leaves it open
+    (``quick``). ``overrides``: a grid axis (a value or a sequence of values) or any other
+    :class:`TrainConfig` field, replacing the preset's. Objectives outside
+    :data:`PHI_OBJECTIVES` train with the first phi only."""
+    if preset not in PRESETS:
+        raise SteerscopeError(f"unknown training preset '{preset}'",
+                              f"use one of {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset])
+    if values["seed"] is None:
+        values["seed"] = (seed,)
+    for key, value in overrides.items():
+        if key in GRID_AXES and not isinstance(value, (list, tuple)):
+            value = (value,)
+        values[key] = value
+    axes = [tuple(values.pop(k)) for k in GRID_AXES]
+    if objective not in PHI_OBJECTIVES:
+        axes[-1] = axes[-1][:1]
+    return [TrainConfig(objective=objective, lr=lr, batch_size=b, seed=s, phi=phi, **values)
+            for lr, b, s, phi in itertools.product(*axes)]
+
+
 def paper_grid(objective: str, **changes) -> list[TrainConfig]:
-    """The paper's grid: lr {0.01, 0.04} × batch {6, 12} × seed {42, 5} (× φ {2e-2, 1e-5} for
-    PO), 10 epochs, the paper's conventions; ``changes`` override fields of every config."""
-    phis = (2e-2, 1e-5) if objective == "po" else (2e-2,)
-    return [TrainConfig(objective=objective, lr=lr, batch_size=b, seed=s, phi=phi,
-                        **changes)
-            for lr in (0.01, 0.04) for b in (6, 12) for s in (42, 5) for phi in phis]
+    """The paper's grid (preset ``paper``): lr {0.01, 0.04} × batch {6, 12} × seed {42, 5}
+    (× φ {2e-2, 1e-5} for PO), 10 epochs, the paper's conventions; ``changes`` override
+    fields of every config."""
+    return preset_grid(objective, "paper", **changes)
 
 
 def quick_grid(objective: str, **changes) -> list[TrainConfig]:
-    """A CPU-sized grid for small models (the demo model): lr {0.01, 0.04}, batch 6, seed 42,
-    2 epochs, 32 response tokens, the paper's conventions; ``changes`` override fields of
-    every config."""
-    base = dict(epochs=2, max_response_tokens=32)
-    base.update(changes)
-    return [TrainConfig(objective=objective, lr=lr, **base) for lr in (0.01, 0.04)]
+    """A CPU-sized grid for small models (preset ``quick``, the demo model): lr {0.01, 0.04},
+    batch 6, seed 42, 2 epochs, 32 response tokens, the paper's conventions; ``changes``
+    override fields of every config."""
+    return preset_grid(objective, "quick", **changes)
 
 
 __all__ = [
@@ -148,10 +184,14 @@ __all__ = [
     "VALIDATIONS",
     "KEEPS",
     "RANKINGS",
+    "GRID_AXES",
     "PAPER_CONVENTIONS",
+    "PHI_OBJECTIVES",
+    "PRESETS",
     "STEERSCOPE_CONVENTIONS",
     "TrainConfig",
     "lr_factors",
     "paper_grid",
+    "preset_grid",
     "quick_grid",
 ]

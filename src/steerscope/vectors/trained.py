@@ -48,7 +48,6 @@ from steerscope.vectors.teacher_forcing import (
     po_loss,
     response_logprobs,
     score_responses,
-    score_rows,
     steering_edit,
 )
 from steerscope.vectors.train_config import (
@@ -61,7 +60,12 @@ from steerscope.vectors.train_config import (
     paper_grid,
     quick_grid,
 )
-from steerscope.vectors.training_data import PreferenceData, PreferenceExample
+from steerscope.vectors.train_validation import (
+    check_preference_data,
+    encode_data,
+    validate_vector,
+)
+from steerscope.vectors.training_data import PreferenceData
 from steerscope.vectors.vector import SteeringVector
 
 
@@ -114,88 +118,12 @@ def _frozen(model):
         model.train(was_training)
 
 
-@dataclass
-class _Encoded:
-    """Token rows and unsteered reference log-probs of a data set, for one max length."""
-
-    winners: list[tuple[list[int], int]]
-    losers: list[tuple[list[int], int]]
-    signs: torch.Tensor  # [N] float
-    ref_w: torch.Tensor | None = None  # [N] summed unsteered log p(y_w)
-    ref_l: torch.Tensor | None = None  # [N]
-
-
-def _check_data(data, name: str) -> list[PreferenceExample]:
-    if not isinstance(data, PreferenceData):
-        raise SteerscopeError(f"{name} must be PreferenceData, got {type(data).__name__}",
-                              "build it with build_preference_data")
-    if len(data) == 0:
-        raise SteerscopeError(f"{name} has no examples", "pass a non-empty preference data set")
-    return list(data.examples)
-
-
-def _encode_data(model, tokenizer, data: PreferenceData, config: TrainConfig, name: str, arch,
-                 eval_batch_size: int, cache: dict | None) -> _Encoded:
-    examples = data.examples
-    key = (name, id(data), config.max_response_tokens)
-    if cache is not None and key in cache:
-        enc = cache[key]
-    else:
-        prompts = [e.prompt for e in examples]
-        winners = encode_rows(tokenizer, prompts, [e.winner for e in examples],
-                              config.max_response_tokens)
-        losers = encode_rows(tokenizer, prompts, [e.loser for e in examples],
-                             config.max_response_tokens)
-        for i, ((_, kw), (_, kl)) in enumerate(zip(winners, losers)):
-            if kw == 0 or kl == 0:
-                which = "winner" if kw == 0 else "loser"
-                raise SteerscopeError(f"{name} example {i} has an empty {which} response",
-                                      "drop examples with empty responses")
-        signs = torch.tensor([float(e.sign) for e in examples])
-        enc = _Encoded(winners, losers, signs)
-        if cache is not None:
-            cache[key] = enc
-    if config.objective == "po" and enc.ref_w is None:
-        pad = pad_token_id(tokenizer)
-        enc.ref_w = score_rows(model, enc.winners, pad, batch_size=eval_batch_size,
-                               arch=arch).logprob
-        enc.ref_l = score_rows(model, enc.losers, pad, batch_size=eval_batch_size,
-                               arch=arch).logprob
-    return enc
-
-
 def _nan_error(config: TrainConfig, step: int, what: str = "loss") -> SteerscopeError:
     return SteerscopeError(
         f"{config.objective.upper()} training {what} became NaN or infinite at step {step} "
         f"(lr={config.lr})",
         f"use a lower learning rate than {config.lr:g} (the paper's grid: 0.01, 0.04)",
     )
-
-
-@torch.no_grad()
-def _validate(model, enc: _Encoded, v: torch.Tensor, config: TrainConfig, layer: int, pad: int,
-              arch, eval_batch_size: int, deployed_norm: float | None) -> dict[str, float]:
-    """Validation loss and token-match rates of ``v`` [d] at the scale of
-    ``config.validation`` (see the module docstring)."""
-    if config.validation == "deployed":
-        coef = float(deployed_norm) / max(float(v.norm()), 1e-30)
-    else:
-        coef = config.validation_factor
-    coefs = enc.signs * coef  # [N]
-    w = score_rows(model, enc.winners, pad, layer=layer, vector=v, coefs=coefs,
-                   batch_size=eval_batch_size, arch=arch)
-    n_w = w.n_tokens.clamp(min=1)  # [N]
-    match = float(w.matches.sum()) / max(1, int(w.n_tokens.sum()))
-    match_mean = float((w.matches / n_w).mean())
-    if config.objective == "ntp":
-        loss = float(ntp_loss(w.logprob, w.n_tokens))
-    else:
-        lo = score_rows(model, enc.losers, pad, layer=layer, vector=v, coefs=coefs,
-                        batch_size=eval_batch_size, arch=arch)
-        beta = beta_plus(enc.ref_w, enc.ref_l, config.phi)
-        loss = float(po_loss(w.logprob, w.n_tokens, lo.logprob, lo.n_tokens, beta))
-    return {"val_loss": loss, "val_match": match, "val_match_mean": match_mean,
-            "coef": coef, "trained_norm": float(v.norm())}
 
 
 def _curve_summary(losses: list[float]) -> dict[str, float]:
@@ -225,8 +153,8 @@ def _train(model, tokenizer, data, *, layer, config, val_data, rescale_to, model
            eval_batch_size, progress, cache) -> TrainResult:
     if not isinstance(config, TrainConfig):
         raise SteerscopeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    examples = _check_data(data, "training data")
-    val_examples = _check_data(val_data, "validation data") if val_data is not None else None
+    examples = check_preference_data(data, "training data")
+    val_examples = check_preference_data(val_data, "validation data") if val_data is not None else None
     _check_norm(rescale_to)
     if val_examples is not None and config.validation == "deployed" and rescale_to is None:
         raise SteerscopeError("validation at the deployed scale needs the DIM norm",
@@ -238,11 +166,11 @@ def _train(model, tokenizer, data, *, layer, config, val_data, rescale_to, model
     every_epoch = val_examples is not None and config.keep == "best_epoch"
 
     with _frozen(model):
-        enc = _encode_data(model, tokenizer, data, config, "training data", arch,
+        enc = encode_data(model, tokenizer, data, config, "training data", arch,
                            eval_batch_size, cache)
         val_enc = None
         if val_examples is not None:
-            val_enc = _encode_data(model, tokenizer, val_data, config, "validation data",
+            val_enc = encode_data(model, tokenizer, val_data, config, "validation data",
                                    arch, eval_batch_size, cache)
         beta_all = (beta_plus(enc.ref_w, enc.ref_l, config.phi)
                     if config.objective == "po" else None)  # [N]
@@ -308,7 +236,7 @@ def _train(model, tokenizer, data, *, layer, config, val_data, rescale_to, model
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
                 snapshots.append(v.detach().float().cpu().clone())  # [d]
                 if every_epoch or (val_enc is not None and epoch == config.epochs - 1):
-                    rec = _validate(model, val_enc, v.detach(), config, layer, pad, arch,
+                    rec = validate_vector(model, val_enc, v.detach(), config, layer, pad, arch,
                                     eval_batch_size, rescale_to)
                     records.append({"epoch": epoch, **rec})
         finally:

@@ -28,7 +28,7 @@ from typing import Any
 from steerscope.artifacts import atomic_write
 from steerscope.errors import DataError, SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
-from steerscope.generate import generate
+from steerscope.generation import generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import format_prompt
 from steerscope.vectors.vector import SteeringVector
@@ -184,6 +184,7 @@ def build_preference_data(
     batch_size: int = 16,
     progress: bool | None = None,
     harmless_refuse: str = "instruction",
+    behaviour=None,
 ) -> PreferenceData:
     """Generate the four greedy response kinds and pair them into preference examples.
 
@@ -194,8 +195,16 @@ def build_preference_data(
     ``dim.intervention(+1.0)`` (``"dim"``: for models that ignore the instruction, such as
     the demo refusal model). Examples keep the input order, harmful first. Examples whose winner
     or loser is empty (an immediate EOS) are dropped and counted in
-    ``metadata["dropped_empty"]``.
+    ``metadata["dropped_empty"]``. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`,
+    default refusal): ``harmful`` / ``harmless`` are its present / absent prompts, "refuse"
+    means showing it, its judge makes the label check, and only ``harmless_refuse="dim"``
+    applies (the refuse instruction is refusal's).
     """
+    if behaviour is not None and behaviour.name != "refusal" and harmless_refuse != "dim":
+        raise SteerscopeError(
+            f"harmless_refuse '{harmless_refuse}' (the refuse instruction) only applies to "
+            f"refusal, not to behaviour '{behaviour.name}'",
+            "set vectors.preference.harmless_refuse: dim")
     harmful = _check_instructions("harmful", harmful)
     harmless = _check_instructions("harmless", harmless)
     if not isinstance(dim, SteeringVector):
@@ -236,8 +245,9 @@ def build_preference_data(
     if not kept:
         raise DataError("every generated response pair has an empty response",
                         "raise max_new_tokens or check the model and DIM vector")
+    presence = None if behaviour is None else behaviour.make_judge()
     meta = {
-        "label_check": label_check(kept),
+        "label_check": label_check(kept, presence),
         "refuse_instruction": REFUSE_INSTRUCTION,
         "harmless_refuse": harmless_refuse,
         "max_new_tokens": max_new_tokens,
@@ -253,33 +263,41 @@ def build_preference_data(
     return PreferenceData(kept, meta)
 
 
-def winner_as_labelled(example: PreferenceExample) -> bool:
-    """Whether the winner does what its kind asks by the refusal-substring matcher: a
-    harmful example's winner complies (no refusal substring), a harmless one's refuses."""
-    refuses = is_refusal_substring(example.winner)
+def winner_as_labelled(example: PreferenceExample, presence=None) -> bool:
+    """Whether the winner does what its kind asks by the refusal-substring matcher (or by
+    ``presence``, a behaviour judge, True = behaviour shown): a harmful example's winner
+    complies (no refusal substring), a harmless one's refuses."""
+    if presence is None:
+        refuses = is_refusal_substring(example.winner)
+    else:
+        refuses = bool(presence.judge([example.instruction or example.prompt],
+                                      [example.winner])[0])
     return refuses if example.kind == "harmless" else not refuses
 
 
-def label_check(examples: Sequence[PreferenceExample]) -> dict[str, float | None]:
+def label_check(examples: Sequence[PreferenceExample],
+                presence=None) -> dict[str, float | None]:
     """Per kind, the share of winners that do what their kind asks
     (:func:`winner_as_labelled`); None for a kind without examples. A low harmless share
     means the model ignored the refuse instruction, so NTP learns to comply on both sides."""
     out: dict[str, float | None] = {}
     for kind in KINDS:
-        rows = [winner_as_labelled(e) for e in examples if e.kind == kind]
+        rows = [winner_as_labelled(e, presence) for e in examples if e.kind == kind]
         out[f"{kind}_winner_as_labelled"] = sum(rows) / len(rows) if rows else None
     return out
 
 
-def drop_mislabelled(data: PreferenceData) -> PreferenceData:
-    """The examples whose winner does what its kind asks (:func:`winner_as_labelled`); the
-    dropped count per kind goes to ``metadata["dropped_mislabelled"]``."""
-    kept = [e for e in data.examples if winner_as_labelled(e)]
+def drop_mislabelled(data: PreferenceData, presence=None) -> PreferenceData:
+    """The examples whose winner does what its kind asks (:func:`winner_as_labelled`, with
+    the behaviour judge ``presence`` if given); the dropped count per kind goes to
+    ``metadata["dropped_mislabelled"]``."""
+    kept = [e for e in data.examples if winner_as_labelled(e, presence)]
     if not kept:
         raise DataError("no preference example has a winner that does what its kind asks",
                         "check the model's refusals or keep vectors.preference."
                         "drop_mislabelled off")
-    dropped = {k: sum(e.kind == k and not winner_as_labelled(e) for e in data.examples)
+    dropped = {k: sum(e.kind == k and not winner_as_labelled(e, presence)
+                      for e in data.examples)
                for k in KINDS}
     return PreferenceData(kept, {**data.metadata, "dropped_mislabelled": dropped})
 

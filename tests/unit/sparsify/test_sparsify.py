@@ -356,7 +356,7 @@ def test_highest_retained_sparsity_on_handmade_points():
 
 
 def test_sparsity_sweep_on_a_tiny_chat_model(tmp_path):
-    from steerscope.generate import generate
+    from steerscope.generation import generate
     from steerscope.models.chat import format_prompt
     from steerscope.sparsify import sparsity_sweep
 

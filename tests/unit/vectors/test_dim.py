@@ -233,7 +233,7 @@ def test_filter_by_refusal_score_keeps_the_right_prompts(llama5, tok):
 def _select(model, tok, **kw):
     harmful, harmless = _fmt(tok, HARMFUL), _fmt(tok, HARMLESS)
     kw = {"filter": False, "kl_threshold": math.inf, "induce_threshold": -math.inf,
-          "progress": False, "batch_size": 2, **kw}
+          "progress": False, "batch_size": 2, "score_all": True, **kw}  # the full table
     return select_dim(model, tok, harmful[:3], harmless[:3], harmful[2:], harmless[2:],
                       model_id="tiny-llama", **kw)
 

@@ -820,6 +820,16 @@ def split_demo_prompts(seed: int = 0, *, held_out: float = 0.15) -> DemoSplit:
     )
 
 
+def demo_split_part(part: str) -> PromptSet:
+    """One part of the default split (:func:`split_demo_prompts` with seed 0):
+    ``"train_harmful"``, ``"train_harmless"``, ``"held_out_harmful"`` or
+    ``"held_out_harmless"``."""
+    if part not in DemoSplit.__dataclass_fields__:
+        raise SteerscopeError(f"unknown demo prompt part '{part}'",
+                              f"use one of {', '.join(DemoSplit.__dataclass_fields__)}")
+    return getattr(split_demo_prompts(0), part)
+
+
 __all__ = [
     "ASK_FRAMES",
     "HOW_FRAMES",
@@ -827,6 +837,7 @@ __all__ = [
     "DemoPromptRecord",
     "DemoSplit",
     "demo_prompt_records",
+    "demo_split_part",
     "demo_training_prompts",
     "split_demo_prompts",
 ]

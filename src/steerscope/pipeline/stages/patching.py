@@ -1,5 +1,5 @@
-"""Pipeline stages ``patching`` (EAP-IG scores) and ``circuits`` (faithfulness, minimum
-circuits, overlap, interchange), paper section 4.
+"""Stage ``patching``: EAP-IG scores of each patched vector on its flipped test prompts,
+paper section 4.
 
 ``patching`` (deps model, data, vectors, trained, evaluation), for each patched method ``m``
 (``patching.methods``; None: those of dim/ntp/po in ``vectors.methods``):
@@ -22,37 +22,100 @@ edges). Rollout batches and EAP-IG examples are units spread over the ranks unde
 and gathered in order, so the files do not depend on the number of processes. A method with
 no flipped prompt is skipped (``outputs["skipped"]``); none at all is an error.
 
-``circuits`` (deps model, vectors, trained, patching) reads those folders and, per method,
-adds the faithfulness curve over ``circuits.sizes`` (or the grid ``circuits.grid_step`` up
-to ``circuits.grid_max``; with ``circuits.position_metrics`` also the released code's
-per-position metrics at each size), the minimum faithful circuit (``circuits.threshold``),
-its complement and ``circuits.n_random`` random circuits of twice its size
-(``circuits.random``: ``pruned`` or ``unpruned``; :func:`~steerscope.patching.run.add_circuits`), saved as ``m/`` (the scores again,
-``circuits.safetensors``, curves and summary in ``result.json``); with several methods
-:func:`~steerscope.patching.run.compare_vectors` gives ``comparison.json`` (overlap, Jaccard,
-interchange), and ``circuits.json`` holds the three results.json sections. Because the
-circuits have their own stage and config section, changing ``circuits.*`` never recomputes
-the EAP-IG scores.
+Config section ``patching`` (:class:`PatchingSection`; the EAP-IG defaults are read from
+:func:`steerscope.patching.run.score_vector`); results.json section ``edge_types``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
+from steerscope.patching.data import datasets_from_rollouts, rollouts
+from steerscope.patching.example_files import save_examples
+from steerscope.patching.run import score_vector
+from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING
 from steerscope.pipeline import distributed
+from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
-from steerscope.pipeline.stages import PROMPTS_FILE, _read, load_vectors
+from steerscope.pipeline.stages.common import (
+    PROMPTS_FILE,
+    behaviour_detector,
+    load_vectors,
+    read_json,
+)
+from steerscope.pipeline.stages.vectors import TRAINED_METHODS
 
-PATCHED_DEFAULT = ("dim", "ntp", "po")
-EXAMPLES_FILE = "examples.json"
+PATCHED_DEFAULT = ("dim", *TRAINED_METHODS)
 PATCHING_FILE = "patching.json"
-CIRCUITS_FILE = "circuits.json"
-COMPARISON_FILE = "comparison.json"
 EDGE_TYPES = ("q", "k", "v", "mlp", "logits")
+PATCHING_FLIPS = ("refusal", "tokens")
+PATCHING_METRICS = ("logit_diff", "kl")
+PATCHING_GRAPHS = ("fine", "coarse")
+
+
+def _ig(name: str):
+    return library_default(score_vector, name)
+
+
+@dataclass
+class PatchingSection:
+    """EAP-IG patching of each patched vector on flipped test prompts (paper section 4)."""
+
+    enabled: bool = True
+    methods: list[str] | None = None  # patched vectors (None: dim and the trained ones listed)
+    # at most this many flipped prompts per patching dataset
+    n_prompts: int = library_default(datasets_from_rollouts, "max_per_dataset")
+    ig_steps: int = _ig("steps")  # EAP-IG steps T
+    max_new_tokens: int = library_default(rollouts, "max_new_tokens")  # rollout length
+    batch_size: int = 16  # rollout batch (the sharding unit)
+    flip: str = PATCHING_FLIPS[0]  # refusal: refusal outcome flipped | tokens: tokens differ
+    # flip refusal: harmful outcomes by this judge (a get_judge spec, paper: llamaguard; steered
+    # unsafe and base safe); None: the refusal substrings (offline). Harmless: substrings.
+    judge: str | None = None
+    metric: str = _ig("metric")  # logit_diff | kl (directional KL)
+    tau: float = _ig("tau")  # kl only: mask positions with KL(P_steer || P_base) < tau
+    reverse: bool = _ig("reverse")  # reverse roles: clean = unsteered, corrupt = steered
+    graph: str = PATCHING_GRAPHS[0]  # fine: per-head q/k/v inputs | coarse: grouped per layer
+    grad_at: str = _ig("grad_at")  # EAP-IG gradient: pre_norm residual | post_norm input
+    logits_at: str = _ig("logits_at")  # soft-capped models: post_cap | pre_cap (released)
+    pooling: str = _ig("pooling")  # dataset_mean | positions (released code)
+    top_n: int = _ig("top_k")  # top edges (by |score|) for results.json's edge_types
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, cfg) -> None:
+        """Patched methods among vectors.methods, positive sizes, known conventions, a
+        judge only with flip: refusal, tau only with metric: kl."""
+        pa = self
+        if pa.methods is not None:
+            if not pa.methods:
+                fail("patching.methods", "is empty", "list at least one method or drop the key")
+            known("patching.methods", pa.methods, cfg.vectors.methods)
+        positive_int("patching.n_prompts", pa.n_prompts)
+        positive_int("patching.ig_steps", pa.ig_steps)
+        positive_int("patching.max_new_tokens", pa.max_new_tokens)
+        positive_int("patching.batch_size", pa.batch_size)
+        positive_int("patching.top_n", pa.top_n)
+        known("patching.flip", [pa.flip], PATCHING_FLIPS)
+        if pa.judge is not None:
+            if not pa.judge.strip():
+                fail("patching.judge", "is empty", "name a judge (e.g. llamaguard) or drop the key")
+            if pa.flip != "refusal":
+                fail("patching.judge", f"applies to patching.flip: refusal, not '{pa.flip}'",
+                     "drop patching.judge or set patching.flip: refusal")
+        known("patching.metric", [pa.metric], PATCHING_METRICS)
+        known("patching.graph", [pa.graph], PATCHING_GRAPHS)
+        known("patching.grad_at", [pa.grad_at], GRAD_AT)
+        known("patching.logits_at", [pa.logits_at], LOGITS_AT)
+        known("patching.pooling", [pa.pooling], POOLING)
+        if not (math.isfinite(pa.tau) and pa.tau >= 0):
+            fail("patching.tau", f"must be a finite number >= 0, got {pa.tau}", "use e.g. 0 or 1")
+        if pa.tau and pa.metric != "kl":
+            fail("patching.tau", "applies to metric kl only", "drop it or set patching.metric: kl")
 
 
 def patched_methods(cfg) -> list[str]:
@@ -82,12 +145,15 @@ def _units(items: list, size: int) -> list[list]:
 
 def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, section,
                       bypass_alpha: float, induce_alpha: float, dist=None,
-                      judge=None) -> tuple[dict, dict]:
+                      judge=None, present=None) -> tuple[dict, dict]:
     """The four patching datasets of one vector from the test prompts, with rollouts cut in
     fixed batches (units sharded over ``dist``'s ranks). ``judge`` (used on rank 0 only, with
     ``flip: refusal``): harmful outcomes from this jailbreak judge. Returns
-    ``(datasets, counts)``, ``counts`` = prompts rolled out and flipped per prompt set."""
-    from steerscope.patching.data import datasets_from_rollouts, judge_harmful_rollouts, rollouts
+    ``(datasets, counts)``, ``counts`` = prompts rolled out and flipped per prompt set.
+    ``present(text) -> bool``: the behaviour judge of a completion (None: the paper's refusal
+    substrings)."""
+    refused = None if present is None else (lambda _prompt, text: present(text))
+    from steerscope.patching.data import judge_harmful_rollouts
 
     dist = dist or distributed.Dist()
     units = [("harmful", c) for c in _units(harmful, section.batch_size)] + \
@@ -97,7 +163,8 @@ def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, se
         kind, chunk = unit
         alpha = bypass_alpha if kind == "harmful" else induce_alpha
         return rollouts(lm.model, lm.tokenizer, chunk, vector, alpha,
-                        max_new_tokens=section.max_new_tokens, batch_size=section.batch_size)
+                        max_new_tokens=section.max_new_tokens, batch_size=section.batch_size,
+                        refused=refused)
 
     done = distributed.map_units(run, units, dist)
     rolls = {"harmful": [], "harmless": []}
@@ -135,17 +202,16 @@ def _edge_type_entry(result, top_n: int) -> dict[str, Any]:
 # --- patching ------------------------------------------------------------------------------
 def patching_stage(ctx, section, inputs) -> dict[str, Any]:
     """Rollouts → flipped prompts → patching datasets → EAP-IG, per patched method."""
-    from steerscope.patching.run import score_vector
-
     lm = ctx.model()
     vectors = load_vectors(ctx.config, inputs, lm.arch)
-    p = _read(inputs["data"], PROMPTS_FILE)
+    p = read_json(inputs["data"], PROMPTS_FILE)
     ev = ctx.config.evaluation
     judge = None
     if section.flip == "refusal" and section.judge is not None and ctx.is_main:
         from steerscope.evaluate import get_judge
 
         judge = get_judge(section.judge)
+    present = behaviour_detector(inputs)
     methods, skipped, summary = {}, {}, {}
     for m in patched_methods(ctx.config):
         if m not in vectors:
@@ -155,7 +221,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
         datasets, counts = patching_datasets(
             lm, v, p["harmful_test"], p["harmless_test"], section=section,
             bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, dist=ctx.dist,
-            judge=judge)
+            judge=judge, present=present)
         n = {k: len(x) for k, x in datasets.items()}
         ctx.log(f"{m}: flipped {counts['flipped']} of {counts['prompts']} test prompts; "
                 f"examples {n}")
@@ -175,8 +241,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
                  "n_edges": res.graph.n_edges, "edge_types": _edge_type_entry(res, section.top_n)}
         if ctx.is_main:
             res.save(ctx.out / m)
-            atomic_write_json(ctx.out / m / EXAMPLES_FILE,
-                              {k: [e.to_json() for e in x] for k, x in datasets.items()})
+            save_examples(ctx.out / m, datasets)
         methods[m] = {"dir": m}
         summary[m] = entry
         ctx.log(f"{m}: EAP-IG over {res.graph.n_edges} edges, steering-node score "
@@ -193,132 +258,11 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
 
 
 def patching_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
-    info = _read(out, PATCHING_FILE)
+    """``edge_types``: per patched method, the edge-type shares of its top edges."""
+    info = read_json(out, PATCHING_FILE)
     return {"edge_types": {m: e["edge_types"] for m, e in info["methods"].items()}}
 
 
-# --- circuits ------------------------------------------------------------------------------
-def load_examples(folder) -> dict[str, list]:
-    """The patching examples a patching stage saved (``{dataset: [PatchingExample]}``)."""
-    from steerscope.patching.data import PatchingExample
-
-    raw = json.loads((folder / EXAMPLES_FILE).read_text(encoding="utf-8"))
-    return {k: [PatchingExample.from_json(e) for e in v] for k, v in raw.items()}
-
-
-def _finite(x) -> float | None:
-    return float(x) if x is not None and x == x and abs(x) != float("inf") else None
-
-
-def circuit_entry(result, threshold: float) -> dict[str, Any]:
-    """The ``circuits.<method>`` entry of results.json from a result with circuits."""
-    s = result.tables["summary"]
-    curve = result.curves["eap_ig"]
-    rnd = [f for f in s["random_2x_faithfulness"] if f == f]
-    entry = {
-        "total_edges": int(s["n_edges"]),
-        "faithfulness_curve": [[int(n), float(f)] for n, f in
-                               zip(curve.actual, curve.faithfulness) if f == f],
-        "min_faithful_size": int(s["min_faithful_size"]) if s["faithful"] else None,
-        "complement_faithfulness": _finite(s["complement_faithfulness"]),
-        "random_faithfulness": _finite(sum(rnd) / len(rnd)) if rnd else None,
-        "min_faithfulness": _finite(s["min_faithfulness"]),
-        "threshold": threshold,
-        "m_full": _finite(s["m_full"]), "m_empty": _finite(s["m_empty"]),
-        "graph": "coarse" if result.graph.coarse else "fine",
-        "reverse": bool(s.get("reverse", result.meta.get("reverse", False))),
-        "random_kind": s.get("random_kind", "unpruned"),
-    }
-    if curve.positions is not None:
-        entry["position_metrics"] = [
-            {"size": int(n), **{k: _position_entry(v) for k, v in per.items()}}
-            for n, per in zip(curve.actual, curve.positions)]
-        entry["min_size_by_metric"] = s["min_size_by_metric"]
-    return entry
-
-
-def _position_entry(summary: dict) -> dict[str, Any]:
-    """One set's position metrics for results.json (``overall``/``differ``/``same`` means;
-    ``logprob`` overall only)."""
-    from steerscope.patching.faithfulness import POSITION_METRICS
-
-    out: dict[str, Any] = {"n_positions": summary.get("n_positions", 0),
-                           "base_match": _finite(summary.get("base_match"))}
-    for k in POSITION_METRICS:
-        if k in summary:
-            out[k] = {part: _finite(v) for part, v in summary[k].items()}
-    return out
-
-
-def overlap_sizes(section, results: dict) -> list[int]:
-    """The matched sizes of the overlap matrices: ``circuits.overlap_sizes``, else the size
-    of each method's minimum circuit (sorted, distinct)."""
-    if section.overlap_sizes is not None:
-        return sorted(set(section.overlap_sizes))
-    return sorted({int(r.circuits["eap_ig.min"].sum()) for r in results.values()})
-
-
-def overlap_by_size(results: dict, sizes: list[int]) -> list[dict[str, Any]]:
-    """For each size n: ``|C_i ∩ C_j| / min(|C_i|, |C_j|)`` of the methods' top-n circuits."""
-    from steerscope.patching.circuits import build_circuit, overlap
-
-    names = list(results)
-    graph = results[names[0]].graph
-    rows = []
-    for n in sizes:
-        cs = [build_circuit(graph, results[m].scores["eap_ig"].edges, int(n)) for m in names]
-        rows.append({"size": int(n), "matrix": [[_finite(overlap(a, b)) for b in cs]
-                                                for a in cs],
-                     "actual": [int(c.sum()) for c in cs]})
-    return rows
-
-
-def circuits_stage(ctx, section, inputs) -> dict[str, Any]:
-    """Faithfulness curves, minimum faithful circuits and controls per patched method; the
-    overlap at matched sizes and the interchange matrix across methods."""
-    from steerscope.patching import PatchingResult
-    from steerscope.patching.run import add_circuits, compare_vectors
-
-    lm = ctx.model()
-    vectors = load_vectors(ctx.config, inputs, lm.arch)
-    patched = inputs["patching"]
-    results, data, entries = {}, {}, {}
-    for m in patched.outputs.get("methods", {}):
-        folder = patched.path(patched.outputs["methods"][m]["dir"])
-        res = PatchingResult.load(folder)
-        examples = load_examples(folder)
-        add_circuits(lm.model, vectors[m], examples, res, arch=lm.arch, sizes=section.sizes,
-                     grid_step=section.grid_step, grid_max=section.grid_max,
-                     threshold=section.threshold, refine_steps=section.refine_steps,
-                     n_random=section.n_random, random_kind=section.random,
-                     position_metrics=section.position_metrics, progress=ctx.progress)
-        res.save(ctx.out / m)
-        results[m], data[m] = res, (examples, vectors[m])
-        entries[m] = circuit_entry(res, section.threshold)
-        e = entries[m]
-        ctx.log(f"{m}: minimum faithful circuit {e['min_faithful_size']} of "
-                f"{e['total_edges']} edges (faithfulness {e['min_faithfulness']}), complement "
-                f"{e['complement_faithfulness']}, random 2x ({e['random_kind']}) "
-                f"{e['random_faithfulness']}")
-    out: dict[str, Any] = {"circuits": entries}
-    if len(results) > 1:
-        names = list(results)
-        sizes = overlap_sizes(section, results)
-        cmp = compare_vectors(lm.model, results, data, sizes=sizes)
-        atomic_write_json(ctx.out / COMPARISON_FILE, cmp)
-        out["overlap"] = {"methods": names, "by_size": overlap_by_size(results, sizes),
-                          "min_circuits": [[_finite(cmp["overlap"][a][b]) for b in names]
-                                           for a in names]}
-        out["interchange"] = {"methods": names,
-                              "matrix": [[_finite(cmp["interchange"][a][b]) for b in names]
-                                         for a in names]}
-    atomic_write_json(ctx.out / CIRCUITS_FILE, out)
-    return {"methods": {m: {"dir": m} for m in results}, "file": CIRCUITS_FILE}
-
-
-def circuits_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
-    return _read(out, CIRCUITS_FILE)
-
-
-register_stage("patching", results=patching_results, distributed=True)(patching_stage)
-register_stage("circuits", results=circuits_results)(circuits_stage)
+register_stage("patching", deps=("model", "data", "vectors", "trained", "evaluation"),
+               section="patching", config=PatchingSection, results=patching_results,
+               distributed=True)(patching_stage)

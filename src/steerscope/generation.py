@@ -46,7 +46,9 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _eos_ids(model, eos_token_id) -> list[int]:
+def eos_token_ids(model, eos_token_id) -> list[int]:
+    """The end-of-sequence token ids generation stops at: ``eos_token_id`` (an id or a list)
+    when given, else the model's generation config's, else its config's; [] when none."""
     if eos_token_id is None:
         eos_token_id = getattr(model.generation_config, "eos_token_id", None)
         if eos_token_id is None:
@@ -136,7 +138,7 @@ def generate_ids(
         attention_mask = torch.ones_like(input_ids)
     attention_mask = attention_mask.to(device).long()
     batch, prompt_len = input_ids.shape
-    eos = torch.tensor(_eos_ids(model, eos_token_id), device=device, dtype=torch.long)
+    eos = torch.tensor(eos_token_ids(model, eos_token_id), device=device, dtype=torch.long)
     if pad_token_id is None:
         pad_token_id = int(eos[0]) if len(eos) else 0
 

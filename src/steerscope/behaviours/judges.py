@@ -1,0 +1,140 @@
+"""Behaviour judges: ``judge(prompts, responses) -> list[bool]``, True = behaviour present.
+
+A judge is given as a spec dict ``{"kind": KIND, ...}``; :data:`JUDGE_KINDS` defines every
+kind once, with its required keys and defaults:
+
+- ``substring``: ``substrings`` (list); present when any occurs anywhere in the response
+  (case-insensitive, typographic quotes normalised, as the paper's refusal matcher);
+- ``regex``: ``patterns`` (list), ``min_matches`` (default 1), ``ignore_case`` (default
+  true); present when the patterns' non-overlapping matches in the response, summed over
+  patterns, number at least ``min_matches``;
+- ``callable``: ``function`` = ``"module:function"``, a function text -> bool;
+- ``classifier``: ``model`` (hub id or path), ``label`` (the class meaning "present", name
+  or index; default ``"present"``), ``pair`` (default false: the response alone) -- an HF
+  sequence classifier (:class:`~steerscope.evaluate.judges.ClassifierJudge`);
+- ``chat``: ``model``, ``template`` (text with ``{prompt}`` / ``{response}``; default: the
+  judge's own chat template on the conversation), ``present_word`` (default ``"yes"``) --
+  present when the chat model's greedy answer starts with that word
+  (:class:`~steerscope.evaluate.judges.ChatModelJudge`).
+
+:func:`check_judge_spec` checks a spec (kind, keys, that regexes compile, that the callable
+imports) without loading any model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steerscope.errors import SteerscopeError
+from steerscope.evaluate.presence import (
+    CallablePresence,
+    RegexPresence,
+    SubstringPresence,
+    import_callable,
+)
+
+
+def _classifier(model: str, label: str | int = "present", pair: bool = False, device=None):
+    from steerscope.evaluate.judges import ClassifierJudge
+
+    return ClassifierJudge(model, label_for_unsafe=label, pair=pair, device=device,
+                           min_words=None)
+
+
+def _chat(model: str, template: str | None = None, present_word: str = "yes", device=None):
+    from steerscope.evaluate.judges import ChatModelJudge
+
+    return ChatModelJudge(model, template=template, unsafe_word=present_word, device=device,
+                          min_words=None)
+
+
+@dataclass(frozen=True)
+class JudgeKind:
+    """One judge kind: its builder, required keys and optional keys with their defaults."""
+
+    build: Callable[..., Any]
+    required: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    takes_device: bool = False
+
+
+JUDGE_KINDS: dict[str, JudgeKind] = {
+    "substring": JudgeKind(SubstringPresence, ("substrings",), {}),
+    "regex": JudgeKind(RegexPresence, ("patterns",), {"min_matches": 1, "ignore_case": True}),
+    "callable": JudgeKind(CallablePresence, ("function",), {}),
+    "classifier": JudgeKind(_classifier, ("model",), {"label": "present", "pair": False},
+                            takes_device=True),
+    "chat": JudgeKind(_chat, ("model",), {"template": None, "present_word": "yes"},
+                      takes_device=True),
+}
+
+
+def _str_list(spec: Mapping, key: str) -> list[str]:
+    value = spec[key]
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value or not all(
+            isinstance(v, str) and v for v in value):
+        raise SteerscopeError(f"judge.{key} must be a non-empty list of non-empty strings",
+                              f"write e.g. {key}: [\"...\"]")
+    return list(value)
+
+
+def check_judge_spec(spec: Any) -> dict[str, Any]:
+    """The spec with defaults filled in, after every check that needs no model: a known
+    kind, required keys present, no unknown keys, value types, regexes compile, the callable
+    imports. One-line :class:`SteerscopeError` naming the key otherwise."""
+    if not isinstance(spec, Mapping):
+        raise SteerscopeError("judge must be a mapping with a 'kind' key",
+                              "write e.g. judge: {kind: substring, substrings: [...]}")
+    kind = spec.get("kind")
+    if kind not in JUDGE_KINDS:
+        raise SteerscopeError(f"judge.kind '{kind}' is unknown",
+                              f"use one of {', '.join(JUDGE_KINDS)}")
+    jk = JUDGE_KINDS[kind]
+    allowed = {"kind", *jk.required, *jk.defaults}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise SteerscopeError(f"judge key '{unknown[0]}' is unknown for kind '{kind}'",
+                              f"use only {', '.join(sorted(allowed))}")
+    for key in jk.required:
+        if key not in spec or spec[key] in (None, ""):
+            raise SteerscopeError(f"judge.{key} is missing (kind '{kind}' needs it)",
+                                  f"add {key}: to the judge")
+    out = {"kind": kind, **jk.defaults, **{k: v for k, v in spec.items() if k != "kind"}}
+    if kind == "substring":
+        out["substrings"] = _str_list(out, "substrings")
+    elif kind == "regex":
+        out["patterns"] = _str_list(out, "patterns")
+        for p in out["patterns"]:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise SteerscopeError(f"judge.patterns entry {p!r} does not compile ({exc})",
+                                      "fix the regular expression (YAML: single-quote it)") from None
+        mm = out["min_matches"]
+        if isinstance(mm, bool) or not isinstance(mm, int) or mm < 1:
+            raise SteerscopeError(f"judge.min_matches must be an integer >= 1, got {mm!r}",
+                                  "write e.g. min_matches: 1")
+    elif kind == "callable":
+        import_callable(out["function"])
+    elif kind == "chat" and out["template"] is not None and "{response}" not in out["template"]:
+        raise SteerscopeError("judge.template has no {response} placeholder",
+                              "include {prompt} and {response} in the template")
+    return out
+
+
+def make_judge(spec: Mapping[str, Any], *, device=None):
+    """The judge object for ``spec`` (checked with :func:`check_judge_spec`); model judges
+    load lazily, on first use."""
+    full = check_judge_spec(spec)
+    jk = JUDGE_KINDS[full["kind"]]
+    kwargs = {k: v for k, v in full.items() if k != "kind"}
+    if jk.takes_device:
+        kwargs["device"] = device
+    return jk.build(**kwargs)
+
+
+__all__ = ["JUDGE_KINDS", "CallablePresence", "JudgeKind", "RegexPresence",
+           "SubstringPresence", "check_judge_spec", "import_callable", "make_judge"]

@@ -1,0 +1,48 @@
+"""The run's behaviour and where each prompt split comes from: the top-level config key
+``behaviour`` (a built-in name or a YAML file, :func:`steerscope.behaviours.load_behaviour`)
+gives the sources of its two sides; the ``data`` section overrides any of them. Used by the
+config checks, the input checks (:mod:`steerscope.pipeline.inputs`) and the data stage."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from steerscope.errors import SteerscopeError
+
+# prompts.json key -> (side, split); refusal's key names kept for the two sides
+SPLIT_SIDES = {f"{old}_{split}": (side, split) for split in ("train", "val", "test")
+               for side, old in (("present", "harmful"), ("absent", "harmless"))}
+
+
+@lru_cache(maxsize=16)
+def _behaviour(spec: str, data_dir: str | None):
+    from steerscope.behaviours import load_behaviour
+
+    return load_behaviour(spec, data_dir=data_dir, check_sources=False)
+
+
+def run_behaviour(cfg):
+    """The run's :class:`~steerscope.behaviours.Behaviour` (one-line error naming the
+    ``behaviour`` key when it does not load)."""
+    try:
+        return _behaviour(cfg.behaviour, cfg.data.data_dir)
+    except SteerscopeError as exc:
+        raise SteerscopeError(f"config key 'behaviour': {exc}") from None
+
+
+def split_sources(cfg) -> dict[str, tuple[Any, str]]:
+    """prompts.json key -> (its source, the config key that names it): ``data.present_*``,
+    else ``data.harmful_*`` (refusal's name), else the behaviour's source (named by the
+    ``data`` key, as before behaviours)."""
+    b = run_behaviour(cfg)
+    out = {}
+    for key, (side, split) in SPLIT_SIDES.items():
+        generic = f"{side}_{split}"
+        if getattr(cfg.data, generic) is not None:
+            out[key] = (getattr(cfg.data, generic), f"data.{generic}")
+        elif getattr(cfg.data, key) is not None:
+            out[key] = (getattr(cfg.data, key), f"data.{key}")
+        else:
+            out[key] = (b.source(side, split), f"data.{key}")
+    return out

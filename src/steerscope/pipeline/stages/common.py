@@ -1,0 +1,95 @@
+"""Helpers the stage modules share: reading a finished stage's files and the run's vectors.
+File names inside a stage folder are fixed (docs/pipeline.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from steerscope.errors import SteerscopeError
+from steerscope.pipeline.registry import StageOutput
+
+PROMPTS_FILE = "prompts.json"  # the data stage's samples, {split key: [instruction]}
+BEHAVIOUR_FILE = "behaviour.json"  # the data stage's record of the run's behaviour
+
+
+def read_json(output: StageOutput, name: str) -> Any:
+    """The JSON file ``name`` of a finished stage."""
+    return json.loads(output.path(name).read_text(encoding="utf-8"))
+
+
+def first(items: list[str], n: int | None) -> list[str]:
+    """The first ``n`` items (all for None)."""
+    return list(items) if n is None else list(items)[:n]
+
+
+def vector_entry(sv, file: str) -> dict[str, Any]:
+    """A vector's record in a stage's outputs (file name, layer, position, norm, sha256)."""
+    return {"file": file, "layer": sv.layer, "position": sv.position, "norm": sv.norm,
+            "sha256": sv.sha256}
+
+
+def vectors_results_section(out: StageOutput) -> dict[str, Any]:
+    """The ``vectors`` results.json entries of the vectors a stage wrote."""
+    return {m: {"path": str(out.dir / e["file"]), **{k: v for k, v in e.items() if k != "file"}}
+            for m, e in out.outputs.get("methods", {}).items()}
+
+
+def load_vectors(cfg, inputs: dict[str, StageOutput], arch=None) -> dict:
+    """The run's vectors in ``vectors.methods`` order, from the vectors and trained stages."""
+    from steerscope.vectors import SteeringVector
+
+    out = {}
+    for m in cfg.vectors.methods:
+        for stage in ("vectors", "trained"):
+            entry = inputs[stage].outputs.get("methods", {}).get(m) if stage in inputs else None
+            if entry is not None:
+                out[m] = SteeringVector.load(inputs[stage].path(entry["file"]), arch)
+                break
+    return out
+
+
+def analysed_methods(patching: StageOutput) -> list[str]:
+    """The methods the patching stage analysed (its outputs' ``methods``, in order)."""
+    return [m for m in patching.outputs.get("methods", {})
+            if (patching.dir / m / "result.json").is_file()]
+
+
+def patching_result(patching: StageOutput, method: str):
+    """The :class:`~steerscope.patching.result.PatchingResult` of ``method``."""
+    from steerscope.patching.result import PatchingResult
+
+    return PatchingResult.load(patching.path(method))
+
+
+def patched_vectors(ctx, inputs: dict[str, StageOutput], arch) -> dict:
+    """method -> SteeringVector for every method the patching stage analysed."""
+    vectors = load_vectors(ctx.config, inputs, arch)
+    methods = analysed_methods(inputs["patching"])
+    missing = [m for m in methods if m not in vectors]
+    if missing:
+        raise SteerscopeError(f"patched method '{missing[0]}' has no vector in this run",
+                              "list it in vectors.methods")
+    return {m: vectors[m] for m in methods}
+
+
+def behaviour_detector(inputs: dict[str, StageOutput]):
+    """``present(text) -> bool``: the run's behaviour judge on one completion (refusal: the
+    paper's substring matcher), from the data stage's ``behaviour.json``."""
+    judge = stage_behaviour(inputs["data"]).make_judge()
+    return lambda text: bool(judge.judge([""], [text])[0])
+
+
+def score_ids(inputs: dict[str, StageOutput]) -> list[int] | None:
+    """The behaviour's fast-score token ids the vectors stage used (None for a vectors stage
+    that recorded none)."""
+    ids = inputs["vectors"].outputs.get("score_ids") if "vectors" in inputs else None
+    return None if ids is None else [int(i) for i in ids]
+
+
+def stage_behaviour(data: StageOutput):
+    """The behaviour a finished data stage recorded (its ``behaviour.json``)."""
+    from steerscope.behaviours import behaviour_from_dict
+
+    return behaviour_from_dict(read_json(data, BEHAVIOUR_FILE)["definition"],
+                               check_sources=False)

@@ -1,0 +1,95 @@
+"""Stage ``evaluation``: the steering table on the test prompts (the behaviour judged by the
+run's behaviour, scored with its fast-score tokens) (``evaluation.json``: rows,
+cosine, prompts, completions, per-prompt refusal scores), sharded over ranks under torchrun
+(:func:`steerscope.pipeline.evaluation.sharded_steering_eval`).
+
+Config section ``evaluation`` (:class:`EvaluationSection`; defaults read from
+:func:`steerscope.evaluate.steering.evaluate_steering`), whose alphas and batch size the
+later stages reuse; results.json sections ``steering`` and ``cosine``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from steerscope.artifacts import atomic_write_json
+from steerscope.evaluate.steering import evaluate_steering
+from steerscope.pipeline.checks import finite, library_default, positive_int
+from steerscope.pipeline.registry import StageOutput, register_stage
+from steerscope.pipeline.stages.common import (
+    PROMPTS_FILE,
+    behaviour_detector,
+    load_vectors,
+    read_json,
+    score_ids,
+)
+
+EVAL_FILE = "evaluation.json"
+
+
+def _lib(name: str):
+    return library_default(evaluate_steering, name)
+
+
+@dataclass
+class EvaluationSection:
+    """Steered evaluation (the steering table)."""
+
+    max_new_tokens: int = _lib("max_new_tokens")
+    batch_size: int = _lib("batch_size")
+    bypass_alpha: float = _lib("bypass_alpha")
+    induce_alpha: float = _lib("induce_alpha")
+    judge: str | None = _lib("judge")  # None: substring only; else a get_judge spec
+
+    def check(self, cfg) -> None:
+        """Positive sizes, finite alphas."""
+        positive_int("evaluation.max_new_tokens", self.max_new_tokens)
+        positive_int("evaluation.batch_size", self.batch_size)
+        finite("evaluation.bypass_alpha", self.bypass_alpha)
+        finite("evaluation.induce_alpha", self.induce_alpha)
+
+
+def evaluation_stage(ctx, section, inputs) -> dict[str, Any]:
+    """The steering table on the test prompts (sharded over ranks under torchrun)."""
+    from steerscope.pipeline.evaluation import sharded_steering_eval
+
+    lm = ctx.model()
+    vectors = load_vectors(ctx.config, inputs, lm.arch)
+    p = read_json(inputs["data"], PROMPTS_FILE)
+    judge = None
+    if section.judge is not None and ctx.is_main:
+        from steerscope.evaluate import get_judge
+
+        judge = get_judge(section.judge)
+    table = sharded_steering_eval(
+        lm.model, lm.tokenizer, vectors, p["harmful_test"], p["harmless_test"], arch=lm.arch,
+        bypass_alpha=section.bypass_alpha, induce_alpha=section.induce_alpha,
+        max_new_tokens=section.max_new_tokens, batch_size=section.batch_size, judge=judge,
+        dist=ctx.dist, progress=ctx.progress, score_ids=score_ids(inputs),
+        present=behaviour_detector(inputs))
+    if ctx.is_main:
+        atomic_write_json(ctx.out / EVAL_FILE, table)
+    for r in table["rows"]:
+        ctx.log(f"{r['method']:6s} {r['prompt_set']:8s} ASR {r['asr']:.3f} "
+                f"mean refusal score {r['mean_refusal_score']:+.3f}")
+    return {"file": EVAL_FILE}
+
+
+def evaluation_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
+    """``steering`` (per method and prompt set) and ``cosine`` (the vectors' matrix)."""
+    table = read_json(out, EVAL_FILE)
+    steering: dict[str, dict[str, Any]] = {}
+    for r in table["rows"]:
+        steering.setdefault(r["method"], {})[r["prompt_set"]] = {
+            "asr": r["asr"], "mean_refusal_score": r["mean_refusal_score"],
+            "judge_asr": r["judge_asr"], "refusal_rate": r["refusal_rate"],
+            "score_refusal_rate": r["score_refusal_rate"], "alpha": r["alpha"], "n": r["n"]}
+    names = list(table["cosine"])
+    matrix = [[table["cosine"][a][b] for b in names] for a in names]
+    return {"steering": steering, "cosine": {"methods": names, "matrix": matrix}}
+
+
+register_stage("evaluation", deps=("model", "data", "vectors", "trained"),
+               section="evaluation", config=EvaluationSection, results=evaluation_results,
+               distributed=True)(evaluation_stage)

@@ -1,0 +1,107 @@
+"""Stage ``freeze``: the freezing-ablation table (paper Table 1) of one vector
+(``freeze.method``, DIM by default) on the test prompts, judged by the run's behaviour,
+:func:`steerscope.mechanisms.freeze_evaluation`; files ``freeze.json`` (rows, mean drops,
+prompts, completions) and ``freeze.png``.
+
+Config section ``freeze`` (:class:`FreezeSection`; modes and generation length default to
+:func:`~steerscope.mechanisms.freeze_evaluation`'s); steering coefficients and the batch
+size come from the ``evaluation`` section. results.json section ``freeze``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from steerscope.errors import SteerscopeError
+from steerscope.mechanisms import MODES, freeze_evaluation
+from steerscope.pipeline.checks import fail, known, library_default, positive_int
+from steerscope.pipeline.registry import StageOutput, register_stage
+from steerscope.pipeline.stages.common import (
+    PROMPTS_FILE,
+    first,
+    load_vectors,
+    read_json,
+    stage_behaviour,
+)
+from steerscope.pipeline.stages.vectors import TRAINED_METHODS
+
+FREEZE_FILE = "freeze.json"
+FREEZE_MODES = tuple(m for m in MODES if m != "none")  # "none" (plain steering) always runs
+
+
+@dataclass
+class FreezeSection:
+    """Table 1 of one extracted vector on the first ``n_prompts`` test prompts per set."""
+
+    enabled: bool = True
+    method: str = "dim"  # the vector ablated: dim or an extraction method (not a trained one)
+    modes: list[str] = field(
+        default_factory=lambda: list(library_default(freeze_evaluation, "modes")))
+    n_prompts: int | None = None  # first N test prompts per set (None: all)
+    max_new_tokens: int = library_default(freeze_evaluation, "max_new_tokens")
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, cfg) -> None:
+        """Known modes; the method is an extracted vector of vectors.methods."""
+        known("freeze.modes", self.modes, FREEZE_MODES)
+        if self.enabled and (self.method not in cfg.vectors.methods
+                             or self.method in TRAINED_METHODS):
+            fail("freeze.method", f"'{self.method}' is not an extracted vector of "
+                 "vectors.methods", "use dim or an extraction method listed in vectors.methods")
+        positive_int("freeze.n_prompts", self.n_prompts, allow_none=True)
+        positive_int("freeze.max_new_tokens", self.max_new_tokens)
+
+
+def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
+    """Table 1 for ``freeze.method`` on the first ``freeze.n_prompts`` test prompts of each
+    set: plain steering (``none``) and every mode of ``freeze.modes``."""
+    lm = ctx.model()
+    vectors = load_vectors(ctx.config, inputs, lm.arch)
+    if section.method not in vectors:
+        raise SteerscopeError(f"freeze.method '{section.method}' is not a vector of the vectors "
+                              "stage", "use dim or an extraction method listed in vectors.methods")
+    p = read_json(inputs["data"], PROMPTS_FILE)
+    ev = ctx.config.evaluation
+    res = freeze_evaluation(
+        lm.model, lm.tokenizer, vectors[section.method],
+        first(p["harmful_test"], section.n_prompts), first(p["harmless_test"], section.n_prompts),
+        modes=section.modes, bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha,
+        max_new_tokens=section.max_new_tokens, batch_size=ev.batch_size, arch=lm.arch,
+        vector_name=section.method, behaviour=stage_behaviour(inputs["data"]))
+    res.save(ctx.out)
+    for line in res.table().splitlines():
+        ctx.log(line)
+    return {"file": FREEZE_FILE, "figure": "freeze.png", "method": section.method,
+            "modes": res.modes}
+
+
+def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
+    """The ``freeze`` results section from a ``freeze.json`` object: per mode (``none`` =
+    plain steering first) the ASR on both sets and the mean drop in absolute ASR points (0
+    for plain steering, the reference)."""
+    rows: dict[str, dict[str, dict]] = {}
+    for r in table["rows"]:
+        rows.setdefault(r["mode"], {})[r["prompt_set"]] = r
+    out: dict[str, dict[str, Any]] = {}
+    for mode, by_set in rows.items():
+        # refusal's set names (harmful / harmless), else the sides' (present / absent)
+        h, b = (by_set["harmful"], by_set["harmless"]) if "harmful" in by_set else (
+            by_set["present"], by_set["absent"])
+        none = mode == "none"
+        out[mode] = {"harmful_asr": h["asr"], "harmless_asr": b["asr"],
+                     "mean_drop": 0.0 if none else table["mean_drop"].get(mode),
+                     "harmful_drop": 0.0 if none else h["drop"],
+                     "harmless_drop": 0.0 if none else b["drop"],
+                     "harmful_alpha": h["alpha"], "harmless_alpha": b["alpha"],
+                     "n_harmful": h["n"], "n_harmless": b["n"]}
+    return out
+
+
+def freeze_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
+    """``freeze``: per mode, both sets' ASR and the drops."""
+    return {"freeze": freeze_section(read_json(out, FREEZE_FILE))}
+
+
+register_stage("freeze", deps=("model", "data", "vectors", "evaluation"), section="freeze",
+               config=FreezeSection, results=freeze_results)(freeze_stage)

@@ -1,0 +1,170 @@
+"""Stage ``sparsify``: the sparsity sweep of the patched methods
+(:func:`steerscope.sparsify.sweep.sparsity_sweep`) with the dimension-level IE taken from
+the patching run's EAP-IG steering-node scores (no IG recomputed), and the IoU /
+hypergeometric agreement of the kept sets at each τ; files ``sweep.json``,
+``agreement.json``, ``retention.png`` (+ ``agreement.png``), ``ie_<method>.safetensors``.
+
+Config section ``sparsify`` (:class:`SparsifySection`; rules, taus and seed default to
+:func:`~steerscope.sparsify.sweep.sparsity_sweep`'s). Rule names are the library's
+(:data:`steerscope.sparsify.RULES`: ``gradient``, ``ie``, ``magnitude``, ``random``); the
+older config names ``grad``, ``bottomk``, ``dropout`` are accepted as aliases
+(:data:`~steerscope.sparsify.RULE_ALIASES`), and results.json keys each rule by the name the
+config lists. Steering coefficients and the batch size come from the ``evaluation`` section.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from steerscope.errors import SteerscopeError
+from steerscope.pipeline.checks import fail, known, library_default, positive_int
+from steerscope.pipeline.registry import StageOutput, register_stage
+from steerscope.pipeline.stages.common import (
+    PROMPTS_FILE,
+    first,
+    patched_vectors,
+    patching_result,
+    read_json,
+    stage_behaviour,
+)
+from steerscope.sparsify.rules import RULE_ALIASES, RULES, canonical_rule
+from steerscope.sparsify.sweep import sparsity_sweep
+
+SWEEP_FILE = "sweep.json"
+AGREEMENT_FILE = "agreement.json"
+# every accepted config rule name -> the library's rule name
+RULE_NAMES = {**{r: r for r in RULES}, **RULE_ALIASES}
+
+
+def _lib(name: str):
+    return library_default(sparsity_sweep, name)
+
+
+@dataclass
+class SparsifySection:
+    """The sparsity sweep of the patched methods at each τ (every rule at that k)."""
+
+    enabled: bool = True
+    rules: list[str] = field(default_factory=lambda: list(_lib("rules")))
+    taus: list[float] = field(default_factory=lambda: list(_lib("taus")))
+    n_prompts: int | None = None  # first N test prompts per set (None: all)
+    max_new_tokens: int | None = None  # tokens per steered generation (None: evaluation's)
+    seed: int = _lib("seed")  # the random rule's sets
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, cfg) -> None:
+        """Known rules (aliases too, each rule once), non-negative finite taus, positive
+        sizes, non-empty lists."""
+        known("sparsify.rules", self.rules, list(RULE_NAMES))
+        if len({canonical_rule(r) for r in self.rules}) != len(self.rules):
+            fail("sparsify.rules", "lists a rule twice (under its name and an alias)",
+                 "list each rule once")
+        for t in self.taus:
+            if not (math.isfinite(t) and t >= 0):
+                fail("sparsify.taus", f"has a negative or non-finite threshold {t}",
+                     "use values >= 0")
+        positive_int("sparsify.n_prompts", self.n_prompts, allow_none=True)
+        positive_int("sparsify.max_new_tokens", self.max_new_tokens, allow_none=True)
+        if not self.taus:
+            fail("sparsify.taus", "is empty", "list at least one threshold, e.g. [0, 1]")
+        if not self.rules:
+            fail("sparsify.rules", "is empty", "list at least one rule, e.g. [gradient, ie]")
+
+
+def patching_ie(patching: StageOutput, method: str):
+    """The dimension-level IE [d] of ``method`` from the patching run's EAP-IG scores
+    (:func:`steerscope.patching.steer_dimension_scores`)."""
+    from steerscope.patching.scores import steer_dimension_scores
+
+    res = patching_result(patching, method)
+    if "eap_ig" not in res.scores:
+        raise SteerscopeError(f"the patching result of '{method}' has no EAP-IG scores",
+                              "rerun the patching stage")
+    _, ie = steer_dimension_scores(res.scores["eap_ig"])
+    return ie
+
+
+def sparsify_stage(ctx, section, inputs) -> dict[str, Any]:
+    """The sparsity sweep of every patched method at each τ of ``sparsify.taus`` (rules
+    ``sparsify.rules`` at equal sparsity) on the first ``sparsify.n_prompts`` test prompts of
+    each set, with the IE of the patching run; agreement of the methods' kept sets."""
+    from safetensors.torch import save_file
+
+    from steerscope.artifacts import atomic_write
+
+    lm = ctx.model()
+    vectors = patched_vectors(ctx, inputs, lm.arch)
+    if not vectors:
+        raise SteerscopeError("the patching stage analysed no method",
+                              "check patching.methods and the patching stage's log")
+    ies = {}
+    for m in vectors:
+        ie = patching_ie(inputs["patching"], m)
+        ies[m] = ie
+        atomic_write(ctx.out / f"ie_{m}.safetensors",
+                     lambda tmp, t=ie: save_file({"ie": t.float().contiguous()}, tmp))
+    p = read_json(inputs["data"], PROMPTS_FILE)
+    ev = ctx.config.evaluation
+    max_new = section.max_new_tokens if section.max_new_tokens is not None else ev.max_new_tokens
+    res = sparsity_sweep(
+        lm.model, lm.tokenizer, vectors, ies, first(p["harmful_test"], section.n_prompts),
+        first(p["harmless_test"], section.n_prompts), taus=section.taus,
+        rules=[canonical_rule(r) for r in section.rules], seed=section.seed,
+        bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, max_new_tokens=max_new,
+        batch_size=ev.batch_size, arch=lm.arch, progress=ctx.progress and ctx.is_main,
+        behaviour=stage_behaviour(inputs["data"]))
+    res.save(ctx.out)
+    for line in res.table().splitlines():
+        ctx.log(line)
+    ctx.log(f"{res.config['generations']} distinct steered generations")
+    return {"file": SWEEP_FILE, "agreement": AGREEMENT_FILE, "methods": list(vectors),
+            "rules": list(section.rules), "generations": res.config["generations"]}
+
+
+def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
+    """The ``sparsify`` results section from a ``sweep.json`` object.
+
+    ``{method: {rule: [point]}}`` with the rule names as the config lists them (``rules``
+    order; an alias such as ``grad`` stays ``grad``) and points
+    ``{sparsity, harmful_asr, harmless_asr, tau, k, ...}`` sorted by sparsity (harmful =
+    the bypass set, harmless = the induce set); ``iou``: one row per τ level and method
+    pair, ``level`` = τ.
+    """
+    back = {canonical_rule(r): r for r in rules}
+    out: dict[str, Any] = {}
+    for pt in sweep["points"]:
+        rule = back.get(pt["rule"])
+        if rule is None:
+            continue
+        by_rule = out.setdefault(pt["method"], {r: [] for r in rules})
+        by_rule[rule].append({
+            "sparsity": pt["sparsity"], "harmful_asr": pt["bypass_asr"],
+            "harmless_asr": pt["induce_asr"], "tau": pt["tau"], "k": pt["k"], "d": pt["d"],
+            "harmful_retention": pt["bypass_retention"],
+            "harmless_retention": pt["induce_retention"]})
+    for by_rule in out.values():
+        for pts in by_rule.values():
+            pts.sort(key=lambda q: (q["sparsity"], q["tau"] if q["tau"] is not None else 0.0))
+    iou = []
+    for r in sweep["agreement"]:
+        if not str(r["level"]).startswith("tau="):
+            continue
+        iou.append({"level": float(r["level"].split("=", 1)[1]), "pair": [r["a"], r["b"]],
+                    "iou": r["iou"], "p_value": r["p_value"], "rule": r["rule"],
+                    "size_a": r["size_a"], "size_b": r["size_b"], "overlap": r["overlap"],
+                    "d": r["d"], "sparsity_a": r["sparsity_a"], "sparsity_b": r["sparsity_b"]})
+    out["iou"] = iou
+    return out
+
+
+def sparsify_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
+    """``sparsify``: per method and rule the retention points, and the ``iou`` rows."""
+    sweep = read_json(out, SWEEP_FILE)
+    return {"sparsify": sparsify_section(sweep, out.outputs.get("rules", list(RULES)))}
+
+
+register_stage("sparsify", deps=("model", "data", "vectors", "trained", "patching"),
+               section="sparsify", config=SparsifySection,
+               results=sparsify_results)(sparsify_stage)

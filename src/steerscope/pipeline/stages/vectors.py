@@ -1,0 +1,274 @@
+"""Stage ``vectors``: DIM with the paper's selection (it fixes the steering layer and
+position; scored with the behaviour's fast-score tokens, recorded as ``score_ids`` in the
+stage's outputs for the later stages), then every other extraction method (pca, probe, caa, ...) read at that layer and
+position. Files ``dim.safetensors``, ``dim_candidates.json``, ``<method>.safetensors``.
+
+Config section ``vectors`` (:class:`VectorsSection`), shared with the ``trained`` stage: its
+``preference`` and per-objective (:data:`TRAINED_METHODS`: one field per trainer objective,
+:data:`steerscope.vectors.train_config.OBJECTIVES`) subsections configure NTP/PO. Defaults
+of ``vectors.dim`` and ``vectors.preference`` are read from the library functions they
+configure (:func:`~steerscope.vectors.select_dim`,
+:func:`~steerscope.vectors.training_data.build_preference_data`). results.json sections
+``vectors``, ``dim_selection`` and ``model.steering_layer``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any
+
+from steerscope.pipeline.checks import fail, finite, known, library_default, positive_int
+from steerscope.pipeline.registry import StageOutput, register_stage
+from steerscope.pipeline.stages.common import (
+    PROMPTS_FILE,
+    read_json,
+    stage_behaviour,
+    vector_entry,
+    vectors_results_section,
+)
+from steerscope.vectors.dim import select_dim
+from steerscope.vectors.dim_selection import LAYER_CUTOFFS
+from steerscope.vectors.train_config import (
+    KEEPS,
+    LR_SCHEDULES,
+    OBJECTIVES,
+    PRESETS,
+    RANKINGS,
+    VALIDATIONS,
+)
+from steerscope.vectors.training_data import HARMLESS_REFUSE_SOURCES, build_preference_data
+
+TRAINED_METHODS = tuple(OBJECTIVES)  # one config subsection and one vector each
+TRAIN_PRESETS = tuple(PRESETS)
+VAL_PROMPTS = ("dim_val", "split")
+
+
+def _dim(name: str):
+    return library_default(select_dim, name)
+
+
+@dataclass
+class DimSection:
+    """DIM extraction and selection (:func:`steerscope.vectors.select_dim`; its defaults)."""
+
+    layers: list[int] | None = _dim("layers")  # candidate layers (None: all)
+    positions: list[int] | None = _dim("positions")  # None: post-instruction tokens
+    filter: bool = _dim("filter")  # refusal-score filter of train/val prompts
+    max_layer_fraction: float = _dim("max_layer_fraction")
+    layer_cutoff: str = _dim("layer_cutoff")  # int: layer >= int(f*L) (released code) | real
+    kl_threshold: float = _dim("kl_threshold")
+    relax_kl: bool = _dim("relax_kl")  # no survivor: double kl_threshold until one (warned)
+    induce_threshold: float = _dim("induce_threshold")
+    score_all: bool = _dim("score_all")  # score every filter of every candidate (same choice)
+
+
+@dataclass
+class PreferenceSection:
+    """Self-generated preference data for NTP/PO
+    (:func:`~steerscope.vectors.training_data.build_preference_data`; its defaults)."""
+
+    n_prompts: int | None = None  # per class, from the train sets (None: all)
+    max_new_tokens: int = library_default(build_preference_data, "max_new_tokens")
+    val_prompts: str = VAL_PROMPTS[0]  # dim_val: validation pairs from DIM's val prompts
+    val_fraction: float = 0.2  # split: hold out this share of the training pairs instead
+    drop_mislabelled: bool = False  # drop pairs whose winner fails the refusal-substring check
+    # instruction (paper) | dim: DIM +1 steered refusals
+    harmless_refuse: str = library_default(build_preference_data, "harmless_refuse")
+
+
+@dataclass
+class TrainSection:
+    """One NTP or PO training grid: the preset's values
+    (:data:`steerscope.vectors.train_config.PRESETS`), each overridable."""
+
+    preset: str = "quick"  # quick | paper
+    lr: list[float] | None = None
+    batch_size: list[int] | None = None
+    seed: list[int] | None = None
+    phi: list[float] | None = None
+    epochs: int | None = None
+    max_response_tokens: int | None = None
+    factors: list[float] | None = None
+    # selection conventions (None: the preset's; see steerscope.vectors.train_config)
+    lr_schedule: str | None = None  # per_epoch | per_step
+    validation: str | None = None  # deployed | mean_factor
+    keep: str | None = None  # best_epoch | last_epoch
+    ranking: str | None = None  # released | loss_then_match
+
+    def check(self, key: str) -> None:
+        """Known preset and conventions, non-empty grids, positive values."""
+        known(f"{key}.preset", [self.preset], TRAIN_PRESETS)
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("validation", VALIDATIONS),
+                              ("keep", KEEPS), ("ranking", RANKINGS)):
+            if getattr(self, name) is not None:
+                known(f"{key}.{name}", [getattr(self, name)], allowed)
+        for name in ("lr", "batch_size", "seed", "phi", "factors"):
+            vals = getattr(self, name)
+            if vals is not None and not vals:
+                fail(f"{key}.{name}", "is empty", "list at least one value or drop the key")
+        for x in self.lr or []:
+            if not (math.isfinite(x) and x > 0):
+                fail(f"{key}.lr", f"has a non-positive learning rate {x}", "use e.g. 0.04")
+        for x in self.batch_size or []:
+            positive_int(f"{key}.batch_size", x)
+        positive_int(f"{key}.epochs", self.epochs, allow_none=True)
+        positive_int(f"{key}.max_response_tokens", self.max_response_tokens, allow_none=True)
+
+
+def known_methods() -> list[str]:
+    """Every steering-vector method the pipeline can make: dim, the trained objectives and
+    the registered extraction methods."""
+    from steerscope.vectors.methods import METHODS
+
+    return list(dict.fromkeys(["dim", *TRAINED_METHODS, *sorted(METHODS)]))
+
+
+def _check_vectors(self, cfg) -> None:
+    """Known methods (dim required), layers and positions in range, DIM, preference and
+    training settings valid, extraction keywords only for listed extraction methods."""
+    v = self
+    known("vectors.methods", v.methods, known_methods())
+    if "dim" not in v.methods:
+        fail("vectors.methods", "must include 'dim'",
+             "add dim: it selects the layer every method steers at")
+    if v.layer is not None and v.layer < 0:
+        fail("vectors.layer", f"must be a non-negative layer index, got {v.layer}",
+             "use a 0-indexed block number")
+    positive_int("vectors.batch_size", v.batch_size)
+    if v.dim.layers is not None:
+        if not v.dim.layers:
+            fail("vectors.dim.layers", "is empty", "list at least one layer or drop the key")
+        for x in v.dim.layers:
+            if x < 0:
+                fail("vectors.dim.layers", f"has a negative layer {x}", "use 0-indexed layers")
+    if v.dim.positions is not None:
+        if not v.dim.positions or any(p >= 0 for p in v.dim.positions):
+            fail("vectors.dim.positions", f"must be negative prompt positions, got "
+                 f"{v.dim.positions}", "use e.g. [-1] (the last prompt token)")
+    if v.position is not None and v.position >= 0:
+        fail("vectors.position", f"must be a negative prompt position, got {v.position}",
+             "use e.g. -1 (the last prompt token)")
+    if not 0 < v.dim.max_layer_fraction <= 1:
+        fail("vectors.dim.max_layer_fraction", f"must be in (0, 1], got "
+             f"{v.dim.max_layer_fraction}", "use e.g. 0.8")
+    known("vectors.dim.layer_cutoff", [v.dim.layer_cutoff], LAYER_CUTOFFS)
+    finite("vectors.dim.kl_threshold", v.dim.kl_threshold)
+    finite("vectors.dim.induce_threshold", v.dim.induce_threshold)
+    pref = v.preference
+    positive_int("vectors.preference.n_prompts", pref.n_prompts, allow_none=True)
+    positive_int("vectors.preference.max_new_tokens", pref.max_new_tokens)
+    known("vectors.preference.val_prompts", [pref.val_prompts], VAL_PROMPTS)
+    known("vectors.preference.harmless_refuse", [pref.harmless_refuse],
+          HARMLESS_REFUSE_SOURCES)
+    if not 0 < pref.val_fraction < 1:
+        fail("vectors.preference.val_fraction", f"must be in (0, 1), got {pref.val_fraction}",
+             "use e.g. 0.2")
+    for obj in TRAINED_METHODS:
+        getattr(v, obj).check(f"vectors.{obj}")
+    from steerscope.pipeline.behaviour import run_behaviour
+
+    name = run_behaviour(cfg).name
+    if (name != "refusal" and pref.harmless_refuse == "instruction"
+            and any(m in TRAINED_METHODS for m in v.methods)):
+        fail("vectors.preference.harmless_refuse", f"'instruction' (a refusal instruction) "
+             f"does not apply to behaviour '{name}'",
+             "set vectors.preference.harmless_refuse: dim (DIM-steered completions)")
+    for m in v.extraction:
+        if m not in v.methods or m == "dim" or m in TRAINED_METHODS:
+            fail(f"vectors.extraction.{m}", "names a method that is not an extraction method "
+                 "in vectors.methods", "use the name of a listed method such as pca or probe")
+
+
+# One TrainSection field per trainer objective: adding an objective to the trainer adds its
+# config subsection here.
+VectorsSection = make_dataclass("VectorsSection", [
+    ("methods", list[str], field(default_factory=lambda: ["dim", *TRAINED_METHODS])),
+    ("layer", int | None, field(default=None)),  # restrict DIM's candidate layers to this one
+    ("position", int | None, field(default=None)),  # extraction read position (None: DIM's)
+    ("batch_size", int, field(default=_dim("batch_size"))),
+    ("dim", DimSection, field(default_factory=DimSection)),
+    ("preference", PreferenceSection, field(default_factory=PreferenceSection)),
+    *[(obj, TrainSection, field(default_factory=TrainSection)) for obj in TRAINED_METHODS],
+    ("extraction", dict[str, dict[str, Any]], field(default_factory=dict)),  # method -> kwargs
+], namespace={"check": _check_vectors, "__module__": __name__, "__doc__": """Which steering
+    vectors to make. ``dim`` is required (it picks the layer every other method steers at);
+    the trained objectives (``ntp``, ``po``) each have a :class:`TrainSection`; others
+    (``pca``, ``probe``, ``caa``, any registered method) are read at DIM's layer and
+    position."""})
+
+
+def formatted(tokenizer, items: list[str]) -> list[str]:
+    """``items`` in the model's chat format."""
+    from steerscope.models.chat import format_prompt
+
+    return [format_prompt(tokenizer, p) for p in items]
+
+
+def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
+    """DIM with the paper's selection (it fixes the steering layer and position), then every
+    other extraction method (pca, probe, caa, ...) read at that layer and position."""
+    from steerscope.vectors import extract_vector
+
+    lm = ctx.model()
+    tok = lm.tokenizer
+    p = read_json(inputs["data"], PROMPTS_FILE)
+    f = {k: formatted(tok, v) for k, v in p.items()}
+    d = section.dim
+    layers = d.layers if d.layers is not None else (
+        [section.layer] if section.layer is not None else None)
+    # the behaviour's fast score (refusal: the paper's refusal tokens); auto: from the
+    # model's own completions on the train prompts (docs/behaviours.md)
+    ids = stage_behaviour(inputs["data"]).score_token_ids(
+        tok, model=lm.model, present_formatted=f["harmful_train"],
+        absent_formatted=f["harmless_train"])
+    res = select_dim(lm.model, tok, f["harmful_train"], f["harmless_train"], f["harmful_val"],
+                     f["harmless_val"], model_id=lm.model_id, revision=lm.revision,
+                     refusal_ids=ids,
+                     filter=d.filter, layers=layers, positions=d.positions,
+                     max_layer_fraction=d.max_layer_fraction, layer_cutoff=d.layer_cutoff,
+                     kl_threshold=d.kl_threshold,
+                     induce_threshold=d.induce_threshold, batch_size=section.batch_size,
+                     arch=lm.arch, progress=ctx.progress and ctx.is_main, score_all=d.score_all,
+                     relax_kl=d.relax_kl)
+    dim = res.vector
+    dim.save(ctx.out / "dim.safetensors")
+    res.save_candidates(ctx.out / "dim_candidates.json")
+    methods = {"dim": vector_entry(dim, "dim.safetensors")}
+    chosen = res.chosen
+    ctx.log(f"DIM: layer {dim.layer}, position {dim.position}, norm {dim.norm:.3f}")
+    position = section.position if section.position is not None else dim.position
+    for m in section.methods:
+        if m == "dim" or m in TRAINED_METHODS:
+            continue
+        sv = extract_vector(lm.model, tok, f["harmful_train"], f["harmless_train"], method=m,
+                            layer=dim.layer, position=position, batch_size=section.batch_size,
+                            model_id=lm.model_id, revision=lm.revision, arch=lm.arch,
+                            progress=False, **section.extraction.get(m, {}))
+        sv.save(ctx.out / f"{m}.safetensors")
+        methods[m] = vector_entry(sv, f"{m}.safetensors")
+    return {"steering_layer": dim.layer, "position": dim.position, "methods": methods,
+            "dim_selection": {**{k: chosen.get(k) for k in ("bypass", "induce", "kl", "score")},
+                              "kl_threshold": dim.hyperparameters["kl_threshold"],
+                              "kl_threshold_requested":
+                                  dim.hyperparameters["kl_threshold_requested"]},
+            "candidates_file": "dim_candidates.json", "score_ids": [int(i) for i in ids]}
+
+
+def vectors_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
+    """``vectors`` (DIM and the extraction methods), ``dim_selection`` and the steering
+    layer."""
+    return {"model": {"steering_layer": out.outputs["steering_layer"]},
+            "vectors": vectors_results_section(out),
+            "dim_selection": {**out.outputs.get("dim_selection", {}),
+                              "layer": out.outputs["steering_layer"],
+                              "position": out.outputs.get("position")}}
+
+
+def seed_key(cfg, inputs) -> dict[str, Any]:
+    """The top-level seed keys the vector stages."""
+    return {"seed": cfg.seed}
+
+
+register_stage("vectors", deps=("model", "data"), section="vectors", config=VectorsSection,
+               results=vectors_results, key_extra=seed_key)(vectors_stage)

@@ -1,0 +1,95 @@
+"""The import layers of docs/architecture.md hold: no module imports a higher layer, no two
+modules import each other (directly or around a loop), no module uses another module's
+private name; and the graph in docs/architecture.md is the one the code has.
+
+The layer table and the scanner live in scripts/import_graph.py (one place; the docs show its
+output)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+from conftest import REPO
+
+
+def _load_import_graph():
+    spec = importlib.util.spec_from_file_location("import_graph", REPO / "scripts/import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ig = _load_import_graph()
+MODULES = ig.scan()
+
+# Known debts, each owned by a change in flight; the sub-cases below turn green (XPASS) when
+# it lands. Everything outside these units is checked strictly.
+PIPELINE_LOOP: set[str] = set()  # the registry -> stages -> report loop: gone (pipeline/stages/)
+PRIVATE_DEBT = {"cli"}  # cli/vectors helpers (-> cli/common.py)
+
+
+def test_the_layer_table_lists_every_unit():
+    units = {m.unit for m in MODULES.values()}
+    listed = {u for _, us in ig.LAYERS for u in us}
+    assert units <= listed, f"add {sorted(units - listed)} to LAYERS in scripts/import_graph.py"
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one():
+    assert ig.upward_imports(MODULES) == []
+
+
+def test_the_checks_catch_what_they_look_for(tmp_path):
+    pkg = tmp_path / "steerscope"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models" / "__init__.py").write_text("")
+    (pkg / "models" / "a.py").write_text("from steerscope.models.b import _x\n")
+    (pkg / "models" / "b.py").write_text(
+        "import steerscope.models.a as a\n_x = 1\n\ndef f():\n    from steerscope.cli import y\n"
+        "    return a._hidden\n")
+    (pkg / "cli.py").write_text("y = 1\n")
+    mods = ig.scan(pkg)
+    assert ig.cycles(ig.module_edges(mods)) == [["steerscope.models.a", "steerscope.models.b"]]
+    assert ig.upward_imports(mods) == ["steerscope.models.b:5 -> steerscope.cli"]
+    assert sorted(ig.private_imports(mods)) == [
+        "steerscope.models.a:1 uses steerscope.models.b._x",
+        "steerscope.models.b:6 uses steerscope.models.a._hidden"]
+
+
+def _cycles(*, outside: set[str] | None) -> list[list[str]]:
+    found = ig.cycles(ig.module_edges(MODULES))
+    if outside is None:
+        return found
+    return [c for c in found if any(MODULES[m].unit not in outside for m in c)]
+
+
+def test_no_import_cycle_between_modules():
+    assert _cycles(outside=PIPELINE_LOOP) == []
+
+
+def test_no_import_cycle_in_the_pipeline():
+    assert _cycles(outside=None) == []
+
+
+def _private(units: set[str] | None) -> list[str]:
+    return [x for x in ig.private_imports(MODULES)
+            if units is None or MODULES[x.split(":")[0]].unit not in units]
+
+
+def test_no_module_uses_another_modules_private_name():
+    assert _private(PRIVATE_DEBT) == []
+
+
+@pytest.mark.xfail(strict=False, reason="cli/vectors helpers shared by the other commands "
+                   "(cli/common.py on branch cli)")
+def test_no_private_name_use_in_cli_and_pipeline():
+    assert _private(None) == []
+
+
+def test_docs_show_the_current_layers_and_graph():
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert ig.layer_table() in text, "run: python scripts/import_graph.py (paste into the docs)"
+    assert ig.mermaid(MODULES) in text, "run: python scripts/import_graph.py (paste into the docs)"
