@@ -212,3 +212,12 @@ def test_json_run_verify_report_explore_and_the_run_environment(capsys, tmp_path
     assert Path(report["report"]).is_file()
     explore = _json(capsys, "explore", run_dir, "--no-open", "--no-model")
     assert Path(explore["report"]).is_file() and explore["opened"] is False
+
+
+def test_behaviours_json(capsys):
+    rows = _json(capsys, "behaviours")
+    names = [r["name"] for r in rows]
+    assert "refusal" in names and len(names) == len(set(names)) >= 3
+    one = _json(capsys, "behaviours", "refusal")
+    assert one == next(r for r in rows if r["name"] == "refusal")
+    assert set(one) >= {"name", "present", "absent", "judge", "score_tokens"}
