@@ -19,8 +19,8 @@
    minimum faithful circuit size and the edge-type shares of the top-100 edges (examples
    combined by ``--pooling``; ``conventions_mechanisms_demo.py`` compares both poolings).
 7. ``--batch-sweep 1,2,4,8``: EAP-IG examples/second per batch size on ``--batch-examples``
-   random sequences of ``--batch-tokens`` tokens (lengths ±10%), scores checked against
-   batch size 1.
+   random sequences of ``--batch-tokens`` tokens (lengths ±10%), by wall and by process CPU
+   time (the ratio a shared machine disturbs least), scores checked against batch size 1.
 
     .venv/bin/python benchmarks/bench_patching.py [--layer 16] [--n-examples 2]
     .venv/bin/python benchmarks/bench_patching.py --conventions --n-examples 1 --t-grid 5,10,20,50
@@ -261,12 +261,13 @@ def main_batch_sweep(args) -> dict:
     gm = GraphModel(lm.model, args.layer, arch=lm.arch)
     rows, ref = [], None
     for bs in [int(b) for b in args.batch_sweep.split(",")]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sc = eap_ig(gm, exs, s, steps=args.steps, metric="kl", batch_size=bs)
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         ref = sc.edges if ref is None else ref
         err = float((sc.edges - ref).abs().max() / ref.abs().max())
         rows.append({"batch_size": bs, "seconds": secs, "examples_per_s": len(exs) / secs,
+                     "cpu_seconds": cpu, "examples_per_cpu_s": len(exs) / cpu,
                      "max_rel_diff_vs_first": err})
         print(json.dumps(rows[-1]), flush=True)
     return {"model": lm.model_id, "layer": args.layer, "examples": len(exs), "tokens": n,
