@@ -64,6 +64,10 @@ def dim_vector(lm, layer: int, n_train: int) -> SteeringVector:
     return SteeringVector((means[0] - means[1]).float(), layer, method="dim")
 
 
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
 def held_out(side: str, start: int, n: int) -> list[str]:
     return load_source(f"builtin:demo_{side}_held_out", None).instructions[start:start + n]
 
@@ -76,10 +80,10 @@ def patching_data(lm, v: SteeringVector, args) -> dict:
                                   max_per_dataset=args.n_prompts)
 
 
-def scored(lm, v: SteeringVector, data, steps: int) -> dict:
+def scored(lm, v: SteeringVector, data, steps: int, grad_ats=GRAD_AT) -> dict:
     """(grad_at, pooling) -> PatchingResult; EAP-IG runs once per grad_at (records reused)."""
     out = {}
-    for grad_at in GRAD_AT:
+    for grad_at in grad_ats:
         memo: list = []
 
         def map_fn(fn, examples, memo=memo):
@@ -103,8 +107,9 @@ def in_types(graph, edges: torch.Tensor) -> dict[str, float]:
 def compare(res: dict) -> dict:
     """Pooling vs pooling per grad_at (and grad_at vs grad_at per pooling): rank agreement."""
     rows = {}
-    for a, b in [((g, POOLING[0]), (g, POOLING[1])) for g in GRAD_AT] + \
-                [((GRAD_AT[0], p), (GRAD_AT[1], p)) for p in POOLING]:
+    pairs = [((g, POOLING[0]), (g, POOLING[1])) for g in GRAD_AT] + \
+        [((GRAD_AT[0], p), (GRAD_AT[1], p)) for p in POOLING]
+    for a, b in [(a, b) for a, b in pairs if a in res and b in res]:
         ea, eb = res[a].scores["eap_ig"].edges, res[b].scores["eap_ig"].edges
         ia, ib = steer_dimension_scores(res[a].scores["eap_ig"])[1], \
             steer_dimension_scores(res[b].scores["eap_ig"])[1]
@@ -134,6 +139,10 @@ def main() -> None:
     ap.add_argument("--no-circuits", action="store_true")
     ap.add_argument("--no-sparsity", action="store_true")
     ap.add_argument("--freeze", action="store_true")
+    ap.add_argument("--grad-at", default=",".join(GRAD_AT),
+                    help="gradient locations scored (the steering-node IE is the same for both)")
+    ap.add_argument("--taus", default="0,0.1,0.3,0.5,1,1.5,2,2.5", help="sweep τ levels")
+    ap.add_argument("--fractions", default="0.9,0.95,0.98", help="sweep extra sparsities")
     ap.add_argument("--out")
     args = ap.parse_args()
     t0 = time.time()
@@ -154,12 +163,20 @@ def main() -> None:
 
             atomic_write_json(args.out, {**report, "seconds": time.time() - t0})
 
+    if args.freeze:
+        fr = freeze_evaluation(lm.model, lm.tokenizer, vectors["dim"], eval_h, eval_l,
+                               max_new_tokens=args.eval_tokens, batch_size=args.n_eval,
+                               arch=lm.arch, vector_name="dim")
+        report["freeze"] = fr.to_json()
+        print(fr.table(), f"({time.time() - t0:.0f} s)", flush=True)
+        save()
     for name, v in vectors.items():
         data = patching_data(lm, v, args)
         counts = {k: len(x) for k, x in data.items()}
-        res = scored(lm, v, data, args.steps)
-        row: dict = {"examples": counts, "positions": {
-            k: int(w) for k, w in res[GRAD_AT[0], POOLING[0]].scores["eap_ig"].weights.items()}}
+        res = scored(lm, v, data, args.steps, args.grad_at.split(","))
+        first = next(iter(res.values())).scores["eap_ig"]
+        row: dict = {"examples": counts,
+                     "positions": {k: int(w) for k, w in first.weights.items()}}
         print(f"[{name}] examples {counts}, positions {row['positions']} "
               f"({time.time() - t0:.0f} s)", flush=True)
         row["compare"] = compare(res)
@@ -194,9 +211,13 @@ def main() -> None:
                     continue
                 seen.append((f"{g}/{p}", ie))
                 ies[f"{name}@{g}/{p}"] = ie
+                if args.out:
+                    from safetensors.torch import save_file
+
+                    save_file({"ie": ie.contiguous()}, f"{args.out}.{name}.{g}.{p}.ie.safetensors")
             sweep = sparsity_sweep(lm.model, lm.tokenizer, {k: v for k in ies}, ies, eval_h,
-                                   eval_l, rules=("gradient", "ie"),
-                                   fractions=(0.9, 0.95, 0.98),
+                                   eval_l, rules=("gradient", "ie"), taus=floats(args.taus),
+                                   fractions=floats(args.fractions),
                                    max_new_tokens=args.eval_tokens, batch_size=args.n_eval,
                                    arch=lm.arch, progress=False)
             row["sparsity"] = {"unsteered": sweep.unsteered, "dense": sweep.dense,
@@ -204,13 +225,6 @@ def main() -> None:
                                "points": sweep.points}
             print(sweep.table(0.9), f"({time.time() - t0:.0f} s)", flush=True)
             save()
-    if args.freeze:
-        fr = freeze_evaluation(lm.model, lm.tokenizer, vectors["dim"], eval_h, eval_l,
-                               max_new_tokens=args.eval_tokens, batch_size=args.n_eval,
-                               arch=lm.arch, vector_name="dim")
-        report["freeze"] = fr.to_json()
-        print(fr.table(), f"({time.time() - t0:.0f} s)", flush=True)
-        save()
     print(json.dumps({"seconds": round(time.time() - t0)}))
 
 
