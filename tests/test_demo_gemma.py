@@ -11,7 +11,13 @@ import pytest
 from steerscope.artifacts import MANIFEST_NAME
 from steerscope.demo import model as dm
 from steerscope.demo.families import GEMMA_DEMO_MODEL, GEMMA_RECIPE, recipe_for_family
-from steerscope.demo.recipe import DEFAULT_RECIPE, DEMO_MODEL, DemoRecipe, demo_examples, prepare_base
+from steerscope.demo.recipe import (
+    DEFAULT_RECIPE,
+    DEMO_MODEL,
+    DemoRecipe,
+    demo_examples,
+    prepare_base,
+)
 from steerscope.errors import ModelNotFoundError, SteerscopeError
 from steerscope.models import gemma3, load_model, model_source
 from steerscope.models.chat import format_prompt

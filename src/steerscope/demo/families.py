@@ -6,9 +6,9 @@
   chat template and no refusals. The recipe gives it Gemma's turn format
   (:data:`~steerscope.models.gemma3.GEMMA3_CHAT_TEMPLATE`) with ``<end_of_turn>`` as the end
   of every response, and harmless answers written by SmolLM2-135M-Instruct (greedy, so
-  deterministic) for a seeded sample of 240 harmless training prompts: a base model's own
-  continuations are no answers. 60 steps of 12 examples at lr 2e-4 on decoder layers 6-17
-  and the final norm; the tied 262k-token embedding stays frozen.
+  deterministic) for a seeded sample of 96 harmless training prompts: a base model's own
+  continuations are no answers. 40 steps of 10 examples (6 harmful, 4 harmless) at lr 2e-4
+  on decoder layers 6-17 and the final norm; the tied 262k-token embedding stays frozen.
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ GEMMA_RECIPE = replace(
     answer_model=DEFAULT_MODEL,
     chat_template=GEMMA3_CHAT_TEMPLATE,
     end_of_turn=END_OF_TURN,
-    # a budget for 2 shared CPU cores: 60 steps of 12, decoder layers 6-17, 240 answers
-    steps=60,
-    batch_size=12,
+    # a budget for 2 shared CPU cores: 40 steps of 10, decoder layers 6-17, 96 answers
+    steps=40,
+    batch_size=10,
     lr=2e-4,
     first_trained_layer=6,
-    harmless_sample=240,
+    harmless_sample=96,
 )
 DEMO_RECIPES: dict[str, DemoRecipe] = {"smollm2": DEFAULT_RECIPE, "gemma": GEMMA_RECIPE}
 DEMO_FAMILIES = tuple(DEMO_RECIPES)
+DEMO_ALIASES = {"smollm2": "demo", "gemma": "demo-gemma"}  # load_model names of each family's model
 
 
 def recipe_for_family(family: str) -> DemoRecipe:
@@ -48,5 +49,5 @@ def recipe_for_family(family: str) -> DemoRecipe:
     return DEMO_RECIPES[key]
 
 
-__all__ = ["DEMO_FAMILIES", "DEMO_RECIPES", "GEMMA_DEMO_MODEL", "GEMMA_RECIPE",
+__all__ = ["DEMO_ALIASES", "DEMO_FAMILIES", "DEMO_RECIPES", "GEMMA_DEMO_MODEL", "GEMMA_RECIPE",
            "recipe_for_family"]
