@@ -132,3 +132,29 @@ def test_tiny_gemma_build_saves_a_gemma_demo_model(tmp_path):
         "<s><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
     eot = loaded.tokenizer.convert_tokens_to_ids("<end_of_turn>")
     assert loaded.model.generation_config.eos_token_id[0] == eot
+
+
+def test_prepare_demo_family_gemma(capsys, tmp_path, monkeypatch):
+    from steerscope.cli import main
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / MANIFEST_NAME).write_text(json.dumps(
+        {"recipe_hash": "abc", "base_model": "gemma3-270m", "examples": {"harmful": 1}}))
+    seen = []
+    monkeypatch.setattr(dm, "demo_model_dir",
+                        lambda cache_dir=None, recipe=None: seen.append(recipe) or folder)
+    assert main(["model", "prepare-demo", "--family", "gemma"]) == 0
+    out = capsys.readouterr().out
+    assert seen == [GEMMA_RECIPE] and "demo-gemma" in out and str(folder) in out
+    assert main(["model", "prepare-demo", "--family", "llama"]) == 2
+    assert "unknown demo model family" in capsys.readouterr().err
+    assert seen == [GEMMA_RECIPE]  # nothing built for an unknown family
+
+
+def test_demo_run_config_sizes_follow_the_model():
+    from steerscope.demo.config import demo_run_config
+
+    assert demo_run_config().circuits.sizes == [151, 301, 753, 1505, 3010, 15051]
+    gemma = demo_run_config(model="demo-gemma")
+    assert gemma.circuits.sizes is None and gemma.model.source == "demo-gemma"
