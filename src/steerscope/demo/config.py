@@ -102,6 +102,8 @@ def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: st
     of the built-in prompts. ``n_test`` also caps the prompts of patching, freezing and
     sparsification; ``max_new_tokens`` applies to every generation. ``relax_kl``: see
     :func:`steerscope.vectors.select_dim` (on for the demo's small validation sets).
+    Any model but the SmolLM2 demo model (e.g. ``demo-gemma``) gets the default circuit
+    sizes (0.5% ... 100% of its graph's edges) instead of the demo's explicit edge counts.
     """
     methods = [m.strip() for m in methods if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -123,6 +125,8 @@ def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: st
         if value is not None:
             data[key] = value
     over["data"] = data
+    if not _is_smollm2_demo(model):  # the curve sizes are the SmolLM2 demo graph's edge counts
+        over["circuits"] = {"sizes": None}
     n_test = n_test if n_test is not None else base.data.n_test
     for section in ("patching", "freeze", "sparsify"):
         cur = getattr(base, section)
@@ -137,6 +141,16 @@ def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: st
         over["vectors"]["preference"] = {"max_new_tokens": max_new_tokens}
         over["evaluation"] = {"max_new_tokens": max_new_tokens}
     return demo_config(**over)
+
+
+def _is_smollm2_demo(model: str) -> bool:
+    """Whether ``model`` names the SmolLM2 demo refusal model (whose 15,051-edge patching graph
+    the demo's explicit circuit sizes were chosen for)."""
+    from steerscope.demo.recipe import DEMO_MODEL
+    from steerscope.models.sources import model_source
+
+    named = model_source(model)
+    return named is not None and named.model_id == DEMO_MODEL
 
 
 def run_demo(out: str | os.PathLike = "runs", *, until: str | None = None,
