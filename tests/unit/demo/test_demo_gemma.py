@@ -105,7 +105,7 @@ def test_answers_come_from_the_answer_model_and_end_with_end_of_turn():
     answerer = (tiny_model("llama", seed=3), tiny_tokenizer())
     examples, counts = demo_examples(model, tok, TINY_GEMMA, progress=False, max_prompts=4,
                                      answerer=answerer)
-    from steerscope.generate import generate
+    from steerscope.generation import generate
 
     harmless = [e for e in examples if not e.harmful]
     expect = generate(answerer[0], answerer[1],

@@ -64,7 +64,7 @@ def test_copy_predicts_text(gemma):
 
 
 def test_runtime_without_interventions_gives_exact_hf_logits(gemma):
-    from steerscope.generate import position_ids_from_mask
+    from steerscope.generation import position_ids_from_mask
     from steerscope.runtime import Capture, Runtime
 
     model = gemma.model
@@ -82,7 +82,7 @@ def test_runtime_without_interventions_gives_exact_hf_logits(gemma):
 
 
 def test_steered_cached_generation_equals_full_recompute(gemma):
-    from steerscope.generate import generate_ids
+    from steerscope.generation import generate_ids
     from steerscope.runtime import steer
 
     model = gemma.model
@@ -104,7 +104,7 @@ def test_svv_decomposition_equals_the_real_attention_output(gemma):
     """Attention(H + αS) = Σ_h [A D_c (H ⊙ γ) W_OV + α D_c svv^h] at layers >= ℓ on the real
     weights (one KV head, QK-norm, sliding windows, post-attention norm excluded: attn_out is
     the o_proj output)."""
-    from steerscope.generate import position_ids_from_mask
+    from steerscope.generation import position_ids_from_mask
     from steerscope.mechanisms.svv import decompose_attention, steering_value_vectors
     from steerscope.runtime import Capture, Runtime, steer
 
