@@ -5,7 +5,8 @@ plus the freezing table, which no switch measurable on the demo changes.
     OMP_NUM_THREADS=1 python benchmarks/conventions_mechanisms_demo.py [--model demo]
         [--layer 16] [--n-test 12] [--max-new-tokens 24] [--n-prompts 2] [--steps 5]
         [--n-eval 12] [--eval-tokens 24] [--vector NAME=PATH ...] [--no-circuits]
-        [--no-sparsity] [--freeze] [--out conventions_mechanisms.json]
+        [--no-sparsity] [--freeze] [--grad-at pre_norm,post_norm] [--taus 0,0.1,...]
+        [--fractions 0.9,0.95,0.98] [--out conventions_mechanisms.json]
 
 1. A DIM vector: difference of the last-position means of ``--n-train`` built-in demo train
    prompts per class at ``--layer`` (as ``circuit_conventions_demo.py``); ``--vector`` adds
@@ -21,11 +22,14 @@ plus the freezing table, which no switch measurable on the demo changes.
    (``add_circuits``: the demo config's sizes, 2 bisection steps, logit-difference ratio over
    the four datasets, which no pooling enters).
 4. Unless ``--no-sparsity``: per vector and distinct IE, ``sparsity_sweep`` with the two
-   patching rules (gradient, ie) at the default τ grid and sparsities 0.9, 0.95, 0.98 on
+   patching rules (gradient, ie) at ``--taus`` and the sparsities ``--fractions`` on
    ``--n-eval`` further held-out prompts per class (``--eval-tokens`` new tokens, substring
    matcher); the highest sparsity keeping ≥ 90% of the dense bypass and induce effects.
-5. ``--freeze``: ``freeze_evaluation`` (QK, OV, SVV, MLP) of the DIM vector on the same
-   ``--n-eval`` prompts per class.
+   Each distinct IE is also written next to ``--out`` (``<out>.<vector>.<grad_at>.<pooling>
+   .ie.safetensors``). The steering-node IE does not depend on ``grad_at`` (to rounding), so
+   ``--grad-at post_norm`` halves the EAP-IG cost when only the sparsity is wanted.
+5. ``--freeze`` (run first): ``freeze_evaluation`` (QK, OV, SVV, MLP) of the DIM vector on
+   the same ``--n-eval`` prompts per class.
 """
 
 from __future__ import annotations
