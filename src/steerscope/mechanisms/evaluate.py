@@ -24,7 +24,8 @@ from pathlib import Path
 
 from steerscope.artifacts import atomic_write, atomic_write_json
 from steerscope.errors import SteerscopeError
-from steerscope.evaluate.presence import SubstringPresence
+from steerscope.evaluate.matchers import is_refusal_substring
+from steerscope.evaluate.presence import CallablePresence
 from steerscope.evaluate.refusal import refusal_token_ids
 from steerscope.evaluate.steered import steered_outcome
 from steerscope.evaluate.steering import set_names
@@ -192,7 +193,9 @@ def freeze_evaluation(
     if score_ids is None:
         score_ids = (refusal_token_ids(tokenizer) if behaviour is None
                      else behaviour.score_token_ids(tokenizer))
-    presence = SubstringPresence() if behaviour is None else behaviour.make_judge()
+    # refusal: the paper's substring matcher, looked up when called
+    presence = (CallablePresence(lambda text: is_refusal_substring(text)) if behaviour is None
+                else behaviour.make_judge())
     rows: list[FreezeRow] = []
     completions: dict[str, dict[str, list[str]]] = {}
     success: dict[tuple[str, str], float] = {}
