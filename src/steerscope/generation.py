@@ -58,6 +58,23 @@ def eos_token_ids(model, eos_token_id) -> list[int]:
     return [int(e) for e in (eos_token_id if isinstance(eos_token_id, Iterable) else [eos_token_id])]
 
 
+def prepare_greedy_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                          eos_token_id, pad_token_id: int | None,
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The inputs of a greedy loop on the model's device: ``input_ids`` [B, P], the long mask
+    [B, P] (all ones when None), the EOS ids [E] (see :func:`eos_token_ids`) and the pad id
+    (``pad_token_id``, else the first EOS id, else 0)."""
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(device).long()
+    eos = torch.tensor(eos_token_ids(model, eos_token_id), device=device, dtype=torch.long)
+    if pad_token_id is None:
+        pad_token_id = int(eos[0]) if len(eos) else 0
+    return input_ids, attention_mask, eos, pad_token_id
+
+
 def greedy_loop(model, ids: torch.Tensor, mask: torch.Tensor, *, batch: int,
                 max_new_tokens: int, use_cache: bool, eos: torch.Tensor, pad_token_id: int,
                 stop_at_eos: bool, rows: slice | None = None, copies: int = 1,
@@ -132,15 +149,9 @@ def generate_ids(
                               f"{tuple(input_ids.shape)}")
     if max_new_tokens < 1:
         raise SteerscopeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    device = next(model.parameters()).device
-    input_ids = input_ids.to(device)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device).long()
+    input_ids, attention_mask, eos, pad_token_id = prepare_greedy_inputs(
+        model, input_ids, attention_mask, eos_token_id, pad_token_id)
     batch, prompt_len = input_ids.shape
-    eos = torch.tensor(eos_token_ids(model, eos_token_id), device=device, dtype=torch.long)
-    if pad_token_id is None:
-        pad_token_id = int(eos[0]) if len(eos) else 0
 
     if runtime is None:
         ctx = Runtime(model, interventions, prompt_len=prompt_len) if interventions else nullcontext()

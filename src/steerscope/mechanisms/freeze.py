@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from steerscope.errors import SteerscopeError
-from steerscope.generation import eos_token_ids, greedy_loop
+from steerscope.generation import greedy_loop, prepare_greedy_inputs
 from steerscope.mechanisms.lockstep import SharedPrefixLockstep
 from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.chat import encode_prompts
@@ -270,16 +270,11 @@ def frozen_generate_ids(
     if max_new_tokens < 1:
         raise SteerscopeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     arch = arch if arch is not None else validate_model(model)
-    device = next(model.parameters()).device
+    input_ids, attention_mask, eos, pad_token_id = prepare_greedy_inputs(
+        model, input_ids, attention_mask, eos_token_id, pad_token_id)
+    device = input_ids.device
     vector = arch.check_vector(vector).to(device)
-    input_ids = input_ids.to(device)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device).long()
     batch, prompt_len = input_ids.shape
-    eos = torch.tensor(eos_token_ids(model, eos_token_id), device=device, dtype=torch.long)
-    if pad_token_id is None:
-        pad_token_id = int(eos[0]) if len(eos) else 0
 
     check_qk_options(qk_source, qk_impl)
     lockstep = mode in LOCKSTEP_MODES
