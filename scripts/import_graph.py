@@ -3,7 +3,7 @@
 Run ``python scripts/import_graph.py`` to print the package dependency graph (mermaid) and
 the layer table as they appear in docs/architecture.md; ``--check`` exits non-zero when a
 module imports a higher layer, a module cycle exists, or a module imports another module's
-private name. tests/test_architecture.py runs the same checks.
+private name. tests/integration/test_architecture.py runs the same checks.
 
 Every ``import`` statement counts, including the ones inside functions (a lazy import is
 still a dependency); imports under ``if TYPE_CHECKING:`` do not.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-import pytest
 from conftest import REPO
 
 
@@ -25,10 +24,6 @@ def _load_import_graph():
 ig = _load_import_graph()
 MODULES = ig.scan()
 
-# Known debts, each owned by a change in flight; the sub-cases below turn green (XPASS) when
-# it lands. Everything outside these units is checked strictly.
-PIPELINE_LOOP: set[str] = set()  # the registry -> stages -> report loop: gone (pipeline/stages/)
-PRIVATE_DEBT = {"cli"}  # cli/vectors helpers (-> cli/common.py)
 
 
 def test_the_layer_table_lists_every_unit():
@@ -59,34 +54,12 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
         "steerscope.models.b:6 uses steerscope.models.a._hidden"]
 
 
-def _cycles(*, outside: set[str] | None) -> list[list[str]]:
-    found = ig.cycles(ig.module_edges(MODULES))
-    if outside is None:
-        return found
-    return [c for c in found if any(MODULES[m].unit not in outside for m in c)]
-
-
 def test_no_import_cycle_between_modules():
-    assert _cycles(outside=PIPELINE_LOOP) == []
-
-
-def test_no_import_cycle_in_the_pipeline():
-    assert _cycles(outside=None) == []
-
-
-def _private(units: set[str] | None) -> list[str]:
-    return [x for x in ig.private_imports(MODULES)
-            if units is None or MODULES[x.split(":")[0]].unit not in units]
+    assert ig.cycles(ig.module_edges(MODULES)) == []
 
 
 def test_no_module_uses_another_modules_private_name():
-    assert _private(PRIVATE_DEBT) == []
-
-
-@pytest.mark.xfail(strict=False, reason="cli/vectors helpers shared by the other commands "
-                   "(cli/common.py on branch cli)")
-def test_no_private_name_use_in_cli_and_pipeline():
-    assert _private(None) == []
+    assert ig.private_imports(MODULES) == []
 
 
 def test_docs_show_the_current_layers_and_graph():
