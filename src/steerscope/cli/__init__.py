@@ -1,6 +1,7 @@
 """The ``steerscope`` command line.
 
-    steerscope demo                       refusal steering on the demo refusal model
+    steerscope demo [--behaviour NAME|FILE] the whole study on the demo refusal model
+                                          (or a behaviour on the default model)
     steerscope model prepare-demo         build and cache the demo refusal model
     steerscope archs                      supported architectures
     steerscope behaviours [NAME|FILE]     built-in behaviours, or one definition
@@ -62,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "cached on first use): vectors, steering, patching, "
                                     "circuits, freezing, svv, sparsity, report")
     _add_model_args(p, positional=False)
-    p.add_argument("--model", default="demo", help="default: the demo refusal model")
+    p.add_argument("--model", help="default: the demo refusal model (refusal), else "
+                                    "'default' (SmolLM2-135M-Instruct as shipped)")
+    p.add_argument("--behaviour", default="refusal",
+                   help="a built-in behaviour (steerscope behaviours) or a behaviour YAML "
+                        "file (default: refusal); not refusal: its own prompts, 30/8/10 "
+                        "per side unless --n-* are given")
     p.add_argument("--methods", default="dim,ntp,po", help="comma-separated: dim[,ntp][,po]")
     p.add_argument("--data-dir", help="standard splits folder (default: $STEERSCOPE_DATA_DIR, "
                                       "else the built-in demo prompts)")
@@ -280,7 +286,7 @@ def cmd_demo(args) -> None:
     from steerscope.demo.config import run_demo
 
     res = run_demo(args.out, until=args.until, progress=not args.quiet, model=args.model,
-                   dtype=args.dtype, device=args.device, methods=args.methods.split(","),
+                   behaviour=args.behaviour, dtype=args.dtype, device=args.device, methods=args.methods.split(","),
                    data_dir=args.data_dir, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, max_new_tokens=args.max_new_tokens,
                    relax_kl=not args.strict_kl)

@@ -91,8 +91,13 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: str | None = None,
-                    methods=METHODS, data_dir: str | os.PathLike | None = None,
+# a behaviour other than refusal: the demo's sample sizes cut to the built-in behaviours'
+# prompt sets (30 train, 8 val, 10 test per side; docs/behaviours.md)
+BEHAVIOUR_SIZES = {"n_train": 30, "n_val": 8, "n_test": 10}
+
+
+def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
+                    dtype: str | None = None, device: str | None = None, methods=METHODS, data_dir: str | os.PathLike | None = None,
                     n_train: int | None = None, n_val: int | None = None,
                     n_test: int | None = None, max_new_tokens: int | None = None,
                     relax_kl: bool = True) -> PipelineConfig:
@@ -102,7 +107,16 @@ def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: st
     of the built-in prompts. ``n_test`` also caps the prompts of patching, freezing and
     sparsification; ``max_new_tokens`` applies to every generation. ``relax_kl``: see
     :func:`steerscope.vectors.select_dim` (on for the demo's small validation sets).
+
+    ``behaviour`` (a built-in name or a behaviour YAML file; None: refusal): the study's
+    behaviour. Refusal keeps the demo exactly; any other behaviour takes its own prompt sides
+    (not the demo's refusal prompts nor ``data_dir``'s standard refusal splits), the sample
+    sizes :data:`BEHAVIOUR_SIZES` unless ``n_*`` are given, and ``model`` defaults to
+    ``default`` (SmolLM2-135M-Instruct as shipped; the demo model is refusal-specific).
     """
+    other = behaviour is not None and behaviour != "refusal"
+    if model is None:
+        model = "default" if other else "demo"
     methods = [m.strip() for m in methods if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or "dim" not in methods:
@@ -116,14 +130,25 @@ def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: st
     if device is not None:
         over["model"]["device"] = device
     data: dict[str, Any] = {}
-    data_dir = data_dir or os.environ.get("STEERSCOPE_DATA_DIR")
+    if other:
+        # a behaviour file: anchored here (the run's config has no folder of its own)
+        over["behaviour"] = (os.path.abspath(behaviour) if os.path.isfile(behaviour)
+                             else str(behaviour))
+        data.update({key: None for key in STANDARD_SPLITS})  # the behaviour's own sources
+        data.update(BEHAVIOUR_SIZES)
+        if data_dir:
+            raise SteerscopeError(f"data_dir {data_dir!r} holds refusal's standard splits, "
+                                  f"not behaviour {behaviour!r}'s prompts",
+                                  "drop --data-dir, or give the prompt files in the "
+                                  "behaviour's YAML file")
+    data_dir = None if other else (data_dir or os.environ.get("STEERSCOPE_DATA_DIR"))
     if data_dir:
         data.update(STANDARD_SPLITS, data_dir=str(data_dir))
     for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if value is not None:
             data[key] = value
     over["data"] = data
-    n_test = n_test if n_test is not None else base.data.n_test
+    n_test = n_test if n_test is not None else data.get("n_test", base.data.n_test)
     for section in ("patching", "freeze", "sparsify"):
         cur = getattr(base, section)
         entry: dict[str, Any] = {}
