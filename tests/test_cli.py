@@ -170,6 +170,7 @@ def test_demo_config_on_another_behaviour(tmp_path, monkeypatch):
     assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test) == (30, 8, 10)
     assert cfg.data.harmful_train is None and cfg.data.harmless_test is None
     assert cfg.patching.n_prompts <= 10 and cfg.freeze.n_prompts == 10
+    assert cfg.vectors.dim.induce_threshold == -100.0  # refusal's absolute filter off
     assert demo_run_config(behaviour="code", model="demo", n_test=4).model.source == "demo"
     with pytest.raises(SteerscopeError, match="standard splits"):
         demo_run_config(behaviour="lists", data_dir="/data/refusal")

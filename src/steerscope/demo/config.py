@@ -94,6 +94,10 @@ def _merge(a: dict, b: dict) -> dict:
 # a behaviour other than refusal: the demo's sample sizes cut to the built-in behaviours'
 # prompt sets (30 train, 8 val, 10 test per side; docs/behaviours.md)
 BEHAVIOUR_SIZES = {"n_train": 30, "n_val": 8, "n_test": 10}
+# ... and DIM's induce filter off: the paper's "induce score > 0" (absolute log-odds of the
+# first-token set under +s) is refusal's; on SmolLM2 the lists / code log-odds rise under +s
+# but stay below 0, so every candidate was discarded (docs/behaviour_study.md)
+BEHAVIOUR_INDUCE_THRESHOLD = -100.0
 
 
 def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
@@ -111,7 +115,8 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
     ``behaviour`` (a built-in name or a behaviour YAML file; None: refusal): the study's
     behaviour. Refusal keeps the demo exactly; any other behaviour takes its own prompt sides
     (not the demo's refusal prompts nor ``data_dir``'s standard refusal splits), the sample
-    sizes :data:`BEHAVIOUR_SIZES` unless ``n_*`` are given, and ``model`` defaults to
+    sizes :data:`BEHAVIOUR_SIZES` unless ``n_*`` are given, DIM's induce filter off
+    (:data:`BEHAVIOUR_INDUCE_THRESHOLD`), and ``model`` defaults to
     ``default`` (SmolLM2-135M-Instruct as shipped; the demo model is refusal-specific).
     """
     other = behaviour is not None and behaviour != "refusal"
@@ -136,6 +141,7 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
                              else str(behaviour))
         data.update({key: None for key in STANDARD_SPLITS})  # the behaviour's own sources
         data.update(BEHAVIOUR_SIZES)
+        over["vectors"]["dim"]["induce_threshold"] = BEHAVIOUR_INDUCE_THRESHOLD
         if data_dir:
             raise SteerscopeError(f"data_dir {data_dir!r} holds refusal's standard splits, "
                                   f"not behaviour {behaviour!r}'s prompts",
