@@ -10,8 +10,8 @@ of the steering effect lost, for qk, ov, svv, mlp), the minimum faithful circuit
 of the edges (``circuits.<method>.min_faithful_size / total_edges``), the edge-type shares of
 the top edges (``edge_types.<method>.fractions``), the top svv tokens of the top heads by
 |node score| (``svv.<method>``), and the sparsity reached at 90 % retention: per sparsify rule,
-the largest ``sparsity`` among the sweep's points whose harmful and harmless retention are
-both >= 0.9 ("<" the smallest swept sparsity when none is). Reads only results.json.
+the largest ``sparsity`` among the sweep's points whose retention is >= 0.9 on each side
+where the dense vector has an effect ("<" the smallest swept sparsity when none is). Reads only results.json.
 """
 
 from __future__ import annotations
@@ -26,18 +26,20 @@ EDGE_TYPES = ("q", "k", "v", "mlp", "logits")
 
 
 def sparsity_at_retention(points: list[dict], level: float = RETENTION) -> str:
-    """The largest swept sparsity whose harmful and harmless retention are both >= level,
-    as a percentage; '< x %' (x the smallest swept sparsity) when no point retains it."""
-    if all(p.get("harmful_retention") is None or p.get("harmless_retention") is None
-           for p in points):
+    """The largest swept sparsity whose retention is >= level on every side where the dense
+    vector has an effect (retention not null), as a percentage, with the side(s) used;
+    '< x %' (x the smallest swept sparsity) when no point retains it."""
+    sides = [s for s in ("harmful", "harmless")
+             if any(p.get(f"{s}_retention") is not None for p in points)]
+    if not sides:
         return "n/a (no dense effect)"
     ok = [p["sparsity"] for p in points
-          if p.get("harmful_retention") is not None and p.get("harmless_retention") is not None
-          and min(p["harmful_retention"], p["harmless_retention"]) >= level]
+          if all(p.get(f"{s}_retention") is not None and p[f"{s}_retention"] >= level
+                 for s in sides)]
+    note = "" if len(sides) == 2 else f" ({'remove' if sides == ['harmful'] else 'induce'} only)"
     if ok:
-        return f"{100 * max(ok):.1f} %"
-    swept = [p["sparsity"] for p in points]
-    return f"< {100 * min(swept):.1f} %" if swept else "-"
+        return f"{100 * max(ok):.1f} %{note}"
+    return f"< {100 * min(p['sparsity'] for p in points):.1f} %{note}"
 
 
 def summarize(results: dict, method: str = "dim", heads: int = 3, tokens: int = 5) -> dict:
