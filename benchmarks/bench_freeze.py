@@ -20,8 +20,9 @@ one thread, the ratio least disturbed by other processes):
   S. with ``--ref-sample-steps K``: single reference steps timed at K evenly spaced
      positions t of the ``--new-tokens`` response (the same two full passes over the prompt
      plus the first t tokens of L's output); the reference time at ``--new-tokens`` is then
-     estimated as the trapezoid sum over t = 0..N-1 of these step times (labelled
-     "estimated"): the reference at 256 tokens takes hours on a 2-core CPU.
+     estimated as the trapezoid sum over t = 0..N-1 of these step times, wall and process
+     CPU (labelled "estimated"; also with ``--no-reference``): the reference at 256 tokens
+     takes hours on a busy 2-core CPU.
 Prints seconds, tokens/s and the ratios (targets, issue 17): R/L time >= 20x at 256 tokens
 on >= 4 prompts; P/L time (= L throughput relative to plain) >= 0.55x for every mode at
 8 prompts x 256 tokens. ``--no-reference`` skips R (and S).
@@ -139,13 +140,18 @@ def main() -> None:
             for step in sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)}):
                 x = seqs[:, : p_len + step]
                 xm = torch.cat([mask, torch.ones_like(x[:, p_len:])], dim=1)
+                c0 = time.process_time()
                 dt, _ = timed(lambda x=x, xm=xm: frozen_generate_reference(
                     model, x, xm, s, layer, args.alpha, args.ref_mode, max_new_tokens=1, **kw))
-                sampled.append((step, dt))
-            est = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(sampled, sampled[1:]))
-            est += (sampled[0][1] + sampled[-1][1]) / 2  # endpoints of the sum over t = 0..N-1
+                sampled.append((step, dt, time.process_time() - c0))
+
+            def trapezoid(j):  # the sum over t = 0..N-1 of the step times in column j
+                est = sum((b[0] - a[0]) * (a[j] + b[j]) / 2 for a, b in zip(sampled, sampled[1:]))
+                return est + (sampled[0][j] + sampled[-1][j]) / 2  # the two endpoints
+
             results[f"reference_{args.ref_mode}@{n} (estimated)"] = dict(
-                seconds=est, new_tokens=n, sampled_steps=sampled)
+                seconds=trapezoid(1), cpu_seconds=trapezoid(2), new_tokens=n,
+                sampled_steps=sampled)
 
     rows = args.prompts
     print(f"model {loaded.model_id} on {model.device} ({args.dtype}, {torch.get_num_threads()} "
@@ -166,18 +172,22 @@ def main() -> None:
         return results[key]["seconds"] / len(results[key].get("rounds", [0]))
 
     same, prefix = None, None
+    est_key = f"reference_{args.ref_mode}@{n} (estimated)"
+    if est_key in results:  # also with --no-reference
+        lock = results[f"lockstep_{args.ref_mode}"]
+        runs = len(lock["rounds"])
+        ratios[f"reference_vs_lockstep_{args.ref_mode}_speedup@{n} (estimated)"] = (
+            results[est_key]["seconds"] / one_run(f"lockstep_{args.ref_mode}"))
+        ratios[f"reference_vs_lockstep_{args.ref_mode}_speedup@{n} (estimated, CPU time)"] = (
+            results[est_key]["cpu_seconds"] / (lock["cpu_seconds"] / runs))
+        print("  reference step times (t, wall s, CPU s): " + ", ".join(
+            f"({a}, {b:.2f}, {c:.2f})" for a, b, c in results[est_key]["sampled_steps"]))
     if not args.no_reference:
         lock_key = (f"lockstep_{args.ref_mode}@{n_ref}"
                     if f"lockstep_{args.ref_mode}@{n_ref}" in results
                     else f"lockstep_{args.ref_mode}")
         ratios[f"reference_vs_lockstep_{args.ref_mode}_speedup@{n_ref}"] = (
             one_run(f"reference_{args.ref_mode}@{n_ref}") / one_run(lock_key))
-        est_key = f"reference_{args.ref_mode}@{n} (estimated)"
-        if est_key in results:
-            ratios[f"reference_vs_lockstep_{args.ref_mode}_speedup@{n} (estimated)"] = (
-                results[est_key]["seconds"] / one_run(f"lockstep_{args.ref_mode}"))
-            print("  reference step times (t, s): " + ", ".join(
-                f"({a}, {b:.2f})" for a, b in results[est_key]["sampled_steps"]))
         same = (lock_ref.new_tokens == ref.new_tokens)
         prefix = int(same.long().cumprod(-1).sum(-1).min())
     for k, v in ratios.items():

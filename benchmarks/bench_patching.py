@@ -16,10 +16,11 @@
    variants' top-100 edges (T = 10): Spearman on nodes and on the random edges, and the
    overlap of each variant's top-100 with the exact top-100 among the exactly scored edges.
 6. ``--circuits``: ``score_vector`` + ``add_circuits`` with each ``grad_at`` on the examples:
-   minimum faithful circuit size and the edge-type shares of the top-100 edges.
+   minimum faithful circuit size and the edge-type shares of the top-100 edges (examples
+   combined by ``--pooling``; ``conventions_mechanisms_demo.py`` compares both poolings).
 7. ``--batch-sweep 1,2,4,8``: EAP-IG examples/second per batch size on ``--batch-examples``
-   random sequences of ``--batch-tokens`` tokens (lengths ±10%), scores checked against
-   batch size 1.
+   random sequences of ``--batch-tokens`` tokens (lengths ±10%), by wall and by process CPU
+   time (the ratio a shared machine disturbs least), scores checked against batch size 1.
 
     .venv/bin/python benchmarks/bench_patching.py [--layer 16] [--n-examples 2]
     .venv/bin/python benchmarks/bench_patching.py --conventions --n-examples 1 --t-grid 5,10,20,50
@@ -37,6 +38,8 @@ import sys
 import time
 
 import torch
+
+from steerscope.patching_conventions import POOLING
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                         "refusal")
@@ -218,11 +221,11 @@ def main_circuits(args) -> dict:
     examples, counts, note = _examples(lm, sv, args.n_prompts, args.n_examples,
                                        args.max_new_tokens)
     out = {"model": lm.model_id, "layer": args.layer, "datasets": counts, "data_note": note,
-           "examples": [ex.dataset for ex in examples], "runs": {}}
+           "examples": [ex.dataset for ex in examples], "pooling": args.pooling, "runs": {}}
     for grad_at in ("pre_norm", "post_norm"):
         t0 = time.perf_counter()
         res = score_vector(lm.model, sv, examples, arch=lm.arch, steps=args.steps,
-                           grad_at=grad_at)
+                           grad_at=grad_at, pooling=args.pooling)
         add_circuits(lm.model, sv, examples, res, arch=lm.arch, n_random=1)
         s = res.tables["summary"]
         out["runs"][grad_at] = {
@@ -258,12 +261,13 @@ def main_batch_sweep(args) -> dict:
     gm = GraphModel(lm.model, args.layer, arch=lm.arch)
     rows, ref = [], None
     for bs in [int(b) for b in args.batch_sweep.split(",")]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sc = eap_ig(gm, exs, s, steps=args.steps, metric="kl", batch_size=bs)
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         ref = sc.edges if ref is None else ref
         err = float((sc.edges - ref).abs().max() / ref.abs().max())
         rows.append({"batch_size": bs, "seconds": secs, "examples_per_s": len(exs) / secs,
+                     "cpu_seconds": cpu, "examples_per_cpu_s": len(exs) / cpu,
                      "max_rel_diff_vs_first": err})
         print(json.dumps(rows[-1]), flush=True)
     return {"model": lm.model_id, "layer": args.layer, "examples": len(exs), "tokens": n,
@@ -342,6 +346,9 @@ def main() -> None:
     ap.add_argument("--batch-norm", type=float, default=8.0, help="random vector's norm")
     ap.add_argument("--circuits", action="store_true",
                     help="minimum faithful circuit and top-100 edge types per grad_at")
+    ap.add_argument("--pooling", default=POOLING[0], choices=list(POOLING),
+                    help="--circuits: how examples combine over datasets (patching.pooling; "
+                    "benchmarks/conventions_mechanisms_demo.py compares both)")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--out", help="write the results as JSON")
     args = ap.parse_args()

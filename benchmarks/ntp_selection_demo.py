@@ -13,6 +13,7 @@ the ASR. Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/ntp_selection_demo.py [--out runs] [--objectives ntp,po]
         [--variants before,after,...] [--epochs 2] [--harmless-refuse instruction|dim]
+        [--save-vectors DIR]
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.04)
     ap.add_argument("--harmless-refuse", default="dim", choices=["instruction", "dim"],
                     help="instruction: the data behind the reported symptom; dim: the fix")
+    ap.add_argument("--save-vectors", help="folder: write every trained vector there as "
+                    "<objective>_<variant>_<harmless-refuse>.safetensors")
     args = ap.parse_args()
 
     t0 = time.time()
@@ -124,6 +127,9 @@ def main() -> None:
                            val_data=va, rescale_to=dim.norm, progress=False)
             key = f"{obj}_{name}"
             vectors[key] = r.vector
+            if args.save_vectors:
+                r.vector.save(Path(args.save_vectors) / f"{key}_{args.harmless_refuse}"
+                              ".safetensors")
             trained_norm = r.vector.metadata["trained_norm"]
             summary[key] = {
                 "best_epoch": r.best_epoch, "trained_norm": trained_norm,

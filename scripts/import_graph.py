@@ -28,7 +28,7 @@ SRC = ROOT / "src" / PACKAGE
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("errors", ("errors",)),
     ("foundations", ("artifacts", "validation", "patching_conventions", "results_schema")),
-    ("models, data, runtime", ("models", "data", "runtime", "environment")),
+    ("models, data, runtime", ("models", "data", "runtime", "environment", "testing")),
     ("generation and scores", ("generation", "evaluate", "behaviours")),
     ("vectors", ("vectors",)),
     ("mechanisms", ("patching", "mechanisms", "sparsify")),

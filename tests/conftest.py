@@ -1,3 +1,15 @@
+"""Fixtures shared by every test folder.
+
+Layout (docs/testing.md): ``unit/<package>/`` tests one package of ``src/steerscope`` each,
+``integration/`` runs the CLI and the pipeline end to end, ``acceptance/`` holds files that are
+nothing but exactness invariants. Every test under ``acceptance/``, and every test elsewhere
+marked ``@pytest.mark.acceptance``, is in the acceptance suite (``pytest -m acceptance``): HF
+parity, KV-cache parity, batch parity and exact-vs-attribution checks against an independent
+computation. Test modules are imported with pytest's default ``prepend`` mode (no
+``__init__.py``), so test file names are unique across folders and a test module may import
+this file as ``conftest``.
+"""
+
 from __future__ import annotations
 
 import os
@@ -6,12 +18,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerscope.models.tiny import TINY_ARCHS, tiny_model
+from steerscope.testing import TINY_ARCHS, random_left_padded_batch, tiny_model
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "refusal"
+ACCEPTANCE_DIR = Path(__file__).resolve().parent / "acceptance"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Put every test under tests/acceptance/ into the acceptance suite (before ``-m``
+    selects)."""
+    for item in items:
+        if ACCEPTANCE_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.acceptance)
 
 
 @pytest.fixture(autouse=True)
@@ -59,17 +81,7 @@ def tiny(arch_name):
     return _MODELS[arch_name]
 
 
-def left_padded(seed: int = 0, lengths=(9, 6, 4), vocab: int = 256):
-    """A left-padded batch of random prompts: (ids [B, P], mask [B, P], list of unpadded)."""
-    g = torch.Generator().manual_seed(seed)
-    seqs = [torch.randint(3, vocab, (n,), generator=g) for n in lengths]
-    width = max(lengths)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = s
-        mask[i, width - len(s):] = 1
-    return ids, mask, seqs
+left_padded = random_left_padded_batch  # the name tests import: (ids [B, P], mask [B, P], prompts)
 
 
 # --- pipeline tests: a tiny chat model and two prompt files --------------------------------
@@ -80,7 +92,7 @@ PIPELINE_HARMLESS = [f"tell me a nice fact about item {i}" for i in range(12)]
 def write_pipeline_workdir(root: Path) -> Path:
     """``root`` with a tiny llama chat model (``model/``) and ``harmful.txt`` /
     ``harmless.txt`` of 12 prompts each, for pipeline configs."""
-    from steerscope.models import save_tiny_chat_model
+    from steerscope.testing import save_tiny_chat_model
 
     save_tiny_chat_model(root / "model", "llama")
     (root / "harmful.txt").write_text("\n".join(PIPELINE_HARMFUL) + "\n")

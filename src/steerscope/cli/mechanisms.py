@@ -7,20 +7,15 @@ import argparse
 import json
 from pathlib import Path
 
-from steerscope.cli.vectors import _load, _read, add_chat_template_arg
+from steerscope.cli import common
 from steerscope.errors import SteerscopeError
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="'default', 'demo', a local folder, a .gguf file or a Hub id")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    add_chat_template_arg(p)
+    common.add_model_args(p)
     p.add_argument("--vector", required=True, help="steering vector file (.safetensors)")
     p.add_argument("--layer", type=int, help="override the vector's layer")
     p.add_argument("--name", help="vector name in tables (default: its method)")
-
-
 
 
 def _modes(text: str) -> list[str]:
@@ -66,15 +61,15 @@ def read_head_scores(path: str | Path) -> dict[str, float]:
     return out
 
 
-def cmd_freeze(args) -> None:
+def cmd_freeze(args) -> dict:
     from steerscope.mechanisms.evaluate import freeze_evaluation
     from steerscope.vectors import SteeringVector
 
     modes = _modes(args.modes)
     sv = SteeringVector.load(args.vector, layer=args.layer)
-    harmful = _read(args.harmful, args.n, args.seed)
-    harmless = _read(args.harmless, args.n, args.seed)
-    lm = _load(args)
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    lm = common.load(args)
     res = freeze_evaluation(lm.model, lm.tokenizer, sv, harmful, harmless, modes=modes,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             include_unsteered=args.unsteered, arch=lm.arch,
@@ -83,15 +78,16 @@ def cmd_freeze(args) -> None:
     if args.out:
         for p in res.save(args.out, figure=not args.no_figure):
             print(f"wrote {p}")
+    return res.to_json()
 
 
-def cmd_svv(args) -> None:
+def cmd_svv(args) -> dict:
     from steerscope.mechanisms.svv import svv_report
     from steerscope.vectors import SteeringVector
 
     sv = SteeringVector.load(args.vector, layer=args.layer)
     scores = read_head_scores(args.scores) if args.scores else None
-    lm = _load(args)
+    lm = common.load(args)
     sv.check_fits(lm.arch)
     name = args.name or sv.method
     rep = svv_report(lm.model, lm.tokenizer, sv.vector, sv.layer, head_scores=scores,
@@ -103,6 +99,7 @@ def cmd_svv(args) -> None:
         print(f"wrote {rep.save(out / f'svv_{name}.json')}")
         if not args.no_figure:
             print(f"wrote {rep.figure(out / f'svv_{name}.png', n_heads=args.heads)}")
+    return rep.to_json()
 
 
 def register(sub) -> None:
@@ -110,26 +107,33 @@ def register(sub) -> None:
     p = sub.add_parser("freeze", help="freezing ablations during steered generation "
                                       "(QK/OV freeze, SVV/MLP removal; the paper's Table 1)")
     _model_args(p)
-    p.add_argument("--modes", default="qk,ov,svv,mlp", help="comma-separated: qk,ov,svv,mlp")
-    p.add_argument("--harmful", default="jailbreakbench")
-    p.add_argument("--harmless", default="harmless_test")
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--modes", default="qk,ov,svv,mlp",
+                   help="comma-separated ablations: qk (unsteered attention patterns), ov "
+                        "(unsteered value activations), svv (the steering term removed from "
+                        "the value input), mlp (the steering term removed from every MLP "
+                        "input) (default: %(default)s)")
+    common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
+    common.add_sample_args(p, 100)
+    common.add_max_new_tokens_arg(p)
+    common.add_batch_size_arg(p, 16)
     p.add_argument("--unsteered", action="store_true", help="add the unsteered model as a row")
     p.add_argument("--out", help="folder for freeze.json (+ freeze.png)")
-    p.add_argument("--no-figure", action="store_true")
+    p.add_argument("--no-figure", action="store_true", help="skip freeze.png")
+    common.add_json_arg(p, "the ablation table and completions")
     p.set_defaults(func=cmd_freeze)
 
     p = sub.add_parser("svv", help="steering value vectors per head through the logit lens")
     _model_args(p)
     p.add_argument("--scores", help="head node scores to rank by: a 'steerscope patch' vector "
                                     "folder, its result.json, or JSON {'a{L}.h{H}': score}")
-    p.add_argument("--top-k", type=int, default=20, help="tokens kept per head (default 20)")
-    p.add_argument("--heads", type=int, default=10, help="heads shown in the table and figure")
-    p.add_argument("--show-tokens", type=int, default=10, help="tokens shown per line")
+    p.add_argument("--top-k", type=int, default=20,
+                   help="tokens kept per head (default: %(default)s)")
+    p.add_argument("--heads", type=int, default=10,
+                   help="heads shown in the table and figure (default: %(default)s)")
+    p.add_argument("--show-tokens", type=int, default=10,
+                   help="tokens shown per line (default: %(default)s)")
     p.add_argument("--negative", action="store_true", help="read -s (the bypass direction)")
     p.add_argument("--out", help="folder for svv_NAME.json (+ svv_NAME.png)")
-    p.add_argument("--no-figure", action="store_true")
+    p.add_argument("--no-figure", action="store_true", help="skip svv_NAME.png")
+    common.add_json_arg(p, "the per-head report")
     p.set_defaults(func=cmd_svv)

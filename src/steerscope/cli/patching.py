@@ -11,27 +11,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from steerscope.cli.vectors import _int_list, add_chat_template_arg
+from steerscope.cli import common
 from steerscope.errors import SteerscopeError
 from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING
 
 
-def _vectors(specs: list[str]) -> dict:
-    from steerscope.vectors import SteeringVector
-
-    if not specs:
-        raise SteerscopeError("no steering vector given", "pass --vector NAME=FILE")
-    from steerscope.validation import parse_named_files
-
-    return {name: SteeringVector.load(path)
-            for name, path in parse_named_files(specs, "vector").items()}
+def result_json(res, top: int = 20) -> dict:
+    """A patching result's summary, faithfulness curves and ``top`` EAP-IG edges as JSON."""
+    return {"summary": res.tables.get("summary"),
+            "curves": {k: c.to_json() for k, c in res.curves.items()},
+            "top_edges": res.top_edges("eap_ig", top)}
 
 
-def cmd_patch(args) -> None:
+def cmd_patch(args) -> dict:
     from steerscope.artifacts import atomic_write_json
-    from steerscope.cli.vectors import _read
-    from steerscope.models.chat import set_chat_template
-    from steerscope.models.loading import load_model
     from steerscope.patching import (
         build_patching_datasets,
         circuit_summary,
@@ -39,7 +32,7 @@ def cmd_patch(args) -> None:
         patch_vector,
     )
 
-    vectors = _vectors(args.vector)
+    vectors = common.load_vectors(args.vector)
     if args.grid_step is not None and args.sizes:
         raise SteerscopeError("--grid-step and --sizes are both given", "pass one of them")
     if args.grid_step is not None and not 0 < args.grid_step <= 1:
@@ -54,10 +47,9 @@ def cmd_patch(args) -> None:
     if args.ig_batch_size < 1:
         raise SteerscopeError(f"--ig-batch-size must be >= 1, got {args.ig_batch_size}",
                               "pass e.g. --ig-batch-size 4")
-    harmful = _read(args.harmful, args.n, args.seed)
-    harmless = _read(args.harmless, args.n, args.seed)
-    lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    set_chat_template(lm.tokenizer, args.chat_template)
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    lm = common.load(args)
     for v in vectors.values():
         v.check_fits(lm.arch)
     judge = None
@@ -66,7 +58,7 @@ def cmd_patch(args) -> None:
 
         judge = get_judge(args.judge)
     out = Path(args.out)
-    results, data = {}, {}
+    results, data, report = {}, {}, {"vectors": {}}
     for name, v in vectors.items():
         print(f"[{name}] rollouts on {len(harmful)} harmful and {len(harmless)} harmless prompts")
         ds = build_patching_datasets(lm.model, lm.tokenizer, v, harmful, harmless,
@@ -81,7 +73,7 @@ def cmd_patch(args) -> None:
                           {k: [e.to_json() for e in x] for k, x in ds.items()})
         res = patch_vector(lm.model, v, ds, arch=lm.arch, steps=args.steps, metric=args.metric,
                            tau=args.kl_threshold, reverse=args.reverse,
-                           coarse=args.graph == "coarse", sizes=_int_list(args.sizes),
+                           coarse=args.graph == "coarse", sizes=common.int_list(args.sizes),
                            threshold=args.threshold, exact_nodes=args.exact_nodes,
                            top_k=args.top_k, grid_step=args.grid_step,
                            grid_max=args.grid_max, random_kind=args.random,
@@ -93,12 +85,16 @@ def cmd_patch(args) -> None:
         print(circuit_summary(res))
         print(f"[{name}] wrote {out / name}/")
         results[name], data[name] = res, (ds, v)
+        report["vectors"][name] = {"folder": str(out / name), "examples": counts,
+                                   **result_json(res, args.top_k)}
     if len(results) > 1:
-        cmp = compare_vectors(lm.model, results, data, sizes=_int_list(args.sizes),
+        cmp = compare_vectors(lm.model, results, data, sizes=common.int_list(args.sizes),
                               progress=True)
         atomic_write_json(out / "comparison.json", cmp)
         _print_comparison(cmp)
         print(f"wrote {out / 'comparison.json'}")
+        report["comparison"] = cmp
+    return report
 
 
 def _print_matrix(title: str, m: dict) -> None:
@@ -117,7 +113,7 @@ def _print_comparison(cmp: dict) -> None:
                   cmp["interchange"])
 
 
-def cmd_circuits(args) -> None:
+def cmd_circuits(args) -> dict:
     from steerscope.patching import PatchingResult, circuit_summary
 
     folder = Path(args.folder)
@@ -129,43 +125,48 @@ def cmd_circuits(args) -> None:
     if not folders:
         raise SteerscopeError(f"no patching results under {folder}",
                               "pass the --out folder of 'steerscope patch'")
+    report: dict = {"vectors": {}}
     for f in folders:
         res = PatchingResult.load(f)
-        print(f"== {f.name} ==")
-        if args.json:
-            print(json.dumps({"summary": res.tables.get("summary"),
-                              "curves": {k: c.to_json() for k, c in res.curves.items()},
-                              "top_edges": res.top_edges("eap_ig", args.top)}, indent=2))
-        else:
+        report["vectors"][f.name] = result_json(res, args.top)
+        if not args.json:
+            print(f"== {f.name} ==")
             print(circuit_summary(res))
-    if comparison.is_file() and not args.json:
-        _print_comparison(json.loads(comparison.read_text(encoding="utf-8")))
+    if comparison.is_file():
+        report["comparison"] = json.loads(comparison.read_text(encoding="utf-8"))
+        if not args.json:
+            _print_comparison(report["comparison"])
+    return report
 
 
 def register(sub) -> None:
     """Add ``patch`` and ``circuits`` to the top-level subparsers."""
     p = sub.add_parser("patch", help="multi-token activation patching (EAP-IG), circuits and "
                                      "faithfulness for steering vectors")
-    p.add_argument("model", help="'default', 'demo', a local folder, a .gguf file or a Hub id")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    add_chat_template_arg(p)
-    p.add_argument("--vector", action="append", default=[], help="NAME=FILE (repeatable)")
-    p.add_argument("--harmful", default="harmful_test", help="prompt file or dataset name")
-    p.add_argument("--harmless", default="harmless_test", help="prompt file or dataset name")
-    p.add_argument("--n", type=int, default=100, help="prompts per set (seeded sample)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-per-dataset", type=int, default=100)
+    common.add_model_args(p, batch_size=8)
+    common.add_vector_specs(p)
+    common.add_prompt_pair(p, "harmful_test", "harmless_test", note=" for the rollouts")
+    common.add_sample_args(p, 100)
+    p.add_argument("--max-per-dataset", type=int, default=100,
+                   help="most patching examples kept per dataset (harmful/harmless x "
+                        "steered/base; default: %(default)s)")
     p.add_argument("--judge", default=None,
                    help="jailbreak judge for the harmful flips, e.g. llamaguard (the paper: "
                         "steered unsafe and base safe); default: the refusal substrings")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--bypass-alpha", type=float, default=-1.0)
-    p.add_argument("--induce-alpha", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=10, help="EAP-IG steps T (default 10)")
-    p.add_argument("--metric", choices=["logit_diff", "kl"], default="logit_diff")
-    p.add_argument("--kl-threshold", type=float, default=0.0, help="τ for --metric kl")
+    common.add_max_new_tokens_arg(p)
+    p.add_argument("--bypass-alpha", type=float, default=-1.0,
+                   help="steering coefficient on harmful prompts (default: %(default)s)")
+    p.add_argument("--induce-alpha", type=float, default=1.0,
+                   help="steering coefficient on harmless prompts (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=10,
+                   help="EAP-IG integration steps T (default: %(default)s)")
+    p.add_argument("--metric", choices=["logit_diff", "kl"], default="logit_diff",
+                   help="patching metric: logit_diff = logit difference of the steered vs "
+                        "unsteered greedy tokens where they differ; kl = KL of steered to "
+                        "unsteered next-token distributions (default: %(default)s)")
+    p.add_argument("--kl-threshold", type=float, default=0.0,
+                   help="τ for --metric kl: only positions whose steered-vs-unsteered KL is at "
+                        "least τ count (0: every position with KL > 0; default: %(default)s)")
     p.add_argument("--reverse", action="store_true",
                    help="reverse roles: clean = unsteered, corrupt = steered (patched runs are "
                         "the unsteered model with some edges carrying their steered value)")
@@ -183,7 +184,8 @@ def register(sub) -> None:
     p.add_argument("--ig-batch-size", type=int, default=1,
                    help="examples of similar length per batched EAP-IG backward pass (same "
                         "scores; more memory; default 1)")
-    p.add_argument("--sizes", help="circuit sizes for the faithfulness curve, e.g. 50,100,500")
+    p.add_argument("--sizes", help="circuit sizes in edges for the faithfulness curve, e.g. "
+                                   "50,100,500 (default: 0.5%% to 100%% of the edges in 11 steps)")
     p.add_argument("--grid-step", type=float,
                    help="instead of --sizes: every GRID_STEP fraction of the edges (the paper's "
                         "figure: 0.0341, i.e. 300 of Gemma's 8,790 edges)")
@@ -195,16 +197,23 @@ def register(sub) -> None:
     p.add_argument("--position-metrics", action="store_true",
                    help="also the released code's per-position faithfulness (KL ratio, "
                         "directional KL, token match, log-prob) on the steered responses")
-    p.add_argument("--threshold", type=float, default=0.85, help="faithfulness threshold")
+    p.add_argument("--threshold", type=float, default=0.85,
+                   help="faithfulness a circuit must reach to be 'minimum faithful' "
+                        "(default: %(default)s)")
     p.add_argument("--exact-nodes", action="store_true",
                    help="also score every node by exact patching (one run per node)")
-    p.add_argument("--top-k", type=int, default=100, help="top edges for edge-type shares")
+    p.add_argument("--top-k", type=int, default=100,
+                   help="top edges counted in the edge-type shares and listed by --json "
+                        "(default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder (one subfolder per vector)")
+    common.add_json_arg(p, "each vector's summary, curves and top edges (and the comparison)")
     p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("circuits", help="print faithfulness curves, circuits and top edges of "
                                         "a 'steerscope patch' output folder")
-    p.add_argument("folder")
-    p.add_argument("--top", type=int, default=20)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("folder", help="a 'steerscope patch' --out folder or one vector's "
+                                   "subfolder")
+    p.add_argument("--top", type=int, default=20,
+                   help="top EAP-IG edges listed by --json (default: %(default)s)")
+    common.add_json_arg(p, "{vectors: {NAME: {summary, curves, top_edges}}, comparison}")
     p.set_defaults(func=cmd_circuits)

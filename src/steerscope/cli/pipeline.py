@@ -6,24 +6,28 @@ import argparse
 import json
 from pathlib import Path
 
+from steerscope.cli import common
 from steerscope.errors import SteerscopeError
 
 
-def cmd_run(args) -> None:
+def cmd_run(args) -> dict | None:
     from steerscope.pipeline import run_pipeline
 
     if args.verify:
-        verify_run(args.config, args.out)
-        return
+        return verify_run(args.config, args.out)
     res = run_pipeline(args.config, args.out, force=args.force or None, until=args.until,
                        progress=not args.quiet)
-    print_run(res)
+    if not print_run(res):
+        return None
+    return {"run_dir": str(res.run_dir), "results": str(res.results_path),
+            "report": str(res.report_path) if res.report_path is not None else None,
+            "stages": {n: rec.to_json() for n, rec in res.records.items()}}
 
 
-def verify_run(config: str, out: str) -> None:
+def verify_run(config: str, out: str) -> dict:
     """Check every stage folder of a run folder (CONFIG's, or CONFIG itself when it is a
     run folder) against its ``stage.json``; print one line per folder; a one-line error when
-    any is damaged or missing. Computes nothing."""
+    any is damaged or missing. Computes nothing. Returns ``{run_dir, folders: {name: "ok"}}``."""
     from steerscope.pipeline import prepare
     from steerscope.pipeline.store import verify_folder
 
@@ -53,6 +57,7 @@ def verify_run(config: str, out: str) -> None:
                               f"({', '.join(bad)})",
                               "rerun 'steerscope run' with the same config: it recomputes them")
     print(f"{run_dir}: {len(report)} stage folder(s), all match their stage.json")
+    return {"run_dir": str(run_dir), "folders": {f: "ok" for f in sorted(report)}}
 
 
 def print_run(res) -> bool:
@@ -75,12 +80,13 @@ def print_run(res) -> bool:
     return True
 
 
-def cmd_report(args) -> None:
+def cmd_report(args) -> dict:
     from steerscope.report.explorer import build_run_report
 
     path = build_run_report(args.run_dir, args.out, title=args.title,
                             explorer=not args.no_explorer, model=not args.no_model)
     print(f"report: {path}")
+    return {"report": str(path)}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,14 +101,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compute nothing: check every finished stage folder of the run folder "
                         "(CONFIG's, or CONFIG itself if it is a run folder) against the sizes "
                         "and digest in its stage.json")
+    common.add_json_arg(p, "the run folder, results/report paths and each stage's record")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="(re)build the HTML report of a run folder")
-    p.add_argument("run_dir", help="a run folder holding results.json")
-    p.add_argument("--out", help="write report.html and figures/ here (default: the run folder)")
-    p.add_argument("--title")
+    common.add_run_folder_args(
+        p, out="write report.html and figures/ here (default: the run folder)",
+        no_model="do not load the model (the explorer then has no example view)")
+    p.add_argument("--title", help="the report's title (default: from the run's name)")
     p.add_argument("--no-explorer", action="store_true",
                    help="leave out the interactive circuit explorer")
-    p.add_argument("--no-model", action="store_true",
-                   help="do not load the model (the explorer then has no example view)")
+    common.add_json_arg(p, "the report's path")
     p.set_defaults(func=cmd_report)

@@ -3,74 +3,31 @@ and evaluate steering vectors."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from steerscope.errors import SteerscopeError
-
-
-def _load(args):
-    from steerscope.models.chat import set_chat_template
-    from steerscope.models.loading import load_model
-
-    lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    set_chat_template(lm.tokenizer, getattr(args, "chat_template", None))
-    return lm
-
-
-def add_chat_template_arg(p: argparse.ArgumentParser) -> None:
-    """``--chat-template``: replace the tokenizer's chat template (a name or Jinja text)."""
-    p.add_argument("--chat-template", default=None,
-                   help="prompt format: 'llama3-no-system-header' (the authors' released Llama-3 "
-                        "format) or Jinja text (default: the tokenizer's own template)")
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="'default', 'demo', a local folder, a .gguf file or a Hub id")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    add_chat_template_arg(p)
-    p.add_argument("--batch-size", type=int, default=16)
-
-
-def _read(source: str, n: int | None, seed: int) -> list[str]:
-    """Instructions from a prompt file or named dataset, optionally a seeded sample of n."""
-    from steerscope.data import load_prompts
-
-    ps = load_prompts(source)
-    if n is not None:
-        ps = ps.sample(n, seed=seed, allow_fewer=True)
-    return ps.instructions
-
-
-def _formatted(tok, instructions: list[str]) -> list[str]:
-    from steerscope.models.chat import format_prompt
-
-    return [format_prompt(tok, p) for p in instructions]
-
-
-def _int_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise SteerscopeError(f"'{text}' is not a comma-separated list of integers",
-                              "write e.g. 8,10,12") from exc
+from steerscope.cli import common
 
 
 # --- commands ----------------------------------------------------------------------------
-def cmd_dim(args) -> None:
+def describe(sv, path=None) -> dict:
+    """A steering vector's identity as JSON: method, layer, position, width, norm, model,
+    sha256 (and its file)."""
+    return {**({"path": str(path)} if path is not None else {}), "method": sv.method,
+            "layer": sv.layer, "position": sv.position, "d_model": sv.d_model,
+            "norm": sv.norm, "model_id": sv.model_id, "sha256": sv.sha256}
+
+
+def cmd_dim(args) -> dict:
     from steerscope.vectors import select_dim
 
-    sets = {name: _read(getattr(args, name.replace("-", "_")), n, args.seed)
+    sets = {name: common.read_prompts(getattr(args, name.replace("-", "_")), n, args.seed)
             for name, n in (("harmful-train", args.n_train), ("harmless-train", args.n_train),
                             ("harmful-val", args.n_val), ("harmless-val", args.n_val))}
-    lm = _load(args)
+    lm = common.load(args)
     tok = lm.tokenizer
-    res = select_dim(lm.model, tok, *(_formatted(tok, v) for v in sets.values()),
+    res = select_dim(lm.model, tok, *(common.formatted(tok, v) for v in sets.values()),
                      model_id=lm.model_id, revision=lm.revision, filter=not args.no_filter,
-                     layers=_int_list(args.layers), kl_threshold=args.kl_threshold,
+                     layers=common.int_list(args.layers), kl_threshold=args.kl_threshold,
                      induce_threshold=args.induce_threshold,
                      max_layer_fraction=args.max_layer_fraction,
                      layer_cutoff=args.layer_cutoff,
@@ -85,27 +42,32 @@ def cmd_dim(args) -> None:
           f"({sum(r['discarded'] is None for r in res.candidates)} of {len(res.candidates)} "
           f"candidates survive the filters)")
     print(f"wrote {out / 'dim.safetensors'} and {out / 'dim_candidates.json'}")
+    return {"chosen": c, "n_candidates": len(res.candidates),
+            "n_surviving": sum(r["discarded"] is None for r in res.candidates),
+            "vector": describe(res.vector, out / "dim.safetensors"),
+            "candidates": str(out / "dim_candidates.json")}
 
 
-def cmd_extract(args) -> None:
+def cmd_extract(args) -> dict:
     from steerscope.validation import check_output_file
     from steerscope.vectors import extract_vector
 
     check_output_file(args.out)
-    pos = _read(args.positive, args.n, args.seed)
-    neg = _read(args.negative, args.n, args.seed)
-    lm = _load(args)
+    pos = common.read_prompts(args.positive, args.n, args.seed)
+    neg = common.read_prompts(args.negative, args.n, args.seed)
+    lm = common.load(args)
     lm.arch.check_layer(args.layer)
-    sv = extract_vector(lm.model, lm.tokenizer, _formatted(lm.tokenizer, pos),
-                        _formatted(lm.tokenizer, neg), method=args.method, layer=args.layer,
+    sv = extract_vector(lm.model, lm.tokenizer, common.formatted(lm.tokenizer, pos),
+                        common.formatted(lm.tokenizer, neg), method=args.method, layer=args.layer,
                         position=args.position, batch_size=args.batch_size,
                         model_id=lm.model_id, revision=lm.revision, arch=lm.arch, progress=True)
     sv.save(args.out)
     print(f"{args.method} vector at layer {args.layer}, position {args.position}: norm "
           f"{sv.norm:.3f}; wrote {args.out}")
+    return describe(sv, args.out)
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> dict:
     from steerscope.vectors import SteeringVector
     from steerscope.vectors.train_config import (
         PAPER_CONVENTIONS,
@@ -118,12 +80,12 @@ def cmd_train(args) -> None:
     from steerscope.vectors.training_data import build_preference_data
 
     dim = SteeringVector.load(args.dim)
-    harmful = _read(args.harmful, args.n, args.seed)
-    harmless = _read(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
     if args.val_prompts == "dim_val":
-        harmful_val = _read(args.harmful_val, args.n_val, args.seed)
-        harmless_val = _read(args.harmless_val, args.n_val, args.seed)
-    lm = _load(args)
+        harmful_val = common.read_prompts(args.harmful_val, args.n_val, args.seed)
+        harmless_val = common.read_prompts(args.harmless_val, args.n_val, args.seed)
+    lm = common.load(args)
     dim.check_fits(lm.arch)
     layer = args.layer if args.layer is not None else dim.layer
     lm.arch.check_layer(layer)
@@ -152,9 +114,13 @@ def cmd_train(args) -> None:
           f"epoch {res.best_epoch} kept (val loss {res.val_loss:.4f}, token match "
           f"{res.val_match_mean:.3f}); cosine with DIM {res.vector.cosine(dim):+.3f}; "
           f"wrote {args.out}")
+    return {"vector": describe(res.vector, args.out), "objective": args.objective,
+            "best_epoch": res.best_epoch, "val_loss": res.val_loss,
+            "val_match_mean": res.val_match_mean, "dim_norm": dim.norm,
+            "cosine_with_dim": res.vector.cosine(dim)}
 
 
-def cmd_info(args) -> None:
+def cmd_info(args) -> dict:
     from steerscope.vectors import SteeringVector
 
     vecs = [SteeringVector.load(p) for p in args.files]
@@ -166,38 +132,40 @@ def cmd_info(args) -> None:
         print("cosine similarity:")
         for p, a in zip(args.files, vecs):
             print(f"  {Path(p).name:24s} " + " ".join(f"{a.cosine(b):+.3f}" for b in vecs))
+    return {"vectors": [describe(sv, p) for p, sv in zip(args.files, vecs)],
+            "cosine": [[a.cosine(b) for b in vecs] for a in vecs]}
 
 
-def cmd_export_gguf(args) -> None:
+def cmd_export_gguf(args) -> dict:
     from steerscope.vectors import SteeringVector, export_control_vector
 
     vecs = [SteeringVector.load(p) for p in args.files]
     path = export_control_vector(vecs, args.out, model_hint=args.model_hint, alpha=args.alpha)
     print(f"wrote llama.cpp control vector {path} ({len(vecs)} layer(s); use with "
           f"llama.cpp --control-vector {path.name})")
+    return {"path": str(path), "layers": [sv.layer for sv in vecs]}
 
 
-def cmd_import_gguf(args) -> None:
+def cmd_import_gguf(args) -> list[dict]:
     from steerscope.vectors import import_control_vector
 
-    out = Path(args.out_dir)
+    out, rows = Path(args.out_dir), []
     for sv in import_control_vector(args.file):
         path = sv.save(out / f"{Path(args.file).stem}_layer{sv.layer}.safetensors")
         print(f"layer {sv.layer}: norm {sv.norm:.4f} -> {path}")
+        rows.append(describe(sv, path))
+    return rows
 
 
-def cmd_evaluate(args) -> None:
+def cmd_evaluate(args) -> dict:
     from steerscope.evaluate.judges import get_judge
     from steerscope.evaluate.steering import evaluate_steering
-    from steerscope.validation import parse_named_files
-    from steerscope.vectors import SteeringVector
 
-    vectors = {name: SteeringVector.load(path)
-               for name, path in parse_named_files(args.vector, "vector").items()}
-    harmful = _read(args.harmful, args.n, args.seed)
-    harmless = _read(args.harmless, args.n, args.seed)
+    vectors = common.load_vectors(args.vector, required=False)
+    harmful = common.read_prompts(args.harmful, args.n, args.seed)
+    harmless = common.read_prompts(args.harmless, args.n, args.seed)
     judge = get_judge(args.judge) if args.judge else None
-    lm = _load(args)
+    lm = common.load(args)
     res = evaluate_steering(lm.model, lm.tokenizer, vectors, harmful, harmless, arch=lm.arch,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             judge=judge)
@@ -209,109 +177,153 @@ def cmd_evaluate(args) -> None:
             print(f"{a:6s} " + " ".join(f"{res.cosine[a][b]:+8.3f}" for b in names))
     if args.out:
         print(f"\nwrote {res.save(args.out)}")
+    return res.to_json()
 
 
 def register(sub) -> None:
     """Add the vector and evaluation commands to the top-level subparsers."""
+    from steerscope.vectors import METHODS
+    from steerscope.vectors.dim_selection import (
+        DEFAULT_INDUCE_THRESHOLD,
+        DEFAULT_KL_THRESHOLD,
+        DEFAULT_LAYER_CUTOFF,
+        DEFAULT_MAX_LAYER_FRACTION,
+    )
+
     vec = sub.add_parser("vectors", help="extract, train, inspect and convert steering vectors")
-    vsub = vec.add_subparsers(dest="vectors_command", required=True)
+    vsub = vec.add_subparsers(dest="vectors_command", required=True, metavar="ACTION",
+                              help="dim | extract | train | info | export-gguf | import-gguf")
 
     p = vsub.add_parser("dim", help="DIM refusal direction with the paper's selection rule")
-    _model_args(p)
-    p.add_argument("--harmful-train", default="harmful_train")
-    p.add_argument("--harmless-train", default="harmless_train")
-    p.add_argument("--harmful-val", default="harmful_val")
-    p.add_argument("--harmless-val", default="harmless_val")
-    p.add_argument("--n-train", type=int, default=128)
-    p.add_argument("--n-val", type=int, default=32)
-    p.add_argument("--seed", type=int, default=42)
+    common.add_model_args(p, batch_size=16)
+    common.add_prompt_pair(p, "harmful_train", "harmless_train", flag="{}-train",
+                           note=" for the difference of means")
+    common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="{}-val",
+                           note=" for the candidate selection")
+    p.add_argument("--n-train", type=int, default=128,
+                   help="train prompts per class, a seeded sample (default: %(default)s)")
+    p.add_argument("--n-val", type=int, default=32,
+                   help="validation prompts per class, a seeded sample (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help=common.SEED_HELP)
     p.add_argument("--layers", help="comma-separated layers to consider (default: all)")
     p.add_argument("--no-filter", action="store_true",
                    help="keep prompts whatever their unsteered refusal score")
-    p.add_argument("--kl-threshold", type=float, default=0.1)
+    p.add_argument("--kl-threshold", type=float, default=DEFAULT_KL_THRESHOLD,
+                   help="discard candidates whose ablation moves the harmless next-token "
+                        "distribution by KL >= this, in nats (default: %(default)s)")
     p.add_argument("--relax-kl", action="store_true",
                    help="if no candidate passes the KL filter, double its threshold until one "
                         "does (recorded in the vector)")
     p.add_argument("--score-all", action="store_true",
                    help="score every filter of every candidate (the full candidate table; "
                         "the same choice; default: stop at a candidate's first failed filter)")
-    p.add_argument("--induce-threshold", type=float, default=0.0)
-    p.add_argument("--max-layer-fraction", type=float, default=0.8)
-    p.add_argument("--layer-cutoff", choices=["int", "real"], default="int",
-                   help="discard layers >= int(f*L) (int, the released code; default) or "
-                        ">= f*L (real)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--induce-threshold", type=float, default=DEFAULT_INDUCE_THRESHOLD,
+                   help="discard candidates whose addition to harmless prompts gives a mean "
+                        "refusal score <= this (default: %(default)s)")
+    p.add_argument("--max-layer-fraction", type=float, default=DEFAULT_MAX_LAYER_FRACTION,
+                   help="discard layers past this fraction f of the depth L (see "
+                        "--layer-cutoff; default: %(default)s)")
+    p.add_argument("--layer-cutoff", choices=["int", "real"], default=DEFAULT_LAYER_CUTOFF,
+                   help="discard layers >= int(f*L) (int, the released code) or >= f*L (real) "
+                        "(default: %(default)s)")
+    p.add_argument("--out", required=True,
+                   help="output folder (dim.safetensors, dim_candidates.json)")
+    common.add_json_arg(p, "the chosen candidate and the files")
     p.set_defaults(func=cmd_dim)
 
     p = vsub.add_parser("extract", help="one vector by dim | caa | pca | probe at a given layer")
-    _model_args(p)
-    p.add_argument("--method", default="dim")
-    p.add_argument("--positive", required=True, help="prompts of the behaviour (e.g. harmful)")
-    p.add_argument("--negative", required=True, help="contrast prompts (e.g. harmless)")
-    p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--position", type=int, default=-1, help="negative: from the prompt end")
-    p.add_argument("--n", type=int)
-    p.add_argument("--seed", type=int, default=42)
+    common.add_model_args(p, batch_size=16)
+    p.add_argument("--method", default="dim",
+                   help=f"extraction method: {' | '.join(sorted(METHODS))} (default: "
+                        "%(default)s)")
+    p.add_argument("--positive", required=True,
+                   help="prompts of the behaviour (e.g. harmful): a file or dataset name")
+    p.add_argument("--negative", required=True,
+                   help="contrast prompts (e.g. harmless): a file or dataset name")
+    p.add_argument("--layer", type=int, required=True,
+                   help="block whose input activations are read")
+    p.add_argument("--position", type=int, default=-1,
+                   help="token position read; negative: from the prompt end "
+                        "(default: %(default)s)")
+    common.add_sample_args(p, None)
     p.add_argument("--out", required=True, help="output .safetensors file")
+    common.add_json_arg(p, "the vector's description")
     p.set_defaults(func=cmd_extract)
 
     p = vsub.add_parser("train", help="NTP or PO (one-directional RePS) vector")
-    _model_args(p)
-    p.add_argument("--objective", choices=["ntp", "po"], required=True)
+    common.add_model_args(p, batch_size=16)
+    p.add_argument("--objective", choices=["ntp", "po"], required=True,
+                   help="ntp: next-token prediction on refusals; po: preference optimisation")
     p.add_argument("--dim", required=True, help="the DIM vector file (data and norm)")
-    p.add_argument("--harmful", default="harmful_train")
-    p.add_argument("--harmless", default="harmless_train")
-    p.add_argument("--n", type=int, default=64, help="prompts per class (paper: 256)")
-    p.add_argument("--layer", type=int, help="default: the DIM vector's layer")
-    p.add_argument("--grid", choices=["single", "quick", "paper"], default="single")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=0.04)
-    p.add_argument("--train-batch-size", type=int, default=6)
+    common.add_prompt_pair(p, "harmful_train", "harmless_train", note=" to train on")
+    p.add_argument("--n", type=int, default=64,
+                   help="prompts per class (default: %(default)s; the paper: 256)")
+    p.add_argument("--layer", type=int, help="steered layer (default: the DIM vector's layer)")
+    p.add_argument("--grid", choices=["single", "quick", "paper"], default="single",
+                   help="single: one run with --epochs/--lr/--train-batch-size; quick or "
+                        "paper: a hyperparameter grid, best by validation (default: "
+                        "%(default)s)")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="training epochs with --grid single (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.04,
+                   help="learning rate with --grid single (default: %(default)s)")
+    p.add_argument("--train-batch-size", type=int, default=6,
+                   help="training pairs per optimiser step with --grid single (default: "
+                        "%(default)s)")
     p.add_argument("--val-prompts", choices=["dim_val", "split"], default="dim_val",
                    help="dim_val: validation pairs from DIM's validation prompts (released "
                         "code); split: hold out --val-fraction of the training pairs")
-    p.add_argument("--harmful-val", default="harmful_val")
-    p.add_argument("--harmless-val", default="harmless_val")
+    common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="{}-val",
+                           note=" for validation with --val-prompts dim_val")
     p.add_argument("--n-val", type=int, default=32, help="validation prompts per class "
-                   "(the same seeded sample as 'vectors dim')")
+                   "(the same seeded sample as 'vectors dim'; default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="--val-prompts split: share of the training pairs held out")
+                   help="fraction of training pairs held out with --val-prompts split "
+                        "(default: %(default)s)")
     p.add_argument("--conventions", choices=["paper", "steerscope"], default="paper",
                    help="model selection: paper = validate at the DIM norm after every epoch, "
                         "keep the best, LR stepped per epoch; steerscope = the last epoch, "
                         "validated at the mean factor, LR stepped per step")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    common.add_max_new_tokens_arg(p)
     p.add_argument("--harmless-refuse", choices=["instruction", "dim"], default="instruction",
                    help="harmless refusals: told to refuse (paper) or DIM-steered (+1)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the prompt sample, split and training (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    common.add_json_arg(p, "the vector and its validation")
     p.set_defaults(func=cmd_train)
 
     p = vsub.add_parser("info", help="describe vector files and their cosine similarities")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", help="steering vector files (.safetensors)")
+    common.add_json_arg(p, "each vector's description and the cosine matrix")
     p.set_defaults(func=cmd_info)
 
     p = vsub.add_parser("export-gguf", help="write a llama.cpp control vector (.gguf)")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--model-hint")
-    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("files", nargs="+", help="steering vector files, one per layer")
+    p.add_argument("--out", required=True, help="output .gguf file")
+    p.add_argument("--model-hint", help="model name stored in the file (default: the vectors' "
+                                        "model id)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="scale written into the file: each direction is alpha * vector "
+                        "(default: %(default)s)")
+    common.add_json_arg(p, "the written file")
     p.set_defaults(func=cmd_export_gguf)
 
     p = vsub.add_parser("import-gguf", help="read a llama.cpp control vector into vector files")
-    p.add_argument("file")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("file", help="a llama.cpp control vector (.gguf)")
+    p.add_argument("--out-dir", required=True,
+                   help="folder for one <file>_layer<L>.safetensors per layer")
+    common.add_json_arg(p, "the written vectors")
     p.set_defaults(func=cmd_import_gguf)
 
     p = sub.add_parser("evaluate", help="steered evaluation: bypass on harmful, induce on "
                                         "harmless prompts (the paper's Table 2)")
-    _model_args(p)
-    p.add_argument("--vector", action="append", default=[], help="NAME=FILE (repeatable)")
-    p.add_argument("--harmful", default="jailbreakbench")
-    p.add_argument("--harmless", default="harmless_test")
-    p.add_argument("--n", type=int, default=100)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--judge", help="'substring', 'llamaguard', 'classifier:ID' or 'chat:ID'")
+    common.add_model_args(p, batch_size=16)
+    common.add_vector_specs(p)
+    common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
+    common.add_sample_args(p, 100)
+    common.add_max_new_tokens_arg(p)
+    p.add_argument("--judge", help=common.JUDGE_HELP)
     p.add_argument("--out", help="write the table and completions as JSON")
+    common.add_json_arg(p, "the table, cosine matrix and completions")
     p.set_defaults(func=cmd_evaluate)

@@ -101,7 +101,8 @@ BEHAVIOUR_INDUCE_THRESHOLD = -100.0
 
 
 def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
-                    dtype: str | None = None, device: str | None = None, methods=METHODS, data_dir: str | os.PathLike | None = None,
+                    dtype: str | None = None, device: str | None = None, methods=METHODS,
+                    data_dir: str | os.PathLike | None = None,
                     n_train: int | None = None, n_val: int | None = None,
                     n_test: int | None = None, max_new_tokens: int | None = None,
                     relax_kl: bool = True) -> PipelineConfig:
@@ -118,6 +119,10 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
     sizes :data:`BEHAVIOUR_SIZES` unless ``n_*`` are given, DIM's induce filter off
     (:data:`BEHAVIOUR_INDUCE_THRESHOLD`), and ``model`` defaults to
     ``default`` (SmolLM2-135M-Instruct as shipped; the demo model is refusal-specific).
+
+    Any model but the SmolLM2 demo model (e.g. ``demo-gemma``, ``default``) gets the
+    default circuit sizes (0.5% ... 100% of its graph's edges) instead of the demo's
+    explicit edge counts.
     """
     other = behaviour is not None and behaviour != "refusal"
     if model is None:
@@ -154,6 +159,8 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
         if value is not None:
             data[key] = value
     over["data"] = data
+    if not _is_smollm2_demo(model):  # the curve sizes are the SmolLM2 demo graph's edge counts
+        over["circuits"] = {"sizes": None}
     n_test = n_test if n_test is not None else data.get("n_test", base.data.n_test)
     for section in ("patching", "freeze", "sparsify"):
         cur = getattr(base, section)
@@ -168,6 +175,16 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
         over["vectors"]["preference"] = {"max_new_tokens": max_new_tokens}
         over["evaluation"] = {"max_new_tokens": max_new_tokens}
     return demo_config(**over)
+
+
+def _is_smollm2_demo(model: str) -> bool:
+    """Whether ``model`` names the SmolLM2 demo refusal model (whose 15,051-edge patching graph
+    the demo's explicit circuit sizes were chosen for)."""
+    from steerscope.demo.recipe import DEMO_MODEL
+    from steerscope.models.sources import model_source
+
+    named = model_source(model)
+    return named is not None and named.model_id == DEMO_MODEL
 
 
 def run_demo(out: str | os.PathLike = "runs", *, until: str | None = None,

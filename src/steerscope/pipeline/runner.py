@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from steerscope.artifacts import atomic_write, atomic_write_json
+from steerscope.environment import environment
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline import distributed
 from steerscope.pipeline.config import PipelineConfig, dump_config, load_config
@@ -368,5 +369,7 @@ def _write_run_json(run_dir: Path, cfg: PipelineConfig, result: RunResult) -> No
         "name": cfg.name,
         "run_dir": str(run_dir),
         "updated": _now(),
+        "environment": environment(distributed.device_for(cfg.model.device,
+                                                          distributed.current())),
         "stages": {n: r.to_json() for n, r in result.records.items()},
     })

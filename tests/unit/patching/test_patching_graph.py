@@ -94,6 +94,7 @@ def _steered_and_base(model, ids, s, layer, alpha):
     return base, steered
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("layer", [0, 2])
 def test_reverted_edge_run_matches_hf(tiny, layer):
     """No edge reverted = the steered HF model; every edge reverted = the unsteered one."""
@@ -114,6 +115,7 @@ def test_reverted_edge_run_matches_hf(tiny, layer):
     torch.testing.assert_close(everything.logits, base_hf, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.acceptance
 def test_reverting_all_edges_of_the_steering_node_is_the_base_model(tiny):
     ids = torch.randint(3, 256, (1, 9), generator=torch.Generator().manual_seed(3))
     s = torch.randn(64, generator=torch.Generator().manual_seed(4)) * 3

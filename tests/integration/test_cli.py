@@ -195,7 +195,7 @@ def test_prepare_demo_prints_the_cached_model(capsys, tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "steerscope.json").write_text(json.dumps(
         {"recipe_hash": "abc", "base_model": "b", "examples": {"harmful": 1}}))
-    monkeypatch.setattr(demo_model, "demo_model_dir", lambda cache_dir=None: folder)
+    monkeypatch.setattr(demo_model, "demo_model_dir", lambda cache_dir=None, recipe=None: folder)
     code, out, _ = _run(capsys, "model", "prepare-demo", "--json")
     assert code == 0 and json.loads(out) == {"path": str(folder), "recipe_hash": "abc",
                                              "base_model": "b", "examples": {"harmful": 1}}

@@ -17,7 +17,7 @@ from steerscope.models import save_tiny_chat_model
 from steerscope.pipeline import distributed
 from steerscope.pipeline.distributed import Dist, gather_indexed, shard_indices
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLI = "import sys\nfrom steerscope.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 

@@ -47,6 +47,7 @@ def setup():
     return gm, s, exs, scores
 
 
+@pytest.mark.acceptance
 def test_full_graph_is_faithful_and_empty_circuit_is_not(setup):
     gm, s, exs, _ = setup
     g = gm.graph

@@ -39,6 +39,7 @@ def _run(model, arch, ops, layers, points):
     return {p: {lv: c.value for lv, c in d.items()} for p, d in caps.items()}, mask.bool()
 
 
+@pytest.mark.acceptance
 def test_svv_matches_brute_force(tiny):
     """svv^h = (s ⊙ γ) W_V^h W_O^h, computed head by head with the real modules."""
     arch = validate_model(tiny)
@@ -57,6 +58,7 @@ def test_svv_matches_brute_force(tiny):
             torch.testing.assert_close(svv[h], expect, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.acceptance
 def test_decomposition_equals_real_attention_output(tiny):
     """Attention(H + αS) = Σ_h [A D_c (H ⊙ γ) W_OV + α D_c svv] at every layer >= ℓ."""
     arch = validate_model(tiny)
@@ -72,6 +74,7 @@ def test_decomposition_equals_real_attention_output(tiny):
         torch.testing.assert_close(dec.total[mask], out[mask], atol=5e-5, rtol=1e-4)
 
 
+@pytest.mark.acceptance
 def test_svv_removal_removes_exactly_that_term(tiny):
     """Under SVV removal the attention output is the decomposition without the svv term;
     at the steering layer it differs from plain steering by exactly Σ_h α c^h svv^h."""
@@ -94,6 +97,7 @@ def test_svv_removal_removes_exactly_that_term(tiny):
     torch.testing.assert_close(diff[mask], dec.svv_term[mask], atol=5e-5, rtol=1e-4)
 
 
+@pytest.mark.acceptance
 def test_logit_lens_matches_model_head():
     model = tiny_model("gemma2", n_layers=2)
     arch = validate_model(model)

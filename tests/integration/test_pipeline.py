@@ -30,7 +30,7 @@ from steerscope.pipeline import (
 from steerscope.pipeline import registry as reg
 from steerscope.pipeline.runner import KILL_ENV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HARMFUL, HARMLESS = PIPELINE_HARMFUL, PIPELINE_HARMLESS
 
 

@@ -34,6 +34,7 @@ def _logits(model, ids, mask):
                  position_ids=position_ids_from_mask(mask)).logits
 
 
+@pytest.mark.acceptance
 def test_no_intervention_gives_exact_hf_logits(tiny):
     ids, mask, _ = left_padded()
     ref = _logits(tiny, ids, mask)
@@ -50,6 +51,7 @@ def test_no_intervention_gives_exact_hf_logits(tiny):
     assert tiny.config._attn_implementation == impl
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("scope", ["all", "prompt", "generated", (-1, 0, 11)])
 def test_cached_generation_equals_full_recompute(tiny, scope):
     ids, mask, _ = left_padded(seed=1)
@@ -63,6 +65,7 @@ def test_cached_generation_equals_full_recompute(tiny, scope):
     assert not torch.equal(cached.new_tokens, plain.new_tokens), "steering had no effect"
 
 
+@pytest.mark.acceptance
 def test_left_padded_batch_equals_single_runs(tiny):
     ids, mask, seqs = left_padded(seed=2)
     ops = [steer(_vec(1), LAYER, alpha=-1.0)]
@@ -102,6 +105,7 @@ def test_attention_pattern_capture_and_override(tiny):
     assert (changed[real] - captured_logits[real]).abs().max() > 1e-3
 
 
+@pytest.mark.acceptance
 def test_pattern_capture_during_cached_generation_matches_full_pass(tiny):
     ids, mask, _ = left_padded(seed=4)
     cap = Capture("pattern", LAYER)
@@ -117,6 +121,7 @@ def test_pattern_capture_during_cached_generation_matches_full_pass(tiny):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("scope", ["all", "prompt", "generated", (-1, 0, 2)])
 def test_steering_added_exactly_once_per_position_in_scope(tiny, scope):
     """Capture the steered residual during KV-cached generation, then teacher-force the same
@@ -156,6 +161,7 @@ def test_steering_added_exactly_once_per_position_in_scope(tiny, scope):
         assert out_of_scope.abs().max() <= 1e-4
 
 
+@pytest.mark.acceptance
 def test_hf_generate_sees_the_same_positions(tiny):
     """The runtime also works under transformers' own generate()."""
     ids, mask, _ = left_padded(seed=6)

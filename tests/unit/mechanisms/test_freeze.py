@@ -25,6 +25,7 @@ def _vector(scale: float = 1.0) -> torch.Tensor:
     return torch.randn(64, generator=torch.Generator().manual_seed(1)) * scale
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("mode", FROZEN)
 def test_lockstep_equals_full_recompute(tiny, mode):
     """Cached lockstep == the same batch re-run without cache == the paper's two separate
@@ -43,6 +44,7 @@ def test_lockstep_equals_full_recompute(tiny, mode):
     assert not torch.equal(cached.new_tokens, plain.new_tokens), "ablation had no effect"
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("mode", FROZEN)
 def test_alpha_zero_is_plain_generation(tiny, mode):
     ids, mask, _ = left_padded(seed=3)
@@ -52,6 +54,7 @@ def test_alpha_zero_is_plain_generation(tiny, mode):
     assert torch.equal(frozen.new_tokens, plain.new_tokens)
 
 
+@pytest.mark.acceptance
 def test_qk_freeze_with_own_probabilities_is_plain_steering(tiny):
     ids, mask, _ = left_padded(seed=5)
     s = _vector()
@@ -64,6 +67,7 @@ def test_qk_freeze_with_own_probabilities_is_plain_steering(tiny):
     assert torch.equal(none.new_tokens, plain.new_tokens)
 
 
+@pytest.mark.acceptance
 def test_qk_freeze_by_keys_equals_freeze_by_probabilities(tiny):
     """The fast QK freeze (steered rows take the base rows' queries and keys, fused attention)
     gives the tokens and logits of replacing the probabilities themselves (eager A · V), on
@@ -79,6 +83,7 @@ def test_qk_freeze_by_keys_equals_freeze_by_probabilities(tiny):
     assert torch.equal(keys.new_tokens, nocache.new_tokens)
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("mode", ("qk", "ov"))
 def test_shared_prefix_lockstep_equals_doubled_batch(tiny, mode):
     """Blocks below the steering layer run once on B rows and the batch is widened at the
@@ -99,6 +104,7 @@ def test_shared_prefix_lockstep_equals_doubled_batch(tiny, mode):
         assert torch.equal(shared.new_tokens, nocache.new_tokens), layer
 
 
+@pytest.mark.acceptance
 def test_later_layer_and_eos_padding():
     """Steering at the last layer; rows that hit EOS are padded identically in both loops."""
     model = tiny_model("gemma2", n_layers=3)
@@ -112,6 +118,7 @@ def test_later_layer_and_eos_padding():
         assert torch.equal(a.lengths, b.lengths)
 
 
+@pytest.mark.acceptance
 def test_text_generation_is_batch_independent():
     model = tiny_model("qwen3")
     tok = tiny_tokenizer()
@@ -232,6 +239,7 @@ def test_cli_freeze_and_svv(tmp_path, capsys):
     assert "no mapping" in capsys.readouterr().err
 
 
+@pytest.mark.acceptance
 @pytest.mark.slow
 def test_lockstep_equals_reference_on_smollm2():
     """On the embedded SmolLM2-135M (30 layers, 9 heads / 3 KV heads): the cached lockstep

@@ -78,6 +78,7 @@ def trained(model, tok):
 
 
 # --- teacher forcing -----------------------------------------------------------------------
+@pytest.mark.acceptance
 def test_zero_coefficient_logprob_equals_plain_forward(model, tok):
     prompts = [format_prompt(tok, q) for q in ("Hi?", "A much longer question here?", "Why")]
     responses = ["Hello there.", "No.", "Because the sky is blue and wide"]

@@ -50,6 +50,7 @@ def gemma():
 
 
 # --- reverse roles --------------------------------------------------------------------------
+@pytest.mark.acceptance
 def test_reverse_context_swaps_clean_and_corrupt_against_hf(gemma):
     """Reverse roles: m(M) is the metric of the unsteered HF model, m(∅) of the steered one,
     and the patched run with every edge reverted is the steered HF model."""
@@ -96,6 +97,7 @@ def test_reverse_full_graph_is_faithful_and_empty_circuit_is_not(gemma):
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("metric, tau", [("logit_diff", 0.0), ("kl", 0.0), ("kl", 0.5)])
 def test_reverse_eap_ig_equals_forward_roles_but_exact_patching_differs(gemma, metric, tau):
     """Swapping the roles negates both the metric (antisymmetric for both metrics, same
@@ -127,6 +129,7 @@ def test_reverse_eap_ig_equals_forward_roles_but_exact_patching_differs(gemma, m
 
 
 # --- coarse graph ---------------------------------------------------------------------------
+@pytest.mark.acceptance
 def test_coarse_eap_ig_scores_approach_exact_coarse_edge_patching():
     """Linear regime (float64, tiny α, fixed tokens): a coarse edge's score equals exact
     patching of that edge, i.e. reverting every fine edge it groups at once."""

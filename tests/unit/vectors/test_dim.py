@@ -86,6 +86,7 @@ def _brute_mean(model, tok, prompts, layers, positions):
 # ---------------------------------------------------------------------------------------
 # activations
 # ---------------------------------------------------------------------------------------
+@pytest.mark.acceptance
 def test_mean_activations_equal_brute_force(tiny, tok):
     prompts = _fmt(tok, HARMFUL)  # different lengths: left padding in every batch
     layers, positions = [0, 3, 1], [-1, -14, -2]  # unsorted on purpose
@@ -117,6 +118,7 @@ def test_mean_activations_bad_input(tok):
         _one_line(e)
 
 
+@pytest.mark.acceptance
 def test_candidate_directions_equal_brute_force(tok):
     model = tiny_model("gemma2", n_layers=3)
     harmful, harmless = _fmt(tok, HARMFUL), _fmt(tok, HARMLESS)

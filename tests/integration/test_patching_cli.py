@@ -69,7 +69,12 @@ def test_patch_then_circuits(capsys, tiny_dir, tmp_path, monkeypatch):
     code, text, _ = _run(capsys, "circuits", out)
     assert code == 0 and "== A ==" in text and "top edges" in text and "Jaccard" in text
     code, text, _ = _run(capsys, "circuits", out / "A", "--json", "--top", "3")
-    assert code == 0 and len(json.loads(text.split("\n", 1)[1])["top_edges"]) == 3
+    assert code == 0 and len(json.loads(text)["vectors"]["A"]["top_edges"]) == 3
+    code, text, _ = _run(capsys, "circuits", out, "--json", "--top", "2")
+    both = json.loads(text)  # stdout is one JSON document: both vectors and the comparison
+    assert set(both["vectors"]) == {"A", "B"} and set(both["comparison"]["interchange"]) == {
+        "A", "B"}
+    assert all(len(v["top_edges"]) == 2 for v in both["vectors"].values())
 
 
 def test_patch_reverse_roles_on_the_coarse_graph(capsys, tiny_dir, tmp_path, monkeypatch):

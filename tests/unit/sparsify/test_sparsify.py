@@ -249,6 +249,7 @@ def _metric_sum(model, examples, targets, add) -> float:
     return total
 
 
+@pytest.mark.acceptance
 def test_ig_gradient_matches_finite_differences(f64_model):
     """With T = 1 the steering-node gradient is α·∂M/∂h at h + (α/2)·s over the N unmasked
     positions: grad·v = α·(central finite difference of Σ M along v)/N."""
@@ -274,6 +275,7 @@ def test_ig_gradient_matches_finite_differences(f64_model):
                                                              abs=1e-5), j
 
 
+@pytest.mark.acceptance
 def test_ig_completeness(f64_model):
     """Σ_i IE_i → (M(α) − M(0)) / N as the number of IG steps grows (midpoint rule)."""
     model = f64_model

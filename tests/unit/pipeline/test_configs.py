@@ -9,7 +9,7 @@ import pytest
 
 from steerscope.pipeline.config import load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"))
 
 
 def test_there_are_paper_configs():

@@ -89,6 +89,7 @@ def setup():
     return model, gm, s, exs
 
 
+@pytest.mark.acceptance
 def test_full_and_empty_circuits_against_the_hf_model(setup):
     model, gm, s, exs = setup
     E = gm.graph.n_edges

@@ -38,6 +38,7 @@ def _vector(seed=1, scale=3.0):
     return torch.randn(64, generator=torch.Generator().manual_seed(seed)) * scale
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("metric", ["logit_diff", "kl"])
 def test_edge_scores_of_a_node_sum_to_its_node_score(tiny, metric):
     """Node score (gradient at the node) = sum of its edge scores (gradients at the inputs)."""
@@ -52,6 +53,7 @@ def test_edge_scores_of_a_node_sum_to_its_node_score(tiny, metric):
     torch.testing.assert_close(r["steer_ie"].sum(), r["nodes"][0], atol=1e-5 * scale, rtol=1e-4)
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("name, metric", [("llama", "logit_diff"), ("gemma2", "kl"),
                                           ("qwen3", "logit_diff")])
 def test_steering_node_score_converges_to_exact_patching(name, metric):
@@ -68,6 +70,7 @@ def test_steering_node_score_converges_to_exact_patching(name, metric):
     assert err[24] < err[2] or err[2] < 1e-4
 
 
+@pytest.mark.acceptance
 def test_eap_ig_approaches_exact_patching_in_the_linear_regime():
     """A float64 model with a tiny steering coefficient is linear in α to first order, and
     a logit difference with fixed tokens is linear in the logits: EAP-IG node and edge

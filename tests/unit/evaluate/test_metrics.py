@@ -159,6 +159,7 @@ def test_refusal_score_from_logits_errors():
         refusal_score_from_logits(torch.zeros(2, 10), [])
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_refusal_scores_padded_batch_equals_single(arch):
     model = tiny_model(arch, n_layers=2)
