@@ -158,6 +158,36 @@ def test_demo_config_overrides():
         demo_run_config(methods=["ntp"])
 
 
+def test_demo_config_on_another_behaviour(tmp_path, monkeypatch):
+    """--behaviour NAME|FILE: the behaviour's own prompt sides and sizes, the default model
+    (the demo model is refusal-specific); refusal keeps the demo exactly."""
+    from steerscope.demo import demo_config, demo_run_config
+
+    monkeypatch.delenv("STEERSCOPE_DATA_DIR", raising=False)
+    assert demo_run_config(behaviour="refusal").to_dict() == demo_config().to_dict()
+    cfg = demo_run_config(behaviour="lists", methods=["dim"])
+    assert cfg.behaviour == "lists" and cfg.model.source == "default"
+    assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test) == (30, 8, 10)
+    assert cfg.data.harmful_train is None and cfg.data.harmless_test is None
+    assert cfg.patching.n_prompts <= 10 and cfg.freeze.n_prompts == 10
+    assert cfg.vectors.dim.induce_threshold == -100.0  # refusal's absolute filter off
+    assert demo_run_config(behaviour="code", model="demo", n_test=4).model.source == "demo"
+    with pytest.raises(SteerscopeError, match="standard splits"):
+        demo_run_config(behaviour="lists", data_dir="/data/refusal")
+    b = tmp_path / "b.yaml"
+    b.write_text("name: b\n" + "".join(
+        f"{side}: {{train: [a, b], val: [c], test: [d]}}\n" for side in ("present", "absent"))
+        + "judge: {kind: substring, substrings: [x]}\nscore_tokens: [x]\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = demo_run_config(behaviour="b.yaml", n_train=2, n_val=1, n_test=1)
+    assert cfg.behaviour == str(b) and cfg.data.n_test == 1
+    from steerscope.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--behaviour", "lists"])
+    assert (args.behaviour, args.model) == ("lists", None)
+    assert build_parser().parse_args(["demo"]).behaviour == "refusal"
+
+
 def test_prepare_demo_prints_the_cached_model(capsys, tmp_path, monkeypatch):
     from steerscope.demo import model as demo_model
 

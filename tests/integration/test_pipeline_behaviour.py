@@ -166,3 +166,25 @@ def test_instruction_refusals_are_refusal_only(tmp_path):
     behaviour = _behaviour_file(tmp_path)
     with pytest.raises(SteerscopeError, match="vectors.preference.harmless_refuse"):
         config_from_dict({"behaviour": str(behaviour)})
+
+
+def test_auto_score_tokens_reach_the_freezing_table(workdir, tmp_path, monkeypatch):
+    """score_tokens: auto is derived once, by the vectors stage (from the model and the train
+    prompts); the freezing table reuses those ids (it failed with "needs the model and its
+    train prompts" on the lists / code study before). The tiny model's greedy first tokens
+    do not separate the sides, so the derivation is replaced by a fixed id."""
+    from steerscope.behaviours import score
+
+    monkeypatch.setattr(score, "auto_score_token_ids", lambda *a, **k: [7])
+    behaviour = _behaviour_file(tmp_path)
+    definition = yaml.safe_load(behaviour.read_text())
+    behaviour.write_text(yaml.safe_dump({**definition, "score_tokens": "auto"}))
+    cfg = _config(workdir, behaviour=str(behaviour),
+                  patching={"enabled": False}, circuits={"enabled": False},
+                  svv={"enabled": False}, sparsify={"enabled": False},
+                  freeze={"n_prompts": 2, "max_new_tokens": 3, "modes": ["qk", "ov"]})
+    res = run_pipeline(cfg, tmp_path / "runs", until="freeze", progress=False)
+    assert res.outputs["vectors"].outputs["score_ids"] == [7]
+    table = json.loads(res.outputs["freeze"].path("freeze.json").read_text())
+    assert set(json.loads(res.results_path.read_text())["freeze"]) >= {"none", "qk", "ov"}
+    assert table  # written

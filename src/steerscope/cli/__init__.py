@@ -1,6 +1,7 @@
 """The ``steerscope`` command line.
 
-    steerscope demo                       refusal steering on the demo refusal model
+    steerscope demo [--behaviour NAME|FILE] the whole study on the demo refusal model
+                                          (or a behaviour on the default model)
     steerscope model prepare-demo         build and cache the demo refusal model
                                           (--family gemma: the Gemma-3-270M one, demo-gemma)
     steerscope archs                      supported architectures
@@ -74,8 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "cached on first use): vectors, steering, patching, "
                                     "circuits, freezing, svv, sparsity, report")
     common.add_model_args(p, positional=False, chat_template=False)
-    p.add_argument("--model", default="demo", help="the model (default: %(default)s, the demo "
-                                                   "refusal model)")
+    p.add_argument("--model", help="the model (default: the demo refusal model for refusal, "
+                                   "else 'default', SmolLM2-135M-Instruct as shipped)")
+    p.add_argument("--behaviour", default="refusal",
+                   help="a built-in behaviour (steerscope behaviours) or a behaviour YAML "
+                        "file (default: %(default)s); not refusal: its own prompts, 30/8/10 "
+                        "per side unless --n-* are given")
     p.add_argument("--methods", default="dim,ntp,po",
                    help="comma-separated vector methods: dim[,ntp][,po] (default: %(default)s)")
     p.add_argument("--data-dir", help="standard splits folder (default: $STEERSCOPE_DATA_DIR, "
@@ -292,7 +297,8 @@ def cmd_demo(args) -> dict | None:
     from steerscope.demo.config import run_demo
 
     res = run_demo(args.out, until=args.until, progress=not args.quiet, model=args.model,
-                   dtype=args.dtype, device=args.device, methods=args.methods.split(","),
+                   behaviour=args.behaviour, dtype=args.dtype, device=args.device,
+                   methods=args.methods.split(","),
                    data_dir=args.data_dir, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, max_new_tokens=args.max_new_tokens,
                    relax_kl=not args.strict_kl)

@@ -91,8 +91,18 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: str | None = None,
-                    methods=METHODS, data_dir: str | os.PathLike | None = None,
+# a behaviour other than refusal: the demo's sample sizes cut to the built-in behaviours'
+# prompt sets (30 train, 8 val, 10 test per side; docs/behaviours.md)
+BEHAVIOUR_SIZES = {"n_train": 30, "n_val": 8, "n_test": 10}
+# ... and DIM's induce filter off: the paper's "induce score > 0" (absolute log-odds of the
+# first-token set under +s) is refusal's; on SmolLM2 the lists / code log-odds rise under +s
+# but stay below 0, so every candidate was discarded (docs/behaviour_study.md)
+BEHAVIOUR_INDUCE_THRESHOLD = -100.0
+
+
+def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
+                    dtype: str | None = None, device: str | None = None, methods=METHODS,
+                    data_dir: str | os.PathLike | None = None,
                     n_train: int | None = None, n_val: int | None = None,
                     n_test: int | None = None, max_new_tokens: int | None = None,
                     relax_kl: bool = True) -> PipelineConfig:
@@ -102,9 +112,21 @@ def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: st
     of the built-in prompts. ``n_test`` also caps the prompts of patching, freezing and
     sparsification; ``max_new_tokens`` applies to every generation. ``relax_kl``: see
     :func:`steerscope.vectors.select_dim` (on for the demo's small validation sets).
-    Any model but the SmolLM2 demo model (e.g. ``demo-gemma``) gets the default circuit
-    sizes (0.5% ... 100% of its graph's edges) instead of the demo's explicit edge counts.
+
+    ``behaviour`` (a built-in name or a behaviour YAML file; None: refusal): the study's
+    behaviour. Refusal keeps the demo exactly; any other behaviour takes its own prompt sides
+    (not the demo's refusal prompts nor ``data_dir``'s standard refusal splits), the sample
+    sizes :data:`BEHAVIOUR_SIZES` unless ``n_*`` are given, DIM's induce filter off
+    (:data:`BEHAVIOUR_INDUCE_THRESHOLD`), and ``model`` defaults to
+    ``default`` (SmolLM2-135M-Instruct as shipped; the demo model is refusal-specific).
+
+    Any model but the SmolLM2 demo model (e.g. ``demo-gemma``, ``default``) gets the
+    default circuit sizes (0.5% ... 100% of its graph's edges) instead of the demo's
+    explicit edge counts.
     """
+    other = behaviour is not None and behaviour != "refusal"
+    if model is None:
+        model = "default" if other else "demo"
     methods = [m.strip() for m in methods if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or "dim" not in methods:
@@ -118,7 +140,19 @@ def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: st
     if device is not None:
         over["model"]["device"] = device
     data: dict[str, Any] = {}
-    data_dir = data_dir or os.environ.get("STEERSCOPE_DATA_DIR")
+    if other:
+        # a behaviour file: anchored here (the run's config has no folder of its own)
+        over["behaviour"] = (os.path.abspath(behaviour) if os.path.isfile(behaviour)
+                             else str(behaviour))
+        data.update({key: None for key in STANDARD_SPLITS})  # the behaviour's own sources
+        data.update(BEHAVIOUR_SIZES)
+        over["vectors"]["dim"]["induce_threshold"] = BEHAVIOUR_INDUCE_THRESHOLD
+        if data_dir:
+            raise SteerscopeError(f"data_dir {data_dir!r} holds refusal's standard splits, "
+                                  f"not behaviour {behaviour!r}'s prompts",
+                                  "drop --data-dir, or give the prompt files in the "
+                                  "behaviour's YAML file")
+    data_dir = None if other else (data_dir or os.environ.get("STEERSCOPE_DATA_DIR"))
     if data_dir:
         data.update(STANDARD_SPLITS, data_dir=str(data_dir))
     for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
@@ -127,7 +161,7 @@ def demo_run_config(*, model: str = "demo", dtype: str | None = None, device: st
     over["data"] = data
     if not _is_smollm2_demo(model):  # the curve sizes are the SmolLM2 demo graph's edge counts
         over["circuits"] = {"sizes": None}
-    n_test = n_test if n_test is not None else base.data.n_test
+    n_test = n_test if n_test is not None else data.get("n_test", base.data.n_test)
     for section in ("patching", "freeze", "sparsify"):
         cur = getattr(base, section)
         entry: dict[str, Any] = {}

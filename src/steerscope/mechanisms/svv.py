@@ -226,7 +226,8 @@ class SVVReport:
         for i, (_, e) in enumerate(entries):
             for j, (tok, _) in enumerate(e["tokens"][:k]):
                 text = repr(tok)[1:-1][:14]
-                ax.text(j, i, text, ha="center", va="center", fontsize=7)
+                # parse_math off: a token such as "$$" (code) is text, not mathtext
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, parse_math=False)
         ax.set_yticks(range(len(entries)), [lab for lab, _ in entries], fontsize=8)
         ax.set_xticks(range(k), [str(j + 1) for j in range(k)], fontsize=7)
         ax.set_title(f"{self.vector_name}: steering value vectors, logit lens (ranked by "

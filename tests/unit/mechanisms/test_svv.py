@@ -140,6 +140,10 @@ def test_report_ranking_flips_and_artifacts(tmp_path):
     assert json.loads(path.read_text())["heads"][0]["head"] == "a2.h3"
     png = rep.figure(tmp_path / "svv.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # tokens that look like mathtext ("$$", a code token) are drawn as text
+    rep.heads[0]["tokens"][0] = ("$$", rep.heads[0]["tokens"][0][1])
+    rep.raw["tokens"][1] = ("$x^", rep.raw["tokens"][1][1])
+    assert rep.figure(tmp_path / "svv2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_bad_input():

@@ -22,6 +22,7 @@ from steerscope.pipeline.stages.common import (
     first,
     load_vectors,
     read_json,
+    score_ids,
     stage_behaviour,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
@@ -68,7 +69,8 @@ def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
         first(p["harmful_test"], section.n_prompts), first(p["harmless_test"], section.n_prompts),
         modes=section.modes, bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=ev.batch_size, arch=lm.arch,
-        vector_name=section.method, behaviour=stage_behaviour(inputs["data"]))
+        vector_name=section.method, behaviour=stage_behaviour(inputs["data"]),
+        score_ids=score_ids(inputs))  # the vectors stage's (score_tokens: auto needs them)
     res.save(ctx.out)
     for line in res.table().splitlines():
         ctx.log(line)
