@@ -83,9 +83,11 @@ class FreezeEval:
 
     def table(self) -> str:
         """Plain text, one line per mode (like the paper's Table 1)."""
-        head = (f"{'ablation':20s} {'harmful ASR':>11s} {'drop':>6s} {'harmless ASR':>12s} "
+        present, absent = self.set_names
+        judged = "substring" if present == "harmful" else "the behaviour's judge"
+        head = (f"{'ablation':20s} {present + ' ASR':>11s} {'drop':>6s} {absent + ' ASR':>12s} "
                 f"{'drop':>6s} {'mean drop':>9s}")
-        lines = [f"{self.vector_name} at layer {self.layer}; ASR by substring; drop = points "
+        lines = [f"{self.vector_name} at layer {self.layer}; ASR by {judged}; drop = points "
                  "of steering success lost vs plain steering", head, "-" * len(head)]
 
         def fmt(d):

@@ -279,3 +279,20 @@ def test_head_scores_read_from_a_patch_output_folder(tmp_path):
     assert read_head_scores(folder / "result.json") == expected
     with pytest.raises(SteerscopeError, match="does not exist"):
         read_head_scores(tmp_path / "patch")
+
+
+def test_freeze_table_labels_follow_the_behaviour_sets():
+    from steerscope.mechanisms.evaluate import FreezeEval, FreezeRow
+
+    def table(present, absent):
+        rows = [FreezeRow(m, s, a, 4, asr, 0.0, 0.0, drop)
+                for m, asr, drop in (("none", 1.0, None), ("qk", 0.75, 25.0))
+                for s, a in ((present, -1.0), (absent, 1.0))]
+        return FreezeEval(rows, 3, "dim", {}, {}).table()
+
+    refusal = table("harmful", "harmless")
+    assert "ASR by substring" in refusal and "harmful ASR" in refusal
+    other = table("present", "absent")
+    assert "ASR by the behaviour's judge" in other and "present ASR" in other
+    assert "absent ASR" in other and "harmful" not in other
+    assert "+25.0" in other
