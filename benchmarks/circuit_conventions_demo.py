@@ -39,7 +39,8 @@ from steerscope.vectors.activations import mean_activations
 DEMO_SIZES = [151, 301, 753, 1505, 3010, 15051]  # the demo config's circuits.sizes
 
 
-def _dim(lm, layer: int, n_train: int) -> SteeringVector:
+def dim_vector(lm, layer: int, n_train: int) -> SteeringVector:
+    """Difference of the last-position means (harmful − harmless) at ``layer``."""
     means = []
     for side in ("harmful", "harmless"):
         prompts = load_source(f"builtin:demo_{side}_train", None).instructions[:n_train]
@@ -68,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     lm = load_model(args.model)
-    v = _dim(lm, args.layer, args.n_train)
+    v = dim_vector(lm, args.layer, args.n_train)
     rolls = {}
     for side, alpha in (("harmful", -1.0), ("harmless", 1.0)):
         prompts = load_source(f"builtin:demo_{side}_held_out", None).instructions[:args.n_test]

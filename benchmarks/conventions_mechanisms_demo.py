@@ -39,10 +39,10 @@ import json
 import time
 
 import torch
+from circuit_conventions_demo import DEMO_SIZES, dim_vector  # benchmarks/ is on sys.path
 
 from steerscope.mechanisms import freeze_evaluation
 from steerscope.models import load_model
-from steerscope.models.chat import format_prompt
 from steerscope.patching import add_circuits, score_vector
 from steerscope.patching.circuits import edge_type_shares, top_k_edges
 from steerscope.patching.data import datasets_from_rollouts, rollouts
@@ -52,20 +52,6 @@ from steerscope.patching_conventions import GRAD_AT, POOLING
 from steerscope.pipeline.inputs import load_source
 from steerscope.sparsify import sparsity_sweep
 from steerscope.vectors import SteeringVector
-from steerscope.vectors.activations import mean_activations
-
-DEMO_SIZES = [151, 301, 753, 1505, 3010, 15051]  # the demo config's circuits.sizes
-
-
-def dim_vector(lm, layer: int, n_train: int) -> SteeringVector:
-    """Difference of the last-position means (harmful − harmless) at ``layer``."""
-    means = []
-    for side in ("harmful", "harmless"):
-        prompts = load_source(f"builtin:demo_{side}_train", None).instructions[:n_train]
-        text = [format_prompt(lm.tokenizer, p) for p in prompts]
-        means.append(mean_activations(lm.model, lm.tokenizer, text, layers=[layer],
-                                      positions=[-1], arch=lm.arch)[0, 0])  # [d]
-    return SteeringVector((means[0] - means[1]).float(), layer, method="dim")
 
 
 def floats(text: str) -> tuple[float, ...]:
