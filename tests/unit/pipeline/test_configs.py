@@ -9,7 +9,9 @@ import pytest
 
 from steerscope.pipeline.config import load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("paper-*.yaml"))
+STUDY_CONFIGS = sorted(CONFIG_DIR.glob("study-*.yaml"))  # issue 13's study (docs/behaviour_study.md)
 
 
 def test_there_are_paper_configs():
@@ -90,3 +92,17 @@ def test_unknown_layer_cutoff_is_a_config_error():
 
     with pytest.raises(SteerscopeError, match="vectors.dim.layer_cutoff.*'round'"):
         load_config({"vectors": {"dim": {"layer_cutoff": "round"}}})
+
+
+def test_every_shipped_config_is_a_paper_or_a_study_config():
+    assert sorted(CONFIG_DIR.glob("*.yaml")) == sorted(CONFIGS + STUDY_CONFIGS)
+
+
+@pytest.mark.parametrize("path", STUDY_CONFIGS, ids=lambda p: p.name)
+def test_study_configs_load_strictly_on_their_behaviour(path):
+    from steerscope.behaviours import load_behaviour
+
+    cfg = load_config(path)
+    assert cfg.name == path.stem and cfg.vectors.methods == ["dim"]
+    behaviour = path.stem.removeprefix("study-")
+    assert load_behaviour(cfg.behaviour).name == behaviour
