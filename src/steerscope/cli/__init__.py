@@ -143,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_json_arg(p, "the per-prompt scores and rates")
     p.set_defaults(func=cmd_score)
 
-    from steerscope.cli import behaviours, explore, mechanisms, patching, pipeline, sparsify, vectors
+    from steerscope.cli import (
+        behaviours,
+        explore,
+        mechanisms,
+        patching,
+        pipeline,
+        sparsify,
+        vectors,
+    )
 
     for module in (vectors, patching, sparsify, mechanisms, pipeline, explore, behaviours):
         module.register(sub)
