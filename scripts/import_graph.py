@@ -6,7 +6,7 @@ module imports a higher layer, a module cycle exists, or a module imports anothe
 private name. tests/integration/test_architecture.py runs the same checks.
 
 Every ``import`` statement counts, including the ones inside functions (a lazy import is
-still a dependency); imports under ``if TYPE_CHECKING:`` do not.
+still a dependency), and so do imports under ``if TYPE_CHECKING:`` (a type is a dependency too).
 """
 
 from __future__ import annotations
@@ -69,22 +69,6 @@ def _module_name(path: Path, src: Path) -> tuple[str, bool]:
     return ".".join(parts), False
 
 
-def _type_checking_lines(tree: ast.AST) -> set[int]:
-    """Line numbers inside ``if TYPE_CHECKING:`` blocks."""
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If):
-            test = node.test
-            name = test.id if isinstance(test, ast.Name) else \
-                test.attr if isinstance(test, ast.Attribute) else None
-            if name == "TYPE_CHECKING":
-                for sub in node.body:
-                    for n in ast.walk(sub):
-                        if hasattr(n, "lineno"):
-                            lines.add(n.lineno)
-    return lines
-
-
 def scan(src: Path = SRC) -> dict[str, Module]:
     """Every module under ``src`` with the steerscope modules it imports and the private names
     of other modules it uses (``from m import _x``, ``m._x`` on an imported module ``m``)."""
@@ -95,11 +79,8 @@ def scan(src: Path = SRC) -> dict[str, Module]:
         mods[name] = Module(name, path, is_pkg)
     for mod in mods.values():
         tree = ast.parse(mod.path.read_text(encoding="utf-8"), str(mod.path))
-        skip = _type_checking_lines(tree)
         bound: dict[str, str] = {}  # local name -> steerscope module it is bound to
         for node in ast.walk(tree):
-            if getattr(node, "lineno", None) in skip:
-                continue
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.split(".")[0] != PACKAGE:

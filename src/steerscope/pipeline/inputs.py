@@ -18,15 +18,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from steerscope.data import PromptSet
 from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.behaviour import split_sources
 
-if TYPE_CHECKING:
-    from steerscope.pipeline.config import PipelineConfig
+# ``cfg`` below is a steerscope.pipeline.config.PipelineConfig; not imported here, because the
+# config imports the stages that import this module (no import cycle, not even for types).
+PipelineConfig = Any
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_SOURCES = tuple(BUILTIN_SETS)

@@ -66,3 +66,16 @@ def test_docs_show_the_current_layers_and_graph():
     text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
     assert ig.layer_table() in text, "run: python scripts/import_graph.py (paste into the docs)"
     assert ig.mermaid(MODULES) in text, "run: python scripts/import_graph.py (paste into the docs)"
+
+
+def test_type_checking_imports_count_as_dependencies(tmp_path):
+    pkg = tmp_path / "steerscope"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models" / "__init__.py").write_text("")
+    (pkg / "models" / "a.py").write_text("import steerscope.models.b\n")
+    (pkg / "models" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from steerscope.models.a import X\n")
+    mods = ig.scan(pkg)
+    assert ig.cycles(ig.module_edges(mods)) == [["steerscope.models.a", "steerscope.models.b"]]
