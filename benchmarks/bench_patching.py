@@ -87,8 +87,19 @@ def _examples(lm, sv, n_prompts: int, n_examples: int, max_new_tokens: int):
     return picked, counts, note
 
 
-def main_speed(args) -> dict:
+def _setup(args):
+    """The seeded model, DIM vector and flipped patching examples every mode starts from."""
     from steerscope.models.loading import load_model
+
+    torch.manual_seed(0)
+    lm = load_model(args.model)
+    sv = _vector(lm, args.layer, args.n_vec)
+    examples, counts, note = _examples(lm, sv, args.n_prompts, args.n_examples,
+                                       args.max_new_tokens)
+    return lm, sv, examples, counts, note
+
+
+def main_speed(args) -> dict:
     from steerscope.patching.forward import GraphModel
     from steerscope.patching.run import spearman
     from steerscope.patching.scores import (
@@ -97,11 +108,7 @@ def main_speed(args) -> dict:
         prepare_example,
     )
 
-    torch.manual_seed(0)
-    lm = load_model(args.model)
-    sv = _vector(lm, args.layer, args.n_vec)
-    examples, counts, note = _examples(lm, sv, args.n_prompts, args.n_examples,
-                                       args.max_new_tokens)
+    lm, sv, examples, counts, note = _setup(args)
     gm = GraphModel(lm.model, args.layer, arch=lm.arch)
     g = gm.graph
     rows = []
@@ -154,16 +161,11 @@ def _top(scores: torch.Tensor, k: int) -> set[int]:
 
 def main_conventions(args) -> dict:
     """Pre- vs post-norm EAP-IG against exact patching, for each T (see the docstring, 5)."""
-    from steerscope.models.loading import load_model
     from steerscope.patching.forward import GraphModel
     from steerscope.patching.run import spearman
     from steerscope.patching.scores import eap_ig_example, exact_example, prepare_example
 
-    torch.manual_seed(0)
-    lm = load_model(args.model)
-    sv = _vector(lm, args.layer, args.n_vec)
-    examples, counts, note = _examples(lm, sv, args.n_prompts, args.n_examples,
-                                       args.max_new_tokens)
+    lm, sv, examples, counts, note = _setup(args)
     gm = GraphModel(lm.model, args.layer, arch=lm.arch)
     g = gm.graph
     t_grid = [int(t) for t in args.t_grid.split(",")]
@@ -212,14 +214,9 @@ def main_conventions(args) -> dict:
 
 def main_circuits(args) -> dict:
     """Minimum faithful circuit and top-100 edge types with each gradient location."""
-    from steerscope.models.loading import load_model
     from steerscope.patching.run import add_circuits, score_vector
 
-    torch.manual_seed(0)
-    lm = load_model(args.model)
-    sv = _vector(lm, args.layer, args.n_vec)
-    examples, counts, note = _examples(lm, sv, args.n_prompts, args.n_examples,
-                                       args.max_new_tokens)
+    lm, sv, examples, counts, note = _setup(args)
     out = {"model": lm.model_id, "layer": args.layer, "datasets": counts, "data_note": note,
            "examples": [ex.dataset for ex in examples], "pooling": args.pooling, "runs": {}}
     for grad_at in ("pre_norm", "post_norm"):
