@@ -7,6 +7,9 @@ For each config in ``benchmarks/gpu_configs/`` (the models' own ``config.json`` 
 into the repository; nothing is downloaded) the model is built with ``from_config`` directly
 on the device (bf16 on a GPU) and measured:
 
+Generation and freezing times are the fastest of ``repeats`` (2) runs; every run's time is in
+the JSON (the first run at a new shape also pays the allocator's growth).
+
 1. ``generation``: steered greedy generation (``steerscope.generation.generate_ids`` with the
    steering vector at every position) vs HF ``model.generate`` (greedy, plain), batch 32,
    256 new tokens each. Both produce exactly ``new_tokens`` tokens per row (no EOS stop:
@@ -51,9 +54,9 @@ from steerscope.runtime import steer
 CONFIG_DIR = Path(__file__).resolve().parent / "gpu_configs"
 MODELS = ("gemma-2-2b", "llama-3.2-3b")
 FULL = dict(batch=32, prompt_tokens=64, new_tokens=256, eap_tokens=512, ig_steps=10,
-            exact_edges=48, modes=("qk", "ov", "svv", "mlp"))
+            exact_edges=48, modes=("qk", "ov", "svv", "mlp"), repeats=2)
 SMALL = dict(batch=2, prompt_tokens=8, new_tokens=6, eap_tokens=12, ig_steps=2,
-             exact_edges=6, modes=("qk", "ov", "svv", "mlp"))
+             exact_edges=6, modes=("qk", "ov", "svv", "mlp"), repeats=2)
 # the paper's study per model (design/paper.md sections 1, 4, 5, 7)
 PAPER = dict(vectors=3, patching_examples=400, response_tokens=512, eval_prompts=800,
              freeze_modes=4, freeze_prompts=200, sparsity_settings=32, sparsity_prompts=513)
@@ -114,6 +117,12 @@ class Clock:
         out = fn()
         self.sync()
         return time.perf_counter() - t0, out
+
+    def best(self, fn, repeats: int):
+        """``(fastest seconds, every run's seconds)`` of ``repeats`` calls of ``fn``: the
+        first call at a new shape also pays the allocator's growth and kernel selection."""
+        runs = [self.time(fn)[0] for _ in range(max(1, repeats))]
+        return min(runs), runs
 
 
 def free_memory(device: torch.device) -> None:
@@ -177,9 +186,11 @@ def bench_generation(model, arch, layer, s, prompts, cfg, clock) -> dict:
                             stop_at_eos=False, interventions=[steer(s, layer, 1.0)])
 
     batch, _ = with_backoff(lambda b: (hf(b, 2), ours(b, 2)), cfg["batch"], clock.device)
-    t_hf, _ = clock.time(lambda: hf(batch))
-    t_ours, _ = clock.time(lambda: ours(batch))
+    r = cfg["repeats"]
+    t_hf, hf_runs = clock.best(lambda: hf(batch), r)
+    t_ours, ours_runs = clock.best(lambda: ours(batch), r)
     return dict(batch=batch, new_tokens=n, hf_generate_s=t_hf, steered_s=t_ours,
+                hf_generate_runs_s=hf_runs, steered_runs_s=ours_runs,
                 hf_tokens_per_s=batch * n / t_hf, steered_tokens_per_s=batch * n / t_ours,
                 steered_vs_hf_throughput=t_hf / t_ours)
 
@@ -201,11 +212,12 @@ def bench_freeze(model, arch, layer, s, prompts, cfg, clock) -> dict:
     # lockstep modes run 2 x batch rows: size the batch on the heaviest mode
     batch, _ = with_backoff(lambda b: [frozen(m, b, 2) for m in cfg["modes"]], cfg["batch"],
                             clock.device)
-    t_plain, _ = clock.time(lambda: plain(batch))
-    out = dict(batch=batch, new_tokens=n, plain_steered_s=t_plain)
+    r = cfg["repeats"]
+    t_plain, plain_runs = clock.best(lambda: plain(batch), r)
+    out = dict(batch=batch, new_tokens=n, plain_steered_s=t_plain, plain_runs_s=plain_runs)
     for mode in cfg["modes"]:
-        t, _ = clock.time(lambda mode=mode: frozen(mode, batch))
-        out[f"{mode}_s"] = t
+        t, runs = clock.best(lambda mode=mode: frozen(mode, batch), r)
+        out[f"{mode}_s"], out[f"{mode}_runs_s"] = t, runs
         out[f"{mode}_vs_plain_throughput"] = t_plain / t
     return out
 
