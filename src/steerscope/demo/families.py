@@ -6,8 +6,8 @@
   chat template and no refusals. The recipe gives it Gemma's turn format
   (:data:`~steerscope.models.gemma3.GEMMA3_CHAT_TEMPLATE`) with ``<end_of_turn>`` as the end
   of every response, and harmless answers written by SmolLM2-135M-Instruct (greedy, so
-  deterministic) for a seeded sample of 96 harmless training prompts: a base model's own
-  continuations are no answers. 40 steps of 10 examples (6 harmful, 4 harmless) at lr 2e-4
+  deterministic) for every harmless training prompt: a base model's own continuations are
+  no answers. 64 steps of 10 examples (5 harmful, 5 harmless) at lr 2e-4
   on decoder layers 6-17 and the final norm; the tied 262k-token embedding stays frozen.
 """
 
@@ -28,12 +28,14 @@ GEMMA_RECIPE = replace(
     answer_model=DEFAULT_MODEL,
     chat_template=GEMMA3_CHAT_TEMPLATE,
     end_of_turn=END_OF_TURN,
-    # a budget for 2 shared CPU cores: 40 steps of 10, decoder layers 6-17, 96 answers
-    steps=40,
+    # a budget for 2 CPU cores: 64 steps of 10 (5 harmful, 5 harmless), decoder layers 6-17,
+    # answers to every harmless training prompt (the first recipe, 40 steps of 6 + 4 on 96
+    # answers, refused 0.19 of held-out Alpaca; 48 steps of 5 + 5 on 192 answers: 0.12)
+    steps=64,
     batch_size=10,
+    harmful_fraction=0.5,
     lr=2e-4,
     first_trained_layer=6,
-    harmless_sample=96,
 )
 DEMO_RECIPES: dict[str, DemoRecipe] = {"smollm2": DEFAULT_RECIPE, "gemma": GEMMA_RECIPE}
 DEMO_FAMILIES = tuple(DEMO_RECIPES)
