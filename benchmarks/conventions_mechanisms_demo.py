@@ -5,7 +5,7 @@ plus the freezing table, which no switch measurable on the demo changes.
     OMP_NUM_THREADS=1 python benchmarks/conventions_mechanisms_demo.py [--model demo]
         [--layer 16] [--n-test 12] [--max-new-tokens 24] [--n-prompts 2] [--steps 5]
         [--n-eval 12] [--eval-tokens 24] [--vector NAME=PATH ...] [--no-circuits]
-        [--no-sparsity] [--freeze] [--grad-at pre_norm,post_norm] [--taus 0,0.1,...]
+        [--no-sparsity] [--no-dim] [--freeze] [--grad-at pre_norm,post_norm] [--taus 0,0.1,...]
         [--fractions 0.9,0.95,0.98] [--out conventions_mechanisms.json]
 
 1. A DIM vector: difference of the last-position means of ``--n-train`` built-in demo train
@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=24)
     ap.add_argument("--vector", action="append", default=[], help="NAME=PATH (sparsity)")
     ap.add_argument("--no-circuits", action="store_true")
+    ap.add_argument("--no-dim", action="store_true",
+                    help="patch and sweep only the --vector vectors (DIM: --freeze only)")
     ap.add_argument("--no-sparsity", action="store_true")
     ap.add_argument("--freeze", action="store_true")
     ap.add_argument("--grad-at", default=",".join(GRAD_AT),
@@ -161,6 +163,8 @@ def main() -> None:
         print(fr.table(), f"({time.time() - t0:.0f} s)", flush=True)
         save()
     for name, v in vectors.items():
+        if name == "dim" and args.no_dim:
+            continue
         data = patching_data(lm, v, args)
         counts = {k: len(x) for k, x in data.items()}
         res = scored(lm, v, data, args.steps, args.grad_at.split(","))
