@@ -2,6 +2,7 @@
 
     python benchmarks/eval_demo_model.py [--data-dir ../shared/data/refusal] [--skip-base]
                                          [--family gemma] [--harmful jbb] [--n-alpaca N]
+                                         [--score-only]
 
 Builds the demo model once (``steerscope.demo.demo_model_dir``; reused when
 cached), then measures, for the demo model and the base SmolLM2-135M-Instruct:
@@ -41,6 +42,22 @@ def _data(data_dir: Path, n_alpaca: int, seed: int, with_harmbench: bool = True)
     return harmful, harmless
 
 
+def score_only(loaded, harmful, harmless, args) -> int:
+    """Print the fraction of prompts with refusal score > 0 and the mean score, per set."""
+    from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
+    from steerscope.models.chat import format_prompt
+
+    ids = refusal_token_ids(loaded.tokenizer)
+    print(f"{'prompts':<30} {'score>0':>8} {'mean score':>10}")
+    for label, prompts in ((f"{args.harmful} test ({len(harmful)})", harmful),
+                           (f"Alpaca test ({len(harmless)}, seed {args.seed})", harmless)):
+        formatted = [format_prompt(loaded.tokenizer, p.instruction) for p in prompts]
+        s = refusal_scores(loaded.model, loaded.tokenizer, formatted, refusal_ids=ids,
+                           batch_size=args.batch_size, progress=False)  # [n]
+        print(f"{label:<30} {float((s > 0).float().mean()):>8.3f} {float(s.mean()):>10.2f}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -53,6 +70,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--family", default="smollm2", help="smollm2 (demo) or gemma (demo-gemma)")
     ap.add_argument("--harmful", default="jbb+harmbench", choices=("jbb+harmbench", "jbb"))
+    ap.add_argument("--score-only", action="store_true",
+                    help="only the refusal score > 0 rate (one forward pass per prompt, no "
+                         "generation): the demo model, no base")
     args = ap.parse_args()
 
     if not (args.data_dir / "raw/jailbreakbench.csv").is_file():
@@ -77,6 +97,8 @@ def main() -> int:
           + ("" if waited > 5 else " (cached)"))
 
     name = recipe.model_name
+    if args.score_only:
+        return score_only(load_demo_model(recipe=recipe), harmful, harmless, args)
     models = [(name, lambda: load_demo_model(recipe=recipe))]
     if not args.skip_base:
         models.append((f"{recipe.base_model} (base)", lambda: load_model(recipe.base_model)))
