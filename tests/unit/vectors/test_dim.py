@@ -438,3 +438,19 @@ def test_select_dim_never_selects_a_filtered_layer(short_tok):
     real = _select(model, short_tok, layers=[3], layer_cutoff="real")
     assert real.vector.layer == 3 and real.vector.hyperparameters["layer_cutoff"] == "real"
     assert all(r["discarded"] != "layer" for r in real.candidates)
+
+
+def test_relaxed_kl_threshold_doubles_up_to_the_cap():
+    """The smallest doubled threshold some KL-only discard passes, at most MAX_RELAXED_KL
+    (6.4: 0.1 doubled 6 times); beyond it None. Rows discarded for another reason never count."""
+    from steerscope.vectors.dim_selection import MAX_RELAXED_KL, relaxed_kl_threshold
+
+    def rows(*kls, reason="kl"):
+        return [{"kl": k, "discarded": reason} for k in kls]
+
+    assert MAX_RELAXED_KL == pytest.approx(6.4)
+    assert relaxed_kl_threshold(rows(0.15), 0.1) == pytest.approx(0.2)
+    assert relaxed_kl_threshold(rows(4.35, 7.0), 0.1) == pytest.approx(6.4)  # demo-gemma's layer 10
+    assert relaxed_kl_threshold(rows(6.5), 0.1) is None
+    assert relaxed_kl_threshold(rows(0.15, reason="induce"), 0.1) is None
+    assert relaxed_kl_threshold(rows(float("nan")) + rows(0.3), 0.1) == pytest.approx(0.4)
