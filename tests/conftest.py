@@ -12,6 +12,7 @@ this file as ``conftest``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -25,6 +26,15 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "refusal"
 ACCEPTANCE_DIR = Path(__file__).resolve().parent / "acceptance"
+
+
+def load_script(relative: str, name: str):
+    """The repository script ``relative`` (e.g. ``benchmarks/gpu.py``) imported as module
+    ``name`` (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.hookimpl(tryfirst=True)

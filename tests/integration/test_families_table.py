@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "families_table.py"
+from conftest import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("families_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/families_table.py", "families_table")
 
 
 RESULTS = {
