@@ -59,6 +59,14 @@ def matrix_cell(block: dict | None, key: str = "matrix") -> str:
     return "; ".join(f"{a}: " + " ".join(_fmt(v) for v in row) for a, row in zip(ms, mat))
 
 
+def overlap_cell(overlap: dict | None) -> str:
+    """The overlap matrix at the first size (each method's minimal circuit by default)."""
+    if not overlap or not overlap.get("by_size"):
+        return "—"
+    return matrix_cell({"methods": overlap["methods"],
+                        "matrix": overlap["by_size"][0]["matrix"]})
+
+
 def edge_type_cells(res: dict) -> dict[str, str]:
     return {m: f"top-{e['top_n']}: " + " / ".join(
         f"{100 * e['fractions'].get(k, 0.0):.0f}" for k in ("q", "k", "v", "mlp", "logits"))
@@ -101,9 +109,7 @@ def summarise(res: dict) -> dict:
         "model": model.get("id"), "steering_layer": model.get("steering_layer"),
         "steering": steering_cells(res), "cosine": cosine_cells(res),
         "circuits": circuit_cells(res),
-        "overlap": matrix_cell((res.get("overlap") or {}).get("by_size", [None])[0]
-                               and {"methods": res["overlap"]["methods"],
-                                    "matrix": res["overlap"]["by_size"][0]["matrix"]}),
+        "overlap": overlap_cell(res.get("overlap")),
         "interchange": matrix_cell(res.get("interchange")),
         "edge_types (q/k/v/mlp/logits %)": edge_type_cells(res),
         "freeze mean drop": freeze_cells(res), "svv": svv_cells(res),

@@ -43,6 +43,13 @@ def test_cells_from_results():
     # the highest sparsity with BOTH retentions >= 0.9: 0.8 (0.9 loses the harmless effect)
     assert s["sparsity at 90% retention"] == {"dim": "gradient 80%"}
     assert s["overlap"] == "—" and s["interchange"] == "—"
+    both = dict(RESULTS, overlap={"methods": ["dim", "ntp"], "by_size": [
+        {"size": 50, "matrix": [[1.0, 0.5], [0.5, 1.0]]}]},
+        interchange={"methods": ["dim", "ntp"], "matrix": [[0.9, 0.7], [0.6, 0.88]]})
+    s = ft.summarise(both)
+    assert s["overlap"] == "dim: 1.00 0.50; ntp: 0.50 1.00"
+    assert s["interchange"] == "dim: 0.90 0.70; ntp: 0.60 0.88"
+    assert ft.summarise(dict(RESULTS, overlap={"methods": [], "by_size": []}))["overlap"] == "—"
 
 
 def test_markdown_and_errors(tmp_path, capsys):

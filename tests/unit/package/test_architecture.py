@@ -36,17 +36,25 @@ def test_no_import_from_a_lower_layer_to_a_higher_one():
     assert ig.upward_imports(MODULES) == []
 
 
-def test_the_checks_catch_what_they_look_for(tmp_path):
+def _fake_package(tmp_path, a_src: str, b_src: str, extra: dict[str, str] | None = None):
+    """``ig.scan`` of a package ``steerscope`` with modules ``models.a``, ``models.b`` (and
+    ``extra``: {relative path: source})."""
     pkg = tmp_path / "steerscope"
     (pkg / "models").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "models" / "__init__.py").write_text("")
-    (pkg / "models" / "a.py").write_text("from steerscope.models.b import _x\n")
-    (pkg / "models" / "b.py").write_text(
+    (pkg / "models" / "a.py").write_text(a_src)
+    (pkg / "models" / "b.py").write_text(b_src)
+    for rel, src in (extra or {}).items():
+        (pkg / rel).write_text(src)
+    return ig.scan(pkg)
+
+
+def test_the_checks_catch_what_they_look_for(tmp_path):
+    mods = _fake_package(
+        tmp_path, "from steerscope.models.b import _x\n",
         "import steerscope.models.a as a\n_x = 1\n\ndef f():\n    from steerscope.cli import y\n"
-        "    return a._hidden\n")
-    (pkg / "cli.py").write_text("y = 1\n")
-    mods = ig.scan(pkg)
+        "    return a._hidden\n", extra={"cli.py": "y = 1\n"})
     assert ig.cycles(ig.module_edges(mods)) == [["steerscope.models.a", "steerscope.models.b"]]
     assert ig.upward_imports(mods) == ["steerscope.models.b:5 -> steerscope.cli"]
     assert sorted(ig.private_imports(mods)) == [
@@ -69,13 +77,8 @@ def test_docs_show_the_current_layers_and_graph():
 
 
 def test_type_checking_imports_count_as_dependencies(tmp_path):
-    pkg = tmp_path / "steerscope"
-    (pkg / "models").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "models" / "__init__.py").write_text("")
-    (pkg / "models" / "a.py").write_text("import steerscope.models.b\n")
-    (pkg / "models" / "b.py").write_text(
+    mods = _fake_package(
+        tmp_path, "import steerscope.models.b\n",
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
         "    from steerscope.models.a import X\n")
-    mods = ig.scan(pkg)
     assert ig.cycles(ig.module_edges(mods)) == [["steerscope.models.a", "steerscope.models.b"]]
