@@ -2,7 +2,8 @@
 
     python benchmarks/eval_demo_model.py [--data-dir ../shared/data/refusal] [--skip-base]
                                          [--family gemma] [--harmful jbb] [--n-alpaca N]
-                                         [--score-only]
+                                         [--score-only] [--val N]
+                                         [--set FIELD=VALUE ...]
 
 Builds the demo model once (``steerscope.demo.demo_model_dir``; reused when
 cached), then measures, for the demo model and the base SmolLM2-135M-Instruct:
@@ -13,12 +14,17 @@ refusals, and the fraction with refusal score > 0 (no generation). None of these
 trained on. Targets (issue 3): demo model harmful >= 0.80 and harmless <= 0.10, by both
 measures. Skips with a message when the shared data folder is missing. ``--family gemma``
 measures the Gemma-3 demo model (``demo-gemma``) and its base Gemma-3-270M instead;
-``--harmful jbb`` uses JailbreakBench alone.
+``--harmful jbb`` uses JailbreakBench alone. ``--set FIELD=VALUE`` (repeatable; VALUE read as
+JSON, else as a string) builds and measures a variant of the family's recipe, e.g.
+``--set harmless_sample=384 --set steps=56`` (cached under its own recipe hash); ``--val N``
+also scores the harmful val split and N Alpaca val prompts (seed 0), for choosing a recipe
+without looking at the test prompts.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -42,15 +48,39 @@ def _data(data_dir: Path, n_alpaca: int, seed: int, with_harmbench: bool = True)
     return harmful, harmless
 
 
-def score_only(loaded, harmful, harmless, args) -> int:
-    """Print the fraction of prompts with refusal score > 0 and the mean score, per set."""
+def recipe_with_overrides(recipe, pairs):
+    """``recipe`` with each ``FIELD=VALUE`` of ``pairs`` replaced (VALUE parsed as JSON, else
+    kept as a string); a list value becomes a tuple. Unknown fields and malformed pairs raise
+    ``SystemExit`` with a one-line message."""
+    fields = {f.name for f in dataclasses.fields(recipe)}
+    changes = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE, e.g. --set steps=56")
+        if name not in fields:
+            raise SystemExit(f"--set {pair!r}: the recipe has no field {name!r}; "
+                             f"fields: {', '.join(sorted(fields))}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        changes[name] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(recipe, **changes)
+
+
+def score_only(loaded, harmful, harmless, args, extra=()) -> int:
+    """Print the fraction of prompts with refusal score > 0 and the mean score, per set
+    (``extra``: more ``(label, prompts)`` sets)."""
     from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
     from steerscope.models.chat import format_prompt
 
     ids = refusal_token_ids(loaded.tokenizer)
     print(f"{'prompts':<30} {'score>0':>8} {'mean score':>10}")
     for label, prompts in ((f"{args.harmful} test ({len(harmful)})", harmful),
-                           (f"Alpaca test ({len(harmless)}, seed {args.seed})", harmless)):
+                           (f"Alpaca test ({len(harmless)}, seed {args.seed})", harmless),
+                           *extra):
         formatted = [format_prompt(loaded.tokenizer, p.instruction) for p in prompts]
         s = refusal_scores(loaded.model, loaded.tokenizer, formatted, refusal_ids=ids,
                            batch_size=args.batch_size, progress=False)  # [n]
@@ -73,6 +103,10 @@ def main() -> int:
     ap.add_argument("--score-only", action="store_true",
                     help="only the refusal score > 0 rate (one forward pass per prompt, no "
                          "generation): the demo model, no base")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="measure a variant of the family's recipe (repeatable)")
+    ap.add_argument("--val", type=int, default=0, metavar="N",
+                    help="with --score-only: also the harmful val split and N Alpaca val prompts")
     args = ap.parse_args()
 
     if not (args.data_dir / "raw/jailbreakbench.csv").is_file():
@@ -81,7 +115,7 @@ def main() -> int:
     harmful, harmless = _data(args.data_dir, args.n_alpaca, args.seed,
                               with_harmbench=args.harmful == "jbb+harmbench")
 
-    recipe = recipe_for_family(args.family)
+    recipe = recipe_with_overrides(recipe_for_family(args.family), args.set)
     t0 = time.perf_counter()
     folder = demo_model_dir(recipe=recipe)
     waited = time.perf_counter() - t0
@@ -98,7 +132,14 @@ def main() -> int:
 
     name = recipe.model_name
     if args.score_only:
-        return score_only(load_demo_model(recipe=recipe), harmful, harmless, args)
+        extra = []
+        if args.val:
+            harmful_val = load_prompts(args.data_dir / "splits/harmful_val.json")
+            harmless_val = load_prompts(args.data_dir / "splits/harmless_val.json").sample(
+                args.val, seed=0)
+            extra = [(f"harmful val ({len(harmful_val)})", harmful_val),
+                     (f"Alpaca val ({len(harmless_val)}, seed 0)", harmless_val)]
+        return score_only(load_demo_model(recipe=recipe), harmful, harmless, args, extra)
     models = [(name, lambda: load_demo_model(recipe=recipe))]
     if not args.skip_base:
         models.append((f"{recipe.base_model} (base)", lambda: load_model(recipe.base_model)))
