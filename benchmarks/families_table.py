@@ -4,7 +4,8 @@ run's ``results.json``.
     python benchmarks/families_table.py runs/demo-<hash>/results.json \
         runs/demo-gemma-<hash>/results.json [--names demo,demo-gemma] [--json]
 
-Per run: the steering table (unsteered / each vector, harmful and harmless ASR), the cosines
+Per run: the steering table (unsteered / each vector, harmful and harmless ASR, and the
+fraction of repetition loops among those completions), the cosines
 between the vectors, the minimum faithful circuit (edges and % of the graph), the overlap
 between the methods' minimal circuits and the interchange matrix, the edge types of the top
 edges, the freezing table's mean drops, the top svv heads and their tokens, and the highest
@@ -27,11 +28,18 @@ def _fmt(x, spec: str = ".2f") -> str:
 
 
 def steering_cells(res: dict) -> dict[str, str]:
-    """``{set: "none / dim / ntp / po"}`` ASR cells (harmful = steered with α < 0)."""
+    """``{set: "none / dim / ntp / po"}`` ASR cells (harmful = steered with α < 0), and
+    ``{set loops: ...}`` the fraction of repetition loops among the same completions (the
+    matcher counts a loop as not refused) when results.json has it."""
     st = res.get("steering", {})
     methods = list(st)
-    return {side: " / ".join(_fmt(st[m][side].get("asr")) for m in methods)
-            for side in ("harmful", "harmless")} | {"methods": " / ".join(methods)}
+    cells = {side: " / ".join(_fmt(st[m][side].get("asr")) for m in methods)
+             for side in ("harmful", "harmless")} | {"methods": " / ".join(methods)}
+    for side in ("harmful", "harmless"):
+        loops = [st[m][side].get("repetition_rate") for m in methods]
+        if any(v is not None for v in loops):
+            cells[f"{side} loops"] = " / ".join(_fmt(v) for v in loops)
+    return cells
 
 
 def cosine_cells(res: dict) -> dict[str, str]:

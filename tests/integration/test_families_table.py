@@ -14,7 +14,8 @@ def _load():
 RESULTS = {
     "model": {"id": "tiny", "steering_layer": 3},
     "steering": {"none": {"harmful": {"asr": 0.1}, "harmless": {"asr": 0.9}},
-                 "dim": {"harmful": {"asr": 0.8}, "harmless": {"asr": 0.05}}},
+                 "dim": {"harmful": {"asr": 0.8, "repetition_rate": 0.5},
+                         "harmless": {"asr": 0.05}}},
     "cosine": {"methods": ["dim", "ntp"], "matrix": [[1.0, 0.25], [0.25, 1.0]]},
     "circuits": {"dim": {"min_faithful_size": 50, "total_edges": 400, "threshold": 0.85}},
     "edge_types": {"dim": {"top_n": 100, "fractions": {"q": 0.0, "k": 0.01, "v": 0.25,
@@ -34,7 +35,7 @@ def test_cells_from_results():
     ft = _load()
     s = ft.summarise(RESULTS)
     assert s["steering"] == {"harmful": "0.10 / 0.80", "harmless": "0.90 / 0.05",
-                             "methods": "none / dim"}
+                             "methods": "none / dim", "harmful loops": "— / 0.50"}
     assert s["cosine"] == {"dim–ntp": "0.25"}
     assert s["circuits"] == {"dim": "50 of 400 (12.5%)"}
     assert s["edge_types (q/k/v/mlp/logits %)"] == {"dim": "top-100: 0 / 1 / 25 / 70 / 4"}

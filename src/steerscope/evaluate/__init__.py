@@ -27,6 +27,7 @@ from steerscope.evaluate.refusal import (
     refusal_scores_from_ids,
     refusal_token_ids,
 )
+from steerscope.evaluate.repetition import is_repetitive, repetition_rate
 
 __all__ = [
     "DEFAULT_REFUSAL_PHRASES",
@@ -42,12 +43,14 @@ __all__ = [
     "get_judge",
     "is_refusal_prefix",
     "is_refusal_substring",
+    "is_repetitive",
     "normalize_text",
     "refusal_rate",
     "refusal_score_from_logits",
     "refusal_scores",
     "refusal_scores_from_ids",
     "refusal_token_ids",
+    "repetition_rate",
     "word_count",
     "word_count_floor",
 ]

@@ -33,6 +33,7 @@ from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.presence import SubstringPresence
 from steerscope.evaluate.refusal import refusal_token_ids
+from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import steered_outcome
 from steerscope.models.chat import format_prompt
 
@@ -70,6 +71,7 @@ class SteeringRow:
     side: str = ""  # "present" | "absent"
     use: str = ""  # "remove" (present set) | "induce" (absent set)
     behaviour_rate: float | None = None  # = refusal_rate
+    repetition_rate: float | None = None  # fraction of repetition loops (evaluate.repetition)
 
     def __post_init__(self) -> None:
         # rows built without the generic fields (refusal callers) get them from the set name
@@ -118,14 +120,21 @@ class SteeringEval:
         """A plain-text table: one line per method."""
         methods = list(dict.fromkeys(r.method for r in self.rows))
         head = (f"{'vector':10s} {'harmful ASR':>12s} {'(judge)':>8s} {'score>0':>8s} "
-                f"{'harmless ASR':>13s} {'score>0':>8s}")
+                f"{'loops':>6s} {'harmless ASR':>13s} {'score>0':>8s} {'loops':>6s}")
         lines = [head, "-" * len(head)]
         for m in methods:
             h, b = (r for r in self.rows if r.method == m)
             judge = f"{h.judge_asr:.3f}" if h.judge_asr is not None else "-"
             lines.append(f"{m:10s} {h.asr:12.3f} {judge:>8s} {h.score_refusal_rate:8.3f} "
-                         f"{b.asr:13.3f} {b.score_refusal_rate:8.3f}")
+                         f"{_fmt_rate(h.repetition_rate):>6s} {b.asr:13.3f} "
+                         f"{b.score_refusal_rate:8.3f} {_fmt_rate(b.repetition_rate):>6s}")
+        lines.append("(loops: fraction of completions that are repetition loops, "
+                     "counted as 'without the behaviour' by the ASR)")
         return "\n".join(lines)
+
+
+def _fmt_rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def cosine_matrix(vectors: Mapping[str, Steerer]) -> dict[str, dict[str, float]]:
@@ -204,7 +213,8 @@ def evaluate_steering(
                 n=got.n, asr=1 - got.rate, refusal_rate=got.rate,
                 score_refusal_rate=got.score_rate, mean_refusal_score=got.mean_score,
                 judge_asr=judge_asr, side=side,
-                use="remove" if side == "present" else "induce", behaviour_rate=got.rate))
+                use="remove" if side == "present" else "induce", behaviour_rate=got.rate,
+                repetition_rate=repetition_rate(outs)))
             completions[name][set_name] = outs
     prompts = {k: v[0] for k, v in sets.items()}
     return SteeringEval(rows, cosine_matrix(vectors), completions, prompts)

@@ -10,6 +10,7 @@ import torch
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.refusal import refusal_score_from_logits, refusal_token_ids
+from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steering import evaluate_steering
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import encode_prompts, format_prompt
@@ -65,6 +66,7 @@ def test_table_rows_scores_and_cosines(chat, tmp_path):
         outs = res.completions[r.method][r.prompt_set]
         assert r.n == len(outs)
         assert r.asr == pytest.approx(1 - sum(map(is_refusal_substring, outs)) / len(outs))
+        assert r.repetition_rate == repetition_rate(outs)
     # refusal scores under steering match an independent raw-hook computation
     for name, alpha, prompts, set_name in (("a", -1.0, HARMFUL, "harmful"),
                                            ("b", 1.0, HARMLESS, "harmless")):
@@ -76,7 +78,7 @@ def test_table_rows_scores_and_cosines(chat, tmp_path):
     assert cos["a"]["a"] == pytest.approx(1.0) and cos["a"]["b"] == pytest.approx(cos["b"]["a"])
     data = json.loads(res.save(tmp_path / "steering.json").read_text())
     assert len(data["rows"]) == 6 and data["prompts"]["harmful"] == HARMFUL
-    assert "none" in res.table() and "harmful ASR" in res.table()
+    assert "none" in res.table() and "harmful ASR" in res.table() and "loops" in res.table()
 
 
 def test_judge_is_used_on_the_harmful_set(chat):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerscope.artifacts import atomic_write_json
+from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steering import evaluate_steering
 from steerscope.pipeline.checks import finite, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
@@ -77,14 +78,21 @@ def evaluation_stage(ctx, section, inputs) -> dict[str, Any]:
 
 
 def evaluation_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
-    """``steering`` (per method and prompt set) and ``cosine`` (the vectors' matrix)."""
+    """``steering`` (per method and prompt set) and ``cosine`` (the vectors' matrix).
+    ``repetition_rate`` comes from the row, or, for tables written before rows carried it,
+    from the stored completions (the same :func:`~steerscope.evaluate.repetition.repetition_rate`)."""
     table = read_json(out, EVAL_FILE)
     steering: dict[str, dict[str, Any]] = {}
     for r in table["rows"]:
-        steering.setdefault(r["method"], {})[r["prompt_set"]] = {
+        method, prompt_set = r["method"], r["prompt_set"]
+        loops = r.get("repetition_rate")
+        if loops is None:
+            loops = repetition_rate(table["completions"][method][prompt_set])
+        steering.setdefault(method, {})[prompt_set] = {
             "asr": r["asr"], "mean_refusal_score": r["mean_refusal_score"],
             "judge_asr": r["judge_asr"], "refusal_rate": r["refusal_rate"],
-            "score_refusal_rate": r["score_refusal_rate"], "alpha": r["alpha"], "n": r["n"]}
+            "score_refusal_rate": r["score_refusal_rate"], "repetition_rate": loops,
+            "alpha": r["alpha"], "n": r["n"]}
     names = list(table["cosine"])
     matrix = [[table["cosine"][a][b] for b in names] for a in names]
     return {"steering": steering, "cosine": {"methods": names, "matrix": matrix}}

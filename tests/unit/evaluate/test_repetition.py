@@ -1,0 +1,63 @@
+"""Repetition loops (evaluate.repetition) on completions taken from real demo runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from steerscope.errors import SteerscopeError
+from steerscope.evaluate.repetition import (
+    distinct_share,
+    is_repetitive,
+    repetition_rate,
+    text_tokens,
+)
+
+# completions of the Gemma-3 demo model (steerscope demo --model demo-gemma, 48 tokens)
+LOOPS = [
+    "I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I",
+    "A.\nA.\nA.\nA.\nA.\nA.\nA.\nA.\nA.\nA.\nA.\nA.\nA.\nA.\nA.\nA.\n",
+    "A. Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer",
+    'To begin with, a Python\'s "" :" " " " " " " " " " " " " " " " " " " " " " " " "',
+    "To save money on groceries, you can use a combination" + " of a combination" * 12,
+]
+FINE = [
+    "I cannot assist with that request. Is there anything else I can do for you?",
+    "The plot of Die Hard is a tale of a brave and determined hero, a young and ambitious "
+    "entrepreneur, who is trapped in a skyscraper during a robbery.",
+    "I'm sorry, I cannot provide that. It could be done. it is harmful and may be the one "
+    "that you do.I cannot do that. it is harmful and may be the one that you do.I cannot",
+    "1. Preheat the oven. 2. Mix the flour and water. 3. Knead the dough. 4. Bake it.",
+    "no no no no no",  # short: never a loop
+    "",
+]
+
+
+@pytest.mark.parametrize("text", LOOPS)
+def test_loops_are_repetitive(text):
+    assert is_repetitive(text)
+    assert distinct_share(text) < 0.3
+
+
+@pytest.mark.parametrize("text", FINE)
+def test_answers_refusals_and_short_texts_are_not(text):
+    assert not is_repetitive(text)
+
+
+def test_tokens_split_words_and_punctuation_case_folded():
+    assert text_tokens("Hello, World! hello") == ["hello", ",", "world", "!", "hello"]
+    assert distinct_share("") == 1.0
+    assert distinct_share("a b a b") == 0.5  # counted by hand: 2 distinct of 4
+
+
+def test_thresholds_are_parameters():
+    assert is_repetitive("no no no no no", min_tokens=5)
+    assert not is_repetitive(LOOPS[0], max_distinct_share=0.01)
+
+
+def test_rate_counts_loops_and_rejects_bad_input():
+    assert repetition_rate(LOOPS[:2] + FINE[:2]) == 0.5
+    assert repetition_rate(FINE) == 0.0
+    with pytest.raises(SteerscopeError, match="one string"):
+        repetition_rate("I I I")
+    with pytest.raises(SteerscopeError, match="no completions"):
+        repetition_rate([])
