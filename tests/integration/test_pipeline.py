@@ -362,6 +362,8 @@ def test_sharded_evaluation_matches_evaluate_steering():
             (g_["method"], g_["prompt_set"], g_["n"], g_["asr"], g_["alpha"])
         assert g_["mean_refusal_score"] == pytest.approx(r.mean_refusal_score, abs=1e-6)
         assert g_["score_refusal_rate"] == r.score_refusal_rate
+        assert r.repetition_rate is not None
+        assert g_["repetition_rate"] == r.repetition_rate
 
 
 def test_dtype_and_device_map_pass_through_to_the_model(workdir, tmp_path):

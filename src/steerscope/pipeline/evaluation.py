@@ -22,6 +22,7 @@ import torch
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
+from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steering import NONE, SteeringRow, cosine_matrix
 from steerscope.generation import generate
 from steerscope.models.chat import format_prompt
@@ -128,7 +129,8 @@ def sharded_steering_eval(
                 method=m, prompt_set=s, alpha=0.0 if sv is None else alpha, n=n,
                 asr=1 - sum(refused) / n, refusal_rate=sum(refused) / n,
                 score_refusal_rate=float((sc > 0).double().mean()),
-                mean_refusal_score=float(sc.mean()), judge_asr=judge_asr))
+                mean_refusal_score=float(sc.mean()), judge_asr=judge_asr,
+                repetition_rate=repetition_rate(outs)))
     return {
         "rows": [asdict(r) for r in rows],
         "cosine": cosine_matrix(vectors),
