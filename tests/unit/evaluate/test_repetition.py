@@ -8,6 +8,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.evaluate.repetition import (
     distinct_share,
     is_repetitive,
+    repeated_share,
     repetition_rate,
     text_tokens,
 )
@@ -19,6 +20,12 @@ LOOPS = [
     "A. Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer Ayer",
     'To begin with, a Python\'s "" :" " " " " " " " " " " " " " " " " " " " " " " " "',
     "To save money on groceries, you can use a combination" + " of a combination" * 12,
+    "1.```html\n" + "```html\n" * 14,
+]
+SENTENCE_LOOP = "The night of the event was a dark and somber night. " * 4  # units > 30 chars
+GLUED = [  # loops without spaces: one word token, caught by the repeated-characters share
+    "I cannot" + "I" * 46,
+    "The answer is" + "is" * 20,
 ]
 FINE = [
     "I cannot assist with that request. Is there anything else I can do for you?",
@@ -27,6 +34,7 @@ FINE = [
     "I'm sorry, I cannot provide that. It could be done. it is harmful and may be the one "
     "that you do.I cannot do that. it is harmful and may be the one that you do.I cannot",
     "1. Preheat the oven. 2. Mix the flour and water. 3. Knead the dough. 4. Bake it.",
+    "Wait.... what? Hmm.... That is a surprising result, isn't it? Let me check it again.",
     "no no no no no",  # short: never a loop
     "",
 ]
@@ -36,6 +44,19 @@ FINE = [
 def test_loops_are_repetitive(text):
     assert is_repetitive(text)
     assert distinct_share(text) < 0.3
+
+
+@pytest.mark.parametrize("text", GLUED)
+def test_glued_loops_are_repetitive(text):
+    assert len(text_tokens(text)) < 12 or distinct_share(text) >= 0.3  # missed by tokens
+    assert repeated_share(text) >= 0.5 and is_repetitive(text)
+
+
+def test_repeated_share_counts_back_to_back_copies():
+    assert repeated_share("abababab") == 1.0  # "ab" 4 times
+    assert repeated_share("ababab") == 0.0  # 3 copies are not a loop
+    assert repeated_share("xyz" + "ha" * 4 + "x") == 8 / 12
+    assert repeated_share("") == 0.0
 
 
 @pytest.mark.parametrize("text", FINE)
@@ -51,7 +72,8 @@ def test_tokens_split_words_and_punctuation_case_folded():
 
 def test_thresholds_are_parameters():
     assert is_repetitive("no no no no no", min_tokens=5)
-    assert not is_repetitive(LOOPS[0], max_distinct_share=0.01)
+    assert is_repetitive(SENTENCE_LOOP) and repeated_share(SENTENCE_LOOP) == 0.0
+    assert not is_repetitive(SENTENCE_LOOP, max_distinct_share=0.1)
 
 
 def test_rate_counts_loops_and_rejects_bad_input():
