@@ -6,8 +6,8 @@
   chat template and no refusals. The recipe gives it Gemma's turn format
   (:data:`~steerscope.models.gemma3.GEMMA3_CHAT_TEMPLATE`) with ``<end_of_turn>`` as the end
   of every response, and harmless answers written by SmolLM2-135M-Instruct (greedy, so
-  deterministic) for a seeded sample of 192 harmless training prompts: a base model's own
-  continuations are no answers. 48 steps of 10 examples (5 harmful, 5 harmless) at lr 2e-4
+  deterministic) for a seeded sample of 384 harmless training prompts: a base model's own
+  continuations are no answers. 56 steps of 10 examples (5 harmful, 5 harmless) at lr 2e-4
   on decoder layers 6-17 and the final norm; the tied 262k-token embedding stays frozen.
 """
 
@@ -28,16 +28,17 @@ GEMMA_RECIPE = replace(
     answer_model=DEFAULT_MODEL,
     chat_template=GEMMA3_CHAT_TEMPLATE,
     end_of_turn=END_OF_TURN,
-    # a budget for 2 CPU cores: 48 steps of 10 (5 harmful, 5 harmless), decoder layers 6-17,
-    # 192 answers. Held-out refusal (score > 0, JBB / Alpaca): this recipe 0.96 / 0.12; the
-    # first (40 steps of 6 + 4 on 96 answers) 0.97 / 0.19; 64 steps on all 630 answers
-    # 0.72 / 0.02, too weak a refusal for DIM's induce filter (docs/demo_model.md)
-    steps=48,
+    # a budget for 2 CPU cores: 56 steps of 10 (5 harmful, 5 harmless), decoder layers 6-17,
+    # 384 answers. Held-out refusal (score > 0, JBB 100 / Alpaca test 500): this recipe
+    # 0.92 / 0.022; 48 steps on 192 answers 0.96 / 0.12 (Alpaca 100); 48 steps of 4 + 6
+    # 0.90 / 0.02; 64 steps on all 630 answers 0.72 / 0.02, too weak a refusal for DIM's
+    # induce filter (docs/demo_model.md)
+    steps=56,
     batch_size=10,
     harmful_fraction=0.5,
     lr=2e-4,
     first_trained_layer=6,
-    harmless_sample=192,
+    harmless_sample=384,
 )
 DEMO_RECIPES: dict[str, DemoRecipe] = {"smollm2": DEFAULT_RECIPE, "gemma": GEMMA_RECIPE}
 DEMO_FAMILIES = tuple(DEMO_RECIPES)
