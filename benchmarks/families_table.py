@@ -82,8 +82,17 @@ def edge_type_cells(res: dict) -> dict[str, str]:
 
 
 def freeze_cells(res: dict) -> dict[str, str]:
-    return {mode: _fmt(v.get("mean_drop"), ".1f") for mode, v in res.get("freeze", {}).items()
-            if mode != "none"}
+    """``{mode: mean drop}`` (with each set's loop rate when results.json has it)."""
+    out = {}
+    for mode, v in res.get("freeze", {}).items():
+        if mode == "none":
+            continue
+        cell = _fmt(v.get("mean_drop"), ".1f")
+        loops = (v.get("harmful_repetition_rate"), v.get("harmless_repetition_rate"))
+        if any(x is not None for x in loops):
+            cell += f" (loops {_fmt(loops[0])} / {_fmt(loops[1])})"
+        out[mode] = cell
+    return out
 
 
 def svv_cells(res: dict, n_heads: int = 2, n_tokens: int = 6) -> dict[str, str]:

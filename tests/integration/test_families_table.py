@@ -20,7 +20,9 @@ RESULTS = {
     "circuits": {"dim": {"min_faithful_size": 50, "total_edges": 400, "threshold": 0.85}},
     "edge_types": {"dim": {"top_n": 100, "fractions": {"q": 0.0, "k": 0.01, "v": 0.25,
                                                        "mlp": 0.7, "logits": 0.04}}},
-    "freeze": {"none": {"mean_drop": 0.0}, "qk": {"mean_drop": 12.5}, "ov": {"mean_drop": 65.6}},
+    "freeze": {"none": {"mean_drop": 0.0}, "qk": {"mean_drop": 12.5}, "ov": {"mean_drop": 65.6},
+               "svv": {"mean_drop": 0.0, "harmful_repetition_rate": 1.0,
+                       "harmless_repetition_rate": 0.25}},
     "svv": {"dim": [{"head": "L5H1", "tokens": ["forbid", "illegal"]}]},
     "sparsify": {"dim": {"gradient": [
         {"sparsity": 0.5, "harmful_retention": 1.0, "harmless_retention": 0.95},
@@ -39,7 +41,7 @@ def test_cells_from_results():
     assert s["cosine"] == {"dim–ntp": "0.25"}
     assert s["circuits"] == {"dim": "50 of 400 (12.5%)"}
     assert s["edge_types (q/k/v/mlp/logits %)"] == {"dim": "top-100: 0 / 1 / 25 / 70 / 4"}
-    assert s["freeze mean drop"] == {"qk": "12.5", "ov": "65.6"}
+    assert s["freeze mean drop"] == {"qk": "12.5", "ov": "65.6", "svv": "0.0 (loops 1.00 / 0.25)"}
     assert s["svv"] == {"dim": "L5H1: forbid, illegal"}
     # the highest sparsity with BOTH retentions >= 0.9: 0.8 (0.9 loses the harmless effect)
     assert s["sparsity at 90% retention"] == {"dim": "gradient 80%"}

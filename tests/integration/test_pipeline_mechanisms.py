@@ -166,6 +166,23 @@ def test_freeze_section_follows_the_drop_rule(run):
         assert e["harmful_drop"] == pytest.approx(dh, abs=1e-9)
         assert e["harmless_drop"] == pytest.approx(db, abs=1e-9)
         assert e["mean_drop"] == pytest.approx((dh + db) / 2, abs=1e-9)
+        assert 0.0 <= e["harmful_repetition_rate"] <= 1.0
+        assert 0.0 <= e["harmless_repetition_rate"] <= 1.0
+
+
+def test_freeze_section_reads_loops_from_completions_of_older_tables():
+    loop, answer = "I I I I I I I I I I I I I I", "Flour, water, salt and yeast make bread."
+    rows = [{"mode": m, "prompt_set": s, "asr": 1.0, "drop": None if m == "none" else 0.0,
+             "alpha": a, "n": 2} for m in ("none", "qk") for s, a in (("harmful", -1.0),
+                                                                     ("harmless", 1.0))]
+    rows[0]["repetition_rate"] = 0.25  # a row that carries it keeps it
+    table = {"rows": rows, "mean_drop": {"qk": 0.0},
+             "completions": {m: {"harmful": [loop, answer], "harmless": [loop, loop]}
+                             for m in ("none", "qk")}}
+    f = freeze_section(table)
+    assert f["none"]["harmful_repetition_rate"] == 0.25
+    assert f["none"]["harmless_repetition_rate"] == 1.0
+    assert (f["qk"]["harmful_repetition_rate"], f["qk"]["harmless_repetition_rate"]) == (0.5, 1.0)
 
 
 # --- svv -----------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.presence import CallablePresence
 from steerscope.evaluate.refusal import refusal_token_ids
+from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import steered_outcome
 from steerscope.evaluate.steering import set_names
 from steerscope.generation import generate
@@ -50,6 +51,7 @@ class FreezeRow:
     score_refusal_rate: float
     mean_refusal_score: float
     drop: float | None  # absolute points lost versus plain steering (None for "none")
+    repetition_rate: float | None = None  # fraction of repetition loops (evaluate.repetition)
 
 
 @dataclass
@@ -86,18 +88,25 @@ class FreezeEval:
         present, absent = self.set_names
         judged = "substring" if present == "harmful" else "the behaviour's judge"
         head = (f"{'ablation':20s} {present + ' ASR':>11s} {'drop':>6s} {absent + ' ASR':>12s} "
-                f"{'drop':>6s} {'mean drop':>9s}")
+                f"{'drop':>6s} {'mean drop':>9s} {'loops':>11s}")
         lines = [f"{self.vector_name} at layer {self.layer}; ASR by {judged}; drop = points "
-                 "of steering success lost vs plain steering", head, "-" * len(head)]
+                 "of steering success lost vs plain steering; loops = repetition loops "
+                 f"({present} / {absent}), which count as without the behaviour",
+                 head, "-" * len(head)]
 
         def fmt(d):
             return "-" if d is None else f"{d:+.1f}"
+
+        def fmt_loops(h, b):
+            return " / ".join("-" if r.repetition_rate is None else f"{r.repetition_rate:.2f}"
+                              for r in (h, b))
 
         for m in self.modes:
             h, b = (self.row(m, s) for s in self.set_names)
             name = MODE_NAMES.get(m, m)
             lines.append(f"{name:20s} {h.asr:11.3f} {fmt(h.drop):>6s} {b.asr:12.3f} "
-                         f"{fmt(b.drop):>6s} {fmt(self.mean_drop(m)):>9s}")
+                         f"{fmt(b.drop):>6s} {fmt(self.mean_drop(m)):>9s} "
+                         f"{fmt_loops(h, b):>11s}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -227,7 +236,7 @@ def freeze_evaluation(
             asr = 1 - got.rate
             success[mode, set_name] = asr if set_name == present_set else 1 - asr
             rows.append(FreezeRow(mode, set_name, alpha_used, got.n, asr, got.score_rate,
-                                  got.mean_score, None))
+                                  got.mean_score, None, repetition_rate(outs)))
             completions[mode][set_name] = outs
     for r in rows:
         if r.mode != "none":

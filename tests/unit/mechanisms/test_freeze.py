@@ -7,6 +7,7 @@ import torch
 from conftest import left_padded
 
 from steerscope.errors import SteerscopeError
+from steerscope.evaluate.repetition import repetition_rate
 from steerscope.generation import generate_ids
 from steerscope.mechanisms import (
     frozen_generate,
@@ -185,6 +186,8 @@ def test_freeze_evaluation_table(monkeypatch, tmp_path):
         assert b.drop == pytest.approx(100 * (b.asr - res.row("none", "harmless").asr))
         assert res.mean_drop(m) == pytest.approx((h.drop + b.drop) / 2)
     assert res.row("none", "harmful").drop is None
+    for r in res.rows:
+        assert r.repetition_rate == repetition_rate(res.completions[r.mode][r.prompt_set])
     ref = evaluate_steering(model, tok, {"dim": sv}, harmful, harmless, max_new_tokens=6,
                             batch_size=3)
     for s in ("harmful", "harmless"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerscope.errors import SteerscopeError
+from steerscope.evaluate.repetition import repetition_rate
 from steerscope.mechanisms import MODES, freeze_evaluation
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
@@ -80,8 +81,9 @@ def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
 
 def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
     """The ``freeze`` results section from a ``freeze.json`` object: per mode (``none`` =
-    plain steering first) the ASR on both sets and the mean drop in absolute ASR points (0
-    for plain steering, the reference)."""
+    plain steering first) the ASR on both sets, the mean drop in absolute ASR points (0
+    for plain steering, the reference) and the fraction of repetition loops per set (from
+    the row, or from the stored completions for tables written before rows carried it)."""
     rows: dict[str, dict[str, dict]] = {}
     for r in table["rows"]:
         rows.setdefault(r["mode"], {})[r["prompt_set"]] = r
@@ -90,12 +92,16 @@ def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
         # refusal's set names (harmful / harmless), else the sides' (present / absent)
         h, b = (by_set["harmful"], by_set["harmless"]) if "harmful" in by_set else (
             by_set["present"], by_set["absent"])
+        loops = [r.get("repetition_rate") if r.get("repetition_rate") is not None
+                 else repetition_rate(table["completions"][mode][r["prompt_set"]])
+                 for r in (h, b)]
         none = mode == "none"
         out[mode] = {"harmful_asr": h["asr"], "harmless_asr": b["asr"],
                      "mean_drop": 0.0 if none else table["mean_drop"].get(mode),
                      "harmful_drop": 0.0 if none else h["drop"],
                      "harmless_drop": 0.0 if none else b["drop"],
                      "harmful_alpha": h["alpha"], "harmless_alpha": b["alpha"],
+                     "harmful_repetition_rate": loops[0], "harmless_repetition_rate": loops[1],
                      "n_harmful": h["n"], "n_harmless": b["n"]}
     return out
 
