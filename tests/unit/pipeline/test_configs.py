@@ -12,6 +12,7 @@ from steerscope.pipeline.config import load_config
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("paper-*.yaml"))
 STUDY_CONFIGS = sorted(CONFIG_DIR.glob("study-*.yaml"))  # issue 13's study (docs/behaviour_study.md)
+FAMILY_CONFIGS = sorted(CONFIG_DIR.glob("gemma-*.yaml"))  # docs/families.md
 
 
 def test_there_are_paper_configs():
@@ -95,7 +96,19 @@ def test_unknown_layer_cutoff_is_a_config_error():
 
 
 def test_every_shipped_config_is_a_paper_or_a_study_config():
-    assert sorted(CONFIG_DIR.glob("*.yaml")) == sorted(CONFIGS + STUDY_CONFIGS)
+    assert sorted(CONFIG_DIR.glob("*.yaml")) == sorted(CONFIGS + STUDY_CONFIGS + FAMILY_CONFIGS)
+
+
+def test_the_gemma_layer10_config_is_the_demo_config_with_dim_at_layer_10():
+    from steerscope.demo.config import demo_run_config
+
+    cfg = load_config(CONFIG_DIR / "gemma-layer10.yaml")
+    assert cfg.model.source == "demo-gemma" and cfg.vectors.methods == ["dim"]
+    assert cfg.vectors.dim.layers == [10] and cfg.vectors.dim.kl_threshold == 12.0
+    assert cfg.vectors.dim.relax_kl is False
+    demo = demo_run_config(model="demo-gemma")
+    for section in ("data", "evaluation", "patching", "circuits", "freeze", "svv", "sparsify"):
+        assert getattr(cfg, section) == getattr(demo, section), section
 
 
 @pytest.mark.parametrize("path", STUDY_CONFIGS, ids=lambda p: p.name)
