@@ -18,7 +18,7 @@ measures the Gemma-3 demo model (``demo-gemma``) and its base Gemma-3-270M inste
 JSON, else as a string) builds and measures a variant of the family's recipe, e.g.
 ``--set harmless_sample=384 --set steps=56`` (cached under its own recipe hash); ``--val N``
 also scores the harmful val split and N Alpaca val prompts (seed 0), for choosing a recipe
-without looking at the test prompts.
+without looking at the test prompts (with ``--score-only`` only).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 from steerscope.data import load_prompts
 from steerscope.demo import demo_model_dir, evaluate_refusal, load_demo_model
 from steerscope.demo.families import recipe_for_family
+from steerscope.errors import SteerscopeError
 from steerscope.models import load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/refusal"
@@ -67,7 +68,10 @@ def recipe_with_overrides(recipe, pairs):
         except ValueError:
             value = raw
         changes[name] = tuple(value) if isinstance(value, list) else value
-    return dataclasses.replace(recipe, **changes)
+    try:
+        return dataclasses.replace(recipe, **changes)
+    except SteerscopeError as e:
+        raise SystemExit(f"--set {' '.join(pairs)}: {e}") from None
 
 
 def score_only(loaded, harmful, harmless, args, extra=()) -> int:
@@ -108,6 +112,8 @@ def main() -> int:
     ap.add_argument("--val", type=int, default=0, metavar="N",
                     help="with --score-only: also the harmful val split and N Alpaca val prompts")
     args = ap.parse_args()
+    if args.val and not args.score_only:
+        ap.error("--val scores the val splits with --score-only only: add --score-only")
 
     if not (args.data_dir / "raw/jailbreakbench.csv").is_file():
         print(f"SKIP: shared refusal data not found at {args.data_dir} (pass --data-dir)")

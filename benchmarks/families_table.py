@@ -30,7 +30,7 @@ def _fmt(x, spec: str = ".2f") -> str:
 def steering_cells(res: dict) -> dict[str, str]:
     """``{set: "none / dim / ntp / po"}`` ASR cells (harmful = steered with α < 0), and
     ``{set loops: ...}`` the fraction of repetition loops among the same completions (the
-    matcher counts a loop as not refused) when results.json has it."""
+    matcher judges loops unreliably) when results.json has it."""
     st = res.get("steering", {})
     methods = list(st)
     cells = {side: " / ".join(_fmt(st[m][side].get("asr")) for m in methods)

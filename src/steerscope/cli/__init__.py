@@ -334,18 +334,17 @@ def _print_demo_summary(results: dict, run_dir, evaluation_file=None) -> None:
     steering = results.get("steering")
     if steering:
         print(f"\n{'vector':8s} {'harmful ASR (-s)':>17s} {'harmless ASR (+s)':>18s} "
-              f"{'refusal score harmful/harmless':>31s} {'loops':>11s}")
+              f"{'refusal score harmful/harmless':>31s} {'loops':>12s}")
         for m, cells in steering.items():
             h, b = cells["harmful"], cells["harmless"]
             loops = " / ".join("-" if c.get("repetition_rate") is None
                                else f"{c['repetition_rate']:.2f}" for c in (h, b))
-            print(f"{m:8s} {h['asr']:17.3f} {b['asr']:18.3f} "
-                  f"{h['mean_refusal_score']:+15.2f} / {b['mean_refusal_score']:+.2f} "
-                  f"{loops:>14s}")
+            scores = f"{h['mean_refusal_score']:+.2f} / {b['mean_refusal_score']:+.2f}"
+            print(f"{m:8s} {h['asr']:17.3f} {b['asr']:18.3f} {scores:>31s} {loops:>12s}")
         print("(ASR = fraction of completions that do not refuse, by substring; harmful "
               "prompts are steered with -s to bypass refusal, harmless ones with +s to "
               "induce it; loops = fraction of completions that are repetition loops, which "
-              "the substring matcher counts as not refused)")
+              "the substring matcher judges unreliably)")
     if evaluation_file is not None:
         _print_examples(evaluation_file)
     print(f"\nall numbers: {run_dir}/results.json (docs/results.md)")

@@ -129,7 +129,7 @@ class SteeringEval:
                          f"{_fmt_rate(h.repetition_rate):>6s} {b.asr:13.3f} "
                          f"{b.score_refusal_rate:8.3f} {_fmt_rate(b.repetition_rate):>6s}")
         lines.append("(loops: fraction of completions that are repetition loops, "
-                     "counted as 'without the behaviour' by the ASR)")
+                     "which the matcher judges unreliably)")
         return "\n".join(lines)
 
 

@@ -91,7 +91,7 @@ class FreezeEval:
                 f"{'drop':>6s} {'mean drop':>9s} {'loops':>11s}")
         lines = [f"{self.vector_name} at layer {self.layer}; ASR by {judged}; drop = points "
                  "of steering success lost vs plain steering; loops = repetition loops "
-                 f"({present} / {absent}), which count as without the behaviour",
+                 f"({present} / {absent}), which the matcher judges unreliably",
                  head, "-" * len(head)]
 
         def fmt(d):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from steerscope.errors import SteerscopeError
@@ -23,9 +25,17 @@ LOOPS = [
     "1.```html\n" + "```html\n" * 14,
 ]
 SENTENCE_LOOP = "The night of the event was a dark and somber night. " * 4  # units > 30 chars
-GLUED = [  # loops without spaces: one word token, caught by the repeated-characters share
+GLUED = [  # loops without spaces: one token, caught by the repeated-characters share
     "I cannot" + "I" * 46,
     "The answer is" + "is" * 20,
+    'The local, ' + '"' * 45,  # a run of one punctuation character is one token
+]
+REPO = Path(__file__).resolve().parents[3]
+LONG_FINE = [  # long answers: the rules look at the end, so length alone makes no loop
+    (REPO / "src/steerscope/pipeline/evaluation.py").read_text()[:3500],  # code
+    (REPO / "README.md").read_text()[:3000],  # markdown prose
+    "Here is the table:\n\n| a | b |\n|---|---|\n| 1 | 2 |\n" + "-" * 20 + "\nThat is all.",
+    " " * 32 + "hello world, indented",
 ]
 FINE = [
     "I cannot assist with that request. Is there anything else I can do for you?",
@@ -43,7 +53,7 @@ FINE = [
 @pytest.mark.parametrize("text", LOOPS)
 def test_loops_are_repetitive(text):
     assert is_repetitive(text)
-    assert distinct_share(text) < 0.3
+    assert distinct_share(text) < 0.3 or repeated_share(text) >= 0.5
 
 
 @pytest.mark.parametrize("text", GLUED)
@@ -57,6 +67,19 @@ def test_repeated_share_counts_back_to_back_copies():
     assert repeated_share("ababab") == 0.0  # 3 copies are not a loop
     assert repeated_share("xyz" + "ha" * 4 + "x") == 8 / 12
     assert repeated_share("") == 0.0
+    assert repeated_share(" " * 40) == 0.0  # whitespace units do not count
+
+
+@pytest.mark.parametrize("text", LONG_FINE, ids=range(len(LONG_FINE)))
+def test_long_code_markdown_and_indentation_are_not_loops(text):
+    assert not is_repetitive(text)
+
+
+def test_a_loop_at_the_end_of_a_long_answer_is_one():
+    answer = (REPO / "README.md").read_text()[:3000]
+    assert is_repetitive(answer + " I I I I I I I I I I I I I I I I I I I I I I I I I I I I I"
+                         " I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I I")
+    assert distinct_share(answer, window=None) < distinct_share(answer)  # why the window
 
 
 @pytest.mark.parametrize("text", FINE)
@@ -66,6 +89,7 @@ def test_answers_refusals_and_short_texts_are_not(text):
 
 def test_tokens_split_words_and_punctuation_case_folded():
     assert text_tokens("Hello, World! hello") == ["hello", ",", "world", "!", "hello"]
+    assert text_tokens('---- "" x') == ["----", '""', "x"]
     assert distinct_share("") == 1.0
     assert distinct_share("a b a b") == 0.5  # counted by hand: 2 distinct of 4
 
