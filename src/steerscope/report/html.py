@@ -122,14 +122,17 @@ def _steering(doc: _Doc, r: dict) -> None:
     for m, cells in s.items():
         h, b = cells.get("harmful", {}), cells.get("harmless", {})
         rows.append([_e(m), _num(h.get("asr")), _num(h.get("judge_asr")),
-                     _num(h.get("mean_refusal_score")), _num(b.get("asr")),
-                     _num(b.get("mean_refusal_score"))])
+                     _num(h.get("mean_refusal_score")), _num(h.get("repetition_rate")),
+                     _num(b.get("asr")), _num(b.get("mean_refusal_score")),
+                     _num(b.get("repetition_rate"))])
     on, off, name = _label(r, "present"), _label(r, "absent"), _label(r, "behaviour")
     doc.add(f'<p class="meta">{_e(on.capitalize())} prompts are steered with −s (ASR ↑ is '
             f"better), {_e(off)} prompts with +s (ASR ↓ is better). ASR = 1 − the {_e(name)} "
-            f"rate by the behaviour's judge ({_e(_judge_kind(r))}).</p>")
-    doc.table(["vector", f"{on} ASR", "judge ASR", f"{on} {name} score", f"{off} ASR",
-               f"{off} {name} score"], rows)
+            f"rate by the behaviour's judge ({_e(_judge_kind(r))}). Loops = the fraction of "
+            "completions that are repetition loops, which a substring judge reads "
+            "unreliably.</p>")
+    doc.table(["vector", f"{on} ASR", "judge ASR", f"{on} {name} score", f"{on} loops",
+               f"{off} ASR", f"{off} {name} score", f"{off} loops"], rows)
     doc.figure("steering", figures.steering_bars(s), "ASR by method")
     doc.add("<h2>Cosine similarity</h2>")
     c = r.get("cosine")
@@ -183,10 +186,12 @@ def _freeze(doc: _Doc, r: dict) -> None:
     f = r.get("freeze")
     if not f:
         return doc.not_run(r, "freeze")
-    doc.table(["ablation", f"{_label(r, 'present')} ASR", f"{_label(r, 'absent')} ASR",
-               "mean drop (points)"],
+    on, off = _label(r, "present"), _label(r, "absent")
+    doc.table(["ablation", f"{on} ASR", f"{off} ASR", "mean drop (points)", f"{on} loops",
+               f"{off} loops"],
               [[_e(m), _num(e.get("harmful_asr")), _num(e.get("harmless_asr")),
-                _num(e.get("mean_drop"), 2)] for m, e in f.items()])
+                _num(e.get("mean_drop"), 2), _num(e.get("harmful_repetition_rate")),
+                _num(e.get("harmless_repetition_rate"))] for m, e in f.items()])
     doc.figure("freeze", figures.freeze_bars(f), "ASR under freezing ablations")
 
 

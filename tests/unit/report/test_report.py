@@ -33,7 +33,8 @@ def full_results() -> dict:
                   "steering_layer": 15, "n_layers": 26, "d_model": 2304},
         "vectors": {m: {"path": f"/tmp/{m}.safetensors", "layer": 15, "position": -1,
                         "norm": 42.0} for m in METHODS},
-        "steering": {m: {"harmful": {"asr": a, "mean_refusal_score": -s, "judge_asr": a},
+        "steering": {m: {"harmful": {"asr": a, "mean_refusal_score": -s, "judge_asr": a,
+                                     "repetition_rate": 0.625 if m == "ntp" else 0.0},
                          "harmless": {"asr": b, "mean_refusal_score": s}}
                      for m, a, b, s in (("none", 0.0, 0.99, -3.0), ("dim", 0.8, 0.0, 2.0),
                                         ("ntp", 0.84, 0.03, 1.5), ("po", 0.8, 0.0, 1.7))},
@@ -47,7 +48,8 @@ def full_results() -> dict:
         "edge_types": {m: {"top_n": 100, "fractions": {"q": 0.0, "k": 0.0, "v": 0.16,
                                                        "mlp": 0.5, "logits": 0.34}}
                        for m in METHODS},
-        "freeze": {"qk": {"harmful_asr": 0.74, "harmless_asr": 0.03, "mean_drop": 8.75},
+        "freeze": {"qk": {"harmful_asr": 0.74, "harmless_asr": 0.03, "mean_drop": 8.75,
+                          "harmful_repetition_rate": 0.375, "harmless_repetition_rate": 0.0},
                    "ov": {"harmful_asr": 0.06, "harmless_asr": 0.57, "mean_drop": 71.75},
                    "svv": {"harmful_asr": 0.2, "harmless_asr": 0.35, "mean_drop": 54.75},
                    "mlp": {"harmful_asr": 0.57, "harmless_asr": 0.29, "mean_drop": 44.5}},
@@ -102,6 +104,7 @@ def test_full_report_has_every_section_and_figure(full_report):
                     "Steering value vectors", "Sparsification"):
         assert f">{heading}</h" in text
     assert "forbid" in text and "&lt;b&gt;" in text and "<b>" not in text  # tokens escaped
+    assert "harmful loops" in text and "0.625" in text and "0.375" in text  # loop rates shown
     assert "http://" not in text and "https://" not in text  # self-contained
     # deterministic: the same results give the same bytes
     again, figs = render_report(full_results())
