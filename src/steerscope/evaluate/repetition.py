@@ -76,8 +76,8 @@ def is_repetitive(text: str, *, min_tokens: int = MIN_TOKENS,
     tokens = text_tokens(text)[-TOKEN_WINDOW:]
     if len(tokens) >= min_tokens and len(set(tokens)) < max_distinct_share * len(tokens):
         return True
-    tail = text[-CHAR_WINDOW:]
-    return len(tail) >= MIN_CHARS and repeated_share(tail) >= MIN_REPEATED_SHARE
+    return (len(text[-CHAR_WINDOW:]) >= MIN_CHARS
+            and repeated_share(text, CHAR_WINDOW) >= MIN_REPEATED_SHARE)
 
 
 def repetition_rate(completions: Sequence[str]) -> float:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from steerscope.errors import SteerscopeError
+from steerscope.evaluate.repetition import repetition_rate
 from steerscope.pipeline.registry import StageOutput
 
 PROMPTS_FILE = "prompts.json"  # the data stage's samples, {split key: [instruction]}
@@ -16,6 +17,14 @@ BEHAVIOUR_FILE = "behaviour.json"  # the data stage's record of the run's behavi
 def read_json(output: StageOutput, name: str) -> Any:
     """The JSON file ``name`` of a finished stage."""
     return json.loads(output.path(name).read_text(encoding="utf-8"))
+
+
+def row_loop_rate(row: dict, completions: list[str]) -> float:
+    """A stored table row's ``repetition_rate``, or, for tables written before rows carried
+    it, :func:`~steerscope.evaluate.repetition.repetition_rate` of the row's stored
+    ``completions``."""
+    stored = row.get("repetition_rate")
+    return repetition_rate(completions) if stored is None else stored
 
 
 def first(items: list[str], n: int | None) -> list[str]:

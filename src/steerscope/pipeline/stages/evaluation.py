@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerscope.artifacts import atomic_write_json
-from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steering import evaluate_steering
 from steerscope.pipeline.checks import finite, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
@@ -23,6 +22,7 @@ from steerscope.pipeline.stages.common import (
     behaviour_detector,
     load_vectors,
     read_json,
+    row_loop_rate,
     score_ids,
 )
 
@@ -79,15 +79,12 @@ def evaluation_stage(ctx, section, inputs) -> dict[str, Any]:
 
 def evaluation_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
     """``steering`` (per method and prompt set) and ``cosine`` (the vectors' matrix).
-    ``repetition_rate`` comes from the row, or, for tables written before rows carried it,
-    from the stored completions (the same :func:`~steerscope.evaluate.repetition.repetition_rate`)."""
+    ``repetition_rate``: :func:`~steerscope.pipeline.stages.common.row_loop_rate`."""
     table = read_json(out, EVAL_FILE)
     steering: dict[str, dict[str, Any]] = {}
     for r in table["rows"]:
         method, prompt_set = r["method"], r["prompt_set"]
-        loops = r.get("repetition_rate")
-        if loops is None:
-            loops = repetition_rate(table["completions"][method][prompt_set])
+        loops = row_loop_rate(r, table["completions"][method][prompt_set])
         steering.setdefault(method, {})[prompt_set] = {
             "asr": r["asr"], "mean_refusal_score": r["mean_refusal_score"],
             "judge_asr": r["judge_asr"], "refusal_rate": r["refusal_rate"],

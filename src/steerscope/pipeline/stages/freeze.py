@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerscope.errors import SteerscopeError
-from steerscope.evaluate.repetition import repetition_rate
 from steerscope.mechanisms import MODES, freeze_evaluation
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
@@ -23,6 +22,7 @@ from steerscope.pipeline.stages.common import (
     first,
     load_vectors,
     read_json,
+    row_loop_rate,
     score_ids,
     stage_behaviour,
 )
@@ -92,9 +92,7 @@ def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
         # refusal's set names (harmful / harmless), else the sides' (present / absent)
         h, b = (by_set["harmful"], by_set["harmless"]) if "harmful" in by_set else (
             by_set["present"], by_set["absent"])
-        loops = [r.get("repetition_rate") if r.get("repetition_rate") is not None
-                 else repetition_rate(table["completions"][mode][r["prompt_set"]])
-                 for r in (h, b)]
+        loops = [row_loop_rate(r, table["completions"][mode][r["prompt_set"]]) for r in (h, b)]
         none = mode == "none"
         out[mode] = {"harmful_asr": h["asr"], "harmless_asr": b["asr"],
                      "mean_drop": 0.0 if none else table["mean_drop"].get(mode),
