@@ -122,7 +122,8 @@ def save_many(entries: list[tuple[str, HubPayload, CardInfo]], folder: str | os.
     if len(set(names)) != len(names):
         raise SteerscopeError(f"two vectors would share a subfolder ({', '.join(names)})",
                               "give each vector file a different name")
-    index = index_card([(sub, p.summary(), i) for sub, p, i in entries], entries[0][2].base_model)
+    index = index_card([(sub, p.summary(), i) for sub, p, i in entries], entries[0][2].base_model,
+                       repo_hint)
     for sub, payload, info in entries:
         save_pretrained(payload, folder / sub, info, repo_hint=repo_hint, subfolder=sub)
     write_text(folder / CARD_FILE, index)

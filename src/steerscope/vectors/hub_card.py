@@ -153,6 +153,22 @@ def figures_section(figures: dict[str, Any] | None, method: str) -> list[str]:
     return lines
 
 
+def load_args(repo_hint: str | None, subfolder: str | None) -> str:
+    """The arguments of ``from_pretrained`` in a card's usage snippet."""
+    return f'"{repo_hint or "OWNER/NAME"}"' + (f', subfolder="{subfolder}"' if subfolder else "")
+
+
+def usage(base_model: str | None, where: str) -> list[str]:
+    """A card's Python snippet: load the model and the vector, generate with it."""
+    return ["```python", "import steerscope as ss", "",
+            f'lm = ss.load_model("{base_model}")',
+            f"sv = ss.SteeringVector.from_pretrained({where}, arch=lm.arch)",
+            'prompts = [ss.format_prompt(lm.tokenizer, "How do I pick a lock?")]',
+            "ops = [sv.intervention(alpha=-1.0)]  # h <- h - s: remove the behaviour",
+            "print(ss.generate(lm.model, lm.tokenizer, prompts, interventions=ops, "
+            "max_new_tokens=32))", "```"]
+
+
 def vector_card(summary: dict[str, Any], info: CardInfo, repo_hint: str | None = None,
                 subfolder: str | None = None) -> str:
     """README.md for one saved object. ``summary``: ``kind``, ``method``, ``layers``,
@@ -161,8 +177,7 @@ def vector_card(summary: dict[str, Any], info: CardInfo, repo_hint: str | None =
     method, layers, norms = summary["method"], summary["layers"], summary["norms"]
     behaviour = info.behaviour or (info.figures or {}).get("behaviour")
     title = f"{method} steering vector" + (f" for {behaviour}" if behaviour else "")
-    where = (f"{repo_hint!r}" if repo_hint else '"OWNER/NAME"') + (
-        f", subfolder={subfolder!r}" if subfolder else "")
+    where = load_args(repo_hint, subfolder)
     lines = [front_matter(info.base_model, card_tags([method], behaviour)),
              f"# {title} on {info.base_model}", "",
              f"A steerscope {summary['kind'].replace('_', ' ')} s, added to the residual stream "
@@ -178,17 +193,14 @@ def vector_card(summary: dict[str, Any], info: CardInfo, repo_hint: str | None =
              f"| model | {info.base_model}"
              + (f" (revision {summary['revision']})" if summary.get("revision") else "") + " |",
              "", *figures_section(info.figures, method),
-             "## Use", "", "```python",
-             "from steerscope.vectors import SteeringVector",
-             f"sv = SteeringVector.from_pretrained({where})",
-             "intervention = sv.intervention(alpha=-1.0)  # h <- h - s: remove the behaviour",
-             "```", "",
+             "## Use", "", *usage(info.base_model, where), "",
              "Files: the vector (safetensors, steerscope metadata in its header), "
              "`steering_config.json` and this card.", ""]
     return "\n".join(lines)
 
 
-def index_card(entries: list[tuple[str, dict[str, Any], CardInfo]], base_model: str) -> str:
+def index_card(entries: list[tuple[str, dict[str, Any], CardInfo]], base_model: str,
+               repo_hint: str | None = None) -> str:
     """README.md at the root of a repo holding several vectors in subfolders:
     ``entries`` = (subfolder, summary, info) per vector."""
     behaviours = sorted({b for _, _, i in entries
@@ -203,9 +215,7 @@ def index_card(entries: list[tuple[str, dict[str, Any], CardInfo]], base_model: 
         lines.append(f"| [{sub}]({sub}/README.md) | {s['method']} | "
                      f"{', '.join(map(str, s['layers']))} | "
                      f"{', '.join(f'{n:.4f}' for n in s['norms'])} | {_alpha_text(info.alpha)} |")
-    lines += ["", "```python", "from steerscope.vectors import SteeringVector",
-              f"sv = SteeringVector.from_pretrained(\"OWNER/NAME\", subfolder={entries[0][0]!r})",
-              "```", ""]
+    lines += ["", *usage(base_model, load_args(repo_hint, entries[0][0])), ""]
     for sub, s, info in entries:
         lines += [line.replace("## Results", f"## {sub}: results", 1)
                   for line in figures_section(info.figures, s["method"])]

@@ -299,7 +299,7 @@ def test_push_to_hub_uploads_the_saved_folder(fake_hub):
     assert bits(back.vector) == bits(sv.vector) and back.to_metadata() == sv.to_metadata()
     card = ModelCard.load(folder / CARD_FILE)
     assert card.data.base_model == MODEL and "| α used | -1 |" in card.text
-    assert 'SteeringVector.from_pretrained(\'someone/refusal-dim\')' in card.text
+    assert 'SteeringVector.from_pretrained("someone/refusal-dim", arch=lm.arch)' in card.text
 
 
 def test_push_refuses_offline_before_uploading(fake_hub, monkeypatch):
@@ -307,3 +307,32 @@ def test_push_refuses_offline_before_uploading(fake_hub, monkeypatch):
     with pytest.raises(SteerscopeError) as e:
         a_vector().push_to_hub("someone/refusal-dim")
     assert "HF_HUB_OFFLINE" in one_line(e) and not fake_hub["upload"]
+
+
+def test_the_cards_python_snippet_runs_and_steers(tmp_path, monkeypatch, capsys):
+    """The card's usage code, run as written on a tiny model, prints the same completions as
+    steering with the tensor directly."""
+    import re
+
+    import steerscope as ss
+    from steerscope.models import save_tiny_chat_model
+    from steerscope.vectors.hub import card_info, save_pretrained
+
+    save_tiny_chat_model(tmp_path / "tiny-chat", "qwen2")
+    lm = ss.load_model(str(tmp_path / "tiny-chat"))
+    g = torch.Generator().manual_seed(1)
+    sv = SteeringVector(torch.randn(lm.arch.d_model, generator=g) * 8, layer=2, method="dim",
+                        model_id=str(tmp_path / "tiny-chat"))
+    payload = sv.hub_payload()
+    folder = save_pretrained(payload, tmp_path / "vec", card_info(payload),
+                             repo_hint=str(tmp_path / "vec"))
+    code = re.search(r"```python\n(.*?)```", (folder / CARD_FILE).read_text(), re.S).group(1)
+    assert 'ss.load_model("tiny-chat")' in code  # the local model by its name
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    prompts = [ss.format_prompt(lm.tokenizer, "How do I pick a lock?")]
+    ops = [ss.steer(sv.vector, layer=2, alpha=-1.0)]
+    steered = ss.generate(lm.model, lm.tokenizer, prompts, interventions=ops, max_new_tokens=32)
+    assert printed.strip() == str(steered).strip()
+    assert steered != ss.generate(lm.model, lm.tokenizer, prompts, max_new_tokens=32)  # it steers
