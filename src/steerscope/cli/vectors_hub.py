@@ -64,8 +64,24 @@ def file_entries(files: list[str], args) -> list:
     return entries
 
 
+def push_hub_folder(folder: Path, methods, args) -> dict:
+    """Push a folder save_pretrained (or push --out) wrote, as it is."""
+    from steerscope.vectors.hub import push_folder, read_payload, vector_folders
+
+    if methods or args.out:
+        raise SteerscopeError(f"{folder} is a Hub folder already: --methods and --out do not "
+                              "apply", "leave them out to push it as it is")
+    url = push_folder(folder, args.repo, private=args.private,
+                      commit_message=args.commit_message)
+    print(f"pushed {folder} to {args.repo}: {url}")
+    return {"repo": args.repo, "url": url, "out": None,
+            "vectors": [{"subfolder": "" if f == folder else f.name, **read_payload(f).summary()}
+                        for f in vector_folders(folder)]}
+
+
 def cmd_push(args) -> dict:
-    from steerscope.vectors.hub import check_repo_id, push_folder, save_many
+    from steerscope.vectors.hub import check_repo_id, push_payloads, save_many, vector_folders
+    from steerscope.vectors.hub_card import front_matter
 
     if not args.repo and not args.out:
         raise SteerscopeError("nowhere to put the vectors",
@@ -74,6 +90,9 @@ def cmd_push(args) -> dict:
         check_repo_id(args.repo)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     sources = [Path(s) for s in args.sources]
+    if len(sources) == 1 and vector_folders(sources[0]) \
+            and not (sources[0] / "results.json").is_file():
+        return push_hub_folder(sources[0], methods, args)
     if len(sources) == 1 and sources[0].is_dir():
         entries = run_entries(sources[0], methods, args.base_model)
     elif methods:
@@ -81,20 +100,13 @@ def cmd_push(args) -> dict:
                               "pass a run folder, or leave --methods out for vector files")
     else:
         entries = file_entries(args.sources, args)
-    from steerscope.vectors.hub_card import front_matter
-
     for _, _, info in entries:  # no card without base_model: fail before writing anything
         front_matter(info.base_model, [])
     if args.out:
         folder = save_many(entries, args.out, repo_hint=args.repo)
         print(f"wrote {len(entries)} vector(s) with model cards to {folder}")
-        url = push_folder(folder, args.repo, private=args.private,
-                          commit_message=args.commit_message) if args.repo else None
-    else:
-        from steerscope.vectors.hub import push_payloads
-
-        url = push_payloads(entries, args.repo, private=args.private,
-                            commit_message=args.commit_message)
+    url = push_payloads(entries, args.repo, private=args.private,
+                        commit_message=args.commit_message) if args.repo else None
     if url:
         print(f"pushed {len(entries)} vector(s) to {args.repo}: {url}")
     return {"repo": args.repo, "url": url, "out": args.out,
@@ -123,8 +135,9 @@ def register(vsub) -> None:
     """Add ``push`` and ``pull`` to the ``steerscope vectors`` subparsers."""
     p = vsub.add_parser("push", help="share vectors on the Hugging Face Hub with model cards")
     p.add_argument("sources", nargs="+",
-                   help="a run folder (each vector, its card quoting the run's results.json) "
-                        "or vector files (.safetensors)")
+                   help="a run folder (each vector, its card quoting the run's results.json), "
+                        "vector files (.safetensors), or a folder save_pretrained or push "
+                        "--out wrote (pushed as it is)")
     p.add_argument("--repo", help="Hub repo id OWNER/NAME (created if missing; log in first "
                                   "with hf auth login or set HF_TOKEN)")
     p.add_argument("--out", help="also write the Hub folder here (without --repo: only write "

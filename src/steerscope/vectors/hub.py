@@ -246,6 +246,10 @@ def resolve_folder(source: str | os.PathLike, *, revision: str | None = None,
     path = Path(text).expanduser()
     if path.is_dir():
         folder = path
+    elif path.is_file():
+        raise SteerscopeError(f"'{text}' is a file, not a vector folder",
+                              "pass the folder save_pretrained wrote (SteeringVector.load "
+                              "reads a single vector file)")
     elif isinstance(source, os.PathLike) or text.startswith(("/", ".", "~")) \
             or text.count("/") > 1 or path.suffix == ".safetensors":
         raise SteerscopeError(f"vector folder '{text}' does not exist", FOLDER_HINT)
@@ -322,10 +326,17 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None
     if hub_offline():
         raise SteerscopeError(f"cannot push to '{repo_id}': HF_HUB_OFFLINE is set",
                               "unset HF_HUB_OFFLINE to push")
-    huggingface_hub.create_repo(repo_id, private=private, token=token, exist_ok=True)
-    info = huggingface_hub.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), token=token, revision=revision,
-        commit_message=commit_message or f"Upload steering vectors with {LIBRARY_NAME}")
+    try:
+        huggingface_hub.create_repo(repo_id, private=private, token=token, exist_ok=True)
+        info = huggingface_hub.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), token=token, revision=revision,
+            commit_message=commit_message or f"Upload steering vectors with {LIBRARY_NAME}")
+    except Exception as exc:  # an HTTP refusal (HfHubHTTPError), no network (httpx), ...
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        raise SteerscopeError(
+            f"pushing to Hub repo '{repo_id}' failed ({type(exc).__name__}"
+            f"{f' {status}' if status else ''})", "log in (hf auth login, or set HF_TOKEN), "
+            "check that you may write to the repo and that the Hub is reachable") from None
     return str(getattr(info, "commit_url", info))
 
 

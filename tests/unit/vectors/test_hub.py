@@ -151,6 +151,10 @@ def test_folders_without_the_files_are_refused(tmp_path):
     with pytest.raises(SteerscopeError) as e:
         SteeringVector.from_pretrained(tmp_path / "missing")
     assert "does not exist" in one_line(e)
+    a_vector().save(tmp_path / "v.safetensors")
+    with pytest.raises(SteerscopeError) as e:
+        SteeringVector.from_pretrained(str(tmp_path / "v.safetensors"))
+    assert "is a file, not a vector folder" in one_line(e)
     folder = a_vector().save_pretrained(tmp_path / "v")
     (folder / TENSOR_FILE).unlink()
     with pytest.raises(SteerscopeError) as e:

@@ -132,3 +132,31 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, run_dir, monkeypatch, ar
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_push_a_saved_folder_as_it_is(capsys, tmp_path, fake_hub):  # noqa: F811
+    folder = a_vector().save_pretrained(tmp_path / "v", alpha=-1.0)
+    card = (folder / CARD_FILE).read_text() + "\nEdited by hand.\n"
+    (folder / CARD_FILE).write_text(card)
+    code, out, err = _run(capsys, "vectors", "push", folder, "--repo", "someone/v")
+    assert code == 0, err
+    (_, uploaded, _), = fake_hub["upload"]
+    assert sorted(p.name for p in uploaded.iterdir()) == sorted(p.name for p in folder.iterdir())
+    for p in folder.iterdir():
+        assert (uploaded / p.name).read_bytes() == p.read_bytes()
+
+
+def test_a_failed_upload_is_one_line_exit_2(capsys, tmp_path, monkeypatch):
+    def refuse(**kw):
+        raise ConnectionError("no route to host\nsecond line")
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda *a, **kw: None)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    a_vector().save(tmp_path / "v.safetensors")
+    code, out, err = _run(capsys, "vectors", "push", tmp_path / "v.safetensors", "--repo",
+                          "someone/v")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "pushing to Hub repo 'someone/v' failed (ConnectionError)" \
+        in lines[0] and "hf auth login" in lines[0], err
