@@ -81,7 +81,6 @@ def push_hub_folder(folder: Path, methods, args) -> dict:
 
 def cmd_push(args) -> dict:
     from steerscope.vectors.hub import check_repo_id, push_payloads, save_many, vector_folders
-    from steerscope.vectors.hub_card import front_matter
 
     if not args.repo and not args.out:
         raise SteerscopeError("nowhere to put the vectors",
@@ -100,8 +99,6 @@ def cmd_push(args) -> dict:
                               "pass a run folder, or leave --methods out for vector files")
     else:
         entries = file_entries(args.sources, args)
-    for _, _, info in entries:  # no card without base_model: fail before writing anything
-        front_matter(info.base_model, [])
     if args.out:
         folder = save_many(entries, args.out, repo_hint=args.repo)
         print(f"wrote {len(entries)} vector(s) with model cards to {folder}")

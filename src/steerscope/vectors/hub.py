@@ -34,7 +34,14 @@ from safetensors.torch import save_file
 
 from steerscope.artifacts import atomic_write
 from steerscope.errors import SteerscopeError
-from steerscope.vectors.hub_card import LIBRARY_NAME, CardInfo, index_card, model_name, vector_card
+from steerscope.vectors.hub_card import (
+    LIBRARY_NAME,
+    CardInfo,
+    front_matter,
+    index_card,
+    model_name,
+    vector_card,
+)
 
 TENSOR_FILE = "steering_vector.safetensors"
 CONFIG_FILE = "steering_config.json"
@@ -118,6 +125,8 @@ def save_many(entries: list[tuple[str, HubPayload, CardInfo]], folder: str | os.
     folder = Path(folder)
     if len(entries) == 1:
         return save_pretrained(entries[0][1], folder, entries[0][2], repo_hint=repo_hint)
+    for _, _, info in entries:  # no card without base_model: fail before writing anything
+        front_matter(info.base_model, [])
     names = [sub for sub, _, _ in entries]
     if len(set(names)) != len(names):
         raise SteerscopeError(f"two vectors would share a subfolder ({', '.join(names)})",
@@ -192,7 +201,11 @@ def read_payload(folder: str | os.PathLike) -> HubPayload:
     folder = Path(folder)
     config = read_config(folder)
     read_card(folder)
-    path = folder / str(config.get("tensor_file") or TENSOR_FILE)
+    name = str(config.get("tensor_file") or TENSOR_FILE)
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise SteerscopeError(f"{folder / CONFIG_FILE} names tensor_file '{name}', not a file "
+                              "name in the folder", "re-save the vector with save_pretrained")
+    path = folder / name
     if not path.is_file():
         raise SteerscopeError(f"{folder} has no {path.name}", FOLDER_HINT)
     try:

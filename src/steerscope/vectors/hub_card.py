@@ -206,8 +206,7 @@ def index_card(entries: list[tuple[str, dict[str, Any], CardInfo]], base_model: 
     behaviours = sorted({b for _, _, i in entries
                          if (b := i.behaviour or (i.figures or {}).get("behaviour"))})
     methods = [s["method"] for _, s, _ in entries]
-    lines = [front_matter(base_model, card_tags(methods, behaviours[0] if len(behaviours) == 1
-                                                else None) + behaviours[1:]),
+    lines = [front_matter(base_model, [LIBRARY_NAME, VECTOR_TAG, *methods, *behaviours]),
              f"# Steering vectors on {base_model}", "",
              "Several steerscope steering vectors, one per subfolder (each with its own card):",
              "", "| subfolder | method | layer(s) | norm | α used |", "|---|---|---|---|---|"]

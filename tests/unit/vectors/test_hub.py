@@ -160,11 +160,27 @@ def test_folders_without_the_files_are_refused(tmp_path):
     with pytest.raises(SteerscopeError) as e:
         SteeringVector.from_pretrained(folder)
     assert TENSOR_FILE in one_line(e)
+    folder = a_vector().save_pretrained(tmp_path / "t")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps({**config, "tensor_file": "../v/x"}))
+    with pytest.raises(SteerscopeError) as e:
+        SteeringVector.from_pretrained(folder)
+    assert "not a file name in the folder" in one_line(e)
     folder = a_vector().save_pretrained(tmp_path / "c")
     (folder / CARD_FILE).unlink()
     with pytest.raises(SteerscopeError) as e:
         SteeringVector.from_pretrained(folder)
     assert "model card" in one_line(e)
+
+
+def test_several_vectors_are_checked_before_any_is_written(tmp_path):
+    from steerscope.vectors.hub import card_info, save_many
+
+    vecs = [a_vector("dim"), a_vector("ntp", model_id=None)]
+    entries = [(v.method, v.hub_payload(), card_info(v.hub_payload())) for v in vecs]
+    with pytest.raises(SteerscopeError) as e:
+        save_many(entries, tmp_path / "out")
+    assert "no base_model" in one_line(e) and not (tmp_path / "out").exists()
 
 
 def test_a_tampered_tensor_is_caught(tmp_path):
