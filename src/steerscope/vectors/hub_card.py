@@ -158,11 +158,16 @@ def load_args(repo_hint: str | None, subfolder: str | None) -> str:
     return f'"{repo_hint or "OWNER/NAME"}"' + (f', subfolder="{subfolder}"' if subfolder else "")
 
 
-def usage(base_model: str | None, where: str) -> list[str]:
+def class_name(kind: str) -> str:
+    """The steerscope class of a saved kind (``steering_vector`` -> ``SteeringVector``)."""
+    return "".join(w.capitalize() for w in kind.split("_"))
+
+
+def usage(base_model: str | None, where: str, kind: str = "steering_vector") -> list[str]:
     """A card's Python snippet: load the model and the vector, generate with it."""
     return ["```python", "import steerscope as ss", "",
             f'lm = ss.load_model("{base_model}")',
-            f"sv = ss.SteeringVector.from_pretrained({where}, arch=lm.arch)",
+            f"sv = ss.{class_name(kind)}.from_pretrained({where}, arch=lm.arch)",
             'prompts = [ss.format_prompt(lm.tokenizer, "How do I pick a lock?")]',
             "ops = [sv.intervention(alpha=-1.0)]  # h <- h - s: remove the behaviour",
             "print(ss.generate(lm.model, lm.tokenizer, prompts, interventions=ops, "
@@ -176,12 +181,14 @@ def vector_card(summary: dict[str, Any], info: CardInfo, repo_hint: str | None =
     HubPayload`)."""
     method, layers, norms = summary["method"], summary["layers"], summary["norms"]
     behaviour = info.behaviour or (info.figures or {}).get("behaviour")
-    title = f"{method} steering vector" + (f" for {behaviour}" if behaviour else "")
+    title = f"{method} {summary['kind'].replace('_', ' ')}" + (
+        f" for {behaviour}" if behaviour else "")
     where = load_args(repo_hint, subfolder)
     lines = [front_matter(info.base_model, card_tags([method], behaviour)),
              f"# {title} on {info.base_model}", "",
              f"A steerscope {summary['kind'].replace('_', ' ')} s, added to the residual stream "
-             f"entering block {' and '.join(map(str, layers))} of the model: h ← h + α·s "
+             f"entering block{'s' if len(layers) > 1 else ''} {' and '.join(map(str, layers))} "
+             "of the model: h ← h + α·s "
              "at every prompt and generated token.", "",
              "| | |", "|---|---|",
              f"| method | {method} |",
@@ -193,7 +200,7 @@ def vector_card(summary: dict[str, Any], info: CardInfo, repo_hint: str | None =
              f"| model | {info.base_model}"
              + (f" (revision {summary['revision']})" if summary.get("revision") else "") + " |",
              "", *figures_section(info.figures, method),
-             "## Use", "", *usage(info.base_model, where), "",
+             "## Use", "", *usage(info.base_model, where, summary["kind"]), "",
              "Files: the vector (safetensors, steerscope metadata in its header), "
              "`steering_config.json` and this card.", ""]
     return "\n".join(lines)
@@ -214,7 +221,8 @@ def index_card(entries: list[tuple[str, dict[str, Any], CardInfo]], base_model: 
         lines.append(f"| [{sub}]({sub}/README.md) | {s['method']} | "
                      f"{', '.join(map(str, s['layers']))} | "
                      f"{', '.join(f'{n:.4f}' for n in s['norms'])} | {_alpha_text(info.alpha)} |")
-    lines += ["", *usage(base_model, load_args(repo_hint, entries[0][0])), ""]
+    lines += ["", *usage(base_model, load_args(repo_hint, entries[0][0]), entries[0][1]["kind"]),
+              ""]
     for sub, s, info in entries:
         lines += [line.replace("## Results", f"## {sub}: results", 1)
                   for line in figures_section(info.figures, s["method"])]

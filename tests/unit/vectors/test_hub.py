@@ -105,7 +105,7 @@ def test_card_parses_with_huggingface_hub_and_states_the_facts(tmp_path):
     assert card.data.base_model == MODEL
     assert {"steering-vector", "dim", "refusal"} <= set(card.data.tags)
     text = card.text
-    assert "| method | dim |" in text and "| layer | 5 |" in text
+    assert "entering block 5 of the model" in text and "| method | dim |" in text and "| layer | 5 |" in text
     assert f"| norm | {sv.norm:.4f} |" in text
     assert "-1 to remove, +1 to induce" in text
     # the run's figures for ntp: behaviour rate 1 - 0.875, loop rate 0.0625, circuit 1000/8790
@@ -356,3 +356,26 @@ def test_the_cards_python_snippet_runs_and_steers(tmp_path, monkeypatch, capsys)
     steered = ss.generate(lm.model, lm.tokenizer, prompts, interventions=ops, max_new_tokens=32)
     assert printed.strip() == str(steered).strip()
     assert steered != ss.generate(lm.model, lm.tokenizer, prompts, max_new_tokens=32)  # it steers
+
+
+def test_a_multi_tensor_payload_round_trips_through_the_same_folder(tmp_path):
+    """The interface a multi-layer vector set uses: any kind, one tensor per layer."""
+    from steerscope.vectors.hub import HubPayload, card_info, load_pretrained, save_pretrained
+
+    g = torch.Generator().manual_seed(3)
+    tensors = {"layer.2": torch.randn(24, generator=g), "layer.4": torch.randn(24, generator=g)}
+    meta = {"kind": "steering_vector_set", "layers": [2, 4], "note": [1.5, "x"]}
+    payload = HubPayload(kind="steering_vector_set", tensors=tensors, metadata=meta,
+                         layers=[2, 4], method="dim", model_id=MODEL)
+    folder = save_pretrained(payload, tmp_path / "set", card_info(payload, alpha=-1.0))
+    back = load_pretrained(folder, "steering_vector_set")
+    assert back.layers == [2, 4] and back.metadata == meta and back.method == "dim"
+    assert {k: bits(t) for k, t in back.tensors.items()} == {k: bits(t) for k, t in
+                                                                 tensors.items()}
+    text = ModelCard.load(folder / CARD_FILE).text
+    norms = ", ".join(f"{float(t.norm()):.4f}" for t in tensors.values())
+    assert "| layers | 2, 4 |" in text and f"| norms | {norms} |" in text
+    assert "entering blocks 2 and 4 of the model" in text and "ss.SteeringVectorSet.from_pretrained(" in text
+    with pytest.raises(SteerscopeError) as e:
+        SteeringVector.from_pretrained(folder)
+    assert "holds a steering_vector_set, not a steering_vector" in one_line(e)
