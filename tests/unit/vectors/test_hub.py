@@ -229,6 +229,13 @@ def test_from_pretrained_reads_a_cached_snapshot_offline(tmp_path, monkeypatch):
     sv = a_vector()
     sv.save_pretrained(tmp_path / "src")
     snap = cache_snapshot(tmp_path / "hub", "someone/refusal-dim", tmp_path / "src")
+    # huggingface_hub itself reads the layout as a cached repo: main -> COMMIT, three files
+    (repo,) = huggingface_hub.scan_cache_dir(tmp_path / "hub").repos
+    (rev,) = repo.revisions
+    assert (repo.repo_id, rev.commit_hash, rev.refs) == ("someone/refusal-dim", COMMIT,
+                                                         frozenset({"main"}))
+    assert sorted(f.file_name for f in rev.files) == sorted([TENSOR_FILE, CONFIG_FILE,
+                                                              CARD_FILE])
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     back = SteeringVector.from_pretrained("someone/refusal-dim")
