@@ -370,7 +370,8 @@ def test_a_multi_tensor_payload_round_trips_through_the_same_folder(tmp_path):
     from steerscope.vectors.hub import HubPayload, card_info, load_pretrained, save_pretrained
 
     g = torch.Generator().manual_seed(3)
-    tensors = {"layer.2": torch.randn(24, generator=g), "layer.4": torch.randn(24, generator=g)}
+    rows = torch.randn(2, 24, generator=g)  # [K, d]: a set's rows share one storage
+    tensors = {"layer.2": rows[0], "layer.4": rows[1]}
     meta = {"kind": "steering_vector_set", "layers": [2, 4], "note": [1.5, "x"]}
     payload = HubPayload(kind="steering_vector_set", tensors=tensors, metadata=meta,
                          layers=[2, 4], method="dim", model_id=MODEL)
