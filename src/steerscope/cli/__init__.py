@@ -11,6 +11,7 @@
     steerscope generate MODEL ...         (steered) greedy completions
     steerscope score MODEL ...            refusal scores and substring refusal rate
     steerscope vectors dim|extract|train|info|export-gguf|import-gguf ...
+    steerscope vectors push|pull ...      share vectors on the Hugging Face Hub
     steerscope evaluate MODEL --vector NAME=FILE ...   steered evaluation (Table 2)
 
 MODEL is ``default`` (the embedded SmolLM2-135M-Instruct), a local folder, a ``.gguf`` file

@@ -192,7 +192,8 @@ def register(sub) -> None:
 
     vec = sub.add_parser("vectors", help="extract, train, inspect and convert steering vectors")
     vsub = vec.add_subparsers(dest="vectors_command", required=True, metavar="ACTION",
-                              help="dim | extract | train | info | export-gguf | import-gguf")
+                              help="dim | extract | train | info | export-gguf | import-gguf | "
+                                   "push | pull")
 
     p = vsub.add_parser("dim", help="DIM refusal direction with the paper's selection rule")
     common.add_model_args(p, batch_size=16)
@@ -315,6 +316,10 @@ def register(sub) -> None:
                    help="folder for one <file>_layer<L>.safetensors per layer")
     common.add_json_arg(p, "the written vectors")
     p.set_defaults(func=cmd_import_gguf)
+
+    from steerscope.cli import vectors_hub
+
+    vectors_hub.register(vsub)  # push | pull (the Hugging Face Hub)
 
     p = sub.add_parser("evaluate", help="steered evaluation: bypass on harmful, induce on "
                                         "harmless prompts (the paper's Table 2)")

@@ -25,6 +25,7 @@ from steerscope.errors import ShapeError, SteerscopeError
 TENSOR_KEY = "vector"
 META_KEY = "steerscope"
 FORMAT_VERSION = 1
+HUB_KIND = "steering_vector"  # the kind a Hub folder of one vector records
 
 
 @dataclass
@@ -188,3 +189,64 @@ class SteeringVector:
         if arch is not None:
             sv.check_fits(arch, model_id, strict_model=strict_model)
         return sv
+
+    # --- the Hugging Face Hub (steerscope.vectors.hub) -----------------------------------
+    def hub_payload(self):
+        """This vector as a :class:`~steerscope.vectors.hub.HubPayload` (tensor ``vector``,
+        the file metadata of :meth:`save`), what a Hub folder stores."""
+        from steerscope.vectors.hub import HubPayload
+
+        return HubPayload(kind=HUB_KIND, tensors={TENSOR_KEY: self.vector},
+                          metadata=self.to_metadata(), layers=[self.layer], method=self.method,
+                          model_id=self.model_id, revision=self.revision)
+
+    @classmethod
+    def from_hub_payload(cls, payload) -> SteeringVector:
+        """The vector of a payload read from a Hub folder (its file read by :meth:`load`, so
+        every check of a vector file applies), checked against the recorded sha256."""
+        sv = cls.load(payload.path)
+        recorded = payload.metadata.get("sha256")
+        if recorded and recorded != sv.sha256:
+            raise SteerscopeError(f"{payload.path} does not match its recorded sha256",
+                                  "re-download or re-save the vector")
+        return sv
+
+    def save_pretrained(self, folder: str | os.PathLike, *, base_model: str | None = None,
+                        behaviour: str | None = None, alpha=None, figures=None) -> Path:
+        """Write a Hub-ready folder: the vector file, ``steering_config.json`` and a model
+        card ``README.md`` (``base_model`` defaults to the vector's model; ``alpha``: the α it
+        is used with; ``figures``: a run's :func:`~steerscope.vectors.hub_card.run_figures`)."""
+        from steerscope.vectors import hub
+
+        payload = self.hub_payload()
+        info = hub.card_info(payload, base_model=base_model, behaviour=behaviour, alpha=alpha,
+                             figures=figures)
+        return hub.save_pretrained(payload, folder, info)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, arch=None, *, revision: str | None = None,
+                        subfolder: str | None = None) -> SteeringVector:
+        """A vector from a folder written by :meth:`save_pretrained` or a Hub repo id (read
+        through the huggingface_hub cache; offline with ``HF_HUB_OFFLINE=1`` once cached);
+        with ``arch`` it is checked against the model."""
+        from steerscope.vectors import hub
+
+        sv = cls.from_hub_payload(hub.load_pretrained(source, HUB_KIND, revision=revision,
+                                                      subfolder=subfolder))
+        if arch is not None:
+            sv.check_fits(arch)
+        return sv
+
+    def push_to_hub(self, repo_id: str, *, base_model: str | None = None,
+                    behaviour: str | None = None, alpha=None, figures=None,
+                    private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None) -> str:
+        """:meth:`save_pretrained` into a temporary folder and upload it to Hub repo
+        ``repo_id`` (``huggingface_hub.upload_folder``); returns the commit URL."""
+        from steerscope.vectors import hub
+
+        payload = self.hub_payload()
+        info = hub.card_info(payload, base_model=base_model, behaviour=behaviour, alpha=alpha,
+                             figures=figures)
+        return hub.push_payloads([("", payload, info)], repo_id, private=private, token=token,
+                                 commit_message=commit_message)

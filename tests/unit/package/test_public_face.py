@@ -65,5 +65,6 @@ def test_readme_tour_runs_on_a_tiny_model(tmp_path, monkeypatch):
     exec(compile(code, "README.md tour", "exec"), scope)
     vec = ss.SteeringVector.load(tmp_path / "dim.safetensors")
     assert vec.layer == scope["layer"] == 2 and vec.method == "dim"
+    assert ss.SteeringVector.from_pretrained(tmp_path / "refusal-dim").sha256 == vec.sha256
     assert scope["scores"].dtype == torch.float64 and scope["scores"].shape == (2,)
     assert scope["cap"].value.shape[:2] == (2, scope["lm"].arch.n_heads)
