@@ -312,6 +312,44 @@ def test_svv_names_cannot_leave_out(workdir, tmp_path, capsys, args, message):
     assert stdout == "" and _files(tmp_path) == before
 
 
+# (id, the argv after the model/vector, the entry planted in --out as a link leading out)
+LINK_CASES = [
+    ("patch-vector-folder", ["patch", "{model}", "--vector", "dim={vector}", "--harmful",
+                             "{root}/harmful.txt", "--harmless", "{root}/harmless.txt"], "dim"),
+    ("sparsify-ie-file", ["sparsify", "sweep", "{model}", "--vector", "dim={vector}",
+                          "--harmful", "{root}/harmful.txt", "--harmless",
+                          "{root}/harmless.txt"], "ie_dim.safetensors"),
+    ("svv-json", ["svv", "{model}", "--vector", "{vector}", "--name", "mine"],
+     "svv_mine.json"),
+    ("import-gguf-vector", ["vectors", "import-gguf", "{gguf}"], "cv_layer2.safetensors"),
+]
+
+
+@pytest.mark.parametrize("argv, planted", [c[1:] for c in LINK_CASES],
+                         ids=[c[0] for c in LINK_CASES])
+def test_links_planted_in_out_are_not_followed(workdir, tmp_path, capsys, argv, planted):
+    """A link inside --out leading out (to a folder or a file) is refused in one line, exit
+    2, before any compute, and nothing lands outside."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / planted).symlink_to(outside if "." not in planted else outside / "victim")
+    gguf = tmp_path / "cv.gguf"
+    if "{gguf}" in argv:  # llama.cpp steers from layer 2 on
+        v2 = SteeringVector(torch.ones(64), layer=2).save(tmp_path / "v2.safetensors")
+        assert main(["vectors", "export-gguf", str(v2), "--out", str(gguf)]) == 0
+        capsys.readouterr()
+    args = [a.format(model=workdir / "model", vector=workdir / "v.safetensors",
+                     root=workdir, gguf=gguf) for a in argv]
+    flag = "--out-dir" if "import-gguf" in argv else "--out"
+    code = main([*args, flag, str(out)])
+    stdout, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert f"{out / planted} is a symbolic link to {outside}" in lines[0], lines[0]
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in out.iterdir()) == [planted]
+
+
 def test_svv_writes_inside_out(workdir, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["svv", str(workdir / "model"), "--vector", str(workdir / "v.safetensors"),
