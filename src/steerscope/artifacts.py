@@ -72,6 +72,39 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def check_child_name(name: Any, what: str = "name") -> str:
+    """``name`` when it can name one file or folder inside another: a non-empty string that
+    is not ``.`` or ``..`` and holds no path separator (``/``, ``\\``) or NUL (so it cannot
+    be an absolute path or climb out); else a one-line error naming ``what``."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(
+            c in name for c in ("/", "\\", "\0")):
+        raise SteerscopeError(f"{what} {name!r} cannot name a file: it is empty, '.' or '..', "
+                              "or holds a path separator",
+                              "use a plain name (letters, digits, '_', '-' and '.')")
+    return name
+
+
+def child_path(root: str | os.PathLike, *names: str, what: str = "name") -> Path:
+    """``root/names[0]/names[1]/...`` for writing, checked to stay inside ``root``: every name
+    passes :func:`check_child_name`, and no existing part of the path below ``root`` is a
+    symbolic link that leads outside ``root`` (the path with links resolved is still under
+    ``root`` resolved). The one helper every writer uses for a path built from a name it did
+    not choose itself (a CLI name, vector metadata, a run folder, a figure)."""
+    root = Path(root).expanduser()
+    path = root
+    for name in names:
+        path = path / check_child_name(name, what)
+    base = root.resolve()
+    probe = root
+    for name in names:
+        probe = probe / name
+        if probe.is_symlink() and not probe.resolve().is_relative_to(base):
+            raise SteerscopeError(f"{probe} is a symbolic link to {probe.resolve()}, outside "
+                                  f"{root}; steerscope writes only inside its output folder",
+                                  "remove the link, or pass another output folder")
+    return path
+
+
 def _jsonable(obj: Any) -> Any:
     """NaN/inf floats become None (strict JSON); tuples become lists."""
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -17,7 +17,13 @@ from steerscope.behaviours.definition import (
     Behaviour,
     Splits,
 )
-from steerscope.behaviours.judges import JUDGE_KINDS, check_judge_spec, make_judge
+from steerscope.behaviours.judges import (
+    CODE_CONSENT_FIX,
+    JUDGE_KINDS,
+    check_judge_code,
+    check_judge_spec,
+    make_judge,
+)
 from steerscope.behaviours.load import (
     DEFAULT_BEHAVIOUR,
     behaviour_from_dict,
@@ -34,9 +40,10 @@ from steerscope.behaviours.score import (
 from steerscope.behaviours.sources import builtin_prompt_sets, check_source, load_source
 
 __all__ = [
-    "AUTO", "BUILTIN_BEHAVIOURS", "DEFAULT_BEHAVIOUR", "JUDGE_KINDS", "LABEL_KEYS", "REFUSAL",
-    "SIDES", "SPLITS", "USES", "Behaviour", "Splits", "auto_score_token_ids",
-    "behaviour_from_dict", "builtin_prompt_sets", "check_behaviour", "check_judge_spec",
+    "AUTO", "BUILTIN_BEHAVIOURS", "CODE_CONSENT_FIX", "DEFAULT_BEHAVIOUR", "JUDGE_KINDS",
+    "LABEL_KEYS", "REFUSAL", "SIDES", "SPLITS", "USES", "Behaviour", "Splits",
+    "auto_score_token_ids", "behaviour_from_dict", "builtin_prompt_sets", "check_behaviour",
+    "check_judge_code", "check_judge_spec",
     "check_source", "fast_scores", "list_behaviours", "load_behaviour", "load_source",
     "make_judge", "score_token_ids", "string_score_token_ids",
 ]

@@ -67,6 +67,9 @@ class Behaviour:
     score_tokens: str | tuple[str, ...] = AUTO
     labels: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    # consent to run the judge's code (a callable judge, a model's own code); given by the
+    # person running (load_behaviour(..., allow_code=True), --allow-code), never by a file
+    allow_code: bool = field(default=False, compare=False)
 
     __hash__ = None  # type: ignore[assignment]  # judge/labels are dicts
 
@@ -92,9 +95,11 @@ class Behaviour:
 
     def make_judge(self, **kwargs):
         """The judge object of this behaviour (``judge(prompts, responses) -> list[bool]``,
-        True = behaviour present); ``kwargs`` (e.g. ``device``) go to model judges."""
+        True = behaviour present); ``kwargs`` (e.g. ``device``) go to model judges. A judge
+        that runs code needs :attr:`allow_code` (or ``allow_code=True`` here)."""
         from steerscope.behaviours.judges import make_judge
 
+        kwargs.setdefault("allow_code", self.allow_code)
         return make_judge(self.judge, **kwargs)
 
     def score_token_ids(self, tokenizer, **kwargs) -> list[int]:
@@ -104,7 +109,8 @@ class Behaviour:
         return score_token_ids(self, tokenizer, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        """The definition as JSON-able data (the YAML contract's keys), e.g. for results.json."""
+        """The definition as JSON-able data (the YAML contract's keys), e.g. for results.json;
+        consent (:attr:`allow_code`) is not part of a definition."""
         return {
             "name": self.name,
             "description": self.description,

@@ -8,7 +8,8 @@ kind once, with its required keys and defaults:
 - ``regex``: ``patterns`` (list), ``min_matches`` (default 1), ``ignore_case`` (default
   true); present when the patterns' non-overlapping matches in the response, summed over
   patterns, number at least ``min_matches``;
-- ``callable``: ``function`` = ``"module:function"``, a function text -> bool;
+- ``callable``: ``function`` = ``"module:function"``, a function text -> bool (code: it runs
+  only when allowed, see below);
 - ``classifier``: ``model`` (hub id or path), ``label`` (the class meaning "present", name
   or index; default ``"present"``), ``pair`` (default false: the response alone) -- an HF
   sequence classifier (:class:`~steerscope.evaluate.judges.ClassifierJudge`);
@@ -17,8 +18,15 @@ kind once, with its required keys and defaults:
   present when the chat model's greedy answer starts with that word
   (:class:`~steerscope.evaluate.judges.ChatModelJudge`).
 
-:func:`check_judge_spec` checks a spec (kind, keys, that regexes compile, that the callable
-imports) without loading any model.
+:func:`check_judge_spec` checks a spec (kind, keys, that regexes compile, the callable's
+name) without loading any model and without importing anything.
+
+A behaviour file is data; a judge that runs code is not: a ``callable`` judge, and a
+``classifier`` / ``chat`` judge whose model ships its own code (``auto_map`` in its config),
+runs only with consent, ``allow_code=True`` (:func:`make_judge`, :func:`check_judge_code`;
+the CLI's ``--allow-code``). Modules that run programs or arbitrary code (``os``,
+``subprocess``, ``builtins``, ...; :data:`~steerscope.evaluate.presence.REFUSED_JUDGE_MODULES`)
+are refused as judges even then.
 """
 
 from __future__ import annotations
@@ -33,22 +41,30 @@ from steerscope.evaluate.presence import (
     CallablePresence,
     RegexPresence,
     SubstringPresence,
+    check_callable_name,
     import_callable,
 )
 
+# how a user allows a judge's code, everywhere a consent error is raised
+CODE_CONSENT_FIX = ("pass --allow-code to 'steerscope run' or 'steerscope demo' (or set "
+                    "allow_code: true in the run config; in Python allow_code=True) if you "
+                    "trust it")
 
-def _classifier(model: str, label: str | int = "present", pair: bool = False, device=None):
+
+def _classifier(model: str, label: str | int = "present", pair: bool = False, device=None,
+                trust_remote_code: bool = False):
     from steerscope.evaluate.judges import ClassifierJudge
 
     return ClassifierJudge(model, label_for_unsafe=label, pair=pair, device=device,
-                           min_words=None)
+                           min_words=None, trust_remote_code=trust_remote_code)
 
 
-def _chat(model: str, template: str | None = None, present_word: str = "yes", device=None):
+def _chat(model: str, template: str | None = None, present_word: str = "yes", device=None,
+          trust_remote_code: bool = False):
     from steerscope.evaluate.judges import ChatModelJudge
 
     return ChatModelJudge(model, template=template, unsafe_word=present_word, device=device,
-                          min_words=None)
+                          min_words=None, trust_remote_code=trust_remote_code)
 
 
 @dataclass(frozen=True)
@@ -83,8 +99,9 @@ def _str_list(spec: Mapping, key: str) -> list[str]:
 
 def check_judge_spec(spec: Any) -> dict[str, Any]:
     """The spec with defaults filled in, after every check that needs no model: a known
-    kind, required keys present, no unknown keys, value types, regexes compile, the callable
-    imports. One-line :class:`SteerscopeError` naming the key otherwise."""
+    kind, required keys present, no unknown keys, value types, regexes compile, the callable's
+    name (:func:`~steerscope.evaluate.presence.check_callable_name`; nothing is imported).
+    One-line :class:`SteerscopeError` naming the key otherwise."""
     if not isinstance(spec, Mapping):
         raise SteerscopeError("judge must be a mapping with a 'kind' key",
                               "write e.g. judge: {kind: substring, substrings: [...]}")
@@ -118,23 +135,47 @@ def check_judge_spec(spec: Any) -> dict[str, Any]:
             raise SteerscopeError(f"judge.min_matches must be an integer >= 1, got {mm!r}",
                                   "write e.g. min_matches: 1")
     elif kind == "callable":
-        import_callable(out["function"])
+        check_callable_name(out["function"])
     elif kind == "chat" and out["template"] is not None and "{response}" not in out["template"]:
         raise SteerscopeError("judge.template has no {response} placeholder",
                               "include {prompt} and {response} in the template")
     return out
 
 
-def make_judge(spec: Mapping[str, Any], *, device=None):
-    """The judge object for ``spec`` (checked with :func:`check_judge_spec`); model judges
-    load lazily, on first use."""
+def check_judge_code(spec: Mapping[str, Any], allow_code: bool = False) -> None:
+    """Consent for the code a judge runs: a ``callable`` judge, or a model judge whose model
+    ships its own code (:func:`~steerscope.evaluate.judges.model_ships_code`, read from disk),
+    without ``allow_code`` is a one-line error naming it and the flag; with it, the callable
+    is imported now (a missing module fails here, before any compute)."""
     full = check_judge_spec(spec)
+    if full["kind"] == "callable":
+        if not allow_code:
+            raise SteerscopeError(f"judge.function '{full['function']}' is code named by the "
+                                  "behaviour; it runs only when you allow it", CODE_CONSENT_FIX)
+        import_callable(full["function"])
+    elif JUDGE_KINDS[full["kind"]].takes_device and not allow_code:
+        from steerscope.evaluate.judges import model_ships_code
+
+        if model_ships_code(str(full["model"])):
+            raise SteerscopeError(f"judge.model '{full['model']}' ships its own code (auto_map "
+                                  "in its config); it runs only when you allow it",
+                                  CODE_CONSENT_FIX)
+
+
+def make_judge(spec: Mapping[str, Any], *, device=None, allow_code: bool = False):
+    """The judge object for ``spec`` (checked with :func:`check_judge_spec`); model judges
+    load lazily, on first use. ``allow_code``: consent to run the judge's code (a
+    ``callable`` judge; a model's own code), see :func:`check_judge_code`."""
+    full = check_judge_spec(spec)
+    check_judge_code(full, allow_code)
     jk = JUDGE_KINDS[full["kind"]]
     kwargs = {k: v for k, v in full.items() if k != "kind"}
     if jk.takes_device:
         kwargs["device"] = device
+        kwargs["trust_remote_code"] = bool(allow_code)
     return jk.build(**kwargs)
 
 
-__all__ = ["JUDGE_KINDS", "CallablePresence", "JudgeKind", "RegexPresence",
-           "SubstringPresence", "check_judge_spec", "import_callable", "make_judge"]
+__all__ = ["CODE_CONSENT_FIX", "JUDGE_KINDS", "CallablePresence", "JudgeKind", "RegexPresence",
+           "SubstringPresence", "check_judge_code", "check_judge_spec", "import_callable",
+           "make_judge"]

@@ -6,10 +6,14 @@ an empty prompt file, the judge spec (:func:`~steerscope.behaviours.judges.check
 ``score_tokens`` that is neither ``auto`` nor a list of strings. Whether the tokenizer can
 encode the score tokens is checked by :func:`check_behaviour` when a tokenizer is given.
 Relative file paths in a YAML file resolve against the file's folder.
+
+Loading never imports or runs a judge's code; ``allow_code=True`` (the person running's
+consent, never a key of the file) lets :meth:`Behaviour.make_judge` run it later.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,13 +83,18 @@ def _score_tokens(value: Any) -> str | tuple[str, ...]:
 
 def behaviour_from_dict(data: Any, *, base_dir: str | os.PathLike | None = None,
                         data_dir: str | os.PathLike | None = None,
-                        check_sources: bool = True) -> Behaviour:
+                        check_sources: bool = True, allow_code: bool = False) -> Behaviour:
     """A checked :class:`Behaviour` from the YAML contract's keys (see the module docstring).
     ``base_dir`` anchors relative file paths; ``check_sources`` reads each file source once
-    to reject missing or empty files."""
+    to reject missing or empty files; ``allow_code``: consent to run the judge's code."""
     if not isinstance(data, Mapping):
         raise SteerscopeError("a behaviour must be a mapping of keys",
                               "see docs/behaviours.md for the format")
+    if "allow_code" in data:
+        raise SteerscopeError("behaviour key 'allow_code' is not honoured in a behaviour: "
+                              "consent to run its judge's code is given by whoever runs it",
+                              "remove the key; pass --allow-code to 'steerscope run' (or set "
+                              "allow_code: true in the run config) if you trust the file")
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise SteerscopeError(f"behaviour key '{unknown[0]}' is unknown",
@@ -107,7 +116,8 @@ def behaviour_from_dict(data: Any, *, base_dir: str | os.PathLike | None = None,
     judge = check_judge_spec(data["judge"])
     b = Behaviour(name=name.strip(), present=present, absent=absent, judge=judge,
                   score_tokens=_score_tokens(data.get("score_tokens", AUTO)),
-                  labels=dict(labels), description=str(data.get("description") or ""))
+                  labels=dict(labels), description=str(data.get("description") or ""),
+                  allow_code=bool(allow_code))
     if check_sources:
         for side in SIDES:
             for split in SPLITS:
@@ -117,15 +127,19 @@ def behaviour_from_dict(data: Any, *, base_dir: str | os.PathLike | None = None,
 
 def load_behaviour(spec: str | os.PathLike | Behaviour | Mapping | None = None, *,
                    data_dir: str | os.PathLike | None = None,
-                   check_sources: bool = True) -> Behaviour:
+                   check_sources: bool = True, allow_code: bool = False) -> Behaviour:
     """A behaviour from a built-in name (``list_behaviours()``), a YAML file, a dict or a
-    :class:`Behaviour` (returned as is). None: the default, ``refusal``."""
+    :class:`Behaviour` (returned as is, or with consent added). None: the default,
+    ``refusal``. ``allow_code``: consent to run the judge's code (a ``callable`` judge, a
+    judge model's own code) when it judges; without it such a judge is a one-line error at
+    :meth:`Behaviour.make_judge`. Nothing is imported here either way."""
     if spec is None:
         spec = DEFAULT_BEHAVIOUR
     if isinstance(spec, Behaviour):
-        return spec
+        return dataclasses.replace(spec, allow_code=True) if allow_code else spec
     if isinstance(spec, Mapping):
-        return behaviour_from_dict(spec, data_dir=data_dir, check_sources=check_sources)
+        return behaviour_from_dict(spec, data_dir=data_dir, check_sources=check_sources,
+                                   allow_code=allow_code)
     text = str(spec)
     if text in BUILTIN_BEHAVIOURS:
         return BUILTIN_BEHAVIOURS[text]
@@ -142,7 +156,7 @@ def load_behaviour(spec: str | os.PathLike | Behaviour | Mapping | None = None, 
                               "fix the file's syntax") from None
     try:
         return behaviour_from_dict(data, base_dir=path.resolve().parent, data_dir=data_dir,
-                                   check_sources=check_sources)
+                                   check_sources=check_sources, allow_code=allow_code)
     except SteerscopeError as exc:
         raise SteerscopeError(f"{path.name}: {str(exc).rstrip('.')}") from exc
 

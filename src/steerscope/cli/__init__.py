@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "threshold until one does, and say so)")
     p.add_argument("--out", default="runs", help="runs folder (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    common.add_allow_code_arg(p)
     common.add_json_arg(p, "results.json")
     p.set_defaults(func=cmd_demo)
 
@@ -310,7 +311,7 @@ def cmd_demo(args) -> dict | None:
                    methods=args.methods.split(","),
                    data_dir=args.data_dir, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, max_new_tokens=args.max_new_tokens,
-                   relax_kl=not args.strict_kl)
+                   relax_kl=not args.strict_kl, allow_code=args.allow_code)
     if args.json:
         return json.loads(res.results_path.read_text(encoding="utf-8"))
     if not print_run(res):

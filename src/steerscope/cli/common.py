@@ -61,6 +61,17 @@ def add_json_arg(p: argparse.ArgumentParser, what: str = "the results") -> None:
                    help=f"print {what} as JSON on stdout; progress and notes go to stderr")
 
 
+def add_allow_code_arg(p: argparse.ArgumentParser) -> None:
+    """``--allow-code``: consent to run a judge's code (a behaviour's callable judge, a judge
+    model's own code); never given by a behaviour file."""
+    p.add_argument("--allow-code", action="store_true",
+                   help="allow the behaviour's judge to run code: a 'callable' judge (a "
+                        "Python function named in the behaviour file) or a judge model that "
+                        "ships its own code. Without it such a run stops before any compute. "
+                        "Give it only for files you trust (same as allow_code: true in the "
+                        "run config)")
+
+
 def add_sample_args(p: argparse.ArgumentParser, n: int | None, what: str = "prompts per set",
                     seed: bool = True) -> None:
     """``--n`` (a seeded sample of N prompts; None: all) and ``--seed``."""

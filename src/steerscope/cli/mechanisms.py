@@ -87,19 +87,33 @@ def cmd_svv(args) -> dict:
 
     sv = SteeringVector.load(args.vector, layer=args.layer)
     scores = read_head_scores(args.scores) if args.scores else None
+    name = args.name or sv.method
+    paths = svv_paths(args.out, name, from_flag=bool(args.name))  # checked before the model
     lm = common.load(args)
     sv.check_fits(lm.arch)
-    name = args.name or sv.method
     rep = svv_report(lm.model, lm.tokenizer, sv.vector, sv.layer, head_scores=scores,
                      top_k=args.top_k, alpha_sign=-1 if args.negative else 1, arch=lm.arch,
                      vector_name=name + (" (-s)" if args.negative else ""))
     print(rep.table(n_heads=args.heads, n_tokens=args.show_tokens))
-    if args.out:
-        out = Path(args.out)
-        print(f"wrote {rep.save(out / f'svv_{name}.json')}")
+    if paths is not None:
+        print(f"wrote {rep.save(paths[0])}")
         if not args.no_figure:
-            print(f"wrote {rep.figure(out / f'svv_{name}.png', n_heads=args.heads)}")
+            print(f"wrote {rep.figure(paths[1], n_heads=args.heads)}")
     return rep.to_json()
+
+
+def svv_paths(out: str | None, name: str, *, from_flag: bool) -> tuple[Path, Path] | None:
+    """``out/svv_NAME.json`` and ``.png`` (None without ``--out``); a one-line error when
+    ``name`` (``--name``, else the vector file's ``method`` metadata) would write outside
+    ``out``."""
+    if not out:
+        return None
+    from steerscope.artifacts import check_child_name, child_path
+
+    what = "--name" if from_flag else "the vector file's method (its metadata; pass --name)"
+    check_child_name(name, what)
+    return (child_path(out, f"svv_{name}.json", what=what),
+            child_path(out, f"svv_{name}.png", what=what))
 
 
 def register(sub) -> None:

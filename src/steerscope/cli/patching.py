@@ -24,7 +24,7 @@ def result_json(res, top: int = 20) -> dict:
 
 
 def cmd_patch(args) -> dict:
-    from steerscope.artifacts import atomic_write_json
+    from steerscope.artifacts import atomic_write_json, child_path
     from steerscope.patching import (
         build_patching_datasets,
         circuit_summary,
@@ -33,6 +33,8 @@ def cmd_patch(args) -> dict:
     )
 
     vectors = common.load_vectors(args.vector)
+    for name in vectors:  # each vector's folder stays inside --out (no link leading out)
+        child_path(args.out, name, what="vector name")
     if args.grid_step is not None and args.sizes:
         raise SteerscopeError("--grid-step and --sizes are both given", "pass one of them")
     if args.grid_step is not None and not 0 < args.grid_step <= 1:

@@ -16,7 +16,7 @@ def cmd_run(args) -> dict | None:
     if args.verify:
         return verify_run(args.config, args.out)
     res = run_pipeline(args.config, args.out, force=args.force or None, until=args.until,
-                       progress=not args.quiet)
+                       progress=not args.quiet, allow_code=args.allow_code)
     if not print_run(res):
         return None
     return {"run_dir": str(res.run_dir), "results": str(res.results_path),
@@ -97,6 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="recompute this stage even if finished (repeatable)")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    common.add_allow_code_arg(p)
     p.add_argument("--verify", action="store_true",
                    help="compute nothing: check every finished stage folder of the run folder "
                         "(CONFIG's, or CONFIG itself if it is a run folder) against the sizes "

@@ -71,6 +71,7 @@ def cmd_scores(args) -> dict:
 
 
 def cmd_sweep(args) -> dict:
+    from steerscope.artifacts import child_path
     from steerscope.evaluate.judges import get_judge
     from steerscope.sparsify import RULES, dimension_scores, sparsity_sweep
 
@@ -82,8 +83,10 @@ def cmd_sweep(args) -> dict:
     harmless = common.read_prompts(args.harmless, args.n, args.seed)
     unseen = common.read_prompts(args.unseen, args.n, args.seed) if args.unseen else None
     judge = get_judge(args.judge) if args.judge else None
-    lm = common.load(args)
     out = Path(args.out)
+    ie_paths = {m: child_path(out, f"ie_{m}.safetensors", what="vector name")
+                for m in vectors}  # checked before the model loads
+    lm = common.load(args)
     missing = [m for m in vectors if m not in ies]
     if missing:
         score_harmful = common.read_prompts(args.score_harmful, args.n_score, args.seed)
@@ -94,7 +97,7 @@ def cmd_sweep(args) -> dict:
                                    max_new_tokens=args.max_new_tokens,
                                    only_flipped=not args.all_prompts,
                                    batch_size=args.batch_size, arch=lm.arch)
-            print(f"computed IE for {m}: wrote {res.save(out / f'ie_{m}.safetensors')}")
+            print(f"computed IE for {m}: wrote {res.save(ie_paths[m])}")
             ies[m] = res.ie
     res = sparsity_sweep(lm.model, lm.tokenizer, vectors, ies, harmful, harmless, unseen,
                          taus=taus, fractions=fractions, rules=rules, seed=args.seed,

@@ -147,11 +147,12 @@ def cmd_export_gguf(args) -> dict:
 
 
 def cmd_import_gguf(args) -> list[dict]:
+    from steerscope.artifacts import child_path
     from steerscope.vectors import import_control_vector
 
     out, rows = Path(args.out_dir), []
     for sv in import_control_vector(args.file):
-        path = sv.save(out / f"{Path(args.file).stem}_layer{sv.layer}.safetensors")
+        path = sv.save(child_path(out, f"{Path(args.file).stem}_layer{sv.layer}.safetensors"))
         print(f"layer {sv.layer}: norm {sv.norm:.4f} -> {path}")
         rows.append(describe(sv, path))
     return rows

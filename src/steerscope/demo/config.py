@@ -188,9 +188,12 @@ def _is_smollm2_demo(model: str) -> bool:
 
 
 def run_demo(out: str | os.PathLike = "runs", *, until: str | None = None,
-             progress: bool | None = None, **config):
+             progress: bool | None = None, allow_code: bool = False, **config):
     """Run (or resume) the demo pipeline under ``out``; ``config``: see
-    :func:`demo_run_config`. Returns the :class:`~steerscope.pipeline.runner.RunResult`."""
+    :func:`demo_run_config`; ``allow_code``: consent to run the behaviour's judge code (see
+    :func:`~steerscope.pipeline.run_pipeline`). Returns the
+    :class:`~steerscope.pipeline.runner.RunResult`."""
     from steerscope.pipeline import run_pipeline
 
-    return run_pipeline(demo_run_config(**config), out, until=until, progress=progress)
+    return run_pipeline(demo_run_config(**config), out, until=until, progress=progress,
+                        allow_code=allow_code)

@@ -51,24 +51,51 @@ class RegexPresence:
         return [self.matches(r) >= self.min_matches for r in _check_pairs(prompts, responses)]
 
 
-class CallablePresence:
-    """Present when ``function(response)`` is truthy; ``function`` is a callable or its name
-    ``"module:function"``."""
+# Modules never accepted as a judge, even when code is allowed: they run shells, programs,
+# arbitrary code or deserialise objects (a judge gets model text as its argument). Checked on
+# the name's first component before any import, and on the resolved function's module.
+REFUSED_JUDGE_MODULES = frozenset({
+    "builtins", "__builtin__", "__main__", "os", "posix", "nt", "posixpath", "ntpath",
+    "subprocess", "_posixsubprocess", "sys", "shutil", "importlib", "pkgutil", "zipimport",
+    "pty", "tty", "termios", "fcntl", "socket", "socketserver", "ssl", "select", "selectors",
+    "ctypes", "cffi", "runpy", "code", "codeop", "pdb", "bdb", "trace", "pickle", "_pickle",
+    "cPickle", "pickletools", "copyreg", "marshal", "shelve", "dill", "cloudpickle", "joblib",
+    "multiprocessing", "concurrent", "asyncio", "threading", "_thread", "signal", "resource",
+    "mmap", "gc", "inspect", "types", "io", "_io", "pathlib", "tempfile", "glob", "webbrowser",
+    "http", "urllib", "urllib3", "requests", "ftplib", "smtplib", "telnetlib", "platform",
+    "sysconfig", "site", "atexit", "faulthandler", "tarfile", "zipfile", "distutils",
+    "setuptools", "pip", "venv", "ensurepip", "operator", "functools", "yaml", "pandas",
+    "numexpr",
+})
 
-    def __init__(self, function: str | Callable[[str], Any]):
-        self.function = function
-        self.fn = function if callable(function) else import_callable(function)
 
-    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
-        return [bool(self.fn(r)) for r in _check_pairs(prompts, responses)]
+def _refused(module: str) -> bool:
+    top = module.split(".")[0]
+    return top in REFUSED_JUDGE_MODULES or top.startswith("_")
 
 
-def import_callable(spec: str, where: str = "judge.function") -> Callable[[str], Any]:
-    """The function named ``"module:function"`` (dotted attribute paths allowed)."""
-    module, sep, attr = str(spec).partition(":")
+def check_callable_name(spec: Any, where: str = "judge.function") -> tuple[str, str]:
+    """``(module, attribute path)`` of a ``"module:function"`` name, checked without
+    importing anything: the form, no private (``_``) parts, and a module that is not one of
+    :data:`REFUSED_JUDGE_MODULES`."""
+    module, sep, attr = str(spec).partition(":") if isinstance(spec, str) else ("", "", "")
     if not sep or not module or not attr:
         raise SteerscopeError(f"{where} '{spec}' is not 'module:function'",
                               "write it as package.module:function")
+    if _refused(module) or any(p.startswith("_") or not p for p in attr.split(".")):
+        raise SteerscopeError(f"{where} '{spec}' names {module}, which is never allowed as a "
+                              "judge (it can run programs or arbitrary code)",
+                              "name a function of your own module that takes one completion "
+                              "and returns True or False")
+    return module, attr
+
+
+def import_callable(spec: str, where: str = "judge.function") -> Callable[[str], Any]:
+    """The function named ``"module:function"`` (dotted attribute paths allowed), after
+    :func:`check_callable_name`; a function whose own module is refused (e.g. ``os.system``
+    reached through another module) is refused too. This imports the module: it runs code,
+    so callers ask for consent first (:mod:`steerscope.behaviours.judges`)."""
+    module, attr = check_callable_name(spec, where)
     try:
         obj: Any = importlib.import_module(module)
         for part in attr.split("."):
@@ -76,9 +103,58 @@ def import_callable(spec: str, where: str = "judge.function") -> Callable[[str],
     except (ImportError, AttributeError) as exc:
         raise SteerscopeError(f"{where} '{spec}' cannot be imported ({type(exc).__name__})",
                               "make the module importable (PYTHONPATH) and check the name") from exc
+    except Exception as exc:  # the module itself failed while importing
+        raise SteerscopeError(f"{where} '{spec}': importing {module} failed "
+                              f"({type(exc).__name__}: {exc})", "fix the module") from None
     if not callable(obj):
         raise SteerscopeError(f"{where} '{spec}' is not callable", "name a function text -> bool")
+    owner = getattr(obj, "__module__", None) or getattr(getattr(obj, "__self__", None),
+                                                         "__name__", None)
+    if isinstance(owner, str) and _refused(owner):
+        raise SteerscopeError(f"{where} '{spec}' is {owner}.{getattr(obj, '__name__', attr)}, "
+                              "which is never allowed as a judge",
+                              "name a function of your own module")
     return obj
 
 
-__all__ = ["CallablePresence", "RegexPresence", "SubstringPresence", "import_callable"]
+def _is_bool(value: Any) -> bool:
+    """True for a Python bool or a NumPy bool scalar (nothing else: no 0/1, no strings)."""
+    import numpy as np
+
+    return isinstance(value, (bool, np.bool_))
+
+
+class CallablePresence:
+    """Present when ``function(response)`` is True; ``function`` is a callable or its name
+    ``"module:function"`` (imported here: see :func:`import_callable`). The function must
+    return a bool (NumPy bools too); anything else, or an exception it raises, is a one-line
+    :class:`SteerscopeError` naming the function."""
+
+    def __init__(self, function: str | Callable[[str], Any]):
+        self.function = function
+        self.fn = function if callable(function) else import_callable(function)
+        self.name = function if isinstance(function, str) else \
+            f"{getattr(function, '__module__', '?')}:{getattr(function, '__qualname__', '?')}"
+
+    def present(self, response: str) -> bool:
+        """The function's verdict on one response, checked to be a bool."""
+        try:
+            value = self.fn(response)
+        except Exception as exc:
+            raise SteerscopeError(f"judge function '{self.name}' raised {type(exc).__name__}: "
+                                  f"{str(exc)[:200]}",
+                                  "fix the function: it takes one completion and returns "
+                                  "True or False") from None
+        if not _is_bool(value):
+            shown = repr(value) if isinstance(value, (str, int, float, type(None))) else \
+                type(value).__name__
+            raise SteerscopeError(f"judge function '{self.name}' returned {shown[:60]}, "
+                                  "not True or False", "make it return a bool")
+        return bool(value)
+
+    def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
+        return [self.present(r) for r in _check_pairs(prompts, responses)]
+
+
+__all__ = ["REFUSED_JUDGE_MODULES", "CallablePresence", "RegexPresence", "SubstringPresence",
+           "check_callable_name", "import_callable"]

@@ -5,6 +5,7 @@ config checks, the input checks (:mod:`steerscope.pipeline.inputs`) and the data
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from typing import Any
 
@@ -24,11 +25,14 @@ def _behaviour(spec: str, data_dir: str | None):
 
 def run_behaviour(cfg):
     """The run's :class:`~steerscope.behaviours.Behaviour` (one-line error naming the
-    ``behaviour`` key when it does not load)."""
+    ``behaviour`` key when it does not load), with the run's consent to run its judge's code
+    (``cfg.allow_code``)."""
     try:
-        return _behaviour(cfg.behaviour, cfg.data.data_dir)
+        b = _behaviour(cfg.behaviour, cfg.data.data_dir)
     except SteerscopeError as exc:
         raise SteerscopeError(f"config key 'behaviour': {exc}") from None
+    allow = bool(getattr(cfg, "allow_code", False))
+    return b if b.allow_code == allow else dataclasses.replace(b, allow_code=allow)
 
 
 def split_sources(cfg) -> dict[str, tuple[Any, str]]:

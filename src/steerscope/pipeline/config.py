@@ -4,7 +4,8 @@
 section registered by the stages (:mod:`steerscope.pipeline.stages`, in pipeline order:
 ``model``, ``data``, ``vectors``, ``evaluation``, ``patching``, ``circuits``, ``freeze``,
 ``svv``, ``sparsify``, ``report``) and the top-level ``behaviour`` (a built-in name, default
-``refusal``, or a behaviour YAML file; docs/behaviours.md); each section's dataclass lives with its stage, reads its
+``refusal``, or a behaviour YAML file; docs/behaviours.md) and ``allow_code`` (consent to run a
+judge's code; not part of the run's hash or its ``config.yaml``); each section's dataclass lives with its stage, reads its
 defaults from the library function it configures, and validates itself (``check(cfg)``).
 
 ``load_config(path_or_dict)`` builds a :class:`PipelineConfig`; any key that is not in the
@@ -63,8 +64,11 @@ class _PipelineBase:
     """Methods of :class:`PipelineConfig`."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON-able data (every key, defaults included)."""
-        return dataclasses.asdict(self)
+        """The config as plain JSON-able data (every key, defaults included, except
+        ``allow_code``: consent changes no result, so it is not part of the run's hash)."""
+        data = dataclasses.asdict(self)
+        data.pop("allow_code", None)
+        return data
 
     @property
     def data_seed(self) -> int:
@@ -78,7 +82,10 @@ def _assemble() -> type:
     fields: list[tuple] = [("name", str, field(default="run")),  # run folder prefix
                            ("seed", int, field(default=42)),
                            # a built-in behaviour's name or a behaviour YAML file
-                           ("behaviour", str, field(default=DEFAULT_BEHAVIOUR))]
+                           ("behaviour", str, field(default=DEFAULT_BEHAVIOUR)),
+                           # consent to run a judge's code (a callable judge, a judge model's
+                           # own code); a behaviour file cannot give it (docs/behaviours.md)
+                           ("allow_code", bool, field(default=False))]
     fields += [(name, cls, field(default_factory=cls)) for name, cls in SECTIONS.items()]
     return make_dataclass("PipelineConfig", fields, bases=(_PipelineBase,), namespace={
         "__module__": __name__,

@@ -12,6 +12,9 @@ written or computed (after :func:`steerscope.pipeline.inputs.check_inputs`):
 - ``behaviour``: its listed fast-score tokens encode with the model's tokenizer (when the
   tokenizer is on disk).
 
+:func:`check_code_consent` (run by ``run_pipeline`` after these, before anything is written)
+refuses a judge that runs code without the run's consent, ``allow_code``.
+
 Each failure is one :class:`~steerscope.errors.SteerscopeError` naming the config key.
 """
 
@@ -145,6 +148,30 @@ def check_judge(spec: str | None) -> None:
     if not found:
         raise SteerscopeError(f"{JUDGE_KEY}: judge model '{model}' has no config.json on the "
                               "Hugging Face Hub", "check the id")
+
+
+def check_code_consent(cfg: PipelineConfig) -> None:
+    """Code runs only with ``cfg.allow_code`` (``--allow-code``): the behaviour's
+    ``callable`` judge (imported here when allowed, so a missing module fails now) or a judge
+    model that ships its own code (the behaviour's, ``evaluation.judge``'s,
+    ``patching.judge``'s); one line naming the function or model and the flag otherwise."""
+    from steerscope.behaviours import CODE_CONSENT_FIX, check_judge_code
+    from steerscope.evaluate.judges import model_ships_code
+    from steerscope.pipeline.behaviour import run_behaviour
+
+    try:
+        check_judge_code(run_behaviour(cfg).judge, cfg.allow_code)
+    except SteerscopeError as exc:
+        raise SteerscopeError(f"behaviour {cfg.behaviour}: {exc}") from None
+    if cfg.allow_code:
+        return
+    for key, spec in (("evaluation.judge", cfg.evaluation.judge),
+                      ("patching.judge", cfg.patching.judge)):
+        model = judge_model_id(spec)
+        if model is not None and model_ships_code(model):
+            raise SteerscopeError(f"config key '{key}': judge model '{model}' ships its own "
+                                  "code (auto_map in its config); it runs only when you allow "
+                                  "it", CODE_CONSENT_FIX)
 
 
 def _local_tokenizer(source: str):

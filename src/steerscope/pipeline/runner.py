@@ -21,6 +21,7 @@ whose units are sharded by :mod:`steerscope.pipeline.distributed`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -32,13 +33,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from steerscope.artifacts import atomic_write, atomic_write_json
+from steerscope.artifacts import atomic_write, atomic_write_json, child_path
 from steerscope.environment import environment
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline import distributed
 from steerscope.pipeline.config import PipelineConfig, dump_config, load_config
 from steerscope.pipeline.inputs import Inputs, check_inputs
-from steerscope.pipeline.preflight import preflight
+from steerscope.pipeline.preflight import check_code_consent, preflight
 from steerscope.pipeline.registry import STAGES, Stage, StageOutput, stage_names
 from steerscope.pipeline.store import KEY_CHARS, RunStore, hash_json
 from steerscope.validation import check_output_folder
@@ -148,7 +149,9 @@ def run_hash(cfg: PipelineConfig, inputs: Inputs) -> str:
 
 
 def run_dir_for(cfg: PipelineConfig, inputs: Inputs, out: str | os.PathLike) -> Path:
-    return Path(out).expanduser().absolute() / f"{cfg.name}-{run_hash(cfg, inputs)[:12]}"
+    """``<out>/<name>-<hash>`` (a one-line error when it is a link leading outside ``out``)."""
+    return child_path(Path(out).expanduser().absolute(),
+                      f"{cfg.name}-{run_hash(cfg, inputs)[:12]}", what="run folder")
 
 
 def stage_key(stage: Stage, cfg: PipelineConfig, inputs: Inputs,
@@ -195,13 +198,18 @@ def _resolve_names(names: Sequence[str] | str | None, what: str) -> list[str]:
 
 def run_pipeline(config, out: str | os.PathLike = "runs", *,
                  force: Sequence[str] | str | None = None, until: str | None = None,
-                 progress: bool | None = None, prune: bool = True) -> RunResult:
+                 progress: bool | None = None, prune: bool = True,
+                 allow_code: bool = False) -> RunResult:
     """Run (or resume) the pipeline for ``config`` (a YAML path, dict or PipelineConfig)
     under ``out``; returns what each stage did. ``force``: stage names to recompute;
-    ``until``: stop after this stage. Every check runs before any compute."""
+    ``until``: stop after this stage; ``allow_code``: consent to run a judge's code, as the
+    config's ``allow_code: true`` (``--allow-code``). Every check runs before any compute."""
     force_names = set(_resolve_names(force, "--force"))
     until_name = (_resolve_names(until, "--until") or [None])[0]
     cfg, inputs, run_dir = prepare(config, out)
+    if allow_code and not cfg.allow_code:
+        cfg = dataclasses.replace(cfg, allow_code=True)
+    check_code_consent(cfg)
     dist = distributed.init_from_env()
     if progress is None:
         progress = sys.stderr.isatty()
@@ -356,11 +364,11 @@ def _publish_report(out: StageOutput, run_dir: Path) -> None:
     src = out.dir / REPORT_FILE
     if not src.is_file():
         return
-    atomic_write(run_dir / REPORT_FILE, lambda tmp: shutil.copyfile(src, tmp))
+    atomic_write(child_path(run_dir, REPORT_FILE), lambda tmp: shutil.copyfile(src, tmp))
     figs = out.dir / "figures"
     if figs.is_dir():
         for png in sorted(figs.glob("*.png")):
-            atomic_write(run_dir / "figures" / png.name,
+            atomic_write(child_path(run_dir, "figures", png.name, what="figure"),
                          lambda tmp, png=png: shutil.copyfile(png, tmp))
 
 

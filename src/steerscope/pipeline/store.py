@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from steerscope.artifacts import atomic_write_json, make_temp_folder
+from steerscope.artifacts import atomic_write_json, child_path, make_temp_folder
 from steerscope.errors import SteerscopeError, write_error
 from steerscope.pipeline.registry import StageOutput
 
@@ -201,7 +201,8 @@ class RunStore:
         """Hold the run folder's lock: a second process running the same config fails fast."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            lock_file = open(self.run_dir / ".lock", "a+b")  # noqa: SIM115 - closed below
+            lock_path = child_path(self.run_dir, ".lock")  # not a link leading out
+            lock_file = open(lock_path, "a+b")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise write_error(exc, self.run_dir) from None
         try:

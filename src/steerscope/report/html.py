@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steerscope.artifacts import atomic_write
+from steerscope.artifacts import atomic_write, child_path
 from steerscope.report import figures
 
 CSS = """
@@ -267,7 +267,9 @@ def build_report(results: dict | str | Path, out_dir: str | Path, *,
     check_results(results)
     text, figs = render_report(results, title, explorer=explorer)
     out_dir = Path(out_dir)
+    paths = {name: child_path(out_dir, "figures", f"{name}.png", what="figure name")
+             for name in figs}  # every path checked before the first write
+    html = child_path(out_dir, "report.html")
     for name, png in figs.items():
-        atomic_write(out_dir / "figures" / f"{name}.png", lambda tmp, png=png: Path(tmp).write_bytes(png))
-    return atomic_write(out_dir / "report.html",
-                        lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(paths[name], lambda tmp, png=png: Path(tmp).write_bytes(png))
+    return atomic_write(html, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from steerscope.artifacts import atomic_write_json
+from steerscope.artifacts import atomic_write_json, child_path
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.presence import CallablePresence
@@ -97,7 +97,7 @@ class SweepResult:
         atomic_write_json(folder / "agreement.json", self.agreement)
         if save_vectors:
             for name, sv in self.vectors.items():
-                sv.save(folder / "vectors" / f"{name}.safetensors")
+                sv.save(child_path(folder, "vectors", f"{name}.safetensors", what="vector name"))
         if figures:
             from steerscope.sparsify.figures import plot_agreement, plot_retention
 

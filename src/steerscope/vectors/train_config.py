@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -138,19 +139,22 @@ def lr_factors(config: TrainConfig, steps_per_epoch: int) -> list[float]:
     return [max(0.0, 1.0 - s / total) for s in range(total)]
 
 
-def preset_grid(objective: str, preset: str = "quick", *, seed: int = 42,
-                **overrides: Any) -> list[TrainConfig]:
+def preset_grid(objective: str, preset: str = "quick", *,
+                seed: int | Sequence[int] = 42, **overrides: Any) -> list[TrainConfig]:
     """The grid of :data:`PRESETS` ``[preset]`` for ``objective``: every combination of the
     :data:`GRID_AXES` values (lr, batch size, seed, phi; in that nesting order), the preset's
-    other fields on every config. ``seed``: the seed axis of a preset that leaves it open
-    (``quick``). ``overrides``: a grid axis (a value or a sequence of values) or any other
-    :class:`TrainConfig` field, replacing the preset's. Objectives outside
+    other fields on every config. ``seed``: an int is the seed axis of a preset that leaves it
+    open (``quick``; ``paper`` keeps its seeds 42 and 5); a list or tuple of ints is the seed
+    axis, replacing any preset's. ``overrides``: a grid axis (a value or a sequence of values)
+    or any other :class:`TrainConfig` field, replacing the preset's. Objectives outside
     :data:`PHI_OBJECTIVES` train with the first phi only."""
     if preset not in PRESETS:
         raise SteerscopeError(f"unknown training preset '{preset}'",
                               f"use one of {', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
-    if values["seed"] is None:
+    if isinstance(seed, (list, tuple)):
+        values["seed"] = tuple(seed)
+    elif values["seed"] is None:
         values["seed"] = (seed,)
     for key, value in overrides.items():
         if key in GRID_AXES and not isinstance(value, (list, tuple)):

@@ -89,7 +89,7 @@ def test_judge_kinds(tmp_path, monkeypatch):
     assert rx.judge(prompts, texts) == [True, False, False]
     (tmp_path / "myjudge.py").write_text("def has_hello(text):\n    return 'hello' in text\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    fn = make_judge({"kind": "callable", "function": "myjudge:has_hello"})
+    fn = make_judge({"kind": "callable", "function": "myjudge:has_hello"}, allow_code=True)
     assert fn.judge(prompts, texts) == [False, True, False]
     from steerscope.evaluate.judges import ChatModelJudge, ClassifierJudge
 
@@ -132,7 +132,7 @@ def test_classifier_and_chat_judges_on_tiny_models():
     ({"absent": {"train": "absent_train.txt", "val": "absent_val.txt"}}, "absent.test"),
     ({"judge": {"kind": "llm-vibes"}}, "judge.kind"),
     ({"judge": {"kind": "regex", "patterns": ["(unclosed"]}}, "judge.patterns"),
-    ({"judge": {"kind": "callable", "function": "no_such_module_xyz:f"}}, "judge.function"),
+    ({"judge": {"kind": "callable", "function": "os:system"}}, "judge.function"),
     ({"judge": {"kind": "substring"}}, "judge.substrings"),
     ({"judge": {"kind": "substring", "substrings": ["x"], "colour": 1}}, "colour"),
     ({"colour": "blue"}, "colour"),

@@ -82,10 +82,11 @@ def patched_vectors(ctx, inputs: dict[str, StageOutput], arch) -> dict:
     return {m: vectors[m] for m in methods}
 
 
-def behaviour_detector(inputs: dict[str, StageOutput]):
+def behaviour_detector(inputs: dict[str, StageOutput], allow_code: bool = False):
     """``present(text) -> bool``: the run's behaviour judge on one completion (refusal: the
-    paper's substring matcher), from the data stage's ``behaviour.json``."""
-    judge = stage_behaviour(inputs["data"]).make_judge()
+    paper's substring matcher), from the data stage's ``behaviour.json``; ``allow_code``: the
+    run's consent to run the judge's code (``config.allow_code``)."""
+    judge = stage_behaviour(inputs["data"], allow_code).make_judge()
     return lambda text: bool(judge.judge([""], [text])[0])
 
 
@@ -96,9 +97,10 @@ def score_ids(inputs: dict[str, StageOutput]) -> list[int] | None:
     return None if ids is None else [int(i) for i in ids]
 
 
-def stage_behaviour(data: StageOutput):
-    """The behaviour a finished data stage recorded (its ``behaviour.json``)."""
+def stage_behaviour(data: StageOutput, allow_code: bool = False):
+    """The behaviour a finished data stage recorded (its ``behaviour.json``), with the run's
+    consent to run its judge's code (``allow_code``, from ``config.allow_code``)."""
     from steerscope.behaviours import behaviour_from_dict
 
     return behaviour_from_dict(read_json(data, BEHAVIOUR_FILE)["definition"],
-                               check_sources=False)
+                               check_sources=False, allow_code=allow_code)

@@ -62,13 +62,13 @@ def evaluation_stage(ctx, section, inputs) -> dict[str, Any]:
     if section.judge is not None and ctx.is_main:
         from steerscope.evaluate import get_judge
 
-        judge = get_judge(section.judge)
+        judge = get_judge(section.judge, trust_remote_code=ctx.config.allow_code)
     table = sharded_steering_eval(
         lm.model, lm.tokenizer, vectors, p["harmful_test"], p["harmless_test"], arch=lm.arch,
         bypass_alpha=section.bypass_alpha, induce_alpha=section.induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=section.batch_size, judge=judge,
         dist=ctx.dist, progress=ctx.progress, score_ids=score_ids(inputs),
-        present=behaviour_detector(inputs))
+        present=behaviour_detector(inputs, ctx.config.allow_code))
     if ctx.is_main:
         atomic_write_json(ctx.out / EVAL_FILE, table)
     for r in table["rows"]:

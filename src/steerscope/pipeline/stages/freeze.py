@@ -70,7 +70,8 @@ def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
         first(p["harmful_test"], section.n_prompts), first(p["harmless_test"], section.n_prompts),
         modes=section.modes, bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=ev.batch_size, arch=lm.arch,
-        vector_name=section.method, behaviour=stage_behaviour(inputs["data"]),
+        vector_name=section.method,
+        behaviour=stage_behaviour(inputs["data"], ctx.config.allow_code),
         score_ids=score_ids(inputs))  # the vectors stage's (score_tokens: auto needs them)
     res.save(ctx.out)
     for line in res.table().splitlines():

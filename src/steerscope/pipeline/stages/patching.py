@@ -210,8 +210,8 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
     if section.flip == "refusal" and section.judge is not None and ctx.is_main:
         from steerscope.evaluate import get_judge
 
-        judge = get_judge(section.judge)
-    present = behaviour_detector(inputs)
+        judge = get_judge(section.judge, trust_remote_code=ctx.config.allow_code)
+    present = behaviour_detector(inputs, ctx.config.allow_code)
     methods, skipped, summary = {}, {}, {}
     for m in patched_methods(ctx.config):
         if m not in vectors:

@@ -114,7 +114,7 @@ def sparsify_stage(ctx, section, inputs) -> dict[str, Any]:
         rules=[canonical_rule(r) for r in section.rules], seed=section.seed,
         bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, max_new_tokens=max_new,
         batch_size=ev.batch_size, arch=lm.arch, progress=ctx.progress and ctx.is_main,
-        behaviour=stage_behaviour(inputs["data"]))
+        behaviour=stage_behaviour(inputs["data"], ctx.config.allow_code))
     res.save(ctx.out)
     for line in res.table().splitlines():
         ctx.log(line)

@@ -31,14 +31,17 @@ OVERRIDES = ("lr", "batch_size", "seed", "phi", "epochs", "max_response_tokens",
 def train_configs(objective: str, section: TrainSection, seed: int) -> list:
     """The grid of :class:`~steerscope.vectors.trained.TrainConfig` for one objective: the
     preset's values (``quick``: the top-level seed; ``paper``: seeds 42 and 5, φ ∈ {2e-2,
-    1e-5} for PO; both: the paper's selection conventions), each overridable by the config."""
+    1e-5} for PO; both: the paper's selection conventions), each overridable by the config
+    (``<objective>.seed``: a list of seeds, the grid's seed axis)."""
     from steerscope.vectors.train_config import preset_grid
 
     overrides: dict[str, Any] = {k: getattr(section, k) for k in OVERRIDES
                                  if getattr(section, k) is not None}
     if section.factors is not None:
         overrides["factors"] = tuple(section.factors)
-    return preset_grid(objective, section.preset, seed=seed, **overrides)
+    seeds = overrides.pop("seed", None)  # the seed axis: preset_grid's seed takes a list
+    return preset_grid(objective, section.preset,
+                       seed=seed if seeds is None else tuple(seeds), **overrides)
 
 
 def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]], behaviour=None):
@@ -83,9 +86,9 @@ def trained_stage(ctx, section, inputs) -> dict[str, Any]:
 
     lm = ctx.model()
     dim = SteeringVector.load(inputs["vectors"].path("dim.safetensors"), lm.arch)
+    behaviour = stage_behaviour(inputs["data"], ctx.config.allow_code)
     train, val = preference_splits(ctx, lm, dim, section,
-                                   read_json(inputs["data"], PROMPTS_FILE),
-                                   behaviour=stage_behaviour(inputs["data"]))
+                                   read_json(inputs["data"], PROMPTS_FILE), behaviour=behaviour)
     methods = {}
     for obj in objectives:
         res = train_grid(lm.model, lm.tokenizer, train, layer=dim.layer,
