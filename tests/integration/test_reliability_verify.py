@@ -6,7 +6,9 @@ recorded in a sealed run.json). Each row of the table damages one thing of a fin
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 
@@ -15,6 +17,7 @@ from conftest import write_pipeline_workdir
 from test_pipeline import _snapshot, tiny_config
 
 from steerscope.cli import main
+from steerscope.demo.recipe import DemoRecipe
 from steerscope.pipeline import run_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
@@ -147,3 +150,111 @@ def test_steerscope_report_rerecords_the_report_it_rewrites(finished, tmp_path, 
     capsys.readouterr()
     assert main(["run", str(run_dir), "--verify"]) == 2
     assert "results.json" in capsys.readouterr().err
+
+
+# --- cached model folders -------------------------------------------------------------------
+
+TINY_RECIPE = DemoRecipe(steps=2, batch_size=4, max_response_tokens=6, lr=1e-3,
+                         warmup_steps=1, first_trained_layer=1)
+
+
+def _tiny_build(calls):
+    """build_demo_model on the tiny llama model (a second's work), counting its calls."""
+    from steerscope.demo import model as dm
+    from steerscope.models.tiny import tiny_model, tiny_tokenizer
+
+    real = dm.build_demo_model
+
+    def build(tmp, recipe, progress=True):
+        calls.append(tmp)
+        return real(tmp, recipe, base=(tiny_model("llama"), tiny_tokenizer()), progress=False,
+                    max_prompts=4)
+
+    return build
+
+
+def _flip_middle_keep_mtime(path):
+    """One byte of ``path`` changed in place, same size, its mtime set back."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(st.st_size // 2)
+        byte = fh.read(1)
+        fh.seek(st.st_size // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_corrupted_cached_model_is_found_at_load_and_rebuilt(tmp_path, monkeypatch, capsys):
+    """The cached demo model's model.safetensors corrupted at the same size with its mtime
+    restored: the next load says so in one line and rebuilds the folder; the rebuilt files
+    match their recorded sha256 (hashed here independently)."""
+    from steerscope.artifacts import MANIFEST_NAME
+    from steerscope.demo import model as dm
+
+    calls = []
+    monkeypatch.setattr(dm, "build_demo_model", _tiny_build(calls))
+    folder = dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE, progress=False)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert set(manifest["sha256"]) == set(manifest["files"]) >= {"model.safetensors"}
+    assert dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE) == folder and len(calls) == 1
+    capsys.readouterr()
+    _flip_middle_keep_mtime(folder / "model.safetensors")
+    assert dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE) == folder and len(calls) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "damaged" in line]
+    assert len(err) == 1 and "model.safetensors differs" in err[0] and str(folder) in err[0]
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    for name, digest in manifest["sha256"].items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
+
+
+def test_model_verify_hashes_regardless_of_the_fast_path(tmp_path, monkeypatch, capsys):
+    """A change the fast path cannot see (the sidecar's size/mtime/inode/ctime rewritten to
+    the damaged file's, as a bad disk sector would leave them) is found by
+    ``steerscope model verify`` (exit 2, one line naming the folder); the next load then
+    hashes again and rebuilds."""
+    from steerscope.demo import model as dm
+    from steerscope.models.cache_check import VERIFIED_NAME
+
+    calls = []
+    monkeypatch.setattr(dm, "build_demo_model", _tiny_build(calls))
+    folder = dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE, progress=False)
+    assert main(["model", "verify", "--cache-dir", str(tmp_path)]) == 0
+    assert f"{folder.name}  ok" in capsys.readouterr().out
+    target = folder / "model.safetensors"
+    _flip_middle_keep_mtime(target)
+    sidecar = json.loads((folder / VERIFIED_NAME).read_text())
+    st = target.stat()
+    sidecar["checked"]["model.safetensors"] = [st.st_size, st.st_mtime_ns, st.st_ino,
+                                               st.st_ctime_ns]
+    (folder / VERIFIED_NAME).write_text(json.dumps(sidecar))
+    assert dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE) == folder and len(calls) == 1
+    capsys.readouterr()
+    assert main(["model", "verify", "--cache-dir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "damaged: model.safetensors differs" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and folder.name in err[0] and "rebuilds it" in err[0]
+    assert dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE) == folder and len(calls) == 2
+    assert main(["model", "verify", "--cache-dir", str(tmp_path)]) == 0
+
+
+def test_a_folder_built_before_digests_adopts_them_at_first_load(tmp_path, monkeypatch):
+    """A manifest without sha256 (built by an older steerscope) is not rebuilt: its digests
+    are taken at the first load, and a later corruption is found against them."""
+    from steerscope.artifacts import MANIFEST_NAME
+    from steerscope.demo import model as dm
+    from steerscope.models.cache_check import VERIFIED_NAME
+
+    calls = []
+    monkeypatch.setattr(dm, "build_demo_model", _tiny_build(calls))
+    folder = dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE, progress=False)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    del manifest["sha256"]
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (folder / VERIFIED_NAME).unlink()
+    assert dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE) == folder and len(calls) == 1
+    adopted = json.loads((folder / VERIFIED_NAME).read_text())["adopted"]
+    assert adopted["model.safetensors"] == hashlib.sha256(
+        (folder / "model.safetensors").read_bytes()).hexdigest()
+    _flip_middle_keep_mtime(folder / "model.safetensors")
+    assert dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE) == folder and len(calls) == 2
