@@ -91,9 +91,8 @@ def print_run(res) -> bool:
 
 
 def cmd_report(args) -> dict:
-    from steerscope.report.explorer import build_run_report
-
     from steerscope.pipeline.run_files import rerecord_report_files
+    from steerscope.report.explorer import build_run_report
 
     path = build_run_report(args.run_dir, args.out, title=args.title,
                             explorer=not args.no_explorer, model=not args.no_model)

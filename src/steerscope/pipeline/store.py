@@ -31,7 +31,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from steerscope.artifacts import atomic_write_json, file_sha256, make_temp_folder, seal, seal_problem
+from steerscope.artifacts import (
+    atomic_write_json,
+    file_sha256,
+    make_temp_folder,
+    seal,
+    seal_problem,
+)
 from steerscope.errors import SteerscopeError, write_error
 from steerscope.pipeline.registry import StageOutput
 
