@@ -127,6 +127,20 @@ def seal_problem(record: Any, name: str) -> str | None:
     return None
 
 
+def read_sealed_json(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
+    """``(record, None)`` for a sealed JSON record file (:func:`seal`) that is unedited, else
+    ``({}, problem)``: missing, unreadable, not sealed, or edited since it was written."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, f"{path.name} is missing"
+    except (OSError, ValueError) as exc:
+        return {}, f"{path.name} is unreadable ({type(exc).__name__})"
+    problem = seal_problem(record, path.name)
+    return (record, None) if problem is None else ({}, problem)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
     """Write ``obj`` as strict JSON (NaN → null) atomically."""
     text = json.dumps(_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False)

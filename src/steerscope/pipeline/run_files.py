@@ -11,11 +11,10 @@ and are not checked; under ``figures/`` every file must be one the run wrote.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from steerscope.artifacts import atomic_write_json, file_sha256, seal, seal_problem
+from steerscope.artifacts import atomic_write_json, file_sha256, read_sealed_json, seal
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -43,15 +42,7 @@ def file_records(run_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]:
 def read_run_json(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     """``run.json`` of ``run_dir`` and None, or ``({}, problem)`` when it is missing,
     unreadable, not a JSON object, or edited since the run wrote it."""
-    path = run_dir / RUN_FILE
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}, f"{RUN_FILE} is missing"
-    except (OSError, ValueError) as exc:
-        return {}, f"{RUN_FILE} is unreadable ({type(exc).__name__})"
-    problem = seal_problem(record, RUN_FILE)
-    return (record, None) if problem is None else ({}, problem)
+    return read_sealed_json(run_dir / RUN_FILE)
 
 
 def file_problem(run_dir: Path, rel: str, expected: Any) -> str | None:

@@ -35,8 +35,8 @@ from steerscope.artifacts import (
     atomic_write_json,
     file_sha256,
     make_temp_folder,
+    read_sealed_json,
     seal,
-    seal_problem,
 )
 from steerscope.errors import SteerscopeError, write_error
 from steerscope.pipeline.registry import StageOutput
@@ -73,18 +73,11 @@ def read_stage_record(folder: Path) -> tuple[dict[str, Any], str | None]:
     JSON object with a digest (an interrupted copy, a truncated file), or edited since it was
     written (its seal, :func:`steerscope.artifacts.seal`, no longer matches: e.g. a digit of
     ``outputs`` changed)."""
-    path = folder / STAGE_FILE
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}, f"{STAGE_FILE} is missing"
-    except (OSError, ValueError) as exc:
-        return {}, f"{STAGE_FILE} is unreadable ({type(exc).__name__})"
-    if not isinstance(record, dict) or not isinstance(record.get("digest"), str):
-        return {}, f"{STAGE_FILE} records no digest"
-    problem = seal_problem(record, STAGE_FILE)
+    record, problem = read_sealed_json(folder / STAGE_FILE)
     if problem is not None:
         return {}, problem
+    if not isinstance(record.get("digest"), str):
+        return {}, f"{STAGE_FILE} records no digest"
     return record, None
 
 
