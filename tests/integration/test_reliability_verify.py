@@ -145,6 +145,9 @@ def test_steerscope_report_rerecords_the_report_it_rewrites(finished, tmp_path, 
     assert main(["report", str(run_dir), "--title", "Another title", "--no-model"]) == 0
     assert "Another title" in (run_dir / "report.html").read_text()
     assert main(["run", str(run_dir), "--verify"]) == 0
+    assert main(["explore", str(run_dir), "--rebuild", "--no-open", "--no-model",
+                 "--max-edges", "5"]) == 0
+    assert main(["run", str(run_dir), "--verify"]) == 0
     _edit_digit(run_dir / "results.json", '"steering"')
     assert main(["report", str(run_dir), "--no-model"]) == 0
     capsys.readouterr()

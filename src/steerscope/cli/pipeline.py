@@ -91,13 +91,12 @@ def print_run(res) -> bool:
 
 
 def cmd_report(args) -> dict:
-    from steerscope.pipeline.run_files import rerecord_report_files
+    from steerscope.pipeline.run_files import record_rebuilt_report
     from steerscope.report.explorer import build_run_report
 
     path = build_run_report(args.run_dir, args.out, title=args.title,
                             explorer=not args.no_explorer, model=not args.no_model)
-    if path.parent.resolve() == Path(args.run_dir).resolve():
-        rerecord_report_files(path.parent)  # run.json's record of report.html and figures/
+    record_rebuilt_report(path, Path(args.run_dir))  # run.json's record of report.html
     print(f"report: {path}")
     return {"report": str(path)}
 

@@ -105,3 +105,11 @@ def rerecord_report_files(run_dir: Path) -> bool:
     files.update(file_records(run_dir, [n for n in written_files(run_dir) if is_report_file(n)]))
     write_run_json(run_dir, record, files)
     return True
+
+
+def record_rebuilt_report(report: Path, run_dir: Path) -> bool:
+    """:func:`rerecord_report_files` when ``report`` (a rebuilt report.html) lies in the run
+    folder ``run_dir`` itself (``steerscope report``/``explore`` without ``--out``)."""
+    if Path(report).parent.resolve() != Path(run_dir).resolve():
+        return False
+    return rerecord_report_files(Path(run_dir))
