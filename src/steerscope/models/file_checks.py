@@ -73,30 +73,39 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
-def layer_count(names: list[str]) -> int | None:
-    """1 + the highest layer index in the tensor names (None when no name has one)."""
-    found = [int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))]
-    return max(found) + 1 if found else None
+def layer_counts(names: list[str]) -> set[int]:
+    """For each stack of numbered layers in the tensor names (grouped by the text before the
+    index, e.g. ``model.layers.``; a multimodal model has one per tower): 1 + its highest
+    index. Empty when no name has a layer index."""
+    highest: dict[str, int] = {}
+    for n in names:
+        m = LAYER_INDEX.search(n)
+        if m:
+            prefix = n[:m.start(1)]
+            highest[prefix] = max(highest.get(prefix, -1), int(m.group(1)))
+    return {h + 1 for h in highest.values()}
 
 
-def check_depth(config: dict, where: str, layers_in_weights: int | None) -> None:
+def check_depth(config: dict, where: str, layers_in_weights: set[int]) -> None:
     """``num_hidden_layers`` of a raw config (its ``text_config`` first) is a positive integer
-    and, when the weights were read, the number of layers they hold."""
+    and, when the weights were read (``layers_in_weights``: :func:`layer_counts`), the length
+    of one of their layer stacks."""
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else None
     for c in (text, config):
         if not c or "num_hidden_layers" not in c:
             continue
         depth = c["num_hidden_layers"]
+        held = " or ".join(str(n) for n in sorted(layers_in_weights))
         fix = f"set num_hidden_layers in {where} to the model's layer count"
-        if layers_in_weights is not None:
-            fix += f" ({layers_in_weights})"
+        if held:
+            fix += f" ({held})"
         if isinstance(depth, bool) or not isinstance(depth, (int, float)) \
                 or not math.isfinite(depth) or depth != int(depth) or depth < 1:
             raise SteerscopeError(f"{where}: num_hidden_layers is {depth!r}, not a positive "
                                   "integer", fix)
-        if layers_in_weights is not None and int(depth) != layers_in_weights:
+        if layers_in_weights and int(depth) not in layers_in_weights:
             raise SteerscopeError(f"{where}: num_hidden_layers is {depth!r} but the weights "
-                                  f"hold {layers_in_weights} layers", fix)
+                                  f"hold {held} layers", fix)
         return
 
 
@@ -115,7 +124,7 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     except (OSError, ValueError):
         return  # read_config_json names this problem
     if isinstance(config, dict):
-        check_depth(config, str(config_path), layer_count(names) if names else None)
+        check_depth(config, str(config_path), layer_counts(names))
 
 
 # --- GGUF ------------------------------------------------------------------------------------
@@ -205,8 +214,9 @@ def check_gguf_file(path: str | os.PathLike) -> dict:
         raise damaged(path, f"{size} bytes, its tensors need {start + needed}")
     arch = meta.get("general.architecture")
     blocks = meta.get(f"{arch}.block_count")
-    found = layer_count(names)
-    if blocks is not None and found is not None and blocks != found:
+    found = layer_counts(names)
+    if blocks is not None and found and blocks not in found:
         raise SteerscopeError(f"{path}: {arch}.block_count is {blocks} but the tensors hold "
-                              f"{found} layers", "pass an undamaged .gguf file")
+                              f"{' or '.join(map(str, sorted(found)))} layers",
+                              "pass an undamaged .gguf file")
     return meta
