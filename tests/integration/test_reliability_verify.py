@@ -417,3 +417,27 @@ def test_a_missing_judge_model_of_a_behaviour_is_found_in_preflight(workdir, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "judge.model" in err[0] and str(missing) in err[0], err
     assert not out.exists() or not any(out.rglob("*.safetensors"))  # nothing computed
+
+
+def test_a_run_json_naming_a_file_outside_the_run_is_damage_never_touched(finished, tmp_path,
+                                                                          capsys):
+    """A (re-sealed) run.json whose records name ``figures/../../victim.txt``: --verify says
+    run.json is damaged, the rerun rewrites run.json and never reads or deletes the file."""
+    from steerscope.artifacts import seal
+
+    cfg, ref, reference = finished
+    out = tmp_path / "runs"
+    out.mkdir()
+    run_dir = out / ref.run_dir.name
+    shutil.copytree(ref.run_dir, run_dir)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    record = json.loads((run_dir / "run.json").read_text())
+    record["files"]["figures/../../victim.txt"] = {"size": 1, "sha256": "0" * 64}
+    (run_dir / "run.json").write_text(json.dumps(seal(record)))
+    assert main(["run", str(run_dir), "--verify"]) == 2
+    assert "which is no file of the run" in capsys.readouterr().out
+    again = run_pipeline(cfg, out, progress=False)
+    assert again.ran == [] and victim.read_text() == "keep me"
+    assert _snapshot(run_dir) == reference
+    assert main(["run", str(run_dir), "--verify"]) == 0

@@ -72,6 +72,9 @@ def check_run_files(run_dir: Path) -> dict[str, str | None]:
         return {RUN_FILE: f"{RUN_FILE} records no digests of the top-level files"}
     report: dict[str, str | None] = {RUN_FILE: None}
     for rel, expected in sorted(files.items()):
+        if not is_run_file(rel):  # never read (or later rewrite) a path run.json made up
+            report[RUN_FILE] = f"{RUN_FILE} records {rel!r}, which is no file of the run"
+            continue
         report[rel] = file_problem(run_dir, rel, expected)
     for rel in written_files(run_dir):
         if rel not in files and rel.startswith(f"{FIGURES}/"):
@@ -89,8 +92,16 @@ def write_run_json(run_dir: Path, record: dict[str, Any],
 
 
 def is_report_file(rel: str) -> bool:
-    """Whether ``rel`` is one of the report's top-level files (report.html, figures/*)."""
-    return rel == REPORT_FILE or rel.startswith(f"{FIGURES}/")
+    """Whether ``rel`` is one of the report's top-level files (``report.html``, or a plain
+    name under ``figures/``: no deeper folder, no ``..``)."""
+    name = rel[len(FIGURES) + 1:] if rel.startswith(f"{FIGURES}/") else None
+    return rel == REPORT_FILE or (bool(name) and "/" not in name and "\\" not in name
+                                  and name not in (".", ".."))
+
+
+def is_run_file(rel: str) -> bool:
+    """Whether ``rel`` names a file the run writes at the top of its folder."""
+    return rel in (CONFIG_FILE, RESULTS_FILE) or is_report_file(rel)
 
 
 def rerecord_report_files(run_dir: Path) -> bool:
