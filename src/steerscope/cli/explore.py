@@ -13,6 +13,7 @@ EXPLORER_MARK = 'id="explorer-data"'
 
 
 def cmd_explore(args) -> dict:
+    from steerscope.pipeline.run_files import record_rebuilt_report
     from steerscope.report.explorer import build_run_report
 
     run_dir = Path(args.run_dir)
@@ -22,6 +23,7 @@ def cmd_explore(args) -> dict:
     if args.rebuild or not fresh:
         report = build_run_report(run_dir, out, model=not args.no_model,
                                   max_edges=args.max_edges)
+        record_rebuilt_report(report, run_dir)  # run.json's record of report.html
         if EXPLORER_MARK not in report.read_text(encoding="utf-8"):
             raise SteerscopeError(f"{run_dir} has no patching results to explore",
                                   "run the pipeline with the patching stage enabled")

@@ -26,9 +26,12 @@ def cmd_run(args) -> dict | None:
 
 def verify_run(config: str, out: str) -> dict:
     """Check every stage folder of a run folder (CONFIG's, or CONFIG itself when it is a
-    run folder) against its ``stage.json``; print one line per folder; a one-line error when
-    any is damaged or missing. Computes nothing. Returns ``{run_dir, folders: {name: "ok"}}``."""
+    run folder) against its ``stage.json`` (which must itself be unedited), and the top-level
+    files (config.yaml, results.json, report.html, figures/) against ``run.json``; print one
+    line per folder and file; a one-line error naming what is damaged or missing. Computes
+    nothing. Returns ``{run_dir, folders: {name: "ok"}, files: {name: "ok"}}``."""
     from steerscope.pipeline import prepare
+    from steerscope.pipeline.run_files import check_run_files
     from steerscope.pipeline.store import verify_folder
 
     run_dir = Path(config)
@@ -42,22 +45,29 @@ def verify_run(config: str, out: str) -> dict:
     if recorded.is_file():
         try:
             stages = json.loads(recorded.read_text(encoding="utf-8")).get("stages", {})
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, OSError):
             stages = {}
         for rec in stages.values() if isinstance(stages, dict) else []:
             folder = rec.get("dir") if isinstance(rec, dict) else None
             if isinstance(folder, str) and folder not in report:
                 report[folder] = "the folder is missing"
-    width = max((len(n) for n in report), default=0)
-    for folder, problem in sorted(report.items()):
-        print(f"{folder:{width}s}  {'ok' if problem is None else 'damaged: ' + problem}")
+    files = check_run_files(run_dir)
+    width = max((len(n) for n in [*report, *files]), default=0)
+    for name, problem in [*sorted(report.items()), *files.items()]:
+        print(f"{name:{width}s}  {'ok' if problem is None else 'damaged: ' + problem}")
     bad = sorted(f for f, problem in report.items() if problem is not None)
-    if bad:
-        raise SteerscopeError(f"{len(bad)} stage folder(s) of {run_dir} are damaged "
-                              f"({', '.join(bad)})",
-                              "rerun 'steerscope run' with the same config: it recomputes them")
-    print(f"{run_dir}: {len(report)} stage folder(s), all match their stage.json")
-    return {"run_dir": str(run_dir), "folders": {f: "ok" for f in sorted(report)}}
+    bad_files = [f for f, problem in files.items() if problem is not None]
+    if bad or bad_files:
+        what = [f"{n} {kind}" for n, kind in ((len(bad), "stage folder(s)"),
+                                              (len(bad_files), "top-level file(s)")) if n]
+        raise SteerscopeError(f"{' and '.join(what)} of {run_dir} are damaged "
+                              f"({', '.join([*bad, *bad_files])})",
+                              "rerun 'steerscope run' with the same config: it recomputes and "
+                              "rewrites them")
+    print(f"{run_dir}: {len(report)} stage folder(s), all match their stage.json; "
+          f"{len(files)} top-level file(s) match run.json")
+    return {"run_dir": str(run_dir), "folders": {f: "ok" for f in sorted(report)},
+            "files": {f: "ok" for f in files}}
 
 
 def print_run(res) -> bool:
@@ -81,10 +91,12 @@ def print_run(res) -> bool:
 
 
 def cmd_report(args) -> dict:
+    from steerscope.pipeline.run_files import record_rebuilt_report
     from steerscope.report.explorer import build_run_report
 
     path = build_run_report(args.run_dir, args.out, title=args.title,
                             explorer=not args.no_explorer, model=not args.no_model)
+    record_rebuilt_report(path, Path(args.run_dir))  # run.json's record of report.html
     print(f"report: {path}")
     return {"report": str(path)}
 
@@ -101,7 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true",
                    help="compute nothing: check every finished stage folder of the run folder "
                         "(CONFIG's, or CONFIG itself if it is a run folder) against the sizes "
-                        "and digest in its stage.json")
+                        "and digest in its stage.json, and the top-level files (results.json, "
+                        "report.html, figures, config.yaml) against run.json")
     common.add_json_arg(p, "the run folder, results/report paths and each stage's record")
     p.set_defaults(func=cmd_run)
 

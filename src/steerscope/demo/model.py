@@ -25,6 +25,12 @@ from steerscope.demo.recipe import (
     prepare_base,
 )
 from steerscope.errors import SteerscopeError
+from steerscope.models.cache_check import (
+    DIGESTS_KEY,
+    VERIFIED_NAME,
+    cached_folder_ok,
+    record_digests,
+)
 from steerscope.models.loading import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
@@ -92,7 +98,8 @@ def build_demo_model(folder: str | os.PathLike, recipe: DemoRecipe = DEFAULT_REC
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     manifest["files"] = {p.name: p.stat().st_size for p in sorted(folder.iterdir())
-                         if p.is_file() and p.name != MANIFEST_NAME}
+                         if p.is_file() and p.name not in (MANIFEST_NAME, VERIFIED_NAME)}
+    manifest[DIGESTS_KEY] = record_digests(folder, list(manifest["files"]))
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("built the demo model in %.0f s", manifest["duration_s"]["total"])
     return manifest
@@ -100,7 +107,7 @@ def build_demo_model(folder: str | os.PathLike, recipe: DemoRecipe = DEFAULT_REC
 
 def _demo_valid(folder: Path, recipe_hash: str, model_name: str = DEMO_MODEL) -> bool:
     """Whether ``folder`` holds a complete demo model ``model_name`` of the recipe with
-    ``recipe_hash``."""
+    ``recipe_hash`` (every file of its recorded size and sha256)."""
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text())
         if manifest.get("model") != model_name or manifest.get("recipe_hash") != recipe_hash:
@@ -108,9 +115,11 @@ def _demo_valid(folder: Path, recipe_hash: str, model_name: str = DEMO_MODEL) ->
         files = manifest["files"]
         if "config.json" not in files:
             return False
-        return all((folder / name).stat().st_size == size for name, size in files.items())
+        if not all((folder / name).stat().st_size == size for name, size in files.items()):
+            return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+    return cached_folder_ok(folder, manifest)
 
 
 def demo_model_dir(cache_dir: str | os.PathLike | None = None, *,

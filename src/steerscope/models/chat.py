@@ -131,6 +131,25 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
     return text
 
 
+def check_template_renders(tokenizer, where: str) -> None:
+    """Render a one-message chat once with the tokenizer's chat template (none: nothing to
+    check), so that a template with a Jinja syntax error, one the sandbox blocks or one that
+    raises fails when the model loads, in one line naming ``where``, not at the first prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    try:
+        _render(tokenizer, [{"role": "user", "content": "Hello."}], add_generation_prompt=True)
+    except SteerscopeError:
+        raise
+    except Exception as exc:  # jinja2 syntax/security/undefined errors, raise_exception(...)
+        lines = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+        raise SteerscopeError(
+            f"the chat template of {where} does not render a one-message chat ({detail})",
+            "fix chat_template in the model's tokenizer_config.json or chat_template.jinja, "
+            "or set model.chat_template (--chat-template) to a working one") from None
+
+
 def resolve_chat_template(spec: str) -> str:
     """The Jinja text of a chat-template spec: a name of :data:`NAMED_CHAT_TEMPLATES` or
     Jinja text itself (anything containing ``{{`` or ``{%``)."""
@@ -160,6 +179,7 @@ def set_chat_template(tokenizer, spec: str | None):
             f"'{_name(tokenizer)}' does not have",
             "use it with a Llama-3 model, or keep the tokenizer's own template")
     tokenizer.chat_template = template
+    check_template_renders(tokenizer, f"chat template '{spec}'")
     return tokenizer
 
 
@@ -317,6 +337,7 @@ __all__ = [
     "NAMED_CHAT_TEMPLATES",
     "PINNED_DATE_STRING",
     "check_chat_template",
+    "check_template_renders",
     "check_formatted_prompts",
     "encode_prompts",
     "format_prompt",

@@ -8,7 +8,6 @@ a verified float32 safetensors copy under ``$STEERSCOPE_CACHE`` (default
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -19,8 +18,9 @@ from pathlib import Path
 import torch
 
 from steerscope import artifacts
-from steerscope.artifacts import MANIFEST_NAME, atomic_build_dir, package_version
+from steerscope.artifacts import MANIFEST_NAME, atomic_build_dir, file_sha256, package_version
 from steerscope.errors import ModelNotFoundError, SteerscopeError
+from steerscope.models.cache_check import DIGESTS_KEY, cached_folder_ok, record_digests
 from steerscope.models.gguf import gguf_depth, load_gguf, quiet_transformers, strip_quantization
 from steerscope.models.sources import config_depth
 
@@ -81,18 +81,11 @@ def embedded_shape() -> tuple[int, str | None]:
     return gguf_depth(embedded_gguf_path())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def embedded_cache_valid(folder: Path) -> bool:
     """Whether ``folder`` holds a complete cached copy built from the installed GGUF file:
-    its manifest is readable, every listed file has its recorded size, and the source file
-    (when the package is installed) is the one it was built from."""
+    its manifest is readable, every listed file has its recorded size and sha256
+    (:mod:`steerscope.models.cache_check`), and the source file (when the package is
+    installed) is the one it was built from."""
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text())
         if manifest.get("format") != MANIFEST_FORMAT or manifest.get("model") != DEFAULT_MODEL:
@@ -109,13 +102,15 @@ def embedded_cache_valid(folder: Path) -> bool:
     try:
         gguf = embedded_gguf_path()
     except SteerscopeError:
-        return True  # the package is gone, but the verified copy is still good
-    st = gguf.stat()
-    if st.st_size != source.get("size"):
-        return False
-    if st.st_mtime_ns == source.get("mtime_ns"):
-        return True
-    return _sha256(gguf) == source.get("sha256")  # reinstalled: same file?
+        gguf = None  # the package is gone, but the verified copy is still good
+    if gguf is not None:
+        st = gguf.stat()
+        if st.st_size != source.get("size"):
+            return False
+        if st.st_mtime_ns != source.get("mtime_ns") and \
+                file_sha256(gguf) != source.get("sha256"):  # reinstalled: same file?
+            return False
+    return cached_folder_ok(folder, manifest)
 
 
 def _build_embedded(tmp: Path, gguf: Path) -> None:
@@ -174,11 +169,12 @@ def _build_embedded(tmp: Path, gguf: Path) -> None:
             "package": EMBEDDED_DISTRIBUTION,
             "package_version": package_version(EMBEDDED_DISTRIBUTION),
             "file": gguf.name,
-            "sha256": _sha256(gguf),
+            "sha256": file_sha256(gguf),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
         },
         "files": files,
+        DIGESTS_KEY: record_digests(tmp, list(files)),
         "verification": {
             "messages": list(VERIFY_MESSAGES),
             "n_tokens": int(ids.shape[1]),

@@ -27,6 +27,7 @@ import torch
 from steerscope import artifacts
 from steerscope.artifacts import MANIFEST_NAME, atomic_build_dir, package_version
 from steerscope.errors import ModelNotFoundError, SteerscopeError
+from steerscope.models.cache_check import DIGESTS_KEY, cached_folder_ok, record_digests
 from steerscope.models.gguf import load_gguf, quiet_transformers, strip_quantization
 from steerscope.models.sources import config_depth
 
@@ -121,16 +122,18 @@ def gemma3_cache_folder(cache_root: str | os.PathLike | None = None) -> Path:
 
 def gemma3_cache_valid(folder: Path) -> bool:
     """Whether ``folder`` holds a complete copy (manifest readable, every listed file of its
-    recorded size, built from the GGUF with :data:`GEMMA3_SHA256`)."""
+    recorded size and sha256, built from the GGUF with :data:`GEMMA3_SHA256`)."""
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text())
         if manifest.get("format") != GEMMA3_MANIFEST_FORMAT or manifest.get("model") != GEMMA3_MODEL:
             return False
         if manifest["source"]["sha256"] != GEMMA3_SHA256 or "config.json" not in manifest["files"]:
             return False
-        return all((folder / n).stat().st_size == s for n, s in manifest["files"].items())
+        if not all((folder / n).stat().st_size == s for n, s in manifest["files"].items()):
+            return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+    return cached_folder_ok(folder, manifest)
 
 
 def _build_gemma3(tmp: Path) -> None:
@@ -167,6 +170,7 @@ def _build_gemma3(tmp: Path) -> None:
     for p in out.iterdir():
         os.replace(p, tmp / p.name)
     out.rmdir()
+    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
     manifest = {
         "format": GEMMA3_MANIFEST_FORMAT,
         "model": GEMMA3_MODEL,
@@ -175,7 +179,8 @@ def _build_gemma3(tmp: Path) -> None:
         "source": {"package": GEMMA3_DISTRIBUTION,
                    "package_version": package_version(GEMMA3_DISTRIBUTION),
                    "file": GEMMA3_GGUF, "sha256": GEMMA3_SHA256},
-        "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()},
+        "files": files,
+        DIGESTS_KEY: record_digests(tmp, list(files)),
         "verification": {"text": VERIFY_TEXT, "n_tokens": int(ids.shape[1]),
                          "identical_weights": True, "logits_max_abs_diff": 0.0},
         "transformers_version": package_version("transformers"),

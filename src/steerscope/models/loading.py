@@ -20,6 +20,8 @@ import torch
 
 from steerscope.errors import SteerscopeError
 from steerscope.models.archs import ModelArch, validate_model
+from steerscope.models.chat import check_template_renders
+from steerscope.models.file_checks import check_gguf_file, check_model_folder
 from steerscope.models.gguf import check_gguf_arch, load_gguf, strip_quantization
 from steerscope.models.sources import (
     ResolvedSource,
@@ -188,6 +190,7 @@ def load_model(
     if src.kind == "dir":
         check_model_type(read_config_json(os.path.join(src.location, "config.json")),
                           os.path.join(src.location, "config.json"))
+        check_model_folder(src.location)  # headers only: truncated weights, a wrong depth
         try:
             tokenizer = AutoTokenizer.from_pretrained(src.location)
         except (OSError, ValueError) as exc:
@@ -195,11 +198,14 @@ def load_model(
                 f"cannot load a tokenizer from '{src.location}'",
                 "save the model's tokenizer into the same folder (tokenizer.save_pretrained)",
             ) from exc
+        check_template_renders(tokenizer, src.location)  # before any weight is read
         model = AutoModelForCausalLM.from_pretrained(src.location, dtype=torch_dtype, **model_kwargs)
         path = src.location
     elif src.kind == "gguf":
+        check_gguf_file(src.location)  # header only: a truncated file, a wrong block count
         check_gguf_arch(src.location)
         tokenizer, model = load_gguf(Path(src.location), torch_dtype, **model_kwargs)
+        check_template_renders(tokenizer, src.location)
         strip_quantization(model)
         path = None
     else:
@@ -216,6 +222,7 @@ def load_model(
         check_model_type(read_config_json(config_file), f"the config.json of '{src.location}'")
         try:
             tokenizer = AutoTokenizer.from_pretrained(src.location, **hub_kwargs)
+            check_template_renders(tokenizer, src.location)
             model = AutoModelForCausalLM.from_pretrained(src.location, dtype=torch_dtype,
                                                          **hub_kwargs, **model_kwargs)
         except OSError as exc:

@@ -10,7 +10,12 @@ written or computed (after :func:`steerscope.pipeline.inputs.check_inputs`):
   formatted, has that many tokens (when the tokenizer is on disk: a local model folder or the
   cached embedded model; otherwise the vectors stage checks);
 - ``behaviour``: its listed fast-score tokens encode with the model's tokenizer (when the
-  tokenizer is on disk).
+  tokenizer is on disk); a ``classifier`` or ``chat`` judge's model resolves, as
+  ``evaluation.judge``'s;
+- ``model.source``: a local folder's weight headers cover their files and its
+  ``num_hidden_layers`` matches them, a ``.gguf`` file's tensor table fits the file
+  (:mod:`steerscope.models.file_checks`); the chat template (``model.chat_template`` or the
+  tokenizer's own) renders a one-message chat (when the tokenizer is on disk).
 
 :func:`check_code_consent` (run by ``run_pipeline`` after these, before anything is written)
 refuses a judge that runs code without the run's consent, ``allow_code``.
@@ -41,6 +46,9 @@ def preflight(cfg: PipelineConfig) -> None:
     check_extraction(cfg)
     check_options(cfg)
     check_judge(cfg.evaluation.judge)
+    check_behaviour_judge(cfg)
+    check_model_files(cfg.model.source)
+    check_chat_template_renders(cfg)
     check_positions(cfg)
     check_score_tokens(cfg)
 
@@ -125,28 +133,46 @@ def check_judge(spec: str | None) -> None:
     model = judge_model_id(spec)
     if model is None:
         return
+    check_judge_model(model, JUDGE_KEY, "set evaluation.judge: substring")
+
+
+def check_behaviour_judge(cfg: PipelineConfig) -> None:
+    """A behaviour whose judge is a ``classifier`` or ``chat`` model: that model resolves
+    (as :func:`check_judge`), named with the behaviour file's key."""
+    from steerscope.pipeline.behaviour import run_behaviour
+
+    judge = run_behaviour(cfg).judge
+    model = judge.get("model") if judge.get("kind") in ("classifier", "chat") else None
+    if isinstance(model, str) and model.strip():
+        check_judge_model(model.strip(), f"config key 'behaviour' ({cfg.behaviour}): judge.model",
+                          "fix judge.model in the behaviour file")
+
+
+def check_judge_model(model: str, key: str, alternative: str) -> None:
+    """``model`` is a local folder with ``config.json``, or a Hub id whose config is in the
+    local cache or downloadable now; one-line error naming ``key`` otherwise."""
     path = Path(model).expanduser()
-    fix = "download it first, pass a local folder, or set evaluation.judge: substring"
+    fix = f"download it first, pass a local folder, or {alternative}"
     if path.exists() or model.startswith(("/", ".", "~")) or model.count("/") > 1:
         if not (path / "config.json").is_file():
-            raise SteerscopeError(f"{JUDGE_KEY}: judge model folder {path} does not exist or "
+            raise SteerscopeError(f"{key}: judge model folder {path} does not exist or "
                                   "has no config.json", "pass a folder written by "
-                                  "save_pretrained, or set evaluation.judge: substring")
+                                  f"save_pretrained, or {alternative}")
         return
     from huggingface_hub import file_exists, try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(model, "config.json"), str):
         return
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise SteerscopeError(f"{JUDGE_KEY}: judge model '{model}' is not in the local Hugging "
+        raise SteerscopeError(f"{key}: judge model '{model}' is not in the local Hugging "
                               "Face cache and HF_HUB_OFFLINE is set", fix)
     try:
         found = file_exists(model, "config.json")
     except Exception as exc:  # no network, gated, bad id: all mean "cannot load it"
-        raise SteerscopeError(f"{JUDGE_KEY}: cannot reach judge model '{model}' on the Hugging "
+        raise SteerscopeError(f"{key}: cannot reach judge model '{model}' on the Hugging "
                               f"Face Hub ({type(exc).__name__})", fix) from None
     if not found:
-        raise SteerscopeError(f"{JUDGE_KEY}: judge model '{model}' has no config.json on the "
+        raise SteerscopeError(f"{key}: judge model '{model}' has no config.json on the "
                               "Hugging Face Hub", "check the id")
 
 
@@ -172,6 +198,37 @@ def check_code_consent(cfg: PipelineConfig) -> None:
             raise SteerscopeError(f"config key '{key}': judge model '{model}' ships its own "
                                   "code (auto_map in its config); it runs only when you allow "
                                   "it", CODE_CONSENT_FIX)
+def check_model_files(source: str) -> None:
+    """A local model folder's or ``.gguf`` file's headers are sound (the named models are
+    checked by digest when they load)."""
+    from steerscope.models.file_checks import check_gguf_file, check_model_folder
+    from steerscope.models.sources import model_source, resolve_source
+
+    if model_source(source) is not None:
+        return
+    src = resolve_source(source)
+    try:
+        if src.kind == "dir":
+            check_model_folder(src.location)
+        elif src.kind == "gguf":
+            check_gguf_file(src.location)
+    except SteerscopeError as exc:
+        raise SteerscopeError(f"config key 'model.source': {exc}") from None
+
+
+def check_chat_template_renders(cfg: PipelineConfig) -> None:
+    """The chat template the run uses renders a one-message chat (tokenizer on disk)."""
+    from steerscope.models.chat import check_template_renders, set_chat_template
+
+    tokenizer = _local_tokenizer(cfg.model.source)
+    if tokenizer is None:
+        return
+    key = "model.chat_template" if cfg.model.chat_template else "model.source"
+    try:
+        set_chat_template(tokenizer, cfg.model.chat_template)
+        check_template_renders(tokenizer, cfg.model.chat_template or cfg.model.source)
+    except SteerscopeError as exc:
+        raise SteerscopeError(f"config key '{key}': {exc}") from None
 
 
 def _local_tokenizer(source: str):

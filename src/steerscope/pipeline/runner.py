@@ -41,14 +41,22 @@ from steerscope.pipeline.config import PipelineConfig, dump_config, load_config
 from steerscope.pipeline.inputs import Inputs, check_inputs
 from steerscope.pipeline.preflight import check_code_consent, preflight
 from steerscope.pipeline.registry import STAGES, Stage, StageOutput, stage_names
+from steerscope.pipeline.run_files import (
+    CONFIG_FILE,
+    FIGURES,
+    REPORT_FILE,
+    RESULTS_FILE,
+    RUN_FILE,
+    check_run_files,
+    is_report_file,
+    write_run_json,
+)
 from steerscope.pipeline.store import KEY_CHARS, RunStore, hash_json
 from steerscope.validation import check_output_folder
 
 # Testing hook: SIGKILL this process inside stage NAME, after its files are written and
 # before they are committed (the worst moment for an interruption).
 KILL_ENV = "STEERSCOPE_PIPELINE_KILL_IN"
-RESULTS_FILE = "results.json"
-REPORT_FILE = "report.html"
 
 
 @dataclass
@@ -222,11 +230,13 @@ def run_pipeline(config, out: str | os.PathLike = "runs", *,
             print(msg, file=sys.stderr, flush=True)
 
     with store.lock() if dist.is_main else _nullcontext():
+        damaged_files: list[str] = []
         if dist.is_main:
             gone = store.sweep()
             if gone:
                 say(f"removed {len(gone)} unfinished stage folder(s) of an interrupted run")
-            atomic_write(run_dir / "config.yaml",
+            damaged_files = _damaged_run_files(run_dir)
+            atomic_write(run_dir / CONFIG_FILE,
                          lambda tmp: Path(tmp).write_text(dump_config(cfg), encoding="utf-8"))
         distributed.barrier(dist)
         say(f"run folder {run_dir}")
@@ -243,6 +253,10 @@ def run_pipeline(config, out: str | os.PathLike = "runs", *,
                 stopped = True
         if dist.is_main:
             _write_results(cfg, run_dir, result)
+            if "report" not in result.outputs:  # not rewritten: a damaged copy goes
+                for rel in damaged_files:
+                    if is_report_file(rel):
+                        (run_dir / rel).unlink(missing_ok=True)
             _write_run_json(run_dir, cfg, result)
             if prune:
                 store.prune({n: o.dir for n, o in result.outputs.items()})
@@ -335,6 +349,18 @@ def _run_one(stage: Stage, cfg, inputs, store: RunStore, result: RunResult, forc
                                                     f"{damaged}")
 
 
+def _damaged_run_files(run_dir: Path) -> list[str]:
+    """The top-level files of an earlier run in ``run_dir`` that no longer match its
+    ``run.json`` (each said in one warning line; this run rewrites them)."""
+    if not (run_dir / RUN_FILE).exists():
+        return []
+    bad = {rel: p for rel, p in check_run_files(run_dir).items() if p is not None}
+    for rel, problem in sorted(bad.items()):
+        print(f"warning: {rel} of the run folder is damaged ({problem}); this run rewrites it",
+              file=sys.stderr, flush=True)
+    return sorted(bad)
+
+
 def _section_json(stage: Stage, cfg) -> Any:
     import dataclasses
 
@@ -365,15 +391,21 @@ def _publish_report(out: StageOutput, run_dir: Path) -> None:
     if not src.is_file():
         return
     atomic_write(child_path(run_dir, REPORT_FILE), lambda tmp: shutil.copyfile(src, tmp))
-    figs = out.dir / "figures"
-    if figs.is_dir():
-        for png in sorted(figs.glob("*.png")):
-            atomic_write(child_path(run_dir, "figures", png.name, what="figure"),
-                         lambda tmp, png=png: shutil.copyfile(png, tmp))
+    figs = out.dir / FIGURES
+    pngs = sorted(figs.glob("*.png")) if figs.is_dir() else []
+    for png in pngs:
+        atomic_write(child_path(run_dir, FIGURES, png.name, what="figure"),
+                     lambda tmp, png=png: shutil.copyfile(png, tmp))
+    published = run_dir / FIGURES
+    if published.is_dir():  # a figure the report stage did not write is not the run's
+        keep = {p.name for p in pngs}
+        for stale in published.iterdir():
+            if stale.name not in keep and (stale.is_file() or stale.is_symlink()):
+                stale.unlink()
 
 
 def _write_run_json(run_dir: Path, cfg: PipelineConfig, result: RunResult) -> None:
-    atomic_write_json(run_dir / "run.json", {
+    write_run_json(run_dir, {
         "name": cfg.name,
         "run_dir": str(run_dir),
         "updated": _now(),

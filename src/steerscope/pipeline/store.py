@@ -31,7 +31,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from steerscope.artifacts import atomic_write_json, child_path, make_temp_folder
+from steerscope.artifacts import (
+    atomic_write_json,
+    child_path,
+    file_sha256,
+    make_temp_folder,
+    read_sealed_json,
+    seal,
+)
 from steerscope.errors import SteerscopeError, write_error
 from steerscope.pipeline.registry import StageOutput
 
@@ -58,26 +65,19 @@ def folder_digest(folder: Path, *, exclude: tuple[str, ...] = (STAGE_FILE,)) -> 
     """sha256 over every file below ``folder`` (relative path and content), in sorted order."""
     h = hashlib.sha256()
     for rel in stage_files(folder, exclude=exclude):
-        path = folder / rel
-        fh = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                fh.update(chunk)
-        h.update(f"{rel}\0{fh.hexdigest()}\n".encode())
+        h.update(f"{rel}\0{file_sha256(folder / rel)}\n".encode())
     return h.hexdigest()
 
 
 def read_stage_record(folder: Path) -> tuple[dict[str, Any], str | None]:
-    """The ``stage.json`` of a stage folder, or ``({}, problem)`` when it is missing or not a
-    JSON object with a digest (an interrupted copy, a truncated file)."""
-    path = folder / STAGE_FILE
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}, f"{STAGE_FILE} is missing"
-    except (OSError, ValueError) as exc:
-        return {}, f"{STAGE_FILE} is unreadable ({type(exc).__name__})"
-    if not isinstance(record, dict) or not isinstance(record.get("digest"), str):
+    """The ``stage.json`` of a stage folder, or ``({}, problem)`` when it is missing, not a
+    JSON object with a digest (an interrupted copy, a truncated file), or edited since it was
+    written (its seal, :func:`steerscope.artifacts.seal`, no longer matches: e.g. a digit of
+    ``outputs`` changed)."""
+    record, problem = read_sealed_json(folder / STAGE_FILE)
+    if problem is not None:
+        return {}, problem
+    if not isinstance(record.get("digest"), str):
         return {}, f"{STAGE_FILE} records no digest"
     return record, None
 
@@ -153,8 +153,8 @@ class RunStore:
         """Finish a stage: hash ``tmp``'s files, write ``stage.json`` and rename ``tmp`` onto
         the stage folder (replacing an older one, e.g. under ``--force``)."""
         digest = folder_digest(tmp)
-        record = {**record, "stage": name, "key": key, "status": "done", "digest": digest,
-                  "files": stage_files(tmp)}
+        record = seal({**record, "stage": name, "key": key, "status": "done", "digest": digest,
+                       "files": stage_files(tmp)})
         atomic_write_json(tmp / STAGE_FILE, record)
         final = self.stage_dir(name, key)
         try:

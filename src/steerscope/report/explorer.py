@@ -56,9 +56,15 @@ def read_results(run_dir: str | Path) -> dict:
         raise SteerscopeError(f"{path} does not exist",
                               "pass a run folder written by 'steerscope run'")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise SteerscopeError(f"{path} is not valid JSON ({exc})") from None
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise SteerscopeError(f"{path} is not valid JSON ({exc})",
+                              "rerun 'steerscope run' with the run's config: it rewrites it") from None
+    if not isinstance(results, dict):
+        raise SteerscopeError(f"{path} holds a JSON {type(results).__name__}, not the results "
+                              "object", "rerun 'steerscope run' with the run's config: it "
+                                        "rewrites it")
+    return results
 
 
 def build_run_report(run_dir: str | Path, out: str | Path | None = None, *,

@@ -34,11 +34,19 @@ def stage_dirs_of_run(run_dir: str | Path) -> dict[str, Path]:
     if not info_path.is_file():
         raise SteerscopeError(f"{info_path} does not exist",
                               "pass a run folder written by 'steerscope run'")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    fix = "rerun 'steerscope run' with the run's config: it rewrites run.json"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise SteerscopeError(f"{info_path} is not valid JSON ({exc})", fix) from None
+    stages = info.get("stages") if isinstance(info, dict) else None
+    if not isinstance(stages, dict):
+        raise SteerscopeError(f"{info_path} has no 'stages' object", fix)
     out = {}
-    for name, rec in info.get("stages", {}).items():
-        folder = rec.get("dir")
-        if folder and (run_dir / folder).is_dir():
+    for name, rec in stages.items():
+        folder = rec.get("dir") if isinstance(rec, dict) else None
+        if isinstance(folder, str) and folder and (run_dir / folder).is_dir() \
+                and (run_dir / folder).resolve().parent == run_dir.resolve():
             out[name] = run_dir / folder
     return out
 
