@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steerscope.errors import SteerscopeError, write_error
+from steerscope.errors import SteerscopeError, os_error_code, write_error
 
 MODEL_HELP = ("the model: 'default' (the embedded SmolLM2-135M-Instruct), 'demo' (the demo "
               "refusal model), a local folder, a .gguf file or a Hugging Face Hub id")
@@ -197,6 +197,29 @@ def wants_json(args) -> bool:
     return bool(getattr(args, "json", False))
 
 
+@contextlib.contextmanager
+def interrupts_propagate():
+    """Within the block, a Ctrl-C that lands while a finalizer (``__del__``) runs is not
+    lost: Python reports a ``KeyboardInterrupt`` raised there as "ignored" and carries on
+    (a run interrupted while the model loads used to finish with exit 0); this re-sends
+    SIGINT so the interrupt is raised again in the code that runs next."""
+    import signal
+
+    before = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        else:
+            before(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = before
+
+
 def run_command(args, stdout=None) -> int:
     """Run ``args.func(args)`` after the shared argument checks; print its result as JSON on
     ``stdout`` with ``--json`` (everything else it prints then goes to stderr). User errors
@@ -207,7 +230,8 @@ def run_command(args, stdout=None) -> int:
         from steerscope.validation import check_cli_args
 
         check_cli_args(args)
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(), \
+                interrupts_propagate():
             result = args.func(args)
         if as_json and result is not None:  # None: nothing to print (a non-main rank)
             print(json.dumps(jsonable(result), indent=2, allow_nan=False), file=stdout)
@@ -218,7 +242,7 @@ def run_command(args, stdout=None) -> int:
         print(f"error: {write_error(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if "No space left on device" not in str(exc):  # e.g. a library's wrapped ENOSPC
+        if os_error_code(exc) is None:  # e.g. a library's wrapped ENOSPC or EFBIG
             raise
         print(f"error: {write_error(exc)}", file=sys.stderr)
         return 2
