@@ -121,15 +121,12 @@ def int_list(text: str | None) -> list[int] | None:
 
 
 def float_list(text: str | None, what: str) -> list[float]:
-    """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]``; None or blank → ``[]``; ``what`` names the flag in
-    the one-line error."""
-    if text is None or not text.strip():
-        return []
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise SteerscopeError(f"{what} '{text}' is not a comma-separated list of numbers",
-                              "write e.g. 0,0.5,1") from exc
+    """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]``; None or blank → ``[]``; each number in the range
+    of flag ``what`` (:func:`steerscope.validation.parse_number_list`), which the one-line
+    error names."""
+    from steerscope.validation import parse_number_list
+
+    return parse_number_list(text, what)
 
 
 def named_files(specs: list[str], what: str) -> dict[str, str]:

@@ -211,18 +211,12 @@ def load_config(source: str | Path | dict | PipelineConfig | None) -> PipelineCo
         return source
     if source is None or isinstance(source, dict):
         return config_from_dict(source)
-    import yaml
+    from steerscope.safe_files import read_yaml_file
 
     path = Path(source).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise SteerscopeError(f"config file {path} does not exist", "pass a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SteerscopeError(f"config file {path} is not valid YAML{where}",
-                              "fix the syntax") from None
+    data = read_yaml_file(path, "config file")  # UTF-8, size, alias and nesting limits
     if isinstance(data, dict):  # relative paths mean files next to the config
         from steerscope.pipeline.config_paths import anchor_paths
 
