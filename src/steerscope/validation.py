@@ -166,7 +166,7 @@ def check_number(value, what: str, name: str | None = None, fix: str | None = No
 def _shown(value) -> str:
     """``repr(value)``, or the digit count of an integer too long to print."""
     if isinstance(value, int) and abs(value) >= 10**30:
-        return f"an integer of {value.bit_length() * 3 // 10 + 1} digits"
+        return f"an integer of {int(math.log10(abs(value))) + 1} digits"
     return repr(value)
 
 

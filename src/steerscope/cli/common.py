@@ -198,15 +198,21 @@ def wants_json(args) -> bool:
 def interrupts_propagate():
     """Within the block, a Ctrl-C that lands while a finalizer (``__del__``) runs is not
     lost: Python reports a ``KeyboardInterrupt`` raised there as "ignored" and carries on
-    (a run interrupted while the model loads used to finish with exit 0); this re-sends
-    SIGINT so the interrupt is raised again in the code that runs next."""
-    import signal
+    (a run interrupted while the model loads used to finish with exit 0). The hook trips
+    SIGINT again from a helper thread, so the interrupt is raised in the code that runs next
+    (at the latest when the block ends)."""
+    import _thread
+    import threading
 
     before = sys.unraisablehook
+    resent: list[threading.Timer] = []
 
     def hook(unraisable) -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)
+            # not from here: a signal tripped inside the hook would be handled (and lost) here
+            resent.append(threading.Timer(0.05, _thread.interrupt_main))
+            resent[-1].daemon = True
+            resent[-1].start()
         else:
             before(unraisable)
 
@@ -215,6 +221,10 @@ def interrupts_propagate():
         yield
     finally:
         sys.unraisablehook = before
+        for thread in resent:
+            thread.join()  # the re-sent interrupt is raised here if not earlier
+        if resent:
+            raise KeyboardInterrupt
 
 
 def run_command(args, stdout=None) -> int:
