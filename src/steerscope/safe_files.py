@@ -107,6 +107,8 @@ def _check_yaml_graph(root, what: str, path: Path, error) -> None:
     """The composed YAML node graph (aliases are shared nodes) expands to at most
     :data:`MAX_YAML_NODES` nodes, nests at most :data:`MAX_NESTING` levels and has no cycle;
     iterative, each node visited once (sizes and depths memoised)."""
+    import yaml
+
     size: dict[int, int] = {}
     depth: dict[int, int] = {}
     on_path: set[int] = set()
@@ -118,7 +120,8 @@ def _check_yaml_graph(root, what: str, path: Path, error) -> None:
         if done:
             on_path.discard(key)
             size[key] = 1 + sum(size[id(c)] for c in children)
-            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            level = 0 if isinstance(node, yaml.ScalarNode) else 1  # levels of collections
+            depth[key] = level + max((depth[id(c)] for c in children), default=0)
             if size[key] > MAX_YAML_NODES:
                 _fail(error, what, path, f"expands to more than {MAX_YAML_NODES} values "
                       "through its aliases (*name)", "write the values out or use fewer aliases")
