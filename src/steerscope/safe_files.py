@@ -13,7 +13,7 @@ Each reader takes the file's path and ``what`` (e.g. ``"config file"``) and rais
   refer to themselves; YAML and JSON: it nests deeper than :data:`MAX_NESTING` levels, or
   holds an integer too long for Python to convert.
 
-docs/reliability.md lists the limits.
+docs/pipeline.md (Input limits) lists the limits.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Every numeric option has one range, :data:`NUMBER_RANGES`, keyed by its name (a 
 last part, e.g. ``max_new_tokens``, or a flag's argparse name, e.g. ``heads``): the CLI checks
 its flags against it and :func:`steerscope.pipeline.config.check_values` checks every number
 of a config (nested ``options`` included) against it; names it does not list must still be
-finite and fit in 64 bits. docs/reliability.md lists the ranges.
+finite and fit in 64 bits. docs/pipeline.md (Input limits) lists the ranges.
 """
 
 from __future__ import annotations
