@@ -127,7 +127,9 @@ NUMBER_RANGES: dict[str, NumberRange] = {
     **dict.fromkeys(("n", "n_train", "n_val", "n_test", "n_score", "n_prompts",
                      "max_per_dataset", "steps", "ig_steps", "epochs", "n_random", "top_k",
                      "top_n", "top", "heads", "n_heads", "show_tokens", "top_tokens",
-                     "max_edges", "sizes", "overlap_sizes", "k"), _COUNT),
+                     "max_edges", "k"), _COUNT),
+    # circuit sizes in edges (a fine graph of a large model has tens of millions)
+    **dict.fromkeys(("sizes", "overlap_sizes"), _ints(1, MAX_INT)),
     "refine_steps": _ints(0, 64),
     "seed": _ints(0, MAX_SEED),
     # fractions and thresholds

@@ -260,6 +260,10 @@ def _cli_cases(root: Path, out: Path) -> dict[str, tuple[list, str]]:
                                       root / "harmful.txt", "--out", out / "v.safetensors",
                                       "--seed", str(2**64)],
                                      "--seed must be an integer in [0, 4294967295]"),
+        "sparsify apply --out 300-character name": (
+            ["sparsify", "apply", vec, "--rule", "random", "--fraction", "0.5", "--out",
+             out / ("n" * 300 + ".safetensors")],
+            "a file or folder name is too long"),
         "vectors dim --max-layer-fraction 2": (["vectors", "dim", model, "--out",
                                                 out / "v.safetensors",
                                                 "--max-layer-fraction", "2"],
