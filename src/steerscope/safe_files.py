@@ -36,6 +36,11 @@ def _fail(error: type[SteerscopeError], what: str, path: Path, problem: str, fix
     raise error(f"{what} {path} {problem}", fix)
 
 
+def _unreadable(error: type[SteerscopeError], what: str, path: Path, exc: OSError):
+    _fail(error, what, path, f"cannot be read ({exc.strerror or exc})",
+          "check the path and its permissions")
+
+
 def check_regular_file(path: str | os.PathLike, what: str, *,
                        max_bytes: int = MAX_DATA_BYTES,
                        error: type[SteerscopeError] = SteerscopeError) -> Path:
@@ -47,8 +52,7 @@ def check_regular_file(path: str | os.PathLike, what: str, *,
     except FileNotFoundError:
         _fail(error, what, path, "does not exist", "check the path")
     except OSError as exc:
-        _fail(error, what, path, f"cannot be read ({exc.strerror or exc})",
-              "check the path and its permissions")
+        _unreadable(error, what, path, exc)
     if stat.S_ISDIR(st.st_mode):
         _fail(error, what, path, "is a directory, not a file", "pass a file inside it")
     if not stat.S_ISREG(st.st_mode):
@@ -68,8 +72,7 @@ def read_bytes_file(path: str | os.PathLike, what: str, *, max_bytes: int = MAX_
         with open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)  # a file that grew since stat is still capped
     except OSError as exc:
-        _fail(error, what, path, f"cannot be read ({exc.strerror or exc})",
-              "check the path and its permissions")
+        _unreadable(error, what, path, exc)
     if len(data) > max_bytes:
         _fail(error, what, path, f"is more than the limit of {max_bytes} bytes",
               "pass a smaller file")
