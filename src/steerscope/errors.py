@@ -94,8 +94,8 @@ def write_error(exc: BaseException, path: str | os.PathLike | None = None) -> Wr
                           "system, then rerun")
     if code == errno.ENAMETOOLONG:
         shown = str(where) if len(str(where)) <= 120 else str(where)[:117] + "..."
-        return WriteError(f"cannot write {shown}: a file or folder name is too long",
-                          "use shorter names (at most 255 bytes per path part)")
+        return WriteError(f"a file or folder name in {shown} is too long for the file system "
+                          "(read or written)", "use shorter names (at most 255 bytes each)")
     if code == errno.EROFS:
         return WriteError(f"cannot write {where}: the file system is read-only",
                           "write to a folder on a writable disk (e.g. pass another --out)")

@@ -206,6 +206,16 @@ def test_config_files_that_are_not_utf8_text(capsys, tmp_path, content, needle):
 
 
 @pytest.mark.parametrize("name", ["fifo.txt", "zero.txt"])
+@pytest.mark.parametrize("changes", [{"behaviour": "b" * 300},
+                                     {"data": {"harmful_train": "h" * 300 + ".txt"}},
+                                     {"model": {"source": "m" * 300}}],
+                         ids=["behaviour", "prompt file", "model"])
+def test_a_300_character_name_is_one_line(capsys, workdir, tmp_path, no_weights, changes):
+    out = tmp_path / "runs"
+    _refused(capsys, ["run", _config_file(workdir, tmp_path, changes), "--out", out], out,
+             "is too long for the file system")
+
+
 def test_a_config_that_is_not_a_regular_file(capsys, workdir, tmp_path, name):
     out = tmp_path / "runs"
     _refused(capsys, ["run", _files(workdir) / name, "--out", out], out,
@@ -263,7 +273,7 @@ def _cli_cases(root: Path, out: Path) -> dict[str, tuple[list, str]]:
         "sparsify apply --out 300-character name": (
             ["sparsify", "apply", vec, "--rule", "random", "--fraction", "0.5", "--out",
              out / ("n" * 300 + ".safetensors")],
-            "a file or folder name is too long"),
+            "is too long for the file system"),
         "vectors dim --max-layer-fraction 2": (["vectors", "dim", model, "--out",
                                                 out / "v.safetensors",
                                                 "--max-layer-fraction", "2"],

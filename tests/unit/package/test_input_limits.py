@@ -197,4 +197,4 @@ def test_efbig_and_long_names_are_one_line(tmp_path):
         long.parent.mkdir()
     except OSError as exc:
         msg = str(write_error(exc, long))
-    assert "a file or folder name is too long" in msg and "\n" not in msg and len(msg) < 300
+    assert "is too long for the file system" in msg and "\n" not in msg and len(msg) < 300
