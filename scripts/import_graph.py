@@ -27,7 +27,8 @@ SRC = ROOT / "src" / PACKAGE
 # subpackage of steerscope ("models" covers steerscope.models and everything under it).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("errors", ("errors",)),
-    ("foundations", ("artifacts", "validation", "patching_conventions", "results_schema")),
+    ("foundations", ("artifacts", "validation", "patching_conventions", "results_schema",
+                     "safe_files")),
     ("models, data, runtime", ("models", "data", "runtime", "environment", "testing")),
     ("generation and scores", ("generation", "evaluate", "behaviours")),
     ("vectors", ("vectors",)),

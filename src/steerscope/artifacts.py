@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from steerscope.errors import SteerscopeError, write_error
+from steerscope.errors import SteerscopeError, os_error_code, write_error
 
 # The build record written into every cached model folder (embedded copy, demo models).
 MANIFEST_NAME = "steerscope.json"
@@ -64,7 +64,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     except OSError as exc:
         raise write_error(exc, path) from None
     except Exception as exc:
-        if "No space left on device" in str(exc):  # safetensors reports the OS error as text
+        if os_error_code(exc) is not None:  # safetensors reports the OS error as text
             raise write_error(exc, path) from None
         raise
     finally:

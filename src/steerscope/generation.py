@@ -175,6 +175,18 @@ def context_length(model) -> int:
     return int(n) if isinstance(n, int) and n > 0 else 1 << 62
 
 
+def refuse_longer_than_context(model, lengths: Sequence[int]) -> None:
+    """A one-line error when a prompt alone (``lengths``: tokens per prompt) is longer than
+    the model's context window: its forward pass would run far past the positions the model
+    was trained on (and a huge prompt would take minutes and gigabytes)."""
+    n_ctx = context_length(model)
+    over = [n for n in lengths if n > n_ctx]
+    if over:
+        raise SteerscopeError(f"{len(over)} prompt(s) are longer than the model's context of "
+                              f"{n_ctx} tokens (longest {max(over)} tokens)",
+                              "shorten or drop them")
+
+
 def warn_if_too_long(model, longest: int, n_over: int) -> None:
     """Warn (once per call) when ``n_over`` prompts plus their generated tokens exceed the
     model's context window: positions past it are out of the model's training range, so the
@@ -209,6 +221,7 @@ def generate(
     check_positive_int(batch_size, "batch_size")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    refuse_longer_than_context(model, lengths)
     warn_if_too_long(model, max(lengths) + max_new_tokens, sum(
         n + max_new_tokens > context_length(model) for n in lengths))
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])

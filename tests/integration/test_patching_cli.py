@@ -108,7 +108,8 @@ def test_patch_errors(capsys, tiny_dir, tmp_path):
     vec = SteeringVector(torch.randn(64), 1).save(tmp_path / "ok.safetensors")
     code, _, err = _run(capsys, "patch", tiny_dir, "--vector", vec, "--ig-batch-size", "0",
                         "--out", tmp_path / "z")
-    assert code == 2 and "error: --ig-batch-size must be >= 1" in err and "\n" not in err.strip()
+    assert code == 2 and "error: --ig-batch-size must be a positive integer" in err \
+        and "\n" not in err.strip()
     assert not (tmp_path / "z").exists()
     v = SteeringVector(torch.randn(32), 1).save(tmp_path / "bad.safetensors")
     p = tmp_path / "p.txt"

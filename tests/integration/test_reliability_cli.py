@@ -130,15 +130,21 @@ def test_a_prompt_longer_than_the_context_warns():
 
     model, tok = tiny_model("llama"), tiny_tokenizer()
     n_ctx = model.config.max_position_embeddings
-    long = " ".join(["word"] * n_ctx)
+    words = n_ctx  # the longest prompt that still fits the context alone
+    while len(tok(" ".join(["word"] * words), add_special_tokens=False)["input_ids"]) > n_ctx:
+        words -= 1
+    long = " ".join(["word"] * words)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         generate(model, tok, ["short"], max_new_tokens=2)
         assert not [w for w in caught if "context" in str(w.message)]
-        generate(model, tok, [long, "short"], max_new_tokens=2)
+        generate(model, tok, [long, "short"], max_new_tokens=8)  # 5 tokens a word
     msgs = [str(w.message) for w in caught if "context" in str(w.message)]
     assert len(msgs) == 1 and msgs[0].startswith("1 prompt(s) with their new tokens are "
                                                  f"longer than the model's context of {n_ctx}")
+    with pytest.raises(SteerscopeError, match=f"1 prompt.s. are longer than the model's "
+                                              f"context of {n_ctx} tokens"):
+        generate(model, tok, [long + " word word", "short"], max_new_tokens=2)
 
 
 def test_vector_metadata_that_is_a_list_is_one_line(capsys, tmp_path):

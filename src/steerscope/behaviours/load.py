@@ -144,16 +144,13 @@ def load_behaviour(spec: str | os.PathLike | Behaviour | Mapping | None = None, 
     if text in BUILTIN_BEHAVIOURS:
         return BUILTIN_BEHAVIOURS[text]
     path = Path(text).expanduser()
-    if not path.is_file():
-        raise SteerscopeError(f"behaviour '{text}' is neither a built-in nor a YAML file",
+    if not path.exists():
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise SteerscopeError(f"behaviour '{shown}' is neither a built-in nor a YAML file",
                               f"use one of {', '.join(BUILTIN_BEHAVIOURS)} or a path to a .yaml file")
-    import yaml
+    from steerscope.safe_files import read_yaml_file
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SteerscopeError(f"behaviour file {path} is not valid YAML ({type(exc).__name__})",
-                              "fix the file's syntax") from None
+    data = read_yaml_file(path, "behaviour file")  # UTF-8, size, alias and nesting limits
     try:
         return behaviour_from_dict(data, base_dir=path.resolve().parent, data_dir=data_dir,
                                    check_sources=check_sources, allow_code=allow_code)

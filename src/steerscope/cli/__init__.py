@@ -396,10 +396,14 @@ def _short(text: str, width: int = 160) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the command; the exit code (0, 2 for a user error)."""
-    args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
+    """Parse ``argv`` and run the command; the exit code (0, 2 for a user error, 130 when
+    interrupted with Ctrl-C)."""
+    try:
+        args = build_parser().parse_args(argv)
+        from transformers.utils import logging as hf_logging
+    except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback
+        print("interrupted", file=sys.stderr)
+        return 130
     hf_logging.disable_progress_bar()  # steerscope shows its own progress bars
     return common.run_command(args)
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steerscope.errors import SteerscopeError, write_error
+from steerscope.errors import SteerscopeError, os_error_code, write_error
 
 MODEL_HELP = ("the model: 'default' (the embedded SmolLM2-135M-Instruct), 'demo' (the demo "
               "refusal model), a local folder, a .gguf file or a Hugging Face Hub id")
@@ -132,15 +132,12 @@ def int_list(text: str | None) -> list[int] | None:
 
 
 def float_list(text: str | None, what: str) -> list[float]:
-    """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]``; None or blank → ``[]``; ``what`` names the flag in
-    the one-line error."""
-    if text is None or not text.strip():
-        return []
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise SteerscopeError(f"{what} '{text}' is not a comma-separated list of numbers",
-                              "write e.g. 0,0.5,1") from exc
+    """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]``; None or blank → ``[]``; each number in the range
+    of flag ``what`` (:func:`steerscope.validation.parse_number_list`), which the one-line
+    error names."""
+    from steerscope.validation import parse_number_list
+
+    return parse_number_list(text, what)
 
 
 def named_files(specs: list[str], what: str) -> dict[str, str]:
@@ -208,6 +205,39 @@ def wants_json(args) -> bool:
     return bool(getattr(args, "json", False))
 
 
+@contextlib.contextmanager
+def interrupts_propagate():
+    """Within the block, a Ctrl-C that lands while a finalizer (``__del__``) runs is not
+    lost: Python reports a ``KeyboardInterrupt`` raised there as "ignored" and carries on
+    (a run interrupted while the model loads used to finish with exit 0). The hook trips
+    SIGINT again from a helper thread, so the interrupt is raised in the code that runs next
+    (at the latest when the block ends)."""
+    import _thread
+    import threading
+
+    before = sys.unraisablehook
+    resent: list[threading.Timer] = []
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # not from here: a signal tripped inside the hook would be handled (and lost) here
+            resent.append(threading.Timer(0.05, _thread.interrupt_main))
+            resent[-1].daemon = True
+            resent[-1].start()
+        else:
+            before(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = before
+        for thread in resent:
+            thread.join()  # the re-sent interrupt is raised here if not earlier
+        if resent:
+            raise KeyboardInterrupt
+
+
 def run_command(args, stdout=None) -> int:
     """Run ``args.func(args)`` after the shared argument checks; print its result as JSON on
     ``stdout`` with ``--json`` (everything else it prints then goes to stderr). User errors
@@ -218,7 +248,8 @@ def run_command(args, stdout=None) -> int:
         from steerscope.validation import check_cli_args
 
         check_cli_args(args)
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(), \
+                interrupts_propagate():
             result = args.func(args)
         if as_json and result is not None:  # None: nothing to print (a non-main rank)
             print(json.dumps(jsonable(result), indent=2, allow_nan=False), file=stdout)
@@ -229,7 +260,7 @@ def run_command(args, stdout=None) -> int:
         print(f"error: {write_error(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if "No space left on device" not in str(exc):  # e.g. a library's wrapped ENOSPC
+        if os_error_code(exc) is None:  # e.g. a library's wrapped ENOSPC or EFBIG
             raise
         print(f"error: {write_error(exc)}", file=sys.stderr)
         return 2

@@ -4,7 +4,6 @@ vectors through the logit lens)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from steerscope.cli import common
@@ -34,12 +33,9 @@ def read_head_scores(path: str | Path) -> dict[str, float]:
     path = Path(path)
     if path.is_dir() and (path / "result.json").is_file():
         path = path / "result.json"
-    if not path.is_file():
-        raise SteerscopeError(f"scores file {path} does not exist", "check the path")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SteerscopeError(f"scores file {path} is not valid JSON") from exc
+    from steerscope.safe_files import read_json_file
+
+    data = read_json_file(path, "scores file")  # a regular UTF-8 file, size and depth capped
     if isinstance(data, dict) and isinstance(data.get("tables"), dict) and isinstance(
             data["tables"].get("head_scores"), dict):
         data = data["tables"]["head_scores"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from steerscope.data.prompts import Prompt, PromptSet
 from steerscope.errors import DataError, SteerscopeError
+from steerscope.safe_files import check_regular_file, parse_json, read_text_file
 
 INSTRUCTION_KEYS = (
     "instruction",
@@ -39,6 +39,8 @@ INSTRUCTION_KEYS = (
 )
 CATEGORY_KEYS = ("category", "semanticcategory")
 ALPACA_INPUT = ("drop", "join", "ignore")
+# characters in one prompt: ~25k tokens, beyond the context of the models steerscope runs
+MAX_PROMPT_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -120,19 +122,13 @@ def _resolve_format(path: Path, format: str | None) -> str:
 
 
 def _read_text(path: Path) -> str:
-    """The file's text (UTF-8, BOM tolerated); DataError if missing, unreadable or blank."""
+    """The file's text (UTF-8, BOM tolerated); DataError if missing, not a regular file, over
+    :data:`~steerscope.safe_files.MAX_DATA_BYTES`, not UTF-8 or blank."""
     if not path.exists():
         raise DataError(
             f"prompt file {path} does not exist", "check the path or the data directory"
         )
-    if path.is_dir():
-        raise DataError(f"{path} is a directory, not a prompt file", "pass a file inside it")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path} is not UTF-8 text ({e.reason} at byte {e.start})", "save it as UTF-8"
-        ) from e
+    text = read_text_file(path, "prompt file", error=DataError)
     if not text.strip():
         raise DataError(f"prompt file {path} is empty", "fill it or pass another file")
     return text
@@ -140,12 +136,7 @@ def _read_text(path: Path) -> str:
 
 def _parse_json(path: Path, text: str) -> list[Any]:
     """The top-level JSON list of the file."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path} is not valid JSON (line {e.lineno}: {e.msg})", "fix the JSON syntax"
-        ) from e
+    data = parse_json(text, "prompt file", path, error=DataError)
     if not isinstance(data, list):
         raise DataError(
             f"{path} holds a JSON {type(data).__name__}, not a list of prompts",
@@ -159,12 +150,7 @@ def _parse_jsonl(path: Path, text: str) -> list[Any]:
     items = []
     for n, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path} line {n} is not valid JSON ({e.msg})", "put one JSON value per line"
-                ) from e
+            items.append(parse_json(line, "prompt file", path, error=DataError, line=n))
     return items
 
 
@@ -180,6 +166,7 @@ def _read_parquet(path: Path) -> list[dict]:
         raise DataError(
             f"reading {path} needs pyarrow", "pip install pyarrow, or convert it to CSV/JSON"
         ) from e
+    check_regular_file(path, "prompt file", error=DataError)
     try:
         return pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for bad files
@@ -214,6 +201,11 @@ def _make(path: Path, where: str, value: Any, category: Any, label: str) -> Prom
 def _finish(path: Path, prompts: list[Prompt], name: str | None) -> PromptSet:
     if not prompts:
         raise DataError(f"{path} contains no prompts", "check that it is the right file and format")
+    for n, p in enumerate(prompts, start=1):
+        if len(p.instruction) > MAX_PROMPT_CHARS:
+            raise DataError(f"{path}: prompt {n} is {len(p.instruction)} characters long, more "
+                            f"than the limit of {MAX_PROMPT_CHARS}",
+                            "shorten it: a prompt must fit the model's context")
     return PromptSet(prompts, name=name or path.stem)
 
 

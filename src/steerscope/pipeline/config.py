@@ -49,12 +49,13 @@ from steerscope.pipeline.stages.vectors import (
     VectorsSection,
     known_methods,
 )
+from steerscope.validation import MAX_NAME_CHARS, check_number
 
 __all__ = [
     "CircuitsSection", "DataSection", "DimSection", "EvaluationSection", "FreezeSection",
     "ModelSection", "PatchingSection", "PipelineConfig", "PreferenceSection", "ReportSection",
     "SparsifySection", "SvvSection", "TRAINED_METHODS", "TrainSection", "VectorsSection",
-    "check_values", "config_from_dict", "dump_config", "known_methods",
+    "check_numbers", "check_values", "config_from_dict", "dump_config", "known_methods",
     "load_config",
 ]
 
@@ -217,18 +218,12 @@ def load_config(source: str | Path | dict | PipelineConfig | None) -> PipelineCo
         return source
     if source is None or isinstance(source, dict):
         return config_from_dict(source)
-    import yaml
+    from steerscope.safe_files import read_yaml_file
 
     path = Path(source).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise SteerscopeError(f"config file {path} does not exist", "pass a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SteerscopeError(f"config file {path} is not valid YAML{where}",
-                              "fix the syntax") from None
+    data = read_yaml_file(path, "config file")  # UTF-8, size, alias and nesting limits
     if isinstance(data, dict):  # relative paths mean files next to the config
         from steerscope.pipeline.config_paths import anchor_paths
 
@@ -251,11 +246,27 @@ def check_values(cfg: PipelineConfig) -> None:
     """Range and name checks that need neither the model nor the data (one-line errors): the
     run name and seed, the behaviour (loaded, its prompt files not read yet), then each
     section's own ``check(cfg)`` in pipeline order."""
-    if not _NAME.match(cfg.name):
-        fail("name", f"'{cfg.name}' is not a valid run name",
-             "use letters, digits, '.', '_' and '-' only")
+    if not _NAME.match(cfg.name) or len(cfg.name) > MAX_NAME_CHARS:
+        shown = cfg.name if len(cfg.name) <= 40 else cfg.name[:40] + "..."
+        fail("name", f"'{shown}' is not a valid run name",
+             f"use letters, digits, '.', '_' and '-' only, at most {MAX_NAME_CHARS} characters")
     if cfg.seed < 0:
         fail("seed", f"must be non-negative, got {cfg.seed}", "pass e.g. 42")
     run_behaviour(cfg)  # a built-in name or a readable, valid behaviour file
     for name in SECTIONS:
         getattr(cfg, name).check(cfg)
+    check_numbers(cfg.to_dict())
+
+
+def check_numbers(data: Any, path: str = "", name: str = "") -> None:
+    """Every number of the config (``data``: its :meth:`to_dict`; nested ``options`` and list
+    items included) in the range :func:`steerscope.validation.number_range` gives its key's
+    last part ``name``; numbers of other keys finite and within 64 bits."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            check_numbers(value, f"{path}.{key}" if path else str(key), str(key))
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            check_numbers(value, f"{path}[{i}]", name)
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        check_number(data, f"config key '{path}'", name, f"fix {path} in the config")
