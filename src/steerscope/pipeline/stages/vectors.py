@@ -27,6 +27,7 @@ from steerscope.pipeline.stages.common import (
     vector_entry,
     vectors_results_section,
 )
+from steerscope.validation import check_number
 from steerscope.vectors.dim import select_dim
 from steerscope.vectors.dim_selection import LAYER_CUTOFFS
 from steerscope.vectors.train_config import (
@@ -112,9 +113,8 @@ class TrainSection:
                 fail(f"{key}.lr", f"has a non-positive learning rate {x}", "use e.g. 0.04")
         for x in self.batch_size or []:
             positive_int(f"{key}.batch_size", x)
-        for x in self.seed or []:  # a list: the grid's seed axis (torch takes 64-bit seeds)
-            if not 0 <= x < 2**63:
-                fail(f"{key}.seed", f"has seed {x}, outside 0 to 2**63 - 1", "use e.g. [42, 5]")
+        for i, x in enumerate(self.seed or []):  # a list: the grid's seed axis
+            check_number(x, f"config key '{key}.seed[{i}]'", name="seed")
         positive_int(f"{key}.epochs", self.epochs, allow_none=True)
         positive_int(f"{key}.max_response_tokens", self.max_response_tokens, allow_none=True)
 
