@@ -1,0 +1,107 @@
+"""The pipeline on an int8-quantized tiny chat model (``model.quantization: int8``): the model,
+data, vectors (DIM), trained (NTP), evaluation, patching, freeze and svv stages run,
+results.json passes its check and records the quantization, and the svv section's tokens are
+those of the dequantized int8 weights computed here by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_pipeline_workdir
+
+from steerscope.errors import SteerscopeError
+from steerscope.pipeline import check_results, config_from_dict, run_pipeline
+
+pytest.importorskip("torchao", reason="the int8 backend (pip install 'steerscope[quant]')")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
+
+
+def _config(root: Path) -> dict:
+    """The tiny model quantized, 4 test prompts per set, 4-token generations, no circuits."""
+    return {
+        "name": "quant",
+        "model": {"source": str(root / "model"), "quantization": "int8"},
+        "data": {k: str(root / ("harmful.txt" if "harmful" in k else "harmless.txt"))
+                 for k in ("harmful_train", "harmless_train", "harmful_val", "harmless_val",
+                           "harmful_test", "harmless_test")}
+        | {"n_train": 4, "n_val": 3, "n_test": 4},
+        "vectors": {
+            "methods": ["dim", "ntp"],
+            "batch_size": 4,
+            "dim": {"filter": False, "kl_threshold": 1e9, "induce_threshold": -1e9,
+                    "positions": [-1]},
+            "preference": {"max_new_tokens": 4, "val_fraction": 0.25},
+            "ntp": {"lr": [0.04], "epochs": 1, "max_response_tokens": 4},
+        },
+        "evaluation": {"max_new_tokens": 4, "batch_size": 3},
+        "patching": {"flip": "tokens", "n_prompts": 4, "max_new_tokens": 4, "ig_steps": 2,
+                     "batch_size": 4},
+        "circuits": {"enabled": False},
+        "freeze": {"n_prompts": 3, "max_new_tokens": 5},
+        "svv": {"top_tokens": 6, "n_heads": 4},
+        "sparsify": {"enabled": False},
+    }
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return write_pipeline_workdir(tmp_path_factory.mktemp("quant"))
+
+
+@pytest.fixture(scope="module")
+def run(root):
+    res = run_pipeline(_config(root), root / "runs", progress=False)
+    return res, json.loads(res.results_path.read_text())
+
+
+def test_the_stages_run_on_the_int8_model(run):
+    res, results = run
+    for stage in ("model", "vectors", "trained", "evaluation", "patching", "freeze", "svv"):
+        assert results["run"]["stages"][stage] == "done", stage
+    assert {"model", "vectors", "steering", "freeze", "svv"} <= set(check_results(results))
+    assert results["model"]["quantization"] == "int8"
+    assert set(results["svv"]) == set(res.outputs["patching"].outputs["methods"]) != set()
+    for e in results["freeze"].values():
+        assert 0.0 <= e["harmful_asr"] <= 1.0
+
+
+def test_svv_tokens_are_those_of_the_dequantized_int8_weights(root, run):
+    """Each row's tokens: top-6 of the final norm and the unembedding applied to
+    ±(s ⊙ γ) W_V^h W_O^h with W_V, W_O the int8 weights dequantized here (qdata · scale)."""
+    from steerscope.models import load_model
+    from steerscope.vectors import SteeringVector
+
+    res, results = run
+    lm = load_model(root / "model", quantization="int8")
+    arch = lm.arch
+    for method, rows in results["svv"].items():
+        sv = SteeringVector.load(res.run_dir / results["vectors"][method]["path"], arch)
+        for r in rows:
+            layer, head = (int(x) for x in r["node"][1:].split(".h"))
+            attn = lm.model.model.layers[layer].self_attn
+            w_v, w_o = (w.qdata.float() * w.scale.float()
+                        for w in (attn.v_proj.weight, attn.o_proj.weight))
+            dh, g = arch.d_head, head // arch.group_size
+            gamma = lm.model.model.layers[layer].input_layernorm.weight.float()
+            svv = w_o[:, head * dh:(head + 1) * dh] @ (
+                w_v[g * dh:(g + 1) * dh] @ (sv.vector.float() * gamma))  # [d]
+            if r["flipped"]:
+                svv = -svv
+            with torch.no_grad():
+                logits = lm.model.lm_head(lm.model.model.norm(svv[None, None]))[0, 0]
+            assert r["tokens"] == [lm.tokenizer.decode([i]) for i in logits.topk(6).indices]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("int3", r"config key 'model.quantization': unknown quantization 'int3'"),
+    (8, r"model\.quantization"),
+])
+def test_a_bad_quantization_fails_the_config_check_in_one_line(root, value, message):
+    cfg = _config(root)
+    cfg["model"]["quantization"] = value
+    with pytest.raises(SteerscopeError, match=message) as info:
+        config_from_dict(cfg)
+    assert "\n" not in str(info.value)
