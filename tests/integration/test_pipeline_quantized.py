@@ -105,3 +105,17 @@ def test_a_bad_quantization_fails_the_config_check_in_one_line(root, value, mess
     with pytest.raises(SteerscopeError, match=message) as info:
         config_from_dict(cfg)
     assert "\n" not in str(info.value)
+
+
+# --- the command line ----------------------------------------------------------------------
+def test_cli_loads_int8_and_refuses_an_unknown_quantization_in_one_line(root, capsys):
+    from steerscope.cli import main
+
+    assert main(["info", str(root / "model"), "--quantization", "int8"]) == 0
+    assert "llama: 4 layers" in capsys.readouterr().out
+    assert main(["generate", str(root / "model"), "--quantization", "int8", "--prompt", "hi",
+                 "--max-new-tokens", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert main(["info", str(root / "model"), "--quantization", "int3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown quantization 'int3'" in err and len(err.splitlines()) == 1

@@ -26,6 +26,7 @@ from steerscope.models.quantization import (
     check_quantization,
     model_quantization,
     quantization_config,
+    release_loading_memory,
 )
 from steerscope.models.sources import (
     ResolvedSource,
@@ -249,6 +250,8 @@ def load_model(
 
     model.eval()
     model.requires_grad_(False)
+    if quant_config is not None:
+        release_loading_memory(model)
     if target is not None:
         model.to(target)
     arch = validate_model(model)

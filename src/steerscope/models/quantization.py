@@ -23,6 +23,7 @@ and scales of a quantized tensor, not the float shape it presents).
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,6 @@ def quantization_config(quantization: Any, device: torch.device, dtype: Any):
     import transformers
 
     if scheme.package == "torchao":
-        import_torchao_quietly()
         from torchao.quantization import Int8WeightOnlyConfig
 
         return transformers.TorchAoConfig(Int8WeightOnlyConfig())
@@ -126,20 +126,20 @@ def quantization_config(quantization: Any, device: torch.device, dtype: Any):
                                            bnb_4bit_compute_dtype=compute)
 
 
-def import_torchao_quietly() -> None:
-    """Import torchao with its import-time warnings hidden (on a CPU-only torch it reports
-    each CUDA kernel library it cannot load; the int8 weight-only path needs none of them)."""
-    import logging
+class _TorchaoImportNoise(logging.Filter):
+    """Drops the warnings torchao logs when it is imported with a CPU-only torch (each CUDA
+    kernel library it cannot load; torch's note on its enum registrations). transformers
+    imports torchao whenever it is installed, for float models too; the int8 weight-only path
+    needs none of those libraries."""
 
-    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        import torchao  # noqa: F401
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ((msg.startswith("Failed to load") and ".so" in msg)
+                    or "register_constant()" in msg)
+
+
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).addFilter(_TorchaoImportNoise())
 
 
 def model_quantization(model: nn.Module) -> str | None:
@@ -150,6 +150,29 @@ def model_quantization(model: nn.Module) -> str | None:
         return None
     method = config.get("quant_method") if isinstance(config, dict) else config.quant_method
     return str(getattr(method, "value", method))
+
+
+def release_loading_memory(model: nn.Module) -> None:
+    """Give back the memory a quantized load leaves behind: the float parameters and buffers
+    that stayed views of the checkpoint's memory map (the embeddings, the norms) are copied so
+    the map, whose every page the quantizer read, can close; freed heap goes back to the
+    system (glibc ``malloc_trim``, where there is one). Changes no value."""
+    import ctypes
+    import gc
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if type(p) is nn.Parameter and p.device.type == "cpu":
+                p.data = p.data.clone()
+        for module in model.modules():
+            for name, b in list(module._buffers.items()):
+                if type(b) is torch.Tensor and b.device.type == "cpu":
+                    module._buffers[name] = b.clone()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 # --- reading weights -----------------------------------------------------------------------
