@@ -6,6 +6,7 @@ those of the dequantized int8 weights computed here by hand."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,35 +16,20 @@ from conftest import write_pipeline_workdir
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline import check_results, config_from_dict, run_pipeline
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_pipeline import tiny_config  # noqa: E402
+
 pytest.importorskip("torchao", reason="the int8 backend (pip install 'steerscope[quant]')")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
 def _config(root: Path) -> dict:
-    """The tiny model quantized, 4 test prompts per set, 4-token generations, no circuits."""
-    return {
-        "name": "quant",
-        "model": {"source": str(root / "model"), "quantization": "int8"},
-        "data": {k: str(root / ("harmful.txt" if "harmful" in k else "harmless.txt"))
-                 for k in ("harmful_train", "harmless_train", "harmful_val", "harmless_val",
-                           "harmful_test", "harmless_test")}
-        | {"n_train": 4, "n_val": 3, "n_test": 4},
-        "vectors": {
-            "methods": ["dim", "ntp"],
-            "batch_size": 4,
-            "dim": {"filter": False, "kl_threshold": 1e9, "induce_threshold": -1e9,
-                    "positions": [-1]},
-            "preference": {"max_new_tokens": 4, "val_fraction": 0.25},
-            "ntp": {"lr": [0.04], "epochs": 1, "max_response_tokens": 4},
-        },
-        "evaluation": {"max_new_tokens": 4, "batch_size": 3},
-        "patching": {"flip": "tokens", "n_prompts": 4, "max_new_tokens": 4, "ig_steps": 2,
-                     "batch_size": 4},
-        "circuits": {"enabled": False},
-        "freeze": {"n_prompts": 3, "max_new_tokens": 5},
-        "svv": {"top_tokens": 6, "n_heads": 4},
-        "sparsify": {"enabled": False},
-    }
+    """The tiny model quantized; DIM and NTP; 4 patched prompts; no circuits, no sparsify."""
+    return tiny_config(root, name="quant", model={"quantization": "int8"},
+                       vectors={"methods": ["dim", "ntp"]},
+                       patching={"n_prompts": 4, "batch_size": 4},
+                       circuits={"enabled": False}, svv={"top_tokens": 6, "n_heads": 4},
+                       sparsify={"enabled": False})
 
 
 @pytest.fixture(scope="module")

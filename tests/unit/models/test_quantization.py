@@ -223,6 +223,31 @@ def test_patching_graph_and_eap_ig_gradients_on_int8(q8, twin):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_every_architecture_int8_equals_its_dequantized_twin(arch_name, tmp_path):
+    """Steered logits and the attention decomposition (post-norms, soft-caps, q/k norms,
+    biases) on each tiny architecture, loaded int8."""
+    lm = load_model(save_tiny_chat_model(tmp_path / arch_name, arch_name), quantization="int8")
+    twin = tiny_model(arch_name)
+    quantized = dict(lm.model.named_modules())
+    with torch.no_grad():
+        for name, module in twin.named_modules():
+            if isinstance(module, nn.Linear):
+                module.weight.copy_(linear_weight(quantized[name]))
+    ids, mask, _ = random_left_padded_batch(seed=3)
+    s, real = _vector(), mask.bool()
+    got = _steered_logits(lm.model, lm.arch, s, ids, mask)
+    torch.testing.assert_close(got[real], _steered_logits(twin, None, s, ids, mask)[real],
+                               atol=1e-4, rtol=1e-4)
+    caps = {p: Capture(p, LAYER + 1) for p in ("attn_out", "resid_pre", "pattern")}
+    with Runtime(lm.model, [steer(s, LAYER, ALPHA), *caps.values()]), torch.no_grad():
+        lm.model(input_ids=ids, attention_mask=mask,
+                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+    dec = decompose_attention(lm.arch, LAYER + 1, caps["resid_pre"].value,
+                              caps["pattern"].value, s, ALPHA)
+    torch.testing.assert_close(dec.total[real], caps["attn_out"].value[real], atol=5e-5,
+                               rtol=1e-4)
+
+
 # --- bad input -----------------------------------------------------------------------------
 def _one_line(exc) -> str:
     msg = str(exc.value)
