@@ -8,13 +8,15 @@ Each setting runs in a fresh child process (so peak RSS is its own): load the mo
     scales of quantized weights, not the float shape they present),
   - peak RSS while loading (``ru_maxrss``), RSS right after loading (``VmRSS``), and peak
     RSS of the whole child,
-  - one teacher-forced forward pass over ``--batch`` prompts (median of ``--repeats``),
+  - RSS after the timed runs (``VmRSS``),
+  - one steered forward pass over ``--batch`` prompts (median of ``--repeats``),
   - a steered greedy generation of ``--new-tokens`` tokens per prompt (DIM-free: a fixed
     random unit vector × 8 at the middle layer; median of ``--repeats``),
   - the last-token logits of the forward pass (compared across settings: max |Δ|, top-1
     agreement).
-Settings alternate over ``--rounds`` child processes each; every figure is the median over
-them. Prints one column per setting and the ratio int8 / float32. CPU by default, one
+Times are CPU seconds of the process (``time.process_time``; with one thread, what a busy
+shared machine's time-slicing does not inflate) and wall seconds. Settings alternate over
+``--rounds`` child processes each; every figure is the median over them. Prints one column per setting and the ratio int8 / float32. CPU by default, one
 thread (``--threads``) so the numbers depend on the machine's other load as little as they
 can.
 """
@@ -81,15 +83,17 @@ def child(args) -> None:
         return generate_ids(model, ids, mask, max_new_tokens=args.new_tokens, interventions=ops,
                             stop_at_eos=False, pad_token_id=tok.pad_token_id)
 
-    times: dict[str, list[float]] = {"forward": [], "generate": []}
+    times: dict[str, list[float]] = {k: [] for k in ("forward", "generate", "forward_cpu",
+                                                     "generate_cpu")}
     with torch.inference_mode():
         logits = forward()  # warm-up
         generate()
         for _ in range(args.repeats):
             for name, fn in (("forward", forward), ("generate", generate)):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 fn()
                 times[name].append(time.perf_counter() - t)
+                times[f"{name}_cpu"].append(time.process_time() - c)
     save_file({"logits": logits.cpu().contiguous()}, args.logits)
     print(json.dumps({
         "param_bytes": parameter_bytes(model),
@@ -97,8 +101,8 @@ def child(args) -> None:
         "rss_after_load_mib": rss_load_kb / 1024,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "load_s": load_s,
-        "forward_s": statistics.median(times["forward"]),
-        "generate_s": statistics.median(times["generate"]),
+        "rss_end_mib": current_rss_kb() / 1024,
+        **{f"{k}_s": statistics.median(v) for k, v in times.items()},
         "prompt_tokens": int(ids.shape[1]),
         "device": str(lm.device),
     }))
@@ -142,18 +146,21 @@ def main() -> None:
                       else v[0][key]) for key in v[0]} for k, v in runs.items()}
     f, q = rows["float32"], rows["int8"]
     print(f"model {args.model} on {f['device']}, {args.threads} thread(s); forward: batch "
-          f"{args.batch} x {f['prompt_tokens']} tokens; steered generation: "
+          f"{args.batch} x {int(f['prompt_tokens'])} tokens; steered generation: "
           f"{args.new_tokens} new tokens per prompt; median of {args.repeats} x {args.rounds} "
           "rounds")
-    print(f"  {'':24s} {'float32':>12s} {'int8':>12s} {'int8/float32':>13s}")
+    print(f"  {'':27s} {'float32':>10s} {'int8':>10s} {'int8/float32':>13s}")
     fmt = {"param_bytes": ("parameter MiB", 2 ** -20),
            "peak_rss_load_mib": ("peak RSS loading MiB", 1),
            "rss_after_load_mib": ("RSS after load MiB", 1),
-           "peak_rss_mib": ("peak RSS (all) MiB", 1), "load_s": ("load s", 1),
-           "forward_s": ("forward s", 1), "generate_s": ("steered generate s", 1)}
+           "rss_end_mib": ("RSS after the runs MiB", 1),
+           "peak_rss_mib": ("peak RSS (all) MiB", 1), "load_s": ("load s (wall)", 1),
+           "forward_cpu_s": ("forward s (CPU)", 1), "forward_s": ("forward s (wall)", 1),
+           "generate_cpu_s": ("steered generate s (CPU)", 1),
+           "generate_s": ("steered generate s (wall)", 1)}
     for key, (label, scale) in fmt.items():
         a, b = f[key] * scale, q[key] * scale
-        print(f"  {label:24s} {a:12.3f} {b:12.3f} {b / a:13.3f}")
+        print(f"  {label:27s} {a:10.3f} {b:10.3f} {b / a:13.3f}")
     lf, lq = logits["float32"], logits["int8"]
     agree = (lf.argmax(-1) == lq.argmax(-1)).float().mean().item()
     print(f"  last-token logits: max |int8 - float32| = {(lq - lf).abs().max().item():.4f} "

@@ -298,3 +298,31 @@ def test_quantizing_a_gguf_file_is_refused(tmp_path):
     with pytest.raises(SteerscopeError) as exc:
         load_model(gguf, quantization="int8")
     assert ".gguf" in _one_line(exc)
+
+
+@pytest.mark.parametrize("scheme", ["bnb-int8", "nf4"])
+def test_bitsandbytes_weights_read_dequantized_and_validate(folder, fp, scheme):
+    """bitsandbytes layers (loaded here on CPU through transformers directly, since steerscope
+    runs them on CUDA only): the architecture check reads the packed 4-bit shapes right,
+    ``linear_weight`` returns the [out, in] float matrix near the float weight, and the
+    parameters take less storage."""
+    pytest.importorskip("bitsandbytes", reason="pip install 'steerscope[bnb]'")
+    import transformers
+
+    from steerscope.models.archs import validate_model
+
+    cfg = (transformers.BitsAndBytesConfig(load_in_8bit=True) if scheme == "bnb-int8" else
+           transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                           bnb_4bit_compute_dtype=torch.float32))
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=cfg, dtype=torch.float32, device_map={"": "cpu"})
+    arch = validate_model(model)
+    for name in ("v_proj", "o_proj"):
+        w = linear_weight(arch.component(LAYER, name))
+        ref = fp.arch.component(LAYER, name).weight
+        assert w.dtype == torch.float32 and w.shape == ref.shape
+        # int8: one step of the row's absmax / 127 (bitsandbytes rounds the weight and its
+        # scales to float16 first); nf4: 4 bits, blocks of 64
+        tol = 1 / 127 if scheme == "bnb-int8" else 0.25
+        assert ((w - ref).abs() <= tol * ref.abs().amax(1, keepdim=True) + 1e-6).all()
+    assert parameter_bytes(model) < 0.6 * parameter_bytes(fp.model)
