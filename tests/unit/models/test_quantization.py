@@ -106,6 +106,17 @@ def test_linear_weight_is_what_the_layer_computes(fp, q8):
             assert ((w - ref).abs() <= bound).all()
 
 
+def test_an_int8_checkpoint_saves_and_reloads_quantized(q8, tmp_path):
+    q8.model.save_pretrained(tmp_path)
+    q8.tokenizer.save_pretrained(tmp_path)
+    again = load_model(tmp_path)  # no quantization= : the checkpoint says torchao
+    assert again.quantization == "torchao"
+    for name in ("v_proj", "o_proj"):
+        assert torch.equal(linear_weight(again.arch.component(LAYER, name)),
+                           linear_weight(q8.arch.component(LAYER, name)))
+    assert parameter_bytes(again.model) == parameter_bytes(q8.model)
+
+
 # --- steering, capture, gradients ----------------------------------------------------------
 def test_steered_logits_equal_the_dequantized_twin_and_stay_near_float(fp, q8, twin):
     ids, mask, _ = random_left_padded_batch(seed=3)
