@@ -105,3 +105,10 @@ def test_cli_loads_int8_and_refuses_an_unknown_quantization_in_one_line(root, ca
     assert main(["info", str(root / "model"), "--quantization", "int3"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown quantization 'int3'" in err and len(err.splitlines()) == 1
+
+
+def test_the_demo_passes_its_quantization_to_the_model_section():
+    from steerscope.demo.config import demo_run_config
+
+    assert demo_run_config(quantization="int8").model.quantization == "int8"
+    assert demo_run_config().model.quantization is None
