@@ -1,5 +1,6 @@
-"""The pipeline on an int8-quantized tiny chat model (``model.quantization: int8``): the model,
-data, vectors (DIM), trained (NTP), evaluation, patching, freeze and svv stages run,
+"""The pipeline on an int8-quantized tiny chat model (``model.quantization: int8``): every stage
+(model, data, vectors/DIM, trained/NTP, evaluation, patching, circuits, freeze, svv, sparsify)
+runs,
 results.json passes its check and records the quantization, and the svv section's tokens are
 those of the dequantized int8 weights computed here by hand."""
 
@@ -24,12 +25,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one t
 
 
 def _config(root: Path) -> dict:
-    """The tiny model quantized; DIM and NTP; 4 patched prompts; no circuits, no sparsify."""
+    """The tiny model quantized; DIM and NTP; 4 patched prompts; every stage."""
     return tiny_config(root, name="quant", model={"quantization": "int8"},
                        vectors={"methods": ["dim", "ntp"]},
                        patching={"n_prompts": 4, "batch_size": 4},
-                       circuits={"enabled": False}, svv={"top_tokens": 6, "n_heads": 4},
-                       sparsify={"enabled": False})
+                       svv={"top_tokens": 6, "n_heads": 4})
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,11 @@ def run(root):
 
 def test_the_stages_run_on_the_int8_model(run):
     res, results = run
-    for stage in ("model", "vectors", "trained", "evaluation", "patching", "freeze", "svv"):
+    for stage in ("model", "data", "vectors", "trained", "evaluation", "patching", "circuits",
+                  "freeze", "svv", "sparsify"):
         assert results["run"]["stages"][stage] == "done", stage
-    assert {"model", "vectors", "steering", "freeze", "svv"} <= set(check_results(results))
+    assert {"model", "vectors", "steering", "circuits", "freeze", "svv", "sparsify"} <= set(
+        check_results(results))
     assert results["model"]["quantization"] == "int8"
     assert set(results["svv"]) == set(res.outputs["patching"].outputs["methods"]) != set()
     for e in results["freeze"].values():
