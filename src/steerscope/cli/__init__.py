@@ -335,6 +335,7 @@ def cmd_demo(args) -> dict | None:
 
     res = run_demo(args.out, until=args.until, progress=not args.quiet, model=args.model,
                    behaviour=args.behaviour, dtype=args.dtype, device=args.device,
+                   quantization=args.quantization,
                    methods=args.methods.split(","),
                    data_dir=args.data_dir, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, max_new_tokens=args.max_new_tokens,

@@ -22,6 +22,8 @@ MODEL_HELP = ("the model: 'default' (the embedded SmolLM2-135M-Instruct), 'demo'
               "refusal model), a local folder, a .gguf file or a Hugging Face Hub id")
 DTYPE_HELP = "weight dtype: float32 | bfloat16 | float16 | auto (default: %(default)s)"
 DEVICE_HELP = "device: cpu | cuda | cuda:N | mps | auto (default: %(default)s)"
+QUANTIZATION_HELP = ("load the weights quantized: int8 (torchao, CPU or CUDA) | bnb-int8 | nf4 | "
+                     "fp4 (bitsandbytes, CUDA) (default: float; docs/quantization.md)")
 SEED_HELP = "seed of the prompt sample (default: %(default)s)"
 NAMED_FILE_HELP = "NAME=FILE (repeatable; a bare FILE is named by its stem)"
 JUDGE_HELP = ("refusal judge: 'substring', 'llamaguard', 'classifier:ID' or 'chat:ID' "
@@ -38,12 +40,14 @@ def add_chat_template_arg(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser, *, positional: bool = True,
                    chat_template: bool = True, batch_size: int | None = None) -> None:
-    """MODEL (when ``positional``), ``--dtype``, ``--device``, ``--chat-template`` (when
+    """MODEL (when ``positional``), ``--dtype``, ``--device``, ``--quantization``,
+    ``--chat-template`` (when
     ``chat_template``) and, when ``batch_size`` is given, ``--batch-size`` with that default."""
     if positional:
         p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--dtype", default="float32", help=DTYPE_HELP)
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--quantization", default=None, help=QUANTIZATION_HELP)
     if chat_template:
         add_chat_template_arg(p)
     if batch_size is not None:
@@ -161,11 +165,12 @@ def load_vectors(specs: list[str], *, required: bool = True) -> dict:
 # --- model and prompts ---------------------------------------------------------------------
 def load(args):
     """The :class:`~steerscope.models.loading.LoadedModel` named by ``args.model``,
-    ``--dtype``, ``--device``, with ``--chat-template`` applied."""
+    ``--dtype``, ``--device``, ``--quantization``, with ``--chat-template`` applied."""
     from steerscope.models.chat import set_chat_template
     from steerscope.models.loading import load_model
 
-    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device,
+                    quantization=getattr(args, "quantization", None))
     set_chat_template(lm.tokenizer, getattr(args, "chat_template", None))
     return lm
 

@@ -101,7 +101,8 @@ BEHAVIOUR_INDUCE_THRESHOLD = -100.0
 
 
 def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
-                    dtype: str | None = None, device: str | None = None, methods=METHODS,
+                    dtype: str | None = None, device: str | None = None,
+                    quantization: str | None = None, methods=METHODS,
                     data_dir: str | os.PathLike | None = None,
                     n_train: int | None = None, n_val: int | None = None,
                     n_test: int | None = None, max_new_tokens: int | None = None,
@@ -139,6 +140,8 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
         over["model"]["dtype"] = dtype
     if device is not None:
         over["model"]["device"] = device
+    if quantization is not None:
+        over["model"]["quantization"] = quantization
     data: dict[str, Any] = {}
     if other:
         # a behaviour file: anchored here (the run's config has no folder of its own)

@@ -49,6 +49,7 @@ from steerscope.generation import greedy_loop, prepare_greedy_inputs
 from steerscope.mechanisms.lockstep import SharedPrefixLockstep
 from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.chat import encode_prompts
+from steerscope.models.quantization import linear_weight
 from steerscope.runtime import Edit, Intervention, Runtime, steer
 
 MODES = ("none", "qk", "ov", "svv", "mlp")
@@ -190,7 +191,7 @@ def freeze_interventions(
     for lv in layers:
         if mode == "svv":
             norm = arch.component(lv, "attn_norm")
-            w_v = arch.component(lv, "v_proj").weight  # [G*dh, d]
+            w_v = linear_weight(arch.component(lv, "v_proj"))  # [G*dh, d] (dequantized)
             g = arch.norm_weight(norm).detach().float()  # [d]
             # W_V (s ⊙ γ_eff) per KV head: [G, dh]
             term = F.linear(s.to(w_v.device) * g.to(w_v.device), w_v.detach().float())

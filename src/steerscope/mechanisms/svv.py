@@ -28,10 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from steerscope.artifacts import atomic_write, atomic_write_json
 from steerscope.errors import SteerscopeError
 from steerscope.models.archs import ModelArch, validate_model
+from steerscope.models.quantization import linear_weight
 
 
 def head_name(layer: int, head: int) -> str:
@@ -47,8 +49,8 @@ _HEAD_RE = re.compile(r"^a(\d+)\.h(\d+)$")
 # ---------------------------------------------------------------------------------------
 def _value_out_weights(arch: ModelArch, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head ``W_V^h`` [H, d_head, d] (the KV group's slice, GQA) and ``W_O^h`` [H, d, d_head]."""
-    w_v = arch.component(layer, "v_proj").weight.detach().float()  # [G*dh, d]
-    w_o = arch.component(layer, "o_proj").weight.detach().float()  # [d, H*dh]
+    w_v = linear_weight(arch.component(layer, "v_proj")).detach().float()  # [G*dh, d]
+    w_o = linear_weight(arch.component(layer, "o_proj")).detach().float()  # [d, H*dh]
     w_v = w_v.view(arch.n_kv_heads, arch.d_head, arch.d_model)  # [G, dh, d]
     w_v = w_v.repeat_interleave(arch.group_size, dim=0)  # [H, dh, d]
     w_o = w_o.view(arch.d_model, arch.n_heads, arch.d_head).permute(1, 0, 2)  # [H, d, dh]
@@ -141,8 +143,9 @@ def logit_lens(arch: ModelArch, vectors: torch.Tensor, top_k: int = 20
     if top_k < 1:
         raise SteerscopeError(f"top_k must be >= 1, got {top_k}")
     head = arch.unembed
-    x = vectors.to(device=head.weight.device, dtype=head.weight.dtype).unsqueeze(0)  # [1, N, d]
-    logits = head(arch.final_norm(x))[0].float()  # [N, V]
+    w_u = linear_weight(head)  # [V, d], dequantized when the unembedding is quantized
+    x = vectors.to(device=w_u.device, dtype=w_u.dtype).unsqueeze(0)  # [1, N, d]
+    logits = F.linear(arch.final_norm(x), w_u, head.bias)[0].float()  # [N, V]
     cap = arch.final_logit_softcap
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -1,4 +1,5 @@
-"""Models: the architecture table, tiny random models, named model sources, loading real ones."""
+"""Models: the architecture table, tiny random models, named model sources, loading real ones
+(float or quantized)."""
 
 from steerscope.artifacts import atomic_build_dir, cache_dir
 from steerscope.models.archs import (
@@ -23,6 +24,11 @@ from steerscope.models.loading import (
     resolve_device,
     resolve_dtype,
 )
+from steerscope.models.quantization import (
+    QUANTIZATIONS,
+    linear_weight,
+    parameter_bytes,
+)
 from steerscope.models.sources import (
     MODEL_SOURCES,
     ModelSource,
@@ -43,6 +49,7 @@ __all__ = [
     "DTYPES",
     "EMBEDDED_GGUF",
     "MODEL_SOURCES",
+    "QUANTIZATIONS",
     "SUPPORTED_MODEL_TYPES",
     "TINY_ARCHS",
     "ArchSpec",
@@ -54,8 +61,10 @@ __all__ = [
     "default_model_dir",
     "embedded_gguf_path",
     "get_module",
+    "linear_weight",
     "load_model",
     "model_source",
+    "parameter_bytes",
     "register_model_source",
     "resolve_device",
     "resolve_dtype",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from steerscope.errors import SteerscopeError, UnsupportedArchitectureError
+from steerscope.models.quantization import linear_shape
 
 
 @dataclass(frozen=True)
@@ -261,15 +262,15 @@ def validate_model(model: nn.Module) -> ModelArch:
     }
     for layer in range(n_layers):
         for name, shape in expected.items():
-            w = arch.component(layer, name).weight
-            if tuple(w.shape) != shape:
-                fail(f"layer {layer} {name} weight has shape {tuple(w.shape)}, expected {shape}")
+            w_shape = linear_shape(arch.component(layer, name))
+            if w_shape != shape:
+                fail(f"layer {layer} {name} weight has shape {w_shape}, expected {shape}")
         for name in ("attn_norm", "mlp_norm", "attn_post_norm", "mlp_post_norm"):
             norm = arch.component(layer, name)
             if norm is not None and tuple(norm.weight.shape) != (d_model,):
                 fail(f"layer {layer} {name} has weight shape {tuple(norm.weight.shape)}")
-    if tuple(arch.unembed.weight.shape) != (vocab, d_model):
-        fail(f"unembedding has shape {tuple(arch.unembed.weight.shape)}")
+    if linear_shape(arch.unembed) != (vocab, d_model):
+        fail(f"unembedding has shape {linear_shape(arch.unembed)}")
     if n_heads % n_kv:
         fail(f"{n_heads} query heads are not a multiple of {n_kv} KV heads")
     return arch

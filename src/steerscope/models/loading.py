@@ -23,6 +23,13 @@ from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.chat import check_template_renders
 from steerscope.models.file_checks import check_gguf_file, check_model_folder
 from steerscope.models.gguf import check_gguf_arch, load_gguf, strip_quantization
+from steerscope.models.quantization import (
+    QUANTIZATIONS,
+    check_quantization,
+    model_quantization,
+    quantization_config,
+    release_loading_memory,
+)
 from steerscope.models.sources import (
     ResolvedSource,
     check_model_type,
@@ -50,7 +57,9 @@ class LoadedModel:
     Hub revision asked for (``None`` for local sources); ``path`` a local folder from which
     ``AutoModelForCausalLM.from_pretrained(path)`` loads the same model, or ``None`` when
     there is none (a ``.gguf`` file); ``dtype`` and ``device`` those of the model's weights
-    (``device`` is where inputs go: the device of the input embeddings).
+    (``device`` is where inputs go: the device of the input embeddings); ``quantization`` the
+    quantization scheme asked for (``"int8"``, ...), or the ``quant_method`` of a checkpoint
+    stored quantized, or ``None`` for a float model.
     """
 
     model: Any
@@ -61,6 +70,7 @@ class LoadedModel:
     path: str | None
     dtype: torch.dtype
     device: torch.device
+    quantization: str | None = None  # the scheme asked for, or the checkpoint's quant_method
 
 
 # --- arguments -----------------------------------------------------------------------------
@@ -148,6 +158,7 @@ def load_model(
     device_map: str | dict | None = None,
     revision: str | None = None,
     attn_implementation: str | None = None,
+    quantization: Any = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, validate its architecture, and return them.
 
@@ -159,12 +170,18 @@ def load_model(
     ``"bfloat16"``, ``"float16"``, a torch dtype or ``"auto"``. ``device``: ``"cpu"``,
     ``"cuda[:N]"``, ``"mps"`` or ``"auto"``; ignored when ``device_map`` is given (passed to
     ``from_pretrained``, e.g. ``"auto"``). An unsupported architecture is rejected from the
-    config before any weights are read. The model is returned in eval mode with
+    config before any weights are read. ``quantization``: ``None`` (float), a scheme name
+    of :data:`~steerscope.models.quantization.QUANTIZATIONS` (``"int8"``: torchao int8
+    weights, CPU or CUDA; ``"bnb-int8"``, ``"nf4"``, ``"fp4"``: bitsandbytes, CUDA) or a
+    transformers quantization config; for a folder or Hub id (a ``.gguf`` file is refused).
+    The model is returned in eval mode with
     ``requires_grad`` off; the tokenizer pads on the left (with EOS when it has no pad token).
     """
     torch_dtype = resolve_dtype(dtype)
     target = None if device_map is not None else resolve_device(device)
     revision = None if revision is None else str(revision)
+    scheme = check_quantization(quantization)
+    quant_config = quantization_config(quantization, target or resolve_device("auto"), torch_dtype)
 
     named = model_source(source)
     if named is not None:
@@ -185,6 +202,15 @@ def load_model(
         model_kwargs["attn_implementation"] = attn_implementation
     if device_map is not None:
         model_kwargs["device_map"] = device_map
+    if quant_config is not None:
+        if src.kind == "gguf":
+            raise SteerscopeError(f"quantization= applies to a model folder or Hub id, not to the "
+                                  f".gguf file '{src.location}'",
+                                  "load it once in float and save_pretrained it to a folder")
+        model_kwargs["quantization_config"] = quant_config
+        if device_map is None:  # quantized weights are placed while loading, never moved
+            model_kwargs["device_map"] = {"": str(target)}
+            target = None
 
     path: str | None
     if src.kind == "dir":
@@ -231,6 +257,8 @@ def load_model(
 
     model.eval()
     model.requires_grad_(False)
+    if quant_config is not None:
+        release_loading_memory(model)
     if target is not None:
         model.to(target)
     arch = validate_model(model)
@@ -247,4 +275,5 @@ def load_model(
         path=path,
         dtype=model.dtype,
         device=model.get_input_embeddings().weight.device,
+        quantization=scheme if scheme in QUANTIZATIONS else model_quantization(model),
     )

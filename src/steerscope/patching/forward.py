@@ -37,6 +37,7 @@ from torch import nn
 
 from steerscope.errors import SteerscopeError
 from steerscope.models.archs import ModelArch, get_module, validate_model
+from steerscope.models.quantization import linear_weight
 from steerscope.patching.graph import Graph
 from steerscope.patching_conventions import LOGITS_AT, check_choice
 
@@ -343,7 +344,7 @@ class GraphModel:
 
         def project(name: str, xs: torch.Tensor, n: int) -> torch.Tensor:
             proj = arch.component(L, name)
-            w = proj.weight.view(n, dh, d)
+            w = linear_weight(proj).to(xs.dtype).view(n, dh, d)  # dequantized when quantized
             out = torch.einsum("nbsd,ned->bsne", xs, w)  # [B, S, n, dh]
             if proj.bias is not None:
                 out = out + proj.bias.view(n, dh)
@@ -370,7 +371,8 @@ class GraphModel:
             for (owner, attr), module in originals.items():
                 setattr(owner, attr, module)
         zh = z[0].view(B, S, H, dh)
-        heads = torch.einsum("bshe,dhe->hbsd", zh, o_proj.weight.view(d, H, dh))  # [H,B,S,d]
+        w_o = linear_weight(o_proj).to(zh.dtype).view(d, H, dh)  # [d, H, dh]
+        heads = torch.einsum("bshe,dhe->hbsd", zh, w_o)  # [H,B,S,d]
         if o_proj.bias is not None:
             heads = heads + o_proj.bias / H
         post = arch.component(L, "attn_post_norm")

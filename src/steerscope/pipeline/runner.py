@@ -119,7 +119,8 @@ class _Models:
             self.loaded = load_model(m.source, dtype=m.dtype,
                                      device=distributed.device_for(m.device, self.dist),
                                      device_map=m.device_map, revision=m.revision,
-                                     attn_implementation=m.attn_implementation)
+                                     attn_implementation=m.attn_implementation,
+                                     quantization=m.quantization)
             set_chat_template(self.loaded.tokenizer, m.chat_template)
         return self.loaded
 

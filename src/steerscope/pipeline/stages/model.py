@@ -28,18 +28,24 @@ class ModelSection:
     device_map: str | dict[str, Any] | None = None  # e.g. "auto": shard over GPUs
     revision: str | None = None  # Hub revision
     attn_implementation: str | None = None
+    quantization: str | None = None  # None (float) | int8 | bnb-int8 | nf4 | fp4
     # prompt format: None = the tokenizer's own chat template (dates pinned); a name such as
     # 'llama3-no-system-header' (the authors' released Llama-3 format) or Jinja text
     chat_template: str | None = None
 
     def check(self, cfg) -> None:
-        """The dtype and chat template are known; the source is not blank."""
+        """The dtype, quantization and chat template are known; the source is not blank."""
         from steerscope.models.loading import resolve_dtype
+        from steerscope.models.quantization import check_quantization
 
         try:
             resolve_dtype(self.dtype)
         except SteerscopeError as exc:
             raise SteerscopeError(f"config key 'model.dtype': {exc}") from None
+        try:
+            check_quantization(self.quantization)
+        except SteerscopeError as exc:
+            raise SteerscopeError(f"config key 'model.quantization': {exc}") from None
         if not self.source.strip():
             fail("model.source", "is empty",
                  "name a model: 'default', 'demo', a folder or a Hub id")
@@ -68,6 +74,8 @@ def model_info(loaded) -> dict[str, Any]:
         "d_head": a.d_head,
         "vocab_size": a.vocab_size,
         "dtype": str(loaded.dtype).removeprefix("torch."),
+        # only when quantized, so a float run's model.json (and its digest) is unchanged
+        **({"quantization": loaded.quantization} if loaded.quantization else {}),
     }
 
 
