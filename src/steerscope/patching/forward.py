@@ -26,13 +26,10 @@ unembedding output ``z``, as the authors' released code reads ``lm_head``'s outp
 tracked run, ``post_norm=True`` also returns the post-norm inputs of every downstream input
 (what EAP-IG differentiates with ``grad_at="post_norm"``).
 
-Multi-layer steering (a :class:`~steerscope.vectors.SteeringVectorSet`, ``layer`` a list
-``[ℓ1, ℓ2, ...]``): the graph starts at the first steered layer ``ℓ1`` and the shared
-coefficient α is the one steering input. ``α·s_k`` is added to the running residual entering
-block ``ℓk`` for every later steered layer, and counts as output of the ``steer`` node: its
-value at a downstream input of block ``L`` is the unsteered residual entering ``ℓ1`` plus
-``α·Σ_{ℓk ≤ L} s_k``, so reverting the edge ``steer → d`` removes every steering term that has
-reached ``d`` (no edge reverted: the steered model; every edge reverted: the unsteered one).
+Multi-layer steering (``layer`` a list ``[ℓ1, ℓ2, ...]``, vectors [K, d]): the graph starts
+at ``ℓ1``; ``α·s_k`` joins the running residual entering block ``ℓk`` as output of the ``steer``
+node, whose value at an input of block ``L`` is the unsteered residual entering ``ℓ1`` plus
+``α·Σ_{ℓk ≤ L} s_k``: reverting ``steer → d`` removes every steering term that reached ``d``.
 """
 
 from __future__ import annotations
@@ -130,11 +127,8 @@ def frozen_parameters(model: nn.Module):
 
 
 class GraphModel:
-    """A model seen as the patching graph from steering layer ``layer`` on (fine graph).
-
-    ``layer`` a list of ascending layers: multi-layer steering (module doc); the graph starts
-    at the first, and every vector given to :meth:`run` is [K, d], one row per layer.
-    """
+    """A model seen as the patching graph from steering layer ``layer`` on (fine graph);
+    ``layer`` a list of ascending layers: multi-layer steering (module doc)."""
 
     def __init__(self, model: nn.Module, layer: int | Sequence[int], *,
                  arch: ModelArch | None = None, logits_at: str = LOGITS_AT[0]):
@@ -168,21 +162,13 @@ class GraphModel:
         return self.arch.embed.weight.device
 
     def steering_rows(self, vector: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``vector`` as [K, d] rows (row k added at ``steer_layers[k]``) on the model's device
-        in ``dtype``; a [d] vector is one row (single-layer steering)."""
-        K = len(self.steer_layers)
-        if isinstance(vector, torch.Tensor) and vector.ndim == 2:
-            if vector.shape[0] != K:
-                raise SteerscopeError(f"steering vector has {vector.shape[0]} rows for "
-                                      f"{K} steered layers {list(self.steer_layers)}",
-                                      "pass one row per steered layer")
-            rows = [self.arch.check_vector(v) for v in vector]
-        elif K == 1:
-            rows = [self.arch.check_vector(vector)]
-        else:
-            raise SteerscopeError(f"multi-layer steering at layers {list(self.steer_layers)} "
-                                  "needs a [K, d] vector",
-                                  "pass the vector set's .vector (one row per layer)")
+        """``vector`` as [K, d] rows (row k added at ``steer_layers[k]``; a [d] vector is one
+        row) on the model's device in ``dtype``."""
+        rows = vector if isinstance(vector, torch.Tensor) and vector.ndim == 2 else [vector]
+        if len(rows) != len(self.steer_layers):
+            raise SteerscopeError(f"a steering vector of {len(rows)} row(s) for the steered "
+                                  f"layers {list(self.steer_layers)}", "pass one row per layer")
+        rows = [self.arch.check_vector(v) for v in rows]
         return torch.stack(rows).to(device=self.device, dtype=dtype)  # [K, d]
 
     def later_injections(self) -> dict[int, int]:
