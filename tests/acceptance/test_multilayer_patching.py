@@ -167,9 +167,8 @@ def test_edge_scores_match_exact_patching_in_the_linear_regime():
     others = torch.randperm(g.n_edges, generator=torch.Generator().manual_seed(0))[:30]
     edges = sorted(set(later) | set(others.tolist()))
     exact = exact_example(gm, ctx, nodes=None, edges=edges)
-    pairs = {"nodes": (ig["nodes"], exact["nodes"]),
-             "edges": (g.from_matrix(ig["edges"])[edges], g.from_matrix(exact["edges"])[edges])}
-    for key, (a, b) in pairs.items():
-        a, b = a.double(), b.double()
-        assert (a - b).abs().max() < 0.01 * b.abs().max(), key
-        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.999, key
+    for got, want in ((ig["nodes"], exact["nodes"]),
+                      (g.from_matrix(ig["edges"])[edges], g.from_matrix(exact["edges"])[edges])):
+        # first order in α: within 1% of the largest score
+        torch.testing.assert_close(got.double(), want.double(), rtol=0,
+                                   atol=0.01 * float(want.abs().max()))

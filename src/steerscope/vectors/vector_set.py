@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ from steerscope.runtime import steer as steer_at_layer
 from steerscope.vectors.vector import META_KEY, SteeringVector
 
 KIND = "vector_set"
-FORMAT_VERSION = 1
 TENSOR_PREFIX = "layer."  # tensor key of the direction at layer ℓ: "layer.{ℓ}"
 _TENSOR_KEY = re.compile(r"^layer\.(\d+)$")
 
@@ -160,12 +159,9 @@ class SteeringVectorSet:
 
     @property
     def d_model(self) -> int:
-        return int(self.vector.shape[1])
+        return int(self.vector.shape[-1])
 
-    @property
-    def norm(self) -> float:
-        """L2 norm of all layers' directions together."""
-        return float(self.vector.norm())
+    norm = SteeringVector.norm  # L2 norm of all layers' directions together
 
     @property
     def norms(self) -> dict[int, float]:
@@ -175,21 +171,13 @@ class SteeringVectorSet:
     @property
     def sha256(self) -> str:
         """Content hash of the tensor bytes and the layers."""
-        h = hashlib.sha256(self.vector.numpy().tobytes())
-        h.update(f"layers={self.layers}".encode())
-        return h.hexdigest()
+        return hashlib.sha256(self.vector.numpy().tobytes()
+                              + f"layers={self.layers}".encode()).hexdigest()
 
-    # --- arithmetic -----------------------------------------------------------------------
-    def with_vector(self, vector: torch.Tensor, **changes) -> SteeringVectorSet:
-        """A copy with another [K, d] tensor (and optionally other fields changed)."""
-        return replace(self, vector=vector, **changes)
-
-    def scaled_to(self, norm: float) -> SteeringVectorSet:
-        """A copy rescaled (every layer by one factor) to total L2 norm ``norm``."""
-        if self.norm == 0:
-            raise SteerscopeError("cannot rescale the zero vector set")
-        return self.with_vector(self.vector * (norm / self.norm),
-                                metadata={**self.metadata, "rescaled_to": float(norm)})
+    # --- arithmetic (a copy with another [K, d] tensor; rescaled, every layer by one factor,
+    # to total L2 norm ``norm``): SteeringVector's, which read only the fields both share
+    with_vector = SteeringVector.with_vector
+    scaled_to = SteeringVector.scaled_to
 
     def cosine(self, other) -> float:
         """Cosine similarity of the concatenated directions with another set over the same
@@ -223,11 +211,7 @@ class SteeringVectorSet:
     # --- files ----------------------------------------------------------------------------
     def to_metadata(self) -> dict[str, Any]:
         """The JSON object stored in the file header (everything but the tensors)."""
-        d = asdict(self)
-        d.pop("vector")
-        d.update(kind=KIND, format_version=FORMAT_VERSION, d_model=self.d_model, norm=self.norm,
-                 sha256=self.sha256)
-        return d
+        return {**SteeringVector.to_metadata(self), "kind": KIND}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the set file atomically (format: module doc); returns its path."""
