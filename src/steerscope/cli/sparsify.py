@@ -18,7 +18,6 @@ from steerscope.errors import SteerscopeError
 def _vectors(args) -> tuple[dict, dict]:
     """The --vector and --ie files (read before any model loads)."""
     from steerscope.sparsify import load_ie
-
     from steerscope.vectors.vector_set import is_multi_layer
 
     vectors = common.load_vectors(args.vector)
