@@ -127,6 +127,12 @@ def test_save_load_round_trip_is_exact(tmp_path):
     with pytest.raises(SteerscopeError) as e:
         SteeringVectorSet.load(single)
     assert "not a steerscope vector set" in _one_line(e)
+    for layers in ((2, 3), (2,)):  # a one-layer set file is still a set file
+        path = _set(layers=layers).save(tmp_path / f"set{len(layers)}.safetensors")
+        with pytest.raises(SteerscopeError) as e:
+            SteeringVector.load(path)
+        assert "holds a multi-layer vector set: load it with SteeringVectorSet.load" in \
+            _one_line(e)
 
 
 def test_gguf_export_holds_one_direction_per_layer(tmp_path):
