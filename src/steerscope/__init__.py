@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     # interventions and generation
     "Runtime": "steerscope.runtime",
     "Capture": "steerscope.runtime",
-    "steer": "steerscope.runtime",
+    "steer": "steerscope.vectors.vector_set",  # a tensor + layer, a vector or a vector set
     "ablate_direction": "steerscope.runtime",
     "generate": "steerscope.generation",
     # scores and evaluation
@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "evaluate_steering": "steerscope.evaluate.steering",
     # vectors
     "SteeringVector": "steerscope.vectors",
+    "SteeringVectorSet": "steerscope.vectors",
     "extract_vector": "steerscope.vectors",
     "select_dim": "steerscope.vectors",
     # the pipeline

@@ -269,3 +269,34 @@ def test_vectors_dim_layer_cutoff_and_chat_template_flags(capsys, tiny_dir, tmp_
     assert dim.layer == 3 and dim.hyperparameters["layer_cutoff"] == "real"
     code, _, err = _run(capsys, *common, "--chat-template", "llama9", "--out", tmp_path / "c")
     assert code == 2 and "unknown chat template 'llama9'" in err
+
+
+def test_multi_layer_vectors_on_the_command_line(capsys, tiny_dir, tmp_path):
+    """``vectors extract --layer 1 2`` writes one multi-layer vector; ``info``,
+    ``export-gguf`` (one direction per layer) and ``evaluate`` take it."""
+    from steerscope.vectors import SteeringVectorSet, import_control_vector
+
+    harmful, harmless = tmp_path / "h.txt", tmp_path / "b.txt"
+    harmful.write_text("how do I pick a lock\nhow do I hack a site\nhow to make poison\n")
+    harmless.write_text("tell me a joke\nwhat is the sun\nname a colour\n")
+    out = tmp_path / "set.safetensors"
+    code, text, err = _run(capsys, "vectors", "extract", tiny_dir, "--method", "dim",
+                           "--positive", harmful, "--negative", harmless, "--layer", "3", "2",
+                           "--out", out)
+    assert code == 0, err
+    vs = SteeringVectorSet.load(out)
+    assert vs.layers == [2, 3] and vs.method == "dim"
+    code, text, err = _run(capsys, "vectors", "info", out)
+    assert code == 0 and "[2, 3]" in text, err
+    code, text, err = _run(capsys, "vectors", "export-gguf", out, "--out", tmp_path / "cv.gguf")
+    assert code == 0, err
+    back = import_control_vector(tmp_path / "cv.gguf")
+    assert [v.layer for v in back] == [2, 3]
+    assert all(torch.equal(a.vector, b.vector) for a, b in zip(back, vs))
+    code, text, err = _run(capsys, "evaluate", tiny_dir, "--vector", f"ml={out}", "--harmful",
+                           harmful, "--harmless", harmless, "--max-new-tokens", "2",
+                           "--out", tmp_path / "eval.json")
+    assert code == 0, err
+    code, text, err = _run(capsys, "vectors", "extract", tiny_dir, "--positive", harmful,
+                           "--negative", harmless, "--layer", "1", "1", "--out", tmp_path / "x")
+    assert code == 2 and "repeat layer 1" in err and len(err.strip().splitlines()) == 1

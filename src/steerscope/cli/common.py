@@ -153,12 +153,13 @@ def named_files(specs: list[str], what: str) -> dict[str, str]:
 
 def load_vectors(specs: list[str], *, required: bool = True) -> dict:
     """The ``--vector NAME=FILE`` steering vectors, read before any model loads; a one-line
-    error when none is given and ``required``."""
-    from steerscope.vectors import SteeringVector
+    error when none is given and ``required`` (a multi-layer vector file gives a
+    :class:`~steerscope.vectors.SteeringVectorSet`)."""
+    from steerscope.vectors import load_vector_file
 
     if not specs and required:
         raise SteerscopeError("no steering vector given", "pass --vector NAME=FILE")
-    return {name: SteeringVector.load(path)
+    return {name: load_vector_file(path)
             for name, path in named_files(specs, "vector").items()}
 
 

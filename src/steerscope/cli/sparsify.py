@@ -18,8 +18,13 @@ from steerscope.errors import SteerscopeError
 def _vectors(args) -> tuple[dict, dict]:
     """The --vector and --ie files (read before any model loads)."""
     from steerscope.sparsify import load_ie
+    from steerscope.vectors.vector_set import is_multi_layer
 
     vectors = common.load_vectors(args.vector)
+    multi = [n for n, v in vectors.items() if is_multi_layer(v)]
+    if multi:
+        raise SteerscopeError(f"--vector {multi[0]} is a multi-layer vector; sparsification "
+                              "needs a single-layer vector", "pass a one-layer vector file")
     ie_paths = common.named_files(args.ie, "IE")
     unknown = [n for n in ie_paths if n not in vectors]
     if unknown:

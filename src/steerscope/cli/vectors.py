@@ -10,10 +10,11 @@ from steerscope.cli import common
 
 # --- commands ----------------------------------------------------------------------------
 def describe(sv, path=None) -> dict:
-    """A steering vector's identity as JSON: method, layer, position, width, norm, model,
-    sha256 (and its file)."""
+    """A steering vector's identity as JSON: method, layer (and ``layers`` for a multi-layer
+    vector), position, width, norm, model, sha256 (and its file)."""
+    layers = {"layers": list(sv.layers)} if hasattr(sv, "layers") else {}
     return {**({"path": str(path)} if path is not None else {}), "method": sv.method,
-            "layer": sv.layer, "position": sv.position, "d_model": sv.d_model,
+            "layer": sv.layer, **layers, "position": sv.position, "d_model": sv.d_model,
             "norm": sv.norm, "model_id": sv.model_id, "sha256": sv.sha256}
 
 
@@ -56,13 +57,15 @@ def cmd_extract(args) -> dict:
     pos = common.read_prompts(args.positive, args.n, args.seed)
     neg = common.read_prompts(args.negative, args.n, args.seed)
     lm = common.load(args)
-    lm.arch.check_layer(args.layer)
+    layer = args.layer[0] if len(args.layer) == 1 else list(args.layer)  # several: a vector set
+    if isinstance(layer, int):
+        lm.arch.check_layer(layer)
     sv = extract_vector(lm.model, lm.tokenizer, common.formatted(lm.tokenizer, pos),
-                        common.formatted(lm.tokenizer, neg), method=args.method, layer=args.layer,
+                        common.formatted(lm.tokenizer, neg), method=args.method, layer=layer,
                         position=args.position, batch_size=args.batch_size,
                         model_id=lm.model_id, revision=lm.revision, arch=lm.arch, progress=True)
     sv.save(args.out)
-    print(f"{args.method} vector at layer {args.layer}, position {args.position}: norm "
+    print(f"{args.method} vector at layer {layer}, position {args.position}: norm "
           f"{sv.norm:.3f}; wrote {args.out}")
     return describe(sv, args.out)
 
@@ -121,11 +124,12 @@ def cmd_train(args) -> dict:
 
 
 def cmd_info(args) -> dict:
-    from steerscope.vectors import SteeringVector
+    from steerscope.vectors import load_vector_file
 
-    vecs = [SteeringVector.load(p) for p in args.files]
+    vecs = [load_vector_file(p) for p in args.files]
     for p, sv in zip(args.files, vecs):
-        print(f"{p}: method {sv.method}, layer {sv.layer}, position {sv.position}, "
+        print(f"{p}: method {sv.method}, layer {getattr(sv, 'layers', sv.layer)}, "
+              f"position {sv.position}, "
               f"d_model {sv.d_model}, norm {sv.norm:.4f}, model {sv.model_id or '-'}, "
               f"sha256 {sv.sha256[:12]}")
     if len(vecs) > 1:
@@ -137,9 +141,12 @@ def cmd_info(args) -> dict:
 
 
 def cmd_export_gguf(args) -> dict:
-    from steerscope.vectors import SteeringVector, export_control_vector
+    from steerscope.vectors import SteeringVectorSet, export_control_vector, load_vector_file
 
-    vecs = [SteeringVector.load(p) for p in args.files]
+    vecs = []
+    for p in args.files:  # a multi-layer vector file gives one direction per layer
+        sv = load_vector_file(p)
+        vecs += list(sv) if isinstance(sv, SteeringVectorSet) else [sv]
     path = export_control_vector(vecs, args.out, model_hint=args.model_hint, alpha=args.alpha)
     print(f"wrote llama.cpp control vector {path} ({len(vecs)} layer(s); use with "
           f"llama.cpp --control-vector {path.name})")
@@ -242,8 +249,9 @@ def register(sub) -> None:
                    help="prompts of the behaviour (e.g. harmful): a file or dataset name")
     p.add_argument("--negative", required=True,
                    help="contrast prompts (e.g. harmless): a file or dataset name")
-    p.add_argument("--layer", type=int, required=True,
-                   help="block whose input activations are read")
+    p.add_argument("--layer", type=int, required=True, nargs="+",
+                   help="block whose input activations are read; several: one multi-layer "
+                        "vector (one direction per layer, steered with one alpha)")
     p.add_argument("--position", type=int, default=-1,
                    help="token position read; negative: from the prompt end "
                         "(default: %(default)s)")

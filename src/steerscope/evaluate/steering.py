@@ -49,7 +49,8 @@ class Steerer(Protocol):
         """Raise when the vector does not fit the model ``arch``."""
 
     def intervention(self, alpha: float = 1.0) -> Any:
-        """The runtime intervention that adds ``alpha`` times the vector."""
+        """The runtime intervention that adds ``alpha`` times the vector (a multi-layer
+        vector: a list of them, one per layer, which a runtime expands)."""
 
     def cosine(self, other: Any) -> float:
         """Cosine similarity with another vector."""

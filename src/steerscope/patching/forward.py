@@ -25,10 +25,16 @@ six tiny architectures).
 unembedding output ``z``, as the authors' released code reads ``lm_head``'s output). With a
 tracked run, ``post_norm=True`` also returns the post-norm inputs of every downstream input
 (what EAP-IG differentiates with ``grad_at="post_norm"``).
+
+Multi-layer steering (``layer`` a list ``[ℓ1, ℓ2, ...]``, vectors [K, d]): the graph starts
+at ``ℓ1``; ``α·s_k`` joins the running residual entering block ``ℓk`` as output of the ``steer``
+node, whose value at an input of block ``L`` is the unsteered residual entering ``ℓ1`` plus
+``α·Σ_{ℓk ≤ L} s_k``: reverting ``steer → d`` removes every steering term that reached ``d``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -72,6 +78,8 @@ class GraphRun:
     the [D, 1, S, d] pre-norm downstream residuals; with ``post_norm`` also ``post_parts``,
     whose concatenation is the [D, 1, S, d] post-norm downstream inputs (each residual after
     its own norm: the q/k/v projection inputs, the MLP input, the unembedding input).
+    ``inject_parts`` (tracked multi-layer runs): the [1, 1, S, d] residual entering each
+    later steered layer, just after its ``α·s_k`` was added.
     """
 
     logits: torch.Tensor
@@ -79,6 +87,7 @@ class GraphRun:
     up_parts: list[torch.Tensor] | None = None
     down_parts: list[torch.Tensor] | None = None
     post_parts: list[torch.Tensor] | None = None
+    inject_parts: list[torch.Tensor] | None = None
 
 
 class _Fixed(nn.Module):
@@ -119,15 +128,24 @@ def frozen_parameters(model: nn.Module):
 
 
 class GraphModel:
-    """A model seen as the patching graph from steering layer ``layer`` on (fine graph)."""
+    """A model seen as the patching graph from steering layer ``layer`` on (fine graph);
+    ``layer`` a list of ascending layers: multi-layer steering (module doc)."""
 
-    def __init__(self, model: nn.Module, layer: int, *, arch: ModelArch | None = None,
-                 logits_at: str = LOGITS_AT[0]):
+    def __init__(self, model: nn.Module, layer: int | Sequence[int], *,
+                 arch: ModelArch | None = None, logits_at: str = LOGITS_AT[0]):
         self.logits_at = check_choice("logits_at", logits_at, LOGITS_AT)
         self.model = model
         self.arch = arch if arch is not None else validate_model(model)
+        layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+        if not layers or any(b <= a for a, b in zip(layers, layers[1:])):
+            raise SteerscopeError(f"steered layers {layers} are not ascending and distinct",
+                                  "pass each layer once, in increasing order")
+        for x in layers:
+            self.arch.check_layer(x)
+        layer = layers[0]
         self.graph = Graph.from_arch(self.arch, layer)
         self.layer = layer
+        self.steer_layers = tuple(layers)  # ℓ1 < ℓ2 < ...: where α·s_k is added
         a = self.arch
         self.H, self.G, self.dh, self.d = a.n_heads, a.n_kv_heads, a.d_head, a.d_model
 
@@ -143,6 +161,21 @@ class GraphModel:
     @property
     def device(self) -> torch.device:
         return self.arch.embed.weight.device
+
+    def steering_rows(self, vector: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``vector`` as [K, d] rows (row k added at ``steer_layers[k]``; a [d] vector is one
+        row) on the model's device in ``dtype``."""
+        rows = vector if isinstance(vector, torch.Tensor) and vector.ndim == 2 else [vector]
+        if len(rows) != len(self.steer_layers):
+            raise SteerscopeError(f"a steering vector of {len(rows)} row(s) for the steered "
+                                  f"layers {list(self.steer_layers)}", "pass one row per layer")
+        rows = [self.arch.check_vector(v) for v in rows]
+        return torch.stack(rows).to(device=self.device, dtype=dtype)  # [K, d]
+
+    def later_injections(self) -> dict[int, int]:
+        """block ``L`` -> row ``k`` for every steered layer after the first (where ``α·s_k`` is
+        added to the running residual)."""
+        return {L: k for k, L in enumerate(self.steer_layers) if k}
 
     # preparation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -216,15 +249,19 @@ class GraphModel:
         positions: torch.Tensor | None = None,
         track: bool = False,
         post_norm: bool = False,
+        base_alpha: float = 0.0,
     ) -> GraphRun:
-        """The forward pass steered with ``alpha·vector`` at the steering layer.
+        """The forward pass steered with ``alpha·vector`` at the steering layer(s).
 
         ``reverted`` [U, D] bool (graph order): edges that carry their unsteered value; needs
-        ``base`` [U, 1, S, d] (the upstream outputs of an unsteered run, ``alpha = 0``).
+        ``base`` [U, 1, S, d] (the upstream outputs of an unsteered run, ``alpha = 0``; for
+        multi-layer steering ``base_alpha`` is the coefficient ``base`` was run with, which
+        gives the ``steer`` node's base value at later steered layers).
         ``positions`` [N] long: positions whose logits are returned. ``track``: keep the
         autograd graph (for gradients w.r.t. upstream outputs and downstream residuals); not
         combinable with ``reverted``. ``post_norm`` (needs ``track``): also keep the post-norm
-        downstream inputs (``GraphRun.post_parts``).
+        downstream inputs (``GraphRun.post_parts``). A tracked multi-layer run also keeps the
+        residual entering each later steered layer (``GraphRun.inject_parts``).
         """
         arch, g = self.arch, self.graph
         if track and reverted is not None:
@@ -241,15 +278,20 @@ class GraphModel:
             reverted = (reverted.to(self.device) & g.adjacency.to(self.device))
             if not bool(reverted.any()):
                 reverted = None
-        vector = arch.check_vector(vector).to(device=self.device, dtype=prep.resid.dtype)
+        rows = self.steering_rows(vector, prep.resid.dtype)  # [K, d]
+        later = self.later_injections()
         H, G, d = self.H, self.G, self.d
         S = prep.seq_len
         grad_ctx = torch.enable_grad() if track else torch.no_grad()
         with grad_ctx:
-            steer_out = (prep.resid + float(alpha) * vector).unsqueeze(0)  # [1, 1, S, d]
+            steer_out = (prep.resid + float(alpha) * rows[0]).unsqueeze(0)  # [1, 1, S, d]
             if track:
                 steer_out.requires_grad_(True)
             up_parts: list[torch.Tensor] = [steer_out]
+            inject_parts: list[torch.Tensor] = []
+            # the steer node's base − current value beyond row 0 of base/cur: the later
+            # steering terms, (base_alpha − alpha)·Σ_{k ≥ 1, ℓk ≤ L} s_k [d]
+            steer_extra = torch.zeros_like(rows[0])
             down_parts: list[torch.Tensor] = []
             post_parts: list[torch.Tensor] | None = [] if post_norm else None
             cur = None
@@ -276,9 +318,20 @@ class GraphModel:
                               out=delta[filled:n_avail])
                     filled = n_avail
                 flat = delta[:n_avail].reshape(n_avail, -1)  # [n, S*d]
-                return (m.to(flat.dtype).T @ flat).view(-1, 1, S, d)
+                out = (m.to(flat.dtype).T @ flat).view(-1, 1, S, d)
+                if later:  # the steer edges also carry the later steering terms
+                    out = out + m[0].to(out.dtype).view(-1, 1, 1, 1) * steer_extra
+                return out
 
             for L in range(self.layer, arch.n_layers):
+                if L in later:  # α·s_k enters the residual of block L (part of "steer")
+                    k = later[L]
+                    r = r + float(alpha) * rows[k]
+                    steer_extra = steer_extra + (float(base_alpha) - float(alpha)) * rows[k]
+                    if track:
+                        inj = r.unsqueeze(0)  # [1, 1, S, d]
+                        inject_parts.append(inj)
+                        r = inj[0]
                 uo, do = self.up_offset(L), self.down_offset(L)
                 # attention inputs: H query residuals, G key residuals, G value residuals
                 n_attn = H + 2 * G
@@ -330,7 +383,7 @@ class GraphModel:
                 logits = self.logits(arch.final_norm(x))  # [1, N, V]
         if track:
             return GraphRun(logits, up_parts=up_parts, down_parts=down_parts,
-                            post_parts=post_parts)
+                            post_parts=post_parts, inject_parts=inject_parts)
         return GraphRun(logits, upstream=cur)
 
     # components ------------------------------------------------------------------------------

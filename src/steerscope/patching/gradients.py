@@ -12,6 +12,11 @@ Two computations of the same numbers:
   each target's gradient is added into the running sums by a hook as soon as the backward pass
   produces it, and the logits and the metric are computed (and recomputed) block by block of
   positions. Tested equal to the first to float tolerance on every tiny architecture.
+
+Multi-layer steering (:class:`~steerscope.patching.forward.GraphModel` over K steered
+layers, ``vector`` [K, d]): ``g_up`` has K − 1 extra rows after the U graph nodes, the
+gradient at the residual entering each later steered layer (where ``α·s_k`` is added); with
+row 0 (the steering input at the first layer) they give ``dm/dα = Σ_k s_k · g_k``.
 """
 
 from __future__ import annotations
@@ -48,12 +53,15 @@ def _low_memory_step(gm: GraphModel, prep: Prepared, vector: torch.Tensor,
                      g_up: torch.Tensor, g_down: torch.Tensor) -> None:
     """One IG step over a batch of B right-padded sequences: adds the gradient of
     ``Σ_b metrics[b]`` (each reading its own row at ``positions[b]``) w.r.t. every upstream
-    output to ``g_up`` [U, B, S, d] and w.r.t. every downstream input to ``g_down``
-    [D, B, S, d] (float32 sums), with bounded memory. ``coeffs`` [B]: each row's steering
-    coefficient. Rows do not interact, so row b's gradients are those of its own metric."""
+    output to ``g_up`` [U (+ K − 1), B, S, d] and w.r.t. every downstream input to ``g_down``
+    [D, B, S, d] (float32 sums), with bounded memory. ``vector`` [K, d]: the steering rows;
+    ``coeffs`` [B]: each row's steering coefficient. Rows do not interact, so row b's
+    gradients are those of its own metric."""
     arch = gm.arch
     H, G = gm.H, gm.G
     n_attn = H + 2 * G
+    later = gm.later_injections()
+    n_up = gm.graph.n_up
 
     def add_to(buf: torch.Tensor, start: int):
         def hook(grad):
@@ -62,9 +70,13 @@ def _low_memory_step(gm: GraphModel, prep: Prepared, vector: torch.Tensor,
 
     with torch.enable_grad():
         c = coeffs.to(device=gm.device, dtype=prep.resid.dtype)[:, None, None]  # [B, 1, 1]
-        steer = (prep.resid + c * vector).unsqueeze(0).requires_grad_(True)  # [1, B, S, d]
+        steer = (prep.resid + c * vector[0]).unsqueeze(0).requires_grad_(True)  # [1, B, S, d]
         r = steer[0]  # [B, S, d]
         for L in range(gm.layer, arch.n_layers):
+            if L in later:  # α·s_k enters here; its gradient row follows the graph's nodes
+                inj = (r + c * vector[later[L]]).unsqueeze(0)  # [1, B, S, d]
+                inj.register_hook(add_to(g_up, n_up + later[L] - 1))
+                r = inj[0]
             uo, do = gm.up_offset(L), gm.down_offset(L)
             attn_norm, mlp_norm = arch.component(L, "attn_norm"), arch.component(L, "mlp_norm")
             res_attn = r.unsqueeze(0).expand(n_attn, -1, -1, -1)  # [H+2G, B, S, d] view
@@ -113,7 +125,8 @@ def batched_ig_gradients(gm: GraphModel, prep: Prepared, vector: torch.Tensor,
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`ig_gradients` for B sequences at once (``prep`` from
     :meth:`GraphModel.prepare_batch`; ``paths[b] = (a0, a1)``, ``metrics[b]``,
-    ``positions[b]`` [N_b] per row): ``(g_up [U, B, S, d], g_down [D, B, S, d])`` float32, row
+    ``positions[b]`` [N_b] per row): ``(g_up [U (+ K − 1), B, S, d], g_down [D, B, S, d])``
+    float32, row
     b equal to row b's unbatched gradients on its first S_b positions (zero after them)."""
     post = check_choice("grad_at", grad_at, GRAD_AT) == "post_norm"
     if not (len(paths) == len(metrics) == len(positions) == prep.input_ids.shape[0]):
@@ -121,8 +134,8 @@ def batched_ig_gradients(gm: GraphModel, prep: Prepared, vector: torch.Tensor,
                               "per sequence")
     g = gm.graph
     B, S, d = prep.input_ids.shape[0], prep.seq_len, gm.d
-    vector = gm.arch.check_vector(vector).to(device=gm.device, dtype=prep.resid.dtype)
-    g_up = torch.zeros((g.n_up, B, S, d), device=gm.device)
+    vector = gm.steering_rows(vector, prep.resid.dtype)  # [K, d]
+    g_up = torch.zeros((g.n_up + len(vector) - 1, B, S, d), device=gm.device)
     g_down = torch.zeros((g.n_down, B, S, d), device=gm.device)
     coeffs = torch.tensor([ig_path(a0, a1, steps) for a0, a1 in paths],
                           dtype=torch.float64)  # [B, T]
@@ -140,12 +153,13 @@ def ig_gradients(gm: GraphModel, prep: Prepared, vector: torch.Tensor, a0: float
                  low_memory: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Average gradients of ``metric`` along the IG path from coefficient ``a0`` to ``a1``:
     ``(g_up [U, 1, S, d], g_down [D, 1, S, d])`` float32, at the upstream outputs and at the
-    downstream inputs' pre- or post-norm activations (``grad_at``)."""
+    downstream inputs' pre- or post-norm activations (``grad_at``); multi-layer steering:
+    ``g_up`` [U + K − 1, 1, S, d] (module doc)."""
     post = check_choice("grad_at", grad_at, GRAD_AT) == "post_norm"
     g = gm.graph
     S, d = prep.seq_len, gm.d
-    vector = gm.arch.check_vector(vector).to(device=gm.device, dtype=prep.resid.dtype)
-    g_up = torch.zeros((g.n_up, 1, S, d), device=gm.device)
+    vector = gm.steering_rows(vector, prep.resid.dtype)  # [K, d]
+    g_up = torch.zeros((g.n_up + len(vector) - 1, 1, S, d), device=gm.device)
     g_down = torch.zeros((g.n_down, 1, S, d), device=gm.device)
     with frozen_parameters(gm.model):
         for a in ig_path(a0, a1, steps):
@@ -156,8 +170,9 @@ def ig_gradients(gm: GraphModel, prep: Prepared, vector: torch.Tensor, a0: float
             run = gm.run(prep, vector, a, positions=positions, track=True, post_norm=post)
             m = metric(run.logits)
             down = run.post_parts if post else run.down_parts
-            grads = torch.autograd.grad(m, run.up_parts + down)
-            n_up = len(run.up_parts)
+            ups = run.up_parts + run.inject_parts
+            grads = torch.autograd.grad(m, ups + down)
+            n_up = len(ups)
             g_up += torch.cat(grads[:n_up]).float()
             g_down += torch.cat(grads[n_up:]).float()
             del run, grads, m

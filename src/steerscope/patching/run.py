@@ -50,6 +50,13 @@ from steerscope.patching.scores import (
 from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING, check_choice
 
 
+def steered_layers(vector) -> int | list[int]:
+    """The layer(s) a vector steers: a vector set's ``layers`` (the graph starts at the first
+    and α is the one steering input), else its ``layer``."""
+    layers = getattr(vector, "layers", None)
+    return list(layers) if layers is not None else vector.layer
+
+
 def _flatten(datasets) -> list[PatchingExample]:
     if isinstance(datasets, Mapping):
         out = [ex for exs in datasets.values() for ex in exs]
@@ -89,11 +96,12 @@ def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
     examples = _flatten(datasets)
     check_choice("grad_at", grad_at, GRAD_AT)
     check_choice("pooling", pooling, POOLING)
-    gm = GraphModel(model, vector.layer, arch=arch, logits_at=logits_at)
+    gm = GraphModel(model, steered_layers(vector), arch=arch, logits_at=logits_at)
     g = gm.graph
     result = PatchingResult(g.coarsened() if coarse else g, meta={
         "vector": {"method": vector.method, "layer": vector.layer, "sha256": vector.sha256,
-                   "norm": vector.norm},
+                   "norm": vector.norm,
+                   **({"layers": list(gm.steer_layers)} if len(gm.steer_layers) > 1 else {})},
         "steps": steps, "metric": metric, "tau": tau, "reverse": bool(reverse),
         "grad_at": grad_at, "logits_at": logits_at, "pooling": pooling,
         "examples": {name: sum(1 for e in examples if e.dataset == name)
@@ -160,7 +168,7 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
     tau = result.meta.get("tau", 0.0) if tau is None else tau
     reverse = bool(result.meta.get("reverse", False)) if reverse is None else bool(reverse)
     logits_at = result.meta.get("logits_at", LOGITS_AT[0]) if logits_at is None else logits_at
-    gm = GraphModel(model, vector.layer, arch=arch, logits_at=logits_at)
+    gm = GraphModel(model, steered_layers(vector), arch=arch, logits_at=logits_at)
     g = gm.graph.coarsened() if result.graph.coarse else gm.graph
     if g.n_edges != result.graph.n_edges or g.layer != result.graph.layer:
         raise DataError(f"the patching result's graph (layer {result.graph.layer}, "
@@ -272,7 +280,7 @@ def compare_vectors(model, results: Mapping[str, PatchingResult],
             matched[f"{a}|{b}"] = matched_size_overlap(
                 first, results[a].scores["eap_ig"].edges, results[b].scores["eap_ig"].edges,
                 sizes)
-    layer = datasets[names[0]][1].layer
+    layer = steered_layers(datasets[names[0]][1])
     gm = GraphModel(model, layer, logits_at=meta.get("logits_at", LOGITS_AT[0]))
     inter = interchange_matrix(
         gm, circuits, {n: (_flatten(exs), v.vector) for n, (exs, v) in datasets.items()},

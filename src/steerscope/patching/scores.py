@@ -22,6 +22,13 @@ swaps the roles: clean = unsteered, corrupt = steered, see :class:`ExampleContex
   unmasked positions) within each dataset, then by the plain mean over datasets
   (``"dataset_mean"``, the default), or by one position-weighted average over all examples
   (``"positions"``, the released code's default).
+- multi-layer steering (``vector`` [K, d] over the graph model's K steered layers): the
+  steering node is the shared coefficient α. Its node score is
+  ``(α_clean − α_corrupt) · Σ_k s_k · Σ_positions g_k`` (``g_k`` the average IG gradient at
+  the residual entering steered layer ``k``), i.e. EAP-IG of the α input, converging to
+  ``m(clean) − m(corrupt)``; ``steer_grad`` / ``steer_ie`` are [K, d], one row per layer; an
+  edge ``steer → d`` carries every steering term that has reached ``d``
+  (:mod:`~steerscope.patching.forward`).
 """
 
 from __future__ import annotations
@@ -279,11 +286,39 @@ def _scores_from_gradients(gm: GraphModel, ctx: ExampleContext, g_up: torch.Tens
     edges = delta.reshape(U, -1) @ g_down.reshape(D, -1).T  # [U, D]
     edges = edges * g.adjacency.to(edges.device)
     # Δ_u · g_u per node as one batched dot product: no [U, 1, S, d] temporary (issue 17)
-    nodes = torch.bmm(delta.reshape(U, 1, -1), g_up.reshape(U, -1, 1)).flatten()  # [U]
+    nodes = torch.bmm(delta.reshape(U, 1, -1), g_up[:U].reshape(U, -1, 1)).flatten()  # [U]
     steer_grad = (a1 - a0) * g_up[0, 0].sum(0)  # [d]
     s = ctx.vector.to(steer_grad.device).float()
+    if g_up.shape[0] > U:  # multi-layer steering: α feeds every steered layer
+        return _multi_layer_record(gm, ctx, g_up, g_down, edges, nodes)
     return {"edges": edges.cpu(), "nodes": nodes.cpu(), "steer_grad": steer_grad.cpu(),
             "steer_ie": (s * steer_grad).cpu(), "weight": ctx.weight, "dataset": ctx.dataset}
+
+
+def _multi_layer_record(gm: GraphModel, ctx: ExampleContext, g_up: torch.Tensor,
+                        g_down: torch.Tensor, edges: torch.Tensor, nodes: torch.Tensor) -> dict:
+    """The EAP-IG record of one example under K-layer steering: the steering row of
+    ``edges`` with the later layers' terms (``steer → d`` carries ``(α_clean − α_corrupt)·
+    Σ_{ℓk ≤ layer(d)} s_k``, row 0 of ``edges`` already holds the ``k = 0`` term), the α
+    node score and the [K, d] ``steer_grad`` / ``steer_ie`` (see the module doc)."""
+    g = gm.graph
+    U = g.n_up
+    a0, a1 = ctx.corrupt_alpha, ctx.clean_alpha
+    s = gm.steering_rows(ctx.vector, torch.float32).to(g_up.device)  # [K, d]
+    g_k = torch.cat([g_up[:1], g_up[U:]]).sum(2)[:, 0]  # [K, d] Σ_positions g at each layer
+    steer_grad = (a1 - a0) * g_k  # [K, d]
+    steer_ie = s * steer_grad  # [K, d]
+    later = torch.zeros(g.n_down, s.shape[1], dtype=s.dtype, device=s.device)  # [D, d]
+    down_layer = g.down_layer.to(s.device)
+    for L, k in gm.later_injections().items():
+        later += (down_layer >= L).to(s.dtype)[:, None] * s[k]
+    g_down_sum = g_down.sum(2)[:, 0]  # [D, d]
+    edges = edges.clone()
+    edges[0] += (a1 - a0) * (later * g_down_sum).sum(1) * g.adjacency[0].to(edges.device)
+    nodes = nodes.clone()
+    nodes[0] = steer_ie.sum()
+    return {"edges": edges.cpu(), "nodes": nodes.cpu(), "steer_grad": steer_grad.cpu(),
+            "steer_ie": steer_ie.cpu(), "weight": ctx.weight, "dataset": ctx.dataset}
 
 
 def eap_ig(gm: GraphModel, examples: Iterable[PatchingExample], vector, *, steps: int = 10,
@@ -351,7 +386,7 @@ def patched_metric(gm: GraphModel, ctx: ExampleContext, reverted: torch.Tensor) 
     """``m`` of a real forward pass of the clean run in which the ``reverted`` [U, D] edges
     carry their corrupt value (their unsteered value; the steered one with ``reverse``)."""
     run = gm.run(ctx.prep, ctx.vector, ctx.clean_alpha, reverted=reverted, base=ctx.corrupt_up,
-                 positions=ctx.metric.positions)
+                 positions=ctx.metric.positions, base_alpha=ctx.corrupt_alpha)
     return float(ctx.metric(run.logits))
 
 

@@ -238,6 +238,8 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
         check_layer("vectors.layer", v.layer)
     for x in v.dim.layers or []:
         check_layer("vectors.dim.layers", x)
+    for x in v.layers or []:
+        check_layer("vectors.layers", x)
     if v.layer is not None and v.dim.layers is not None and v.layer not in v.dim.layers:
         raise SteerscopeError(f"config key 'vectors.layer' ({v.layer}) is not among "
                               f"vectors.dim.layers {v.dim.layers}", "drop one of the two keys")

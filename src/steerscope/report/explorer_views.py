@@ -58,13 +58,17 @@ def per_position_metric(steered: torch.Tensor, base: torch.Tensor, *, metric: st
     return {"y": y, "y_star": y_star, "m_steered": m_s, "m_base": m_b, "masked": masked}
 
 
-def _run(model, ids: torch.Tensor, vector: torch.Tensor, layer: int, alpha: float,
+def _run(model, ids: torch.Tensor, vector: torch.Tensor, layer: int | list[int], alpha: float,
          pattern_layers: list[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Logits [S, V] (float32) and the captured patterns {layer: [H, S, S]} of one run."""
+    """Logits [S, V] (float32) and the captured patterns {layer: [H, S, S]} of one run
+    (``layer`` a list: ``vector`` [K, d], row k steering ``layer[k]``)."""
     from steerscope.runtime import Capture, Runtime, steer
 
     caps = {L: Capture("pattern", L) for L in pattern_layers}
-    ops = ([steer(vector, layer=layer, alpha=alpha)] if alpha else []) + list(caps.values())
+    layers = layer if isinstance(layer, list) else [layer]
+    rows = vector if vector.ndim == 2 else vector[None]  # [K, d]
+    steering = [steer(v, layer=L, alpha=alpha) for v, L in zip(rows, layers)] if alpha else []
+    ops = steering + list(caps.values())
     device = next(model.parameters()).device
     with torch.no_grad(), Runtime(model, ops):
         logits = model(input_ids=ids[None].to(device)).logits[0].float().cpu()
@@ -77,10 +81,11 @@ def _quantised(pattern: torch.Tensor) -> str:
     return base64.b64encode(q.numpy().tobytes()).decode("ascii")
 
 
-def example_view(model, tokenizer, vector: torch.Tensor, layer: int, example, *,
+def example_view(model, tokenizer, vector: torch.Tensor, layer: int | list[int], example, *,
                  heads: list[str] = (), metric: str = "logit_diff", tau: float = 0.0,
                  max_rows: int = MAX_ROWS, budget: int = PATTERN_BUDGET) -> dict[str, Any]:
-    """The per-position and attention views of one :class:`PatchingExample` (``heads``:
+    """The per-position and attention views of one :class:`PatchingExample` (``layer`` a
+    list for a multi-layer ``vector`` [K, d]; ``heads``:
     ``"a{L}.h{H}"`` names in order of preference; patterns are kept while they fit in
     ``budget`` bytes)."""
     ids = example.input_ids  # [S]
@@ -123,7 +128,8 @@ def add_example_views(data: dict, stage_dirs: dict, lm, results: dict) -> dict:
     """Add ``example`` (per-position metric and attention patterns of the heads shown) to
     each vector of the explorer data, from the patching stage's saved examples."""
     from steerscope.patching.example_files import EXAMPLES_FILE, load_examples
-    from steerscope.vectors import SteeringVector
+    from steerscope.patching.run import steered_layers
+    from steerscope.vectors import load_vector_file
 
     patched = stage_dirs.get("patching")
     if patched is None:
@@ -139,11 +145,12 @@ def add_example_views(data: dict, stage_dirs: dict, lm, results: dict) -> dict:
         vector_path = Path(entry["path"])
         if not vector_path.is_absolute():  # results.json paths are relative to the run folder
             vector_path = patched.parent / vector_path
-        sv = SteeringVector.load(vector_path, lm.arch)
+        sv = load_vector_file(vector_path, lm.arch)
         heads = sorted((n for n in view["nodes"] if n["kind"] == "attn"),
                        key=lambda n: (n["entry"], -abs(n["score"] or 0.0)))
         meta = view.get("meta", {})
         view["example"] = example_view(
-            lm.model, lm.tokenizer, sv.vector, sv.layer, ex, heads=[n["id"] for n in heads],
+            lm.model, lm.tokenizer, sv.vector, steered_layers(sv), ex,
+            heads=[n["id"] for n in heads],
             metric=meta.get("metric") or "logit_diff", tau=float(meta.get("tau") or 0.0))
     return data

@@ -108,7 +108,8 @@ class Runtime:
 
     Several runtimes may be attached to one model at once (nested ``with``); their
     interventions run outer first. Interventions can be added before entering with
-    :meth:`add`. ``prompt_len`` fixes the padded prompt length P for the position contract;
+    :meth:`add`; an item of ``interventions`` may itself be a list of interventions (what
+    a multi-layer vector's ``intervention`` returns), expanded in order. ``prompt_len`` fixes the padded prompt length P for the position contract;
     by default a forward call that starts at position 0 sets P to its own length (right for
     prefill + KV-cached decoding; generation by full re-computation must pass P).
     """
@@ -132,7 +133,9 @@ class Runtime:
         self._pattern_modules: list[nn.Module] = []
         self._active = False
         for op in interventions:
-            self.add(op)
+            # a list inside the list (a multi-layer vector's interventions) is expanded
+            for one in (op if isinstance(op, (list, tuple)) else (op,)):
+                self.add(one)
 
     # public ------------------------------------------------------------------------------
     def add(self, op: Intervention) -> Intervention:

@@ -1,4 +1,5 @@
-"""Steering vectors: the :class:`SteeringVector` type and file format, and extraction methods."""
+"""Steering vectors: the :class:`SteeringVector` type and file format, multi-layer
+:class:`SteeringVectorSet`, and extraction methods."""
 
 from steerscope.vectors.activations import collect_activations, mean_activations
 from steerscope.vectors.dim import (
@@ -12,9 +13,12 @@ from steerscope.vectors.dim_selection import discard_reason, select_candidate, s
 from steerscope.vectors.gguf import export_control_vector, import_control_vector
 from steerscope.vectors.methods import METHODS, extract, extract_vector, register_method
 from steerscope.vectors.vector import SteeringVector
+from steerscope.vectors.vector_set import SteeringVectorSet, load_vector_file
 
 __all__ = [
     "SteeringVector",
+    "SteeringVectorSet",
+    "load_vector_file",
     "mean_activations",
     "collect_activations",
     "METHODS",

@@ -77,6 +77,7 @@ from steerscope.vectors.dim_selection import (
     selection_score,
 )
 from steerscope.vectors.vector import SteeringVector
+from steerscope.vectors.vector_set import SteeringVectorSet
 
 ABLATION_POINTS = ("resid_pre", "attn_out", "mlp_out")
 
@@ -157,6 +158,18 @@ class DimResult:
     @property
     def chosen(self) -> dict[str, Any]:
         return self.candidates[self.selected]
+
+    def layer_set(self) -> SteeringVectorSet:
+        """The multi-layer DIM vector: at every candidate layer, the mean difference at the
+        chosen position (``directions[:, chosen position]``, the prompts the selection
+        used), with the chosen vector's fields; ``metadata["selected_layer"]`` is the layer
+        the selection picked."""
+        v = self.vector
+        k = self.positions.index(v.position)
+        return SteeringVectorSet(vector=self.directions[:, k], layers=list(self.layers),
+                                 method=v.method, model_id=v.model_id, revision=v.revision,
+                                 position=v.position, hyperparameters=dict(v.hyperparameters),
+                                 metadata={**v.metadata, "selected_layer": v.layer})
 
     def save_candidates(self, path: str | os.PathLike) -> Path:
         """Write the candidate table as a JSON list of rows, atomically (NaN → null)."""

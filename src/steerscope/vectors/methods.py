@@ -29,7 +29,8 @@ Built-in methods (``μ⁺``, ``μ⁻`` the class means; "DIM norm" = ``‖μ⁺ 
     (``scale="dim"``) or ``scale="unit"``.
 
 :func:`extract_vector` runs a model on two lists of formatted prompts and returns a
-:class:`~steerscope.vectors.SteeringVector`.
+:class:`~steerscope.vectors.SteeringVector` (a
+:class:`~steerscope.vectors.SteeringVectorSet` for a list of layers).
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ from typing import Any
 import torch
 
 from steerscope.errors import ShapeError, SteerscopeError
+from steerscope.models.archs import validate_model
 from steerscope.vectors.activations import collect_activations
 from steerscope.vectors.vector import SteeringVector
+from steerscope.vectors.vector_set import SteeringVectorSet, check_steering_layers
 
 MethodFn = Callable[..., torch.Tensor]
 
@@ -250,7 +253,7 @@ def extract_vector(
     negative_prompts: Sequence[str],
     *,
     method: str,
-    layer: int,
+    layer: int | Sequence[int],
     position: int = -1,
     batch_size: int = 16,
     model_id: str | None = None,
@@ -258,31 +261,36 @@ def extract_vector(
     arch=None,
     progress: bool | None = None,
     **hp,
-) -> SteeringVector:
+) -> SteeringVector | SteeringVectorSet:
     """Extract a steering vector with ``method`` from two lists of **formatted** prompts.
 
     Reads the residual entering block ``layer`` at prompt position ``position`` (negative,
     from the prompt end) for every prompt (:func:`collect_activations`), then calls
     :func:`extract`; the vector points from ``negative_prompts`` toward ``positive_prompts``.
+    ``layer`` a list ``[l1, l2, ...]``: a :class:`~steerscope.vectors.SteeringVectorSet`, each
+    layer's direction extracted on its own from that layer's activations at ``position`` (one
+    forward pass per batch reads every layer).
     """
     if method not in METHODS:
         raise SteerscopeError(f"unknown extraction method {method!r}",
                               f"use one of {', '.join(sorted(METHODS))} or register_method")
-    kw = dict(layers=[layer], positions=[position], batch_size=batch_size, arch=arch,
+    multi = isinstance(layer, (list, tuple))
+    if multi:
+        arch = arch if arch is not None else validate_model(model)
+        layers = check_steering_layers(list(layer), arch.n_layers, "extract_vector layers")
+    else:
+        layers = [layer]
+    kw = dict(layers=layers, positions=[position], batch_size=batch_size, arch=arch,
               progress=progress)
-    pos = collect_activations(model, tokenizer, positive_prompts, **kw)[:, 0, 0]  # [N, d]
-    neg = collect_activations(model, tokenizer, negative_prompts, **kw)[:, 0, 0]  # [M, d]
-    vec = extract(method, pos, neg, **hp)  # [d] float64
-    return SteeringVector(
-        vector=vec,
-        layer=int(layer),
-        method=method,
-        model_id=model_id,
-        revision=revision,
-        position=int(position),
-        hyperparameters=_jsonable(hp),
-        metadata={"n_positive": int(pos.shape[0]), "n_negative": int(neg.shape[0])},
-    )
+    pos = collect_activations(model, tokenizer, positive_prompts, **kw)[:, :, 0]  # [N, nL, d]
+    neg = collect_activations(model, tokenizer, negative_prompts, **kw)[:, :, 0]  # [M, nL, d]
+    vecs = [extract(method, pos[:, j], neg[:, j], **hp) for j in range(len(layers))]  # [d] each
+    fields = dict(method=method, model_id=model_id, revision=revision, position=int(position),
+                  hyperparameters=_jsonable(hp),
+                  metadata={"n_positive": int(pos.shape[0]), "n_negative": int(neg.shape[0])})
+    if multi:
+        return SteeringVectorSet(vector=torch.stack(vecs), layers=layers, **fields)  # [nL, d]
+    return SteeringVector(vector=vecs[0], layer=int(layer), **fields)
 
 
 __all__ = [

@@ -147,6 +147,10 @@ class SteeringVector:
             with safe_open(str(path), framework="pt") as f:
                 keys = list(f.keys())
                 header = dict(f.metadata() or {})
+                if '"kind": "vector_set"' in header.get(META_KEY, ""):  # SteeringVectorSet.save
+                    raise SteerscopeError(f"vector file {path} holds a multi-layer vector set",
+                                          "load it with SteeringVectorSet.load or "
+                                          "load_vector_file")
                 if len(keys) != 1:
                     raise SteerscopeError(
                         f"vector file {path} holds {len(keys)} tensors, expected 1",

@@ -33,9 +33,21 @@ def first(items: list[str], n: int | None) -> list[str]:
 
 
 def vector_entry(sv, file: str) -> dict[str, Any]:
-    """A vector's record in a stage's outputs (file name, layer, position, norm, sha256)."""
-    return {"file": file, "layer": sv.layer, "position": sv.position, "norm": sv.norm,
+    """A vector's record in a stage's outputs (file name, layer, position, norm, sha256; a
+    multi-layer vector also ``layers``, ``layer`` being the first)."""
+    layers = {"layers": list(sv.layers)} if hasattr(sv, "layers") else {}
+    return {"file": file, "layer": sv.layer, **layers, "position": sv.position, "norm": sv.norm,
             "sha256": sv.sha256}
+
+
+def single_layer_only(cfg, stage: str, enabled: bool = True) -> None:
+    """A one-line config error when ``vectors.layers`` asks for multi-layer vectors and the
+    (enabled) stage ``stage`` needs a single-layer one."""
+    if enabled and cfg.vectors.layers is not None and len(cfg.vectors.layers) > 1:
+        raise SteerscopeError(
+            f"config key 'vectors.layers' ({cfg.vectors.layers}) makes multi-layer vectors, "
+            f"but the {stage} stage needs a single-layer vector",
+            f"set {stage}.enabled: false or drop vectors.layers")
 
 
 def vectors_results_section(out: StageOutput) -> dict[str, Any]:
@@ -45,15 +57,16 @@ def vectors_results_section(out: StageOutput) -> dict[str, Any]:
 
 
 def load_vectors(cfg, inputs: dict[str, StageOutput], arch=None) -> dict:
-    """The run's vectors in ``vectors.methods`` order, from the vectors and trained stages."""
-    from steerscope.vectors import SteeringVector
+    """The run's vectors in ``vectors.methods`` order, from the vectors and trained stages
+    (:class:`~steerscope.vectors.SteeringVectorSet` for multi-layer ones)."""
+    from steerscope.vectors import load_vector_file
 
     out = {}
     for m in cfg.vectors.methods:
         for stage in ("vectors", "trained"):
             entry = inputs[stage].outputs.get("methods", {}).get(m) if stage in inputs else None
             if entry is not None:
-                out[m] = SteeringVector.load(inputs[stage].path(entry["file"]), arch)
+                out[m] = load_vector_file(inputs[stage].path(entry["file"]), arch)
                 break
     return out
 

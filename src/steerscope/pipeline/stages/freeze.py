@@ -24,6 +24,7 @@ from steerscope.pipeline.stages.common import (
     read_json,
     row_loop_rate,
     score_ids,
+    single_layer_only,
     stage_behaviour,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
@@ -45,7 +46,9 @@ class FreezeSection:
     options: dict[str, Any] = field(default_factory=dict)
 
     def check(self, cfg) -> None:
-        """Known modes; the method is an extracted vector of vectors.methods."""
+        """Known modes; the method is an extracted vector of vectors.methods; a single-layer
+        vector (no ``vectors.layers`` list)."""
+        single_layer_only(cfg, "freeze", self.enabled)
         known("freeze.modes", self.modes, FREEZE_MODES)
         if self.enabled and (self.method not in cfg.vectors.methods
                              or self.method in TRAINED_METHODS):

@@ -27,6 +27,7 @@ from steerscope.pipeline.stages.common import (
     patched_vectors,
     patching_result,
     read_json,
+    single_layer_only,
     stage_behaviour,
 )
 from steerscope.sparsify.rules import RULE_ALIASES, RULES, canonical_rule
@@ -56,7 +57,8 @@ class SparsifySection:
 
     def check(self, cfg) -> None:
         """Known rules (aliases too, each rule once), non-negative finite taus, positive
-        sizes, non-empty lists."""
+        sizes, non-empty lists; a single-layer vector (no ``vectors.layers`` list)."""
+        single_layer_only(cfg, "sparsify", self.enabled)
         known("sparsify.rules", self.rules, list(RULE_NAMES))
         if len({canonical_rule(r) for r in self.rules}) != len(self.rules):
             fail("sparsify.rules", "lists a rule twice (under its name and an alias)",

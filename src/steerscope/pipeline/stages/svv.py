@@ -15,7 +15,12 @@ from typing import Any
 from steerscope.mechanisms import svv_report
 from steerscope.pipeline.checks import library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
-from steerscope.pipeline.stages.common import patched_vectors, patching_result, read_json
+from steerscope.pipeline.stages.common import (
+    patched_vectors,
+    patching_result,
+    read_json,
+    single_layer_only,
+)
 
 FLIPPED_SUFFIX = " (\u2212)"
 
@@ -30,7 +35,8 @@ class SvvSection:
     options: dict[str, Any] = field(default_factory=dict)
 
     def check(self, cfg) -> None:
-        """Positive counts."""
+        """Positive counts; a single-layer vector (no ``vectors.layers`` list)."""
+        single_layer_only(cfg, "svv", self.enabled)
         positive_int("svv.top_tokens", self.top_tokens)
         positive_int("svv.n_heads", self.n_heads)
 

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
+from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail, finite, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
@@ -138,6 +139,8 @@ def _check_vectors(self, cfg) -> None:
     if v.layer is not None and v.layer < 0:
         fail("vectors.layer", f"must be a non-negative layer index, got {v.layer}",
              "use a 0-indexed block number")
+    if v.layers is not None:
+        _check_multi_layer(v)
     positive_int("vectors.batch_size", v.batch_size)
     if v.dim.layers is not None:
         if not v.dim.layers:
@@ -183,11 +186,33 @@ def _check_vectors(self, cfg) -> None:
                  "in vectors.methods", "use the name of a listed method such as pca or probe")
 
 
+def _check_multi_layer(v) -> None:
+    """``vectors.layers``: a non-empty list of distinct non-negative layers, alone (not with
+    ``vectors.layer`` or ``vectors.dim.layers``), no trained objective."""
+    from steerscope.vectors.vector_set import check_steering_layers
+
+    try:
+        check_steering_layers(v.layers, what="layers")
+    except SteerscopeError as exc:
+        raise SteerscopeError(f"config key 'vectors.layers': {exc}") from None
+    for key, value in (("vectors.layer", v.layer), ("vectors.dim.layers", v.dim.layers)):
+        if value is not None:
+            fail(key, f"cannot be combined with vectors.layers {v.layers} (DIM's candidates "
+                 "are then those layers)", f"drop {key} or vectors.layers")
+    trained = [m for m in v.methods if m in TRAINED_METHODS]
+    if trained:
+        fail("vectors.layers", f"makes multi-layer vectors, but '{trained[0]}' trains one "
+             "layer's vector", f"drop {', '.join(trained)} from vectors.methods or drop "
+             "vectors.layers")
+
+
 # One TrainSection field per trainer objective: adding an objective to the trainer adds its
 # config subsection here.
 VectorsSection = make_dataclass("VectorsSection", [
     ("methods", list[str], field(default_factory=lambda: ["dim", *TRAINED_METHODS])),
     ("layer", int | None, field(default=None)),  # restrict DIM's candidate layers to this one
+    # steer these layers together: multi-layer dim / extraction vectors (DIM's candidates)
+    ("layers", list[int] | None, field(default=None)),
     ("position", int | None, field(default=None)),  # extraction read position (None: DIM's)
     ("batch_size", int, field(default=_dim("batch_size"))),
     ("dim", DimSection, field(default_factory=DimSection)),
@@ -219,7 +244,7 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
     f = {k: formatted(tok, v) for k, v in p.items()}
     d = section.dim
     layers = d.layers if d.layers is not None else (
-        [section.layer] if section.layer is not None else None)
+        [section.layer] if section.layer is not None else section.layers)
     # the behaviour's fast score (refusal: the paper's refusal tokens); auto: from the
     # model's own completions on the train prompts (docs/behaviours.md)
     ids = stage_behaviour(inputs["data"]).score_token_ids(
@@ -235,22 +260,28 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
                      arch=lm.arch, progress=ctx.progress and ctx.is_main, score_all=d.score_all,
                      relax_kl=d.relax_kl)
     dim = res.vector
+    ctx.log(f"DIM: layer {dim.layer}, position {dim.position}, norm {dim.norm:.3f}")
+    steered = dim.layer
+    if section.layers is not None:  # the multi-layer DIM vector at the chosen position
+        dim = res.layer_set()
+        steered = dim.layers
+        ctx.log(f"DIM over layers {dim.layers} at position {dim.position}, norm {dim.norm:.3f}")
     dim.save(ctx.out / "dim.safetensors")
     res.save_candidates(ctx.out / "dim_candidates.json")
     methods = {"dim": vector_entry(dim, "dim.safetensors")}
     chosen = res.chosen
-    ctx.log(f"DIM: layer {dim.layer}, position {dim.position}, norm {dim.norm:.3f}")
     position = section.position if section.position is not None else dim.position
     for m in section.methods:
         if m == "dim" or m in TRAINED_METHODS:
             continue
         sv = extract_vector(lm.model, tok, f["harmful_train"], f["harmless_train"], method=m,
-                            layer=dim.layer, position=position, batch_size=section.batch_size,
+                            layer=steered, position=position, batch_size=section.batch_size,
                             model_id=lm.model_id, revision=lm.revision, arch=lm.arch,
                             progress=False, **section.extraction.get(m, {}))
         sv.save(ctx.out / f"{m}.safetensors")
         methods[m] = vector_entry(sv, f"{m}.safetensors")
-    return {"steering_layer": dim.layer, "position": dim.position, "methods": methods,
+    multi = {"steering_layers": dim.layers} if section.layers is not None else {}
+    return {"steering_layer": dim.layer, **multi, "position": dim.position, "methods": methods,
             "dim_selection": {**{k: chosen.get(k) for k in ("bypass", "induce", "kl", "score")},
                               "kl_threshold": dim.hyperparameters["kl_threshold"],
                               "kl_threshold_requested":
@@ -261,7 +292,9 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
 def vectors_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
     """``vectors`` (DIM and the extraction methods), ``dim_selection`` and the steering
     layer."""
-    return {"model": {"steering_layer": out.outputs["steering_layer"]},
+    multi = ({"steering_layers": out.outputs["steering_layers"]}
+             if "steering_layers" in out.outputs else {})
+    return {"model": {"steering_layer": out.outputs["steering_layer"], **multi},
             "vectors": vectors_results_section(out),
             "dim_selection": {**out.outputs.get("dim_selection", {}),
                               "layer": out.outputs["steering_layer"],
