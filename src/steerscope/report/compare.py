@@ -61,7 +61,9 @@ def steering_cells(res: dict) -> dict[str, str]:
     the present side steered with α < 0, the absent side with α > 0), ``methods`` naming the
     rows, and ``{side label + " loops": ...}`` the fraction of repetition loops among the same
     completions when results.json has it."""
-    st = res.get("steering", {})
+    st = res.get("steering")
+    if not st:
+        return {}
     methods = list(st)
     labels = side_labels(res)
     sides = {"harmful": labels["present"], "harmless": labels["absent"]}  # results.json keys
