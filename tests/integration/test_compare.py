@@ -93,12 +93,12 @@ def _expected(res: dict) -> dict[str, str]:
             "model": res["model"]["id"], "steering_layer": str(res["model"]["steering_layer"]),
             "steering: methods": " / ".join(st)}
     for side, label in (("harmful", present), ("harmless", absent)):
-        rows[f"steering: {label}"] = " / ".join("%.2f" % st[m][side]["asr"] for m in st)
+        rows[f"steering: {label}"] = " / ".join("{:.2f}".format(st[m][side]["asr"]) for m in st)
         rows[f"steering: {label} loops"] = " / ".join(
-            "%.2f" % st[m][side]["repetition_rate"] for m in st)
+            "{:.2f}".format(st[m][side]["repetition_rate"]) for m in st)
     if "cosine" not in res:
         return rows
-    rows["cosine: dim–ntp"] = "%.2f" % res["cosine"]["matrix"][0][1]
+    rows["cosine: dim–ntp"] = "{:.2f}".format(res["cosine"]["matrix"][0][1])
     for m in METHODS:
         n = res["circuits"][m]["min_faithful_size"]
         rows[f"circuits: {m}"] = f"{n} of 400 ({n / 4:.1f}%)"
@@ -112,10 +112,10 @@ def _expected(res: dict) -> dict[str, str]:
         rows[f"sparsity at 90% retention: {m}"] = "gradient 70%"
     rows["overlap"] = "dim: 1.00 0.30; ntp: 0.30 1.00"  # the first size
     ic = res["interchange"]["matrix"]
-    rows["interchange"] = "; ".join(f"{m}: " + " ".join("%.2f" % v for v in row)
+    rows["interchange"] = "; ".join(f"{m}: " + " ".join(f"{v:.2f}" for v in row)
                                     for m, row in zip(METHODS, ic))
     for mode in ("qk", "ov"):
-        rows[f"freeze mean drop: {mode}"] = "%.1f" % res["freeze"][mode]["mean_drop"]
+        rows[f"freeze mean drop: {mode}"] = "{:.1f}".format(res["freeze"][mode]["mean_drop"])
     return rows
 
 

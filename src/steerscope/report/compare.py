@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from steerscope.errors import SteerscopeError
 
