@@ -14,6 +14,7 @@
     steerscope vectors dim|extract|train|info|export-gguf|import-gguf ...
     steerscope vectors push|pull ...      share vectors on the Hugging Face Hub
     steerscope evaluate MODEL --vector NAME=FILE ...   steered evaluation (Table 2)
+    steerscope compare RUN [RUN ...]      several runs' headline cells side by side
 
 MODEL is ``default`` (the embedded SmolLM2-135M-Instruct), a local folder, a ``.gguf`` file
 or a Hugging Face Hub id. ``steerscope COMMAND -h`` explains every option; ``--json`` on any
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from steerscope.cli import (
         behaviours,
+        compare,
         explore,
         mechanisms,
         patching,
@@ -162,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         vectors,
     )
 
-    for module in (vectors, patching, sparsify, mechanisms, pipeline, explore, behaviours):
+    for module in (vectors, patching, sparsify, mechanisms, pipeline, explore, behaviours,
+                   compare):
         module.register(sub)
     return parser
 
