@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("errors", ("errors",)),
     ("foundations", ("artifacts", "validation", "patching_conventions", "results_schema")),
     ("models, data, runtime", ("models", "data", "runtime", "environment", "testing")),
-    ("generation and scores", ("generation", "evaluate", "behaviours")),
+    ("generation and scores", ("generation", "generation_refill", "evaluate", "behaviours")),
     ("vectors", ("vectors",)),
     ("mechanisms", ("patching", "mechanisms", "sparsify")),
     ("pipeline and report", ("pipeline", "report")),
