@@ -236,12 +236,14 @@ def generate(
     progress: bool | None = None,
     desc: str = "generating",
     refill: bool = True,
+    row_settings: Sequence[int] | None = None,
 ) -> list[str]:
     """Greedy completions of already chat-formatted ``prompts`` (strings), in input order.
 
     Prompts are batched by length (left-padded); decoding stops at EOS; the returned text
     excludes the prompt and special tokens. Per-row interventions (``steer`` with [N, d]
-    vectors or [N] alphas) give prompt ``i`` setting ``i`` (N = the number of prompts).
+    vectors or [N] alphas) give prompt ``i`` setting ``row_settings[i]`` (default ``i``: then
+    N = the number of prompts).
     With ``refill`` (default) and interventions that act on each row independently, finished
     rows leave the batch and waiting prompts take their place
     (:func:`steerscope.generation_refill.generate_refill`; same tokens). ``batch_size``
@@ -254,7 +256,7 @@ def generate(
         raise SteerscopeError("no prompts to generate from", "pass a non-empty list")
     if batch_size != "auto":
         check_positive_int(batch_size, "batch_size")
-    check_row_count(interventions, len(prompts), "prompt list")
+    settings = check_row_settings(interventions, row_settings, len(prompts))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     token_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     lengths = [len(ids) for ids in token_ids]
@@ -266,17 +268,38 @@ def generate(
     with runtime if runtime is not None else nullcontext():
         use_refill = refill and refill_supported(model)
     if use_refill:
-        tokens = _generate_refilled(model, token_ids, order, runtime, batch_size=batch_size,
+        tokens = _generate_refilled(model, token_ids, order, runtime, settings,
+                                    batch_size=batch_size,
                                     max_new_tokens=max_new_tokens, pad_id=pad_id,
                                     show=progress, desc=desc)
     else:
-        tokens = _generate_batched(model, tokenizer, prompts, order, runtime,
+        tokens = _generate_batched(model, tokenizer, prompts, order, runtime, settings,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    pad_id=pad_id, show=progress, desc=desc)
     return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
 
 
-def _generate_batched(model, tokenizer, prompts, order, runtime, *, batch_size,
+def check_row_settings(interventions: Sequence[Intervention], row_settings: Sequence[int] | None,
+                       n_prompts: int) -> list[int]:
+    """The setting index of every prompt (default: prompt i is setting i); a one-line error,
+    before any compute, when per-row interventions do not have a setting for each."""
+    if row_settings is None:
+        check_row_count(interventions, n_prompts, "prompt list")
+        return list(range(n_prompts))
+    settings = [int(r) for r in row_settings]
+    if len(settings) != n_prompts:
+        raise SteerscopeError(f"row_settings has {len(settings)} entries for {n_prompts} prompts",
+                              "give one setting index per prompt")
+    counts = [op.n_rows for op in interventions if getattr(op, "n_rows", None) is not None]
+    for n in counts:
+        if min(settings) < 0 or max(settings) >= n:
+            raise SteerscopeError(f"row_settings must index the {n} per-row settings, got "
+                                  f"values {min(settings)}..{max(settings)}",
+                                  f"use indices 0..{n - 1}")
+    return settings
+
+
+def _generate_batched(model, tokenizer, prompts, order, runtime, settings, *, batch_size,
                       max_new_tokens, pad_id, show, desc) -> list[list[int]]:
     """Fixed length-sorted batches, each decoded until all its rows finish."""
     results: list[list[int] | None] = [None] * len(prompts)
@@ -290,7 +313,7 @@ def _generate_batched(model, tokenizer, prompts, order, runtime, *, batch_size,
             gen = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens,
                                pad_token_id=pad_id)
         else:
-            rows = torch.tensor(idx, dtype=torch.long, device=device)
+            rows = torch.tensor([settings[i] for i in idx], dtype=torch.long, device=device)
             with runtime, batch_rows(model, rows):
                 gen = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens,
                                    pad_token_id=pad_id, runtime=runtime)
@@ -299,7 +322,8 @@ def _generate_batched(model, tokenizer, prompts, order, runtime, *, batch_size,
     return results  # type: ignore[return-value]
 
 
-def _generate_refilled(model, token_ids, order, runtime, *, batch_size, max_new_tokens,
+def _generate_refilled(model, token_ids, order, runtime, settings, *, batch_size,
+                       max_new_tokens,
                        pad_id, show, desc) -> list[list[int]]:
     """Rows leave the batch when they finish and waiting prompts join; on a CUDA
     out-of-memory error the batch is halved and the unfinished prompts are run again."""
@@ -323,7 +347,7 @@ def _generate_refilled(model, token_ids, order, runtime, *, batch_size, max_new_
             with runtime if runtime is not None else nullcontext():
                 generate_refill(model, ids, batch_size=batch_size,
                                 max_new_tokens=max_new_tokens, eos=eos, pad_token_id=pad_id,
-                                row_ids=todo, on_done=done)
+                                row_ids=[settings[i] for i in todo], on_done=done)
         except torch.OutOfMemoryError:
             if device.type != "cuda" or batch_size == 1:
                 raise
