@@ -3,13 +3,13 @@
 :func:`generate_compiled` decodes a left-padded batch like
 :func:`steerscope.generation.generate_ids` (same tokens; tests/unit/runtime/test_compiled.py)
 but with transformers' :class:`~transformers.StaticCache` (every tensor keeps its shape from
-step to step) and the decode step wrapped in :func:`torch.compile`. On CUDA the default mode is
+step to step, and the cache object is reused for calls of the same shape) and the decode step wrapped in :func:`torch.compile`. On CUDA the default mode is
 ``"reduce-overhead"``: the step is captured as a CUDA graph and replayed, so the per-step
 Python and kernel-launch overhead (which bounds steered decoding at small models) is paid once.
 
 The prefill runs eagerly under a :class:`~steerscope.runtime.Runtime` (any scope). In the
-decode steps the steering additions are plain forward pre-hooks that add a fixed [B, 1, d]
-tensor (``alpha[r] * vector[r]`` per row) inside the captured graph: only steering
+decode steps the steering additions are plain forward pre-hooks that add a [B, 1, d] buffer
+(``alpha[r] * vector[r]`` per row, copied in before the loop) inside the captured graph: only steering
 (:class:`~steerscope.runtime.Add` at ``resid_pre``) with scope ``"all"``, ``"generated"`` or
 ``"prompt"`` qualifies (:func:`compiled_supported`); anything else uses the eager loop.
 """
@@ -28,6 +28,7 @@ from steerscope.runtime.interventions import Add, Intervention, check_row_count
 from steerscope.runtime.scope import StepContext
 
 DECODE_SCOPES = ("all", "generated", "prompt")
+_DECODERS_ATTR = "_steerscope_compiled_decoders"
 
 
 def compiled_supported(interventions: Sequence[Intervention]) -> bool:
@@ -38,43 +39,71 @@ def compiled_supported(interventions: Sequence[Intervention]) -> bool:
 
 
 def decode_delta(op: Add, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """[B, 1, d] (or [d]) in ``like``'s dtype and device: what ``op`` adds to every row in a
-    decode step, computed as :meth:`Add.apply` computes it."""
+    """[B, 1, d] in ``like``'s dtype and device: what ``op`` adds to every row in a decode
+    step, with the values :meth:`Add.apply` adds."""
     if op.n_rows is not None:
         ctx = StepContext(0, 1, batch, None, torch.zeros(batch, dtype=torch.long), like.device)
         return op.row_delta(ctx, like).unsqueeze(1)
-    return (op.alpha * op.vector).to(device=like.device, dtype=like.dtype)
+    delta = (op.alpha * op.vector).to(device=like.device, dtype=like.dtype)  # [d]
+    return delta.expand(batch, 1, -1)
 
 
-class DecodeSteering:
-    """Context manager: forward pre-hooks that add each decode-step steering delta at its
-    layer (graph-friendly: no Python branching on tensor values)."""
+class CompiledDecoder:
+    """A static KV cache, [B, 1, d] steering buffers with their hooks, and the compiled
+    decode step, for one (batch, length, steering layers) shape; reused across calls, so
+    the step compiles (and on CUDA is captured) once. The hooks add their buffers only
+    while ``active`` (inside :func:`generate_compiled`'s decode loop)."""
 
-    def __init__(self, model, interventions: Sequence[Add], batch: int, arch=None):
-        self.arch = arch if arch is not None else validate_model(model)
-        self.ops = [op for op in interventions if op.scope != "prompt"]
-        self.batch = batch
-        self._handles: list = []
-
-    def __enter__(self) -> DecodeSteering:
-        arch = self.arch
+    def __init__(self, model, batch: int, total: int, layers: tuple[int, ...], *,
+                 compile: bool, mode: str | None):
+        arch = validate_model(model)
         like = next(arch.block(0).parameters())
-        for op in self.ops:
-            delta = decode_delta(op, self.batch, like)
-            module = arch.final_norm if op.layer == arch.n_layers else arch.block(op.layer)
+        self.model, self.batch, self.total = model, batch, total
+        self.cache = StaticCache(config=model.config, max_cache_len=total)
+        self.deltas = [torch.zeros(batch, 1, arch.d_model, dtype=like.dtype, device=like.device)
+                       for _ in layers]  # one [B, 1, d] buffer per decode-step steering op
+        self.active = False
+        self.handles = []
+        for k, layer in enumerate(layers):
+            module = arch.final_norm if layer == arch.n_layers else arch.block(layer)
+            self.handles.append(module.register_forward_pre_hook(self._hook(k),
+                                                                 with_kwargs=True))
+        self.step = torch.compile(self._step, mode=mode, dynamic=False) if compile \
+            else self._step
 
-            def hook(module, args, kwargs, delta=delta):
-                if args:
-                    return (args[0] + delta, *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + delta}
+    def _hook(self, k: int):
+        def hook(module, args, kwargs):
+            if not self.active:
+                return None
+            if args:
+                return (args[0] + self.deltas[k], *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + self.deltas[k]}
+        return hook
 
-            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-        return self
+    def _step(self, token, pos, attn_mask):  # [B, 1], [B, 1], [B, P + N] -> [B, V]
+        return self.model(input_ids=token, attention_mask=attn_mask, position_ids=pos,
+                          cache=self.cache, use_cache=True).logits[:, -1]
 
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
+    def close(self) -> None:
+        for h in self.handles:
             h.remove()
-        self._handles.clear()
+        self.handles.clear()
+
+
+def compiled_decoder(model, batch: int, total: int, layers: tuple[int, ...], *, compile: bool,
+                     mode: str | None) -> CompiledDecoder:
+    """The model's :class:`CompiledDecoder` for this shape (built on first use)."""
+    decoders = model.__dict__.setdefault(_DECODERS_ATTR, {})
+    key = (batch, total, layers, compile, mode)
+    if key not in decoders:
+        decoders[key] = CompiledDecoder(model, batch, total, layers, compile=compile, mode=mode)
+    return decoders[key]
+
+
+def release_compiled(model) -> None:
+    """Remove every compiled decoder (its hooks, cache and compiled step) from ``model``."""
+    for dec in model.__dict__.pop(_DECODERS_ATTR, {}).values():
+        dec.close()
 
 
 @torch.no_grad()
@@ -86,7 +115,9 @@ def generate_compiled(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """Greedy decoding of a left-padded batch ([B, P] ids and mask) with a static cache and
     the decode step compiled (``mode``: default ``"reduce-overhead"`` on CUDA, torch's
     default elsewhere; ``compile=False`` runs the same static-cache loop eagerly). Returns a
-    :class:`~steerscope.generation.Generation` with the tokens of ``generate_ids``."""
+    :class:`~steerscope.generation.Generation` with the tokens of ``generate_ids``. The
+    compiled step is kept on the model for the next call of the same shape
+    (:func:`release_compiled` drops it)."""
     from steerscope.generation import Generation, prepare_greedy_inputs
 
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
@@ -103,28 +134,27 @@ def generate_compiled(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     batch, prompt_len = ids.shape
     total = prompt_len + max_new_tokens
     device = ids.device
-    cache = StaticCache(config=model.config, max_cache_len=total)
+    if compile and mode is None and device.type == "cuda":
+        mode = "reduce-overhead"
+    decode_ops = [op for op in interventions if op.scope != "prompt"]
+    dec = compiled_decoder(model, batch, total, tuple(op.layer for op in decode_ops),
+                           compile=compile, mode=mode)
+    dec.cache.reset()
+    for buf, op in zip(dec.deltas, decode_ops):
+        buf.copy_(decode_delta(op, batch, buf))
     full_mask = torch.zeros(batch, total, dtype=torch.long, device=device)  # [B, P + N]
     full_mask[:, :prompt_len] = mask
     position = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, P]
     with Runtime(model, list(interventions), prompt_len=prompt_len):
         logits = model(input_ids=ids, attention_mask=full_mask, position_ids=position,
-                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-
-    def step(token, pos, attn_mask):  # [B, 1], [B, 1], [B, P + N] -> logits [B, V]
-        return model(input_ids=token, attention_mask=attn_mask, position_ids=pos,
-                     cache=cache, use_cache=True).logits[:, -1]
-
-    if compile:
-        mode = mode if mode is not None else ("reduce-overhead" if device.type == "cuda"
-                                              else None)
-        step = torch.compile(step, mode=mode, dynamic=False)
+                       cache=dec.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     new = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     next_pos = position[:, -1:] + 1  # [B, 1]
     n_done = max_new_tokens
-    with DecodeSteering(model, interventions, batch):
+    dec.active = True
+    try:
         for k in range(max_new_tokens):
             token = logits.argmax(-1)  # [B]
             token = torch.where(done, torch.full_like(token, pad_token_id), token)
@@ -136,10 +166,12 @@ def generate_compiled(model, input_ids: torch.Tensor, attention_mask: torch.Tens
                 n_done = k + 1
                 break
             full_mask[:, prompt_len + k] = 1
-            logits = step(token[:, None].clone(), next_pos.clone(), full_mask.clone())
+            logits = dec.step(token[:, None].clone(), next_pos.clone(), full_mask.clone())
             next_pos = next_pos + 1
+    finally:
+        dec.active = False
     new = new[:, :n_done]
     return Generation(torch.cat([ids, new], dim=1), new, lengths, prompt_len)
 
 
-__all__ = ["DecodeSteering", "compiled_supported", "generate_compiled"]
+__all__ = ["CompiledDecoder", "compiled_supported", "generate_compiled", "release_compiled"]

@@ -162,6 +162,7 @@ def _prefill(model, prompts: Sequence[torch.Tensor], idx: list[int], pad_token_i
 def generate_refill(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
                     max_new_tokens: int, eos: torch.Tensor, pad_token_id: int,
                     refill_at: int | None = None, row_ids: Sequence[int] | None = None,
+                    row_limits: Sequence[int] | None = None,
                     on_done=None) -> list[torch.Tensor]:
     """Greedy tokens of every prompt (1-D id tensors, unpadded), up to and including EOS.
 
@@ -169,7 +170,8 @@ def generate_refill(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
     longest first to keep the frame short). Finished rows are dropped, and waiting prompts
     prefilled and joined, once ``refill_at`` rows (default ``max(1, batch_size // 4)``) are
     finished or the batch is empty. ``eos``: [E] stop ids on the model's device.
-    ``row_ids[i]``: the per-row setting of prompt ``i`` (default ``i``); ``on_done(i,
+    ``row_ids[i]``: the per-row setting of prompt ``i`` (default ``i``); ``row_limits[i]``: at
+    most that many new tokens for prompt ``i`` (default ``max_new_tokens``); ``on_done(i,
     tokens)`` is called as prompt ``i`` finishes. Returns [n_i] long per prompt.
     """
     if not prompts:
@@ -180,6 +182,11 @@ def generate_refill(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
     refill_at = refill_at if refill_at is not None else max(1, batch_size // 4)
     settings = torch.as_tensor(list(row_ids) if row_ids is not None else range(len(prompts)),
                                dtype=torch.long, device=device)  # [n]
+    limits = torch.as_tensor(list(row_limits) if row_limits is not None
+                             else [max_new_tokens] * len(prompts), dtype=torch.long,
+                             device=device).clamp(max=max_new_tokens)  # [n]
+    if len(settings) != len(prompts) or len(limits) != len(prompts) or int(limits.min()) < 1:
+        raise SteerscopeError("row_ids / row_limits must give one entry per prompt (limits >= 1)")
     out: list[list[int] | None] = [None] * len(prompts)
     tokens: dict[int, list[int]] = {}
     waiting = list(range(len(prompts)))
@@ -188,7 +195,7 @@ def generate_refill(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
 
     def record(rows: torch.Tensor, token: torch.Tensor, produced: torch.Tensor) -> torch.Tensor:
         """Append ``token`` to each row's output; [b] bool: the row is finished."""
-        finished = produced >= max_new_tokens
+        finished = produced >= limits[rows]
         if len(eos):
             finished |= torch.isin(token, eos)
         for r, t, f in zip(rows.tolist(), token.tolist(), finished.tolist()):
