@@ -159,3 +159,17 @@ def test_add_per_row_needs_a_residual_point():
     model = tiny_model("llama")
     with pytest.raises(SteerscopeError, match="per-row settings need a residual point"):
         Runtime(model, [Add("q", 1, vector=torch.zeros(2, 4, 16), alpha=[1.0, 2.0])])
+
+
+def test_refill_row_limits_equal_runs_with_that_budget():
+    model = tiny_model("qwen3")
+    _, _, prompts = random_left_padded_batch(seed=7, lengths=(6, 3, 8, 5, 4))
+    limits = [1, 7, 3, 5, 2]
+    with Runtime(model, [steer(_vectors(5), LAYER, 1.0)]):
+        got = generate_refill(model, prompts, batch_size=2, max_new_tokens=7,
+                              eos=torch.tensor([], dtype=torch.long), pad_token_id=0,
+                              row_limits=limits, refill_at=1)
+    for i, p in enumerate(prompts):
+        assert got[i].tolist() == _alone(model, p, [steer(_vectors(5)[i], LAYER, 1.0)],
+                                         limits[i])
+
