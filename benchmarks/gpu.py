@@ -65,7 +65,7 @@ MODELS = ("gemma-2-2b", "llama-3.2-3b")
 FULL = dict(batch=32, prompt_tokens=64, new_tokens=256, eap_tokens=512, ig_steps=10,
             exact_edges=48, modes=("qk", "ov", "svv", "mlp"), repeats=2, sweep_settings=4,
             sweep_prompts=32, sweep_tokens=128, refill_prompts=64, short_tokens=32,
-            copy_bytes=1 << 30, eap_examples=4, eap_batch=4, compile=True)
+            copy_bytes=1 << 30, eap_examples=8, eap_batch=8, compile=True)
 SMALL = dict(batch=2, prompt_tokens=8, new_tokens=6, eap_tokens=12, ig_steps=2,
              exact_edges=6, modes=("qk", "ov", "svv", "mlp"), repeats=2, sweep_settings=3,
              sweep_prompts=3, sweep_tokens=6, refill_prompts=5, short_tokens=2,
@@ -359,45 +359,6 @@ def run_model(name: str, cfg: dict, args, device, dtype, deadline: float, save) 
     return res  # the model is freed with this frame (main calls free_memory)
 
 
-def table(results: dict) -> str:
-    """The measurements as a plain-text table (one column per model)."""
-    rows = [
-        ("build (s)", "build_s", None),
-        ("HF generate (tok/s)", "generation", "hf_tokens_per_s"),
-        ("steered generate (tok/s)", "generation", "steered_tokens_per_s"),
-        ("steered / HF throughput", "generation", "steered_vs_hf_throughput"),
-        ("generation batch", "generation", "batch"),
-        *[(f"{m} freeze / plain steered", "freeze", f"{m}_vs_plain_throughput")
-          for m in FULL["modes"]],
-        ("EAP-IG s / example", "eap_ig", "seconds_per_example"),
-        ("EAP-IG peak memory (GB)", "eap_ig", "peak_memory_gb"),
-        ("EAP-IG extra memory (GB)", "eap_ig", "extra_memory_gb"),
-        ("exact s / edge", "exact", "exact_s_per_edge"),
-        ("EAP-IG speed-up vs exact", "exact", "eap_ig_speedup_vs_exact_edges"),
-        ("Spearman sampled edges", "exact", "spearman_sampled_edges"),
-        ("packed sweep (tok/s)", "packed_sweep", "packed_tokens_per_s"),
-        ("separate sweep (tok/s)", "packed_sweep", "separate_tokens_per_s"),
-        ("packed / separate", "packed_sweep", "packed_vs_separate_throughput"),
-        ("refill / fixed batches", "refill", "refill_vs_fixed_throughput"),
-        ("compiled / eager decoding", "compiled", "compiled_vs_eager_throughput"),
-        ("eager bandwidth ratio", "bandwidth", "eager_bandwidth_ratio"),
-        ("compiled bandwidth ratio", "bandwidth", "compiled_bandwidth_ratio"),
-        ("EAP-IG s / ex. (batch)", "eap_ig_batch", "batch_s_per_example"),
-        ("paper study (GPU h)", "paper_estimate", "total_h"),
-        ("new paths study (GPU h)", "paper_estimate_new_paths", "total_h"),
-    ]
-    names = list(results["models"])
-    lines = [f"{'':28s}" + "".join(f"{n:>16s}" for n in names)]
-    for label, key, sub in rows:
-        cells = []
-        for n in names:
-            v = results["models"][n].get(key)
-            v = v.get(sub) if isinstance(v, dict) and sub else (None if sub else v)
-            cells.append(f"{v:16.3f}" if isinstance(v, float) else f"{str(v):>16s}")
-        lines.append(f"{label:28s}" + "".join(cells))
-    return "\n".join(lines)
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="tiny configs on CPU (seconds)")
@@ -454,7 +415,7 @@ def main(argv=None) -> dict:
     results["paper_estimate_new_paths_total_h"] = (
         sum(new) if new and all(e is not None for e in new) else None)
     save()
-    print(table(results))
+    print(gpu_paths.table(results, FULL["modes"]))
     print(f"paper study estimate: {results['paper_estimate_total_h']} GPU hours "
           f"({ESTIMATE_FORMULA})")
     print(f"paper study estimate, new paths: {results['paper_estimate_new_paths_total_h']} "

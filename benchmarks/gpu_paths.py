@@ -1,4 +1,5 @@
-"""The new decoding paths of benchmarks/gpu.py, each beside its eager baseline in the same run.
+"""The new decoding paths of benchmarks/gpu.py, each beside its eager baseline in the same run,
+and the printed table of every section.
 
 Imported by gpu.py (not a script of its own). Sections (``cfg`` = gpu.py's FULL or SMALL):
 
@@ -211,3 +212,42 @@ def paper_estimate_new(res: dict, paper: dict, old: dict) -> dict:
         sparsity_s=(paper["vectors"] * paper["sparsity_settings"] * paper["sparsity_prompts"]
                     * paper["response_tokens"] / rate))
     return dict(parts, total_s=sum(parts.values()), total_h=sum(parts.values()) / 3600)
+
+
+def table(results: dict, modes) -> str:
+    """The measurements as a plain-text table (one column per model)."""
+    rows = [
+        ("build (s)", "build_s", None),
+        ("HF generate (tok/s)", "generation", "hf_tokens_per_s"),
+        ("steered generate (tok/s)", "generation", "steered_tokens_per_s"),
+        ("steered / HF throughput", "generation", "steered_vs_hf_throughput"),
+        ("generation batch", "generation", "batch"),
+        *[(f"{m} freeze / plain steered", "freeze", f"{m}_vs_plain_throughput")
+          for m in modes],
+        ("EAP-IG s / example", "eap_ig", "seconds_per_example"),
+        ("EAP-IG peak memory (GB)", "eap_ig", "peak_memory_gb"),
+        ("EAP-IG extra memory (GB)", "eap_ig", "extra_memory_gb"),
+        ("exact s / edge", "exact", "exact_s_per_edge"),
+        ("EAP-IG speed-up vs exact", "exact", "eap_ig_speedup_vs_exact_edges"),
+        ("Spearman sampled edges", "exact", "spearman_sampled_edges"),
+        ("packed sweep (tok/s)", "packed_sweep", "packed_tokens_per_s"),
+        ("separate sweep (tok/s)", "packed_sweep", "separate_tokens_per_s"),
+        ("packed / separate", "packed_sweep", "packed_vs_separate_throughput"),
+        ("refill / fixed batches", "refill", "refill_vs_fixed_throughput"),
+        ("compiled / eager decoding", "compiled", "compiled_vs_eager_throughput"),
+        ("eager bandwidth ratio", "bandwidth", "eager_bandwidth_ratio"),
+        ("compiled bandwidth ratio", "bandwidth", "compiled_bandwidth_ratio"),
+        ("EAP-IG s / ex. (batch)", "eap_ig_batch", "batch_s_per_example"),
+        ("paper study (GPU h)", "paper_estimate", "total_h"),
+        ("new paths study (GPU h)", "paper_estimate_new_paths", "total_h"),
+    ]
+    names = list(results["models"])
+    lines = [f"{'':28s}" + "".join(f"{n:>16s}" for n in names)]
+    for label, key, sub in rows:
+        cells = []
+        for n in names:
+            v = results["models"][n].get(key)
+            v = v.get(sub) if isinstance(v, dict) and sub else (None if sub else v)
+            cells.append(f"{v:16.3f}" if isinstance(v, float) else f"{str(v):>16s}")
+        lines.append(f"{label:28s}" + "".join(cells))
+    return "\n".join(lines)

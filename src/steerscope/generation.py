@@ -78,6 +78,21 @@ def prepare_greedy_inputs(model, input_ids: torch.Tensor, attention_mask: torch.
     return input_ids, attention_mask, eos, pad_token_id
 
 
+def record_greedy_token(logits: torch.Tensor, step: int, new: torch.Tensor,
+                        lengths: torch.Tensor, done: torch.Tensor, eos: torch.Tensor,
+                        pad_token_id: int) -> torch.Tensor:
+    """The greedy token [B] of ``logits`` [B, V] (pad for rows already done), written to
+    ``new[:, step]``; ``lengths`` counts it for unfinished rows and ``done`` marks EOS (both
+    updated in place)."""
+    token = logits.argmax(-1)  # [B]
+    token = torch.where(done, torch.full_like(token, pad_token_id), token)
+    new[:, step] = token
+    lengths += (~done).long()
+    if len(eos):
+        done |= torch.isin(token, eos)
+    return token
+
+
 def greedy_loop(model, ids: torch.Tensor, mask: torch.Tensor, *, batch: int,
                 max_new_tokens: int, use_cache: bool, eos: torch.Tensor, pad_token_id: int,
                 stop_at_eos: bool, rows: slice | None = None, copies: int = 1,
@@ -110,12 +125,7 @@ def greedy_loop(model, ids: torch.Tensor, mask: torch.Tensor, *, batch: int,
         logits = out.logits[rows, -1]  # [B, V]
         if step == 0:
             first_logits = logits.float().clone()
-        token = logits.argmax(-1)  # [B]
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
-        new[:, step] = token
-        lengths += (~done).long()
-        if len(eos):
-            done |= torch.isin(token, eos)
+        token = record_greedy_token(logits, step, new, lengths, done, eos, pad_token_id)
         if (stop_at_eos and bool(done.all())) or step == max_new_tokens - 1:
             new = new[:, : step + 1]
             break

@@ -22,6 +22,7 @@ import torch
 from transformers import StaticCache
 
 from steerscope.errors import SteerscopeError
+from steerscope.generation import Generation, prepare_greedy_inputs, record_greedy_token
 from steerscope.models.archs import validate_model
 from steerscope.runtime.core import Runtime
 from steerscope.runtime.interventions import Add, Intervention, check_row_count
@@ -118,8 +119,6 @@ def generate_compiled(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     :class:`~steerscope.generation.Generation` with the tokens of ``generate_ids``. The
     compiled step is kept on the model for the next call of the same shape
     (:func:`release_compiled` drops it)."""
-    from steerscope.generation import Generation, prepare_greedy_inputs
-
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise SteerscopeError(f"input_ids must be a non-empty [batch, length] tensor, got shape "
                               f"{tuple(input_ids.shape)}")
@@ -156,12 +155,7 @@ def generate_compiled(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     dec.active = True
     try:
         for k in range(max_new_tokens):
-            token = logits.argmax(-1)  # [B]
-            token = torch.where(done, torch.full_like(token, pad_token_id), token)
-            new[:, k] = token
-            lengths += (~done).long()
-            if len(eos):
-                done |= torch.isin(token, eos)
+            token = record_greedy_token(logits, k, new, lengths, done, eos, pad_token_id)
             if (stop_at_eos and bool(done.all())) or k == max_new_tokens - 1:
                 n_done = k + 1
                 break
