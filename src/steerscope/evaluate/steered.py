@@ -126,30 +126,29 @@ def _pack_key(op) -> tuple | None:
     return op.layer, op.scope if isinstance(op.scope, str) else tuple(op.scope)
 
 
-def packed_outcomes(model, tokenizer, settings: Sequence[Setting], *, judge=None,
-                    score_ids: Sequence[int] | None = None, max_new_tokens: int = 64,
-                    batch_size: int | str = 16, arch=None, desc: str = "generating",
-                    progress: bool | None = None) -> list[SideOutcome]:
-    """:func:`steered_outcome` of every setting, with the generations of all settings that
-    steer at the same layer and scope (and the unsteered ones, as α = 0) packed into shared,
-    length-sorted batches: one per-row steering intervention ([S, d] vectors, [S] alphas),
-    each prompt row carrying its setting. Each completion is the one its setting alone
-    gives. Fast scores (no generation) and verdicts are computed per setting as in
-    :func:`steered_outcome`; settings that cannot be packed run alone."""
-    ops = [None if st.steerer is None else st.steerer.intervention(st.alpha) for st in settings]
-    keys = [None if op is None else _pack_key(op) for op in ops]
+def packed_generate(model, tokenizer, cells: Sequence[tuple[Sequence[str], Any]], *,
+                    max_new_tokens: int = 64, batch_size: int | str = 16,
+                    desc: str = "generating", progress: bool | None = None
+                    ) -> list[list[str] | None]:
+    """Greedy completions of every cell ``(formatted prompts, intervention or None)``, the
+    cells that steer at the same layer and scope (and the unsteered ones, as α = 0) packed
+    into shared length-sorted batches: one per-row steering intervention ([S, d] vectors,
+    [S] alphas), each prompt row carrying its cell. Each completion is the one its cell
+    alone gives. None for a cell whose intervention cannot be packed (run it alone)."""
+    ops = [op for _, op in cells]
     groups: dict[tuple, list[int]] = {}
-    for i, key in enumerate(keys):
+    for i, op in enumerate(ops):
+        key = None if op is None else _pack_key(op)
         if key is not None:
             groups.setdefault(key, []).append(i)
     unsteered = [i for i, op in enumerate(ops) if op is None]
     if unsteered:  # join the first group (α = 0 adds exactly nothing), or form one
         first = next(iter(groups), ("none",))
         groups[first] = sorted(groups.get(first, []) + unsteered)
-    completions: dict[int, list[str]] = {}
+    completions: list[list[str] | None] = [None] * len(cells)
     for members in groups.values():
-        texts = [t for i in members for t in settings[i].formatted]
-        rows = [k for k, i in enumerate(members) for _ in settings[i].formatted]
+        texts = [t for i in members for t in cells[i][0]]
+        rows = [k for k, i in enumerate(members) for _ in cells[i][0]]
         steered = [i for i in members if ops[i] is not None]
         interventions = []
         if steered:
@@ -165,19 +164,33 @@ def packed_outcomes(model, tokenizer, settings: Sequence[Setting], *, judge=None
                         progress=progress)
         start = 0
         for i in members:
-            n = len(settings[i].formatted)
+            n = len(cells[i][0])
             completions[i] = outs[start:start + n]
             start += n
-    results = []
-    for i, st in enumerate(settings):
-        done = completions.get(i)
-        score_bs = batch_size if isinstance(batch_size, int) else 16
-        results.append(steered_outcome(
-            model, tokenizer, st.formatted, instructions=st.instructions,
-            interventions=[] if ops[i] is None else [ops[i]], judge=judge,
-            score_ids=score_ids, max_new_tokens=max_new_tokens, batch_size=score_bs,
-            arch=arch, desc=desc, progress=progress, completions=done))
-    return results
+    return completions
 
 
-__all__ = ["Generator", "Setting", "SideOutcome", "packed_outcomes", "steered_outcome"]
+def packed_outcomes(model, tokenizer, settings: Sequence[Setting], *, judge=None,
+                    score_ids: Sequence[int] | None = None, max_new_tokens: int = 64,
+                    batch_size: int | str = 16, arch=None, desc: str = "generating",
+                    progress: bool | None = None) -> list[SideOutcome]:
+    """:func:`steered_outcome` of every setting, the generations packed into shared batches
+    by :func:`packed_generate` (each completion is the one its setting alone gives). Fast
+    scores (no generation) and verdicts are computed per setting as in
+    :func:`steered_outcome`; settings that cannot be packed run alone."""
+    ops = [None if st.steerer is None else st.steerer.intervention(st.alpha) for st in settings]
+    completions = packed_generate(model, tokenizer, [(st.formatted, op) for st, op in
+                                                     zip(settings, ops)],
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  desc=desc, progress=progress)
+    score_bs = batch_size if isinstance(batch_size, int) else 16
+    return [steered_outcome(
+        model, tokenizer, st.formatted, instructions=st.instructions,
+        interventions=[] if op is None else [op], judge=judge, score_ids=score_ids,
+        max_new_tokens=max_new_tokens, batch_size=score_bs, arch=arch, desc=desc,
+        progress=progress, completions=done)
+        for st, op, done in zip(settings, ops, completions)]
+
+
+__all__ = ["Generator", "Setting", "SideOutcome", "packed_generate", "packed_outcomes",
+           "steered_outcome"]
