@@ -211,21 +211,27 @@ def kv_bytes_per_token(model) -> int:
     return 2 * cfg.num_hidden_layers * heads * head_dim * item
 
 
-def batch_size_from_memory(model, longest: int, *, cap: int = 512,
-                           headroom: float = 0.7) -> int:
-    """The largest batch whose KV cache for ``longest`` tokens per row (plus each row's
-    hidden states and logits of one step) fits ``headroom`` of the free memory of the
-    model's CUDA device, at most ``cap``; on any other device :data:`DEFAULT_BATCH_SIZE`."""
-    device = next(model.parameters()).device
-    if device.type != "cuda":
-        return DEFAULT_BATCH_SIZE
-    free, _ = torch.cuda.mem_get_info(device)
+def batch_size_for_free_memory(model, longest: int, free_bytes: int, *, cap: int = 512,
+                               headroom: float = 0.7) -> int:
+    """The largest batch (1..``cap``) whose KV cache for ``longest`` tokens per row, plus each
+    row's prefill activations and one step's float32 logits, fits ``headroom`` of
+    ``free_bytes``."""
     cfg = getattr(model.config, "text_config", None) or model.config
     item = next(model.parameters()).element_size()
     per_row = (kv_bytes_per_token(model) * longest  # the KV cache
                + 8 * longest * cfg.hidden_size * item  # prefill activations (a few copies)
                + 4 * cfg.vocab_size * 2)  # float32 logits of the last position, twice
-    return max(1, min(cap, int(free * headroom // per_row)))
+    return max(1, min(cap, int(free_bytes * headroom // per_row)))
+
+
+def batch_size_from_memory(model, longest: int) -> int:
+    """:func:`batch_size_for_free_memory` of the free memory of the model's CUDA device; on
+    any other device :data:`DEFAULT_BATCH_SIZE`."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return DEFAULT_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    return batch_size_for_free_memory(model, longest, free)
 
 
 def resolve_batch_size(model, batch_size: int | str, longest: int) -> int:
@@ -335,8 +341,8 @@ def _generate_batched(model, tokenizer, prompts, order, runtime, settings, *, ba
 def _generate_refilled(model, token_ids, order, runtime, settings, *, batch_size,
                        max_new_tokens,
                        pad_id, show, desc) -> list[list[int]]:
-    """Rows leave the batch when they finish and waiting prompts join; on a CUDA
-    out-of-memory error the batch is halved and the unfinished prompts are run again."""
+    """Rows leave the batch when they finish and waiting prompts join; on an out-of-memory
+    error the batch is halved and the unfinished prompts are run again."""
     _, _, eos, pad_id = prepare_greedy_inputs(model, torch.zeros(1, 1, dtype=torch.long),
                                               None, None, pad_id)
     device = next(model.parameters()).device
@@ -359,9 +365,10 @@ def _generate_refilled(model, token_ids, order, runtime, settings, *, batch_size
                                 max_new_tokens=max_new_tokens, eos=eos, pad_token_id=pad_id,
                                 row_ids=[settings[i] for i in todo], on_done=done)
         except torch.OutOfMemoryError:
-            if device.type != "cuda" or batch_size == 1:
+            if batch_size == 1:
                 raise
-            torch.cuda.empty_cache()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             batch_size //= 2
     bar.close()
     return [results[i] for i in range(len(token_ids))]

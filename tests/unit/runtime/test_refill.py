@@ -173,3 +173,45 @@ def test_refill_row_limits_equal_runs_with_that_budget():
         assert got[i].tolist() == _alone(model, p, [steer(_vectors(5)[i], LAYER, 1.0)],
                                          limits[i])
 
+
+
+def test_kv_bytes_match_the_cache_hf_builds():
+    """The batch-size rule's KV bytes per token = the bytes of a real DynamicCache."""
+    from transformers import DynamicCache
+
+    from steerscope.generation import batch_size_for_free_memory, kv_bytes_per_token
+
+    for arch in ("llama", "qwen3"):
+        model = tiny_model(arch)
+        cache = DynamicCache(config=model.config)
+        ids = torch.randint(3, 200, (2, 11))
+        with torch.no_grad():
+            model(input_ids=ids, cache=cache, use_cache=True)
+        size = sum(t.numel() * t.element_size() for layer in cache.layers
+                   for t in (layer.keys, layer.values))
+        assert size == kv_bytes_per_token(model) * 2 * 11
+        per_row = kv_bytes_per_token(model) * 100 + 8 * 100 * 64 * 4 + 4 * 256 * 2
+        assert batch_size_for_free_memory(model, 100, 10 * per_row, headroom=1.0) == 10
+        assert batch_size_for_free_memory(model, 100, 0) == 1
+        assert batch_size_for_free_memory(model, 100, 10**15) == 512
+
+
+def test_auto_batch_is_the_default_off_cuda_and_oom_halves(monkeypatch):
+    import steerscope.generation as gen_mod
+
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    assert gen_mod.batch_size_from_memory(model, 100) == gen_mod.DEFAULT_BATCH_SIZE
+    texts = ["hello there", "a", "xyz", "the end"]
+    want = generate(model, tok, texts, max_new_tokens=4, batch_size=4)
+    seen = []
+    real = gen_mod.generate_refill
+
+    def flaky(*args, batch_size, **kw):
+        seen.append(batch_size)
+        if batch_size > 1:
+            raise torch.OutOfMemoryError("fake")
+        return real(*args, batch_size=batch_size, **kw)
+
+    monkeypatch.setattr(gen_mod, "generate_refill", flaky)
+    assert generate(model, tok, texts, max_new_tokens=4, batch_size=4) == want
+    assert seen == [4, 2, 1]
