@@ -48,7 +48,8 @@ class SharedPrefixLockstep:
         self.arch, self.layer, self.mode = arch, arch.check_layer(layer), mode
         vector = arch.check_vector(vector).detach()
         if isinstance(alpha, torch.Tensor):  # per-row alphas [B]: [B, 1, d]
-            self.delta = (alpha.to(vector.dtype).view(-1, 1) * vector.cpu()).unsqueeze(1)
+            alpha = alpha.to(device=vector.device, dtype=vector.dtype)
+            self.delta = (alpha.view(-1, 1) * vector).unsqueeze(1)
         else:
             self.delta = float(alpha) * vector  # [d]
         self.rows = 0  # B of the current forward call, set at block ``layer``

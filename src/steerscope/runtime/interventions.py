@@ -170,7 +170,7 @@ class Add(Intervention):
             vec = self.vector
             alpha = self.alpha if isinstance(self.alpha, torch.Tensor) else \
                 torch.full((n,), float(self.alpha))
-            alpha = alpha.to(dtype=vec.dtype).unsqueeze(-1)  # [N, 1]
+            alpha = alpha.to(device=vec.device, dtype=vec.dtype).unsqueeze(-1)  # [N, 1]
             rows_vec = vec if vec.ndim == 2 else vec.unsqueeze(0)  # [N | 1, d]
             table = (alpha * rows_vec).to(device=like.device, dtype=like.dtype)  # [N, d]
             self._tables[key] = table
