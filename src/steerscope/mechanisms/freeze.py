@@ -50,7 +50,7 @@ from steerscope.mechanisms.lockstep import SharedPrefixLockstep
 from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.chat import encode_prompts
 from steerscope.runtime import Edit, Intervention, Runtime, steer
-from steerscope.runtime.interventions import check_alphas
+from steerscope.runtime.interventions import as_alpha
 
 MODES = ("none", "qk", "ov", "svv", "mlp")
 LOCKSTEP_MODES = ("qk", "ov")
@@ -175,7 +175,7 @@ def freeze_interventions(
     check_qk_options(qk_source, qk_impl)
     arch.check_layer(layer)
     arch.check_vector(vector)
-    alpha = float(alpha) if isinstance(alpha, (int, float)) else check_alphas(alpha)
+    alpha = as_alpha(alpha)
     if isinstance(alpha, torch.Tensor) and mode in LOCKSTEP_MODES:
         raise SteerscopeError("per-row alpha in a lockstep mode needs the shared-prefix path",
                               "use frozen_generate_ids with shared_prefix=True")
@@ -288,8 +288,8 @@ def frozen_generate_ids(
     device = input_ids.device
     vector = arch.check_vector(vector).to(device)
     batch, prompt_len = input_ids.shape
-    if not isinstance(alpha, (int, float)):
-        alpha = check_alphas(alpha)
+    alpha = as_alpha(alpha)
+    if isinstance(alpha, torch.Tensor):
         if alpha.numel() != batch:
             raise SteerscopeError(f"alpha has {alpha.numel()} values for a batch of {batch} rows:"
                                   f" alpha of shape [{batch}] is expected",
@@ -351,7 +351,8 @@ def frozen_generate(
         raise SteerscopeError("no prompts to generate from", "pass a non-empty list")
     check_mode(mode)
     arch = arch if arch is not None else validate_model(model)
-    per_row = None if isinstance(alpha, (int, float)) else check_alphas(alpha)  # [N]
+    alpha = as_alpha(alpha)
+    per_row = alpha if isinstance(alpha, torch.Tensor) else None  # [N]
     if per_row is not None and per_row.numel() != len(prompts):
         raise SteerscopeError(f"alpha has {per_row.numel()} values for {len(prompts)} prompts: "
                               f"alpha of shape [{len(prompts)}] is expected",

@@ -27,6 +27,7 @@ a :class:`Capture` listed after an :class:`Add` sees the edited value.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -131,8 +132,7 @@ class Add(Intervention):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.alpha, (int, float)):
-            self.alpha = check_alphas(self.alpha)
+        self.alpha = as_alpha(self.alpha)
 
     @property
     def n_rows(self) -> int | None:
@@ -188,6 +188,14 @@ class Add(Intervention):
                 return x + delta
             return x + mask.unsqueeze(-1).to(x.dtype) * delta
         return self._select(x, x + delta, ctx)
+
+
+def as_alpha(alpha) -> float | torch.Tensor:
+    """One coefficient (a number or a 0-d tensor) as a float, unchecked; anything else as
+    per-row coefficients (:func:`check_alphas`)."""
+    if isinstance(alpha, numbers.Real) or (isinstance(alpha, torch.Tensor) and alpha.ndim == 0):
+        return float(alpha)
+    return check_alphas(alpha)
 
 
 def check_alphas(alpha) -> torch.Tensor:
@@ -352,10 +360,10 @@ def steer(vector: torch.Tensor, layer: int, alpha: float | Sequence[float] | tor
     ``vector`` [d] or [B, d] (one per batch row) and ``alpha`` a float or [B]: batch row ``i``
     is steered with ``alpha[i] * vector[i]``, exactly as a separate run with that setting.
     """
-    if isinstance(alpha, (int, float)):
+    alpha = as_alpha(alpha)
+    if isinstance(alpha, float):
         check_alpha(alpha)
     else:
-        alpha = check_alphas(alpha)
         if isinstance(vector, torch.Tensor) and vector.ndim == 2 and \
                 vector.shape[0] != alpha.numel():
             raise ShapeError(f"alpha has {alpha.numel()} values but the steering vectors have "
