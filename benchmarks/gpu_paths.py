@@ -114,7 +114,7 @@ def bench_refill(model, arch, layer, s, vocab, cfg, clock, random_ids) -> dict:
 
     def refilled():
         with Runtime(model, op):
-            generate_refill(model, list(ids), batch_size=batch, max_new_tokens=n_new,
+            generate_refill(model, list(ids.cpu()), batch_size=batch, max_new_tokens=n_new,
                             eos=EOS_NONE.to(device), pad_token_id=0, row_limits=limits)
 
     useful = sum(limits)
