@@ -118,12 +118,25 @@ class Setting:
     alpha: float
 
 
+def _parts(op) -> list:
+    """The interventions of one cell: ``op`` itself, or the list a multi-layer vector's
+    ``intervention`` returns; [] for None."""
+    if op is None:
+        return []
+    return list(op) if isinstance(op, (list, tuple)) else [op]
+
+
 def _pack_key(op) -> tuple | None:
-    """(layer, scope) of a plain one-vector steering Add that can share a batch, else None."""
-    if not (isinstance(op, Add) and op.point == "resid_pre" and op.heads is None
-            and op.n_rows is None and op.vector.ndim == 1):
-        return None
-    return op.layer, op.scope if isinstance(op.scope, str) else tuple(op.scope)
+    """((layer, scope), ...) of a cell whose interventions are all plain one-vector steering
+    Adds (one per layer), which can share a batch with per-row vectors; else None."""
+    keys = []
+    for part in _parts(op):
+        if not (isinstance(part, Add) and part.point == "resid_pre" and part.heads is None
+                and part.n_rows is None and part.vector.ndim == 1):
+            return None
+        keys.append((part.layer, part.scope if isinstance(part.scope, str)
+                     else tuple(part.scope)))
+    return tuple(keys) or None
 
 
 def packed_generate(model, tokenizer, cells: Sequence[tuple[Sequence[str], Any]], *,
@@ -131,7 +144,8 @@ def packed_generate(model, tokenizer, cells: Sequence[tuple[Sequence[str], Any]]
                     desc: str = "generating", progress: bool | None = None
                     ) -> list[list[str] | None]:
     """Greedy completions of every cell ``(formatted prompts, intervention or None)``, the
-    cells that steer at the same layer and scope (and the unsteered ones, as α = 0) packed
+    cells that steer at the same layers and scopes (an intervention may be the list of a
+    multi-layer vector; the unsteered cells join as α = 0) packed
     into shared length-sorted batches: one per-row steering intervention ([S, d] vectors,
     [S] alphas), each prompt row carrying its cell. Each completion is the one its cell
     alone gives. None for a cell whose intervention cannot be packed (run it alone)."""
@@ -151,13 +165,14 @@ def packed_generate(model, tokenizer, cells: Sequence[tuple[Sequence[str], Any]]
         rows = [k for k, i in enumerate(members) for _ in cells[i][0]]
         steered = [i for i in members if ops[i] is not None]
         interventions = []
-        if steered:
-            ref = ops[steered[0]]
-            vecs = torch.stack([ops[i].vector if ops[i] is not None
+        for j, ref in enumerate(_parts(ops[steered[0]]) if steered else []):
+            # one per-row Add per layer of the cells' interventions, in their order
+            vecs = torch.stack([_parts(ops[i])[j].vector if ops[i] is not None
                                 else torch.zeros_like(ref.vector) for i in members])  # [S, d]
-            alphas = [0.0 if ops[i] is None else float(ops[i].alpha) for i in members]
-            interventions = [Add("resid_pre", ref.layer, scope=ref.scope, vector=vecs,
-                                 alpha=alphas)]
+            alphas = [0.0 if ops[i] is None else float(_parts(ops[i])[j].alpha)
+                      for i in members]
+            interventions.append(Add("resid_pre", ref.layer, scope=ref.scope, vector=vecs,
+                                     alpha=alphas))
         outs = generate(model, tokenizer, texts, interventions=interventions,
                         row_settings=rows if interventions else None,
                         max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc,
@@ -186,7 +201,7 @@ def packed_outcomes(model, tokenizer, settings: Sequence[Setting], *, judge=None
     score_bs = batch_size if isinstance(batch_size, int) else 16
     return [steered_outcome(
         model, tokenizer, st.formatted, instructions=st.instructions,
-        interventions=[] if op is None else [op], judge=judge, score_ids=score_ids,
+        interventions=_parts(op), judge=judge, score_ids=score_ids,
         max_new_tokens=max_new_tokens, batch_size=score_bs, arch=arch, desc=desc,
         progress=progress, completions=done)
         for st, op, done in zip(settings, ops, completions)]

@@ -94,7 +94,7 @@ def sharded_steering_eval(
                                  progress=False)
         out = {}
         for (m, op), outs in zip(ops.items(), packed):
-            steer_ops = [] if op is None else [op]
+            steer_ops = [] if op is None else list(op) if isinstance(op, list) else [op]
             if outs is None:  # not packable: alone
                 outs = generate(model, tokenizer, texts, interventions=steer_ops,
                                 max_new_tokens=max_new_tokens, batch_size=len(texts),

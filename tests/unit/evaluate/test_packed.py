@@ -32,3 +32,29 @@ def test_packed_outcomes_equal_separate_outcomes():
                               max_new_tokens=6, batch_size=2)
         assert g.completions == ref.completions and g.present == ref.present
         assert torch.equal(g.scores, ref.scores)
+
+
+class _TwoLayer:
+    """A multi-layer vector's stand-in: ``intervention`` returns one steer per layer."""
+
+    def __init__(self, seed):
+        self.vs = {1: _vec(seed), 3: _vec(seed + 10)}
+
+    def intervention(self, alpha):
+        from steerscope.runtime import steer
+
+        return [steer(v, layer, alpha) for layer, v in self.vs.items()]
+
+
+def test_multi_layer_cells_pack_too():
+    from steerscope.evaluate.steered import packed_generate
+    from steerscope.generation import generate
+
+    model, tok = tiny_model("qwen2"), tiny_tokenizer()
+    texts = ["hello there", "a", "xyz xyz"]
+    sets = [_TwoLayer(1), _TwoLayer(2)]
+    cells = [(texts, sets[0].intervention(-1.0)), (texts, None), (texts, sets[1].intervention(2.0))]
+    got = packed_generate(model, tok, cells, max_new_tokens=6, batch_size=2)
+    for (t, op), g in zip(cells, got):
+        assert g == generate(model, tok, t, interventions=op or [], max_new_tokens=6,
+                             batch_size=2, refill=False)
