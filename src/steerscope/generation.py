@@ -202,13 +202,19 @@ def warn_if_too_long(model, longest: int, n_over: int) -> None:
                       stacklevel=3)
 
 
+def compute_itemsize(model) -> int:
+    """Bytes per element of the model's activations and KV cache: its floating dtype (the
+    first floating parameter's; a quantized model's integer weights do not count)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.empty((), dtype=dtype).element_size()
+
+
 def kv_bytes_per_token(model) -> int:
     """Bytes of KV cache one token of one row takes (keys and values, every layer)."""
     cfg = getattr(model.config, "text_config", None) or model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    item = next(model.parameters()).element_size()
-    return 2 * cfg.num_hidden_layers * heads * head_dim * item
+    return 2 * cfg.num_hidden_layers * heads * head_dim * compute_itemsize(model)
 
 
 def batch_size_for_free_memory(model, longest: int, free_bytes: int, *, cap: int = 512,
@@ -217,7 +223,7 @@ def batch_size_for_free_memory(model, longest: int, free_bytes: int, *, cap: int
     row's prefill activations and one step's float32 logits, fits ``headroom`` of
     ``free_bytes``."""
     cfg = getattr(model.config, "text_config", None) or model.config
-    item = next(model.parameters()).element_size()
+    item = compute_itemsize(model)
     per_row = (kv_bytes_per_token(model) * longest  # the KV cache
                + 8 * longest * cfg.hidden_size * item  # prefill activations (a few copies)
                + 4 * cfg.vocab_size * 2)  # float32 logits of the last position, twice
