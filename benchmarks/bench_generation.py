@@ -8,6 +8,18 @@ Runs, on the same model, batch and prompts, interleaved over ``--repeats`` round
   C. steerscope ``generate_ids`` with no intervention
 All three produce exactly ``--new-tokens`` tokens per row. Prints tokens/s and the ratios
 B/A and C/A (median over rounds). Target (issue 2): B/A >= 0.95.
+
+    python benchmarks/bench_generation.py --packed [--settings 4] [--batch 16] [--new-tokens 64]
+
+Packed settings (issue 27): ``--settings`` steering settings (α ∈ {−1, 0, +1, +2, ...} times a
+random vector of norm ``--norm``) × ``--batch`` prompts, real greedy generation to EOS
+(``steerscope.generation.generate``, the path of the steering table and the sweep):
+  S. separate: one ``generate`` call per setting, fixed length-sorted batches (before issue 27)
+  P. packed: one ``generate`` call with per-row settings, finished rows leaving the batch and
+     waiting rows joining (refill)
+  F. packed, fixed batches (``refill=False``): packing alone
+Completions are compared (they must be equal); prints wall and process-CPU seconds and the
+throughput ratios P/S and F/S (generated tokens per second, median over rounds).
 """
 
 from __future__ import annotations
@@ -15,11 +27,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 
 from steerscope.data.builtin import demo_prompts
-from steerscope.generation import generate_ids
+from steerscope.generation import generate, generate_ids
 from steerscope.models.chat import encode_prompts, format_prompt
 from steerscope.models.loading import load_model
 from steerscope.runtime import steer
@@ -33,9 +46,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--packed", action="store_true", help="packed vs separate settings")
+    ap.add_argument("--settings", type=int, default=4)
+    ap.add_argument("--norm", type=float, default=8.0)
     args = ap.parse_args()
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.packed:
+        bench_packed(loaded, args)
+        return
     model, tok, arch = loaded.model, loaded.tokenizer, loaded.arch
     pool = demo_prompts("harmful").instructions + demo_prompts("harmless").instructions
     texts = [format_prompt(tok, pool[i % len(pool)]) for i in range(args.batch)]
@@ -85,6 +104,60 @@ def main() -> None:
         print(f"  {k:20s} {t:7.3f} s  {total / t:8.1f} tokens/s")
     print(f"ratio steered / hf_generate (throughput) = {med['hf_generate'] / med['steerscope_steered']:.3f}")
     print(f"ratio plain   / hf_generate (throughput) = {med['hf_generate'] / med['steerscope_plain']:.3f}")
+
+
+def bench_packed(loaded, args) -> None:
+    """Separate vs packed (refill / fixed batches) generation of settings × prompts."""
+    model, tok, arch = loaded.model, loaded.tokenizer, loaded.arch
+    pool = demo_prompts("harmful").instructions + demo_prompts("harmless").instructions
+    texts = [format_prompt(tok, pool[i % len(pool)]) for i in range(args.batch)]
+    g = torch.Generator().manual_seed(0)
+    vec = torch.randn(arch.d_model, generator=g)
+    vec = vec / vec.norm() * args.norm  # [d]
+    layer = arch.n_layers // 2
+    alphas = [float(a) for a in ([-1, 0, 1, 2, -2, 3, -3, 4] * 8)[: args.settings]]
+    n, bs = args.new_tokens, args.batch
+    rows = [k for k in range(len(alphas)) for _ in texts]
+    packed_op = [steer(vec.repeat(len(alphas), 1), layer, alphas)]
+
+    def separate():
+        return [t for a in alphas for t in generate(
+            model, tok, texts, interventions=[steer(vec, layer, a)], max_new_tokens=n,
+            batch_size=bs, refill=False, progress=False)]
+
+    def packed(refill=True):
+        return generate(model, tok, texts * len(alphas), interventions=packed_op,
+                        row_settings=rows, max_new_tokens=n, batch_size=bs, refill=refill,
+                        progress=False)
+
+    runs = {"separate": separate, "packed_refill": packed,
+            "packed_fixed": lambda: packed(refill=False)}
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    outs = {}
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                w0, c0 = time.perf_counter(), time.process_time()
+                outs[name] = fn()
+                wall[name].append(time.perf_counter() - w0)
+                cpu[name].append(time.process_time() - c0)
+    same = outs["separate"] == outs["packed_refill"] == outs["packed_fixed"]
+    n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1
+                   for t in outs["separate"])  # + EOS (approximate for rows that hit the cap)
+    med = SimpleNamespace(**{k: statistics.median(v) for k, v in wall.items()})
+    cmed = SimpleNamespace(**{k: statistics.median(v) for k, v in cpu.items()})
+    print(f"model {loaded.model_id} on {model.device} ({args.dtype}): {len(alphas)} settings "
+          f"(alpha {alphas}) x {len(texts)} prompts, batch {bs}, up to {n} new tokens, "
+          f"{args.repeats} rounds (median); ~{n_tokens} generated tokens per run; "
+          f"completions equal: {same}")
+    for k in runs:
+        print(f"  {k:14s} wall {getattr(med, k):8.2f} s  cpu {getattr(cmed, k):8.2f} s  "
+              f"{n_tokens / getattr(cmed, k):7.1f} tokens/cpu-s")
+    print(f"ratio packed_refill / separate (throughput, CPU time) = "
+          f"{cmed.separate / cmed.packed_refill:.3f}  (wall {med.separate / med.packed_refill:.3f})")
+    print(f"ratio packed_fixed  / separate (throughput, CPU time) = "
+          f"{cmed.separate / cmed.packed_fixed:.3f}  (wall {med.separate / med.packed_fixed:.3f})")
 
 
 if __name__ == "__main__":

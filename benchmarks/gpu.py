@@ -24,6 +24,12 @@ the JSON (the first run at a new shape also pays the allocator's growth).
    the sample, the extrapolated speed-up of EAP-IG over exact patching of every edge.
 5. ``paper_estimate``: the whole paper study's GPU time from those figures (formula in the
    JSON and in benchmarks/README.md).
+6. the new paths (``benchmarks/gpu_paths.py``, each beside its eager baseline): ``packed_sweep``
+   (per-row vectors packed at the batch that fits vs one setting at a time at batch 32),
+   ``refill`` (finished rows leave the batch vs fixed batches), ``compiled`` (static cache +
+   CUDA graph vs eager), ``bandwidth`` (bytes read per step / step time / copy bandwidth),
+   ``eap_ig_batch`` (EAP-IG at 512 tokens at the batch that fits), and
+   ``paper_estimate_new_paths`` (the study from those).
 
 A batch that runs out of GPU memory is retried at half the size (recorded as ``batch``).
 Results are written after every section (a lease that ends early keeps what was measured);
@@ -51,12 +57,21 @@ from steerscope.models.archs import validate_model
 from steerscope.patching import GraphModel, PatchingExample, eap_ig, exact_patching, spearman
 from steerscope.runtime import steer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_paths  # noqa: E402  (the new decoding paths' sections, benchmarks/gpu_paths.py)
+
 CONFIG_DIR = Path(__file__).resolve().parent / "gpu_configs"
 MODELS = ("gemma-2-2b", "llama-3.2-3b")
 FULL = dict(batch=32, prompt_tokens=64, new_tokens=256, eap_tokens=512, ig_steps=10,
-            exact_edges=48, modes=("qk", "ov", "svv", "mlp"), repeats=2)
+            exact_edges=48, modes=("qk", "ov", "svv", "mlp"), repeats=2, sweep_settings=4,
+            sweep_prompts=32, sweep_tokens=128, refill_prompts=64, short_tokens=32,
+            copy_bytes=1 << 30, eap_examples=8, eap_batch=8, compile=True)
 SMALL = dict(batch=2, prompt_tokens=8, new_tokens=6, eap_tokens=12, ig_steps=2,
-             exact_edges=6, modes=("qk", "ov", "svv", "mlp"), repeats=2)
+             exact_edges=6, modes=("qk", "ov", "svv", "mlp"), repeats=2, sweep_settings=3,
+             sweep_prompts=3, sweep_tokens=6, refill_prompts=5, short_tokens=2,
+             copy_bytes=1 << 24, eap_examples=2, eap_batch=2, compile=False)
+SECTIONS = ("generation", "freeze", "packed_sweep", "refill", "compiled", "bandwidth",
+            "eap_ig", "eap_ig_batch", "exact")
 # the paper's study per model (design/paper.md sections 1, 4, 5, 7)
 PAPER = dict(vectors=3, patching_examples=400, response_tokens=512, eval_prompts=800,
              freeze_modes=4, freeze_prompts=200, sparsity_settings=32, sparsity_prompts=513)
@@ -303,18 +318,34 @@ def run_model(name: str, cfg: dict, args, device, dtype, deadline: float, save) 
     s = steering_vector(model, arch, layer, prompts)
     example = patching_example(cfg["prompt_tokens"], cfg["eap_tokens"], arch.vocab_size)
     gm = GraphModel(model, layer, arch=arch)
+    examples = [patching_example(cfg["prompt_tokens"], cfg["eap_tokens"], arch.vocab_size)
+                for _ in range(cfg["eap_examples"])]
+    vocab, gp = arch.vocab_size, gpu_paths
     sections = [  # "exact" converts the model to float32: it comes last
         ("generation", lambda: bench_generation(model, arch, layer, s, prompts, cfg, clock)),
         ("freeze", lambda: bench_freeze(model, arch, layer, s, prompts, cfg, clock)),
+        ("packed_sweep", lambda: gp.bench_packed_sweep(model, arch, layer, s, vocab, cfg, clock,
+                                                       random_ids)),
+        ("refill", lambda: gp.bench_refill(model, arch, layer, s, vocab, cfg, clock,
+                                           random_ids)),
+        ("compiled", lambda: gp.bench_compiled(model, arch, layer, s, prompts, cfg, clock)),
+        ("bandwidth", lambda: gp.bench_bandwidth(model, res["compiled"], cfg, clock, device)),
         ("eap_ig", lambda: bench_eap_ig(gm, s, example, cfg, clock, device)),
+        ("eap_ig_batch", lambda: gp.bench_eap_ig_batch(gm, s, examples, cfg, clock,
+                                                       with_backoff, device)),
         ("exact", lambda: bench_exact(gm, s, example, cfg, clock)),
     ]
     for key, fn in sections:
-        if time.perf_counter() > deadline:
+        if key not in args.sections.split(","):
+            continue
+        if key == "bandwidth" and "error" in res.get("compiled", {"error": "not run"}):
+            res[key] = dict(error="skipped: needs the compiled section")
+        elif time.perf_counter() > deadline:
             res[key] = dict(error="skipped: time budget spent")
         else:
             try:
-                with torch.inference_mode(key in ("generation", "freeze")):
+                with torch.inference_mode(key in ("generation", "freeze", "packed_sweep",
+                                                  "refill")):
                     res[key] = fn()
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 res[key] = dict(error=f"{type(exc).__name__}: {str(exc)[:300]}")
@@ -322,38 +353,10 @@ def run_model(name: str, cfg: dict, args, device, dtype, deadline: float, save) 
         print(f"[{name}] {key}: {json.dumps(res[key])}", flush=True)
         save(res)
     res["paper_estimate"] = paper_estimate(res)
+    res["paper_estimate_new_paths"] = gpu_paths.paper_estimate_new(res, PAPER,
+                                                                   res["paper_estimate"])
     save(res)
     return res  # the model is freed with this frame (main calls free_memory)
-
-
-def table(results: dict) -> str:
-    """The measurements as a plain-text table (one column per model)."""
-    rows = [
-        ("build (s)", "build_s", None),
-        ("HF generate (tok/s)", "generation", "hf_tokens_per_s"),
-        ("steered generate (tok/s)", "generation", "steered_tokens_per_s"),
-        ("steered / HF throughput", "generation", "steered_vs_hf_throughput"),
-        ("generation batch", "generation", "batch"),
-        *[(f"{m} freeze / plain steered", "freeze", f"{m}_vs_plain_throughput")
-          for m in FULL["modes"]],
-        ("EAP-IG s / example", "eap_ig", "seconds_per_example"),
-        ("EAP-IG peak memory (GB)", "eap_ig", "peak_memory_gb"),
-        ("EAP-IG extra memory (GB)", "eap_ig", "extra_memory_gb"),
-        ("exact s / edge", "exact", "exact_s_per_edge"),
-        ("EAP-IG speed-up vs exact", "exact", "eap_ig_speedup_vs_exact_edges"),
-        ("Spearman sampled edges", "exact", "spearman_sampled_edges"),
-        ("paper study (GPU h)", "paper_estimate", "total_h"),
-    ]
-    names = list(results["models"])
-    lines = [f"{'':28s}" + "".join(f"{n:>16s}" for n in names)]
-    for label, key, sub in rows:
-        cells = []
-        for n in names:
-            v = results["models"][n].get(key)
-            v = v.get(sub) if isinstance(v, dict) and sub else (None if sub else v)
-            cells.append(f"{v:16.3f}" if isinstance(v, float) else f"{str(v):>16s}")
-        lines.append(f"{label:28s}" + "".join(cells))
-    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -364,6 +367,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                     help="default: bfloat16 on a GPU, float32 on CPU")
     ap.add_argument("--out", default="gpu_benchmark.json")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--budget-s", type=float,
                     help="no section starts after this many seconds (default 450; none with "
                          "--small)")
@@ -379,12 +384,17 @@ def main(argv=None) -> dict:
         device_name=(torch.cuda.get_device_name(device) if device.type == "cuda"
                      else "cpu"), torch=torch.__version__, small=args.small,
         settings={k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        paper=PAPER, estimate_formula=ESTIMATE_FORMULA, models={})
+        paper=PAPER, estimate_formula=ESTIMATE_FORMULA,
+        new_paths_estimate_formula=gpu_paths.NEW_ESTIMATE_FORMULA, models={})
 
     def save(res=None):
         results["elapsed_s"] = time.perf_counter() - start
         atomic_write_json(args.out, results)
 
+    unknown = [k for k in args.sections.split(",") if k not in SECTIONS]
+    if unknown:
+        print(f"error: no section '{unknown[0]}': use {','.join(SECTIONS)}.", file=sys.stderr)
+        raise SystemExit(2)
     for name in [m for m in args.models.split(",") if m]:
         if not (CONFIG_DIR / f"{name}.json").exists():
             print(f"error: no config '{name}': use one of {', '.join(MODELS)}.",
@@ -401,10 +411,15 @@ def main(argv=None) -> dict:
     est = [r["paper_estimate"].get("total_h") for r in results["models"].values()]
     results["paper_estimate_total_h"] = (sum(est) if est and all(e is not None for e in est)
                                          else None)
+    new = [r["paper_estimate_new_paths"].get("total_h") for r in results["models"].values()]
+    results["paper_estimate_new_paths_total_h"] = (
+        sum(new) if new and all(e is not None for e in new) else None)
     save()
-    print(table(results))
+    print(gpu_paths.table(results, FULL["modes"]))
     print(f"paper study estimate: {results['paper_estimate_total_h']} GPU hours "
           f"({ESTIMATE_FORMULA})")
+    print(f"paper study estimate, new paths: {results['paper_estimate_new_paths_total_h']} "
+          "GPU hours")
     print(f"wrote {args.out} ({results['elapsed_s']:.1f} s)")
     return results
 

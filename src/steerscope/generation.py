@@ -20,10 +20,13 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from steerscope.errors import SteerscopeError
+from steerscope.generation_refill import generate_refill, refill_supported
 from steerscope.models.chat import encode_prompts
-from steerscope.runtime.core import Runtime
-from steerscope.runtime.interventions import Intervention
+from steerscope.runtime.core import Runtime, batch_rows
+from steerscope.runtime.interventions import Intervention, check_row_count
 from steerscope.validation import check_positive_int
+
+DEFAULT_BATCH_SIZE = 16  # prompts per batch when the batch size is not sized from memory
 
 
 @dataclass
@@ -75,6 +78,21 @@ def prepare_greedy_inputs(model, input_ids: torch.Tensor, attention_mask: torch.
     return input_ids, attention_mask, eos, pad_token_id
 
 
+def record_greedy_token(logits: torch.Tensor, step: int, new: torch.Tensor,
+                        lengths: torch.Tensor, done: torch.Tensor, eos: torch.Tensor,
+                        pad_token_id: int) -> torch.Tensor:
+    """The greedy token [B] of ``logits`` [B, V] (pad for rows already done), written to
+    ``new[:, step]``; ``lengths`` counts it for unfinished rows and ``done`` marks EOS (both
+    updated in place)."""
+    token = logits.argmax(-1)  # [B]
+    token = torch.where(done, torch.full_like(token, pad_token_id), token)
+    new[:, step] = token
+    lengths += (~done).long()
+    if len(eos):
+        done |= torch.isin(token, eos)
+    return token
+
+
 def greedy_loop(model, ids: torch.Tensor, mask: torch.Tensor, *, batch: int,
                 max_new_tokens: int, use_cache: bool, eos: torch.Tensor, pad_token_id: int,
                 stop_at_eos: bool, rows: slice | None = None, copies: int = 1,
@@ -107,12 +125,7 @@ def greedy_loop(model, ids: torch.Tensor, mask: torch.Tensor, *, batch: int,
         logits = out.logits[rows, -1]  # [B, V]
         if step == 0:
             first_logits = logits.float().clone()
-        token = logits.argmax(-1)  # [B]
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
-        new[:, step] = token
-        lengths += (~done).long()
-        if len(eos):
-            done |= torch.isin(token, eos)
+        token = record_greedy_token(logits, step, new, lengths, done, eos, pad_token_id)
         if (stop_at_eos and bool(done.all())) or step == max_new_tokens - 1:
             new = new[:, : step + 1]
             break
@@ -149,6 +162,9 @@ def generate_ids(
                               f"{tuple(input_ids.shape)}")
     if max_new_tokens < 1:
         raise SteerscopeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if runtime is None or runtime.rows is None:  # rows given: they pick the settings
+        check_row_count(list(interventions) if runtime is None else runtime.interventions,
+                        int(input_ids.shape[0]))
     input_ids, attention_mask, eos, pad_token_id = prepare_greedy_inputs(
         model, input_ids, attention_mask, eos_token_id, pad_token_id)
     batch, prompt_len = input_ids.shape
@@ -198,6 +214,51 @@ def warn_if_too_long(model, longest: int, n_over: int) -> None:
                       stacklevel=3)
 
 
+def compute_itemsize(model) -> int:
+    """Bytes per element of the model's activations and KV cache: its floating dtype (the
+    first floating parameter's; a quantized model's integer weights do not count)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of KV cache one token of one row takes (keys and values, every layer)."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * heads * head_dim * compute_itemsize(model)
+
+
+def batch_size_for_free_memory(model, longest: int, free_bytes: int, *, cap: int = 512,
+                               headroom: float = 0.7) -> int:
+    """The largest batch (1..``cap``) whose KV cache for ``longest`` tokens per row, plus each
+    row's prefill activations and one step's float32 logits, fits ``headroom`` of
+    ``free_bytes``."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    item = compute_itemsize(model)
+    per_row = (kv_bytes_per_token(model) * longest  # the KV cache
+               + 8 * longest * cfg.hidden_size * item  # prefill activations (a few copies)
+               + 4 * cfg.vocab_size * 2)  # float32 logits of the last position, twice
+    return max(1, min(cap, int(free_bytes * headroom // per_row)))
+
+
+def batch_size_from_memory(model, longest: int) -> int:
+    """:func:`batch_size_for_free_memory` of the free memory of the model's CUDA device; on
+    any other device :data:`DEFAULT_BATCH_SIZE`."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return DEFAULT_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    return batch_size_for_free_memory(model, longest, free)
+
+
+def resolve_batch_size(model, batch_size: int | str, longest: int) -> int:
+    """``batch_size`` itself, or for ``"auto"`` :func:`batch_size_from_memory`."""
+    if batch_size == "auto":
+        return batch_size_from_memory(model, longest)
+    return check_positive_int(batch_size, "batch_size")
+
+
 def generate(
     model,
     tokenizer,
@@ -205,30 +266,80 @@ def generate(
     *,
     interventions: Sequence[Intervention] = (),
     max_new_tokens: int = 64,
-    batch_size: int = 16,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
     progress: bool | None = None,
     desc: str = "generating",
+    refill: bool = True,
+    row_settings: Sequence[int] | None = None,
 ) -> list[str]:
     """Greedy completions of already chat-formatted ``prompts`` (strings), in input order.
 
     Prompts are batched by length (left-padded); decoding stops at EOS; the returned text
-    excludes the prompt and special tokens.
+    excludes the prompt and special tokens. Per-row interventions (``steer`` with [N, d]
+    vectors or [N] alphas) give prompt ``i`` setting ``row_settings[i]`` (default ``i``: then
+    N = the number of prompts).
+    With ``refill`` (default) and interventions that act on each row independently, finished
+    rows leave the batch and waiting prompts take their place
+    (:func:`steerscope.generation_refill.generate_refill`; same tokens). ``batch_size``
+    ``"auto"``: the largest batch that fits the free CUDA memory, halved on out-of-memory
+    (:func:`batch_size_from_memory`; :data:`DEFAULT_BATCH_SIZE` off CUDA).
     """
     if isinstance(prompts, str):
         raise SteerscopeError("prompts must be a list of strings, not one string")
     if len(prompts) == 0:
         raise SteerscopeError("no prompts to generate from", "pass a non-empty list")
-    check_positive_int(batch_size, "batch_size")
+    if batch_size != "auto":
+        check_positive_int(batch_size, "batch_size")
+    settings = check_row_settings(interventions, row_settings, len(prompts))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    token_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    lengths = [len(ids) for ids in token_ids]
     refuse_longer_than_context(model, lengths)
     warn_if_too_long(model, max(lengths) + max_new_tokens, sum(
         n + max_new_tokens > context_length(model) for n in lengths))
+    batch_size = resolve_batch_size(model, batch_size, max(lengths) + max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    results: list[str | None] = [None] * len(prompts)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    show = progress if progress is not None else len(batches) > 1
     runtime = Runtime(model, interventions) if interventions else None
+    with runtime if runtime is not None else nullcontext():
+        use_refill = refill and refill_supported(model)
+    if use_refill:
+        tokens = _generate_refilled(model, token_ids, order, runtime, settings,
+                                    batch_size=batch_size,
+                                    max_new_tokens=max_new_tokens, pad_id=pad_id,
+                                    show=progress, desc=desc)
+    else:
+        tokens = _generate_batched(model, tokenizer, prompts, order, runtime, settings,
+                                   batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   pad_id=pad_id, show=progress, desc=desc)
+    return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+
+
+def check_row_settings(interventions: Sequence[Intervention], row_settings: Sequence[int] | None,
+                       n_prompts: int) -> list[int]:
+    """The setting index of every prompt (default: prompt i is setting i); a one-line error,
+    before any compute, when per-row interventions do not have a setting for each."""
+    if row_settings is None:
+        check_row_count(interventions, n_prompts, "prompt list")
+        return list(range(n_prompts))
+    settings = [int(r) for r in row_settings]
+    if len(settings) != n_prompts:
+        raise SteerscopeError(f"row_settings has {len(settings)} entries for {n_prompts} prompts",
+                              "give one setting index per prompt")
+    counts = [op.n_rows for op in interventions if getattr(op, "n_rows", None) is not None]
+    for n in counts:
+        if min(settings) < 0 or max(settings) >= n:
+            raise SteerscopeError(f"row_settings must index the {n} per-row settings, got "
+                                  f"values {min(settings)}..{max(settings)}",
+                                  f"use indices 0..{n - 1}")
+    return settings
+
+
+def _generate_batched(model, tokenizer, prompts, order, runtime, settings, *, batch_size,
+                      max_new_tokens, pad_id, show, desc) -> list[list[int]]:
+    """Fixed length-sorted batches, each decoded until all its rows finish."""
+    results: list[list[int] | None] = [None] * len(prompts)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    show = show if show is not None else len(batches) > 1
     device = next(model.parameters()).device
     for idx in tqdm(batches, desc=desc, disable=not show):
         enc = encode_prompts(tokenizer, [prompts[i] for i in idx], device=device)
@@ -237,10 +348,46 @@ def generate(
             gen = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens,
                                pad_token_id=pad_id)
         else:
-            with runtime:
+            rows = torch.tensor([settings[i] for i in idx], dtype=torch.long, device=device)
+            with runtime, batch_rows(model, rows):
                 gen = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens,
                                    pad_token_id=pad_id, runtime=runtime)
         for row, i in enumerate(idx):
-            toks = gen.new_tokens[row, : int(gen.lengths[row])].tolist()
-            results[i] = tokenizer.decode(toks, skip_special_tokens=True)
+            results[i] = gen.new_tokens[row, : int(gen.lengths[row])].tolist()
     return results  # type: ignore[return-value]
+
+
+def _generate_refilled(model, token_ids, order, runtime, settings, *, batch_size,
+                       max_new_tokens,
+                       pad_id, show, desc) -> list[list[int]]:
+    """Rows leave the batch when they finish and waiting prompts join; on an out-of-memory
+    error the batch is halved and the unfinished prompts are run again."""
+    _, _, eos, pad_id = prepare_greedy_inputs(model, torch.zeros(1, 1, dtype=torch.long),
+                                              None, None, pad_id)
+    device = next(model.parameters()).device
+    results: dict[int, list[int]] = {}
+    show = show if show is not None else len(order) > batch_size
+    bar = tqdm(total=len(order), desc=desc, disable=not show)
+    while True:
+        todo = [i for i in order if i not in results]
+        if not todo:
+            break
+        ids = [torch.tensor(token_ids[i], dtype=torch.long) for i in todo]
+
+        def done(k, toks, todo=todo):
+            results[todo[k]] = toks
+            bar.update(1)
+
+        try:
+            with runtime if runtime is not None else nullcontext():
+                generate_refill(model, ids, batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, eos=eos, pad_token_id=pad_id,
+                                row_ids=[settings[i] for i in todo], on_done=done)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            batch_size //= 2
+    bar.close()
+    return [results[i] for i in range(len(token_ids))]

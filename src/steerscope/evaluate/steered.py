@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -19,7 +20,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.evaluate.presence import SubstringPresence
 from steerscope.evaluate.refusal import refusal_score_from_logits, refusal_scores
 from steerscope.generation import generate
-from steerscope.runtime import Runtime
+from steerscope.runtime import Add, Runtime
 
 
 @dataclass
@@ -68,6 +69,7 @@ def steered_outcome(
     desc: str = "generating",
     progress: bool | None = None,
     generator: Generator | None = None,
+    completions: Sequence[str] | None = None,
 ) -> SideOutcome:
     """Completions, judge verdicts and fast scores of ``formatted`` prompts under steering.
 
@@ -78,6 +80,8 @@ def steered_outcome(
     from its last-prompt-position ``logits`` [N, V]). ``judge``: ``judge(prompts,
     responses) -> list[bool]`` (True = present), default the paper's refusal substrings;
     ``instructions`` (the raw prompts, default ``formatted``) are what it is shown.
+    ``completions`` (already generated under ``interventions``, e.g. by
+    :func:`packed_outcomes`) skip the generation; scores and verdicts are computed as usual.
     """
     texts = list(formatted)
     if not texts:
@@ -89,9 +93,10 @@ def steered_outcome(
         if score_ids is not None and logits is not None:
             scores = refusal_score_from_logits(logits, score_ids)  # [N] float64
     else:
-        outs = generate(model, tokenizer, texts, interventions=list(interventions),
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc,
-                        progress=progress)
+        outs = list(completions) if completions is not None else generate(
+            model, tokenizer, texts, interventions=list(interventions),
+            max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc,
+            progress=progress)
         if score_ids is not None:
             with Runtime(model, list(interventions), arch=arch), torch.no_grad():
                 scores = refusal_scores(model, tokenizer, texts, refusal_ids=score_ids,
@@ -101,4 +106,106 @@ def steered_outcome(
     return SideOutcome(list(outs), present, scores)
 
 
-__all__ = ["Generator", "SideOutcome", "steered_outcome"]
+@dataclass
+class Setting:
+    """One cell of a table or sweep: ``formatted`` prompts (with their raw ``instructions``
+    for the judge) steered by ``steerer`` (anything with ``intervention(alpha)``, e.g. a
+    SteeringVector; None = unsteered) with coefficient ``alpha``."""
+
+    formatted: list[str]
+    instructions: list[str]
+    steerer: Any | None
+    alpha: float
+
+
+def _parts(op) -> list:
+    """The interventions of one cell: ``op`` itself, or the list a multi-layer vector's
+    ``intervention`` returns; [] for None."""
+    if op is None:
+        return []
+    return list(op) if isinstance(op, (list, tuple)) else [op]
+
+
+def _pack_key(op) -> tuple | None:
+    """((layer, scope), ...) of a cell whose interventions are all plain one-vector steering
+    Adds (one per layer), which can share a batch with per-row vectors; else None."""
+    keys = []
+    for part in _parts(op):
+        if not (isinstance(part, Add) and part.point == "resid_pre" and part.heads is None
+                and part.n_rows is None and part.vector.ndim == 1):
+            return None
+        keys.append((part.layer, part.scope if isinstance(part.scope, str)
+                     else tuple(part.scope)))
+    return tuple(keys) or None
+
+
+def packed_generate(model, tokenizer, cells: Sequence[tuple[Sequence[str], Any]], *,
+                    max_new_tokens: int = 64, batch_size: int | str = 16,
+                    desc: str = "generating", progress: bool | None = None
+                    ) -> list[list[str] | None]:
+    """Greedy completions of every cell ``(formatted prompts, intervention or None)``, the
+    cells that steer at the same layers and scopes (an intervention may be the list of a
+    multi-layer vector; the unsteered cells join as α = 0) packed
+    into shared length-sorted batches: one per-row steering intervention ([S, d] vectors,
+    [S] alphas), each prompt row carrying its cell. Each completion is the one its cell
+    alone gives. None for a cell whose intervention cannot be packed (run it alone)."""
+    ops = [op for _, op in cells]
+    groups: dict[tuple, list[int]] = {}
+    for i, op in enumerate(ops):
+        key = None if op is None else _pack_key(op)
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    unsteered = [i for i, op in enumerate(ops) if op is None]
+    if unsteered:  # join the first group (α = 0 adds exactly nothing), or form one
+        first = next(iter(groups), ("none",))
+        groups[first] = sorted(groups.get(first, []) + unsteered)
+    completions: list[list[str] | None] = [None] * len(cells)
+    for members in groups.values():
+        texts = [t for i in members for t in cells[i][0]]
+        rows = [k for k, i in enumerate(members) for _ in cells[i][0]]
+        steered = [i for i in members if ops[i] is not None]
+        interventions = []
+        for j, ref in enumerate(_parts(ops[steered[0]]) if steered else []):
+            # one per-row Add per layer of the cells' interventions, in their order
+            vecs = torch.stack([_parts(ops[i])[j].vector if ops[i] is not None
+                                else torch.zeros_like(ref.vector) for i in members])  # [S, d]
+            alphas = [0.0 if ops[i] is None else float(_parts(ops[i])[j].alpha)
+                      for i in members]
+            interventions.append(Add("resid_pre", ref.layer, scope=ref.scope, vector=vecs,
+                                     alpha=alphas))
+        outs = generate(model, tokenizer, texts, interventions=interventions,
+                        row_settings=rows if interventions else None,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc,
+                        progress=progress)
+        start = 0
+        for i in members:
+            n = len(cells[i][0])
+            completions[i] = outs[start:start + n]
+            start += n
+    return completions
+
+
+def packed_outcomes(model, tokenizer, settings: Sequence[Setting], *, judge=None,
+                    score_ids: Sequence[int] | None = None, max_new_tokens: int = 64,
+                    batch_size: int | str = 16, arch=None, desc: str = "generating",
+                    progress: bool | None = None) -> list[SideOutcome]:
+    """:func:`steered_outcome` of every setting, the generations packed into shared batches
+    by :func:`packed_generate` (each completion is the one its setting alone gives). Fast
+    scores (no generation) and verdicts are computed per setting as in
+    :func:`steered_outcome`; settings that cannot be packed run alone."""
+    ops = [None if st.steerer is None else st.steerer.intervention(st.alpha) for st in settings]
+    completions = packed_generate(model, tokenizer, [(st.formatted, op) for st, op in
+                                                     zip(settings, ops)],
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  desc=desc, progress=progress)
+    score_bs = batch_size if isinstance(batch_size, int) else 16
+    return [steered_outcome(
+        model, tokenizer, st.formatted, instructions=st.instructions,
+        interventions=_parts(op), judge=judge, score_ids=score_ids,
+        max_new_tokens=max_new_tokens, batch_size=score_bs, arch=arch, desc=desc,
+        progress=progress, completions=done)
+        for st, op, done in zip(settings, ops, completions)]
+
+
+__all__ = ["Generator", "Setting", "SideOutcome", "packed_generate", "packed_outcomes",
+           "steered_outcome"]

@@ -3,8 +3,9 @@
 For every vector (and ``none``, the unsteered model): greedy completions of the harmful
 (present) test prompts steered with ``bypass_alpha`` (default −1: the *remove* use, toward
 compliance) and of the harmless (absent) test prompts steered with ``induce_alpha`` (default
-+1: the *induce* use, toward refusal), each through
-:func:`steerscope.evaluate.steered.steered_outcome`, then
++1: the *induce* use, toward refusal), all cells packed
+into shared batches (:func:`steerscope.evaluate.steered.packed_outcomes`: each completion is
+the one the cell's setting gives alone), then
 
 - ASR (attack success rate) = fraction of completions that did NOT refuse, by the paper's
   substring matcher, on both sets (harmless sets: lower is better under +s; harmful sets:
@@ -34,7 +35,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.evaluate.presence import SubstringPresence
 from steerscope.evaluate.refusal import refusal_token_ids
 from steerscope.evaluate.repetition import repetition_rate
-from steerscope.evaluate.steered import steered_outcome
+from steerscope.evaluate.steered import Setting, packed_outcomes
 from steerscope.models.chat import format_prompt
 
 NONE = "none"
@@ -194,28 +195,28 @@ def evaluate_steering(
     methods.update(vectors)
     rows: list[SteeringRow] = []
     completions: dict[str, dict[str, list[str]]] = {}
-    for name, sv in methods.items():
-        completions[name] = {}
-        for set_name, (instructions, alpha) in sets.items():
-            ops = [] if sv is None else [sv.intervention(alpha)]
-            got = steered_outcome(model, tokenizer, formatted[set_name],
-                                  instructions=instructions, interventions=ops,
-                                  judge=presence, score_ids=score_ids,
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                  arch=arch, desc=f"{name} on {set_name}")
-            outs = got.completions
-            judge_asr = None
-            if judge is not None and sides[set_name] == "present":
-                verdicts = judge.judge(instructions, outs)
-                judge_asr = sum(bool(v) for v in verdicts) / len(verdicts)
-            side = sides[set_name]
-            rows.append(SteeringRow(
-                method=name, prompt_set=set_name, alpha=0.0 if sv is None else alpha,
-                n=got.n, asr=1 - got.rate, refusal_rate=got.rate,
-                score_refusal_rate=got.score_rate, mean_refusal_score=got.mean_score,
-                judge_asr=judge_asr, side=side,
-                use="remove" if side == "present" else "induce", behaviour_rate=got.rate,
-                repetition_rate=repetition_rate(outs)))
-            completions[name][set_name] = outs
+    cells = [(name, sv, set_name) for name, sv in methods.items() for set_name in sets]
+    outcomes = packed_outcomes(
+        model, tokenizer, [Setting(formatted[set_name], sets[set_name][0], sv,
+                                   sets[set_name][1]) for _, sv, set_name in cells],
+        judge=presence, score_ids=score_ids, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, arch=arch, desc="steering table")
+    for (name, sv, set_name), got in zip(cells, outcomes):
+        instructions, alpha = sets[set_name]
+        completions.setdefault(name, {})
+        outs = got.completions
+        judge_asr = None
+        if judge is not None and sides[set_name] == "present":
+            verdicts = judge.judge(instructions, outs)
+            judge_asr = sum(bool(v) for v in verdicts) / len(verdicts)
+        side = sides[set_name]
+        rows.append(SteeringRow(
+            method=name, prompt_set=set_name, alpha=0.0 if sv is None else alpha,
+            n=got.n, asr=1 - got.rate, refusal_rate=got.rate,
+            score_refusal_rate=got.score_rate, mean_refusal_score=got.mean_score,
+            judge_asr=judge_asr, side=side,
+            use="remove" if side == "present" else "induce", behaviour_rate=got.rate,
+            repetition_rate=repetition_rate(outs)))
+        completions[name][set_name] = outs
     prompts = {k: v[0] for k, v in sets.items()}
     return SteeringEval(rows, cosine_matrix(vectors), completions, prompts)

@@ -13,7 +13,8 @@ With ``behaviour=`` (default refusal) its judge decides presence (ASR = fraction
 behaviour) and its score tokens give the score; the sets are its present (remove, α < 0) and
 absent (induce, α > 0) prompts, named ``harmful`` / ``harmless`` for refusal and ``present``
 / ``absent`` otherwise. Each cell is one :func:`steerscope.evaluate.steered.steered_outcome`
-with frozen generation as its generator.
+with frozen generation as its generator; the two sets of a mode are generated together, packed
+into shared batches with per-row alphas (each row is its set's run alone).
 """
 
 from __future__ import annotations
@@ -149,6 +150,25 @@ class FreezeEval:
             plt.close(fig)
 
 
+def _packed_frozen(model, tokenizer, formatted, sets, vector, layer, mode, *, max_new_tokens,
+                   batch_size, arch) -> dict:
+    """set name -> (completions, logits [n, V]) of every set under freezing ``mode``, the sets
+    (each with its own alpha) packed into shared length-sorted batches by one
+    :func:`frozen_generate` with per-prompt alphas: each row is its set's run alone."""
+    names = list(sets)
+    texts = [t for k in names for t in formatted[k]]
+    alphas = [sets[k][1] for k in names for _ in formatted[k]]
+    outs, logits = frozen_generate(model, tokenizer, texts, vector, layer, alphas, mode,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   arch=arch, desc=MODE_NAMES[mode])
+    result, start = {}, 0
+    for k in names:
+        n = len(formatted[k])
+        result[k] = (outs[start:start + n], logits[start:start + n])
+        start += n
+    return result
+
+
 def freeze_evaluation(
     model,
     tokenizer,
@@ -223,11 +243,13 @@ def freeze_evaluation(
                     return outs, logits
                 alpha_used = 0.0
             else:
-                def gen(texts, set_name=set_name, alpha=alpha, mode=mode):
-                    return frozen_generate(model, tokenizer, texts, s, layer, alpha, mode,
-                                           max_new_tokens=max_new_tokens,
-                                           batch_size=batch_size, arch=arch,
-                                           desc=f"{MODE_NAMES[mode]} on {set_name}")
+                if set_name == present_set:  # both sets of this mode in shared batches
+                    packed = _packed_frozen(model, tokenizer, formatted, sets, s, layer, mode,
+                                            max_new_tokens=max_new_tokens,
+                                            batch_size=batch_size, arch=arch)
+
+                def gen(texts, set_name=set_name, packed=packed):
+                    return packed[set_name]
                 alpha_used = alpha
             got = steered_outcome(model, tokenizer, formatted[set_name],
                                   instructions=instructions, judge=presence,

@@ -51,6 +51,7 @@ from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.chat import encode_prompts
 from steerscope.models.quantization import linear_weight
 from steerscope.runtime import Edit, Intervention, Runtime, steer
+from steerscope.runtime.interventions import as_alpha
 
 MODES = ("none", "qk", "ov", "svv", "mlp")
 LOCKSTEP_MODES = ("qk", "ov")
@@ -142,6 +143,14 @@ def _copy_base_half(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.cat([base, base], dim=dim)
 
 
+def _per_row(alpha: float | torch.Tensor, like: torch.Tensor, ndim: int):
+    """``alpha`` as is, or a [B] tensor of per-row alphas shaped [B, 1, ...] (``ndim`` dims)
+    in float32 on ``like``'s device."""
+    if isinstance(alpha, torch.Tensor):
+        return alpha.to(device=like.device, dtype=torch.float32).view(-1, *[1] * (ndim - 1))
+    return alpha
+
+
 def freeze_interventions(
     arch: ModelArch,
     vector: torch.Tensor,
@@ -167,7 +176,10 @@ def freeze_interventions(
     check_qk_options(qk_source, qk_impl)
     arch.check_layer(layer)
     arch.check_vector(vector)
-    alpha = float(alpha)
+    alpha = as_alpha(alpha)
+    if isinstance(alpha, torch.Tensor) and mode in LOCKSTEP_MODES:
+        raise SteerscopeError("per-row alpha in a lockstep mode needs the shared-prefix path",
+                              "use frozen_generate_ids with shared_prefix=True")
     layers = range(layer, arch.n_layers)
     if mode == "none":
         return [steer(vector, layer, alpha)]
@@ -199,7 +211,7 @@ def freeze_interventions(
 
             def fn(v, ctx, lv=lv, term=term):  # v [B, T, G, dh]
                 r = recorder.scale[lv]  # [B, T, 1]
-                return (v.float() - alpha * r.unsqueeze(-1) * term).to(v.dtype)
+                return (v.float() - _per_row(alpha, r, 4) * r.unsqueeze(-1) * term).to(v.dtype)
 
             ops.append(Edit("v", lv, fn=fn))
         else:
@@ -208,7 +220,7 @@ def freeze_interventions(
 
             def fn(x, ctx, lv=lv, term=term):  # x [B, T, d] post-norm MLP input
                 r = recorder.scale[lv]  # [B, T, 1]
-                return (x.float() - alpha * r * term).to(x.dtype)
+                return (x.float() - _per_row(alpha, r, 3) * r * term).to(x.dtype)
 
             ops.append(Edit("mlp_in", lv, fn=fn))
     return ops
@@ -241,7 +253,7 @@ def frozen_generate_ids(
     attention_mask: torch.Tensor | None,
     vector: torch.Tensor,
     layer: int,
-    alpha: float,
+    alpha: float | torch.Tensor,
     mode: str,
     *,
     max_new_tokens: int = 64,
@@ -261,7 +273,8 @@ def frozen_generate_ids(
     tokens are the steered rows' greedy choices, fed to both halves. With ``shared_prefix``
     (the default; ``qk_impl="keys"``) the blocks below ``layer`` run once on ``B`` rows and
     the batch is widened at ``layer`` (:mod:`.lockstep`); ``shared_prefix=False`` feeds
-    ``2B`` identical rows through the intervention runtime. ``use_cache=False`` re-runs
+    ``2B`` identical rows through the intervention runtime. ``alpha``: a float or [B], one
+    coefficient per row (lockstep modes: shared-prefix path only). ``use_cache=False`` re-runs
     everything over the whole sequence at every step (the reference).
     """
     check_mode(mode)
@@ -276,6 +289,12 @@ def frozen_generate_ids(
     device = input_ids.device
     vector = arch.check_vector(vector).to(device)
     batch, prompt_len = input_ids.shape
+    alpha = as_alpha(alpha)
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != batch:
+            raise SteerscopeError(f"alpha has {alpha.numel()} values for a batch of {batch} rows:"
+                                  f" alpha of shape [{batch}] is expected",
+                                  "give one alpha per row, or one float")
 
     check_qk_options(qk_source, qk_impl)
     lockstep = mode in LOCKSTEP_MODES
@@ -311,7 +330,7 @@ def frozen_generate(
     prompts: Sequence[str],
     vector: torch.Tensor,
     layer: int,
-    alpha: float,
+    alpha: float | Sequence[float],
     mode: str,
     *,
     max_new_tokens: int = 64,
@@ -324,7 +343,8 @@ def frozen_generate(
     ``mode``, in input order, and the last-prompt-position logits [N, V] (float32, CPU).
 
     Prompts are batched by length (left-padded; ``qk`` / ``ov`` batches hold ``2·batch_size``
-    rows); decoding stops at EOS; texts exclude the prompt and special tokens.
+    rows); decoding stops at EOS; texts exclude the prompt and special tokens. ``alpha``: one
+    float, or one per prompt (settings packed into shared batches; each row = its run alone).
     """
     if isinstance(prompts, str):
         raise SteerscopeError("prompts must be a list of strings, not one string")
@@ -332,6 +352,12 @@ def frozen_generate(
         raise SteerscopeError("no prompts to generate from", "pass a non-empty list")
     check_mode(mode)
     arch = arch if arch is not None else validate_model(model)
+    alpha = as_alpha(alpha)
+    per_row = alpha if isinstance(alpha, torch.Tensor) else None  # [N]
+    if per_row is not None and per_row.numel() != len(prompts):
+        raise SteerscopeError(f"alpha has {per_row.numel()} values for {len(prompts)} prompts: "
+                              f"alpha of shape [{len(prompts)}] is expected",
+                              "give one alpha per prompt, or one float")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     lengths = [len(i) for i in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
@@ -342,8 +368,9 @@ def frozen_generate(
     show = progress if progress is not None else len(batches) > 1
     for idx in tqdm(batches, desc=desc or MODE_NAMES[mode], disable=not show):
         enc = encode_prompts(tokenizer, [prompts[i] for i in idx], device=device)
+        row_alpha = alpha if per_row is None else per_row[idx]  # [b]
         gen = frozen_generate_ids(model, enc["input_ids"], enc["attention_mask"], vector, layer,
-                                  alpha, mode, max_new_tokens=max_new_tokens, arch=arch,
+                                  row_alpha, mode, max_new_tokens=max_new_tokens, arch=arch,
                                   pad_token_id=pad_id)
         for row, i in enumerate(idx):
             toks = gen.new_tokens[row, : int(gen.lengths[row])].tolist()

@@ -37,15 +37,21 @@ def _copy_base_rows(module, args, output: torch.Tensor) -> None:
 class SharedPrefixLockstep:
     """Context manager: hooks that run ``mode`` (``qk`` / ``ov``) freezing with steering
     ``alpha · vector`` at ``layer`` as a lockstep batch whose blocks below ``layer`` are
-    shared (see the module docstring). Only for inference (the copies are in place)."""
+    shared (see the module docstring); ``alpha`` a float or [B] (one per row). Only for
+    inference (the copies are in place)."""
 
-    def __init__(self, arch: ModelArch, vector: torch.Tensor, layer: int, alpha: float,
-                 mode: str):
+    def __init__(self, arch: ModelArch, vector: torch.Tensor, layer: int,
+                 alpha: float | torch.Tensor, mode: str):
         if mode not in SHARED_PREFIX_MODES:
             raise SteerscopeError(f"freezing mode '{mode}' has no shared-prefix lockstep",
                                   f"use one of {', '.join(SHARED_PREFIX_MODES)}")
         self.arch, self.layer, self.mode = arch, arch.check_layer(layer), mode
-        self.delta = float(alpha) * arch.check_vector(vector).detach()  # [d]
+        vector = arch.check_vector(vector).detach()
+        if isinstance(alpha, torch.Tensor):  # per-row alphas [B]: [B, 1, d]
+            alpha = alpha.to(device=vector.device, dtype=vector.dtype)
+            self.delta = (alpha.view(-1, 1) * vector).unsqueeze(1)
+        else:
+            self.delta = float(alpha) * vector  # [d]
         self.rows = 0  # B of the current forward call, set at block ``layer``
         self._handles: list = []
 

@@ -4,7 +4,9 @@
 computes (per method and ``none``: greedy completions, substring ASR, refusal scores under
 the same steering, optional judge ASR; the cosine matrix), but cuts the work into fixed
 units: each prompt set is sorted by token length (longest first, as ``generate`` does) and cut
-into batches of ``batch_size``; a unit is one (method, prompt set, batch). Units are spread
+into batches of ``batch_size``; a unit is one (prompt set, batch) for every method, the
+methods' generations packed into shared batches (per-row vectors: each completion is the
+method's own). Units are spread
 over the ranks and gathered in order, and every unit is computed exactly as in a one-process
 run, so the merged result is byte-identical for any number of ranks. With one rank the
 completions equal ``evaluate_steering``'s (same batches); refusal scores agree to float
@@ -23,6 +25,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
 from steerscope.evaluate.repetition import repetition_rate
+from steerscope.evaluate.steered import packed_generate
 from steerscope.evaluate.steering import NONE, SteeringRow, cosine_matrix
 from steerscope.generation import generate
 from steerscope.models.chat import format_prompt
@@ -78,19 +81,29 @@ def sharded_steering_eval(
     methods: dict[str, SteeringVector | None] = {NONE: None, **vectors}
     ids = list(score_ids) if score_ids is not None else refusal_token_ids(tokenizer)
     present = present or is_refusal_substring
-    units = [(m, s, b) for m in methods for s in sets for b in range(len(batches[s]))]
+    units = [(s, b) for s in sets for b in range(len(batches[s]))]
 
-    def run(unit) -> tuple[list[str], list[float]]:
-        method, set_name, b = unit
-        sv = methods[method]
-        ops = [] if sv is None else [sv.intervention(sets[set_name][1])]
+    def run(unit) -> dict[str, tuple[list[str], list[float]]]:
+        """Every method on one batch of one set: the generations packed (per-row vectors)."""
+        set_name, b = unit
+        ops = {m: None if sv is None else sv.intervention(sets[set_name][1])
+               for m, sv in methods.items()}
         texts = [formatted[set_name][i] for i in batches[set_name][b]]
-        outs = generate(model, tokenizer, texts, interventions=ops, max_new_tokens=max_new_tokens,
-                        batch_size=len(texts), progress=False)
-        with Runtime(model, ops, arch=arch), torch.no_grad():
-            scores = refusal_scores(model, tokenizer, texts, refusal_ids=ids,
-                                    batch_size=len(texts), progress=False)  # [b] float64
-        return outs, scores.tolist()
+        packed = packed_generate(model, tokenizer, [(texts, op) for op in ops.values()],
+                                 max_new_tokens=max_new_tokens, batch_size=len(texts),
+                                 progress=False)
+        out = {}
+        for (m, op), outs in zip(ops.items(), packed):
+            steer_ops = [] if op is None else list(op) if isinstance(op, list) else [op]
+            if outs is None:  # not packable: alone
+                outs = generate(model, tokenizer, texts, interventions=steer_ops,
+                                max_new_tokens=max_new_tokens, batch_size=len(texts),
+                                progress=False)
+            with Runtime(model, steer_ops, arch=arch), torch.no_grad():
+                scores = refusal_scores(model, tokenizer, texts, refusal_ids=ids,
+                                        batch_size=len(texts), progress=False)  # [b] float64
+            out[m] = (outs, scores.tolist())
+        return out
 
     mine = distributed.shard_indices(len(units), dist)
     it = mine
@@ -108,8 +121,9 @@ def sharded_steering_eval(
             n = len(formatted[s])
             outs: list[Any] = [None] * n
             vals: list[Any] = [None] * n
-            for (um, us, b), (o, v) in zip(units, done):
-                if um == m and us == s:
+            for (us, b), by_method in zip(units, done):
+                if us == s:
+                    o, v = by_method[m]
                     for j, i in enumerate(batches[s][b]):
                         outs[i], vals[i] = o[j], v[j]
             completions[m][s], scores[m][s] = outs, vals

@@ -1,6 +1,6 @@
 """One runtime for every intervention: steering, ablation, capture, replacement, patching."""
 
-from steerscope.runtime.core import Runtime, attached_runtimes
+from steerscope.runtime.core import RowFrame, Runtime, attached_runtimes, batch_rows
 from steerscope.runtime.interventions import (
     HEAD_POINTS,
     POINTS,
@@ -12,6 +12,7 @@ from steerscope.runtime.interventions import (
     Intervention,
     Replace,
     ablate_direction,
+    check_row_count,
     steer,
 )
 from steerscope.runtime.scope import StepContext
@@ -19,5 +20,5 @@ from steerscope.runtime.scope import StepContext
 __all__ = [
     "Runtime", "attached_runtimes", "Intervention", "Add", "Ablate", "Replace", "Edit",
     "Capture", "steer", "ablate_direction", "StepContext", "POINTS", "RESIDUAL_POINTS",
-    "HEAD_POINTS",
+    "HEAD_POINTS", "RowFrame", "batch_rows", "check_row_count",
 ]

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -132,6 +134,8 @@ class Runtime:
         self._next_start = 0
         self._pattern_modules: list[nn.Module] = []
         self._active = False
+        self.rows: torch.Tensor | None = None  # [B] setting of each batch row (per-row ops)
+        self.frame: RowFrame | None = None  # positions set by a compacting loop
         for op in interventions:
             # a list inside the list (a multi-layer vector's interventions) is expanded
             for one in (op if isinstance(op, (list, tuple)) else (op,)):
@@ -218,6 +222,11 @@ class Runtime:
         if x is None and args:
             x = args[0]
         batch, length = int(x.shape[0]), int(x.shape[1])
+        if self.frame is not None:
+            f = self.frame
+            self._ctx = StepContext(f.start, length, batch, f.prompt_len, f.pad_left, x.device,
+                                    self.rows)
+            return None
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         fresh = cache is None or cache.get_seq_length() == 0
         start = 0 if fresh else self._next_start
@@ -230,7 +239,8 @@ class Runtime:
             self._pad_left = pad.to(x.device)
             self._auto_prompt_len = length
         prompt_len = self.prompt_len if self.prompt_len is not None else self._auto_prompt_len
-        self._ctx = StepContext(start, length, batch, prompt_len, self._pad_left, x.device)
+        self._ctx = StepContext(start, length, batch, prompt_len, self._pad_left, x.device,
+                                self.rows)
         self._next_start = start + length
         return None
 
@@ -321,3 +331,32 @@ class Runtime:
 def attached_runtimes(model: nn.Module) -> list[Runtime]:
     """The runtimes currently attached to ``model`` (outermost first)."""
     return list(model.__dict__.get(_STATE_ATTR, []))
+
+
+@dataclass
+class RowFrame:
+    """The positions of the next forward call, set by a loop that moves rows in and out of
+    the batch (compacted generation): ``start`` (the first query position in the batch's
+    frame), per-row ``prompt_len`` [B] (where each row's prompt ends in the frame, or one
+    int) and ``pad_left`` [B] (where its first real token is)."""
+
+    start: int
+    prompt_len: int | torch.Tensor
+    pad_left: torch.Tensor  # [B] long
+
+
+@contextmanager
+def batch_rows(model: nn.Module, rows: torch.Tensor | None,
+               frame: RowFrame | None = None) -> Iterator[None]:
+    """Within the block, the forward calls of ``model`` are batches whose row ``i`` is setting
+    ``rows[i]`` of every attached per-row intervention ([B] long; None: row i is setting i);
+    ``frame`` (optional) fixes their positions instead of the runtime's own bookkeeping."""
+    runtimes = attached_runtimes(model)
+    saved = [(rt.rows, rt.frame) for rt in runtimes]
+    for rt in runtimes:
+        rt.rows, rt.frame = rows, frame
+    try:
+        yield
+    finally:
+        for rt, (r, f) in zip(runtimes, saved):
+            rt.rows, rt.frame = r, f

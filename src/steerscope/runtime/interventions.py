@@ -27,6 +27,7 @@ a :class:`Capture` listed after an :class:`Add` sees the edited value.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -118,28 +119,115 @@ class Intervention:
 class Add(Intervention):
     """Add ``alpha * vector`` (broadcast over the trailing dims) at every position in scope.
 
-    Steering = ``Add("resid_pre", layer, vector=s, alpha=α)``.
+    Steering = ``Add("resid_pre", layer, vector=s, alpha=α)``. At a residual point the
+    setting may differ per batch row: ``vector`` [N, d] and/or ``alpha`` [N] (a tensor or a
+    sequence; a 1-D ``vector`` is then shared) give row ``r`` of the batch the addition
+    ``alpha[r] * vector[r]``, where ``r`` is the step context's ``rows`` (which setting each
+    batch row is; by default batch row ``i`` is setting ``i``, so N must equal the batch).
     """
 
     vector: torch.Tensor | None = None
-    alpha: float = 1.0
+    alpha: float | torch.Tensor = 1.0
+    _tables: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.alpha = as_alpha(self.alpha)
+
+    @property
+    def n_rows(self) -> int | None:
+        """N, the number of per-row settings (None when one setting serves every row)."""
+        if isinstance(self.alpha, torch.Tensor):
+            return int(self.alpha.numel())
+        if isinstance(self.vector, torch.Tensor) and self.vector.ndim == 2 \
+                and self.point in RESIDUAL_POINTS:
+            return int(self.vector.shape[0])
+        return None
 
     def check(self, arch) -> None:
         super().check(arch)
-        check_alpha(self.alpha)
+        n = self.n_rows
+        if n is None:
+            check_alpha(self.alpha)
         if self.point in RESIDUAL_POINTS:
-            arch.check_vector(self.vector)
+            check_row_vectors(arch, self.vector, n)
+        elif n is not None:
+            raise SteerscopeError(f"per-row settings need a residual point, not '{self.point}'",
+                                  "give one vector and one float alpha at head points")
         elif not torch.isfinite(self.vector).all():
             raise SteerscopeError("added vector contains NaN or infinite values")
 
+    def row_delta(self, ctx: StepContext, like: torch.Tensor) -> torch.Tensor:
+        """[B, d] in ``like``'s dtype and device: ``alpha[r] * vector[r]`` for the setting r
+        of each batch row (the [N, d] table is computed once per device and dtype)."""
+        n = self.n_rows
+        if ctx.rows is None and ctx.batch != n:
+            raise ShapeError(f"per-row steering has {n} settings but the batch has {ctx.batch} "
+                             f"rows", f"give vector [{ctx.batch}, d] and alpha [{ctx.batch}]")
+        key = (like.device, like.dtype)
+        table = self._tables.get(key)
+        if table is None:
+            vec = self.vector
+            alpha = self.alpha if isinstance(self.alpha, torch.Tensor) else \
+                torch.full((n,), float(self.alpha))
+            alpha = alpha.to(device=vec.device, dtype=vec.dtype).unsqueeze(-1)  # [N, 1]
+            rows_vec = vec if vec.ndim == 2 else vec.unsqueeze(0)  # [N | 1, d]
+            table = (alpha * rows_vec).to(device=like.device, dtype=like.dtype)  # [N, d]
+            self._tables[key] = table
+        rows = ctx.rows if ctx.rows is not None else torch.arange(ctx.batch)
+        return table[rows.to(like.device)]  # [B, d]
+
     def apply(self, x, ctx):
-        delta = (self.alpha * self.vector).to(device=x.device, dtype=x.dtype)
+        if self.n_rows is not None:  # residual point, x [B, T, d]
+            delta = self.row_delta(ctx, x).unsqueeze(1)  # [B, 1, d]
+        else:
+            delta = (self.alpha * self.vector).to(device=x.device, dtype=x.dtype)
         if self.heads is None and self.point in RESIDUAL_POINTS:
             mask = ctx.mask(self.scope)
             if mask is None:
                 return x + delta
             return x + mask.unsqueeze(-1).to(x.dtype) * delta
         return self._select(x, x + delta, ctx)
+
+
+def as_alpha(alpha) -> float | torch.Tensor:
+    """One coefficient (a number or a 0-d tensor) as a float, unchecked; anything else as
+    per-row coefficients (:func:`check_alphas`)."""
+    if isinstance(alpha, numbers.Real) or (isinstance(alpha, torch.Tensor) and alpha.ndim == 0):
+        return float(alpha)
+    return check_alphas(alpha)
+
+
+def check_alphas(alpha) -> torch.Tensor:
+    """Per-row steering coefficients as a [N] float64 tensor; a one-line error when it is not
+    1-D, empty, or holds a non-finite value."""
+    try:
+        values = torch.as_tensor(alpha, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise SteerscopeError(f"alpha must be a float or a [B] sequence of floats, got "
+                              f"{alpha!r}", "pass e.g. -1.0 or [-1.0, 1.0]") from None
+    if values.ndim != 1 or values.numel() == 0:
+        raise ShapeError(f"per-row alpha must have shape [B], got {tuple(values.shape)}",
+                         "pass one coefficient per batch row, or one float")
+    for i, a in enumerate(values.tolist()):
+        check_alpha(a, f"alpha[{i}]")
+    return values
+
+
+def check_row_vectors(arch, vector, n_rows: int | None) -> None:
+    """A one-line error unless ``vector`` is a finite [d] or [N, d] tensor (N = ``n_rows``,
+    the number of per-row settings, when it is known)."""
+    d = arch.d_model
+    if not isinstance(vector, torch.Tensor) or vector.ndim != 2:
+        arch.check_vector(vector)
+        return
+    if vector.shape[1] != d or (n_rows is not None and vector.shape[0] != n_rows):
+        rows = "B" if n_rows is None else str(n_rows)
+        raise ShapeError(f"steering vectors have shape {tuple(vector.shape)} but [{rows}, {d}] "
+                         f"is expected (one row per batch row, the model's width {d})",
+                         "give one d_model vector per batch row and alpha of the same length")
+    if not torch.isfinite(vector).all():
+        raise SteerscopeError("steering vectors contain NaN or infinite values", "re-extract them")
 
 
 @dataclass
@@ -265,10 +353,34 @@ class Capture(Intervention):
         return full[mask].view(full.shape[0], int(counts[0]), *full.shape[2:])
 
 
-def steer(vector: torch.Tensor, layer: int, alpha: float = 1.0, scope: ScopeSpec = "all") -> Add:
-    """The steering intervention: ``h^layer ← h^layer + alpha * vector`` at ``resid_pre``."""
-    check_alpha(alpha)
+def steer(vector: torch.Tensor, layer: int, alpha: float | Sequence[float] | torch.Tensor = 1.0,
+          scope: ScopeSpec = "all") -> Add:
+    """The steering intervention: ``h^layer ← h^layer + alpha * vector`` at ``resid_pre``.
+
+    ``vector`` [d] or [B, d] (one per batch row) and ``alpha`` a float or [B]: batch row ``i``
+    is steered with ``alpha[i] * vector[i]``, exactly as a separate run with that setting.
+    """
+    alpha = as_alpha(alpha)
+    if isinstance(alpha, float):
+        check_alpha(alpha)
+    else:
+        if isinstance(vector, torch.Tensor) and vector.ndim == 2 and \
+                vector.shape[0] != alpha.numel():
+            raise ShapeError(f"alpha has {alpha.numel()} values but the steering vectors have "
+                             f"{vector.shape[0]} rows: alpha of shape [{vector.shape[0]}] "
+                             "is expected", "give one alpha per vector row, or one float")
     return Add("resid_pre", layer, scope=scope, vector=vector, alpha=alpha)
+
+
+def check_row_count(interventions: Sequence[Intervention], n: int, what: str = "batch") -> None:
+    """A one-line error, before any compute, when a per-row intervention's number of settings
+    is not ``n`` (the rows of the batch, or the prompts of a list)."""
+    for op in interventions:
+        rows = getattr(op, "n_rows", None)
+        if rows is not None and rows != n:
+            raise ShapeError(f"per-row steering has {rows} settings (vector rows / alpha values)"
+                             f" but the {what} has {n} rows: vector [{n}, d] and alpha [{n}] "
+                             "are expected", "give one vector row and one alpha per row")
 
 
 def ablate_direction(

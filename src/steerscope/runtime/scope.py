@@ -66,15 +66,19 @@ class StepContext:
 
     ``start``: absolute position of its first query token; ``length``: number of query tokens
     T; ``prompt_len``: padded prompt length P (``None`` when no prompt boundary is known: every
-    position counts as prompt); ``pad_left``: [B] long, padding tokens per row.
+    position counts as prompt), or a [B] long tensor of per-row prompt ends when the rows of a
+    batch sit in one frame at different offsets (compacted generation); ``pad_left``: [B]
+    long, padding tokens per row; ``rows``: [B] long, which row of the per-row interventions'
+    settings each batch row is (``None``: batch row ``i`` is setting ``i``).
     """
 
     start: int
     length: int
     batch: int
-    prompt_len: int | None
+    prompt_len: int | torch.Tensor | None
     pad_left: torch.Tensor  # [B] long
     device: torch.device
+    rows: torch.Tensor | None = None  # [B] long
 
     @property
     def positions(self) -> torch.Tensor:
@@ -87,11 +91,13 @@ class StepContext:
             return None
         pos = self.positions  # [T]
         prompt_len = self.prompt_len if self.prompt_len is not None else self.start + self.length
+        if isinstance(prompt_len, torch.Tensor):  # per-row prompt ends [B] -> [B, 1]
+            prompt_len = prompt_len.to(self.device).view(-1, 1)
         if scope == "prompt":
-            m = pos < prompt_len
-            return None if bool(m.all()) else m.unsqueeze(0).expand(self.batch, -1)
+            m = (pos < prompt_len).view(-1, self.length)  # [1 | B, T]
+            return None if bool(m.all()) else m.expand(self.batch, -1)
         if scope == "generated":
-            return (pos >= prompt_len).unsqueeze(0).expand(self.batch, -1)
+            return (pos >= prompt_len).view(-1, self.length).expand(self.batch, -1)
         targets = torch.as_tensor(list(scope), device=self.device)  # [K]
         pad = self.pad_left.to(self.device).unsqueeze(1)  # [B, 1]
         absolute = torch.where(targets < 0, prompt_len + targets, pad + targets)  # [B, K]

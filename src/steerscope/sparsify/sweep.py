@@ -11,7 +11,9 @@ sparse vector at that k is evaluated by greedy steered generation:
 Refusal is judged by the paper's substring matcher, or by ``judge`` on the harmful sets; with
 ``behaviour=`` (default refusal) its judge decides presence and ASR is the fraction of
 completions without the behaviour (bypass/unseen = remove on present prompts, induce on
-absent prompts). Each evaluation is one :func:`steerscope.evaluate.steered.steered_outcome`.
+absent prompts). Every distinct (vector, set) evaluation is generated once, all of them
+packed into shared length-sorted batches (:func:`steerscope.evaluate.steered.packed_outcomes`,
+each row carrying its own vector and α: the completions of separate runs).
 effect = ASR(steered) − ASR(unsteered); retention = sparse effect / dense effect (1 at
 sparsity 0; None when the dense vector has no effect on that set).
 """
@@ -23,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from steerscope.artifacts import atomic_write_json, child_path
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.presence import CallablePresence
-from steerscope.evaluate.steered import steered_outcome
+from steerscope.evaluate.steered import Setting, packed_outcomes
 from steerscope.models.chat import format_prompt
 from steerscope.sparsify.agreement import agreement
 from steerscope.sparsify.rules import (
@@ -206,35 +207,31 @@ def sparsity_sweep(
     if unseen_harmful:
         sets["unseen"] = (list(unseen_harmful), bypass_alpha)
     formatted = {e: [format_prompt(tokenizer, p) for p in v[0]] for e, v in sets.items()}
-    cache: dict[tuple[str, str], float] = {}
     presence = CallablePresence(refusal) if behaviour is None else behaviour.make_judge()
-
-    def asr(sv: SteeringVector | None, effect: str) -> float:
-        key = ("none" if sv is None else sv.sha256, effect)
-        if key not in cache:
-            instructions, alpha = sets[effect]
-            ops = [] if sv is None else [sv.intervention(alpha)]
-            got = steered_outcome(model, tokenizer, formatted[effect],
-                                  instructions=instructions, interventions=ops,
-                                  judge=presence, max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size, arch=arch, progress=False)
-            if judge is not None and effect != "induce":
-                ok = [bool(v) for v in judge.judge(instructions, got.completions)]
-            else:
-                ok = [not p for p in got.present]
-            cache[key] = sum(ok) / len(ok)
-        return cache[key]
-
     families = {m: equal_sparsity_family(sv, ies[m], taus=taus, fractions=fractions,
                                          rules=rules, seed=seed)
                 for m, sv in vectors.items()}
-    total = sum(len(f) for f in families.values()) + len(vectors) + 1
-    bar = tqdm(total=total * len(sets), desc="sparsity sweep", disable=not progress)
+    # every distinct (vector, set) evaluation, generated together in packed batches
+    distinct: dict[tuple[str, str], SteeringVector | None] = {}
+    for sv in [None, *vectors.values(), *(r["vector"] for f in families.values() for r in f)]:
+        for e in sets:
+            distinct.setdefault(("none" if sv is None else sv.sha256, e), sv)
+    keys = list(distinct)
+    outcomes = packed_outcomes(
+        model, tokenizer, [Setting(formatted[e], sets[e][0], distinct[k, e], sets[e][1])
+                           for k, e in keys],
+        judge=presence, max_new_tokens=max_new_tokens, batch_size=batch_size, arch=arch,
+        desc="sparsity sweep", progress=progress)
+    cache: dict[tuple[str, str], float] = {}
+    for (k, e), got in zip(keys, outcomes):
+        if judge is not None and e != "induce":
+            ok = [bool(v) for v in judge.judge(sets[e][0], got.completions)]
+        else:
+            ok = [not p for p in got.present]
+        cache[k, e] = sum(ok) / len(ok)
 
-    def run(sv, effect):
-        v = asr(sv, effect)
-        bar.update(1)
-        return v
+    def run(sv: SteeringVector | None, effect: str) -> float:
+        return cache["none" if sv is None else sv.sha256, effect]
 
     unsteered = {e: run(None, e) for e in sets}
     dense = {m: {e: run(sv, e) for e in sets} for m, sv in vectors.items()}
@@ -251,7 +248,6 @@ def sparsity_sweep(
                 pt[f"{e}_retention"] = _retention(a, dense[m][e], unsteered[e])
             points.append(pt)
             saved[f"{m}_{r['rule']}_k{r['k']}"] = sv
-    bar.close()
     config = {"taus": [float(t) for t in taus], "fractions": [float(f) for f in fractions],
               "rules": list(rules), "seed": seed, "bypass_alpha": bypass_alpha,
               "induce_alpha": induce_alpha, "max_new_tokens": max_new_tokens,
