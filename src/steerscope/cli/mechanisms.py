@@ -31,7 +31,7 @@ def read_head_scores(path: str | Path) -> dict[str, float]:
     holding one under ``head_node_scores``, ``node_scores`` or ``nodes``, or the output of
     ``steerscope patch`` (its ``result.json`` or the vector's folder: ``tables.head_scores``)."""
     path = Path(path)
-    if path.is_dir() and (path / "result.json").is_file():
+    if path.is_dir():  # a patch output folder: its result.json
         path = path / "result.json"
     from steerscope.safe_files import read_json_file
 
