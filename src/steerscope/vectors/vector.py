@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import safe_open
@@ -36,6 +36,8 @@ class SteeringVector:
     token position it was read from, when relevant (negative = from the prompt end);
     ``hyperparameters``: the method's settings; ``metadata``: anything else (JSON-able).
     """
+
+    hub_kind: ClassVar[str] = HUB_KIND  # the kind its Hub folder records (vectors.hub)
 
     vector: torch.Tensor
     layer: int
@@ -200,7 +202,7 @@ class SteeringVector:
         the file metadata of :meth:`save`), what a Hub folder stores."""
         from steerscope.vectors.hub import HubPayload
 
-        return HubPayload(kind=HUB_KIND, tensors={TENSOR_KEY: self.vector},
+        return HubPayload(kind=self.hub_kind, tensors={TENSOR_KEY: self.vector},
                           metadata=self.to_metadata(), layers=[self.layer], method=self.method,
                           model_id=self.model_id, revision=self.revision)
 
@@ -235,7 +237,7 @@ class SteeringVector:
         with ``arch`` it is checked against the model."""
         from steerscope.vectors import hub
 
-        sv = cls.from_hub_payload(hub.load_pretrained(source, HUB_KIND, revision=revision,
+        sv = cls.from_hub_payload(hub.load_pretrained(source, cls.hub_kind, revision=revision,
                                                       subfolder=subfolder))
         if arch is not None:
             sv.check_fits(arch)

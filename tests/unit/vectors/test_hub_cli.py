@@ -9,12 +9,11 @@ import json
 import huggingface_hub
 import pytest
 from huggingface_hub import ModelCard
+from hub_testing import COMMIT, cache_snapshot
 from test_hub import (
-    COMMIT,
     MODEL,
     a_vector,
     bits,
-    cache_snapshot,
     fake_hub,  # noqa: F401 (fixture)
     synthetic_results,
 )
