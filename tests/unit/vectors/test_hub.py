@@ -9,13 +9,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import huggingface_hub
 import pytest
 import torch
-from huggingface_hub import ModelCard
 from hub_testing import COMMIT, cache_snapshot
+from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
 from steerscope.errors import SteerscopeError

@@ -8,8 +8,8 @@ import json
 
 import huggingface_hub
 import pytest
-from huggingface_hub import ModelCard
 from hub_testing import COMMIT, cache_snapshot
+from huggingface_hub import ModelCard
 from test_hub import (
     MODEL,
     a_vector,

@@ -11,9 +11,9 @@ import re
 
 import pytest
 import torch
+from hub_testing import COMMIT, cache_snapshot
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
-from hub_testing import COMMIT, cache_snapshot
 from test_hub import MODEL, bits, fake_hub, one_line, synthetic_results  # noqa: F401 (fixture)
 
 import steerscope as ss
