@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -186,7 +187,7 @@ class SteeringVector:
         if not torch.isfinite(tensor).all():
             raise SteerscopeError(f"vector in {path} contains NaN or infinite values",
                                   "re-extract it")
-        known = {f for f in cls.__dataclass_fields__ if f != "vector"}
+        known = {f.name for f in dataclass_fields(cls)} - {"vector"}  # not the ClassVar hub_kind
         extra = {k: v for k, v in fields.items() if k not in known}
         fields = {k: v for k, v in fields.items() if k in known}
         sv = cls(vector=tensor.float(), **fields)

@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -254,7 +255,7 @@ class SteeringVectorSet:
         if len(widths) > 1:
             raise ShapeError(f"{path} holds directions of widths {widths}",
                              "a vector set has one width")
-        known = {f for f in cls.__dataclass_fields__ if f not in ("vector", "layers")}
+        known = {f.name for f in dataclass_fields(cls)} - {"vector", "layers"}  # no hub_kind
         fields = {k: v for k, v in meta.items() if k in known}
         vs = cls(vector=torch.stack([by_layer[x].float() for x in layers]), layers=layers,
                  **fields)

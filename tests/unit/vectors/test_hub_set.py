@@ -225,3 +225,18 @@ def test_cli_push_a_multi_layer_run_with_its_figures(capsys, tmp_path, fake_hub)
     index = ModelCard.load(uploaded / CARD_FILE).text
     assert "| [dim](dim/README.md) | dim | 2, 5 |" in index
     assert 'ss.SteeringVectorSet.from_pretrained("someone/multirun", subfolder="dim"' in index
+
+
+def test_a_header_naming_the_class_attribute_is_not_a_field(tmp_path):
+    """``hub_kind`` is a class attribute, not a field: a file header carrying it loads (the
+    key kept out of the constructor) rather than failing with a TypeError."""
+    vs = a_set()
+    tensors = {f"layer.{x}": v.clone() for x, v in zip(vs.layers, vs.vector)}
+    header = json.dumps({**vs.to_metadata(), "hub_kind": "x"}, sort_keys=True)
+    save_file(tensors, str(tmp_path / "s.safetensors"), metadata={"steerscope": header})
+    assert same_set(SteeringVectorSet.load(tmp_path / "s.safetensors"), vs)
+    sv = vs.at(2)
+    header = json.dumps({**sv.to_metadata(), "hub_kind": "x"}, sort_keys=True)
+    save_file({"vector": sv.vector.clone()}, str(tmp_path / "v.safetensors"),
+              metadata={"steerscope": header})
+    assert bits(SteeringVector.load(tmp_path / "v.safetensors").vector) == bits(sv.vector)
