@@ -78,6 +78,18 @@ def test_a_run_with_two_steered_layers(workdir, tmp_path):
     r = PatchingResult.load(patch_dirs[0])
     assert r.graph.layer == 1 and r.meta["vector"]["layers"] == [1, 2]
     assert tuple(r.scores["eap_ig"].steer_grad.shape) == (2, 64)
+    # the Hub: steerscope vectors push of the run writes one set per method, cards with figures
+    from huggingface_hub import ModelCard
+
+    from steerscope.cli import main
+
+    assert main(["vectors", "push", str(res.run_dir), "--out", str(tmp_path / "hub")]) == 0
+    for m, vs in (("dim", dim), ("pca", pca)):
+        back = SteeringVectorSet.from_pretrained(tmp_path / "hub" / m, arch=lm.arch)
+        assert back.layers == [1, 2] and torch.equal(back.vector, vs.vector)
+        card = ModelCard.load(tmp_path / "hub" / m / "README.md").text
+        assert "| layers | 1, 2 |" in card and f"## Results of run `{results['run']['name']}`" \
+            in card and f"| harmful (prompts with the behaviour) | {m} (remove) |" in card
 
 
 @pytest.mark.parametrize("changes, match", [

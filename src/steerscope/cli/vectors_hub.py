@@ -14,7 +14,7 @@ def run_entries(run_dir: Path, methods: list[str] | None, base_model: str | None
     """(subfolder, payload, card info) for each vector of a run folder, its card quoting the
     run's headline figures from results.json."""
     from steerscope.results_schema import check_results, resolve_path
-    from steerscope.vectors import SteeringVector
+    from steerscope.vectors import load_vector_file
     from steerscope.vectors.hub import card_info
     from steerscope.vectors.hub_card import alpha_of, model_name, run_figures
 
@@ -39,7 +39,7 @@ def run_entries(run_dir: Path, methods: list[str] | None, base_model: str | None
     model = base_model or model_name((results.get("model") or {}).get("id"))
     entries = []
     for method in methods or list(vectors):
-        sv = SteeringVector.load(resolve_path(results_file, vectors[method]["path"]))
+        sv = load_vector_file(resolve_path(results_file, vectors[method]["path"]))  # or a set
         figures = run_figures(results, method)
         payload = sv.hub_payload()
         entries.append((method, payload, card_info(payload, base_model=model, figures=figures,
@@ -48,8 +48,8 @@ def run_entries(run_dir: Path, methods: list[str] | None, base_model: str | None
 
 
 def file_entries(files: list[str], args) -> list:
-    """(subfolder = file stem, payload, card info) for each vector file."""
-    from steerscope.vectors import SteeringVector
+    """(subfolder = file stem, payload, card info) for each vector (or vector set) file."""
+    from steerscope.vectors import load_vector_file
     from steerscope.vectors.hub import card_info
 
     entries = []
@@ -57,7 +57,7 @@ def file_entries(files: list[str], args) -> list:
         if Path(f).is_dir():
             raise SteerscopeError(f"{f} is a folder among vector files",
                                   "pass one run folder, or .safetensors vector files")
-        payload = SteeringVector.load(f).hub_payload()
+        payload = load_vector_file(f).hub_payload()
         entries.append((Path(f).stem, payload,
                         card_info(payload, base_model=args.base_model, behaviour=args.behaviour,
                                   alpha=args.alpha)))
@@ -112,15 +112,15 @@ def cmd_push(args) -> dict:
 
 
 def cmd_pull(args) -> dict:
-    from steerscope.vectors import SteeringVector
+    from steerscope.vectors import SteeringVector, SteeringVectorSet
     from steerscope.vectors.hub import pull, read_payload
-    from steerscope.vectors.vector import HUB_KIND
 
+    readers = {cls.hub_kind: cls for cls in (SteeringVector, SteeringVectorSet)}
     rows = []
     for folder in pull(args.repo, args.out, revision=args.revision):
         payload = read_payload(folder)
-        if payload.kind == HUB_KIND:
-            SteeringVector.from_hub_payload(payload)  # every check of a vector file
+        if payload.kind in readers:
+            readers[payload.kind].from_hub_payload(payload)  # every check of its file
         print(f"{folder}: {payload.kind.replace('_', ' ')}, method {payload.method}, layers "
               f"{', '.join(map(str, payload.layers))}, model {payload.model_id or '-'}")
         rows.append({"path": str(folder), **payload.summary(),
@@ -133,7 +133,7 @@ def register(vsub) -> None:
     p = vsub.add_parser("push", help="share vectors on the Hugging Face Hub with model cards")
     p.add_argument("sources", nargs="+",
                    help="a run folder (each vector, its card quoting the run's results.json), "
-                        "vector files (.safetensors), or a folder save_pretrained or push "
+                        "vector or vector set files (.safetensors), or a folder save_pretrained or push "
                         "--out wrote (pushed as it is)")
     p.add_argument("--repo", help="Hub repo id OWNER/NAME (created if missing; log in first "
                                   "with hf auth login or set HF_TOKEN)")

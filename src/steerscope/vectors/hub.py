@@ -37,6 +37,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.vectors.hub_card import (
     LIBRARY_NAME,
     CardInfo,
+    class_name,
     front_matter,
     index_card,
     model_name,
@@ -234,7 +235,8 @@ def load_pretrained(source: str | os.PathLike, kind: str, *, revision: str | Non
     payload = read_payload(folder)
     if payload.kind != kind:
         raise SteerscopeError(f"{folder} holds a {payload.kind}, not a {kind}",
-                              f"load it with the class that reads a {payload.kind}")
+                              f"load it with steerscope.{class_name(payload.kind)}"
+                              ".from_pretrained")
     return payload
 
 

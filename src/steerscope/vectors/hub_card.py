@@ -174,6 +174,16 @@ def usage(base_model: str | None, where: str, kind: str = "steering_vector") -> 
             "max_new_tokens=32))", "```"]
 
 
+def per_layer_table(layers: list[int], norms: list[float]) -> list[str]:
+    """The card lines listing every steered layer with its direction's norm (none for a
+    single layer, which the facts table states)."""
+    if len(layers) < 2:
+        return []
+    return ["## Layers", "", "One direction per layer, all steered with the same α:", "",
+            "| layer | norm |", "|---|---|",
+            *(f"| {layer} | {norm:.4f} |" for layer, norm in zip(layers, norms)), ""]
+
+
 def vector_card(summary: dict[str, Any], info: CardInfo, repo_hint: str | None = None,
                 subfolder: str | None = None) -> str:
     """README.md for one saved object. ``summary``: ``kind``, ``method``, ``layers``,
@@ -199,7 +209,7 @@ def vector_card(summary: dict[str, Any], info: CardInfo, repo_hint: str | None =
              f"| behaviour | {behaviour or 'not recorded'} |",
              f"| model | {info.base_model}"
              + (f" (revision {summary['revision']})" if summary.get("revision") else "") + " |",
-             "", *figures_section(info.figures, method),
+             "", *per_layer_table(layers, norms), *figures_section(info.figures, method),
              "## Use", "", *usage(info.base_model, where, summary["kind"]), "",
              "Files: the vector (safetensors, steerscope metadata in its header), "
              "`steering_config.json` and this card.", ""]

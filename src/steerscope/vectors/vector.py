@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import safe_open
@@ -36,6 +37,8 @@ class SteeringVector:
     token position it was read from, when relevant (negative = from the prompt end);
     ``hyperparameters``: the method's settings; ``metadata``: anything else (JSON-able).
     """
+
+    hub_kind: ClassVar[str] = HUB_KIND  # the kind its Hub folder records (vectors.hub)
 
     vector: torch.Tensor
     layer: int
@@ -184,7 +187,7 @@ class SteeringVector:
         if not torch.isfinite(tensor).all():
             raise SteerscopeError(f"vector in {path} contains NaN or infinite values",
                                   "re-extract it")
-        known = {f for f in cls.__dataclass_fields__ if f != "vector"}
+        known = {f.name for f in dataclass_fields(cls)} - {"vector"}  # not the ClassVar hub_kind
         extra = {k: v for k, v in fields.items() if k not in known}
         fields = {k: v for k, v in fields.items() if k in known}
         sv = cls(vector=tensor.float(), **fields)
@@ -200,7 +203,7 @@ class SteeringVector:
         the file metadata of :meth:`save`), what a Hub folder stores."""
         from steerscope.vectors.hub import HubPayload
 
-        return HubPayload(kind=HUB_KIND, tensors={TENSOR_KEY: self.vector},
+        return HubPayload(kind=self.hub_kind, tensors={TENSOR_KEY: self.vector},
                           metadata=self.to_metadata(), layers=[self.layer], method=self.method,
                           model_id=self.model_id, revision=self.revision)
 
@@ -235,7 +238,7 @@ class SteeringVector:
         with ``arch`` it is checked against the model."""
         from steerscope.vectors import hub
 
-        sv = cls.from_hub_payload(hub.load_pretrained(source, HUB_KIND, revision=revision,
+        sv = cls.from_hub_payload(hub.load_pretrained(source, cls.hub_kind, revision=revision,
                                                       subfolder=subfolder))
         if arch is not None:
             sv.check_fits(arch)

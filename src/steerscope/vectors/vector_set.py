@@ -27,8 +27,9 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import safe_open
@@ -40,6 +41,7 @@ from steerscope.runtime import steer as steer_at_layer
 from steerscope.vectors.vector import META_KEY, SteeringVector
 
 KIND = "vector_set"
+HUB_KIND = "steering_vector_set"  # the kind its Hub folder records (class SteeringVectorSet)
 TENSOR_PREFIX = "layer."  # tensor key of the direction at layer ℓ: "layer.{ℓ}"
 _TENSOR_KEY = re.compile(r"^layer\.(\d+)$")
 
@@ -86,6 +88,8 @@ class SteeringVectorSet:
     :class:`~steerscope.vectors.SteeringVector`. Iterating gives one ``SteeringVector`` per
     layer (so ``export_control_vector(vector_set, path)`` writes one direction per layer).
     """
+
+    hub_kind: ClassVar[str] = HUB_KIND
 
     vector: torch.Tensor
     layers: list[int]
@@ -251,13 +255,36 @@ class SteeringVectorSet:
         if len(widths) > 1:
             raise ShapeError(f"{path} holds directions of widths {widths}",
                              "a vector set has one width")
-        known = {f for f in cls.__dataclass_fields__ if f not in ("vector", "layers")}
+        known = {f.name for f in dataclass_fields(cls)} - {"vector", "layers"}  # no hub_kind
         fields = {k: v for k, v in meta.items() if k in known}
         vs = cls(vector=torch.stack([by_layer[x].float() for x in layers]), layers=layers,
                  **fields)
         if arch is not None:
             vs.check_fits(arch, model_id, strict_model=strict_model)
         return vs
+
+    # --- the Hugging Face Hub (steerscope.vectors.hub; docs/vectors.md) -------------------
+    def hub_payload(self):
+        """This set as a :class:`~steerscope.vectors.hub.HubPayload`: tensors ``layer.{ℓ}``
+        and the header metadata of :meth:`save` (so the folder's tensor file is a set file)."""
+        from steerscope.vectors.hub import HubPayload
+
+        return HubPayload(kind=self.hub_kind, metadata=self.to_metadata(),
+                          tensors={tensor_key(layer): v.clone()
+                                   for layer, v in zip(self.layers, self.vector)},
+                          layers=list(self.layers), method=self.method, model_id=self.model_id,
+                          revision=self.revision)
+
+    # SteeringVector's, which read only what both share (``hub_kind``, ``hub_payload``,
+    # ``load``, ``sha256``, ``check_fits``): ``save_pretrained(DIR, base_model=, behaviour=,
+    # alpha=, figures=)`` writes the Hub folder (its card lists every layer and its norm),
+    # ``from_pretrained(DIR | repo_id, arch, revision=, subfolder=)`` reads one (offline from
+    # the HF cache; a single-vector folder is refused in one line naming SteeringVector),
+    # ``push_to_hub(repo_id, ...)`` uploads it; ``from_hub_payload`` checks the sha256.
+    from_hub_payload = classmethod(SteeringVector.from_hub_payload.__func__)
+    save_pretrained = SteeringVector.save_pretrained
+    from_pretrained = classmethod(SteeringVector.from_pretrained.__func__)
+    push_to_hub = SteeringVector.push_to_hub
 
     def export_gguf(self, path: str | os.PathLike, *, model_hint: str | None = None,
                     alpha: float = 1.0) -> Path:
@@ -344,6 +371,7 @@ def steer(vector, layer: int | None = None, alpha: float = 1.0, scope="all", **k
 
 
 __all__ = [
+    "HUB_KIND",
     "KIND",
     "SteeringVectorSet",
     "check_steering_layers",

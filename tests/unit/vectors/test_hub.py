@@ -5,16 +5,15 @@ monkeypatched."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import huggingface_hub
 import pytest
 import torch
+from hub_testing import COMMIT, cache_snapshot
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
@@ -25,7 +24,6 @@ from steerscope.vectors.hub import CARD_FILE, CONFIG_FILE, TENSOR_FILE, read_pay
 from steerscope.vectors.hub_card import alpha_of, model_name, run_figures
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -207,24 +205,6 @@ def test_malformed_repo_ids_are_refused(tmp_path, monkeypatch):
 
 
 # --- the Hugging Face cache, offline -------------------------------------------------------
-def cache_snapshot(cache: Path, repo_id: str, source: Path, commit: str = COMMIT) -> Path:
-    """Lay out ``source``'s files as huggingface_hub caches a downloaded repo: blobs named by
-    their hash, snapshots/<commit>/ symlinks to them, refs/main holding the commit."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snap = repo / "snapshots" / commit
-    for f in sorted(p for p in source.rglob("*") if p.is_file()):
-        data = f.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snap / f.relative_to(source)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    return snap
-
-
 def test_from_pretrained_reads_a_cached_snapshot_offline(tmp_path, monkeypatch):
     sv = a_vector()
     sv.save_pretrained(tmp_path / "src")

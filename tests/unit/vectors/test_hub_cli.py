@@ -8,13 +8,12 @@ import json
 
 import huggingface_hub
 import pytest
+from hub_testing import COMMIT, cache_snapshot
 from huggingface_hub import ModelCard
 from test_hub import (
-    COMMIT,
     MODEL,
     a_vector,
     bits,
-    cache_snapshot,
     fake_hub,  # noqa: F401 (fixture)
     synthetic_results,
 )
