@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from steerscope.artifacts import atomic_write
+from steerscope.artifacts import atomic_write, child_path
 from steerscope.errors import SteerscopeError
 from steerscope.vectors.hub_card import (
     LIBRARY_NAME,
@@ -128,13 +128,14 @@ def save_many(entries: list[tuple[str, HubPayload, CardInfo]], folder: str | os.
     for _, _, info in entries:  # no card without base_model: fail before writing anything
         front_matter(info.base_model, [])
     names = [sub for sub, _, _ in entries]
+    targets = [child_path(folder, sub, what="vector subfolder") for sub in names]
     if len(set(names)) != len(names):
         raise SteerscopeError(f"two vectors would share a subfolder ({', '.join(names)})",
                               "give each vector file a different name")
     index = index_card([(sub, p.summary(), i) for sub, p, i in entries], entries[0][2].base_model,
                        repo_hint)
-    for sub, payload, info in entries:
-        save_pretrained(payload, folder / sub, info, repo_hint=repo_hint, subfolder=sub)
+    for target, (sub, payload, info) in zip(targets, entries):
+        save_pretrained(payload, target, info, repo_hint=repo_hint, subfolder=sub)
     write_text(folder / CARD_FILE, index)
     return folder
 
@@ -374,6 +375,6 @@ def pull(repo_id: str, out: str | os.PathLike, *, revision: str | None = None) -
         read_payload(f)
     out = Path(out)
     for src in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts):
-        dest = out / src.relative_to(folder)
+        dest = child_path(out, *src.relative_to(folder).parts, what="file of the Hub repo")
         atomic_write(dest, lambda tmp, src=src: shutil.copyfile(src, tmp))
     return [out / f.relative_to(folder) for f in found]

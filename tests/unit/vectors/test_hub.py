@@ -183,6 +183,42 @@ def test_several_vectors_are_checked_before_any_is_written(tmp_path):
     assert "no base_model" in one_line(e) and not (tmp_path / "out").exists()
 
 
+def test_a_subfolder_name_from_metadata_never_leaves_the_target_folder(tmp_path):
+    """A method name from a run's results.json names a subfolder: '../x' is refused, before
+    anything is written anywhere."""
+    from steerscope.vectors.hub import card_info, save_many
+
+    vecs = [a_vector("dim"), a_vector("ntp")]
+    for bad in ("../escaped", "a/b", ".."):
+        entries = [(name, v.hub_payload(), card_info(v.hub_payload()))
+                   for name, v in zip(("dim", bad), vecs)]
+        with pytest.raises(SteerscopeError) as e:
+            save_many(entries, tmp_path / "out")
+        assert repr(bad) in one_line(e)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_pull_never_writes_through_a_link_out_of_the_output_folder(tmp_path, monkeypatch):
+    from steerscope.vectors.hub import card_info, pull, save_many
+
+    vecs = [a_vector("dim"), a_vector("ntp", seed=1)]
+    save_many([(v.method, v.hub_payload(), card_info(v.hub_payload())) for v in vecs],
+              tmp_path / "src")
+    cache_snapshot(tmp_path / "hub", "someone/two", tmp_path / "src")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "got").mkdir()
+    (tmp_path / "got" / "ntp").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SteerscopeError) as e:
+        pull("someone/two", tmp_path / "got")
+    assert "symbolic link" in one_line(e) and not any((tmp_path / "elsewhere").iterdir())
+    (tmp_path / "got" / "ntp").unlink()
+    assert [f.name for f in pull("someone/two", tmp_path / "got")] == ["dim", "ntp"]
+    assert SteeringVector.from_pretrained(tmp_path / "got", subfolder="ntp").sha256 \
+        == vecs[1].sha256
+
+
 def test_a_tampered_tensor_is_caught(tmp_path):
     sv = a_vector()
     folder = sv.save_pretrained(tmp_path / "v")
