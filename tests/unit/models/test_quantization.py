@@ -5,6 +5,8 @@ the dequantized int8 weights, the real modules called one by one, the float mode
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from torch import nn
@@ -289,6 +291,36 @@ def test_missing_backend_names_the_package_and_the_extra(folder, monkeypatch):
         load_model(folder, quantization="int8")
     msg = _one_line(exc)
     assert "'torchao'" in msg and "steerscope[quant]" in msg
+
+
+def test_a_config_object_whose_backend_is_missing_is_one_line_before_loading(folder,
+                                                                              monkeypatch):
+    import transformers
+
+    calls = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: calls.append(a))
+    if importlib.util.find_spec("optimum") is None:  # optimum-quanto not installed here
+        with pytest.raises(SteerscopeError) as exc:
+            load_model(folder, quantization=transformers.QuantoConfig(weights="int8"))
+        msg = _one_line(exc)
+        assert "QuantoConfig (quanto)" in msg and "optimum-quanto" in msg
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(SteerscopeError) as exc:
+            load_model(folder, quantization=transformers.BitsAndBytesConfig(load_in_8bit=True))
+        assert "BitsAndBytesConfig (bitsandbytes)" in _one_line(exc)
+    assert calls == []  # refused before transformers started loading
+
+
+def test_a_torchao_config_object_loads_like_the_int8_name(folder, q8):
+    import transformers
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    lm = load_model(folder, quantization=transformers.TorchAoConfig(Int8WeightOnlyConfig()))
+    assert lm.quantization == "torchao"
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert torch.equal(linear_weight(lm.arch.component(LAYER, name)),
+                           linear_weight(q8.arch.component(LAYER, name)))
 
 
 def test_bitsandbytes_schemes_refuse_cpu_and_map_to_their_configs(monkeypatch):
