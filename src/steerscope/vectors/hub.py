@@ -325,7 +325,8 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None
                 revision: str | None = None) -> str:
     """Upload a folder of vectors (every vector folder in it checked first) to Hub repo
     ``repo_id`` through ``huggingface_hub.create_repo`` + ``upload_folder``; returns the
-    commit URL."""
+    commit URL. Only the files a vector folder consists of are uploaded (each vector's three
+    files and the index card), never anything else that lies in the folder."""
     import huggingface_hub
 
     from steerscope.models.sources import hub_offline
@@ -344,6 +345,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None
         huggingface_hub.create_repo(repo_id, private=private, token=token, exist_ok=True)
         info = huggingface_hub.upload_folder(
             repo_id=repo_id, folder_path=str(folder), token=token, revision=revision,
+            allow_patterns=folder_files(folder, found),
             commit_message=commit_message or f"Upload steering vectors with {LIBRARY_NAME}")
     except Exception as exc:  # an HTTP refusal (HfHubHTTPError), no network (httpx), ...
         status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -352,6 +354,17 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None
             f"{f' {status}' if status else ''})", "log in (hf auth login, or set HF_TOKEN), "
             "check that you may write to the repo and that the Hub is reachable") from None
     return str(getattr(info, "commit_url", info))
+
+
+def folder_files(folder: Path, found: list[Path]) -> list[str]:
+    """The paths (relative to ``folder``, '/'-separated) of the files that make up the vector
+    folders ``found`` in ``folder``: each one's tensor file, config and card, and the root's
+    index card."""
+    files = [CARD_FILE] if (folder / CARD_FILE).is_file() else []
+    for f in found:
+        files += [(f.relative_to(folder) / name).as_posix()
+                  for name in (TENSOR_FILE, CONFIG_FILE, CARD_FILE)]
+    return list(dict.fromkeys(files))
 
 
 def push_payloads(entries: list[tuple[str, HubPayload, CardInfo]], repo_id: str,

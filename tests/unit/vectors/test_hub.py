@@ -334,11 +334,17 @@ def fake_hub(monkeypatch, tmp_path):
     def create_repo(repo_id, **kw):
         calls["create"].append((repo_id, kw))
 
-    def upload_folder(*, repo_id, folder_path, **kw):
+    def upload_folder(*, repo_id, folder_path, allow_patterns=None, **kw):
         import shutil
 
+        from huggingface_hub.utils import filter_repo_objects
+
         dest = tmp_path / "uploaded" / str(len(calls["upload"]))
-        shutil.copytree(folder_path, dest)
+        root = Path(folder_path)
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        for rel in filter_repo_objects(files, allow_patterns=allow_patterns):  # as upload_folder
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / rel, dest / rel)
         calls["upload"].append((repo_id, dest, kw))
         return huggingface_hub.CommitInfo(
             commit_url=f"https://huggingface.co/{repo_id}/commit/{COMMIT}",

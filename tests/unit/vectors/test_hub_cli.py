@@ -146,6 +146,22 @@ def test_push_a_saved_folder_as_it_is(capsys, tmp_path, fake_hub):  # noqa: F811
         assert (uploaded / p.name).read_bytes() == p.read_bytes()
 
 
+def test_pushing_a_folder_uploads_only_the_vector_files(capsys, tmp_path, fake_hub):  # noqa: F811
+    from steerscope.vectors.hub import card_info, save_many
+
+    vecs = [a_vector("dim"), a_vector("ntp", seed=1)]
+    folder = save_many([(v.method, v.hub_payload(), card_info(v.hub_payload())) for v in vecs],
+                       tmp_path / "v")
+    (folder / ".env").write_text("HF_TOKEN=secret\n")  # a stray file lying in the folder
+    (folder / "ntp" / "notes.txt").write_text("draft\n")
+    code, out, err = _run(capsys, "vectors", "push", folder, "--repo", "someone/v")
+    assert code == 0, err
+    (_, uploaded, _), = fake_hub["upload"]
+    got = sorted(p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file())
+    assert got == sorted([CARD_FILE] + [f"{m}/{n}" for m in ("dim", "ntp")
+                                        for n in (TENSOR_FILE, CONFIG_FILE, CARD_FILE)])
+
+
 def test_a_failed_upload_is_one_line_exit_2(capsys, tmp_path, monkeypatch):
     def refuse(**kw):
         raise ConnectionError("no route to host\nsecond line")
