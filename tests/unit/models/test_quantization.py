@@ -152,7 +152,8 @@ def test_gradients_reach_the_steering_vector_through_the_int8_weights(q8, twin):
     assert all(p.grad is None for p in q8.model.parameters())
 
 
-def test_ntp_training_on_int8_matches_the_dequantized_twin(q8, twin):
+@pytest.mark.parametrize("objective", ["ntp", "po"])
+def test_training_on_int8_matches_the_dequantized_twin(q8, twin, objective):
     from steerscope.models.chat import format_prompt
     from steerscope.models.tiny import tiny_tokenizer
     from steerscope.vectors.trained import TrainConfig, train_vector
@@ -163,7 +164,7 @@ def test_ntp_training_on_int8_matches_the_dequantized_twin(q8, twin):
                                              "No.", 1 if i % 2 else -1,
                                              "harmless" if i % 2 else "harmful")
                            for i in range(6)])
-    cfg = TrainConfig(objective="ntp", epochs=2, batch_size=3, max_response_tokens=6)
+    cfg = TrainConfig(objective=objective, epochs=2, batch_size=3, max_response_tokens=6)
     weight = q8.arch.component(LAYER, "v_proj").weight.qdata.clone()
     results = [train_vector(m, tok, data, layer=LAYER, config=cfg, progress=False)
                for m in (q8.model, twin)]
