@@ -177,6 +177,22 @@ def test_training_on_int8_matches_the_dequantized_twin(q8, twin, objective):
 
 
 # --- svv, logit lens, patching -------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["qk", "ov", "svv", "mlp"])
+def test_freezing_on_int8_equals_the_reference_and_the_dequantized_twin(q8, twin, mode):
+    """Freezing (svv reads W_V dequantized) on the int8 model: the cached lockstep run equals
+    the paper's two full passes per step on the same model, and the dequantized twin."""
+    from steerscope.mechanisms import frozen_generate_ids, frozen_generate_reference
+
+    ids, mask, _ = random_left_padded_batch(seed=7)
+    s, kw = _vector(6) * 2, dict(max_new_tokens=4, stop_at_eos=False)
+    got = frozen_generate_ids(q8.model, ids, mask, s, LAYER, 1.0, mode, arch=q8.arch, **kw)
+    ref = frozen_generate_reference(q8.model, ids, mask, s, LAYER, 1.0, mode, **kw)
+    other = frozen_generate_ids(twin, ids, mask, s, LAYER, 1.0, mode, **kw)
+    assert torch.equal(got.new_tokens, ref.new_tokens)
+    torch.testing.assert_close(got.first_logits, ref.first_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.first_logits, other.first_logits, atol=1e-4, rtol=1e-4)
+
+
 def test_svv_equals_the_quantized_attention_output(q8):
     """A one-token prompt whose residual entering block ℓ is s: its attention attends to
     itself only, so the hooked o_proj output is Σ_h svv^h(s) · rsqrt(mean(s²) + ε)."""
