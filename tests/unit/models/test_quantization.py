@@ -152,6 +152,34 @@ def test_gradients_reach_the_steering_vector_through_the_int8_weights(q8, twin):
     assert all(p.grad is None for p in q8.model.parameters())
 
 
+def test_dim_on_int8_is_the_mean_difference_of_the_int8_activations(q8, twin, fp):
+    """DIM on the int8 model: its capture hook reads the quantized model's residual (the
+    twin's to float rounding, not the float model's), and the vector is the difference of
+    means computed here by hand from those captures."""
+    from steerscope.models.chat import format_prompt
+    from steerscope.models.tiny import tiny_tokenizer
+    from steerscope.vectors.methods import extract_vector
+
+    tok = tiny_tokenizer()
+    pos = [format_prompt(tok, f"Tell me how to do thing {i}.") for i in range(4)]
+    neg = [format_prompt(tok, f"Say hello {i} times.") for i in range(4)]
+    got, other, flt = (extract_vector(m, tok, pos, neg, method="dim", layer=LAYER, batch_size=3,
+                                      progress=False).vector for m in (q8.model, twin, fp.model))
+
+    def last_resid(prompts):  # [N, d]: hidden_states[LAYER] = residual entering block LAYER
+        rows = []
+        for p in prompts:
+            ids = tok(p, return_tensors="pt", add_special_tokens=False).input_ids
+            with torch.no_grad():
+                rows.append(q8.model(ids, output_hidden_states=True).hidden_states[LAYER][0, -1])
+        return torch.stack(rows)
+
+    torch.testing.assert_close(got, last_resid(pos).mean(0) - last_resid(neg).mean(0),
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got, other, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(got, flt)  # the int8 model's activations, not the float model's
+
+
 @pytest.mark.parametrize("objective", ["ntp", "po"])
 def test_training_on_int8_matches_the_dequantized_twin(q8, twin, objective):
     from steerscope.models.chat import format_prompt
