@@ -116,6 +116,18 @@ def test_card_parses_with_huggingface_hub_and_states_the_facts(tmp_path):
     assert "Results of run `hubrun`" in text
 
 
+def test_a_card_from_a_quantized_run_says_the_figures_are_the_quantized_models(tmp_path):
+    results = synthetic_results()
+    assert "quantization" not in run_figures(results, "dim")  # a float run: nothing said
+    results["model"]["quantization"] = "int8"
+    check_results(results)
+    figures = run_figures(results, "dim")
+    folder = a_vector().save_pretrained(tmp_path / "v", figures=figures)
+    assert f"| model | {MODEL} (revision abc123), loaded with quantization int8 in the run |" \
+        in (folder / CARD_FILE).read_text()
+    assert json.loads((folder / CONFIG_FILE).read_text())["figures"]["quantization"] == "int8"
+
+
 def test_card_without_alpha_or_figures_says_so(tmp_path):
     folder = a_vector().save_pretrained(tmp_path / "v")
     text = (folder / CARD_FILE).read_text()
