@@ -349,10 +349,13 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None
             commit_message=commit_message or f"Upload steering vectors with {LIBRARY_NAME}")
     except Exception as exc:  # an HTTP refusal (HfHubHTTPError), no network (httpx), ...
         status = getattr(getattr(exc, "response", None), "status_code", None)
+        said = " ".join(str(getattr(exc, "server_message", None) or "").split())[:300]
         raise SteerscopeError(
             f"pushing to Hub repo '{repo_id}' failed ({type(exc).__name__}"
-            f"{f' {status}' if status else ''})", "log in (hf auth login, or set HF_TOKEN), "
-            "check that you may write to the repo and that the Hub is reachable") from None
+            f"{f' {status}' if status else ''}{f': the Hub says {said!r}' if said else ''})",
+            "log in (hf auth login, or set HF_TOKEN), check that you may write to the repo and "
+            "that the Hub is reachable; if the Hub refuses base_model (a local model name), "
+            "pass the model's Hub id (base_model= / --base-model)") from None
     return str(getattr(info, "commit_url", info))
 
 
