@@ -100,7 +100,7 @@ def quantization_config(quantization: Any, device: torch.device, dtype: Any):
     if name is None:
         return None
     if name not in QUANTIZATIONS:  # a transformers config object, passed through
-        return quantization
+        return check_config_backend(quantization, name, device, dtype)
     scheme = QUANTIZATIONS[name]
     if importlib.util.find_spec(scheme.package) is None:
         raise SteerscopeError(
@@ -124,6 +124,33 @@ def quantization_config(quantization: Any, device: torch.device, dtype: Any):
     compute = dtype if isinstance(dtype, torch.dtype) else torch.float16
     return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=name,
                                            bnb_4bit_compute_dtype=compute)
+
+
+def check_config_backend(config: Any, method: str, device: torch.device, dtype: Any):
+    """``config`` (a transformers quantization config object) when transformers' quantizer for
+    it finds its packages installed and accepts ``device``; else a one-line error naming the
+    quant method, before any weights are read (transformers itself would raise a bare
+    ``ImportError`` only once loading has begun)."""
+    from transformers.quantizers import AutoHfQuantizer
+
+    try:
+        quantizer = AutoHfQuantizer.from_config(config)
+        quantizer.validate_environment(device_map={"": str(device)},
+                                       dtype=dtype if isinstance(dtype, torch.dtype) else None)
+    except ImportError as exc:
+        raise SteerscopeError(f"quantization config {type(config).__name__} ({method}) needs a "
+                              f"package that is not installed ({_first_line(exc)})",
+                              "install it, or use quantization='int8' (torchao) on this "
+                              "machine") from None
+    except (ValueError, RuntimeError) as exc:
+        raise SteerscopeError(f"quantization config {type(config).__name__} ({method}) cannot "
+                              f"load on '{device.type}' ({_first_line(exc)})",
+                              f"use one of {_names()} or another device") from None
+    return config
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class _TorchaoImportNoise(logging.Filter):

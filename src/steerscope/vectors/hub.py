@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from steerscope.artifacts import atomic_write
+from steerscope.artifacts import atomic_write, child_path
 from steerscope.errors import SteerscopeError
 from steerscope.vectors.hub_card import (
     LIBRARY_NAME,
@@ -129,13 +129,14 @@ def save_many(entries: list[tuple[str, HubPayload, CardInfo]], folder: str | os.
     for _, _, info in entries:  # no card without base_model: fail before writing anything
         front_matter(info.base_model, [])
     names = [sub for sub, _, _ in entries]
+    targets = [child_path(folder, sub, what="vector subfolder") for sub in names]
     if len(set(names)) != len(names):
         raise SteerscopeError(f"two vectors would share a subfolder ({', '.join(names)})",
                               "give each vector file a different name")
     index = index_card([(sub, p.summary(), i) for sub, p, i in entries], entries[0][2].base_model,
                        repo_hint)
-    for sub, payload, info in entries:
-        save_pretrained(payload, folder / sub, info, repo_hint=repo_hint, subfolder=sub)
+    for target, (sub, payload, info) in zip(targets, entries):
+        save_pretrained(payload, target, info, repo_hint=repo_hint, subfolder=sub)
     write_text(folder / CARD_FILE, index)
     return folder
 
@@ -326,7 +327,8 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None
                 revision: str | None = None) -> str:
     """Upload a folder of vectors (every vector folder in it checked first) to Hub repo
     ``repo_id`` through ``huggingface_hub.create_repo`` + ``upload_folder``; returns the
-    commit URL."""
+    commit URL. Only the files a vector folder consists of are uploaded (each vector's three
+    files and the index card), never anything else that lies in the folder."""
     import huggingface_hub
 
     from steerscope.models.sources import hub_offline
@@ -345,14 +347,29 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool | None
         huggingface_hub.create_repo(repo_id, private=private, token=token, exist_ok=True)
         info = huggingface_hub.upload_folder(
             repo_id=repo_id, folder_path=str(folder), token=token, revision=revision,
+            allow_patterns=folder_files(folder, found),
             commit_message=commit_message or f"Upload steering vectors with {LIBRARY_NAME}")
     except Exception as exc:  # an HTTP refusal (HfHubHTTPError), no network (httpx), ...
         status = getattr(getattr(exc, "response", None), "status_code", None)
+        said = " ".join(str(getattr(exc, "server_message", None) or "").split())[:300]
         raise SteerscopeError(
             f"pushing to Hub repo '{repo_id}' failed ({type(exc).__name__}"
-            f"{f' {status}' if status else ''})", "log in (hf auth login, or set HF_TOKEN), "
-            "check that you may write to the repo and that the Hub is reachable") from None
+            f"{f' {status}' if status else ''}{f': the Hub says {said!r}' if said else ''})",
+            "log in (hf auth login, or set HF_TOKEN), check that you may write to the repo and "
+            "that the Hub is reachable; if the Hub refuses base_model (a local model name), "
+            "pass the model's Hub id (base_model= / --base-model)") from None
     return str(getattr(info, "commit_url", info))
+
+
+def folder_files(folder: Path, found: list[Path]) -> list[str]:
+    """The paths (relative to ``folder``, '/'-separated) of the files that make up the vector
+    folders ``found`` in ``folder``: each one's tensor file, config and card, and the root's
+    index card."""
+    files = [CARD_FILE] if (folder / CARD_FILE).is_file() else []
+    for f in found:
+        files += [(f.relative_to(folder) / name).as_posix()
+                  for name in (TENSOR_FILE, CONFIG_FILE, CARD_FILE)]
+    return list(dict.fromkeys(files))
 
 
 def push_payloads(entries: list[tuple[str, HubPayload, CardInfo]], repo_id: str,
@@ -376,6 +393,6 @@ def pull(repo_id: str, out: str | os.PathLike, *, revision: str | None = None) -
         read_payload(f)
     out = Path(out)
     for src in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts):
-        dest = out / src.relative_to(folder)
+        dest = child_path(out, *src.relative_to(folder).parts, what="file of the Hub repo")
         atomic_write(dest, lambda tmp, src=src: shutil.copyfile(src, tmp))
     return [out / f.relative_to(folder) for f in found]

@@ -61,6 +61,9 @@ def run_figures(results: dict[str, Any], method: str) -> dict[str, Any]:
     not reach are left out."""
     figures: dict[str, Any] = {"run": (results.get("run") or {}).get("name"),
                                "behaviour": (results.get("behaviour") or {}).get("name")}
+    quantization = (results.get("model") or {}).get("quantization")
+    if quantization:  # the run studied a quantized model: its figures are that model's
+        figures["quantization"] = quantization
     steering = results.get("steering") or {}
     if method in steering:
         figures["steering"] = {
@@ -191,6 +194,7 @@ def vector_card(summary: dict[str, Any], info: CardInfo, repo_hint: str | None =
     HubPayload`)."""
     method, layers, norms = summary["method"], summary["layers"], summary["norms"]
     behaviour = info.behaviour or (info.figures or {}).get("behaviour")
+    quantization = (info.figures or {}).get("quantization")
     title = f"{method} {summary['kind'].replace('_', ' ')}" + (
         f" for {behaviour}" if behaviour else "")
     where = load_args(repo_hint, subfolder)
@@ -208,7 +212,9 @@ def vector_card(summary: dict[str, Any], info: CardInfo, repo_hint: str | None =
              f"| α used | {_alpha_text(info.alpha)} |",
              f"| behaviour | {behaviour or 'not recorded'} |",
              f"| model | {info.base_model}"
-             + (f" (revision {summary['revision']})" if summary.get("revision") else "") + " |",
+             + (f" (revision {summary['revision']})" if summary.get("revision") else "")
+             + (f", loaded with quantization {quantization} in the run" if quantization else "")
+             + " |",
              "", *per_layer_table(layers, norms), *figures_section(info.figures, method),
              "## Use", "", *usage(info.base_model, where, summary["kind"]), "",
              "Files: the vector (safetensors, steerscope metadata in its header), "

@@ -5,6 +5,8 @@ the dequantized int8 weights, the real modules called one by one, the float mode
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from torch import nn
@@ -31,6 +33,8 @@ LAYER, ALPHA = 1, -4.0
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # int8 vs float32 steered logits on the tiny model: max |Δ| <= 5% of the largest |logit|
 FLOAT_TOLERANCE = 0.05
+# ... and at least 0.01% of it: int8 rounding changes the logits (float32 noise is ~1e-7)
+MIN_ROUNDING_GAP = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +130,11 @@ def test_steered_logits_equal_the_dequantized_twin_and_stay_near_float(fp, q8, t
     ref = _steered_logits(fp.model, fp.arch, s, ids, mask)
     real = mask.bool()
     torch.testing.assert_close(got[real], exact[real], atol=1e-4, rtol=1e-4)
-    assert (got[real] - ref[real]).abs().max() <= FLOAT_TOLERANCE * ref[real].abs().max()
+    gap = (got[real] - ref[real]).abs().max()
+    assert gap <= FLOAT_TOLERANCE * ref[real].abs().max()
+    # the weights really were rounded: not the float model under another name (a skipped
+    # quantization would pass both checks above, the twin then being the float model)
+    assert gap >= MIN_ROUNDING_GAP * ref[real].abs().max()
     assert (got - _steered_logits(q8.model, q8.arch, 0 * s, ids, mask))[real].abs().max() > 0.5
 
 
@@ -144,7 +152,36 @@ def test_gradients_reach_the_steering_vector_through_the_int8_weights(q8, twin):
     assert all(p.grad is None for p in q8.model.parameters())
 
 
-def test_ntp_training_on_int8_matches_the_dequantized_twin(q8, twin):
+def test_dim_on_int8_is_the_mean_difference_of_the_int8_activations(q8, twin, fp):
+    """DIM on the int8 model: its capture hook reads the quantized model's residual (the
+    twin's to float rounding, not the float model's), and the vector is the difference of
+    means computed here by hand from those captures."""
+    from steerscope.models.chat import format_prompt
+    from steerscope.models.tiny import tiny_tokenizer
+    from steerscope.vectors.methods import extract_vector
+
+    tok = tiny_tokenizer()
+    pos = [format_prompt(tok, f"Tell me how to do thing {i}.") for i in range(4)]
+    neg = [format_prompt(tok, f"Say hello {i} times.") for i in range(4)]
+    got, other, flt = (extract_vector(m, tok, pos, neg, method="dim", layer=LAYER, batch_size=3,
+                                      progress=False).vector for m in (q8.model, twin, fp.model))
+
+    def last_resid(prompts):  # [N, d]: hidden_states[LAYER] = residual entering block LAYER
+        rows = []
+        for p in prompts:
+            ids = tok(p, return_tensors="pt", add_special_tokens=False).input_ids
+            with torch.no_grad():
+                rows.append(q8.model(ids, output_hidden_states=True).hidden_states[LAYER][0, -1])
+        return torch.stack(rows)
+
+    torch.testing.assert_close(got, last_resid(pos).mean(0) - last_resid(neg).mean(0),
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got, other, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(got, flt)  # the int8 model's activations, not the float model's
+
+
+@pytest.mark.parametrize("objective", ["ntp", "po"])
+def test_training_on_int8_matches_the_dequantized_twin(q8, twin, objective):
     from steerscope.models.chat import format_prompt
     from steerscope.models.tiny import tiny_tokenizer
     from steerscope.vectors.trained import TrainConfig, train_vector
@@ -155,7 +192,7 @@ def test_ntp_training_on_int8_matches_the_dequantized_twin(q8, twin):
                                              "No.", 1 if i % 2 else -1,
                                              "harmless" if i % 2 else "harmful")
                            for i in range(6)])
-    cfg = TrainConfig(objective="ntp", epochs=2, batch_size=3, max_response_tokens=6)
+    cfg = TrainConfig(objective=objective, epochs=2, batch_size=3, max_response_tokens=6)
     weight = q8.arch.component(LAYER, "v_proj").weight.qdata.clone()
     results = [train_vector(m, tok, data, layer=LAYER, config=cfg, progress=False)
                for m in (q8.model, twin)]
@@ -168,6 +205,22 @@ def test_ntp_training_on_int8_matches_the_dequantized_twin(q8, twin):
 
 
 # --- svv, logit lens, patching -------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["qk", "ov", "svv", "mlp"])
+def test_freezing_on_int8_equals_the_reference_and_the_dequantized_twin(q8, twin, mode):
+    """Freezing (svv reads W_V dequantized) on the int8 model: the cached lockstep run equals
+    the paper's two full passes per step on the same model, and the dequantized twin."""
+    from steerscope.mechanisms import frozen_generate_ids, frozen_generate_reference
+
+    ids, mask, _ = random_left_padded_batch(seed=7)
+    s, kw = _vector(6) * 2, dict(max_new_tokens=4, stop_at_eos=False)
+    got = frozen_generate_ids(q8.model, ids, mask, s, LAYER, 1.0, mode, arch=q8.arch, **kw)
+    ref = frozen_generate_reference(q8.model, ids, mask, s, LAYER, 1.0, mode, **kw)
+    other = frozen_generate_ids(twin, ids, mask, s, LAYER, 1.0, mode, **kw)
+    assert torch.equal(got.new_tokens, ref.new_tokens)
+    torch.testing.assert_close(got.first_logits, ref.first_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.first_logits, other.first_logits, atol=1e-4, rtol=1e-4)
+
+
 def test_svv_equals_the_quantized_attention_output(q8):
     """A one-token prompt whose residual entering block ℓ is s: its attention attends to
     itself only, so the hooked o_proj output is Σ_h svv^h(s) · rsqrt(mean(s²) + ε)."""
@@ -283,6 +336,36 @@ def test_missing_backend_names_the_package_and_the_extra(folder, monkeypatch):
         load_model(folder, quantization="int8")
     msg = _one_line(exc)
     assert "'torchao'" in msg and "steerscope[quant]" in msg
+
+
+def test_a_config_object_whose_backend_is_missing_is_one_line_before_loading(folder,
+                                                                              monkeypatch):
+    import transformers
+
+    calls = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: calls.append(a))
+    if importlib.util.find_spec("optimum") is None:  # optimum-quanto not installed here
+        with pytest.raises(SteerscopeError) as exc:
+            load_model(folder, quantization=transformers.QuantoConfig(weights="int8"))
+        msg = _one_line(exc)
+        assert "QuantoConfig (quanto)" in msg and "optimum-quanto" in msg
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(SteerscopeError) as exc:
+            load_model(folder, quantization=transformers.BitsAndBytesConfig(load_in_8bit=True))
+        assert "BitsAndBytesConfig (bitsandbytes)" in _one_line(exc)
+    assert calls == []  # refused before transformers started loading
+
+
+def test_a_torchao_config_object_loads_like_the_int8_name(folder, q8):
+    import transformers
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    lm = load_model(folder, quantization=transformers.TorchAoConfig(Int8WeightOnlyConfig()))
+    assert lm.quantization == "torchao"
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert torch.equal(linear_weight(lm.arch.component(LAYER, name)),
+                           linear_weight(q8.arch.component(LAYER, name)))
 
 
 def test_bitsandbytes_schemes_refuse_cpu_and_map_to_their_configs(monkeypatch):

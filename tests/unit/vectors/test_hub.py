@@ -114,6 +114,18 @@ def test_card_parses_with_huggingface_hub_and_states_the_facts(tmp_path):
     assert "Results of run `hubrun`" in text
 
 
+def test_a_card_from_a_quantized_run_says_the_figures_are_the_quantized_models(tmp_path):
+    results = synthetic_results()
+    assert "quantization" not in run_figures(results, "dim")  # a float run: nothing said
+    results["model"]["quantization"] = "int8"
+    check_results(results)
+    figures = run_figures(results, "dim")
+    folder = a_vector().save_pretrained(tmp_path / "v", figures=figures)
+    assert f"| model | {MODEL} (revision abc123), loaded with quantization int8 in the run |" \
+        in (folder / CARD_FILE).read_text()
+    assert json.loads((folder / CONFIG_FILE).read_text())["figures"]["quantization"] == "int8"
+
+
 def test_card_without_alpha_or_figures_says_so(tmp_path):
     folder = a_vector().save_pretrained(tmp_path / "v")
     text = (folder / CARD_FILE).read_text()
@@ -179,6 +191,42 @@ def test_several_vectors_are_checked_before_any_is_written(tmp_path):
     with pytest.raises(SteerscopeError) as e:
         save_many(entries, tmp_path / "out")
     assert "no base_model" in one_line(e) and not (tmp_path / "out").exists()
+
+
+def test_a_subfolder_name_from_metadata_never_leaves_the_target_folder(tmp_path):
+    """A method name from a run's results.json names a subfolder: '../x' is refused, before
+    anything is written anywhere."""
+    from steerscope.vectors.hub import card_info, save_many
+
+    vecs = [a_vector("dim"), a_vector("ntp")]
+    for bad in ("../escaped", "a/b", ".."):
+        entries = [(name, v.hub_payload(), card_info(v.hub_payload()))
+                   for name, v in zip(("dim", bad), vecs)]
+        with pytest.raises(SteerscopeError) as e:
+            save_many(entries, tmp_path / "out")
+        assert repr(bad) in one_line(e)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_pull_never_writes_through_a_link_out_of_the_output_folder(tmp_path, monkeypatch):
+    from steerscope.vectors.hub import card_info, pull, save_many
+
+    vecs = [a_vector("dim"), a_vector("ntp", seed=1)]
+    save_many([(v.method, v.hub_payload(), card_info(v.hub_payload())) for v in vecs],
+              tmp_path / "src")
+    cache_snapshot(tmp_path / "hub", "someone/two", tmp_path / "src")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "got").mkdir()
+    (tmp_path / "got" / "ntp").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SteerscopeError) as e:
+        pull("someone/two", tmp_path / "got")
+    assert "symbolic link" in one_line(e) and not any((tmp_path / "elsewhere").iterdir())
+    (tmp_path / "got" / "ntp").unlink()
+    assert [f.name for f in pull("someone/two", tmp_path / "got")] == ["dim", "ntp"]
+    assert SteeringVector.from_pretrained(tmp_path / "got", subfolder="ntp").sha256 \
+        == vecs[1].sha256
 
 
 def test_a_tampered_tensor_is_caught(tmp_path):
@@ -278,11 +326,17 @@ def fake_hub(monkeypatch, tmp_path):
     def create_repo(repo_id, **kw):
         calls["create"].append((repo_id, kw))
 
-    def upload_folder(*, repo_id, folder_path, **kw):
+    def upload_folder(*, repo_id, folder_path, allow_patterns=None, **kw):
         import shutil
 
+        from huggingface_hub.utils import filter_repo_objects
+
         dest = tmp_path / "uploaded" / str(len(calls["upload"]))
-        shutil.copytree(folder_path, dest)
+        root = Path(folder_path)
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        for rel in filter_repo_objects(files, allow_patterns=allow_patterns):  # as upload_folder
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / rel, dest / rel)
         calls["upload"].append((repo_id, dest, kw))
         return huggingface_hub.CommitInfo(
             commit_url=f"https://huggingface.co/{repo_id}/commit/{COMMIT}",

@@ -145,6 +145,46 @@ def test_push_a_saved_folder_as_it_is(capsys, tmp_path, fake_hub):  # noqa: F811
         assert (uploaded / p.name).read_bytes() == p.read_bytes()
 
 
+def test_pushing_a_folder_uploads_only_the_vector_files(capsys, tmp_path, fake_hub):  # noqa: F811
+    from steerscope.vectors.hub import card_info, save_many
+
+    vecs = [a_vector("dim"), a_vector("ntp", seed=1)]
+    folder = save_many([(v.method, v.hub_payload(), card_info(v.hub_payload())) for v in vecs],
+                       tmp_path / "v")
+    (folder / ".env").write_text("HF_TOKEN=secret\n")  # a stray file lying in the folder
+    (folder / "ntp" / "notes.txt").write_text("draft\n")
+    code, out, err = _run(capsys, "vectors", "push", folder, "--repo", "someone/v")
+    assert code == 0, err
+    (_, uploaded, _), = fake_hub["upload"]
+    got = sorted(p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file())
+    assert got == sorted([CARD_FILE] + [f"{m}/{n}" for m in ("dim", "ntp")
+                                        for n in (TENSOR_FILE, CONFIG_FILE, CARD_FILE)])
+
+
+def test_the_hubs_reason_for_refusing_an_upload_is_quoted_in_one_line(capsys, tmp_path,
+                                                                      monkeypatch):
+    from types import SimpleNamespace
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    def refuse(**kw):  # what the Hub answers a card whose base_model is no Hub model id
+        response = SimpleNamespace(status_code=400, headers={}, request=None)
+        raise HfHubHTTPError("400 Client Error: Bad Request\n\nmore", response=response,
+                             server_message='"base_model" with value "tiny" is not valid.\n'
+                                            'Use a model id from https://hf.co/models.')
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda *a, **kw: None)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    a_vector(model_id="/models/tiny").save(tmp_path / "v.safetensors")
+    code, out, err = _run(capsys, "vectors", "push", tmp_path / "v.safetensors", "--repo",
+                          "someone/v")
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "failed (HfHubHTTPError 400: the Hub says" in line and "is not valid." in line
+    assert "https://hf.co/models" in line and "--base-model" in line
+
+
 def test_a_failed_upload_is_one_line_exit_2(capsys, tmp_path, monkeypatch):
     def refuse(**kw):
         raise ConnectionError("no route to host\nsecond line")
