@@ -30,7 +30,7 @@ def cmd_dim(args) -> dict:
                      layers=common.int_list(args.layers), kl_threshold=args.kl_threshold,
                      induce_threshold=args.induce_threshold,
                      max_layer_fraction=args.max_layer_fraction,
-                     layer_cutoff=args.layer_cutoff,
+                     layer_cutoff=args.layer_cutoff, at_threshold=args.at_threshold,
                      batch_size=args.batch_size, arch=lm.arch,
                      progress=True, relax_kl=args.relax_kl, score_all=args.score_all)
     out = Path(args.out)
@@ -184,6 +184,8 @@ def register(sub) -> None:
     """Add the vector and evaluation commands to the top-level subparsers."""
     from steerscope.vectors import METHODS
     from steerscope.vectors.dim_selection import (
+        AT_THRESHOLD,
+        DEFAULT_AT_THRESHOLD,
         DEFAULT_INDUCE_THRESHOLD,
         DEFAULT_KL_THRESHOLD,
         DEFAULT_LAYER_CUTOFF,
@@ -226,6 +228,9 @@ def register(sub) -> None:
     p.add_argument("--layer-cutoff", choices=["int", "real"], default=DEFAULT_LAYER_CUTOFF,
                    help="discard layers >= int(f*L) (int, the released code) or >= f*L (real) "
                         "(default: %(default)s)")
+    p.add_argument("--at-threshold", choices=list(AT_THRESHOLD), default=DEFAULT_AT_THRESHOLD,
+                   help="a candidate exactly at the KL or induce threshold: discard it, or keep "
+                        "it (the released code's strict comparisons) (default: %(default)s)")
     p.add_argument("--out", required=True,
                    help="output folder (dim.safetensors, dim_candidates.json)")
     common.add_json_arg(p, "the chosen candidate and the files")

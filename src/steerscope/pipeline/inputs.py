@@ -22,8 +22,8 @@ from typing import Any
 
 from steerscope.data import PromptSet
 from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
-from steerscope.errors import SteerscopeError
 from steerscope.data.sampling import RELEASED_ORDER as RELEASED_KEYS
+from steerscope.errors import SteerscopeError
 from steerscope.pipeline.behaviour import split_sources
 
 # ``cfg`` below is a steerscope.pipeline.config.PipelineConfig; not imported here, because the

@@ -28,7 +28,7 @@ from steerscope.pipeline.stages.common import (
     vectors_results_section,
 )
 from steerscope.vectors.dim import select_dim
-from steerscope.vectors.dim_selection import LAYER_CUTOFFS
+from steerscope.vectors.dim_selection import AT_THRESHOLD, LAYER_CUTOFFS
 from steerscope.vectors.train_config import (
     KEEPS,
     LR_SCHEDULES,
@@ -57,6 +57,8 @@ class DimSection:
     filter: bool = _dim("filter")  # refusal-score filter of train/val prompts
     max_layer_fraction: float = _dim("max_layer_fraction")
     layer_cutoff: str = _dim("layer_cutoff")  # int: layer >= int(f*L) (released code) | real
+    # a candidate exactly at the KL / induce threshold: discard | keep (the released code)
+    at_threshold: str = _dim("at_threshold")
     kl_threshold: float = _dim("kl_threshold")
     relax_kl: bool = _dim("relax_kl")  # no survivor: double kl_threshold until one (warned)
     induce_threshold: float = _dim("induce_threshold")
@@ -153,6 +155,7 @@ def _check_vectors(self, cfg) -> None:
         fail("vectors.dim.max_layer_fraction", f"must be in (0, 1], got "
              f"{v.dim.max_layer_fraction}", "use e.g. 0.8")
     known("vectors.dim.layer_cutoff", [v.dim.layer_cutoff], LAYER_CUTOFFS)
+    known("vectors.dim.at_threshold", [v.dim.at_threshold], AT_THRESHOLD)
     finite("vectors.dim.kl_threshold", v.dim.kl_threshold)
     finite("vectors.dim.induce_threshold", v.dim.induce_threshold)
     pref = v.preference
@@ -227,6 +230,7 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
                      refusal_ids=ids,
                      filter=d.filter, layers=layers, positions=d.positions,
                      max_layer_fraction=d.max_layer_fraction, layer_cutoff=d.layer_cutoff,
+                     at_threshold=d.at_threshold,
                      kl_threshold=d.kl_threshold,
                      induce_threshold=d.induce_threshold, batch_size=section.batch_size,
                      arch=lm.arch, progress=ctx.progress and ctx.is_main, score_all=d.score_all,
