@@ -325,6 +325,7 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
         check_released_sources(cfg)
     named = {k: where for k, (_, where) in split_sources(cfg).items()}
     data: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     for source, uses in data_plan(cfg).items():
         keys = ", ".join(named[k] for k, _ in uses)
         try:
@@ -338,4 +339,20 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
             raise SteerscopeError(f"config key {keys}: {exc}") from None
         for key, _ in uses:
             data[key] = digest
+            sizes[key] = len(ps)
+    _check_released_training_prompts(cfg, sizes)
     return Inputs(shape, {k: data[k] for k in SPLIT_KEYS})
+
+
+def _check_released_training_prompts(cfg: PipelineConfig, sizes: dict[str, int]) -> None:
+    """``vectors.preference.prompts: released`` draws ``n_prompts`` per class from the train
+    splits: a one-line error when a train split is smaller."""
+    pref = cfg.vectors.preference
+    if pref.prompts != "released" or pref.n_prompts is None:
+        return
+    for key in ("harmful_train", "harmless_train"):
+        if pref.n_prompts > sizes[key]:
+            raise SteerscopeError(
+                f"config key 'vectors.preference.n_prompts': {pref.n_prompts} released training "
+                f"prompts per class, but {key} has {sizes[key]}",
+                f"lower vectors.preference.n_prompts to at most {sizes[key]}")

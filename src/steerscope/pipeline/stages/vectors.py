@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
+from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail, finite, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
@@ -32,6 +33,7 @@ from steerscope.vectors.dim_selection import AT_THRESHOLD, LAYER_CUTOFFS
 from steerscope.vectors.train_config import (
     KEEPS,
     LR_SCHEDULES,
+    MATCH_SCOPES,
     OBJECTIVES,
     PRESETS,
     RANKINGS,
@@ -42,6 +44,8 @@ from steerscope.vectors.training_data import HARMLESS_REFUSE_SOURCES, build_pref
 TRAINED_METHODS = tuple(OBJECTIVES)  # one config subsection and one vector each
 TRAIN_PRESETS = tuple(PRESETS)
 VAL_PROMPTS = ("dim_val", "split")
+PREFERENCE_PROMPTS = ("train", "released")
+PREFERENCE_TEMPLATES = ("run", "tokenizer")
 
 
 def _dim(name: str):
@@ -77,6 +81,16 @@ class PreferenceSection:
     drop_mislabelled: bool = False  # drop pairs whose winner fails the refusal-substring check
     # instruction (paper) | dim: DIM +1 steered refusals
     harmless_refuse: str = library_default(build_preference_data, "harmless_refuse")
+    # the released code's NTP/PO inputs (docs/reproduce.md "Conventions"), each a switch:
+    # train: the first n_prompts DIM train prompts | released: DIM's n_train + n_prompts -
+    # n_train more drawn on the released stream (needs data.sampling: released)
+    prompts: str = PREFERENCE_PROMPTS[0]
+    # targets end with the chat template's end-of-turn token (the assistant turn as rendered)
+    end_of_turn: bool = library_default(build_preference_data, "end_of_turn")
+    # run: the run's chat template | tokenizer: the tokenizer's own (Llama: its system block,
+    # date pinned) for the NTP/PO data and training, whatever model.chat_template says
+    template: str = PREFERENCE_TEMPLATES[0]
+    dtype: str | None = None  # NTP/PO data and training in this dtype (None: model.dtype)
 
 
 @dataclass
@@ -97,12 +111,14 @@ class TrainSection:
     validation: str | None = None  # deployed | mean_factor
     keep: str | None = None  # best_epoch | last_epoch
     ranking: str | None = None  # released | loss_then_match
+    match_scope: str | None = None  # loss_tokens | response (released: the whole response)
 
     def check(self, key: str) -> None:
         """Known preset and conventions, non-empty grids, positive values."""
         known(f"{key}.preset", [self.preset], TRAIN_PRESETS)
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("validation", VALIDATIONS),
-                              ("keep", KEEPS), ("ranking", RANKINGS)):
+                              ("keep", KEEPS), ("ranking", RANKINGS),
+                              ("match_scope", MATCH_SCOPES)):
             if getattr(self, name) is not None:
                 known(f"{key}.{name}", [getattr(self, name)], allowed)
         for name in ("lr", "batch_size", "seed", "phi", "factors"):
@@ -164,6 +180,23 @@ def _check_vectors(self, cfg) -> None:
     known("vectors.preference.val_prompts", [pref.val_prompts], VAL_PROMPTS)
     known("vectors.preference.harmless_refuse", [pref.harmless_refuse],
           HARMLESS_REFUSE_SOURCES)
+    known("vectors.preference.prompts", [pref.prompts], PREFERENCE_PROMPTS)
+    known("vectors.preference.template", [pref.template], PREFERENCE_TEMPLATES)
+    if pref.dtype is not None:
+        from steerscope.models.loading import resolve_dtype
+
+        try:
+            resolve_dtype(pref.dtype)
+        except SteerscopeError as exc:
+            raise SteerscopeError(f"config key 'vectors.preference.dtype': {exc}") from None
+    if pref.prompts == "released":
+        if cfg.data.sampling != "released":
+            fail("vectors.preference.prompts", "'released' continues the released sampling "
+                 "stream", "set data.sampling: released as well, or prompts: train")
+        if pref.n_prompts is not None and pref.n_prompts < cfg.data.n_train:
+            fail("vectors.preference.n_prompts", f"({pref.n_prompts}) is below data.n_train "
+                 f"({cfg.data.n_train}), which prompts: released starts from",
+                 f"use at least {cfg.data.n_train} (the released code: 256)")
     if not 0 < pref.val_fraction < 1:
         fail("vectors.preference.val_fraction", f"must be in (0, 1), got {pref.val_fraction}",
              "use e.g. 0.2")
