@@ -4,15 +4,13 @@ released code's per-position measures, against the reference formulas on HF logi
 from __future__ import annotations
 
 import pytest
+import test_patching_faithfulness
 import torch
-from test_patching_faithfulness import LAYER, _hf_logits, _reference_scores
+from test_patching_faithfulness import LAYER, hf_logits, reference_scores
 
 from steerscope.errors import SteerscopeError
-from steerscope.models.tiny import tiny_model
 from steerscope.patching.circuits import build_circuit, complement, evaluate_circuits
-from steerscope.patching.data import PatchingExample
 from steerscope.patching.faithfulness import set_faithfulness
-from steerscope.patching.forward import GraphModel
 from steerscope.patching.run import add_circuits, compare_vectors, score_vector
 from steerscope.pipeline.config import load_config
 from steerscope.vectors import SteeringVector
@@ -20,16 +18,7 @@ from steerscope.vectors import SteeringVector
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def setup():
-    model = tiny_model("llama", n_layers=3)
-    gm = GraphModel(model, LAYER)
-    s = torch.randn(64, generator=torch.Generator().manual_seed(1)) * 4
-    g = torch.Generator().manual_seed(0)
-    exs = [PatchingExample(torch.randint(3, 256, (14,), generator=g), 6, a, name)
-           for a, name in ((-1.0, "harmful/steered"), (-1.0, "harmful/steered"),
-                           (1.0, "harmless/steered"), (1.0, "harmful/base"))]
-    return model, gm, s, exs
+setup = test_patching_faithfulness.setup  # the same tiny model, vector and examples
 
 
 def _reference(model, gm, s, exs, circuit):
@@ -44,9 +33,9 @@ def _reference(model, gm, s, exs, circuit):
             base = gm.run(prep, s, 0.0, positions=pos)
             lc = gm.run(prep, s, e.alpha, reverted=g.adjacency & ~g.to_matrix(circuit, False),
                         base=base.upstream, positions=pos).logits[0].double()
-            kl1, _, match, _, lp = _reference_scores(
-                _hf_logits(model, e.input_ids, s, e.alpha, pos),
-                _hf_logits(model, e.input_ids, s, 0.0, pos), lc)
+            kl1, _, match, _, lp = reference_scores(
+                hf_logits(model, e.input_ids, s, e.alpha, pos),
+                hf_logits(model, e.input_ids, s, 0.0, pos), lc)
             kl1s.append(kl1)
             matches.append(match)
             lps.append(lp)

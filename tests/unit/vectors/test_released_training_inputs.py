@@ -26,20 +26,14 @@ from steerscope.vectors.training_data import (
 )
 from steerscope.vectors.vector import SteeringVector
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
+
 LAYER = 1
 GEMMA_STYLE = (  # Gemma-2's turn layout: trimmed content, "<end_of_turn>\n" after every turn
     "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == "
     "'assistant' else m['role'] }}\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 CUSTOM = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
