@@ -90,7 +90,7 @@ def cmd_train(args) -> dict:
     layer = args.layer if args.layer is not None else dim.layer
     lm.arch.check_layer(layer)
     opts = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                harmless_refuse=args.harmless_refuse)
+                harmless_refuse=args.harmless_refuse, end_of_turn=args.end_of_turn)
     data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim, **opts)
     if args.val_prompts == "dim_val":
         train = data
@@ -99,6 +99,7 @@ def cmd_train(args) -> dict:
     else:
         train, val = data.split(args.val_fraction, seed=args.seed)
     conventions = PAPER_CONVENTIONS if args.conventions == "paper" else STEERSCOPE_CONVENTIONS
+    conventions = {**conventions, "match_scope": args.match_scope}
     if args.grid == "paper":
         configs = paper_grid(args.objective, **conventions)
     elif args.grid == "quick":
@@ -191,6 +192,7 @@ def register(sub) -> None:
         DEFAULT_LAYER_CUTOFF,
         DEFAULT_MAX_LAYER_FRACTION,
     )
+    from steerscope.vectors.train_config import MATCH_SCOPES
 
     vec = sub.add_parser("vectors", help="extract, train, inspect and convert steering vectors")
     vsub = vec.add_subparsers(dest="vectors_command", required=True, metavar="ACTION",
@@ -292,6 +294,12 @@ def register(sub) -> None:
     common.add_max_new_tokens_arg(p)
     p.add_argument("--harmless-refuse", choices=["instruction", "dim"], default="instruction",
                    help="harmless refusals: told to refuse (paper) or DIM-steered (+1)")
+    p.add_argument("--end-of-turn", action="store_true",
+                   help="targets end with the chat template's end-of-turn token (the released "
+                        "code's)")
+    p.add_argument("--match-scope", choices=list(MATCH_SCOPES), default=MATCH_SCOPES[0],
+                   help="validation token match over the loss tokens (default) or the whole "
+                        "response (the released code's)")
     p.add_argument("--seed", type=int, default=42,
                    help="seed of the prompt sample, split and training (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .safetensors file")
