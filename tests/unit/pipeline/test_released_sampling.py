@@ -47,6 +47,9 @@ def test_released_splits_equal_one_seeded_stream(shared_data):
                 random.sample(files["harmless_test"], 100)]
     got = released_splits(files, n_train=128, n_val=32, n_test=100)
     assert [got[k] for k in SPLITS] == expected
+    # the paper's 100 Alpaca test prompts are the first 100 of the released config's 200
+    released_200 = released_splits(files, n_train=128, n_val=32, n_test=200)["harmless_test"]
+    assert got["harmless_test"] == released_200[:100]
     # today's per-split mode shares only the harmful train set with it
     per_split = {k: random.Random(42).sample(files[k], len(v)) for k, v in got.items()}
     assert per_split["harmful_train"] == got["harmful_train"]
