@@ -7,6 +7,7 @@ refusal model). Three measurements, one per sub-command::
         [--n-prompts 16] [--n-test 12] [--max-new-tokens 24] [--epochs 2]
     OMP_NUM_THREADS=1 python benchmarks/released_conventions_demo.py circuits \\
         [--layer 16] [--n-test 8] [--max-new-tokens 16] [--n-prompts 2] [--steps 5]
+        [--flip refusal|tokens]
 
 - ``sampling``: DIM (``select_dim``, the released refusal-score filter, candidates restricted
   to ``--layers``) on the standard splits sampled per split (steerscope's default) and on the
@@ -152,6 +153,10 @@ def cmd_circuits(args, lm) -> dict:
                             _builtin(f"demo_{side}_held_out", args.n_test), v, alpha,
                             max_new_tokens=args.max_new_tokens, batch_size=args.n_test)
              for side, alpha in (("harmful", -1.0), ("harmless", 1.0))}
+    if args.flip == "tokens":  # a model that does not refuse: greedy tokens that changed
+        from steerscope.pipeline.stages.patching import token_flips
+
+        rolls = {side: token_flips(r, side == "harmful") for side, r in rolls.items()}
     data = datasets_from_rollouts(rolls["harmful"], rolls["harmless"],
                                   max_per_dataset=args.n_prompts)
     res = score_vector(lm.model, v, data, arch=lm.arch, steps=args.steps)
@@ -191,6 +196,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--flip", choices=["refusal", "tokens"], default="refusal",
+                    help="circuits: patching examples whose refusal flipped (the paper) or "
+                         "whose greedy tokens changed (a model that does not refuse)")
     ap.add_argument("--out")
     args = ap.parse_args()
     t0 = time.time()
