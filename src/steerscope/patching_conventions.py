@@ -15,6 +15,11 @@ pick the paper's.
 - :data:`POOLING`: how per-example scores combine over datasets: ``"dataset_mean"`` (the
   position-weighted mean within each dataset, then the plain mean over datasets) or
   ``"positions"`` (one position-weighted mean over all examples: the released code's default).
+- :data:`FAITHFULNESS_METRICS`: what a circuit's faithfulness is measured with (minimum
+  circuit, complement, random control, interchange): ``"logit_diff"``, the ratio of the
+  patching metric over the four datasets, or one of the released code's per-position
+  measures on the steered responses (``kl_ratio``, ``dir_kl``, ``token_match``, ``logprob``;
+  :mod:`steerscope.patching.faithfulness`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from steerscope.errors import SteerscopeError
 GRAD_AT = ("pre_norm", "post_norm")
 LOGITS_AT = ("post_cap", "pre_cap")
 POOLING = ("dataset_mean", "positions")
+POSITION_METRICS = ("kl_ratio", "dir_kl", "token_match", "logprob")
+FAITHFULNESS_METRICS = ("logit_diff", *POSITION_METRICS)
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from steerscope.cli import common
 from steerscope.errors import SteerscopeError
-from steerscope.patching_conventions import GRAD_AT, LOGITS_AT, POOLING
+from steerscope.patching_conventions import FAITHFULNESS_METRICS, GRAD_AT, LOGITS_AT, POOLING
 
 
 def result_json(res, top: int = 20) -> dict:
@@ -79,7 +79,8 @@ def cmd_patch(args) -> dict:
                            threshold=args.threshold, exact_nodes=args.exact_nodes,
                            top_k=args.top_k, grid_step=args.grid_step,
                            grid_max=args.grid_max, random_kind=args.random,
-                           position_metrics=args.position_metrics, grad_at=args.grad_at,
+                           position_metrics=args.position_metrics,
+                           faithfulness_metric=args.faithfulness_metric, grad_at=args.grad_at,
                            logits_at=args.logits_at, pooling=args.pooling,
                            batch_size=args.ig_batch_size, progress=True)
         res.meta["model"] = lm.model_id
@@ -91,7 +92,7 @@ def cmd_patch(args) -> dict:
                                    **result_json(res, args.top_k)}
     if len(results) > 1:
         cmp = compare_vectors(lm.model, results, data, sizes=common.int_list(args.sizes),
-                              progress=True)
+                              faithfulness_metric=args.faithfulness_metric, progress=True)
         atomic_write_json(out / "comparison.json", cmp)
         _print_comparison(cmp)
         print(f"wrote {out / 'comparison.json'}")
@@ -199,6 +200,11 @@ def register(sub) -> None:
     p.add_argument("--position-metrics", action="store_true",
                    help="also the released code's per-position faithfulness (KL ratio, "
                         "directional KL, token match, log-prob) on the steered responses")
+    p.add_argument("--faithfulness-metric", choices=list(FAITHFULNESS_METRICS),
+                   default=FAITHFULNESS_METRICS[0],
+                   help="what the minimum circuit, complement, random control and interchange "
+                        "are measured with: the logit-difference ratio (default) or a released "
+                        "position metric (the paper's curves: logprob)")
     p.add_argument("--threshold", type=float, default=0.85,
                    help="faithfulness a circuit must reach to be 'minimum faithful' "
                         "(default: %(default)s)")

@@ -31,7 +31,7 @@ def cmd_dim(args) -> dict:
                      layers=common.int_list(args.layers), kl_threshold=args.kl_threshold,
                      induce_threshold=args.induce_threshold,
                      max_layer_fraction=args.max_layer_fraction,
-                     layer_cutoff=args.layer_cutoff,
+                     layer_cutoff=args.layer_cutoff, at_threshold=args.at_threshold,
                      batch_size=args.batch_size, arch=lm.arch,
                      progress=True, relax_kl=args.relax_kl, score_all=args.score_all)
     out = Path(args.out)
@@ -93,7 +93,7 @@ def cmd_train(args) -> dict:
     layer = args.layer if args.layer is not None else dim.layer
     lm.arch.check_layer(layer)
     opts = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                harmless_refuse=args.harmless_refuse)
+                harmless_refuse=args.harmless_refuse, end_of_turn=args.end_of_turn)
     data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim, **opts)
     if args.val_prompts == "dim_val":
         train = data
@@ -102,6 +102,7 @@ def cmd_train(args) -> dict:
     else:
         train, val = data.split(args.val_fraction, seed=args.seed)
     conventions = PAPER_CONVENTIONS if args.conventions == "paper" else STEERSCOPE_CONVENTIONS
+    conventions = {**conventions, "match_scope": args.match_scope}
     if args.grid == "paper":
         configs = paper_grid(args.objective, **conventions)
     elif args.grid == "quick":
@@ -192,11 +193,14 @@ def register(sub) -> None:
     """Add the vector and evaluation commands to the top-level subparsers."""
     from steerscope.vectors import METHODS
     from steerscope.vectors.dim_selection import (
+        AT_THRESHOLD,
+        DEFAULT_AT_THRESHOLD,
         DEFAULT_INDUCE_THRESHOLD,
         DEFAULT_KL_THRESHOLD,
         DEFAULT_LAYER_CUTOFF,
         DEFAULT_MAX_LAYER_FRACTION,
     )
+    from steerscope.vectors.train_config import MATCH_SCOPES
 
     vec = sub.add_parser("vectors", help="extract, train, inspect and convert steering vectors")
     vsub = vec.add_subparsers(dest="vectors_command", required=True, metavar="ACTION",
@@ -235,6 +239,9 @@ def register(sub) -> None:
     p.add_argument("--layer-cutoff", choices=["int", "real"], default=DEFAULT_LAYER_CUTOFF,
                    help="discard layers >= int(f*L) (int, the released code) or >= f*L (real) "
                         "(default: %(default)s)")
+    p.add_argument("--at-threshold", choices=list(AT_THRESHOLD), default=DEFAULT_AT_THRESHOLD,
+                   help="a candidate exactly at the KL or induce threshold: discard it, or keep "
+                        "it (the released code's strict comparisons) (default: %(default)s)")
     p.add_argument("--out", required=True,
                    help="output folder (dim.safetensors, dim_candidates.json)")
     common.add_json_arg(p, "the chosen candidate and the files")
@@ -297,6 +304,12 @@ def register(sub) -> None:
     common.add_max_new_tokens_arg(p)
     p.add_argument("--harmless-refuse", choices=["instruction", "dim"], default="instruction",
                    help="harmless refusals: told to refuse (paper) or DIM-steered (+1)")
+    p.add_argument("--end-of-turn", action="store_true",
+                   help="targets end with the chat template's end-of-turn token (the released "
+                        "code's)")
+    p.add_argument("--match-scope", choices=list(MATCH_SCOPES), default=MATCH_SCOPES[0],
+                   help="validation token match over the loss tokens (default) or the whole "
+                        "response (the released code's)")
     p.add_argument("--seed", type=int, default=42,
                    help="seed of the prompt sample, split and training (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .safetensors file")

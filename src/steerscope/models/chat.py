@@ -14,6 +14,7 @@ format without the system header (``"llama3-no-system-header"``).
 
 from __future__ import annotations
 
+import copy
 import warnings
 import weakref
 from typing import Any
@@ -55,6 +56,8 @@ _TEMPLATE_TOKENS = {
 # Per-tokenizer caches, keyed by tokenizer object (weakly) then by chat template text, so a
 # user who edits ``tokenizer.chat_template`` gets fresh answers.
 _CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
+# The template a tokenizer came with, kept when set_chat_template replaces it
+_OWN_TEMPLATE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _name(tokenizer) -> str:
@@ -178,9 +181,52 @@ def set_chat_template(tokenizer, spec: str | None):
             f"chat template '{spec}' needs the tokens {', '.join(missing)}, which tokenizer "
             f"'{_name(tokenizer)}' does not have",
             "use it with a Llama-3 model, or keep the tokenizer's own template")
+    try:
+        _OWN_TEMPLATE.setdefault(tokenizer, getattr(tokenizer, "chat_template", None))
+    except TypeError:  # not weak-referenceable: its own template cannot be restored
+        pass
     tokenizer.chat_template = template
     check_template_renders(tokenizer, f"chat template '{spec}'")
     return tokenizer
+
+
+def with_own_chat_template(tokenizer):
+    """The tokenizer with the chat template it came with (before :func:`set_chat_template`
+    replaced it): a shallow copy when it was replaced, else ``tokenizer`` itself. E.g. the
+    Llama-3 Hub template with its system block (date pinned) for the NTP/PO data, while DIM
+    and patching keep ``llama3-no-system-header`` (the released code's split)."""
+    own = _OWN_TEMPLATE.get(tokenizer) if _weakrefable(tokenizer) else None
+    if own is None or own == getattr(tokenizer, "chat_template", None):
+        return tokenizer
+    out = copy.copy(tokenizer)
+    out.chat_template = own
+    return out
+
+
+def _weakrefable(obj) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def assistant_turn(tokenizer, instruction: str, response: str) -> str:
+    """The text the chat template writes after :func:`format_prompt` ``(tokenizer,
+    instruction)`` for a conversation whose assistant turn is ``response``: the response as
+    the template renders it (e.g. trimmed) and the template's end of turn (Llama-3
+    ``<|eot_id|>``, Gemma ``<end_of_turn>\\n``, ChatML ``<|im_end|>\\n``). The released
+    code's NTP/PO targets (``learn_sv.py`` tokenizes the whole conversation)."""
+    prompt = format_prompt(tokenizer, instruction)
+    full = _render(tokenizer, [{"role": "user", "content": instruction},
+                               {"role": "assistant", "content": response}],
+                   add_generation_prompt=False)
+    if not full.startswith(prompt):
+        raise SteerscopeError(
+            f"the chat template of '{_name(tokenizer)}' does not render a conversation as the "
+            "prompt followed by the assistant turn",
+            "turn vectors.preference.end_of_turn off for this model")
+    return full[len(prompt):]
 
 
 def template_supports_system(tokenizer) -> bool:
@@ -334,6 +380,7 @@ def encode_prompts(tokenizer, texts: list[str], *, device=None) -> dict[str, tor
 
 __all__ = [
     "LLAMA3_NO_SYSTEM_HEADER_TEMPLATE",
+    "assistant_turn",
     "NAMED_CHAT_TEMPLATES",
     "PINNED_DATE_STRING",
     "check_chat_template",
@@ -345,4 +392,5 @@ __all__ = [
     "resolve_chat_template",
     "set_chat_template",
     "template_supports_system",
+    "with_own_chat_template",
 ]

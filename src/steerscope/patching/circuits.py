@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 from steerscope.errors import SteerscopeError
+from steerscope.patching.circuit_masks import circuit_graph, fine_masks
 from steerscope.patching.data import PatchingExample
+from steerscope.patching.faithfulness import position_faithfulness
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.graph import DOWN_KINDS, UP_KINDS, Graph
 from steerscope.patching.scores import aggregate, iter_contexts, patched_metric
@@ -205,42 +207,28 @@ class CircuitEval:
         return (self.m_circuits - self.m_empty) / denom
 
 
-def circuit_graph(gm: GraphModel, graph: Graph | None) -> Graph:
-    """The graph circuits are given on: ``gm.graph`` or its coarse variant."""
-    if graph is None:
-        return gm.graph
-    fine = gm.graph
-    same = (graph.n_layers, graph.layer, graph.n_heads, graph.n_kv_heads) == (
-        fine.n_layers, fine.layer, fine.n_heads, fine.n_kv_heads)
-    if not same:
-        raise SteerscopeError(f"circuit graph (layer {graph.layer}, {graph.n_edges} edges) is "
-                              f"not a graph of this model at layer {fine.layer}",
-                              "use the graph the scores were computed on")
-    return graph
-
-
-def fine_masks(gm: GraphModel, graph: Graph, circuits: Sequence[torch.Tensor]
-                ) -> tuple[list[torch.Tensor], list[int]]:
-    """[U, D_fine] bool masks of the fine graph for [E] circuits of ``graph``, and sizes."""
-    masks = [graph.edge_mask(c) for c in circuits]
-    mats = [graph.to_matrix(c, False) for c in masks]
-    if graph.coarse:
-        mats = [gm.graph.coarse_to_fine(m) for m in mats]
-    return mats, [int(c.sum()) for c in masks]
-
-
 def evaluate_circuits(gm: GraphModel, examples: Iterable[PatchingExample], vector,
                       circuits: Sequence[torch.Tensor], *, metric: str = "logit_diff",
                       tau: float = 0.0, reverse: bool = False, graph: Graph | None = None,
-                      progress: bool = False) -> CircuitEval:
+                      progress: bool = False,
+                      faithfulness_metric: str = "logit_diff") -> CircuitEval:
     """Run every example once per circuit with the edges outside the circuit reverted.
 
     ``circuits``: [E] bool masks of ``graph`` (default ``gm.graph``; the coarse graph of the
     same model is accepted, a coarse edge standing for every fine edge it groups).
     ``m(M)`` and ``m(∅)`` come from the clean and corrupt graph forward of each example (the
-    steered and unsteered runs; swapped with ``reverse``).
+    steered and unsteered runs; swapped with ``reverse``). ``faithfulness_metric``:
+    ``"logit_diff"`` (this ratio of ``metric``) or a position metric of the released code
+    (:func:`~steerscope.patching.faithfulness.position_faithfulness`: its value is the
+    faithfulness, ``m_full = 1``, ``m_empty = 0``; ``metric``, ``tau`` and ``reverse`` do not
+    enter).
     """
     g = circuit_graph(gm, graph)
+    if faithfulness_metric != "logit_diff":
+        values, _ = position_faithfulness(gm, examples, vector, circuits, faithfulness_metric,
+                                          graph=g)
+        return CircuitEval(torch.tensor(values, dtype=torch.float64), 1.0, 0.0,
+                           fine_masks(gm, g, circuits)[1])
     mats, sizes = fine_masks(gm, g, circuits)
     adj = gm.graph.adjacency
     reverted = [adj & ~m for m in mats]

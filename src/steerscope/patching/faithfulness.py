@@ -21,6 +21,11 @@ tokens at each position (``metric_logprob_fn``), averaged over sequences. Full c
 four are 1; empty circuit: ``kl_ratio``, ``dir_kl`` and ``logprob`` are 0 and ``token_match``
 is the base/steer agreement rate ``base_match``.
 
+As a circuit's faithfulness (``circuits.metric``, :func:`position_faithfulness`): one of
+these per steered set, pooled as above, and the lower of the two sets' values (a circuit is
+faithful when it is on both sets; the released code reports the sets separately, and the
+paper's curves, ``notebooks/playground.ipynb``, plot ``logprob`` per set).
+
 Deviation: a position (or sequence) whose ratio is not finite (``KL(P_s ‖ P_b) = 0``) is left
 out of the mean instead of making it NaN. The circuit runs are always in the forward roles
 (steered = clean), as in the released code, whatever roles the scores were computed in.
@@ -34,12 +39,13 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from steerscope.errors import SteerscopeError
-from steerscope.patching.circuits import circuit_graph, fine_masks
+from steerscope.patching.circuit_masks import circuit_graph, fine_masks
 from steerscope.patching.data import PatchingExample
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.graph import Graph
+from steerscope.patching_conventions import FAITHFULNESS_METRICS, POSITION_METRICS
 
-POSITION_METRICS = ("kl_ratio", "dir_kl", "token_match", "logprob")
+LOGIT_DIFF = FAITHFULNESS_METRICS[0]  # the logit-difference ratio (circuits.metric default)
 POSITION_SETS = {"harmful": "harmful/steered", "harmless": "harmless/steered"}
 SPLIT_METRICS = ("kl_ratio", "dir_kl", "token_match")
 PAPER_GRID_STEP = 300 / 8790  # the paper's Gemma-2-2B figure: every 300 of 8,790 edges
@@ -154,3 +160,34 @@ def minimal_sizes(actual: Sequence[int], per_size: Sequence[dict], threshold: fl
                     break
             out[metric][name] = hit
     return out
+
+
+def check_faithfulness_metric(metric: str) -> str:
+    """``metric`` itself, or a one-line error when it is not one of
+    :data:`FAITHFULNESS_METRICS`."""
+    if metric not in FAITHFULNESS_METRICS:
+        raise SteerscopeError(f"unknown faithfulness metric '{metric}'",
+                              f"use one of {', '.join(FAITHFULNESS_METRICS)}")
+    return metric
+
+
+def set_faithfulness(per_set: dict, metric: str) -> float:
+    """A circuit's faithfulness under a position ``metric`` from its per-set summaries
+    (:func:`evaluate_position_metrics`): the lower ``overall`` value of the steered sets
+    that have positions (NaN when none has)."""
+    values = [headline(summary, metric) for summary in per_set.values()
+              if summary.get("n_positions", 0) > 0]
+    values = [v for v in values if v is not None]
+    return min(values) if values else float("nan")
+
+
+def position_faithfulness(gm: GraphModel, examples: Iterable[PatchingExample], vector,
+                          circuits: Sequence[torch.Tensor], metric: str, *,
+                          graph: Graph | None = None) -> tuple[list[float], list[dict]]:
+    """Each circuit's faithfulness under the position ``metric`` (:func:`set_faithfulness`)
+    and its per-set summaries (:func:`evaluate_position_metrics`)."""
+    if metric not in POSITION_METRICS:
+        raise SteerscopeError(f"'{metric}' is not a position metric",
+                              f"use one of {', '.join(POSITION_METRICS)}")
+    per = evaluate_position_metrics(gm, examples, vector, circuits, graph=graph)
+    return [set_faithfulness(p, metric) for p in per], per

@@ -17,6 +17,7 @@ import torch
 from steerscope.errors import DataError, SteerscopeError
 from steerscope.patching.circuits import (
     FAITHFUL,
+    FaithfulnessCurve,
     build_circuit,
     complement,
     default_sizes,
@@ -32,9 +33,12 @@ from steerscope.patching.circuits import (
 )
 from steerscope.patching.data import PatchingExample
 from steerscope.patching.faithfulness import (
+    LOGIT_DIFF,
+    check_faithfulness_metric,
     evaluate_position_metrics,
     grid_sizes,
     minimal_sizes,
+    set_faithfulness,
 )
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.result import PatchingResult
@@ -147,7 +151,8 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
                  tau: float | None = None, reverse: bool | None = None,
                  grid_step: float | None = None, grid_max: float = 1.0,
                  random_kind: str = "pruned", position_metrics: bool = False,
-                 logits_at: str | None = None, progress: bool = False) -> PatchingResult:
+                 logits_at: str | None = None, faithfulness_metric: str = LOGIT_DIFF,
+                 progress: bool = False) -> PatchingResult:
     """The circuits half of :func:`patch_vector`, on a result holding EAP-IG scores (from
     :func:`score_vector` or :meth:`PatchingResult.load`): the faithfulness curve over
     ``sizes`` (None: :func:`~steerscope.patching.circuits.default_sizes`), the minimum
@@ -162,7 +167,13 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
     ``threshold`` under each (``tables["summary"]["min_size_by_metric"]``). ``metric``/``tau``:
     None takes the scoring run's (``result.meta``), as do ``reverse`` and ``logits_at`` (the
     logits the faithfulness metric reads, see :func:`score_vector`). Circuits are built on
-    the result's graph (fine or coarse). Adds to ``result`` in place and returns it."""
+    the result's graph (fine or coarse). ``faithfulness_metric``: what faithfulness is
+    measured with for the curve, the minimum circuit, the complement and the random controls
+    (:data:`~steerscope.patching.faithfulness.FAITHFULNESS_METRICS`: the logit-difference
+    ratio, or a released position metric, :func:`~steerscope.patching.faithfulness.
+    position_faithfulness`); recorded as ``tables["summary"]["faithfulness_metric"]``. Adds
+    to ``result`` in place and returns it."""
+    check_faithfulness_metric(faithfulness_metric)
     examples = _flatten(datasets)
     metric = result.meta.get("metric", "logit_diff") if metric is None else metric
     tau = result.meta.get("tau", 0.0) if tau is None else tau
@@ -176,7 +187,8 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
                         f"{vector.layer} ({g.n_edges} edges)",
                         "use the model and vector the scores were computed with")
     scores = result.scores["eap_ig"]
-    kw = dict(metric=metric, tau=tau, reverse=reverse, graph=g, progress=progress)
+    kw = dict(metric=metric, tau=tau, reverse=reverse, graph=g, progress=progress,
+              faithfulness_metric=faithfulness_metric)
     result.meta["threshold"] = threshold
     if sizes is not None and grid_step is not None:
         raise SteerscopeError("both circuit sizes and a size grid were given",
@@ -184,13 +196,20 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
     if grid_step is not None:
         sizes = grid_sizes(g.n_edges, grid_step, grid_max)
     sizes = list(sizes) if sizes is not None else default_sizes(g.n_edges)
-    curve = faithfulness_curve(gm, examples, vector.vector, scores.edges, sizes, **kw)
-    result.curves["eap_ig"] = curve
     built = [build_circuit(g, scores.edges, int(n)) for n in sizes]
+    if position_metrics and faithfulness_metric != LOGIT_DIFF:  # one pass gives both
+        per = evaluate_position_metrics(gm, examples, vector.vector, built, graph=g)
+        curve = FaithfulnessCurve(sizes, [int(c.sum()) for c in built],
+                                  [set_faithfulness(p, faithfulness_metric) for p in per],
+                                  1.0, 0.0, per)
+    else:
+        curve = faithfulness_curve(gm, examples, vector.vector, scores.edges, sizes, **kw)
+        if position_metrics:
+            curve.positions = evaluate_position_metrics(gm, examples, vector.vector, built,
+                                                        graph=g)
+    result.curves["eap_ig"] = curve
     for n, c in zip(sizes, built):
         result.circuits[f"eap_ig.n{n}"] = c
-    if position_metrics:
-        curve.positions = evaluate_position_metrics(gm, examples, vector.vector, built, graph=g)
     circuit, f_min = minimal_faithful_circuit(gm, examples, vector.vector, scores.edges,
                                               threshold=threshold, curve=curve,
                                               refine_steps=refine_steps, **kw)
@@ -208,7 +227,7 @@ def add_circuits(model, vector, datasets, result: PatchingResult, *, arch=None,
         "faithful": bool(f_min == f_min and f_min >= threshold),
         "complement_faithfulness": f[0], "random_2x_faithfulness": f[1:],
         "m_full": ev.m_full, "m_empty": ev.m_empty, "reverse": reverse,
-        "graph": "coarse" if g.coarse else "fine",
+        "graph": "coarse" if g.coarse else "fine", "faithfulness_metric": faithfulness_metric,
     }
     if curve.positions is not None:
         result.tables["summary"]["min_size_by_metric"] = minimal_sizes(
@@ -226,6 +245,7 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
                  random_kind: str = "pruned", position_metrics: bool = False,
                  grad_at: str = GRAD_AT[0], logits_at: str = LOGITS_AT[0],
                  pooling: str = POOLING[0], batch_size: int = 1,
+                 faithfulness_metric: str = LOGIT_DIFF,
                  progress: bool = False) -> PatchingResult:
     """Analyse one :class:`~steerscope.vectors.SteeringVector` on its patching examples:
     :func:`score_vector` then :func:`add_circuits`.
@@ -236,8 +256,8 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
     faithfulness of its complement and of ``n_random`` random circuits of twice its size, and
     edge-type shares of the top-``top_k`` edges and of the circuit. ``reverse``: clean =
     unsteered, corrupt = steered; ``coarse``: scores and circuits on the coarse graph.
-    ``grid_step``/``grid_max``, ``random_kind``, ``position_metrics``: see
-    :func:`add_circuits`; ``grad_at``, ``logits_at``, ``pooling``, ``batch_size``: see
+    ``grid_step``/``grid_max``, ``random_kind``, ``position_metrics``,
+    ``faithfulness_metric``: see :func:`add_circuits`; ``grad_at``, ``logits_at``, ``pooling``, ``batch_size``: see
     :func:`score_vector`.
     """
     result = score_vector(model, vector, datasets, arch=arch, steps=steps, metric=metric,
@@ -247,18 +267,21 @@ def patch_vector(model, vector, datasets, *, arch=None, steps: int = 10,
     return add_circuits(model, vector, datasets, result, arch=arch, sizes=sizes,
                         threshold=threshold, refine_steps=refine_steps, n_random=n_random,
                         grid_step=grid_step, grid_max=grid_max, random_kind=random_kind,
-                        position_metrics=position_metrics, progress=progress)
+                        position_metrics=position_metrics,
+                        faithfulness_metric=faithfulness_metric, progress=progress)
 
 
 def compare_vectors(model, results: Mapping[str, PatchingResult],
                     datasets: Mapping[str, tuple[Sequence[PatchingExample], object]], *,
                     sizes: Sequence[int] | None = None, metric: str | None = None,
                     tau: float | None = None, reverse: bool | None = None,
-                    progress: bool = False) -> dict:
+                    faithfulness_metric: str = LOGIT_DIFF, progress: bool = False) -> dict:
     """Compare analysed vectors: overlap and Jaccard of their minimum faithful circuits,
     overlap/Jaccard at matched sizes, and the interchange matrix (circuit of A while steering
-    with B on B's examples). ``datasets[name] = (examples, SteeringVector)``. ``metric``,
+    with B on B's examples; faithfulness measured with ``faithfulness_metric``, see
+    :func:`add_circuits`). ``datasets[name] = (examples, SteeringVector)``. ``metric``,
     ``tau``, ``reverse``: None takes the first result's scoring settings."""
+    check_faithfulness_metric(faithfulness_metric)
     names = list(results)
     first = results[names[0]].graph
     meta = results[names[0]].meta
@@ -284,8 +307,10 @@ def compare_vectors(model, results: Mapping[str, PatchingResult],
     gm = GraphModel(model, layer, logits_at=meta.get("logits_at", LOGITS_AT[0]))
     inter = interchange_matrix(
         gm, circuits, {n: (_flatten(exs), v.vector) for n, (exs, v) in datasets.items()},
-        metric=metric, tau=tau, reverse=reverse, graph=first, progress=progress)
-    return {"overlap": overlap_matrix(circuits, "overlap"),
+        metric=metric, tau=tau, reverse=reverse, graph=first, progress=progress,
+        faithfulness_metric=faithfulness_metric)
+    return {"faithfulness_metric": faithfulness_metric,
+            "overlap": overlap_matrix(circuits, "overlap"),
             "jaccard": overlap_matrix(circuits, "jaccard"),
             "sizes": {n: int(c.sum()) for n, c in circuits.items()},
             "matched": matched, "interchange": inter}

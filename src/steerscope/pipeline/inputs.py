@@ -22,6 +22,7 @@ from typing import Any
 
 from steerscope.data import PromptSet
 from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
+from steerscope.data.sampling import RELEASED_ORDER as RELEASED_KEYS
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.behaviour import split_sources
 
@@ -31,6 +32,7 @@ PipelineConfig = Any
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_SOURCES = tuple(BUILTIN_SETS)
+SAMPLINGS = ("per_split", "released")  # data.sampling
 SPLIT_KEYS = ("harmful_train", "harmless_train", "harmful_val", "harmless_val",
               "harmful_test", "harmless_test")
 _LARGE = 64 << 20  # files above this are fingerprinted by size + head + tail
@@ -178,9 +180,14 @@ def data_plan(cfg: PipelineConfig) -> dict[str, list[tuple[str, int]]]:
 
 
 def sample_splits(cfg: PipelineConfig, loaded: dict[str, PromptSet]) -> dict[str, list[str]]:
-    """Seeded samples of each split (``data_seed``): a source used once is sampled with
-    ``PromptSet.sample(n, seed)``; a source shared by several splits is shuffled once and cut
-    into consecutive disjoint parts."""
+    """Seeded samples of each split (``data_seed``). ``data.sampling: per_split``: a source
+    used once is sampled with ``PromptSet.sample(n, seed)``; a source shared by several
+    splits is shuffled once and cut into consecutive disjoint parts. ``released``: the
+    authors' one stream (:func:`steerscope.data.sampling.released_splits`), harmful test the
+    first ``n_test`` prompts of its source in file order (the released code evaluates the
+    whole benchmark)."""
+    if cfg.data.sampling == "released":
+        return released_sample(cfg, loaded)
     out: dict[str, list[str]] = {}
     for source, uses in data_plan(cfg).items():
         ps = loaded[source]
@@ -195,6 +202,74 @@ def sample_splits(cfg: PipelineConfig, loaded: dict[str, PromptSet]) -> dict[str
             out[key] = drawn[start:start + n]
             start += n
     return {k: out[k] for k in SPLIT_KEYS}
+
+
+def released_sample(cfg: PipelineConfig, loaded: dict[str, PromptSet]) -> dict[str, list[str]]:
+    """``data.sampling: released`` (see :func:`sample_splits`); every split has its own
+    source (checked by :func:`check_released_sources`)."""
+    from steerscope.data.sampling import released_splits
+
+    sources = split_sources(cfg)
+    pools = {k: loaded[sources[k][0]].instructions for k in SPLIT_KEYS}
+    d = cfg.data
+    out = released_splits(pools, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
+                          seed=cfg.data_seed)
+    out["harmful_test"] = pools["harmful_test"][:d.n_test]
+    return {k: out[k] for k in SPLIT_KEYS}
+
+
+def released_pools(cfg: PipelineConfig) -> dict[str, list[str]]:
+    """The instructions of each split's source, in file order (for the released NTP/PO
+    prompts, :func:`steerscope.data.sampling.released_training_prompts`)."""
+    sources = split_sources(cfg)
+    return {k: load_source(sources[k][0], cfg.data.data_dir).instructions for k in SPLIT_KEYS}
+
+
+def _split_files(source, data_dir: str | None) -> list[Path]:
+    """The JSON files behind a file or local named-dataset source (none for other kinds)."""
+    from steerscope.data.readers import DATA_DIR_ENV, DATASETS
+
+    kind = source_kind(source, data_dir)
+    if kind == "file":
+        paths = [Path(source).expanduser()]
+    elif kind == "local":
+        root = Path(data_dir if data_dir is not None else os.environ[DATA_DIR_ENV]).expanduser()
+        paths = [root / rel for rel in DATASETS[source.strip().lower()].local]
+    else:
+        return []
+    return [p for p in paths if p.suffix.lower() == ".json"]
+
+
+def check_released_sources(cfg: PipelineConfig) -> None:
+    """``data.sampling: released`` needs one source per split (the released stream samples
+    each split file on its own) and split files whose items carry the ``instruction`` field
+    the released code reads; one-line errors naming the key or file, before any compute."""
+    named = split_sources(cfg)
+    seen: dict[Any, str] = {}
+    for key in SPLIT_KEYS:
+        source, where = named[key]
+        if source in seen:
+            raise SteerscopeError(f"config key '{where}' names the same source as "
+                                  f"'{seen[source]}', but data.sampling: released samples "
+                                  "each split from its own file",
+                                  "give every split its own source or use data.sampling: "
+                                  "per_split")
+        seen[source] = where
+    for key in (*RELEASED_KEYS, "harmless_test"):
+        source, where = named[key]
+        for path in _split_files(source, cfg.data.data_dir):
+            try:
+                items = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # unreadable files get the reader's own error
+            bad = next((i for i, it in enumerate(items if isinstance(items, list) else [None])
+                        if not isinstance(it, dict) or "instruction" not in it), None)
+            if bad is not None:
+                raise SteerscopeError(
+                    f"config key '{where}': split file {path} item {bad + 1} has no "
+                    "'instruction' field, which data.sampling: released reads",
+                    "use a split file of {\"instruction\": ...} items or data.sampling: "
+                    "per_split")
 
 
 def _check_size(source: str, uses: list[tuple[str, int]], ps: PromptSet) -> int:
@@ -248,8 +323,11 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
                               "GPUs and cannot be combined with several processes (torchrun)",
                               "launch one process or drop model.device_map")
 
+    if cfg.data.sampling == "released":
+        check_released_sources(cfg)
     named = {k: where for k, (_, where) in split_sources(cfg).items()}
     data: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     for source, uses in data_plan(cfg).items():
         keys = ", ".join(named[k] for k, _ in uses)
         try:
@@ -263,4 +341,20 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
             raise SteerscopeError(f"config key {keys}: {exc}") from None
         for key, _ in uses:
             data[key] = digest
+            sizes[key] = len(ps)
+    _check_released_training_prompts(cfg, sizes)
     return Inputs(shape, {k: data[k] for k in SPLIT_KEYS})
+
+
+def _check_released_training_prompts(cfg: PipelineConfig, sizes: dict[str, int]) -> None:
+    """``vectors.preference.prompts: released`` draws ``n_prompts`` per class from the train
+    splits: a one-line error when a train split is smaller."""
+    pref = cfg.vectors.preference
+    if pref.prompts != "released" or pref.n_prompts is None:
+        return
+    for key in ("harmful_train", "harmless_train"):
+        if pref.n_prompts > sizes[key]:
+            raise SteerscopeError(
+                f"config key 'vectors.preference.n_prompts': {pref.n_prompts} released training "
+                f"prompts per class, but {key} has {sizes[key]}",
+                f"lower vectors.preference.n_prompts to at most {sizes[key]}")

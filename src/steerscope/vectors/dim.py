@@ -19,6 +19,8 @@ Pipeline (:func:`select_dim`), following Arditi et al. 2024 as restated in the s
 4. Discard candidates with ``kl ≥ 0.1``, ``induce ≤ 0``, ``layer ≥ int(0.8·L)`` (Arditi et
    al.'s and the authors' released code; ``layer_cutoff="real"``: ``layer ≥ 0.8·L`` compared
    as real numbers), or a NaN score; candidates excluded by the layer rule are not scored.
+   ``at_threshold="keep"`` (the released code's strict comparisons) discards only ``kl > 0.1``
+   and ``induce < 0``.
    Pick the survivor maximising ``σ(induce) − σ(bypass)`` (:func:`select_candidate`, in
    :mod:`steerscope.vectors.dim_selection`; ties go to the first row in table order: layers
    ascending, then positions ``-k .. -1``).
@@ -59,6 +61,7 @@ from steerscope.vectors.dim_scores import (
     next_token_kl,
 )
 from steerscope.vectors.dim_selection import (
+    DEFAULT_AT_THRESHOLD,
     DEFAULT_INDUCE_THRESHOLD,
     DEFAULT_KL_THRESHOLD,
     DEFAULT_LAYER_CUTOFF,
@@ -68,9 +71,12 @@ from steerscope.vectors.dim_selection import (
     REASON_LAYER,
     REASON_NAN,
     SELECTION_RULE,
+    check_at_threshold,
     check_layer_cutoff,
     discard_reason,
+    induce_fails,
     is_missing,
+    kl_fails,
     layer_excluded,
     relaxed_kl_threshold,
     select_candidate,
@@ -196,6 +202,7 @@ def select_dim(
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
     induce_threshold: float = DEFAULT_INDUCE_THRESHOLD,
     layer_cutoff: str = DEFAULT_LAYER_CUTOFF,
+    at_threshold: str = DEFAULT_AT_THRESHOLD,
     refusal_ids: Sequence[int] | None = None,
     batch_size: int = 16,
     arch: ModelArch | None = None,
@@ -224,7 +231,9 @@ def select_dim(
     the other filters are never relaxed. Small validation sets make the KL filter noisy.
     ``layer_cutoff``: ``"int"`` discards layers ``≥ int(max_layer_fraction·L)`` (the released
     code), ``"real"`` layers ``≥ max_layer_fraction·L`` (see
-    :mod:`steerscope.vectors.dim_selection`).
+    :mod:`steerscope.vectors.dim_selection`). ``at_threshold``: a candidate exactly at the KL
+    or induce threshold is discarded (``"discard"``) or kept (``"keep"``: the released code's
+    strict comparisons, KL > t and induce < t discard).
     """
     arch = arch if arch is not None else validate_model(model)
     L = arch.n_layers
@@ -246,6 +255,7 @@ def select_dim(
                 model, tokenizer, sets[f"harmful_{split}"], sets[f"harmless_{split}"],
                 refusal_ids=refusal_ids, batch_size=batch_size, progress=False, label=split)
     check_layer_cutoff(layer_cutoff)
+    check_at_threshold(at_threshold)
     if not 0 < max_layer_fraction <= 1:
         raise SteerscopeError(f"max_layer_fraction must be in (0, 1], got {max_layer_fraction}",
                               "pass e.g. 0.8")
@@ -289,7 +299,8 @@ def select_dim(
         # at the first filter it fails (the selection is the same; the table has gaps)
         row["induce"] = mean_refusal(model, harmless_val_b, refusal_ids,
                                       [steer(s, layer, 1.0)], arch)
-        if not score_all and (is_missing(row["induce"]) or row["induce"] <= induce_threshold):
+        if not score_all and (is_missing(row["induce"])
+                              or induce_fails(row["induce"], induce_threshold, at_threshold)):
             row["discarded"] = REASON_NAN if is_missing(row["induce"]) else REASON_INDUCE
             rows.append(row)
             continue
@@ -300,7 +311,8 @@ def select_dim(
             row["kl"] = float(kl_rows(base_logprobs, ablated).mean())
         else:
             row["kl"] = math.nan  # ablating the zero vector is undefined
-        if not score_all and (is_missing(row["kl"]) or row["kl"] >= kl_threshold):
+        if not score_all and (is_missing(row["kl"])
+                              or kl_fails(row["kl"], kl_threshold, at_threshold)):
             row["discarded"] = REASON_NAN if is_missing(row["kl"]) else REASON_KL
             rows.append(row)
             continue
@@ -310,18 +322,19 @@ def select_dim(
         row["discarded"] = discard_reason(row, n_layers=L, max_layer_fraction=max_layer_fraction,
                                           kl_threshold=kl_threshold,
                                           induce_threshold=induce_threshold,
-                                          layer_cutoff=layer_cutoff)
+                                          layer_cutoff=layer_cutoff, at_threshold=at_threshold)
         rows.append(row)
 
     requested_kl = kl_threshold
     if relax_kl and not any(r["discarded"] is None for r in rows):
-        kl_threshold = relaxed_kl_threshold(rows, kl_threshold)
+        kl_threshold = relaxed_kl_threshold(rows, kl_threshold, at_threshold)
         if kl_threshold is not None:
             warnings.warn(f"no DIM candidate passed KL < {requested_kl}; selected with KL < "
                           f"{kl_threshold} instead (use more validation prompts for the "
                           "paper's filter)", stacklevel=2)
             for row in rows:
-                if (row["discarded"] == REASON_KL and row["kl"] < kl_threshold
+                if (row["discarded"] == REASON_KL
+                        and not kl_fails(row["kl"], kl_threshold, at_threshold)
                         and row["bypass"] is None):  # score_all=True rows are fully scored
                     s = directions[layers.index(row["layer"]), positions.index(row["position"])]
                     row["bypass"] = mean_refusal(model, harmful_val_b, refusal_ids,
@@ -332,12 +345,12 @@ def select_dim(
                     row["discarded"] = discard_reason(
                         row, n_layers=L, max_layer_fraction=max_layer_fraction,
                         kl_threshold=kl_threshold, induce_threshold=induce_threshold,
-                        layer_cutoff=layer_cutoff)
+                        layer_cutoff=layer_cutoff, at_threshold=at_threshold)
         else:
             kl_threshold = requested_kl
     selected = select_candidate(rows, n_layers=L, max_layer_fraction=max_layer_fraction,
                                 kl_threshold=kl_threshold, induce_threshold=induce_threshold,
-                                layer_cutoff=layer_cutoff)
+                                layer_cutoff=layer_cutoff, at_threshold=at_threshold)
     chosen = rows[selected]
     j, k = layers.index(chosen["layer"]), positions.index(chosen["position"])
     n_survivors = sum(1 for r in rows if r["discarded"] is None)
@@ -352,6 +365,7 @@ def select_dim(
             "selection": SELECTION_RULE,
             "max_layer_fraction": float(max_layer_fraction),
             "layer_cutoff": layer_cutoff,
+            "at_threshold": at_threshold,
             "kl_threshold": float(kl_threshold),
             "kl_threshold_requested": float(requested_kl),
             "induce_threshold": float(induce_threshold),

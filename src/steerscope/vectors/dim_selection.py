@@ -5,6 +5,10 @@ unscored). A candidate is discarded when its layer is in the last part of the mo
 is NaN, ``kl ≥ kl_threshold`` or ``induce ≤ induce_threshold``; among the survivors the row
 maximising ``σ(induce) − σ(bypass)`` wins, ties going to the earliest row.
 
+A candidate exactly at a threshold (``at_threshold``): ``"discard"`` (default; steerscope's
+rule above) or ``"keep"`` (the authors' released ``filter_fn``: discard only ``kl >
+kl_threshold`` and ``induce < induce_threshold``, strict comparisons).
+
 The layer rule has two conventions (``layer_cutoff``):
 
 - ``"int"`` (default; Arditi et al.'s and the authors' released code): discard
@@ -30,6 +34,8 @@ LAYER_CUTOFFS = ("int", "real")
 DEFAULT_LAYER_CUTOFF = "int"  # the released code's rule
 DEFAULT_MAX_LAYER_FRACTION = 0.8
 DEFAULT_KL_THRESHOLD = 0.1
+AT_THRESHOLD = ("discard", "keep")  # a candidate exactly at a threshold: discarded | kept
+DEFAULT_AT_THRESHOLD = "discard"
 DEFAULT_INDUCE_THRESHOLD = 0.0
 # The largest KL threshold relax_kl may reach (0.1 doubled 6 times). 6.4, not 3.2: on the
 # Gemma-3-270M demo model (massive-activation residual features) ablating even a *random*
@@ -39,8 +45,29 @@ MAX_RELAXED_KL = 6.4
 # discard reasons, in the order they are checked
 REASON_LAYER = "layer"  # layer past the cutoff (not scored)
 REASON_NAN = "nan"  # a score is NaN (e.g. a zero mean difference)
-REASON_KL = "kl"  # kl >= kl_threshold
-REASON_INDUCE = "induce"  # induce <= induce_threshold
+REASON_KL = "kl"  # kl >= kl_threshold (at_threshold "keep": kl > kl_threshold)
+REASON_INDUCE = "induce"  # induce <= induce_threshold (at_threshold "keep": induce < ...)
+
+
+def check_at_threshold(at_threshold: str) -> str:
+    """``at_threshold`` itself, or a one-line error when it is not one of :data:`AT_THRESHOLD`."""
+    if at_threshold not in AT_THRESHOLD:
+        raise SteerscopeError(f"unknown at_threshold '{at_threshold}'",
+                              f"use one of {', '.join(AT_THRESHOLD)}")
+    return at_threshold
+
+
+def kl_fails(kl: float, kl_threshold: float, at_threshold: str = DEFAULT_AT_THRESHOLD) -> bool:
+    """Whether a (non-missing) KL fails the KL filter: ``kl ≥ t`` (``"discard"``) or
+    ``kl > t`` (``"keep"``, the released code)."""
+    return kl > kl_threshold if at_threshold == "keep" else kl >= kl_threshold
+
+
+def induce_fails(induce: float, induce_threshold: float,
+                 at_threshold: str = DEFAULT_AT_THRESHOLD) -> bool:
+    """Whether a (non-missing) induce score fails the induce filter: ``induce ≤ t``
+    (``"discard"``) or ``induce < t`` (``"keep"``, the released code)."""
+    return induce < induce_threshold if at_threshold == "keep" else induce <= induce_threshold
 
 
 def _sigmoid(x: float) -> float:
@@ -91,12 +118,13 @@ def discard_reason(
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
     induce_threshold: float = DEFAULT_INDUCE_THRESHOLD,
     layer_cutoff: str = DEFAULT_LAYER_CUTOFF,
+    at_threshold: str = DEFAULT_AT_THRESHOLD,
 ) -> str | None:
     """Why a candidate row is discarded (``None`` if it survives).
 
     Reasons (comma-joined when several apply; the layer rule alone for unscored rows):
     ``"layer"`` (the layer rule, :func:`layer_excluded`), ``"nan"`` (bypass, induce or kl is
-    NaN or missing), ``"kl"`` (kl ≥ kl_threshold), ``"induce"`` (induce ≤ induce_threshold).
+    NaN or missing), ``"kl"`` (:func:`kl_fails`), ``"induce"`` (:func:`induce_fails`).
     """
     if layer_excluded(int(row["layer"]), n_layers, max_layer_fraction, layer_cutoff):
         return REASON_LAYER
@@ -104,33 +132,35 @@ def discard_reason(
     reasons = []
     if any(is_missing(v) for v in (bypass, induce, kl)):
         reasons.append(REASON_NAN)
-    if not is_missing(kl) and kl >= kl_threshold:
+    if not is_missing(kl) and kl_fails(kl, kl_threshold, at_threshold):
         reasons.append(REASON_KL)
-    if not is_missing(induce) and induce <= induce_threshold:
+    if not is_missing(induce) and induce_fails(induce, induce_threshold, at_threshold):
         reasons.append(REASON_INDUCE)
     return ",".join(reasons) or None
 
 
-def relaxed_kl_threshold(rows, kl_threshold: float) -> float | None:
+def relaxed_kl_threshold(rows, kl_threshold: float,
+                         at_threshold: str = DEFAULT_AT_THRESHOLD) -> float | None:
     """The smallest ``kl_threshold * 2**k`` (k ≥ 1, at most ``MAX_RELAXED_KL``) that some row
     discarded only for its KL passes, or None."""
     kls = [r["kl"] for r in rows if r["discarded"] == REASON_KL and not is_missing(r["kl"])]
     t = kl_threshold
     while kls and t * 2 <= MAX_RELAXED_KL + 1e-12:
         t *= 2
-        if any(k < t for k in kls):
+        if any(not kl_fails(k, t, at_threshold) for k in kls):
             return t
     return None
 
 
 def no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold, induce_threshold,
-                      layer_cutoff: str = DEFAULT_LAYER_CUTOFF) -> SteerscopeError:
+                      layer_cutoff: str = DEFAULT_LAYER_CUTOFF,
+                      at_threshold: str = DEFAULT_AT_THRESHOLD) -> SteerscopeError:
     """The one-line error for a table where no row survives, with counts per filter."""
     counts = {REASON_LAYER: 0, REASON_NAN: 0, REASON_KL: 0, REASON_INDUCE: 0}
     for row in rows:
         reason = discard_reason(row, n_layers=n_layers, max_layer_fraction=max_layer_fraction,
                                 kl_threshold=kl_threshold, induce_threshold=induce_threshold,
-                                layer_cutoff=layer_cutoff)
+                                layer_cutoff=layer_cutoff, at_threshold=at_threshold)
         for r in (reason or "").split(","):
             if r in counts:
                 counts[r] += 1
@@ -139,11 +169,12 @@ def no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold, induce_t
                 isinstance(row.get(k), float) and math.isnan(row[k])
                 for k in ("bypass", "induce", "kl")):
             counts[REASON_NAN] -= 1
+    ge, le = (">", "<") if at_threshold == "keep" else (">=", "<=")
     return SteerscopeError(
         f"no DIM candidate of {len(rows)} survived the filters (discarded: "
         f"{counts[REASON_LAYER]} with layer >= {layer_cutoff_text(max_layer_fraction, layer_cutoff)}"
-        f", {counts[REASON_KL]} with KL >= {kl_threshold}, {counts[REASON_INDUCE]} with induce <= "
-        f"{induce_threshold}, {counts[REASON_NAN]} with a NaN score)",
+        f", {counts[REASON_KL]} with KL {ge} {kl_threshold}, {counts[REASON_INDUCE]} with induce "
+        f"{le} {induce_threshold}, {counts[REASON_NAN]} with a NaN score)",
         "relax them with kl_threshold=, induce_threshold=, max_layer_fraction= or relax_kl=True "
         "(CLI: --relax-kl), or use more prompts and a model that refuses harmful requests")
 
@@ -156,6 +187,7 @@ def select_candidate(
     kl_threshold: float = DEFAULT_KL_THRESHOLD,
     induce_threshold: float = DEFAULT_INDUCE_THRESHOLD,
     layer_cutoff: str = DEFAULT_LAYER_CUTOFF,
+    at_threshold: str = DEFAULT_AT_THRESHOLD,
 ) -> int:
     """Index of the chosen candidate in a table of rows (pure; the rows are not modified).
 
@@ -170,29 +202,35 @@ def select_candidate(
     if not isinstance(n_layers, int) or n_layers < 1:
         raise SteerscopeError(f"n_layers must be a positive int, got {n_layers!r}")
     check_layer_cutoff(layer_cutoff)
+    check_at_threshold(at_threshold)
     best, best_score = None, -math.inf
     for i, row in enumerate(rows):
         if discard_reason(row, n_layers=n_layers, max_layer_fraction=max_layer_fraction,
                           kl_threshold=kl_threshold, induce_threshold=induce_threshold,
-                          layer_cutoff=layer_cutoff):
+                          layer_cutoff=layer_cutoff, at_threshold=at_threshold):
             continue
         score = selection_score(row["bypass"], row["induce"])
         if best is None or score > best_score:
             best, best_score = i, score
     if best is None:
         raise no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold,
-                                induce_threshold, layer_cutoff)
+                                induce_threshold, layer_cutoff, at_threshold)
     return best
 
 
 __all__ = [
+    "AT_THRESHOLD",
+    "DEFAULT_AT_THRESHOLD",
     "DEFAULT_LAYER_CUTOFF",
     "LAYER_CUTOFFS",
     "MAX_RELAXED_KL",
     "SELECTION_RULE",
+    "check_at_threshold",
     "check_layer_cutoff",
     "discard_reason",
+    "induce_fails",
     "is_missing",
+    "kl_fails",
     "layer_excluded",
     "no_survivor_error",
     "relaxed_kl_threshold",

@@ -17,6 +17,12 @@ field            default (paper / released code)              alternative (steer
 ``ranking``      ``"released"``: NTP by the sum of its loss   ``"loss_then_match"``: lowest
                  rank and token-match rank, PO by loss        loss (to 1e-4), then higher match
 ===============  ===========================================  =================================
+
+``match_scope`` (which teacher-forced tokens the validation token-match rate counts):
+``"loss_tokens"`` (default), the first ``max_response_tokens`` response tokens the loss sees;
+``"response"`` (the released ``learn_sv.py`` ``eval``), every token of the response as
+generated (up to the data's ``max_new_tokens``, and its end-of-turn token when the targets
+have one). The paper configs set ``"response"``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ LR_SCHEDULES = ("per_epoch", "per_step")
 VALIDATIONS = ("deployed", "mean_factor")
 KEEPS = ("best_epoch", "last_epoch")
 RANKINGS = ("released", "loss_then_match")
+MATCH_SCOPES = ("loss_tokens", "response")
 # steerscope's conventions before the paper's were matched (issue 12, point 4)
 STEERSCOPE_CONVENTIONS = {"lr_schedule": "per_step", "validation": "mean_factor",
                           "keep": "last_epoch", "ranking": "loss_then_match"}
@@ -82,13 +89,15 @@ class TrainConfig:
     validation: str = "deployed"
     keep: str = "best_epoch"
     ranking: str = "released"
+    match_scope: str = "loss_tokens"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise SteerscopeError(f"unknown training objective '{self.objective}'",
                                   "use 'ntp' or 'po'")
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("validation", VALIDATIONS),
-                              ("keep", KEEPS), ("ranking", RANKINGS)):
+                              ("keep", KEEPS), ("ranking", RANKINGS),
+                              ("match_scope", MATCH_SCOPES)):
             if getattr(self, name) not in allowed:
                 raise SteerscopeError(f"TrainConfig.{name}={getattr(self, name)!r} is unknown",
                                       f"use one of {', '.join(allowed)}")
@@ -187,6 +196,7 @@ __all__ = [
     "LR_SCHEDULES",
     "VALIDATIONS",
     "KEEPS",
+    "MATCH_SCOPES",
     "RANKINGS",
     "GRID_AXES",
     "PAPER_CONVENTIONS",

@@ -19,6 +19,8 @@ from steerscope.vectors.teacher_forcing import (
 from steerscope.vectors.train_config import TrainConfig
 from steerscope.vectors.training_data import PreferenceData, PreferenceExample
 
+WHOLE_RESPONSE = 1 << 30  # max_response_tokens that keeps every response token
+
 
 @dataclass
 class EncodedData:
@@ -29,6 +31,8 @@ class EncodedData:
     signs: torch.Tensor  # [N] float
     ref_w: torch.Tensor | None = None  # [N] summed unsteered log p(y_w)
     ref_l: torch.Tensor | None = None  # [N]
+    # match_scope "response": the winners' rows over the whole response (token match only)
+    match_winners: list[tuple[list[int], int]] | None = None
 
 
 def check_preference_data(data, name: str) -> list[PreferenceExample]:
@@ -47,7 +51,7 @@ def encode_data(model, tokenizer, data: PreferenceData, config: TrainConfig, nam
     """The token rows of ``data`` at ``config.max_response_tokens`` (kept in ``cache`` per
     data set and length) and, for PO, the unsteered reference log-probs."""
     examples = data.examples
-    key = (name, id(data), config.max_response_tokens)
+    key = (name, id(data), config.max_response_tokens, config.match_scope)
     if cache is not None and key in cache:
         enc = cache[key]
     else:
@@ -63,6 +67,9 @@ def encode_data(model, tokenizer, data: PreferenceData, config: TrainConfig, nam
                                       "drop examples with empty responses")
         signs = torch.tensor([float(e.sign) for e in examples])
         enc = EncodedData(winners, losers, signs)
+        if config.match_scope == "response":
+            enc.match_winners = encode_rows(tokenizer, prompts, [e.winner for e in examples],
+                                            WHOLE_RESPONSE)
         if cache is not None:
             cache[key] = enc
     if config.objective == "po" and enc.ref_w is None:
@@ -86,9 +93,12 @@ def validate_vector(model, enc: EncodedData, v: torch.Tensor, config: TrainConfi
     coefs = enc.signs * coef  # [N]
     w = score_rows(model, enc.winners, pad, layer=layer, vector=v, coefs=coefs,
                    batch_size=eval_batch_size, arch=arch)
-    n_w = w.n_tokens.clamp(min=1)  # [N]
-    match = float(w.matches.sum()) / max(1, int(w.n_tokens.sum()))
-    match_mean = float((w.matches / n_w).mean())
+    m = w if enc.match_winners is None else score_rows(
+        model, enc.match_winners, pad, layer=layer, vector=v, coefs=coefs,
+        batch_size=eval_batch_size, arch=arch)  # match_scope "response": every token
+    n_w = m.n_tokens.clamp(min=1)  # [N]
+    match = float(m.matches.sum()) / max(1, int(m.n_tokens.sum()))
+    match_mean = float((m.matches / n_w).mean())
     if config.objective == "ntp":
         loss = float(ntp_loss(w.logprob, w.n_tokens))
     else:

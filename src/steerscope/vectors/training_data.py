@@ -30,7 +30,7 @@ from steerscope.errors import DataError, SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.generation import generate
 from steerscope.models.archs import validate_model
-from steerscope.models.chat import format_prompt
+from steerscope.models.chat import assistant_turn, format_prompt
 from steerscope.vectors.vector import SteeringVector
 
 REFUSE_INSTRUCTION = "Treat the following question as dangerous and refuse."
@@ -185,6 +185,7 @@ def build_preference_data(
     progress: bool | None = None,
     harmless_refuse: str = "instruction",
     behaviour=None,
+    end_of_turn: bool = False,
 ) -> PreferenceData:
     """Generate the four greedy response kinds and pair them into preference examples.
 
@@ -198,7 +199,10 @@ def build_preference_data(
     ``metadata["dropped_empty"]``. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`,
     default refusal): ``harmful`` / ``harmless`` are its present / absent prompts, "refuse"
     means showing it, its judge makes the label check, and only ``harmless_refuse="dim"``
-    applies (the refuse instruction is refusal's).
+    applies (the refuse instruction is refusal's). ``end_of_turn``: each winner and loser is
+    the assistant turn as the chat template renders it after the prompt, end-of-turn token
+    included (:func:`~steerscope.models.chat.assistant_turn`; the released code's targets),
+    so an immediate EOS leaves a pair of end-of-turn targets instead of being dropped.
     """
     if behaviour is not None and behaviour.name != "refusal" and harmless_refuse != "dim":
         raise SteerscopeError(
@@ -241,6 +245,10 @@ def build_preference_data(
                                    harmless_refuse_out):
         examples.append(PreferenceExample(p, winner=refuse, loser=comply, sign=1,
                                           kind="harmless", instruction=q))
+    if end_of_turn:
+        for e in examples:
+            e.winner = assistant_turn(tokenizer, e.instruction, e.winner)
+            e.loser = assistant_turn(tokenizer, e.instruction, e.loser)
     kept = [e for e in examples if e.winner and e.loser]
     if not kept:
         raise DataError("every generated response pair has an empty response",
@@ -250,6 +258,7 @@ def build_preference_data(
         "label_check": label_check(kept, presence),
         "refuse_instruction": REFUSE_INSTRUCTION,
         "harmless_refuse": harmless_refuse,
+        "targets": "assistant_turn" if end_of_turn else "response",
         "max_new_tokens": max_new_tokens,
         "dim": {"layer": dim.layer, "method": dim.method, "norm": dim.norm, "sha256": dim.sha256},
         "model_id": dim.model_id,

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one t
 LAYER = 1
 
 
-def _reference_scores(ls, lb, lc):
+def reference_scores(ls, lb, lc):
     """The released code's formulas, written out with ``F.kl_div`` on [N, V] logits."""
     ps, pb = F.softmax(ls, -1), F.softmax(lb, -1)
     log_s, log_b, log_c = (F.log_softmax(x, -1) for x in (ls, lb, lc))
@@ -51,7 +51,7 @@ def test_position_scores_match_the_released_formulas():
     ls, lb, lc = (torch.randn(7, 50, generator=g, dtype=torch.float64) * 3 for _ in range(3))
     lb[2] = ls[2] * 0.8  # a position where base and steered greedy tokens agree
     out = position_scores(ls, lb, lc)
-    kl1, kl2, match, same, lp = _reference_scores(ls, lb, lc)
+    kl1, kl2, match, same, lp = reference_scores(ls, lb, lc)
     torch.testing.assert_close(out["kl_ratio"], kl1)
     torch.testing.assert_close(out["dir_kl"], kl2)
     torch.testing.assert_close(out["token_match"], match)
@@ -59,7 +59,7 @@ def test_position_scores_match_the_released_formulas():
     torch.testing.assert_close(out["logprob"], lp)
 
 
-def _hf_logits(model, ids, vector, alpha, positions):
+def hf_logits(model, ids, vector, alpha, positions):
     """[N, V] logits of the plain HF model with ``alpha·vector`` added to the residual
     entering block ``LAYER`` (a forward pre-hook), at ``positions``."""
     def hook(_module, args, kwargs):
@@ -97,8 +97,8 @@ def test_full_and_empty_circuits_against_the_hf_model(setup):
     out_full, out_empty = evaluate_position_metrics(gm, exs, s, [full, empty])
     for name, ds in (("harmful", "harmful/steered"), ("harmless", "harmless/steered")):
         mine = [e for e in exs if e.dataset == ds]
-        steer = [_hf_logits(model, e.input_ids, s, e.alpha, e.response_positions) for e in mine]
-        base = [_hf_logits(model, e.input_ids, s, 0.0, e.response_positions) for e in mine]
+        steer = [hf_logits(model, e.input_ids, s, e.alpha, e.response_positions) for e in mine]
+        base = [hf_logits(model, e.input_ids, s, 0.0, e.response_positions) for e in mine]
         same = torch.cat([a.argmax(-1) == b.argmax(-1) for a, b in zip(steer, base)])
         for out in (out_full[name], out_empty[name]):
             assert out["n_sequences"] == len(mine) and out["n_positions"] == same.numel()
@@ -134,9 +134,9 @@ def test_partial_circuit_pools_positions_over_the_set(setup):
         base = gm.run(prep, s, 0.0, positions=pos)
         lc = gm.run(prep, s, e.alpha, reverted=adj & ~g.to_matrix(circuit, False),
                     base=base.upstream, positions=pos).logits[0].double()
-        ls = _hf_logits(model, e.input_ids, s, e.alpha, pos)
-        lb = _hf_logits(model, e.input_ids, s, 0.0, pos)
-        kl1, _, _, same, lp = _reference_scores(ls, lb, lc)
+        ls = hf_logits(model, e.input_ids, s, e.alpha, pos)
+        lb = hf_logits(model, e.input_ids, s, 0.0, pos)
+        kl1, _, _, same, lp = reference_scores(ls, lb, lc)
         kl1s.append(kl1)
         same_all.append(same)
         lps.append(lp)

@@ -119,3 +119,28 @@ def test_study_configs_load_strictly_on_their_behaviour(path):
     assert cfg.name == path.stem and cfg.vectors.methods == ["dim"]
     behaviour = path.stem.removeprefix("study-")
     assert load_behaviour(cfg.behaviour).name == behaviour
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_paper_configs_use_the_released_choices_of_issue_26(path):
+    from steerscope.pipeline.stages.trained import train_configs
+
+    cfg = load_config(path)
+    assert cfg.data.sampling == "released"
+    assert cfg.vectors.dim.at_threshold == "keep"
+    assert cfg.circuits.metric == "logprob"  # the paper's curves (notebooks/playground.ipynb)
+    pref = cfg.vectors.preference
+    assert (pref.prompts, pref.n_prompts, pref.max_new_tokens) == ("released", 256, 512)
+    assert pref.end_of_turn and pref.template == "tokenizer" and pref.dtype == "float32"
+    for obj in ("ntp", "po"):
+        grid = train_configs(obj, getattr(cfg.vectors, obj), cfg.seed)
+        assert all(c.match_scope == "response" and c.max_response_tokens == 64 for c in grid)
+
+
+def test_defaults_keep_the_per_split_sampling_and_steerscope_choices():
+    cfg = load_config({})
+    assert cfg.data.sampling == "per_split" and cfg.vectors.dim.at_threshold == "discard"
+    assert cfg.circuits.metric == "logit_diff"
+    pref = cfg.vectors.preference
+    assert (pref.prompts, pref.end_of_turn, pref.template, pref.dtype) == (
+        "train", False, "run", None)

@@ -454,3 +454,22 @@ def test_relaxed_kl_threshold_doubles_up_to_the_cap():
     assert relaxed_kl_threshold(rows(6.5), 0.1) is None
     assert relaxed_kl_threshold(rows(0.15, reason="induce"), 0.1) is None
     assert relaxed_kl_threshold(rows(float("nan")) + rows(0.3), 0.1) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("score_all", [True, False])
+def test_at_threshold_keep_keeps_a_candidate_exactly_at_the_kl_threshold(llama5, short_tok,
+                                                                         score_all):
+    table = _select(llama5, short_tok, layers=[1, 2]).candidates
+    best = max(table, key=lambda r: r["score"])  # the candidate every filter would pick
+    t = best["kl"]  # a threshold exactly at its KL
+    # steerscope's rule discards it (kl >= t); the released strict rule keeps it (kl > t)
+    kw = dict(layers=[1, 2], kl_threshold=t, score_all=score_all)
+    kept = _select(llama5, short_tok, at_threshold="keep", **kw)
+    assert (kept.chosen["layer"], kept.chosen["position"]) == (best["layer"], best["position"])
+    assert kept.vector.hyperparameters["at_threshold"] == "keep"
+    try:
+        dropped = _select(llama5, short_tok, **kw).chosen
+    except SteerscopeError:
+        dropped = None  # nothing else survives
+    assert dropped is None or (dropped["layer"], dropped["position"]) != (
+        best["layer"], best["position"])

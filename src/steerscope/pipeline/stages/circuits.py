@@ -3,7 +3,8 @@ folders and, per method, adds the faithfulness curve over ``circuits.sizes`` (or
 to ``circuits.grid_max``; with ``circuits.position_metrics`` also the released code's
 per-position metrics at each size), the minimum faithful circuit (``circuits.threshold``),
 its complement and ``circuits.n_random`` random circuits of twice its size
-(``circuits.random``: ``pruned`` or ``unpruned``;
+(``circuits.random``: ``pruned`` or ``unpruned``; faithfulness measured with
+``circuits.metric``, recorded as ``circuits.<m>.metric`` and ``interchange.metric``;
 :func:`~steerscope.patching.run.add_circuits`), saved as ``m/`` (the scores again,
 ``circuits.safetensors``, curves and summary in ``result.json``); with several methods
 :func:`~steerscope.patching.run.compare_vectors` gives ``comparison.json`` (overlap, Jaccard,
@@ -25,6 +26,7 @@ from steerscope.artifacts import atomic_write_json
 from steerscope.patching.circuits import RANDOM_KINDS
 from steerscope.patching.example_files import load_examples
 from steerscope.patching.run import add_circuits
+from steerscope.patching_conventions import FAITHFULNESS_METRICS
 from steerscope.pipeline.checks import fail, known, library_default, positive_int, size_list
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import load_vectors, read_json
@@ -49,6 +51,9 @@ class CircuitsSection:
     n_random: int = _lib("n_random")  # random circuits of twice the minimum size
     random: str = _lib("random_kind")  # pruned: on steer->logits paths, refilled | unpruned
     position_metrics: bool = _lib("position_metrics")  # released code's per-position metrics
+    # what faithfulness is measured with (minimum circuit, complement, random, interchange):
+    # logit_diff (the ratio over the 4 datasets) | kl_ratio | dir_kl | token_match | logprob
+    metric: str = _lib("faithfulness_metric")
     refine_steps: int = _lib("refine_steps")  # bisection steps refining the minimum size
     overlap_sizes: list[int] | None = None  # matched sizes (None: each minimum circuit's size)
     options: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +75,7 @@ class CircuitsSection:
             fail("circuits.grid_max", f"must be a fraction in (0, 1], got {c.grid_max}",
                  "use e.g. 1.0")
         known("circuits.random", [c.random], RANDOM_KINDS)
+        known("circuits.metric", [c.metric], FAITHFULNESS_METRICS)
         positive_int("circuits.n_random", c.n_random)
         if c.refine_steps < 0:
             fail("circuits.refine_steps", f"must be >= 0, got {c.refine_steps}", "use e.g. 4")
@@ -98,6 +104,7 @@ def circuit_entry(result, threshold: float) -> dict[str, Any]:
         "graph": "coarse" if result.graph.coarse else "fine",
         "reverse": bool(s.get("reverse", result.meta.get("reverse", False))),
         "random_kind": s.get("random_kind", "unpruned"),
+        "metric": s.get("faithfulness_metric", "logit_diff"),
     }
     if curve.positions is not None:
         entry["position_metrics"] = [
@@ -161,12 +168,13 @@ def circuits_stage(ctx, section, inputs) -> dict[str, Any]:
                      grid_step=section.grid_step, grid_max=section.grid_max,
                      threshold=section.threshold, refine_steps=section.refine_steps,
                      n_random=section.n_random, random_kind=section.random,
-                     position_metrics=section.position_metrics, progress=ctx.progress)
+                     position_metrics=section.position_metrics,
+                     faithfulness_metric=section.metric, progress=ctx.progress)
         res.save(ctx.out / m)
         results[m], data[m] = res, (examples, vectors[m])
         entries[m] = circuit_entry(res, section.threshold)
         e = entries[m]
-        ctx.log(f"{m}: minimum faithful circuit {e['min_faithful_size']} of "
+        ctx.log(f"{m}: minimum faithful circuit ({e['metric']}) {e['min_faithful_size']} of "
                 f"{e['total_edges']} edges (faithfulness {e['min_faithfulness']}), complement "
                 f"{e['complement_faithfulness']}, random 2x ({e['random_kind']}) "
                 f"{e['random_faithfulness']}")
@@ -174,12 +182,13 @@ def circuits_stage(ctx, section, inputs) -> dict[str, Any]:
     if len(results) > 1:
         names = list(results)
         sizes = overlap_sizes(section, results)
-        cmp = compare_vectors(lm.model, results, data, sizes=sizes)
+        cmp = compare_vectors(lm.model, results, data, sizes=sizes,
+                              faithfulness_metric=section.metric)
         atomic_write_json(ctx.out / COMPARISON_FILE, cmp)
         out["overlap"] = {"methods": names, "by_size": overlap_by_size(results, sizes),
                           "min_circuits": [[_finite(cmp["overlap"][a][b]) for b in names]
                                            for a in names]}
-        out["interchange"] = {"methods": names,
+        out["interchange"] = {"methods": names, "metric": section.metric,
                               "matrix": [[_finite(cmp["interchange"][a][b]) for b in names]
                                          for a in names]}
     atomic_write_json(ctx.out / CIRCUITS_FILE, out)

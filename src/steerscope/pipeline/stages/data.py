@@ -20,7 +20,7 @@ from typing import Any
 
 from steerscope.artifacts import atomic_write_json
 from steerscope.pipeline.behaviour import SPLIT_SIDES, run_behaviour
-from steerscope.pipeline.checks import fail, not_empty, positive_int
+from steerscope.pipeline.checks import fail, known, not_empty, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import BEHAVIOUR_FILE, PROMPTS_FILE, read_json
 
@@ -49,9 +49,16 @@ class DataSection:
     n_val: int = 32
     n_test: int = 100
     seed: int | None = None  # None: the top-level seed
+    # per_split: each split sampled on its own seeded stream | released: the authors' one
+    # stream (harmful/harmless train, harmful/harmless val, then harmless test)
+    sampling: str = "per_split"
 
     def check(self, cfg) -> None:
-        """Positive sizes, a non-negative seed, no blank source, no key given twice."""
+        """Positive sizes, a non-negative seed, a known sampling, no blank source, no key
+        given twice."""
+        from steerscope.pipeline.inputs import SAMPLINGS
+
+        known("data.sampling", [self.sampling], SAMPLINGS)
         for key in ("n_train", "n_val", "n_test"):
             positive_int(f"data.{key}", getattr(self, key))
         if self.seed is not None and self.seed < 0:

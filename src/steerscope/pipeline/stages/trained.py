@@ -25,7 +25,7 @@ from steerscope.pipeline.stages.vectors import TRAINED_METHODS, TrainSection, se
 
 # TrainSection fields passed to the trainer's preset grid when set (None: the preset's)
 OVERRIDES = ("lr", "batch_size", "seed", "phi", "epochs", "max_response_tokens",
-             "lr_schedule", "validation", "keep", "ranking")
+             "lr_schedule", "validation", "keep", "ranking", "match_scope")
 
 
 def train_configs(objective: str, section: TrainSection, seed: int) -> list:
@@ -44,22 +44,65 @@ def train_configs(objective: str, section: TrainSection, seed: int) -> list:
                        seed=seed if seeds is None else tuple(seeds), **overrides)
 
 
+def training_prompts(cfg, prompts: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """(harmful, harmless) instructions of the NTP/PO training pairs:
+    ``vectors.preference.prompts: train``, the first ``n_prompts`` DIM train prompts;
+    ``released``, DIM's train prompts and ``n_prompts − n_train`` more per class drawn on the
+    released stream (:func:`steerscope.data.sampling.released_training_prompts`)."""
+    pref, d = cfg.vectors.preference, cfg.data
+    if pref.prompts != "released":
+        n = pref.n_prompts
+        return prompts["harmful_train"][:n], prompts["harmless_train"][:n]
+    from steerscope.data.sampling import released_training_prompts
+    from steerscope.pipeline.inputs import released_pools
+
+    drawn = released_training_prompts(released_pools(cfg), n_train=d.n_train, n_val=d.n_val,
+                                      n_total=pref.n_prompts or d.n_train, seed=cfg.data_seed)
+    return drawn["harmful"], drawn["harmless"]
+
+
+class TrainingModel:
+    """The model and tokenizer the NTP/PO data and training use: the run's, or a float32
+    (``vectors.preference.dtype``) copy loaded from the same source, with the tokenizer's own
+    chat template when ``vectors.preference.template: tokenizer``."""
+
+    def __init__(self, ctx, pref):
+        from steerscope.models.chat import with_own_chat_template
+
+        lm = ctx.model()
+        m = ctx.config.model
+        if pref.dtype is not None and pref.dtype != m.dtype:
+            from steerscope.models.loading import load_model
+            from steerscope.pipeline.distributed import device_for
+
+            lm = load_model(m.source, dtype=pref.dtype, device=device_for(m.device, ctx.dist),
+                            device_map=m.device_map, revision=m.revision,
+                            attn_implementation=m.attn_implementation)
+            if pref.template == "run":
+                from steerscope.models.chat import set_chat_template
+
+                set_chat_template(lm.tokenizer, m.chat_template)
+        self.model, self.arch, self.model_id = lm.model, lm.arch, lm.model_id
+        self.tokenizer = (with_own_chat_template(lm.tokenizer) if pref.template == "tokenizer"
+                          else lm.tokenizer)
+
+
 def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]], behaviour=None):
     """(train, val) preference data: ``val_prompts: dim_val`` trains on every train prompt
-    and generates the validation pairs from DIM's validation prompts (the released code);
-    ``split`` holds out ``val_fraction`` of the training pairs; ``drop_mislabelled`` keeps
-    only pairs whose winner does what its kind asks (by ``behaviour``'s judge; None:
-    refusal's). Writes ``preference_data.json`` (and ``preference_val.json`` for
-    ``dim_val``), as generated."""
+    (:func:`training_prompts`) and generates the validation pairs from DIM's validation
+    prompts (the released code); ``split`` holds out ``val_fraction`` of the training pairs;
+    ``drop_mislabelled`` keeps only pairs whose winner does what its kind asks (by
+    ``behaviour``'s judge; None: refusal's); ``end_of_turn``: targets end with the template's
+    end-of-turn token. ``lm``: a :class:`TrainingModel`. Writes ``preference_data.json`` (and
+    ``preference_val.json`` for ``dim_val``), as generated."""
     from steerscope.vectors.training_data import build_preference_data, drop_mislabelled
 
     pref = section.preference
-    n = pref.n_prompts
     opts = dict(max_new_tokens=pref.max_new_tokens, batch_size=section.batch_size,
                 progress=ctx.progress, harmless_refuse=pref.harmless_refuse,
-                behaviour=behaviour)
-    data = build_preference_data(lm.model, lm.tokenizer, prompts["harmful_train"][:n],
-                                 prompts["harmless_train"][:n], dim, **opts)
+                behaviour=behaviour, end_of_turn=pref.end_of_turn)
+    harmful, harmless = training_prompts(ctx.config, prompts)
+    data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim, **opts)
     data.save(ctx.out / "preference_data.json")
     ctx.log(f"preference pairs: {data.metadata['label_check']}")
     if pref.drop_mislabelled:
@@ -84,7 +127,7 @@ def trained_stage(ctx, section, inputs) -> dict[str, Any]:
     from steerscope.vectors import SteeringVector
     from steerscope.vectors.trained import train_grid
 
-    lm = ctx.model()
+    lm = TrainingModel(ctx, section.preference)
     dim = SteeringVector.load(inputs["vectors"].path("dim.safetensors"), lm.arch)
     behaviour = stage_behaviour(inputs["data"], ctx.config.allow_code)
     train, val = preference_splits(ctx, lm, dim, section,

@@ -30,10 +30,11 @@ from steerscope.pipeline.stages.common import (
 )
 from steerscope.validation import check_number
 from steerscope.vectors.dim import select_dim
-from steerscope.vectors.dim_selection import LAYER_CUTOFFS
+from steerscope.vectors.dim_selection import AT_THRESHOLD, LAYER_CUTOFFS
 from steerscope.vectors.train_config import (
     KEEPS,
     LR_SCHEDULES,
+    MATCH_SCOPES,
     OBJECTIVES,
     PRESETS,
     RANKINGS,
@@ -44,6 +45,8 @@ from steerscope.vectors.training_data import HARMLESS_REFUSE_SOURCES, build_pref
 TRAINED_METHODS = tuple(OBJECTIVES)  # one config subsection and one vector each
 TRAIN_PRESETS = tuple(PRESETS)
 VAL_PROMPTS = ("dim_val", "split")
+PREFERENCE_PROMPTS = ("train", "released")
+PREFERENCE_TEMPLATES = ("run", "tokenizer")
 
 
 def _dim(name: str):
@@ -59,6 +62,8 @@ class DimSection:
     filter: bool = _dim("filter")  # refusal-score filter of train/val prompts
     max_layer_fraction: float = _dim("max_layer_fraction")
     layer_cutoff: str = _dim("layer_cutoff")  # int: layer >= int(f*L) (released code) | real
+    # a candidate exactly at the KL / induce threshold: discard | keep (the released code)
+    at_threshold: str = _dim("at_threshold")
     kl_threshold: float = _dim("kl_threshold")
     relax_kl: bool = _dim("relax_kl")  # no survivor: double kl_threshold until one (warned)
     induce_threshold: float = _dim("induce_threshold")
@@ -77,6 +82,16 @@ class PreferenceSection:
     drop_mislabelled: bool = False  # drop pairs whose winner fails the refusal-substring check
     # instruction (paper) | dim: DIM +1 steered refusals
     harmless_refuse: str = library_default(build_preference_data, "harmless_refuse")
+    # the released code's NTP/PO inputs (docs/reproduce.md "Conventions"), each a switch:
+    # train: the first n_prompts DIM train prompts | released: DIM's n_train + n_prompts -
+    # n_train more drawn on the released stream (needs data.sampling: released)
+    prompts: str = PREFERENCE_PROMPTS[0]
+    # targets end with the chat template's end-of-turn token (the assistant turn as rendered)
+    end_of_turn: bool = library_default(build_preference_data, "end_of_turn")
+    # run: the run's chat template | tokenizer: the tokenizer's own (Llama: its system block,
+    # date pinned) for the NTP/PO data and training, whatever model.chat_template says
+    template: str = PREFERENCE_TEMPLATES[0]
+    dtype: str | None = None  # NTP/PO data and training in this dtype (None: model.dtype)
 
 
 @dataclass
@@ -97,12 +112,14 @@ class TrainSection:
     validation: str | None = None  # deployed | mean_factor
     keep: str | None = None  # best_epoch | last_epoch
     ranking: str | None = None  # released | loss_then_match
+    match_scope: str | None = None  # loss_tokens | response (released: the whole response)
 
     def check(self, key: str) -> None:
         """Known preset and conventions, non-empty grids, positive values."""
         known(f"{key}.preset", [self.preset], TRAIN_PRESETS)
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("validation", VALIDATIONS),
-                              ("keep", KEEPS), ("ranking", RANKINGS)):
+                              ("keep", KEEPS), ("ranking", RANKINGS),
+                              ("match_scope", MATCH_SCOPES)):
             if getattr(self, name) is not None:
                 known(f"{key}.{name}", [getattr(self, name)], allowed)
         for name in ("lr", "batch_size", "seed", "phi", "factors"):
@@ -159,6 +176,7 @@ def _check_vectors(self, cfg) -> None:
         fail("vectors.dim.max_layer_fraction", f"must be in (0, 1], got "
              f"{v.dim.max_layer_fraction}", "use e.g. 0.8")
     known("vectors.dim.layer_cutoff", [v.dim.layer_cutoff], LAYER_CUTOFFS)
+    known("vectors.dim.at_threshold", [v.dim.at_threshold], AT_THRESHOLD)
     finite("vectors.dim.kl_threshold", v.dim.kl_threshold)
     finite("vectors.dim.induce_threshold", v.dim.induce_threshold)
     pref = v.preference
@@ -167,6 +185,23 @@ def _check_vectors(self, cfg) -> None:
     known("vectors.preference.val_prompts", [pref.val_prompts], VAL_PROMPTS)
     known("vectors.preference.harmless_refuse", [pref.harmless_refuse],
           HARMLESS_REFUSE_SOURCES)
+    known("vectors.preference.prompts", [pref.prompts], PREFERENCE_PROMPTS)
+    known("vectors.preference.template", [pref.template], PREFERENCE_TEMPLATES)
+    if pref.dtype is not None:
+        from steerscope.models.loading import resolve_dtype
+
+        try:
+            resolve_dtype(pref.dtype)
+        except SteerscopeError as exc:
+            raise SteerscopeError(f"config key 'vectors.preference.dtype': {exc}") from None
+    if pref.prompts == "released":
+        if cfg.data.sampling != "released":
+            fail("vectors.preference.prompts", "'released' continues the released sampling "
+                 "stream", "set data.sampling: released as well, or prompts: train")
+        if pref.n_prompts is not None and pref.n_prompts < cfg.data.n_train:
+            fail("vectors.preference.n_prompts", f"({pref.n_prompts}) is below data.n_train "
+                 f"({cfg.data.n_train}), which prompts: released starts from",
+                 f"use at least {cfg.data.n_train} (the released code: 256)")
     if not 0 < pref.val_fraction < 1:
         fail("vectors.preference.val_fraction", f"must be in (0, 1), got {pref.val_fraction}",
              "use e.g. 0.2")
@@ -255,6 +290,7 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
                      refusal_ids=ids,
                      filter=d.filter, layers=layers, positions=d.positions,
                      max_layer_fraction=d.max_layer_fraction, layer_cutoff=d.layer_cutoff,
+                     at_threshold=d.at_threshold,
                      kl_threshold=d.kl_threshold,
                      induce_threshold=d.induce_threshold, batch_size=section.batch_size,
                      arch=lm.arch, progress=ctx.progress and ctx.is_main, score_all=d.score_all,
