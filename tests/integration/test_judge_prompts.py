@@ -8,7 +8,6 @@ raises or returns a non-bool is a one-line error naming it, with nothing half-wr
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 
@@ -45,13 +44,6 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def judge_path(workdir, monkeypatch):
-    monkeypatch.syspath_prepend(str(workdir))
-    yield
-    sys.modules.pop(MODULE, None)
-
-
 def _config(root: Path, tmp_path: Path, function: str) -> Path:
     behaviour = tmp_path / "b.yaml"
     behaviour.write_text(yaml.safe_dump({
@@ -73,13 +65,22 @@ def _config(root: Path, tmp_path: Path, function: str) -> Path:
     return path
 
 
+def _run(root: Path, tmp_path: Path, monkeypatch, function: str) -> tuple[int, Path]:
+    """``steerscope run --allow-code`` of the judge ``function`` (its module on sys.path)."""
+    monkeypatch.syspath_prepend(str(root))
+    out = tmp_path / "runs"
+    code = main(["run", str(_config(root, tmp_path, function)), "--out", str(out),
+                 "--allow-code", "--quiet"])
+    return code, out
+
+
 def _stage_file(run_dir: Path, stage: str, name: str):
     (folder,) = [p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(stage + "-")]
     return json.loads((folder / name).read_text())
 
 
 def test_every_judged_completion_comes_with_its_prompt_in_batches(workdir, tmp_path,
-                                                                  judge_path, monkeypatch):
+                                                                  monkeypatch):
     log = workdir / "judged.jsonl"
     log.unlink(missing_ok=True)
     batches: list[int] = []
@@ -90,9 +91,7 @@ def test_every_judged_completion_comes_with_its_prompt_in_batches(workdir, tmp_p
         return judge(self, prompts, responses)
 
     monkeypatch.setattr(CallablePresence, "judge", counted)
-    out = tmp_path / "runs"
-    code = main(["run", str(_config(workdir, tmp_path, "has_e")), "--out", str(out),
-                 "--allow-code", "--quiet"])
+    code, out = _run(workdir, tmp_path, monkeypatch, "has_e")
     assert code == 0
     (run_dir,) = out.iterdir()
     seen = [tuple(pair) for pair in map(json.loads, log.read_text().splitlines())]
@@ -134,11 +133,9 @@ def test_every_judged_completion_comes_with_its_prompt_in_batches(workdir, tmp_p
     ("maybe", f"judge function '{MODULE}:maybe' returned 'maybe', not True or False: make it "
               "return a bool for each (prompt, response)"),
 ])
-def test_a_bad_two_argument_judge_stops_the_run(workdir, tmp_path, judge_path, capsys,
+def test_a_bad_two_argument_judge_stops_the_run(workdir, tmp_path, monkeypatch, capsys,
                                                 function, message):
-    out = tmp_path / "runs"
-    code = main(["run", str(_config(workdir, tmp_path, function)), "--out", str(out),
-                 "--allow-code", "--quiet"])
+    code, out = _run(workdir, tmp_path, monkeypatch, function)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0] == f"error: {message}.", err
@@ -150,10 +147,8 @@ def test_a_bad_two_argument_judge_stops_the_run(workdir, tmp_path, judge_path, c
 
 
 def test_a_judge_of_three_arguments_is_refused_before_any_compute(workdir, tmp_path,
-                                                                 judge_path, capsys):
-    out = tmp_path / "runs"
-    code = main(["run", str(_config(workdir, tmp_path, "three")), "--out", str(out),
-                 "--allow-code", "--quiet"])
+                                                                 monkeypatch, capsys):
+    code, out = _run(workdir, tmp_path, monkeypatch, "three")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert f"judge function '{MODULE}:three' takes 3 required positional arguments" in err[0]
