@@ -107,7 +107,8 @@ def import_callable(spec: str, where: str = "judge.function") -> Callable[[str],
         raise SteerscopeError(f"{where} '{spec}': importing {module} failed "
                               f"({type(exc).__name__}: {exc})", "fix the module") from None
     if not callable(obj):
-        raise SteerscopeError(f"{where} '{spec}' is not callable", "name a function text -> bool")
+        raise SteerscopeError(f"{where} '{spec}' is not callable",
+                              "name a function (response) or (prompt, response) -> bool")
     owner = getattr(obj, "__module__", None) or getattr(getattr(obj, "__self__", None),
                                                          "__name__", None)
     if isinstance(owner, str) and _refused(owner):
