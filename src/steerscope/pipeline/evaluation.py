@@ -13,14 +13,14 @@ precision (``evaluate_steering`` scores in input-order batches).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from steerscope.errors import SteerscopeError
-from steerscope.evaluate.presence import SubstringPresence
+from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
 from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steering import NONE, SteeringRow, cosine_matrix
@@ -55,6 +55,7 @@ def sharded_steering_eval(
     dist: distributed.Dist | None = None,
     progress: bool = False,
     score_ids: Sequence[int] | None = None,
+    present: Callable[[str], bool] | None = None,
     presence=None,
 ) -> dict[str, Any]:
     """The steering table as a JSON-able dict (``rows``, ``cosine``, ``prompts``,
@@ -62,7 +63,8 @@ def sharded_steering_eval(
     only; other ranks get ``judge_asr`` None). ``score_ids``: the behaviour's fast-score
     tokens (None: the refusal tokens); ``presence``: the behaviour judge,
     ``.judge(prompts, responses) -> list[bool]``, called once per method and prompt set with
-    the raw prompts (None: the paper's refusal substrings). The table keeps refusal's names:
+    the raw prompts (the pipeline's); else ``present(text) -> bool`` on each completion
+    (None: the paper's refusal substrings). The table keeps refusal's names:
     ``refusal_rate`` is the behaviour rate, ``asr`` one minus it, ``harmful`` / ``harmless``
     the present / absent side."""
     if not harmful or not harmless:
@@ -78,7 +80,7 @@ def sharded_steering_eval(
     batches = {k: length_batches(tokenizer, formatted[k], batch_size) for k in sets}
     methods: dict[str, SteeringVector | None] = {NONE: None, **vectors}
     ids = list(score_ids) if score_ids is not None else refusal_token_ids(tokenizer)
-    presence = presence if presence is not None else SubstringPresence()
+    present = present or is_refusal_substring
     units = [(m, s, b) for m in methods for s in sets for b in range(len(batches[s]))]
 
     def run(unit) -> tuple[list[str], list[float]]:
@@ -120,7 +122,8 @@ def sharded_steering_eval(
         for s, (instructions, alpha) in sets.items():
             outs = completions[m][s]
             sc = torch.tensor(scores[m][s], dtype=torch.float64)  # [n]
-            refused = [bool(v) for v in presence.judge(instructions, outs)]
+            refused = [bool(present(o)) for o in outs] if presence is None else \
+                [bool(v) for v in presence.judge(instructions, outs)]
             judge_asr = None
             if judge is not None and s == "harmful" and dist.is_main:
                 verdicts = judge.judge(instructions, outs)
