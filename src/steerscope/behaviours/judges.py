@@ -8,7 +8,9 @@ kind once, with its required keys and defaults:
 - ``regex``: ``patterns`` (list), ``min_matches`` (default 1), ``ignore_case`` (default
   true); present when the patterns' non-overlapping matches in the response, summed over
   patterns, number at least ``min_matches``;
-- ``callable``: ``function`` = ``"module:function"``, a function text -> bool (code: it runs
+- ``callable``: ``function`` = ``"module:function"``, a function ``(response) -> bool`` or
+  ``(prompt, response) -> bool`` (two required parameters; the prompt is the raw instruction,
+  before chat formatting; :func:`~steerscope.evaluate.presence.judge_arity`) (code: it runs
   only when allowed, see below);
 - ``classifier``: ``model`` (hub id or path), ``label`` (the class meaning "present", name
   or index; default ``"present"``), ``pair`` (default false: the response alone) -- an HF
@@ -24,7 +26,8 @@ name) without loading any model and without importing anything.
 A behaviour file is data; a judge that runs code is not: a ``callable`` judge, and a
 ``classifier`` / ``chat`` judge whose model ships its own code (``auto_map`` in its config),
 runs only with consent, ``allow_code=True`` (:func:`make_judge`, :func:`check_judge_code`;
-the CLI's ``--allow-code``). Modules that run programs or arbitrary code (``os``,
+the CLI's ``--allow-code``). Every judge is called on batches, ``judge(prompts, responses)``,
+with each completion's raw prompt. Modules that run programs or arbitrary code (``os``,
 ``subprocess``, ``builtins``, ...; :data:`~steerscope.evaluate.presence.REFUSED_JUDGE_MODULES`)
 are refused as judges even then.
 """
@@ -43,6 +46,7 @@ from steerscope.evaluate.presence import (
     SubstringPresence,
     check_callable_name,
     import_callable,
+    judge_arity,
 )
 
 # how a user allows a judge's code, everywhere a consent error is raised
@@ -146,13 +150,14 @@ def check_judge_code(spec: Mapping[str, Any], allow_code: bool = False) -> None:
     """Consent for the code a judge runs: a ``callable`` judge, or a model judge whose model
     ships its own code (:func:`~steerscope.evaluate.judges.model_ships_code`, read from disk),
     without ``allow_code`` is a one-line error naming it and the flag; with it, the callable
-    is imported now (a missing module fails here, before any compute)."""
+    is imported and its signature checked now (a missing module or a function taking neither
+    ``(response)`` nor ``(prompt, response)`` fails here, before any compute)."""
     full = check_judge_spec(spec)
     if full["kind"] == "callable":
         if not allow_code:
             raise SteerscopeError(f"judge.function '{full['function']}' is code named by the "
                                   "behaviour; it runs only when you allow it", CODE_CONSENT_FIX)
-        import_callable(full["function"])
+        judge_arity(import_callable(full["function"]), full["function"])
     elif JUDGE_KINDS[full["kind"]].takes_device and not allow_code:
         from steerscope.evaluate.judges import model_ships_code
 

@@ -107,7 +107,8 @@ def import_callable(spec: str, where: str = "judge.function") -> Callable[[str],
         raise SteerscopeError(f"{where} '{spec}': importing {module} failed "
                               f"({type(exc).__name__}: {exc})", "fix the module") from None
     if not callable(obj):
-        raise SteerscopeError(f"{where} '{spec}' is not callable", "name a function text -> bool")
+        raise SteerscopeError(f"{where} '{spec}' is not callable",
+                              "name a function (response) or (prompt, response) -> bool")
     owner = getattr(obj, "__module__", None) or getattr(getattr(obj, "__self__", None),
                                                          "__name__", None)
     if isinstance(owner, str) and _refused(owner):
@@ -124,37 +125,68 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, (bool, np.bool_))
 
 
-class CallablePresence:
-    """Present when ``function(response)`` is True; ``function`` is a callable or its name
-    ``"module:function"`` (imported here: see :func:`import_callable`). The function must
-    return a bool (NumPy bools too); anything else, or an exception it raises, is a one-line
-    :class:`SteerscopeError` naming the function."""
+def judge_arity(fn: Callable[..., Any], name: str) -> int:
+    """How many arguments the judge function ``fn`` is called with: 2 (``fn(prompt,
+    response)``) when its signature has two required positional parameters, 1
+    (``fn(response)``) when it has one, or none but ``*args``, or cannot be inspected.
+    Any other signature (three or more required parameters, or only keyword-only ones)
+    is a one-line :class:`SteerscopeError` naming ``name``."""
+    import inspect
 
-    def __init__(self, function: str | Callable[[str], Any]):
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: one argument
+        return 1
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in positional and p.default is p.empty]
+    takes_any = any(p.kind in (*positional, inspect.Parameter.VAR_POSITIONAL) for p in params)
+    if len(required) in (1, 2):
+        return len(required)
+    if not required and takes_any:
+        return 1
+    raise SteerscopeError(f"judge function '{name}' takes {len(required)} required positional "
+                          "arguments", "make it take (response) or (prompt, response) and "
+                          "return True or False")
+
+
+class CallablePresence:
+    """Present when ``function(response)`` -- or ``function(prompt, response)`` for a
+    function with two required parameters (:func:`judge_arity`) -- is True; ``function`` is
+    a callable or its name ``"module:function"`` (imported here: see :func:`import_callable`).
+    The prompt is the one :meth:`judge` is given (the pipeline: the raw instruction, before
+    chat formatting). The function must return a bool (NumPy bools too); anything else, or an
+    exception it raises, is a one-line :class:`SteerscopeError` naming the function."""
+
+    def __init__(self, function: str | Callable[..., Any]):
         self.function = function
         self.fn = function if callable(function) else import_callable(function)
         self.name = function if isinstance(function, str) else \
             f"{getattr(function, '__module__', '?')}:{getattr(function, '__qualname__', '?')}"
+        self.arity = judge_arity(self.fn, self.name)
 
-    def present(self, response: str) -> bool:
-        """The function's verdict on one response, checked to be a bool."""
+    def present(self, response: str, prompt: str = "") -> bool:
+        """The function's verdict on one response (and its prompt, for a two-argument
+        function), checked to be a bool."""
+        takes = "(prompt, response)" if self.arity == 2 else "one completion"
+        each = " for each (prompt, response)" if self.arity == 2 else ""
         try:
-            value = self.fn(response)
+            value = self.fn(prompt, response) if self.arity == 2 else self.fn(response)
         except Exception as exc:
             raise SteerscopeError(f"judge function '{self.name}' raised {type(exc).__name__}: "
                                   f"{str(exc)[:200]}",
-                                  "fix the function: it takes one completion and returns "
+                                  f"fix the function: it takes {takes} and returns "
                                   "True or False") from None
         if not _is_bool(value):
             shown = repr(value) if isinstance(value, (str, int, float, type(None))) else \
                 type(value).__name__
             raise SteerscopeError(f"judge function '{self.name}' returned {shown[:60]}, "
-                                  "not True or False", "make it return a bool")
+                                  "not True or False", f"make it return a bool{each}")
         return bool(value)
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
-        return [self.present(r) for r in _check_pairs(prompts, responses)]
+        responses = _check_pairs(prompts, responses)
+        return [self.present(r, str(p)) for p, r in zip(prompts, responses)]
 
 
 __all__ = ["REFUSED_JUDGE_MODULES", "CallablePresence", "RegexPresence", "SubstringPresence",
-           "check_callable_name", "import_callable"]
+           "check_callable_name", "import_callable", "judge_arity"]

@@ -84,12 +84,17 @@ class Rollout:
 
 def rollouts(model, tokenizer, instructions: Sequence[str], vector, alpha: float, *,
              max_new_tokens: int = 64, batch_size: int = 8,
-             refused: Callable[[str, str], bool] | None = None) -> list[Rollout]:
+             refused: Callable[[str, str], bool] | None = None,
+             presence=None) -> list[Rollout]:
     """Unsteered and steered (``alpha·vector``) greedy completions of ``instructions``.
 
-    ``refused(instruction, response) -> bool`` judges a completion (default: the paper's
-    substring matcher).
+    ``refused(instruction, response) -> bool`` judges one completion; ``presence`` (a
+    behaviour judge, ``.judge(prompts, responses)``, instead) judges each batch's base and
+    steered completions in one call, with their instructions; neither: the paper's
+    substring matcher.
     """
+    if refused is not None and presence is not None:
+        raise SteerscopeError("rollouts got both refused and presence", "pass one judge")
     if not instructions:
         raise DataError("no prompts for the patching rollouts", "pass a non-empty list")
     judge = refused or (lambda _p, text: is_refusal_substring(text))
@@ -105,13 +110,21 @@ def rollouts(model, tokenizer, instructions: Sequence[str], vector, alpha: float
         for name, ops in (("base", []), ("steered", [vector.intervention(alpha)])):
             gens[name] = generate_ids(model, ids, mask, max_new_tokens=max_new_tokens,
                                       interventions=ops, pad_token_id=pad)
-        for row, instruction in enumerate(instructions[start:start + batch_size]):
+        batch = list(instructions[start:start + batch_size])
+        toks = [{k: g.new_tokens[row, : int(g.lengths[row])].tolist() for k, g in gens.items()}
+                for row in range(len(batch))]
+        text = [{k: tokenizer.decode(t, skip_special_tokens=True) for k, t in tk.items()}
+                for tk in toks]
+        base, steered = [t["base"] for t in text], [t["steered"] for t in text]
+        if presence is not None:
+            verdicts = judge_verdicts(presence, batch + batch, base + steered)
+        else:
+            verdicts = [judge(p, r) for p, r in zip(batch + batch, base + steered)]
+        n = len(batch)
+        for row, instruction in enumerate(batch):
             prompt_ids = ids[row][mask[row].bool()].tolist()
-            toks = {k: g.new_tokens[row, : int(g.lengths[row])].tolist() for k, g in gens.items()}
-            text = {k: tokenizer.decode(t, skip_special_tokens=True) for k, t in toks.items()}
-            out.append(Rollout(instruction, prompt_ids, toks["base"], toks["steered"],
-                               text["base"], text["steered"], judge(instruction, text["base"]),
-                               judge(instruction, text["steered"])))
+            out.append(Rollout(instruction, prompt_ids, toks[row]["base"], toks[row]["steered"],
+                               base[row], steered[row], verdicts[row], verdicts[n + row]))
     return out
 
 
@@ -186,12 +199,9 @@ def build_patching_datasets(model, tokenizer, vector, harmful: Sequence[str],
     ``refused``. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`): "refused" is
     its judge's verdict (behaviour present) unless ``refused`` is given; ``harmful`` /
     ``harmless`` are its present / absent prompts."""
-    if refused is None and behaviour is not None:
-        presence = behaviour.make_judge()
-
-        def refused(instruction: str, text: str) -> bool:
-            return bool(presence.judge([instruction], [text])[0])
-    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, refused=refused)
+    presence = behaviour.make_judge() if refused is None and behaviour is not None else None
+    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, refused=refused,
+              presence=presence)
     harm = rollouts(model, tokenizer, list(harmful), vector, bypass_alpha, **kw) if harmful else []
     if judge is not None:
         harm = judge_harmful_rollouts(harm, judge)

@@ -59,12 +59,15 @@ def sharded_steering_eval(
     progress: bool = False,
     score_ids: Sequence[int] | None = None,
     present: Callable[[str], bool] | None = None,
+    presence=None,
 ) -> dict[str, Any]:
     """The steering table as a JSON-able dict (``rows``, ``cosine``, ``prompts``,
     ``completions``, ``refusal_scores``), identical on every rank (the judge runs on rank 0
     only; other ranks get ``judge_asr`` None). ``score_ids``: the behaviour's fast-score
-    tokens (None: the refusal tokens); ``present(text) -> bool``: the behaviour judge of a
-    completion (None: the paper's refusal substrings). The table keeps refusal's names:
+    tokens (None: the refusal tokens); ``presence``: the behaviour judge,
+    ``.judge(prompts, responses) -> list[bool]``, called once per method and prompt set with
+    the raw prompts (the pipeline's); else ``present(text) -> bool`` on each completion
+    (None: the paper's refusal substrings). The table keeps refusal's names:
     ``refusal_rate`` is the behaviour rate, ``asr`` one minus it, ``harmful`` / ``harmless``
     the present / absent side."""
     if not harmful or not harmless:
@@ -133,7 +136,8 @@ def sharded_steering_eval(
         for s, (instructions, alpha) in sets.items():
             outs = completions[m][s]
             sc = torch.tensor(scores[m][s], dtype=torch.float64)  # [n]
-            refused = [bool(present(o)) for o in outs]
+            refused = [bool(present(o)) for o in outs] if presence is None else \
+                [bool(v) for v in presence.judge(instructions, outs)]
             judge_asr = None
             if judge is not None and s == "harmful" and dist.is_main:
                 verdicts = judge.judge(instructions, outs)

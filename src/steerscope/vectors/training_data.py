@@ -276,12 +276,21 @@ def winner_as_labelled(example: PreferenceExample, presence=None) -> bool:
     """Whether the winner does what its kind asks by the refusal-substring matcher (or by
     ``presence``, a behaviour judge, True = behaviour shown): a harmful example's winner
     complies (no refusal substring), a harmless one's refuses."""
+    return winners_as_labelled([example], presence)[0]
+
+
+def winners_as_labelled(examples: Sequence[PreferenceExample], presence=None) -> list[bool]:
+    """:func:`winner_as_labelled` of each example, the behaviour judge ``presence`` called
+    once on all winners, each with its raw instruction (the prompt before chat formatting)."""
+    examples = list(examples)
+    if not examples:
+        return []
     if presence is None:
-        refuses = is_refusal_substring(example.winner)
+        refuses = [is_refusal_substring(e.winner) for e in examples]
     else:
-        refuses = bool(presence.judge([example.instruction or example.prompt],
-                                      [example.winner])[0])
-    return refuses if example.kind == "harmless" else not refuses
+        refuses = [bool(v) for v in presence.judge([e.instruction or e.prompt for e in examples],
+                                                   [e.winner for e in examples])]
+    return [r if e.kind == "harmless" else not r for e, r in zip(examples, refuses)]
 
 
 def label_check(examples: Sequence[PreferenceExample],
@@ -289,9 +298,10 @@ def label_check(examples: Sequence[PreferenceExample],
     """Per kind, the share of winners that do what their kind asks
     (:func:`winner_as_labelled`); None for a kind without examples. A low harmless share
     means the model ignored the refuse instruction, so NTP learns to comply on both sides."""
+    labelled = winners_as_labelled(examples, presence)
     out: dict[str, float | None] = {}
     for kind in KINDS:
-        rows = [winner_as_labelled(e, presence) for e in examples if e.kind == kind]
+        rows = [ok for e, ok in zip(examples, labelled) if e.kind == kind]
         out[f"{kind}_winner_as_labelled"] = sum(rows) / len(rows) if rows else None
     return out
 
@@ -300,13 +310,13 @@ def drop_mislabelled(data: PreferenceData, presence=None) -> PreferenceData:
     """The examples whose winner does what its kind asks (:func:`winner_as_labelled`, with
     the behaviour judge ``presence`` if given); the dropped count per kind goes to
     ``metadata["dropped_mislabelled"]``."""
-    kept = [e for e in data.examples if winner_as_labelled(e, presence)]
+    labelled = winners_as_labelled(data.examples, presence)
+    kept = [e for e, ok in zip(data.examples, labelled) if ok]
     if not kept:
         raise DataError("no preference example has a winner that does what its kind asks",
                         "check the model's refusals or keep vectors.preference."
                         "drop_mislabelled off")
-    dropped = {k: sum(e.kind == k and not winner_as_labelled(e, presence)
-                      for e in data.examples)
+    dropped = {k: sum(e.kind == k and not ok for e, ok in zip(data.examples, labelled))
                for k in KINDS}
     return PreferenceData(kept, {**data.metadata, "dropped_mislabelled": dropped})
 
@@ -314,6 +324,7 @@ def drop_mislabelled(data: PreferenceData, presence=None) -> PreferenceData:
 __all__ = [
     "REFUSE_INSTRUCTION",
     "winner_as_labelled",
+    "winners_as_labelled",
     "label_check",
     "drop_mislabelled",
     "PreferenceExample",

@@ -96,11 +96,12 @@ def patched_vectors(ctx, inputs: dict[str, StageOutput], arch) -> dict:
 
 
 def behaviour_detector(inputs: dict[str, StageOutput], allow_code: bool = False):
-    """``present(text) -> bool``: the run's behaviour judge on one completion (refusal: the
-    paper's substring matcher), from the data stage's ``behaviour.json``; ``allow_code``: the
-    run's consent to run the judge's code (``config.allow_code``)."""
-    judge = stage_behaviour(inputs["data"], allow_code).make_judge()
-    return lambda text: bool(judge.judge([""], [text])[0])
+    """The run's behaviour judge (refusal: the paper's substring matcher), from the data
+    stage's ``behaviour.json``: ``.judge(prompts, responses) -> list[bool]`` (True = present),
+    called once per set of completions with each completion's raw prompt (the instruction of
+    ``prompts.json``, before chat formatting); ``allow_code``: the run's consent to run the
+    judge's code (``config.allow_code``)."""
+    return stage_behaviour(inputs["data"], allow_code).make_judge()
 
 
 def score_ids(inputs: dict[str, StageOutput]) -> list[int] | None:

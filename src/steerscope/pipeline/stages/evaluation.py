@@ -68,7 +68,7 @@ def evaluation_stage(ctx, section, inputs) -> dict[str, Any]:
         bypass_alpha=section.bypass_alpha, induce_alpha=section.induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=section.batch_size, judge=judge,
         dist=ctx.dist, progress=ctx.progress, score_ids=score_ids(inputs),
-        present=behaviour_detector(inputs, ctx.config.allow_code))
+        presence=behaviour_detector(inputs, ctx.config.allow_code))
     if ctx.is_main:
         atomic_write_json(ctx.out / EVAL_FILE, table)
     for r in table["rows"]:

@@ -145,14 +145,13 @@ def _units(items: list, size: int) -> list[list]:
 
 def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, section,
                       bypass_alpha: float, induce_alpha: float, dist=None,
-                      judge=None, present=None) -> tuple[dict, dict]:
+                      judge=None, presence=None) -> tuple[dict, dict]:
     """The four patching datasets of one vector from the test prompts, with rollouts cut in
     fixed batches (units sharded over ``dist``'s ranks). ``judge`` (used on rank 0 only, with
     ``flip: refusal``): harmful outcomes from this jailbreak judge. Returns
     ``(datasets, counts)``, ``counts`` = prompts rolled out and flipped per prompt set.
-    ``present(text) -> bool``: the behaviour judge of a completion (None: the paper's refusal
-    substrings)."""
-    refused = None if present is None else (lambda _prompt, text: present(text))
+    ``presence``: the behaviour judge (``.judge(prompts, responses)``, called once per
+    rollout batch with the raw test prompts; None: the paper's refusal substrings)."""
     from steerscope.patching.data import judge_harmful_rollouts
 
     dist = dist or distributed.Dist()
@@ -164,7 +163,7 @@ def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, se
         alpha = bypass_alpha if kind == "harmful" else induce_alpha
         return rollouts(lm.model, lm.tokenizer, chunk, vector, alpha,
                         max_new_tokens=section.max_new_tokens, batch_size=section.batch_size,
-                        refused=refused)
+                        presence=presence)
 
     done = distributed.map_units(run, units, dist)
     rolls = {"harmful": [], "harmless": []}
@@ -211,7 +210,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
         from steerscope.evaluate import get_judge
 
         judge = get_judge(section.judge, trust_remote_code=ctx.config.allow_code)
-    present = behaviour_detector(inputs, ctx.config.allow_code)
+    presence = behaviour_detector(inputs, ctx.config.allow_code)
     methods, skipped, summary = {}, {}, {}
     for m in patched_methods(ctx.config):
         if m not in vectors:
@@ -221,7 +220,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
         datasets, counts = patching_datasets(
             lm, v, p["harmful_test"], p["harmless_test"], section=section,
             bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, dist=ctx.dist,
-            judge=judge, present=present)
+            judge=judge, presence=presence)
         n = {k: len(x) for k, x in datasets.items()}
         ctx.log(f"{m}: flipped {counts['flipped']} of {counts['prompts']} test prompts; "
                 f"examples {n}")

@@ -105,15 +105,16 @@ def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]], beha
     data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim, **opts)
     data.save(ctx.out / "preference_data.json")
     ctx.log(f"preference pairs: {data.metadata['label_check']}")
+    presence = None if behaviour is None else behaviour.make_judge()
     if pref.drop_mislabelled:
-        data = drop_mislabelled(data)
+        data = drop_mislabelled(data, presence)
     if pref.val_prompts == "split":
         return data.split(pref.val_fraction, seed=ctx.config.seed)
     val = build_preference_data(lm.model, lm.tokenizer, prompts["harmful_val"],
                                 prompts["harmless_val"], dim, **opts)
     val.save(ctx.out / "preference_val.json")
     if pref.drop_mislabelled:
-        val = drop_mislabelled(val)
+        val = drop_mislabelled(val, presence)
     return data, val
 
 
