@@ -92,7 +92,6 @@ class GraphRun:
 
 class _Fixed(nn.Module):
     """Stand-in projection: returns a precomputed tensor whatever its input."""
-
     def __init__(self, value: torch.Tensor):
         super().__init__()
         self.value = value
@@ -103,7 +102,6 @@ class _Fixed(nn.Module):
 
 class _Record(nn.Module):
     """Stand-in output projection: records its input and returns it."""
-
     def __init__(self, store: list):
         super().__init__()
         self.store = store
@@ -115,8 +113,7 @@ class _Record(nn.Module):
 
 @contextmanager
 def frozen_parameters(model: nn.Module):
-    """Temporarily turn off ``requires_grad`` on every parameter (gradients on activations
-    only)."""
+    """Temporarily turn off ``requires_grad`` on every parameter (activation gradients only)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
