@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from steerscope.artifacts import atomic_write
+from steerscope.artifacts import atomic_write, check_child_name, child_path
 from steerscope.errors import SteerscopeError
 from steerscope.vectors.hub_card import (
     LIBRARY_NAME,
@@ -127,14 +127,15 @@ def save_many(entries: list[tuple[str, HubPayload, CardInfo]], folder: str | os.
         return save_pretrained(entries[0][1], folder, entries[0][2], repo_hint=repo_hint)
     for _, _, info in entries:  # no card without base_model: fail before writing anything
         front_matter(info.base_model, [])
-    names = [sub for sub, _, _ in entries]
+    names = [sub for sub, _, _ in entries]  # from vector file names or a run's results.json
+    targets = [child_path(folder, sub, what="vector subfolder") for sub in names]
     if len(set(names)) != len(names):
         raise SteerscopeError(f"two vectors would share a subfolder ({', '.join(names)})",
                               "give each vector file a different name")
     index = index_card([(sub, p.summary(), i) for sub, p, i in entries], entries[0][2].base_model,
                        repo_hint)
-    for sub, payload, info in entries:
-        save_pretrained(payload, folder / sub, info, repo_hint=repo_hint, subfolder=sub)
+    for target, (sub, payload, info) in zip(targets, entries):
+        save_pretrained(payload, target, info, repo_hint=repo_hint, subfolder=sub)
     write_text(folder / CARD_FILE, index)
     return folder
 
@@ -202,10 +203,7 @@ def read_payload(folder: str | os.PathLike) -> HubPayload:
     config = read_config(folder)
     read_card(folder)
     name = str(config.get("tensor_file") or TENSOR_FILE)
-    if Path(name).name != name or name in ("", ".", ".."):
-        raise SteerscopeError(f"{folder / CONFIG_FILE} names tensor_file '{name}', not a file "
-                              "name in the folder", "re-save the vector with save_pretrained")
-    path = folder / name
+    path = folder / check_child_name(name, f"{folder / CONFIG_FILE}: tensor_file")
     if not path.is_file():
         raise SteerscopeError(f"{folder} has no {path.name}", FOLDER_HINT)
     try:
@@ -372,8 +370,10 @@ def pull(repo_id: str, out: str | os.PathLike, *, revision: str | None = None) -
                               "check the id: a repo written by steerscope vectors push")
     for f in found:
         read_payload(f)
-    out = Path(out)
-    for src in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts):
-        dest = out / src.relative_to(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    # every destination checked (no name climbing out, no link in --out leading out) first
+    dests = [child_path(out, *src.relative_to(folder).parts, what="Hub repo file")
+             for src in files]
+    for src, dest in zip(files, dests):
         atomic_write(dest, lambda tmp, src=src: shutil.copyfile(src, tmp))
-    return [out / f.relative_to(folder) for f in found]
+    return [Path(out) / f.relative_to(folder) for f in found]
