@@ -121,7 +121,7 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     config_path = folder / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return  # read_config_json names this problem
     if isinstance(config, dict):
         check_depth(config, str(config_path), layer_counts(names))
