@@ -285,11 +285,22 @@ def _depth(value):
     return damage
 
 
-def _deep_config(folder):
-    config = (folder / "config.json").read_text().rstrip()
-    (folder / "config.json").write_text(config[:-1] + ', "x": ' + "[" * 100_000
-                                        + "]" * 100_000 + "}")
-    return "config.json nests more than 64 levels deep"
+def _deep(name, words="nests more than 64 levels deep"):
+    """A JSON file of the folder given a key nested 100000 levels deep (json: RecursionError)."""
+    def damage(folder):
+        text = (folder / name).read_text().rstrip() if (folder / name).exists() else "{}"
+        (folder / name).write_text(text[:-1].rstrip().rstrip(",") + (", " if len(text) > 2
+                                   else "") + '"x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        return f"{name} {words}" if words.startswith("nests") else words
+    return damage
+
+
+def _deep_header(folder):
+    import struct
+
+    header = ("[" * 50_000 + "]" * 50_000).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    return "model.safetensors is truncated or damaged (its header is not JSON)"
 
 
 def _template(text):
@@ -306,7 +317,12 @@ MODEL_CASES = [
     ("num_hidden_layers-1e9-int", _depth(10**9)),
     ("num_hidden_layers-fewer", _depth(2)),
     ("num_hidden_layers-text", _depth("four")),
-    ("config.json-nested-deep", _deep_config),
+    ("config.json-nested-deep", _deep("config.json")),
+    ("tokenizer_config.json-nested-deep", _deep("tokenizer_config.json")),
+    ("generation_config.json-nested-deep", _deep("generation_config.json")),
+    ("special_tokens_map.json-nested-deep", _deep("special_tokens_map.json")),
+    ("tokenizer.json-nested-deep", _deep("tokenizer.json", "cannot load a tokenizer from")),
+    ("safetensors-header-nested-deep", _deep_header),
     ("template-syntax", _template("{% for %}")),
     ("template-sandbox", _template("{{ ''.__class__.__mro__ }}")),
     ("template-raises", _template("{{ raise_exception('no chats here') }}")),
