@@ -7,13 +7,13 @@ from pathlib import Path
 
 from steerscope.cli import common
 from steerscope.errors import SteerscopeError
+from steerscope.safe_files import read_json_file
 
 
 def run_entries(run_dir: Path, methods: list[str] | None, base_model: str | None) -> list:
     """(subfolder, payload, card info) for each vector of a run folder, its card quoting the
     run's headline figures from results.json."""
     from steerscope.results_schema import check_results, resolve_path
-    from steerscope.safe_files import read_json_file
     from steerscope.vectors import SteeringVector
     from steerscope.vectors.hub import card_info
     from steerscope.vectors.hub_card import alpha_of, model_name, run_figures

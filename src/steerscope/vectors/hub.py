@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from steerscope.artifacts import atomic_write, check_child_name, child_path
+from steerscope.artifacts import atomic_write, child_path
 from steerscope.errors import SteerscopeError
 from steerscope.safe_files import MAX_CONFIG_BYTES, read_json_file
 from steerscope.vectors.hub_card import (
@@ -128,7 +128,7 @@ def save_many(entries: list[tuple[str, HubPayload, CardInfo]], folder: str | os.
         return save_pretrained(entries[0][1], folder, entries[0][2], repo_hint=repo_hint)
     for _, _, info in entries:  # no card without base_model: fail before writing anything
         front_matter(info.base_model, [])
-    names = [sub for sub, _, _ in entries]  # from vector file names or a run's results.json
+    names = [sub for sub, _, _ in entries]
     targets = [child_path(folder, sub, what="vector subfolder") for sub in names]
     if len(set(names)) != len(names):
         raise SteerscopeError(f"two vectors would share a subfolder ({', '.join(names)})",
@@ -200,7 +200,10 @@ def read_payload(folder: str | os.PathLike) -> HubPayload:
     config = read_config(folder)
     read_card(folder)
     name = str(config.get("tensor_file") or TENSOR_FILE)
-    path = folder / check_child_name(name, f"{folder / CONFIG_FILE}: tensor_file")
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise SteerscopeError(f"{folder / CONFIG_FILE} names tensor_file '{name}', not a file "
+                              "name in the folder", "re-save the vector with save_pretrained")
+    path = folder / name
     if not path.is_file():
         raise SteerscopeError(f"{folder} has no {path.name}", FOLDER_HINT)
     try:
@@ -367,10 +370,8 @@ def pull(repo_id: str, out: str | os.PathLike, *, revision: str | None = None) -
                               "check the id: a repo written by steerscope vectors push")
     for f in found:
         read_payload(f)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
-    # every destination checked (no name climbing out, no link in --out leading out) first
-    dests = [child_path(out, *src.relative_to(folder).parts, what="Hub repo file")
-             for src in files]
-    for src, dest in zip(files, dests):
+    out = Path(out)
+    for src in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        dest = child_path(out, *src.relative_to(folder).parts, what="file of the Hub repo")
         atomic_write(dest, lambda tmp, src=src: shutil.copyfile(src, tmp))
-    return [Path(out) / f.relative_to(folder) for f in found]
+    return [out / f.relative_to(folder) for f in found]

@@ -165,7 +165,7 @@ def test_folders_without_the_files_are_refused(tmp_path):
     (folder / CONFIG_FILE).write_text(json.dumps({**config, "tensor_file": "../v/x"}))
     with pytest.raises(SteerscopeError) as e:
         SteeringVector.from_pretrained(folder)
-    assert "tensor_file '../v/x' cannot name a file" in one_line(e)
+    assert "not a file name in the folder" in one_line(e)
     folder = a_vector().save_pretrained(tmp_path / "c")
     (folder / CARD_FILE).unlink()
     with pytest.raises(SteerscopeError) as e:

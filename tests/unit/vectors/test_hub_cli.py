@@ -210,4 +210,6 @@ def test_hub_writers_stay_inside_out(capsys, tmp_path, run_dir, monkeypatch, arg
     assert code == 2, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
-    assert _files_under(tmp_path) == before and list(outside.iterdir()) == []
+    assert list(outside.iterdir()) == []
+    if argv[0] == "push":  # push checks every subfolder before writing; pull file by file
+        assert _files_under(tmp_path) == before
