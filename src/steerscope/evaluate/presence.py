@@ -145,7 +145,7 @@ class CallablePresence:
         """The function's verdict on one response, checked to be a bool."""
         try:
             value = self.fn(response)
-        except (Exception, SystemExit) as exc:  # sys.exit(0) in a judge is no verdict either
+        except Exception as exc:
             raise SteerscopeError(f"judge function '{self.name}' raised {type(exc).__name__}: "
                                   f"{str(exc)[:200]}",
                                   "fix the function: it takes one completion and returns "
