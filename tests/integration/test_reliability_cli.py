@@ -147,11 +147,17 @@ def test_a_prompt_longer_than_the_context_warns():
         generate(model, tok, [long + " word word", "short"], max_new_tokens=2)
 
 
-def test_vector_metadata_that_is_a_list_is_one_line(capsys, tmp_path):
-    path = tmp_path / "list.safetensors"
-    save_file({"vector": torch.ones(64)}, str(path), metadata={"steerscope": "[1, 2]"})
+@pytest.mark.parametrize("metadata,needle", [
+    ("[1, 2]", "metadata that is not a JSON object (a list)"),
+    ('{"layer": ', "metadata of vector file"),
+    ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests more than 64 levels deep"),
+    ('{"layer": ' + "9" * 5000 + "}", "holds a value Python cannot read"),
+], ids=["list", "not-json", "nested-deep", "huge-integer"])
+def test_vector_metadata_that_is_not_an_object_is_one_line(capsys, tmp_path, metadata, needle):
+    path = tmp_path / "bad.safetensors"
+    save_file({"vector": torch.ones(64)}, str(path), metadata={"steerscope": metadata})
     code, _, err = _run(capsys, "vectors", "info", path)
-    _one_line_error(code, err, "metadata that is not a JSON object (a list)")
+    _one_line_error(code, err, needle)
 
 
 # --- 5. vector names cannot write outside --out ------------------------------------------

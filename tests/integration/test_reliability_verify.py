@@ -285,6 +285,24 @@ def _depth(value):
     return damage
 
 
+def _deep(name, words="nests more than 64 levels deep"):
+    """A JSON file of the folder given a key nested 100000 levels deep (json: RecursionError)."""
+    def damage(folder):
+        text = (folder / name).read_text().rstrip() if (folder / name).exists() else "{}"
+        (folder / name).write_text(text[:-1].rstrip().rstrip(",") + (", " if len(text) > 2
+                                   else "") + '"x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        return f"{name} {words}" if words.startswith("nests") else words
+    return damage
+
+
+def _deep_header(folder):
+    import struct
+
+    header = ("[" * 50_000 + "]" * 50_000).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    return "model.safetensors is truncated or damaged (its header is not JSON)"
+
+
 def _template(text):
     def damage(folder):
         (folder / "chat_template.jinja").write_text(text)
@@ -299,6 +317,12 @@ MODEL_CASES = [
     ("num_hidden_layers-1e9-int", _depth(10**9)),
     ("num_hidden_layers-fewer", _depth(2)),
     ("num_hidden_layers-text", _depth("four")),
+    ("config.json-nested-deep", _deep("config.json")),
+    ("tokenizer_config.json-nested-deep", _deep("tokenizer_config.json")),
+    ("generation_config.json-nested-deep", _deep("generation_config.json")),
+    ("special_tokens_map.json-nested-deep", _deep("special_tokens_map.json")),
+    ("tokenizer.json-nested-deep", _deep("tokenizer.json", "cannot load a tokenizer from")),
+    ("safetensors-header-nested-deep", _deep_header),
     ("template-syntax", _template("{% for %}")),
     ("template-sandbox", _template("{{ ''.__class__.__mro__ }}")),
     ("template-raises", _template("{{ raise_exception('no chats here') }}")),
@@ -380,7 +404,10 @@ def test_the_gguf_check_accepts_the_embedded_model():
     (lambda d: (d / "results.json").write_text("{"), "is not valid JSON"),
     (lambda d: (d / "run.json").write_text('{"stages": [1]}'), "has no 'stages' object"),
     (lambda d: (d / "run.json").write_text("[{"), "is not valid JSON"),
-], ids=["results-list", "results-not-json", "run.json-stages-list", "run.json-not-json"])
+    (lambda d: (d / "results.json").write_text("[" * 100_000 + "]" * 100_000),
+     "results.json nests more than 64 levels deep"),
+], ids=["results-list", "results-not-json", "run.json-stages-list", "run.json-not-json",
+        "results-nested-deep"])
 def test_steerscope_report_on_malformed_files_is_one_line(finished, tmp_path, capsys, damage,
                                                           words):
     _, ref, _ = finished
@@ -392,12 +419,18 @@ def test_steerscope_report_on_malformed_files_is_one_line(finished, tmp_path, ca
     assert len(err) == 1 and words in err[0], err
 
 
-@pytest.mark.parametrize("kind", ["classifier", "chat"])
+@pytest.mark.parametrize("kind,deep", [("classifier", False), ("chat", False),
+                                       ("classifier", True)],
+                         ids=["classifier-missing", "chat-missing", "classifier-config-deep"])
 def test_a_missing_judge_model_of_a_behaviour_is_found_in_preflight(workdir, tmp_path, capsys,
-                                                                     kind):
+                                                                     kind, deep):
+    """A judge model folder that is missing, or whose config.json nests too deep to read."""
     import yaml
 
     missing = tmp_path / "no-such-judge"
+    if deep:
+        missing.mkdir()
+        (missing / "config.json").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
     behaviour = {"name": "tiny", "present": {"train": str(workdir / "harmful.txt"),
                                              "val": str(workdir / "harmful.txt"),
                                              "test": str(workdir / "harmful.txt")},
@@ -415,7 +448,8 @@ def test_a_missing_judge_model_of_a_behaviour_is_found_in_preflight(workdir, tmp
     out = tmp_path / "runs"
     assert main(["run", str(config), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "judge.model" in err[0] and str(missing) in err[0], err
+    words = "config.json nests more than 64 levels deep" if deep else "judge.model"
+    assert len(err) == 1 and words in err[0] and str(missing) in err[0], err
     assert not out.exists() or not any(out.rglob("*.safetensors"))  # nothing computed
 
 

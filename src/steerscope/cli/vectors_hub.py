@@ -3,11 +3,11 @@ Hugging Face Hub (docs/vectors.md, "Sharing vectors on the Hub")."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from steerscope.cli import common
 from steerscope.errors import SteerscopeError
+from steerscope.safe_files import read_json_file
 
 
 def run_entries(run_dir: Path, methods: list[str] | None, base_model: str | None) -> list:
@@ -22,11 +22,7 @@ def run_entries(run_dir: Path, methods: list[str] | None, base_model: str | None
     if not results_file.is_file():
         raise SteerscopeError(f"run folder {run_dir} has no results.json",
                               "pass a run folder written by steerscope run, or vector files")
-    try:
-        results = json.loads(results_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SteerscopeError(f"cannot read {results_file} ({type(exc).__name__})",
-                              "rerun steerscope run to rewrite it") from exc
+    results = read_json_file(results_file, "results file")
     check_results(results)
     vectors = results.get("vectors") or {}
     if not vectors:

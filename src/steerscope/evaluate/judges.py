@@ -67,8 +67,9 @@ def model_ships_code(model: str) -> bool:
     """True when the model folder, or its entry in the local Hugging Face cache, declares code
     of its own: an ``auto_map`` in ``config.json`` or ``tokenizer_config.json``. Reads only
     files already on disk (an uncached Hub id: False; loading then refuses the code)."""
-    import json
     from pathlib import Path
+
+    from steerscope.safe_files import read_json_file
 
     folder = Path(model).expanduser()
     for name in ("config.json", "tokenizer_config.json"):
@@ -82,10 +83,7 @@ def model_ships_code(model: str) -> bool:
                 path = None
         if not isinstance(path, (str, Path)) or not Path(path).is_file():
             continue
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+        data = read_json_file(path, "judge model file")  # deep or huge: one line, now
         if isinstance(data, dict) and data.get("auto_map"):
             return True
     return False

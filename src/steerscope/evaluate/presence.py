@@ -66,6 +66,11 @@ REFUSED_JUDGE_MODULES = frozenset({
     "sysconfig", "site", "atexit", "faulthandler", "tarfile", "zipfile", "distutils",
     "setuptools", "pip", "venv", "ensurepip", "operator", "functools", "yaml", "pandas",
     "numexpr",
+    # run their text argument as code (timeit, cProfile/profile.run, doctest, sympify,
+    # numpy.testing.measure, logging.config), a program ($PAGER: pydoc.pager), or download and
+    # run code (torch.hub, transformers/huggingface_hub with remote code)
+    "timeit", "cProfile", "profile", "doctest", "pydoc", "idlelib", "sympy", "numpy", "torch",
+    "transformers", "huggingface_hub", "logging", "unittest", "tkinter", "turtle",
 })
 
 

@@ -19,6 +19,10 @@ from steerscope.errors import SteerscopeError
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the safetensors format's own limit
 MAX_GGUF_ITEMS = 2**24  # tensors, metadata keys or array items: far above any real model
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blk|block|blocks)\.(\d+)\.")
+# the small JSON files transformers reads while loading (tokenizer.json, often tens of MB, is
+# left to the tokenizer's loader: parsing it here would cost seconds)
+SIDE_JSON_FILES = ("tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
 REFETCH = "rebuild or re-download the model (a cached model: delete its folder, it is rebuilt)"
 
 
@@ -41,7 +45,7 @@ def safetensors_tensor_names(path: str | os.PathLike) -> list[str]:
             raise damaged(path, f"its header claims {n} bytes, the file has {size}")
         try:
             header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise damaged(path, "its header is not JSON") from None
     if not isinstance(header, dict):
         raise damaged(path, "its header is not a JSON object")
@@ -111,8 +115,14 @@ def check_depth(config: dict, where: str, layers_in_weights: set[int]) -> None:
 
 def check_model_folder(folder: str | os.PathLike) -> None:
     """Every weight file of a model folder is complete (its safetensors header covers the
-    file exactly) and ``config.json``'s depth matches the layers the weights hold."""
+    file exactly), ``config.json``'s depth matches the layers the weights hold, and the small
+    JSON files beside it (:data:`SIDE_JSON_FILES`) are readable JSON (not deep, huge, a FIFO)."""
+    from steerscope.safe_files import MAX_CONFIG_BYTES, read_json_file
+
     folder = Path(folder)
+    for name in SIDE_JSON_FILES:
+        if (folder / name).exists() or (folder / name).is_symlink():
+            read_json_file(folder / name, "model file", max_bytes=MAX_CONFIG_BYTES)
     names: list[str] = []
     for path in weight_files(folder):
         if not path.is_file():
@@ -121,7 +131,7 @@ def check_model_folder(folder: str | os.PathLike) -> None:
     config_path = folder / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return  # read_config_json names this problem
     if isinstance(config, dict):
         check_depth(config, str(config_path), layer_counts(names))

@@ -219,9 +219,9 @@ def load_model(
         check_model_folder(src.location)  # headers only: truncated weights, a wrong depth
         try:
             tokenizer = AutoTokenizer.from_pretrained(src.location)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: a deep JSON file
             raise SteerscopeError(
-                f"cannot load a tokenizer from '{src.location}'",
+                f"cannot load a tokenizer from '{src.location}' ({type(exc).__name__})",
                 "save the model's tokenizer into the same folder (tokenizer.save_pretrained)",
             ) from exc
         check_template_renders(tokenizer, src.location)  # before any weight is read

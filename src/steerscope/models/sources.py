@@ -11,7 +11,6 @@ one :func:`register_model_source` call (or one row of :data:`MODEL_SOURCES`).
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,12 +167,9 @@ def hub_offline() -> bool:
 
 def read_config_json(path: str) -> dict:
     """The parsed ``config.json`` at ``path`` (a one-line error when it cannot be read)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise SteerscopeError(f"cannot read {path} ({exc})",
-                              "pass a folder written by save_pretrained") from exc
+    from steerscope.safe_files import read_json_file
+
+    return read_json_file(path, "model config")  # one line for a deep, huge or non-JSON file
 
 
 def check_model_type(config: dict, where: str) -> None:

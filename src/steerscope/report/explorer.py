@@ -9,12 +9,12 @@ patterns of one example); :func:`explorer_section`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from steerscope.report.explorer_data import MAX_EDGES, explorer_data, stage_dirs_of_run
 from steerscope.report.explorer_html import D3_VERSION, SECTION_TITLE, explorer_section
+from steerscope.safe_files import read_json_file
 
 __all__ = ["D3_VERSION", "MAX_EDGES", "SECTION_TITLE", "build_run_report", "explorer_section",
            "load_run_model", "read_results", "run_explorer_data"]
@@ -55,11 +55,7 @@ def read_results(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise SteerscopeError(f"{path} does not exist",
                               "pass a run folder written by 'steerscope run'")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:
-        raise SteerscopeError(f"{path} is not valid JSON ({exc})",
-                              "rerun 'steerscope run' with the run's config: it rewrites it") from None
+    results = read_json_file(path, "results file")  # deep, huge, FIFO: one line
     if not isinstance(results, dict):
         raise SteerscopeError(f"{path} holds a JSON {type(results).__name__}, not the results "
                               "object", "rerun 'steerscope run' with the run's config: it "

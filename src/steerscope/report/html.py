@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
 from steerscope.artifacts import atomic_write, child_path
 from steerscope.report import figures
+from steerscope.safe_files import read_json_file
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
@@ -261,7 +261,7 @@ def build_report(results: dict | str | Path, out_dir: str | Path, *,
     (or a results.json path), with the circuit explorer when ``explorer`` data is given;
     returns the HTML path."""
     if not isinstance(results, dict):
-        results = json.loads(Path(results).read_text(encoding="utf-8"))
+        results = read_json_file(results, "results file")
     from steerscope.results_schema import check_results
 
     check_results(results)

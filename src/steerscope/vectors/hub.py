@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 from steerscope.artifacts import atomic_write, child_path
 from steerscope.errors import SteerscopeError
+from steerscope.safe_files import MAX_CONFIG_BYTES, read_json_file
 from steerscope.vectors.hub_card import (
     LIBRARY_NAME,
     CardInfo,
@@ -162,11 +163,7 @@ def read_config(folder: Path) -> dict[str, Any]:
             raise SteerscopeError(f"{folder} holds several vectors ({', '.join(subs)})",
                                   f"pass subfolder= one of them (e.g. subfolder='{subs[0]}')")
         raise SteerscopeError(f"{folder} has no {CONFIG_FILE}", FOLDER_HINT)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SteerscopeError(f"cannot read {path} ({type(exc).__name__})",
-                              "re-save the vector with save_pretrained") from exc
+    config = read_json_file(path, "vector config", max_bytes=MAX_CONFIG_BYTES)
     if not isinstance(config, dict) or config.get("library_name") != LIBRARY_NAME:
         raise SteerscopeError(f"{path} is not a steerscope vector config",
                               "re-save the vector with save_pretrained")

@@ -141,13 +141,10 @@ class PreferenceData:
     @classmethod
     def load(cls, path: str | os.PathLike) -> PreferenceData:
         """Read a file written by :meth:`save`."""
+        from steerscope.safe_files import read_json_file
+
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"preference data file {path} does not exist", "check the path")
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"preference data file {path} is not valid JSON ({exc})") from exc
+        obj = read_json_file(path, "preference data file", error=DataError)
         if not isinstance(obj, dict) or not isinstance(obj.get("examples"), list):
             raise DataError(f"preference data file {path} has no 'examples' list",
                             "pass a file written by PreferenceData.save")

@@ -167,10 +167,10 @@ class SteeringVector:
                 "pass a .safetensors file written by steerscope or safetensors") from exc
         fields: dict[str, Any] = {}
         if META_KEY in header:
-            try:
-                fields = json.loads(header[META_KEY])
-            except json.JSONDecodeError as exc:
-                raise SteerscopeError(f"vector file {path} has corrupt steerscope metadata") from exc
+            from steerscope.safe_files import parse_json
+
+            # one line for corrupt, deep-nested (RecursionError) or huge-integer metadata
+            fields = parse_json(header[META_KEY], "the steerscope metadata of vector file", path)
             if not isinstance(fields, dict):
                 raise SteerscopeError(f"vector file {path} has steerscope metadata that is not a "
                                       f"JSON object (a {type(fields).__name__})",

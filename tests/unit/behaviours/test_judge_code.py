@@ -102,6 +102,9 @@ def test_a_behaviour_file_cannot_give_consent(tmp_path):
     "sys:exit", "shutil:rmtree", "importlib:import_module", "pty:spawn", "socket:socket",
     "ctypes:CDLL", "runpy:run_path", "code:interact", "pickle:loads", "marshal:loads",
     "posix:system", "os.path:exists", "_posixsubprocess:fork_exec", "io:open",
+    # run the completion itself as code or as a program, or fetch code
+    "timeit:timeit", "cProfile:run", "profile:run", "doctest:debug_src", "pydoc:pager",
+    "sympy:sympify", "numpy.testing:measure", "torch.hub:load", "logging.config:fileConfig",
 ])
 def test_dangerous_modules_are_refused_even_when_allowed(tmp_path, function):
     spec = {"kind": "callable", "function": function}

@@ -20,7 +20,7 @@ from test_hub import (
 
 from steerscope.cli import main
 from steerscope.vectors import SteeringVector
-from steerscope.vectors.hub import CARD_FILE, CONFIG_FILE, TENSOR_FILE
+from steerscope.vectors.hub import CARD_FILE, CONFIG_FILE, TENSOR_FILE, card_info, save_many
 
 
 def _run(capsys, *argv):
@@ -199,3 +199,56 @@ def test_a_failed_upload_is_one_line_exit_2(capsys, tmp_path, monkeypatch):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "pushing to Hub repo 'someone/v' failed (ConnectionError)" \
         in lines[0] and "hf auth login" in lines[0], err
+
+
+def _files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# (id, argv after "vectors", what is planted, the one-line message): names from a run's
+# results.json, a vector file's name or a Hub repo, and links planted in --out, never lead a
+# write outside --out (issue 29.3: every writer goes through artifacts.child_path)
+HUB_ESCAPES = [
+    ("run-vector-name-climbs-out", ["push", "{run}", "--out", "{out}"], "results",
+     "vector subfolder '../../ESCAPED' cannot name a file"),
+    ("file-named-dotdot", ["push", "{dots}", "{vec}", "--out", "{out}"], None,
+     "vector subfolder '..' cannot name a file"),
+    ("push-out-subfolder-is-a-link", ["push", "{run}", "--out", "{out}"], "link:dim",
+     "is a symbolic link to"),
+    ("pull-out-subfolder-is-a-link", ["pull", "someone/two", "--out", "{out}"], "link:dim",
+     "is a symbolic link to"),
+]
+
+
+@pytest.mark.parametrize("argv,plant,needle", [c[1:] for c in HUB_ESCAPES],
+                         ids=[c[0] for c in HUB_ESCAPES])
+def test_hub_writers_stay_inside_out(capsys, tmp_path, run_dir, monkeypatch, argv, plant,
+                                     needle):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "upload_folder", None)  # never reached
+    sv_a, sv_b = a_vector("dim"), a_vector("pca", seed=1)
+    save_many([(sv.method, sv.hub_payload(), card_info(sv.hub_payload())) for sv in (sv_a, sv_b)],
+              tmp_path / "two")
+    cache_snapshot(tmp_path / "hub", "someone/two", tmp_path / "two")
+    files = {"run": run_dir, "out": tmp_path / "deep" / "out", "vec": tmp_path / "v.safetensors",
+             "dots": tmp_path / "...safetensors"}
+    sv_a.save(files["vec"])
+    sv_b.save(files["dots"])  # stem '..'
+    if plant == "results":
+        results = json.loads((run_dir / "results.json").read_text())
+        results["vectors"]["../../ESCAPED"] = results["vectors"].pop("ntp")
+        (run_dir / "results.json").write_text(json.dumps(results))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if plant and plant.startswith("link:"):
+        files["out"].mkdir(parents=True)
+        (files["out"] / plant[5:]).symlink_to(outside, target_is_directory=True)
+    before = _files_under(tmp_path)
+    code, out, err = _run(capsys, "vectors", *[a.format(**files) for a in argv])
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert list(outside.iterdir()) == []
+    if argv[0] == "push":  # push checks every subfolder before writing; pull file by file
+        assert _files_under(tmp_path) == before
