@@ -176,7 +176,7 @@ class CallablePresence:
         each = " for each (prompt, response)" if self.arity == 2 else ""
         try:
             value = self.fn(prompt, response) if self.arity == 2 else self.fn(response)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit in a judge must not end the run
             raise SteerscopeError(f"judge function '{self.name}' raised {type(exc).__name__}: "
                                   f"{str(exc)[:200]}",
                                   f"fix the function: it takes {takes} and returns "

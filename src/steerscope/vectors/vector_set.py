@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from steerscope.artifacts import atomic_write
 from steerscope.errors import ShapeError, SteerscopeError
 from steerscope.runtime import steer as steer_at_layer
+from steerscope.safe_files import parse_json
 from steerscope.vectors.vector import META_KEY, SteeringVector
 
 KIND = "vector_set"
@@ -317,14 +318,11 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         raise SteerscopeError(f"cannot read vector file {path} ({type(exc).__name__})",
                               "pass a .safetensors file written by steerscope") from exc
     meta: Any = {}
-    if META_KEY in header:
-        try:
-            meta = json.loads(header[META_KEY])
-        except json.JSONDecodeError as exc:
-            raise SteerscopeError(f"vector file {path} has corrupt steerscope metadata") from exc
+    if META_KEY in header:  # one line for corrupt, deep-nested or huge-integer metadata
+        meta = parse_json(header[META_KEY], "the steerscope metadata of vector file", path)
     if not isinstance(meta, dict):
         raise SteerscopeError(f"vector file {path} has steerscope metadata that is not a JSON "
-                              "object", "re-save the vector")
+                              f"object (a {type(meta).__name__})", "re-save the vector")
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise SteerscopeError(f"tensor '{name}' in {path} contains NaN or infinite values",

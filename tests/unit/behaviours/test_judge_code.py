@@ -46,7 +46,8 @@ def judge_module(tmp_path, monkeypatch):
         "def a_list(text):\n    return [True]\n"
         "def a_tensor(text):\n    return torch.tensor(True)\n"
         "def one(text):\n    return 1\n"
-        "def boom(text):\n    raise RuntimeError('the judge broke\\non two lines')\n")
+        "def boom(text):\n    raise RuntimeError('the judge broke\\non two lines')\n"
+        "def exits(text):\n    import sys\n    sys.exit(0)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield name, marker
     sys.modules.pop(name, None)
@@ -152,6 +153,9 @@ def test_numpy_bools_and_a_judge_that_raises(judge_module):
         boom.judge(["p"], ["text"])
     assert str(e.value).startswith(f"judge function '{name}:boom' raised RuntimeError: the "
                                    "judge broke on two lines")
+    exits = make_judge({"kind": "callable", "function": f"{name}:exits"}, allow_code=True)
+    with pytest.raises(SteerscopeError, match=rf"judge function '{name}:exits' raised SystemExit"):
+        exits.judge(["p"], ["text"])  # sys.exit(0) in a judge must not end a run with exit 0
 
 
 def test_a_judge_model_that_ships_code(tmp_path):
