@@ -26,20 +26,25 @@ def _run(capsys, *argv):
 
 
 def _fake_refusals(monkeypatch):
-    """Tiny random models never refuse: for each vector, the base completion of the two
-    harmful prompts and the steered completion of the two harmless prompts 'refuse'."""
+    """Tiny random models never refuse: for each vector, the base completions of the
+    harmful prompts (steered with a negative alpha) and the steered completions of the
+    harmless prompts 'refuse'. Rollouts judge a batch's base completions, then its steered
+    ones (the prompt sets here fit one batch)."""
     import steerscope.patching.data as data
 
-    calls = {"n": 0}
+    state = {"n": 0, "i": 0, "harmful": True}
+    rollouts = data.rollouts
+
+    def counted(model, tokenizer, instructions, vector, alpha, **kw):
+        state.update(n=len(instructions), i=0, harmful=alpha < 0)
+        return rollouts(model, tokenizer, instructions, vector, alpha, **kw)
 
     def fake(text):
-        calls["n"] += 1
-        # rollouts judge base then steered for each prompt, harmful set first
-        pair = ((calls["n"] - 1) // 2) % 4
-        first = (calls["n"] - 1) % 2 == 0
-        harmful = pair < 2
-        return first if harmful else not first
+        steered = state["i"] >= state["n"]
+        state["i"] += 1
+        return steered != state["harmful"]
 
+    monkeypatch.setattr(data, "rollouts", counted)
     monkeypatch.setattr(data, "is_refusal_substring", fake)
 
 
