@@ -300,6 +300,7 @@ def test_ctrl_c_in_a_finalizer_still_exits_130(capsys):
     re-raises it and exits 130 instead of finishing with exit 0."""
     import argparse
     import gc
+    import signal
 
     from steerscope.cli.common import run_command
 
@@ -318,7 +319,13 @@ def test_ctrl_c_in_a_finalizer_still_exits_130(capsys):
         reached.append("end")
         return {}
 
-    code = run_command(argparse.Namespace(func=command))
+    # Python's own SIGINT handler, as in a real `steerscope` process (an earlier test in the
+    # same pytest process may have left another one installed)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = run_command(argparse.Namespace(func=command))
+    finally:
+        signal.signal(signal.SIGINT, before)
     _, err = capsys.readouterr()
     assert code == 130 and err.strip().splitlines()[-1] == "interrupted", err
     assert reached == []
