@@ -137,7 +137,7 @@ def _upgrade_steering(steering: dict) -> dict:
 def _upgrade_freeze(freeze: dict) -> dict:
     out = {}
     for mode, e in freeze.items():
-        if not isinstance(e, dict) or "harmful_asr" not in e:
+        if not isinstance(e, dict) or any(side in e for side in SIDES):
             out[mode] = e
             continue
         out[mode] = {"mean_drop": e.get("mean_drop")}

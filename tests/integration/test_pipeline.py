@@ -147,8 +147,8 @@ def test_inputs_checked_before_any_compute(workdir, tmp_path, monkeypatch):
         run_pipeline(tiny_config(workdir, data={"harmful_test": "nope.txt"}), out)
     with pytest.raises(SteerscopeError, match=r"'model.source'.*does not exist"):
         run_pipeline(tiny_config(workdir, model={"source": str(tmp_path / "missing")}), out)
-    with pytest.raises(SteerscopeError, match=r"has 12 prompts but harmful_train \(4\) \+ "
-                                              r"harmful_val \(3\) \+ harmful_test \(40\) need 47"):
+    with pytest.raises(SteerscopeError, match=r"has 12 prompts but present_train \(4\) \+ "
+                                              r"present_val \(3\) \+ present_test \(40\) need 47"):
         run_pipeline(tiny_config(workdir, data={"n_test": 40}), out)
     with pytest.raises(SteerscopeError, match="unknown stage 'vector'"):
         run_pipeline(tiny_config(workdir), out, force="vector")
@@ -196,9 +196,9 @@ def test_trained_vectors_validate_on_dim_val_prompts_and_keep_the_best_epoch(fin
     prompts = json.loads((data_dir / "prompts.json").read_text())
     val = json.loads((trained_dir / "preference_val.json").read_text())["examples"]
     train = json.loads((trained_dir / "preference_data.json").read_text())["examples"]
-    assert {e["instruction"] for e in val} <= set(prompts["harmful_val"] + prompts["harmless_val"])
-    assert {e["instruction"] for e in train} <= set(prompts["harmful_train"]
-                                                    + prompts["harmless_train"])
+    assert {e["instruction"] for e in val} <= set(prompts["present_val"] + prompts["absent_val"])
+    assert {e["instruction"] for e in train} <= set(prompts["present_train"]
+                                                    + prompts["absent_train"])
     for obj in ("ntp", "po"):
         meta = SteeringVector.load(trained_dir / f"{obj}.safetensors").metadata
         assert meta["epoch_choice"] == "best_epoch" and meta["val"]["validation"] == "deployed"

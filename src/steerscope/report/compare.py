@@ -153,7 +153,10 @@ def _tolerant(cells: Callable[[], Any], empty: Any) -> Any:
 
 
 def summarise(res: dict) -> dict:
-    """Every headline cell that one run's results.json fills (docs/report.md)."""
+    """Every headline cell that one run's results.json fills (docs/report.md); a results
+    file of an earlier format is read under today's keys
+    (:func:`~steerscope.results_schema.upgrade_results`)."""
+    res = upgrade_results(res)
     model = res.get("model") if isinstance(res.get("model"), dict) else {}
     return {
         "model": model.get("id"), "steering_layer": model.get("steering_layer"),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from steerscope.errors import SteerscopeError
+from steerscope.results_schema import side_labels
 
 LIBRARY_NAME = "steerscope"
 VECTOR_TAG = "steering-vector"
@@ -56,11 +57,12 @@ def model_name(model_id: str | None) -> str | None:
 
 def run_figures(results: dict[str, Any], method: str) -> dict[str, Any]:
     """The headline figures of ``method`` in a run's results.json: the run's name and
-    behaviour, the steered and unsteered cells of each prompt side (α, behaviour rate,
-    loop rate, n) and the minimal faithful circuit's share of the edges; sections the run did
-    not reach are left out."""
+    behaviour with its display words (``labels``), the steered and unsteered cells of each
+    prompt side (α, behaviour rate, loop rate, n) and the minimal faithful circuit's share of
+    the edges; sections the run did not reach are left out."""
     figures: dict[str, Any] = {"run": (results.get("run") or {}).get("name"),
-                               "behaviour": (results.get("behaviour") or {}).get("name")}
+                               "behaviour": (results.get("behaviour") or {}).get("name"),
+                               "labels": side_labels(results)}
     quantization = (results.get("model") or {}).get("quantization")
     if quantization:  # the run studied a quantized model: its figures are that model's
         figures["quantization"] = quantization
@@ -134,10 +136,11 @@ def figures_section(figures: dict[str, Any] | None, method: str) -> list[str]:
     if steering:
         lines += ["| prompts | steering | α | behaviour rate | loop rate | n |",
                   "|---|---|---|---|---|---|"]
+        labels = figures.get("labels") or {}
         for side, use, what in SIDES:
             for who, cell in steering.get(side, {}).items():
                 name = "none" if who == "none" else method
-                lines.append(f"| {side} ({what}) | {name}{'' if who == 'none' else ' (' + use + ')'}"
+                lines.append(f"| {labels.get(side, side)} ({what}) | {name}{'' if who == 'none' else ' (' + use + ')'}"
                              f" | {_fmt(cell.get('alpha'), 2)} | {_fmt(cell.get('behaviour_rate'))}"
                              f" | {_fmt(cell.get('repetition_rate'))}"
                              f" | {_fmt(cell.get('n'))} |")

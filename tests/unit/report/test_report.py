@@ -259,7 +259,7 @@ def test_results_of_format_1_are_read_under_todays_keys(tmp_path):
         check_results(old)  # today's contract
     up = upgrade_results(old)
     expected = full_results()
-    for m, cells in expected["freeze"].items():  # format 1 recorded no alpha, drop or n
+    for cells in expected["freeze"].values():  # format 1 recorded no alpha, drop or n
         for side in ("present", "absent"):
             cells[side] = {"alpha": None, "drop": None, "n": None, **cells[side]}
     assert _close(up, expected)
