@@ -112,10 +112,11 @@ def add_prompt_pair(p: argparse.ArgumentParser, present: str, absent: str, *,
     Refusal's spellings (``--harmful`` / ``--harmless``, ``--harmful-val`` ...) stay as
     hidden aliases of the same options."""
     for side, old, default in (("present", "harmful", present), ("absent", "harmless", absent)):
-        p.add_argument("--" + flag.format(side), "--" + flag.format(old), default=default,
-                       dest=flag.format(side).replace("-", "_"),
+        dest = flag.format(side).replace("-", "_")
+        p.add_argument("--" + flag.format(side), default=default, dest=dest,
                        help=f"{side} prompts{note}: a file or dataset name (default: "
                             "%(default)s)")
+        p.add_argument("--" + flag.format(old), dest=dest, help=argparse.SUPPRESS)
 
 
 STEERED_NOTE = (" (present steered with -s to remove the behaviour, absent with +s to induce "
