@@ -136,9 +136,10 @@ def cmd_eot(args, lm) -> dict:
                               _builtin("demo_harmful_held_out", args.n_test),
                               _builtin("demo_harmless_held_out", args.n_test), arch=lm.arch,
                               max_new_tokens=args.max_new_tokens, batch_size=16)
-    out["asr"] = {f"{row.method}/{row.prompt_set}": row.asr for row in table.rows}
+    out["asr"] = {f"{row.method}/{table.labels[row.side]}": row.absence_rate
+                  for row in table.rows}
     for row in table.rows:
-        print(f"{row.method:20s} {row.prompt_set:9s} ASR {row.asr:.3f}")
+        print(f"{row.method:20s} {table.labels[row.side]:9s} ASR {row.absence_rate:.3f}")
     print(json.dumps({k: v for k, v in out.items() if k != "asr"}), flush=True)
     return out
 
