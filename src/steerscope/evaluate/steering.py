@@ -14,8 +14,8 @@ per (method, side) one :class:`SteeringRow`:
   behaviour's first tokens at the last prompt position) > 0 and its mean, under the same
   steering (no generation);
 
-and the cosine-similarity matrix between the vectors. Refusal's words (harmful / harmless,
-ASR) are display labels only (``Behaviour.labels``).
+and the cosine-similarity matrix between the vectors. Refusal's words (its side names and
+ASR) are display labels only (``Behaviour.labels``, :attr:`SteeringEval.labels`).
 
 The work is cut into fixed units: each side's prompts sorted by token length (longest first,
 as ``generate`` does) and cut into batches of ``batch_size``; a unit is one (side, batch) for
@@ -205,8 +205,8 @@ def length_batches(tokenizer, prompts: Sequence[str], batch_size: int) -> list[l
 
 def side_prompts(present, absent, legacy: Mapping[str, Any], where: str) -> tuple[Any, Any]:
     """``present`` / ``absent`` prompts, also given by refusal's old keyword names
-    (``harmful=`` / ``harmless=``, kept for callers of earlier versions); a one-line error for
-    an unknown keyword or a side given twice."""
+    (:data:`~steerscope.results_schema.LEGACY_SIDES`, kept for callers of earlier versions); a
+    one-line error for an unknown keyword or a side given twice."""
     given = {"present": present, "absent": absent}
     for key, value in legacy.items():
         side = LEGACY_SIDES.get(key)
@@ -241,9 +241,9 @@ def evaluate_steering(
 ) -> SteeringEval:
     """Generate and score every vector on the present (remove) and absent (induce) prompts.
 
-    ``present`` / ``absent`` are the behaviour's raw test prompts (refusal, the default:
-    harmful / harmless instructions; the old keyword names ``harmful=`` / ``harmless=`` still
-    work); they are formatted with the model's chat template. ``behaviour`` (a
+    ``present`` / ``absent`` are the behaviour's raw test prompts (refusal, the default: the
+    requests it refuses and those it answers; refusal's old keyword names still work,
+    :func:`side_prompts`); they are formatted with the model's chat template. ``behaviour`` (a
     :class:`~steerscope.behaviours.Behaviour`; None: refusal by the paper's substrings)
     judges presence, shown each completion's raw prompt. ``judge``: an optional evaluation
     judge (e.g. jailbreak) reported as ``judge_rate`` on the present side (on the main

@@ -204,7 +204,7 @@ def freeze_evaluation(
 ) -> FreezeEval:
     """Table 1 for one vector (a :class:`~steerscope.vectors.SteeringVector`, or a tensor
     with ``layer``). ``present`` / ``absent`` are the behaviour's raw test prompts
-    (chat-formatted here; refusal, the default: harmful / harmless instructions). ``include_unsteered`` adds the
+    (chat-formatted here; refusal, the default: requests it refuses / answers). ``include_unsteered`` adds the
     unsteered model as a reference row. ``score_ids``: the fast score's token ids (default:
     the behaviour's; refusal: ``refusal_token_ids``)."""
     import torch

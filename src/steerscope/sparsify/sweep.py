@@ -186,7 +186,7 @@ def sparsity_sweep(
     decides refusals (default: the paper's substring matcher); ``judge`` (optional) replaces
     it on the present sets. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`)
     replaces ``refusal`` by its judge; ``present`` / ``absent`` are its test prompts
-    (refusal: harmful / harmless). Identical sparse vectors (e.g. every rule at sparsity 0) are generated
+    (refusal, the default: requests it refuses / answers). Identical sparse vectors (e.g. every rule at sparsity 0) are generated
     once.
     """
     if not vectors:

@@ -20,6 +20,7 @@ from steerscope.pipeline.stages.common import (
     vectors_results_section,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS, TrainSection, seed_key
+from steerscope.results_schema import LEGACY_SIDES
 
 # TrainSection fields passed to the trainer's preset grid when set (None: the preset's)
 OVERRIDES = ("lr", "batch_size", "seed", "phi", "epochs", "max_response_tokens",
@@ -56,7 +57,8 @@ def training_prompts(cfg, prompts: dict[str, list[str]]) -> tuple[list[str], lis
 
     drawn = released_training_prompts(released_pools(cfg), n_train=d.n_train, n_val=d.n_val,
                                       n_total=pref.n_prompts or d.n_train, seed=cfg.data_seed)
-    return drawn["harmful"], drawn["harmless"]  # the released sampler's names
+    by_side = {LEGACY_SIDES[k]: v for k, v in drawn.items()}  # the released sampler's names
+    return by_side["present"], by_side["absent"]
 
 
 class TrainingModel:
