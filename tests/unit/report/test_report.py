@@ -72,52 +72,25 @@ def full_results() -> dict:
 
 def format1_results() -> dict:
     """The same results as :func:`full_results` as steerscope wrote them before format 2
-    (refusal's words: harmful/harmless, ASR = 1 − behaviour rate), key for key."""
-    square = [[1.0, 0.3, 0.2], [0.3, 1.0, 0.4], [0.2, 0.4, 1.0]]
-    curve = [[10, 0.1], [100, 0.5], [900, 0.87], [4000, 0.97], [8790, 1.0]]
-    return {
-        "format_version": 1,
-        "steerscope_version": "0.1.0",
-        "run": {"name": "synthetic", "dir": "/tmp/x", "config": "config.yaml",
-                "stages": {s: "done" for s in ("model", "data", "vectors", "trained",
-                                               "evaluation", "patching", "circuits", "freeze",
-                                               "svv", "sparsify")}},
-        "model": {"id": "toy", "revision": None, "architecture": "gemma2", "path": "/tmp/m",
-                  "steering_layer": 15, "n_layers": 26, "d_model": 2304},
-        "vectors": {m: {"path": f"/tmp/{m}.safetensors", "layer": 15, "position": -1,
-                        "norm": 42.0} for m in METHODS},
-        "steering": {m: {"harmful": {"asr": a, "mean_refusal_score": -s, "judge_asr": a,
-                                     "repetition_rate": 0.625 if m == "ntp" else 0.0},
-                         "harmless": {"asr": b, "mean_refusal_score": s}}
-                     for m, a, b, s in (("none", 0.0, 0.99, -3.0), ("dim", 0.8, 0.0, 2.0),
-                                        ("ntp", 0.84, 0.03, 1.5), ("po", 0.8, 0.0, 1.7))},
-        "cosine": {"methods": METHODS, "matrix": square},
-        "circuits": {m: {"total_edges": 8790, "faithfulness_curve": curve,
-                         "min_faithful_size": 900, "complement_faithfulness": 0.01,
-                         "random_faithfulness": 0.05} for m in METHODS},
-        "overlap": {"methods": METHODS,
-                    "by_size": [{"size": 100, "matrix": square}, {"size": 900, "matrix": square}]},
-        "interchange": {"methods": METHODS, "matrix": [[0.9, 0.88, 0.91]] * 3},
-        "edge_types": {m: {"top_n": 100, "fractions": {"q": 0.0, "k": 0.0, "v": 0.16,
-                                                       "mlp": 0.5, "logits": 0.34}}
-                       for m in METHODS},
-        "freeze": {"qk": {"harmful_asr": 0.74, "harmless_asr": 0.03, "mean_drop": 8.75,
-                          "harmful_repetition_rate": 0.375, "harmless_repetition_rate": 0.0},
-                   "ov": {"harmful_asr": 0.06, "harmless_asr": 0.57, "mean_drop": 71.75},
-                   "svv": {"harmful_asr": 0.2, "harmless_asr": 0.35, "mean_drop": 54.75},
-                   "mlp": {"harmful_asr": 0.57, "harmless_asr": 0.29, "mean_drop": 44.5}},
-        "svv": {m: [{"head": "L16H1", "score": 0.8, "tokens": ["forbid", " prohibition", "<b>"]},
-                    {"head": "L17H3 (−)", "score": -0.2, "tokens": ["sorry", "\n"]}]
-                for m in METHODS},
-        "sparsify": {
-            **{m: {rule: [{"sparsity": s, "harmful_asr": 0.8 * (1 - s ** 4),
-                           "harmless_asr": s ** 4} for s in (0.0, 0.5, 0.9, 0.99)]
-                   for rule in ("grad", "ie", "dropout", "bottomk")} for m in METHODS},
-            "iou": [{"level": t, "pair": [a, b], "iou": 0.5, "p_value": 1e-12}
-                    for t in (0.1, 0.5, 1.0) for a, b in (("dim", "ntp"), ("dim", "po"),
-                                                          ("ntp", "po"))],
-        },
-    }
+    (refusal's words: harmful/harmless, ASR = 1 − behaviour rate), key for key; the sections
+    format 2 did not change are :func:`full_results`'s."""
+    res = full_results()
+    res["format_version"] = 1
+    res["steering"] = {m: {"harmful": {"asr": a, "mean_refusal_score": -s, "judge_asr": a,
+                                       "repetition_rate": 0.625 if m == "ntp" else 0.0},
+                           "harmless": {"asr": b, "mean_refusal_score": s}}
+                       for m, a, b, s in (("none", 0.0, 0.99, -3.0), ("dim", 0.8, 0.0, 2.0),
+                                          ("ntp", 0.84, 0.03, 1.5), ("po", 0.8, 0.0, 1.7))}
+    res["freeze"] = {"qk": {"harmful_asr": 0.74, "harmless_asr": 0.03, "mean_drop": 8.75,
+                            "harmful_repetition_rate": 0.375, "harmless_repetition_rate": 0.0},
+                     "ov": {"harmful_asr": 0.06, "harmless_asr": 0.57, "mean_drop": 71.75},
+                     "svv": {"harmful_asr": 0.2, "harmless_asr": 0.35, "mean_drop": 54.75},
+                     "mlp": {"harmful_asr": 0.57, "harmless_asr": 0.29, "mean_drop": 44.5}}
+    res["sparsify"] = {**{m: {rule: [{"sparsity": s, "harmful_asr": 0.8 * (1 - s ** 4),
+                                      "harmless_asr": s ** 4} for s in (0.0, 0.5, 0.9, 0.99)]
+                              for rule in ("grad", "ie", "dropout", "bottomk")}
+                          for m in METHODS}, "iou": res["sparsify"]["iou"]}
+    return res
 
 
 # figures the full results must produce (name -> section)
