@@ -89,7 +89,7 @@ def test_a_run_with_two_steered_layers(workdir, tmp_path):
         assert back.layers == [1, 2] and torch.equal(back.vector, vs.vector)
         card = ModelCard.load(tmp_path / "hub" / m / "README.md").text
         assert "| layers | 1, 2 |" in card and f"## Results of run `{results['run']['name']}`" \
-            in card and f"| present (prompts with the behaviour) | {m} (remove) |" in card
+            in card and f"| harmful (prompts with the behaviour) | {m} (remove) |" in card
 
 
 @pytest.mark.parametrize("changes, match", [
