@@ -239,3 +239,17 @@ def test_results_of_format_1_are_read_under_todays_keys(tmp_path):
     assert upgrade_results(expected) is expected  # today's format: unchanged
     text = build_report(old, tmp_path / "old").read_text()
     assert text == build_report(full_results(), tmp_path / "new").read_text()
+
+
+def test_steerscope_report_rebuilds_a_format_1_run(tmp_path, capsys):
+    """`steerscope report RUN` on a run folder whose results.json is of format 1."""
+    from steerscope.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(format1_results()), encoding="utf-8")
+    assert main(["report", str(run), "--no-model"]) == 0
+    assert f"report: {run / 'report.html'}" in capsys.readouterr().out
+    text = (run / "report.html").read_text()
+    assert ">harmful ASR<" in text and "not run" not in text
+    assert set(re.findall(r'data-figure="([^"]+)"', text)) == EXPECTED_FIGURES
