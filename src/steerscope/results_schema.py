@@ -184,6 +184,9 @@ def upgrade_results(results: Any) -> Any:
     for key, fn in upgrades.items():
         if isinstance(out.get(key), dict):
             out[key] = fn(out[key])
+    data = out.get("data")
+    if isinstance(data, dict) and isinstance(data.get("counts"), dict):
+        out["data"] = {**data, "counts": upgrade_prompts(data["counts"])}
     out["format_version"] = FORMAT_VERSION
     return out
 

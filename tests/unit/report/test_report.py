@@ -237,6 +237,8 @@ def test_results_of_format_1_are_read_under_todays_keys(tmp_path):
             cells[side] = {"alpha": None, "drop": None, "n": None, **cells[side]}
     assert _close(up, expected)
     assert upgrade_results(expected) is expected  # today's format: unchanged
+    counts = upgrade_results({"data": {"counts": {"harmful_train": 4, "harmless_test": 2}}})
+    assert counts["data"]["counts"] == {"present_train": 4, "absent_test": 2}
     text = build_report(old, tmp_path / "old").read_text()
     assert text == build_report(full_results(), tmp_path / "new").read_text()
 
