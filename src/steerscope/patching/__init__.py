@@ -40,13 +40,13 @@ from steerscope.patching.data import (
 )
 from steerscope.patching.faithfulness import evaluate_position_metrics, grid_sizes
 from steerscope.patching.forward import GraphModel
+from steerscope.patching.graph import Graph, edge_count_formula
 from steerscope.patching.methods import (
     ATTRIBUTION_METHODS,
     AttributionMethod,
     attribution_method,
     register_attribution_method,
 )
-from steerscope.patching.graph import Graph, edge_count_formula
 from steerscope.patching.result import PatchingResult
 from steerscope.patching.run import (
     add_circuits,
