@@ -46,6 +46,9 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
+# names that accept a named model or prompt set: first register the demo's ("demo",
+# "demo-gemma", builtin:demo_*; steerscope.demo.sources)
+_NEEDS_DEMO_SOURCES = ("load_model", "load_prompts")
 
 
 def __getattr__(name: str) -> Any:
@@ -56,6 +59,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'steerscope' has no attribute {name!r}")
+    if name in _NEEDS_DEMO_SOURCES:
+        importlib.import_module("steerscope.demo")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value

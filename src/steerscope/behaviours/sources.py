@@ -11,11 +11,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from steerscope.behaviours import prompts_code, prompts_lists
 from steerscope.data import PromptSet, load_prompts
-from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
+from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts, register_builtin_set
 from steerscope.errors import SteerscopeError
 
 BUILTIN_PREFIX = "builtin:"
+
+# builtin:<behaviour>_<side>_<split>: the built-in behaviours' prompt sets
+for _behaviour, _module in (("lists", prompts_lists), ("code", prompts_code)):
+    for _side in ("present", "absent"):
+        for _split in ("train", "val", "test"):
+            register_builtin_set(f"{_behaviour}_{_side}_{_split}", _module.prompt_set,
+                                 f"{_side}_{_split}")
 
 
 def builtin_prompt_sets() -> list[str]:

@@ -22,7 +22,7 @@ from steerscope.artifacts import MANIFEST_NAME, atomic_build_dir, file_sha256, p
 from steerscope.errors import ModelNotFoundError, SteerscopeError
 from steerscope.models.cache_check import DIGESTS_KEY, cached_folder_ok, record_digests
 from steerscope.models.gguf import gguf_depth, load_gguf, quiet_transformers, strip_quantization
-from steerscope.models.sources import config_depth
+from steerscope.models.sources import ModelSource, config_depth, register_model_source
 
 logger = logging.getLogger(__name__)
 
@@ -205,3 +205,9 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     gguf = embedded_gguf_path()  # fails with the install hint before anything is written
     return atomic_build_dir(final, lambda tmp: _build_embedded(tmp, gguf),
                             valid=embedded_cache_valid)
+
+
+# the named model "default" (models/sources.py)
+register_model_source(ModelSource(DEFAULT_MODEL, ("default", DEFAULT_MODEL),
+                                  folder=default_model_dir, fingerprint=embedded_fingerprint,
+                                  shape=embedded_shape, tokenizer_folder=embedded_cache_folder))

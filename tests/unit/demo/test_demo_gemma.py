@@ -155,7 +155,7 @@ def test_prepare_demo_family_gemma(capsys, tmp_path, monkeypatch):
 
 
 def test_demo_run_config_sizes_follow_the_model():
-    from steerscope.demo.config import demo_run_config
+    from steerscope.pipeline.demo import demo_run_config
 
     assert demo_run_config().circuits.sizes == [151, 301, 753, 1505, 3010, 15051]
     gemma = demo_run_config(model="demo-gemma")
