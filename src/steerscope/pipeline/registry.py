@@ -154,7 +154,11 @@ def register_stage(name: str, *, deps: tuple[str, ...] | None = None,
         STAGES[name] = stage
         _sort()
         if _DEFERRED is None:
-            check_deps(name)
+            try:
+                check_deps(name)
+            except SteerscopeError:
+                del STAGES[name]
+                raise
         else:
             _DEFERRED.append(name)
         return fn
