@@ -13,6 +13,7 @@ model is one :func:`register_model_source` call.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from steerscope.models.archs import spec_for_model_type
 class ModelSource:
     """A model known by name. ``aliases``: the names ``load_model`` accepts for it (lower
     case); ``model_id``: the id it is loaded under. Each remaining field is a function taking
-    no argument: ``folder`` returns the folder ``from_pretrained`` loads (building and caching
+    no argument (or, as before, a ``"module:function"`` string naming one, imported on use): ``folder`` returns the folder ``from_pretrained`` loads (building and caching
     it on first use); ``fingerprint`` a JSON-able dict that identifies the model without
     reading weights (it goes into run hashes); ``shape`` ``(n_layers, model_type)`` without
     reading weights; ``tokenizer_folder`` a folder that holds (or will hold, once built) the
@@ -35,14 +36,18 @@ class ModelSource:
 
     model_id: str
     aliases: tuple[str, ...]
-    folder: Callable[[], Any]
-    fingerprint: Callable[[], Any]
-    shape: Callable[[], Any]
-    tokenizer_folder: Callable[[], Any]
+    folder: Callable[[], Any] | str
+    fingerprint: Callable[[], Any] | str
+    shape: Callable[[], Any] | str
+    tokenizer_folder: Callable[[], Any] | str
 
     def call(self, field_name: str) -> Any:
         """Call the function of the field ``field_name``."""
-        return getattr(self, field_name)()
+        fn = getattr(self, field_name)
+        if isinstance(fn, str):
+            module, _, name = fn.partition(":")
+            fn = getattr(importlib.import_module(module), name)
+        return fn()
 
 
 #: every named model, in registration order (the embedded ones register on import of
