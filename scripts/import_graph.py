@@ -32,7 +32,7 @@ SRC = ROOT / "src" / PACKAGE
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("errors", ("errors",)),
     ("foundations", ("artifacts", "validation", "patching_conventions", "results_schema",
-                     "safe_files")),
+                     "safe_files", "providers")),
     ("models, data, runtime", ("models", "data", "runtime", "environment", "testing")),
     ("generation and scores", ("generation", "generation_refill", "generation_compiled", "evaluate",
                                 "behaviours")),

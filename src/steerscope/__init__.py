@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from steerscope.providers import add_provider
+
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     # models and prompts
@@ -46,9 +48,12 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
-# names that accept a named model or prompt set: first register the demo's ("demo",
-# "demo-gemma", builtin:demo_*; steerscope.demo.sources)
-_NEEDS_DEMO_SOURCES = ("load_model", "load_prompts")
+
+# modules that register named things in the lower layers' registries, imported at the first
+# name a registry does not know (steerscope.providers): the demo its models ("demo",
+# "demo-gemma") and prompt sets (builtin:demo_*), the behaviours their prompt sets
+add_provider("steerscope.behaviours")
+add_provider("steerscope.demo")
 
 
 def __getattr__(name: str) -> Any:
@@ -59,8 +64,6 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'steerscope' has no attribute {name!r}")
-    if name in _NEEDS_DEMO_SOURCES:
-        importlib.import_module("steerscope.demo")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value

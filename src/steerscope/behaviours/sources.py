@@ -13,7 +13,7 @@ from pathlib import Path
 
 from steerscope.behaviours import prompts_code, prompts_lists
 from steerscope.data import PromptSet, load_prompts
-from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts, register_builtin_set
+from steerscope.data.builtin import builtin_prompts, known_builtin_sets, register_builtin_set
 from steerscope.errors import SteerscopeError
 
 BUILTIN_PREFIX = "builtin:"
@@ -28,13 +28,13 @@ for _behaviour, _module in (("lists", prompts_lists), ("code", prompts_code)):
 
 def builtin_prompt_sets() -> list[str]:
     """Names accepted after ``builtin:``, sorted."""
-    return sorted(BUILTIN_SETS)
+    return sorted(known_builtin_sets())
 
 
 def is_builtin_prompt_set(source) -> bool:
     """True for ``builtin:NAME`` with NAME one of :func:`builtin_prompt_sets`."""
     return (isinstance(source, str) and source.startswith(BUILTIN_PREFIX)
-            and source[len(BUILTIN_PREFIX):] in BUILTIN_SETS)
+            and source[len(BUILTIN_PREFIX):] in known_builtin_sets())
 
 
 def load_source(source, *, data_dir: str | os.PathLike | None = None,

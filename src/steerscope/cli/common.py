@@ -167,7 +167,6 @@ def load_vectors(specs: list[str], *, required: bool = True) -> dict:
 def load(args):
     """The :class:`~steerscope.models.loading.LoadedModel` named by ``args.model``,
     ``--dtype``, ``--device``, ``--quantization``, with ``--chat-template`` applied."""
-    import steerscope.demo  # noqa: F401  (registers the named demo models)
     from steerscope.models.chat import set_chat_template
     from steerscope.models.loading import load_model
 

@@ -6,8 +6,9 @@ id), without loading anything.
 A named model is a :class:`ModelSource` row whose fields are functions. The embedded models'
 rows are added by their own modules (:mod:`steerscope.models.embedded`,
 :mod:`steerscope.models.gemma3`); a model built by a higher layer registers its row from there
-(:mod:`steerscope.demo.sources`; ``import steerscope.demo``, done by the pipeline, the CLI and
-``steerscope.load_model``), so ``models/`` never imports it, by name or otherwise. A new named
+(:mod:`steerscope.demo.sources`, on ``import steerscope.demo``; a name not registered yet
+first imports the listed providers, :mod:`steerscope.providers`), so ``models/`` never imports
+it, by name or otherwise. A new named
 model is one :func:`register_model_source` call.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from steerscope.errors import ModelNotFoundError, SteerscopeError
 from steerscope.models.archs import spec_for_model_type
+from steerscope.providers import load_providers
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,15 @@ def model_source(name: Any) -> ModelSource | None:
     """The :class:`ModelSource` that ``name`` (case-insensitive, a str) names, or None."""
     if not isinstance(name, str):
         return None
+    found = registered_source(name)
+    if found is None:
+        load_providers()  # e.g. the demo models (steerscope.demo), registered on import
+        found = registered_source(name)
+    return found
+
+
+def registered_source(name: str) -> ModelSource | None:
+    """The row registered so far under alias ``name`` (no provider imported), or None."""
     key = name.strip().lower()
     return next((s for s in MODEL_SOURCES if key in s.aliases), None)
 
@@ -68,7 +79,7 @@ def register_model_source(source: ModelSource) -> None:
     registering the same row again does nothing)."""
     if source in MODEL_SOURCES:
         return
-    taken = [a for a in source.aliases if model_source(a) is not None]
+    taken = [a for a in source.aliases if registered_source(a) is not None]
     if taken:
         raise SteerscopeError(f"model name(s) {taken} are already registered",
                               "choose other aliases")

@@ -2,11 +2,8 @@
 
 ``run_pipeline(config, out)`` runs (or resumes) every stage (the small config for the demo
 refusal model is :func:`steerscope.pipeline.demo.demo_config`); ``register_stage`` adds or
-fills a stage. See docs/pipeline.md and docs/results.md. Importing the pipeline registers the
-demo's named models and prompt sets (``import steerscope.demo``), so a config may name them.
+fills a stage. See docs/pipeline.md and docs/results.md.
 """
-
-import steerscope.demo  # noqa: F401  (registers the demo models and prompt sets)
 from steerscope.pipeline.config import (
     PipelineConfig,
     config_from_dict,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from steerscope.data import PromptSet
-from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
+from steerscope.data.builtin import builtin_prompts, known_builtin_sets
 from steerscope.data.sampling import RELEASED_ORDER as RELEASED_KEYS
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.behaviour import split_sources
@@ -138,9 +138,10 @@ def source_kind(source, data_dir: str | None) -> str:
         return "behaviour"
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX):]
-        if name not in BUILTIN_SETS:
+        if name not in known_builtin_sets():
             raise SteerscopeError(f"unknown built-in prompt set '{source}'",
-                                  f"use builtin: followed by one of {', '.join(BUILTIN_SETS)}")
+                                  f"use builtin: followed by one of "
+                                  f"{', '.join(known_builtin_sets())}")
         return "builtin"
     if Path(source).expanduser().is_file():
         return "file"
