@@ -149,3 +149,20 @@ def test_hook_sites_reach_the_modules_the_runtime_hooked_before(tiny):
     for point, module in expect.items():
         assert arch.hook_module(point, 1)[0] is module
     assert arch.hook_module("resid_pre", arch.n_layers)[0] is arch.final_norm
+
+
+def test_a_discovered_stage_without_an_order_goes_before_the_report():
+    """Stages found by name are imported alphabetically: one without ``order=`` is still
+    placed just before the report, after the stages placed there earlier."""
+    saved = dict(registry.STAGES)
+    try:
+        with registry.discovering():
+            registry.register_stage("aa_toy", deps=("vectors",))(lambda ctx, s, i: {})
+            registry.register_stage("zz_toy", deps=("aa_toy",))(lambda ctx, s, i: {})
+        assert list(registry.STAGES)[-3:] == ["aa_toy", "zz_toy", "report"]
+        with pytest.raises(SteerscopeError, match="depends on unknown stage 'nope'"):
+            with registry.discovering():
+                registry.register_stage("bad_toy", deps=("nope",))(lambda ctx, s, i: {})
+    finally:
+        registry.STAGES.clear()
+        registry.STAGES.update(saved)

@@ -145,10 +145,10 @@ def register_stage(name: str, *, deps: tuple[str, ...] | None = None,
                 options=tuple(options),
                 key_extra=key_extra if key_extra is not None else old.key_extra)
             return fn
-        place = order
-        if place is None:
-            place = (STAGES[before].order - 0.5 if before in STAGES else
-                     max((st.order for st in STAGES.values()), default=0.0) + 1.0)
+        # without an order: just before `before`, placed at the end of a discovery (when
+        # every built-in stage is registered)
+        place = order if order is not None else \
+            float("inf") if _DEFERRED is not None else _place_before(before)
         stage = Stage(name, fn, tuple(deps or ()), tuple(optional or ()), section, results,
                       distributed, version, tuple(options), key_extra, float(place))
         STAGES[name] = stage
@@ -160,13 +160,24 @@ def register_stage(name: str, *, deps: tuple[str, ...] | None = None,
                 del STAGES[name]
                 raise
         else:
-            _DEFERRED.append(name)
+            _DEFERRED.append((name, None if order is not None else before))
         return fn
 
     return add
 
 
-_DEFERRED: list[str] | None = None  # stages registered during discovery, checked at its end
+# (stage, `before` when it has no order) registered during a discovery, placed and checked at
+# its end
+_DEFERRED: list[tuple[str, str | None]] | None = None
+
+
+def _place_before(before: str) -> float:
+    """The order just before stage ``before`` (after the stages already placed there), or
+    after the last stage when there is no ``before``."""
+    if before in STAGES:
+        return STAGES[before].order - 0.5
+    return max((st.order for st in STAGES.values() if st.order != float("inf")),
+               default=0.0) + 1.0
 
 
 def _sort() -> None:
@@ -205,7 +216,11 @@ def discovering() -> Iterator[None]:
     outer, _DEFERRED = _DEFERRED, []
     try:
         yield
-        for name in _DEFERRED:
+        for name, before in _DEFERRED:
+            if before is not None:
+                STAGES[name] = replace(STAGES[name], order=_place_before(before))
+        _sort()
+        for name, _ in _DEFERRED:
             check_deps(name)
     finally:
         _DEFERRED = outer
