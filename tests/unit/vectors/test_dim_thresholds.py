@@ -38,15 +38,11 @@ PIRATE = dataclasses.replace(REFUSAL, name="pirate", score_tokens="auto",
 
 
 @pytest.fixture(scope="module")
-def tok():
-    t = tiny_tokenizer()
-    t.chat_template = SHORT_TEMPLATE
-    return t
-
-
-@pytest.fixture(scope="module")
-def llama5():
-    return tiny_model("llama", n_layers=5)
+def chat():
+    """A 5-layer tiny Llama and a tokenizer whose template has a 2-token suffix."""
+    tok = tiny_tokenizer()
+    tok.chat_template = SHORT_TEMPLATE
+    return tiny_model("llama", n_layers=5), tok
 
 
 def _fmt(tok, texts):
@@ -66,7 +62,8 @@ def test_refusal_keeps_the_paper_thresholds_every_other_behaviour_is_relative():
         resolve_thresholds("absolute", PIRATE)
 
 
-def test_filter_by_boundary_keeps_each_side_of_the_midpoint(llama5, tok):
+def test_filter_by_boundary_keeps_each_side_of_the_midpoint(chat):
+    llama5, tok = chat
     present, absent = _fmt(tok, PRESENT), _fmt(tok, ABSENT)
     s_p = refusal_scores(llama5, tok, present, refusal_ids=SCORE_IDS)
     s_a = refusal_scores(llama5, tok, absent, refusal_ids=SCORE_IDS)
@@ -80,7 +77,8 @@ def test_filter_by_boundary_keeps_each_side_of_the_midpoint(llama5, tok):
     assert (got_p, got_a) == (want_p, want_a) and got_p and got_a
 
 
-def test_filter_by_boundary_error_speaks_the_behaviours_words(llama5, tok):
+def test_filter_by_boundary_error_speaks_the_behaviours_words(chat):
+    llama5, tok = chat
     absent = _fmt(tok, ABSENT)
     s_a = refusal_scores(llama5, tok, absent, refusal_ids=SCORE_IDS)
     # one present prompt scoring below the absent mean is below the midpoint: none left
@@ -95,7 +93,8 @@ def test_filter_by_boundary_error_speaks_the_behaviours_words(llama5, tok):
     assert "harmful" not in msg and "refusal" not in msg and "filter: false" in msg
 
 
-def test_select_dim_relative_scores_are_measured_from_the_absent_level(llama5, tok):
+def test_select_dim_relative_scores_are_measured_from_the_absent_level(chat):
+    llama5, tok = chat
     present, absent = _fmt(tok, PRESENT), _fmt(tok, ABSENT)
     kw = dict(refusal_ids=SCORE_IDS, positions=[-1], progress=False, batch_size=2,
               score_all=True, filter=False)
@@ -129,7 +128,8 @@ def test_select_dim_relative_scores_are_measured_from_the_absent_level(llama5, t
             assert r["induce"] == pytest.approx(q["induce"] - b, abs=1e-9)
 
 
-def test_refusal_selection_is_unchanged_by_the_behaviour_argument(llama5, tok):
+def test_refusal_selection_is_unchanged_by_the_behaviour_argument(chat):
+    llama5, tok = chat
     present, absent = _fmt(tok, PRESENT), _fmt(tok, ABSENT)
     kw = dict(refusal_ids=SCORE_IDS, positions=[-1], progress=False, batch_size=2,
               score_all=True, filter=False, kl_threshold=math.inf, induce_threshold=-math.inf)
