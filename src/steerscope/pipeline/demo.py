@@ -1,5 +1,6 @@
 """The demo's pipeline configs: the whole study (:func:`steerscope.pipeline.run_pipeline`) on
-the demo refusal model, offline, sized for 2 CPU cores.
+the demo refusal model (a named model source, :mod:`steerscope.demo.sources`), offline, sized
+for 2 CPU cores. ``steerscope demo`` runs it.
 
 :func:`demo_config` is the documented demo config (the demo refusal model, built-in prompts,
 DIM + NTP + PO, steered evaluation, patching, circuits, freezing, svv and sparsification);
@@ -196,7 +197,7 @@ def run_demo(out: str | os.PathLike = "runs", *, until: str | None = None,
     :func:`demo_run_config`; ``allow_code``: consent to run the behaviour's judge code (see
     :func:`~steerscope.pipeline.run_pipeline`). Returns the
     :class:`~steerscope.pipeline.runner.RunResult`."""
-    from steerscope.pipeline import run_pipeline
+    from steerscope.pipeline.runner import run_pipeline
 
     return run_pipeline(demo_run_config(**config), out, until=until, progress=progress,
                         allow_code=allow_code)
