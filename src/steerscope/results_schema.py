@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import functools
+import inspect
 from typing import Any
 
 from steerscope.errors import SteerscopeError
 
-FORMAT_VERSION = 2  # 2: present/absent sides and behaviour_rate (1: refusal's words)
+# 3: circuits.position_metrics / min_size_by_metric keyed present/absent; 2: present/absent
+# sides and behaviour_rate (1: refusal's words)
+FORMAT_VERSION = 3
 SIDES = ("present", "absent")
 USE_OF_SIDE = {"present": "remove", "absent": "induce"}  # the use that steers each side
 # refusal's words of runs written before format 2 -> today's side names
@@ -75,6 +79,55 @@ def side_labels(res: dict) -> dict[str, str]:
     defaults = {"behaviour": name if isinstance(name, str) else "—",
                 "present": "present", "absent": "absent"}
     return {k: str(labels.get(k) or v) for k, v in defaults.items()}
+
+
+# --- names of earlier versions --------------------------------------------------------------
+# names renamed beyond the side words (refusal's "harmless refusals" of the preference data)
+LEGACY_NAMES = {"harmless_refuse": "absent_shown"}
+
+
+def today_name(name: str) -> str:
+    """A keyword, config key or CLI destination of an earlier version in today's words:
+    :data:`LEGACY_NAMES`, else refusal's side words replaced part by part
+    (``harmful_val`` -> ``present_val``); any other name comes back unchanged."""
+    if name in LEGACY_NAMES:
+        return LEGACY_NAMES[name]
+    return "_".join(LEGACY_SIDES.get(part, part) for part in name.split("_"))
+
+
+def upgrade_dataset_name(name: str) -> str:
+    """A patching dataset name in today's words (``harmful/steered`` -> ``present/steered``)."""
+    side, sep, rest = name.partition("/")
+    return f"{LEGACY_SIDES.get(side, side)}{sep}{rest}"
+
+
+def upgrade_keys(mapping: dict, rename=None) -> dict:
+    """``mapping`` with each key renamed by ``rename`` (default: refusal's side words as
+    present/absent)."""
+    rename = rename or (lambda k: LEGACY_SIDES.get(k, k))
+    return {rename(k): v for k, v in mapping.items()}
+
+
+def accepts_old_keywords(func):
+    """Decorator: ``func`` also takes its keyword arguments under their names of earlier
+    versions (:func:`today_name`: ``harmful=`` for ``present=``, ``harmless_refuse=`` for
+    ``absent_shown=``), the one shared alias of the library's public functions; a one-line
+    error when a value is given under both names."""
+    params = list(inspect.signature(func).parameters)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        for key in [k for k in kwargs if k not in params]:
+            new = today_name(key)
+            if new == key or new not in params:
+                continue  # not an old name: the function's own TypeError
+            if new in kwargs or params.index(new) < len(args):
+                raise SteerscopeError(f"{func.__name__}: '{key}' is the old name of '{new}', "
+                                      "given twice", f"pass only {new}=")
+            kwargs[new] = kwargs.pop(key)
+        return func(*args, **kwargs)
+
+    return wrapper
 
 
 # --- runs written before format 2 ------------------------------------------------------------
@@ -170,15 +223,39 @@ def _upgrade_sparsify(sparsify: dict) -> dict:
     return out
 
 
+def _upgrade_circuits(circuits: dict) -> dict:
+    """Format 2's ``position_metrics`` entries and ``min_size_by_metric`` keyed
+    ``harmful`` / ``harmless`` -> ``present`` / ``absent``."""
+    out = {}
+    for name, entry in circuits.items():
+        if isinstance(entry, dict):
+            entry = dict(entry)
+            if isinstance(entry.get("position_metrics"), list):
+                entry["position_metrics"] = [upgrade_keys(p) if isinstance(p, dict) else p
+                                             for p in entry["position_metrics"]]
+            if isinstance(entry.get("min_size_by_metric"), dict):
+                entry["min_size_by_metric"] = {
+                    m: upgrade_keys(v) if isinstance(v, dict) else v
+                    for m, v in entry["min_size_by_metric"].items()}
+        out[name] = entry
+    return out
+
+
 def upgrade_results(results: Any) -> Any:
-    """``results`` in today's keys (format 2): a results.json of format 1 (refusal's words:
+    """``results`` in today's keys (format 3): a results.json of format 1 (refusal's words:
     ``harmful`` / ``harmless`` cells with ``asr``, ``refusal_rate``, ``mean_refusal_score``,
     ``judge_asr``; ``freeze`` modes with ``harmful_asr`` ...; sparsity points with
-    ``harmful_asr`` / ``harmless_asr`` / ``*_retention``) mapped as docs/results.md lists;
-    anything else comes back as it is (today's format unchanged)."""
+    ``harmful_asr`` / ``harmless_asr`` / ``*_retention``) or of format 2 (``circuits``'
+    ``position_metrics`` / ``min_size_by_metric`` keyed ``harmful`` / ``harmless``) mapped as
+    docs/results.md lists; anything else comes back as it is (today's format unchanged)."""
     if not isinstance(results, dict) or results.get("format_version", 1) >= FORMAT_VERSION:
         return results
     out = dict(results)
+    if isinstance(out.get("circuits"), dict):
+        out["circuits"] = _upgrade_circuits(out["circuits"])
+    if results.get("format_version", 1) >= 2:
+        out["format_version"] = FORMAT_VERSION
+        return out
     upgrades = {"steering": _upgrade_steering, "freeze": _upgrade_freeze,
                 "sparsify": _upgrade_sparsify}
     for key, fn in upgrades.items():

@@ -30,7 +30,7 @@ def _rows(seed=1, scale=3.0, dtype=torch.float32) -> torch.Tensor:
 def _example(seed=0, length=13, prompt_len=6, alpha=1.0):
     g = torch.Generator().manual_seed(seed)
     return PatchingExample(torch.randint(3, 256, (length,), generator=g), prompt_len, alpha,
-                           "harmless/steered")
+                           "absent/steered")
 
 
 def _hf_logits(model, ids: torch.Tensor, rows: torch.Tensor, alpha: float) -> torch.Tensor:

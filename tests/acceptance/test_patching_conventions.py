@@ -25,7 +25,7 @@ from steerscope.patching.scores import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
-def _example(seed=0, length=14, prompt_len=6, alpha=1.0, dataset="harmless/steered"):
+def _example(seed=0, length=14, prompt_len=6, alpha=1.0, dataset="absent/steered"):
     g = torch.Generator().manual_seed(seed)
     return PatchingExample(torch.randint(3, 256, (length,), generator=g), prompt_len, alpha,
                            dataset)
@@ -270,7 +270,7 @@ def test_eap_ig_pooled_over_positions_weights_every_example_by_its_positions():
     gm = GraphModel(model, 1)
     s = _vector(5)
     exs = [_example(seed=i, length=10 + 2 * i, dataset=d)
-           for i, d in enumerate(["harmful/bypass", "harmful/bypass", "harmless/steered"])]
+           for i, d in enumerate(["harmful/bypass", "harmful/bypass", "absent/steered"])]
     recs = [eap_ig_example(gm, prepare_example(gm, ex, s), 2) for ex in exs]
     w = torch.tensor([float(r["weight"]) for r in recs])
     assert (w > 0).all()
@@ -280,5 +280,5 @@ def test_eap_ig_pooled_over_positions_weights_every_example_by_its_positions():
     assert pooled.meta["pooling"] == "positions"
     mean = eap_ig(gm, exs, s, steps=2)
     assert not torch.allclose(mean.nodes, pooled.nodes)
-    torch.testing.assert_close(mean.per_dataset["harmless/steered"]["nodes"],
-                               pooled.per_dataset["harmless/steered"]["nodes"])
+    torch.testing.assert_close(mean.per_dataset["absent/steered"]["nodes"],
+                               pooled.per_dataset["absent/steered"]["nodes"])

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one t
 def _example(seed=0, length=90, prompt_len=6, alpha=1.0):
     g = torch.Generator().manual_seed(seed)
     return PatchingExample(torch.randint(3, 256, (length,), generator=g), prompt_len, alpha,
-                           "harmless/steered")
+                           "absent/steered")
 
 
 @pytest.mark.parametrize("grad_at", ["pre_norm", "post_norm"])

@@ -29,7 +29,7 @@ def _examples(seed: int) -> dict[str, list]:
 
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for ds, alpha in (("harmful/steered", -1.0), ("harmless/steered", 1.0)):
+    for ds, alpha in (("present/steered", -1.0), ("absent/steered", 1.0)):
         ids = torch.randint(3, 250, (14,), generator=g)
         out[ds] = [PatchingExample(ids, 8, alpha, ds, "a prompt", "a response")]
     return out

@@ -68,7 +68,7 @@ def test_patch_then_circuits(capsys, tiny_dir, tmp_path, monkeypatch):
         assert (out / name / "result.json").is_file()
         assert (out / name / "scores.safetensors").is_file()
         ex = json.loads((out / name / "examples.json").read_text())
-        assert len(ex["harmful/steered"]) == 1
+        assert len(ex["present/steered"]) == 1
     cmp = json.loads((out / "comparison.json").read_text())
     assert set(cmp["interchange"]) == {"A", "B"}
     code, text, _ = _run(capsys, "circuits", out)
@@ -143,7 +143,7 @@ def test_patch_grid_position_metrics_and_random_kind(capsys, tiny_dir, tmp_path,
     curve = res["curves"]["eap_ig"]
     assert curve["sizes"] == [round(k * 0.25 * n) for k in range(1, 5)]
     assert len(curve["positions"]) == 4
-    last = curve["positions"][-1]["harmful"]  # all edges: the steered model itself
+    last = curve["positions"][-1]["present"]  # all edges: the steered model itself
     assert last["token_match"]["overall"] == 1.0
     assert last["kl_ratio"]["overall"] == pytest.approx(1.0, abs=1e-5)
     code, text, _ = _run(capsys, "circuits", out)

@@ -58,11 +58,11 @@ def test_end_to_end_save_load_and_compare(chat, tmp_path):
     v1, v2 = _vector(1), _vector(2)
     d1, d2 = _datasets(chat, v1), _datasets(chat, v2)
     assert [len(x) for x in d1.values()] == [1, 1, 1, 1]
-    assert d1["harmful/steered"][0].alpha == -1.0 and d1["harmless/base"][0].alpha == 1.0
+    assert d1["present/steered"][0].alpha == -1.0 and d1["absent/base"][0].alpha == 1.0
     r1 = patch_vector(model, v1, d1, steps=2, sizes=[10, 40, 10_000], n_random=1,
                       refine_steps=1)
     gm = GraphModel(model, 1)
-    r1.scores["exact"] = exact_patching(gm, d1["harmful/steered"], v1.vector, nodes=[0, 3])
+    r1.scores["exact"] = exact_patching(gm, d1["present/steered"], v1.vector, nodes=[0, 3])
     s = r1.tables["summary"]
     assert r1.curves["eap_ig"].faithfulness[-1] == pytest.approx(1.0, abs=1e-5)
     assert s["min_faithful_size"] <= r1.graph.n_edges
@@ -84,10 +84,10 @@ def test_end_to_end_save_load_and_compare(chat, tmp_path):
         (tmp_path / "v1" / "edges.json").exists() else None
     if table is not None:
         assert len(table["edge"]) == r1.graph.n_edges
-    r2 = patch_vector(model, v2, {"harmful/steered": d2["harmful/steered"]}, steps=1,
+    r2 = patch_vector(model, v2, {"present/steered": d2["present/steered"]}, steps=1,
                       sizes=[40, 10_000], n_random=0, refine_steps=0)
     cmp = compare_vectors(model, {"v1": r1, "v2": r2},
-                          {"v1": (d1["harmless/base"], v1), "v2": (d2["harmless/base"], v2)},
+                          {"v1": (d1["absent/base"], v1), "v2": (d2["absent/base"], v2)},
                           sizes=[10, 20])
     assert cmp["overlap"]["v1"]["v1"] == 1.0
     assert set(cmp["interchange"]["v1"]) == {"v1", "v2"}

@@ -93,14 +93,13 @@ def test_examples_are_the_token_flipped_rollouts(run, model):
     for m in out.outputs["methods"]:
         v = _vector(run, m, model.arch)
         saved = json.loads((out.path(m) / "examples.json").read_text())
-        # the patching datasets keep refusal's names (harmful = the present side)
-        for kind, side, alpha in (("harmful", "present", -1.0), ("harmless", "absent", 1.0)):
+        for side, alpha in (("present", -1.0), ("absent", 1.0)):
             rolls = rollouts(model.model, model.tokenizer, p[f"{side}_test"], v, alpha,
                              max_new_tokens=4, batch_size=3)
             changed = [r for r in rolls if r.steered_ids != r.base_ids][:2]
             assert changed, "the tiny test needs prompts whose tokens change"
             for which in ("steered", "base"):
-                got = saved[f"{kind}/{which}"]
+                got = saved[f"{side}/{which}"]
                 assert [e["input_ids"] for e in got] == \
                     [r.prompt_ids + getattr(r, f"{which}_ids") for r in changed]
                 assert all(e["alpha"] == alpha and e["prompt_len"] == len(r.prompt_ids)
@@ -172,14 +171,14 @@ def test_circuits_equal_the_library_called_directly(run, model):
                                        [build_circuit(g, sc, n) for n in CIRCUITS["sizes"]])
         assert [p["size"] for p in c["position_metrics"]] == curve.actual
         for entry, ref in zip(c["position_metrics"], pm):
-            for part in ("harmful", "harmless"):
+            for part in ("present", "absent"):
                 assert entry[part]["n_positions"] == ref[part]["n_positions"]
                 for k in ("kl_ratio", "dir_kl", "token_match"):
                     assert entry[part][k] == {x: pytest.approx(y, abs=1e-9) for x, y in
                                               ref[part].get(k, {}).items()}
         last = c["position_metrics"][-1]  # all edges: the steered model itself
-        assert any(last[p]["n_positions"] for p in ("harmful", "harmless"))
-        for p in ("harmful", "harmless"):
+        assert any(last[p]["n_positions"] for p in ("present", "absent"))
+        for p in ("present", "absent"):
             if last[p]["n_positions"]:
                 assert last[p]["token_match"]["overall"] == 1.0
                 assert last[p]["kl_ratio"]["overall"] == pytest.approx(1.0, abs=1e-5)

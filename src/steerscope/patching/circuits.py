@@ -24,6 +24,7 @@ from steerscope.patching.faithfulness import position_faithfulness
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.graph import DOWN_KINDS, UP_KINDS, Graph
 from steerscope.patching.scores import aggregate, iter_contexts, patched_metric
+from steerscope.results_schema import upgrade_keys
 
 FAITHFUL = 0.85
 
@@ -289,7 +290,9 @@ class FaithfulnessCurve:
     def from_json(cls, d: dict) -> FaithfulnessCurve:
         return cls(list(d["sizes"]), list(d["actual"]), [float("nan") if f is None else f
                                                          for f in d["faithfulness"]],
-                   d["m_full"], d["m_empty"], d.get("positions"))
+                   d["m_full"], d["m_empty"],
+                   None if d.get("positions") is None else
+                   [upgrade_keys(p) for p in d["positions"]])
 
 
 def faithfulness_curve(gm: GraphModel, examples, vector, scores: torch.Tensor,

@@ -1,17 +1,21 @@
 """Patching data: teacher-forced examples built from steered and unsteered greedy rollouts.
 
-For a steering vector, generate unsteered and steered completions (harmful prompts with the
-bypass coefficient, harmless prompts with the induce coefficient), keep the prompts whose
-outcome flipped (harmful: the steered model complies and the base model refuses; harmless: the
-steered model refuses and the base model does not) and build four datasets, each of at most
-``max_per_dataset`` examples. Outcomes come from the paper's refusal substrings by default;
-with a jailbreak judge (:func:`judge_harmful_rollouts`, the paper: LlamaGuard) a harmful prompt
-is kept when the judge calls the steered response unsafe and the base response safe, while
-harmless outcomes stay with the substrings (the paper scores Alpaca by substring):
+For a steering vector, generate unsteered and steered completions (present prompts with the
+remove coefficient ``bypass_alpha``, absent prompts with the induce coefficient), keep the
+prompts whose outcome flipped (present: the behaviour shows in the base completion and not in
+the steered one; absent: the reverse) and build four datasets, each of at most
+``max_per_dataset`` examples. Outcomes come from the behaviour's judge (default: the paper's
+refusal substrings); with a jailbreak judge (:func:`judge_present_rollouts`, the paper:
+LlamaGuard) a present prompt is kept when the judge calls the steered response unsafe and the
+base response safe, while absent outcomes stay with the substrings (the paper scores Alpaca by
+substring):
 
-- ``harmful/steered``, ``harmful/base``: harmful prompts teacher-forcing the steered / the base
-  response;
-- ``harmless/steered``, ``harmless/base``: the same for harmless prompts.
+- ``present/steered``, ``present/base``: present prompts teacher-forcing the steered / the
+  base response;
+- ``absent/steered``, ``absent/base``: the same for absent prompts.
+
+Results saved by earlier versions named the sides in refusal's words; they are read through
+:func:`~steerscope.results_schema.upgrade_dataset_name`.
 
 Each example is one token sequence (prompt + response) and one steering coefficient; every
 response position is a patching sample (see :mod:`steerscope.patching.metrics`).
@@ -29,8 +33,9 @@ from steerscope.errors import DataError, SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.generation import generate_ids
 from steerscope.models.chat import encode_prompts, format_prompt
+from steerscope.results_schema import accepts_old_keywords, upgrade_dataset_name
 
-DATASETS = ("harmful/steered", "harmful/base", "harmless/steered", "harmless/base")
+DATASETS = ("present/steered", "present/base", "absent/steered", "absent/base")
 
 
 @dataclass
@@ -65,7 +70,8 @@ class PatchingExample:
     @classmethod
     def from_json(cls, d: dict) -> PatchingExample:
         return cls(torch.tensor(d["input_ids"]), int(d["prompt_len"]), float(d["alpha"]),
-                   d.get("dataset", "custom"), d.get("prompt"), d.get("response"))
+                   upgrade_dataset_name(d.get("dataset", "custom")), d.get("prompt"),
+                   d.get("response"))
 
 
 @dataclass
@@ -143,8 +149,8 @@ def judge_verdicts(judge, prompts: list[str], responses: list[str]) -> list[bool
     return [bool(v) for v in verdicts]
 
 
-def judge_harmful_rollouts(rolls: Sequence[Rollout], judge) -> list[Rollout]:
-    """Harmful-prompt rollouts with their outcomes relabelled by a jailbreak judge.
+def judge_present_rollouts(rolls: Sequence[Rollout], judge) -> list[Rollout]:
+    """Present-prompt rollouts with their outcomes relabelled by a jailbreak judge.
 
     The base and the steered response of every rollout are judged in one call;
     ``base_refused = not unsafe(base)`` and ``steered_refused = not unsafe(steered)``, so
@@ -163,17 +169,18 @@ def judge_harmful_rollouts(rolls: Sequence[Rollout], judge) -> list[Rollout]:
             for i, r in enumerate(rolls)]
 
 
-def datasets_from_rollouts(harmful: Sequence[Rollout], harmless: Sequence[Rollout], *,
+@accepts_old_keywords
+def datasets_from_rollouts(present: Sequence[Rollout], absent: Sequence[Rollout], *,
                            bypass_alpha: float = -1.0, induce_alpha: float = 1.0,
                            max_per_dataset: int = 100) -> dict[str, list[PatchingExample]]:
     """The four patching datasets from rollouts (flipped prompts only, in input order)."""
     if max_per_dataset < 1:
         raise SteerscopeError(f"max_per_dataset must be >= 1, got {max_per_dataset}")
     out: dict[str, list[PatchingExample]] = {k: [] for k in DATASETS}
-    for kind, rolls, alpha in (("harmful", harmful, bypass_alpha),
-                               ("harmless", harmless, induce_alpha)):
+    for kind, rolls, alpha in (("present", present, bypass_alpha),
+                               ("absent", absent, induce_alpha)):
         for r in rolls:
-            flipped = (r.base_refused and not r.steered_refused) if kind == "harmful" else \
+            flipped = (r.base_refused and not r.steered_refused) if kind == "present" else \
                 (r.steered_refused and not r.base_refused)
             if not flipped:
                 continue
@@ -187,27 +194,29 @@ def datasets_from_rollouts(harmful: Sequence[Rollout], harmless: Sequence[Rollou
     return out
 
 
-def build_patching_datasets(model, tokenizer, vector, harmful: Sequence[str],
-                            harmless: Sequence[str], *, bypass_alpha: float = -1.0,
+@accepts_old_keywords
+def build_patching_datasets(model, tokenizer, vector, present: Sequence[str],
+                            absent: Sequence[str], *, bypass_alpha: float = -1.0,
                             induce_alpha: float = 1.0, max_per_dataset: int = 100,
                             max_new_tokens: int = 64, batch_size: int = 8,
                             refused: Callable[[str, str], bool] | None = None,
                             behaviour=None,
                             judge=None) -> dict[str, list[PatchingExample]]:
-    """Rollouts on both prompt sets, then :func:`datasets_from_rollouts`. ``judge``: harmful
-    outcomes from this jailbreak judge (:func:`judge_harmful_rollouts`) instead of
+    """Rollouts on both prompt sets, then :func:`datasets_from_rollouts`. ``judge``: present
+    outcomes from this jailbreak judge (:func:`judge_present_rollouts`) instead of
     ``refused``. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`): "refused" is
-    its judge's verdict (behaviour present) unless ``refused`` is given; ``harmful`` /
-    ``harmless`` are its present / absent prompts."""
+    its judge's verdict (behaviour present) unless ``refused`` is given; ``present`` /
+    ``absent`` are its present / absent prompts."""
     presence = behaviour.make_judge() if refused is None and behaviour is not None else None
     kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, refused=refused,
               presence=presence)
-    harm = rollouts(model, tokenizer, list(harmful), vector, bypass_alpha, **kw) if harmful else []
+    present_r = rollouts(model, tokenizer, list(present), vector, bypass_alpha, **kw) \
+        if present else []
     if judge is not None:
-        harm = judge_harmful_rollouts(harm, judge)
-    harmless_r = rollouts(model, tokenizer, list(harmless), vector, induce_alpha, **kw) \
-        if harmless else []
-    if not harm and not harmless_r:
-        raise DataError("no prompts for the patching datasets", "pass harmful or harmless prompts")
-    return datasets_from_rollouts(harm, harmless_r, bypass_alpha=bypass_alpha,
+        present_r = judge_present_rollouts(present_r, judge)
+    absent_r = rollouts(model, tokenizer, list(absent), vector, induce_alpha, **kw) \
+        if absent else []
+    if not present_r and not absent_r:
+        raise DataError("no prompts for the patching datasets", "pass present or absent prompts")
+    return datasets_from_rollouts(present_r, absent_r, bypass_alpha=bypass_alpha,
                                   induce_alpha=induce_alpha, max_per_dataset=max_per_dataset)

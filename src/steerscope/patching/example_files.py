@@ -9,6 +9,7 @@ from pathlib import Path
 
 from steerscope.artifacts import atomic_write_json
 from steerscope.patching.data import PatchingExample
+from steerscope.results_schema import upgrade_dataset_name
 
 EXAMPLES_FILE = "examples.json"
 
@@ -21,6 +22,8 @@ def save_examples(folder: str | Path, datasets: dict[str, list[PatchingExample]]
 
 
 def load_examples(folder: str | Path) -> dict[str, list[PatchingExample]]:
-    """The patching examples saved in ``folder`` (``{dataset: [PatchingExample]}``)."""
+    """The patching examples saved in ``folder`` (``{dataset: [PatchingExample]}``; dataset
+    names of earlier versions in today's words)."""
     raw = json.loads((Path(folder) / EXAMPLES_FILE).read_text(encoding="utf-8"))
-    return {k: [PatchingExample.from_json(e) for e in v] for k, v in raw.items()}
+    return {upgrade_dataset_name(k): [PatchingExample.from_json(e) for e in v]
+            for k, v in raw.items()}

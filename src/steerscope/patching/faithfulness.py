@@ -3,8 +3,8 @@
 The released code (``faithfulness.py`` of github.com/step-cheng/steer-interp:
 ``metric_kl1_fn``, ``metric_kl2_fn``, ``metric_match_fn``, ``metric_logprob_fn``, ``run`` and
 the ``__main__`` statistics) evaluates a circuit ``C`` on the prompts whose behaviour
-flipped, teacher-forcing the *steered* response, separately for the harmful and the harmless
-set. At every response position ``p`` (the logits at ``prompt_len − 1 … S − 2``) it compares
+flipped, teacher-forcing the *steered* response, separately for the present and the absent
+set (refusal: harmful / harmless). At every response position ``p`` (the logits at ``prompt_len − 1 … S − 2``) it compares
 three runs on the same tokens: the steered model ``s``, the base model ``b`` and the circuit
 run ``c`` (steered, every edge outside ``C`` carrying its unsteered value):
 
@@ -46,7 +46,7 @@ from steerscope.patching.graph import Graph
 from steerscope.patching_conventions import FAITHFULNESS_METRICS, POSITION_METRICS
 
 LOGIT_DIFF = FAITHFULNESS_METRICS[0]  # the logit-difference ratio (circuits.metric default)
-POSITION_SETS = {"harmful": "harmful/steered", "harmless": "harmless/steered"}
+POSITION_SETS = {"present": "present/steered", "absent": "absent/steered"}
 SPLIT_METRICS = ("kl_ratio", "dir_kl", "token_match")
 PAPER_GRID_STEP = 300 / 8790  # the paper's Gemma-2-2B figure: every 300 of 8,790 edges
 
@@ -115,7 +115,7 @@ def evaluate_position_metrics(gm: GraphModel, examples: Iterable[PatchingExample
                               ) -> list[dict[str, dict]]:
     """For each circuit ([E] bool on ``graph``, default ``gm.graph``) the per-set summary
     (:func:`summarize`) of the released code's position metrics, on the examples of the
-    ``harmful/steered`` and ``harmless/steered`` datasets: ``[{"harmful": …, "harmless": …}]``.
+    ``present/steered`` and ``absent/steered`` datasets: ``[{"present": …, "absent": …}]``.
     """
     g = circuit_graph(gm, graph)
     mats, _ = fine_masks(gm, g, circuits)
@@ -147,7 +147,7 @@ def headline(values: dict, metric: str) -> float | None:
 def minimal_sizes(actual: Sequence[int], per_size: Sequence[dict], threshold: float
                   ) -> dict[str, dict[str, int | None]]:
     """The first curve size whose ``overall`` value reaches ``threshold``, per position
-    metric and set: ``{metric: {"harmful": n | None, "harmless": n | None}}``."""
+    metric and set: ``{metric: {"present": n | None, "absent": n | None}}``."""
     out: dict[str, dict[str, int | None]] = {}
     for metric in POSITION_METRICS:
         out[metric] = {}

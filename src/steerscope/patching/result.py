@@ -27,6 +27,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.patching.circuits import FaithfulnessCurve
 from steerscope.patching.graph import Graph
 from steerscope.patching.scores import Scores
+from steerscope.results_schema import upgrade_dataset_name, upgrade_keys
 
 FORMAT_VERSION = 1
 _KEYS = ("edges", "nodes", "steer_grad", "steer_ie")
@@ -129,15 +130,28 @@ class PatchingResult:
         scores: dict[str, Scores] = {}
         for name, sm in info["scores"].items():
             sc = Scores(sm["method"], meta=sm.get("meta", {}),
-                        weights=dict(info["weights"].get(name, {})))
+                        weights=upgrade_keys(info["weights"].get(name, {}),
+                                             upgrade_dataset_name))
             for key, v in tensors.items():
                 head, _, k = key.rpartition(".")
                 if head == name:
                     setattr(sc, k, v)
                 elif head.startswith(name + "@"):
-                    sc.per_dataset.setdefault(head[len(name) + 1:], {})[k] = v
+                    ds = upgrade_dataset_name(head[len(name) + 1:])
+                    sc.per_dataset.setdefault(ds, {})[k] = v
             scores[name] = sc
         circuits = {k: v.bool() for k, v in
                     load_file(str(folder / "circuits.safetensors")).items()}
         curves = {k: FaithfulnessCurve.from_json(c) for k, c in info["curves"].items()}
-        return cls(graph, scores, circuits, curves, info.get("tables", {}), info.get("meta", {}))
+        return cls(graph, scores, circuits, curves, _upgrade_tables(info.get("tables", {})),
+                   info.get("meta", {}))
+
+
+def _upgrade_tables(tables: dict) -> dict:
+    """Saved tables in today's words: ``summary.min_size_by_metric`` keyed by side."""
+    summary = tables.get("summary")
+    by_metric = summary.get("min_size_by_metric") if isinstance(summary, dict) else None
+    if not isinstance(by_metric, dict):
+        return tables
+    upgraded = {m: upgrade_keys(v) if isinstance(v, dict) else v for m, v in by_metric.items()}
+    return {**tables, "summary": {**summary, "min_size_by_metric": upgraded}}

@@ -25,7 +25,7 @@ def _reference(model, gm, s, exs, circuit):
     """Per steered set, the released measures of ``circuit`` from the reference formulas:
     kl_ratio / token_match pooled over positions, logprob over sequences."""
     g, out = gm.graph, {}
-    for name in ("harmful/steered", "harmless/steered"):
+    for name in ("present/steered", "absent/steered"):
         kl1s, matches, lps = [], [], []
         for e in (e for e in exs if e.dataset == name):
             pos = e.response_positions
@@ -52,7 +52,7 @@ def test_position_metric_faithfulness_is_the_lower_steered_set(setup, metric):
     circuit = build_circuit(gm.graph, scores, gm.graph.n_edges // 3)
     ref = _reference(model, gm, s, exs, circuit)
     ev = evaluate_circuits(gm, exs, s, [circuit], faithfulness_metric=metric)
-    expected = min(ref["harmful/steered"][metric], ref["harmless/steered"][metric])
+    expected = min(ref["present/steered"][metric], ref["absent/steered"][metric])
     assert float(ev.faithfulness[0]) == pytest.approx(expected, abs=1e-5)
     # the full circuit is faithful under every measure
     full = torch.ones(gm.graph.n_edges, dtype=torch.bool)

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one t
 def _examples(n=2, alpha=1.0):
     g = torch.Generator().manual_seed(0)
     return [PatchingExample(torch.randint(3, 256, (12,), generator=g), 5, alpha,
-                            "harmless/steered" if i % 2 == 0 else "harmful/base")
+                            "absent/steered" if i % 2 == 0 else "present/base")
             for i in range(n)]
 
 

@@ -84,8 +84,8 @@ def setup():
     s = torch.randn(64, generator=torch.Generator().manual_seed(1)) * 4
     g = torch.Generator().manual_seed(0)
     exs = [PatchingExample(torch.randint(3, 256, (14,), generator=g), 6, a, name)
-           for a, name in ((-1.0, "harmful/steered"), (-1.0, "harmful/steered"),
-                           (1.0, "harmless/steered"), (1.0, "harmful/base"))]
+           for a, name in ((-1.0, "present/steered"), (-1.0, "present/steered"),
+                           (1.0, "absent/steered"), (1.0, "present/base"))]
     return model, gm, s, exs
 
 
@@ -95,7 +95,7 @@ def test_full_and_empty_circuits_against_the_hf_model(setup):
     E = gm.graph.n_edges
     full, empty = torch.ones(E, dtype=torch.bool), torch.zeros(E, dtype=torch.bool)
     out_full, out_empty = evaluate_position_metrics(gm, exs, s, [full, empty])
-    for name, ds in (("harmful", "harmful/steered"), ("harmless", "harmless/steered")):
+    for name, ds in (("present", "present/steered"), ("absent", "absent/steered")):
         mine = [e for e in exs if e.dataset == ds]
         steer = [hf_logits(model, e.input_ids, s, e.alpha, e.response_positions) for e in mine]
         base = [hf_logits(model, e.input_ids, s, 0.0, e.response_positions) for e in mine]
@@ -125,7 +125,7 @@ def test_partial_circuit_pools_positions_over_the_set(setup):
     scores = torch.randn(g.n_edges, generator=torch.Generator().manual_seed(5))
     circuit = build_circuit(g, scores, g.n_edges // 3)
     (out,) = evaluate_position_metrics(gm, exs, s, [circuit])
-    mine = [e for e in exs if e.dataset == "harmful/steered"]
+    mine = [e for e in exs if e.dataset == "present/steered"]
     kl1s, same_all, lps = [], [], []
     adj = g.adjacency
     for e in mine:
@@ -141,7 +141,7 @@ def test_partial_circuit_pools_positions_over_the_set(setup):
         same_all.append(same)
         lps.append(lp)
     kl1, same = torch.cat(kl1s), torch.cat(same_all)
-    h = out["harmful"]
+    h = out["present"]
     assert h["kl_ratio"]["overall"] == pytest.approx(float(kl1.mean()), abs=1e-5)
     if (~same).any():
         assert h["kl_ratio"]["differ"] == pytest.approx(float(kl1[~same].mean()), abs=1e-5)
@@ -152,13 +152,13 @@ def test_partial_circuit_pools_positions_over_the_set(setup):
 def test_minimal_sizes_per_metric_and_set():
     entry = lambda v: {"kl_ratio": {"overall": v}, "dir_kl": {"overall": v - 0.2},  # noqa: E731
                        "token_match": {"overall": None}, "logprob": {"overall": 1.0}}
-    per = [{"harmful": entry(0.5), "harmless": entry(0.9)},
-           {"harmful": entry(0.9), "harmless": entry(1.1)}]
+    per = [{"present": entry(0.5), "absent": entry(0.9)},
+           {"present": entry(0.9), "absent": entry(1.1)}]
     got = minimal_sizes([10, 20], per, 0.85)
-    assert got["kl_ratio"] == {"harmful": 20, "harmless": 10}
-    assert got["dir_kl"] == {"harmful": None, "harmless": 20}
-    assert got["token_match"] == {"harmful": None, "harmless": None}
-    assert got["logprob"] == {"harmful": 10, "harmless": 10}
+    assert got["kl_ratio"] == {"present": 20, "absent": 10}
+    assert got["dir_kl"] == {"present": None, "absent": 20}
+    assert got["token_match"] == {"present": None, "absent": None}
+    assert got["logprob"] == {"present": 10, "absent": 10}
 
 
 def test_grid_sizes_are_multiples_of_the_step():

@@ -17,7 +17,7 @@ from steerscope.patching.data import (
     Rollout,
     build_patching_datasets,
     datasets_from_rollouts,
-    judge_harmful_rollouts,
+    judge_present_rollouts,
 )
 from steerscope.pipeline.config import config_from_dict
 from steerscope.pipeline.stages.patching import patching_datasets
@@ -46,7 +46,7 @@ def _roll(prompt, base, steered):
                    is_refusal_substring(steered))
 
 
-def _kept(datasets, name="harmful/steered"):
+def _kept(datasets, name="present/steered"):
     return [e.prompt for e in datasets[name]]
 
 
@@ -65,7 +65,7 @@ def test_flips_follow_the_judge_not_the_substrings():
                     "Step 1 ..."}
     judge = RecordingJudge(lambda ps, rs: [r in unsafe_texts for r in rs])
     assert _kept(datasets_from_rollouts(rolls, [])) == ["a", "c"]  # substrings
-    judged = judge_harmful_rollouts(rolls, judge)
+    judged = judge_present_rollouts(rolls, judge)
     assert _kept(datasets_from_rollouts(judged, [])) == ["b", "c"]
     # one call: every base response, then every steered one, with their prompts
     assert len(judge.calls) == 1
@@ -78,7 +78,7 @@ def test_flips_follow_the_judge_not_the_substrings():
     assert _kept(datasets_from_rollouts(judged, [])) == expected
     # the rollouts given are not modified; a plain callable works as a judge too
     assert rolls[0].steered_refused is False
-    plain = judge_harmful_rollouts(rolls, lambda ps, rs: [r in unsafe_texts for r in rs])
+    plain = judge_present_rollouts(rolls, lambda ps, rs: [r in unsafe_texts for r in rs])
     assert [(r.base_refused, r.steered_refused) for r in plain] == \
         [(r.base_refused, r.steered_refused) for r in judged]
 
@@ -86,10 +86,10 @@ def test_flips_follow_the_judge_not_the_substrings():
 def test_a_bad_judge_is_a_one_line_error():
     rolls = [_roll("a", "I cannot.", "Sure.")]
     with pytest.raises(SteerscopeError, match="1 verdicts for 2 responses") as e:
-        judge_harmful_rollouts(rolls, lambda ps, rs: [True])
+        judge_present_rollouts(rolls, lambda ps, rs: [True])
     assert "\n" not in str(e.value)
     with pytest.raises(SteerscopeError, match="a judge must be callable"):
-        judge_harmful_rollouts(rolls, 3)
+        judge_present_rollouts(rolls, 3)
 
 
 @pytest.fixture(scope="module")
@@ -126,23 +126,23 @@ def test_build_patching_datasets_uses_the_judge_on_a_tiny_model(chat):
     v = _vector()
     # substrings on a random model: nothing refuses, so no harmful prompt flips
     plain = build_patching_datasets(model, tok, v, HARMFUL, HARMLESS, max_new_tokens=5)
-    assert plain["harmful/steered"] == [] and plain["harmful/base"] == []
+    assert plain["present/steered"] == [] and plain["present/base"] == []
     chosen = [HARMFUL[1], HARMFUL[3]]
     judge = _steered_unsafe_for(chosen)
     ds = build_patching_datasets(model, tok, v, HARMFUL, HARMLESS, max_new_tokens=5,
                                  judge=judge)
-    assert _kept(ds) == _kept(ds, "harmful/base") == chosen
+    assert _kept(ds) == _kept(ds, "present/base") == chosen
     # the judge was called once, on harmful prompts only (harmless outcomes stay with the
     # substrings), and its steered verdicts are the ones the flips used
     assert len(judge.calls) == 1 and judge.calls[0][0] == HARMFUL * 2
-    # harmful/steered teacher-forces the steered tokens, harmful/base the base tokens
-    for s_ex, b_ex in zip(ds["harmful/steered"], ds["harmful/base"]):
+    # present/steered teacher-forces the steered tokens, present/base the base tokens
+    for s_ex, b_ex in zip(ds["present/steered"], ds["present/base"]):
         assert s_ex.prompt_len == b_ex.prompt_len and s_ex.alpha == -1.0
         assert not torch.equal(s_ex.input_ids, b_ex.input_ids)
     # a judge calling nothing unsafe keeps no harmful prompt
     none = build_patching_datasets(model, tok, v, HARMFUL, [], max_new_tokens=5,
                                    judge=_steered_unsafe_for([]))
-    assert none["harmful/steered"] == []
+    assert none["present/steered"] == []
 
 
 def test_the_pipeline_stage_passes_the_configured_judge(chat):
@@ -154,7 +154,7 @@ def test_the_pipeline_stage_passes_the_configured_judge(chat):
     datasets, counts = patching_datasets(lm, _vector(), HARMFUL, HARMLESS, section=section,
                                          bypass_alpha=-1.0, induce_alpha=1.0,
                                          judge=_steered_unsafe_for(chosen))
-    assert _kept(datasets) == chosen and counts["flipped"]["harmful"] == 1
+    assert _kept(datasets) == chosen and counts["flipped"]["present"] == 1
 
 
 @pytest.mark.parametrize("patching, match", [

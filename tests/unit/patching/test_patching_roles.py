@@ -35,7 +35,7 @@ def _examples(n=2, alpha=1.0, length=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [PatchingExample(torch.randint(3, 256, (length,), generator=g), 5,
                             alpha if i % 2 == 0 else -alpha,
-                            "harmless/steered" if i % 2 == 0 else "harmful/base")
+                            "absent/steered" if i % 2 == 0 else "present/base")
             for i in range(n)]
 
 
@@ -136,7 +136,7 @@ def test_coarse_eap_ig_scores_approach_exact_coarse_edge_patching():
     model = tiny_model("llama", seed=3, n_layers=3, dtype=torch.float64)
     gm = GraphModel(model, 0)
     ex = PatchingExample(torch.randint(3, 256, (12,), generator=torch.Generator().manual_seed(5)),
-                         5, 1e-5, "harmless/steered")
+                         5, 1e-5, "absent/steered")
     s = _vector(6).double()
     ctx = prepare_example(gm, ex, s, metric="kl")
     pos = ex.response_positions
@@ -220,3 +220,56 @@ def test_score_vector_coarse_and_reverse_round_trip(gemma, tmp_path):
     with pytest.raises(DataError, match="different graphs"):
         compare_vectors(model, {"A": results["A"], "C": fine},
                         {"A": data["A"], "C": (exs, _sv(3))})
+
+
+def test_a_patching_result_of_earlier_versions_loads_in_todays_words(gemma, tmp_path):
+    """A patching result and its examples saved before the present/absent names (datasets
+    ``harmful/...`` / ``harmless/...``, position metrics keyed by refusal's side words) load
+    with today's names and the same numbers."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from steerscope.patching.example_files import load_examples, save_examples
+
+    model, _ = gemma
+    exs = _examples(4)
+    exs[2].dataset = "absent/steered"
+    v = _sv(1)
+    res = score_vector(model, v, exs, steps=1, top_k=10)
+    add_circuits(model, v, exs, res, sizes=[4, res.graph.n_edges], refine_steps=0,
+                 n_random=1, position_metrics=True)
+    today = tmp_path / "today"
+    res.save(today)
+    save_examples(today, {"absent/steered": exs[:1], "present/base": exs[1:2]})
+
+    def old_words(text: str) -> str:
+        for new, old in (("present", "harmful"), ("absent", "harmless")):
+            text = text.replace(f'"{new}/', f'"{old}/').replace(f'"{new}":', f'"{old}":')
+            text = text.replace(f"@{new}/", f"@{old}/")
+        return text
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in ("result.json", "examples.json"):
+        text = (today / f).read_text()
+        assert old_words(text) != text
+        (old / f).write_text(old_words(text))
+    tensors = load_file(str(today / "scores.safetensors"))
+    save_file({old_words(k): t for k, t in tensors.items()}, str(old / "scores.safetensors"))
+    for f in ("circuits.safetensors",):
+        (old / f).write_bytes((today / f).read_bytes())
+    back, now = PatchingResult.load(old), PatchingResult.load(today)
+    sc, sc_now = back.scores["eap_ig"], now.scores["eap_ig"]
+    assert set(sc.per_dataset) == set(sc_now.per_dataset) == {"absent/steered", "present/base"}
+    assert sc.weights == sc_now.weights
+    for ds, vals in sc_now.per_dataset.items():
+        for k, t in vals.items():
+            torch.testing.assert_close(sc.per_dataset[ds][k], t)
+    assert back.curves["eap_ig"].positions == now.curves["eap_ig"].positions
+    assert set(now.curves["eap_ig"].positions[0]) == {"present", "absent"}
+    assert back.tables == now.tables
+    assert json.dumps(now.tables["summary"]["min_size_by_metric"]).count("present") == 4
+    loaded = load_examples(old)
+    assert list(loaded) == ["absent/steered", "present/base"]
+    assert [e.dataset for e in loaded["present/base"]] == ["present/base"]

@@ -28,7 +28,7 @@ from steerscope.patching.scores import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny matrices: one thread
 
 
-def _example(seed=0, length=14, prompt_len=6, alpha=1.0, dataset="harmless/steered"):
+def _example(seed=0, length=14, prompt_len=6, alpha=1.0, dataset="absent/steered"):
     g = torch.Generator().manual_seed(seed)
     return PatchingExample(torch.randint(3, 256, (length,), generator=g), prompt_len, alpha,
                            dataset)
@@ -109,11 +109,11 @@ def test_eap_ig_over_datasets_and_outputs():
     model = tiny_model("qwen2", n_layers=3)
     gm = GraphModel(model, 1)
     s = _vector(7)
-    exs = [_example(10, alpha=1.0, dataset="harmless/steered"),
-           _example(11, alpha=-1.0, dataset="harmful/base")]
+    exs = [_example(10, alpha=1.0, dataset="absent/steered"),
+           _example(11, alpha=-1.0, dataset="present/base")]
     sc = eap_ig(gm, exs, s, steps=2)
     assert sc.edges.shape == (gm.graph.n_edges,) and sc.nodes.shape == (gm.graph.n_up,)
-    assert set(sc.per_dataset) == {"harmless/steered", "harmful/base"}
+    assert set(sc.per_dataset) == {"absent/steered", "present/base"}
     g, ie = steer_dimension_scores(sc)
     assert g.shape == ie.shape == (64,) and g.dtype == torch.float32
     torch.testing.assert_close(ie, s * g)
@@ -149,11 +149,11 @@ def test_datasets_from_rollouts_keep_flipped_prompts():
     harmless = [roll("x1", False, True), roll("x2", True, True)]
     ds = datasets_from_rollouts(harmful, harmless, max_per_dataset=1)
     assert [len(ds[k]) for k in ds] == [1, 1, 1, 0] or [len(v) for v in ds.values()] == [1, 1, 1, 1]
-    ex = ds["harmful/steered"][0]
+    ex = ds["present/steered"][0]
     assert ex.input_ids.tolist() == [1, 5, 6, 9, 10, 2] and ex.alpha == -1.0
     assert ex.response_positions.tolist() == [2, 3, 4]
-    assert ds["harmless/base"][0].input_ids.tolist() == [1, 5, 6, 7, 8]
-    assert ds["harmless/steered"][0].alpha == 1.0
+    assert ds["absent/base"][0].input_ids.tolist() == [1, 5, 6, 7, 8]
+    assert ds["absent/steered"][0].alpha == 1.0
     assert PatchingExample.from_json(ex.to_json()).input_ids.tolist() == ex.input_ids.tolist()
     with pytest.raises(SteerscopeError):
         PatchingExample(torch.tensor([1, 2]), 2, 1.0)

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 
 from steerscope.errors import SteerscopeError
-from steerscope.pipeline.results import check_results
+from steerscope.pipeline.results import FORMAT_VERSION, check_results
 from steerscope.report import build_report, render_report
 
 METHODS = ["dim", "ntp", "po"]
+
+
+def _position(value: float) -> dict:
+    return {"n_positions": 7, "base_match": 0.5, "kl_ratio": {"overall": value}}
 
 
 def full_results() -> dict:
@@ -23,7 +27,7 @@ def full_results() -> dict:
     square = [[1.0, 0.3, 0.2], [0.3, 1.0, 0.4], [0.2, 0.4, 1.0]]
     curve = [[10, 0.1], [100, 0.5], [900, 0.87], [4000, 0.97], [8790, 1.0]]
     return {
-        "format_version": 2,
+        "format_version": FORMAT_VERSION,
         "steerscope_version": "0.1.0",
         "run": {"name": "synthetic", "dir": "/tmp/x", "config": "config.yaml",
                 "stages": {s: "done" for s in ("model", "data", "vectors", "trained",
@@ -41,7 +45,11 @@ def full_results() -> dict:
         "cosine": {"methods": METHODS, "matrix": square},
         "circuits": {m: {"total_edges": 8790, "faithfulness_curve": curve,
                          "min_faithful_size": 900, "complement_faithfulness": 0.01,
-                         "random_faithfulness": 0.05} for m in METHODS},
+                         "random_faithfulness": 0.05,
+                         "position_metrics": [{"size": n, "present": _position(f),
+                                               "absent": _position(f / 2)} for n, f in curve],
+                         "min_size_by_metric": {"kl_ratio": {"present": 900, "absent": None}}}
+                     for m in METHODS},
         "overlap": {"methods": METHODS,
                     "by_size": [{"size": 100, "matrix": square}, {"size": 900, "matrix": square}]},
         "interchange": {"methods": METHODS, "matrix": [[0.9, 0.88, 0.91]] * 3},
@@ -241,6 +249,24 @@ def test_results_of_format_1_are_read_under_todays_keys(tmp_path):
     assert counts["data"]["counts"] == {"present_train": 4, "absent_test": 2}
     text = build_report(old, tmp_path / "old").read_text()
     assert text == build_report(full_results(), tmp_path / "new").read_text()
+
+
+def test_results_of_format_2_are_read_under_todays_keys():
+    """A results.json of format 2 (today's steering/freeze/sparsify keys, but circuits'
+    ``position_metrics`` and ``min_size_by_metric`` keyed by refusal's side words) is
+    upgraded to today's keys with the same numbers; nothing else changes."""
+    from steerscope.results_schema import upgrade_results
+
+    expected = full_results()
+    old = json.loads(json.dumps(expected))
+    old["format_version"] = 2
+    for entry in old["circuits"].values():
+        entry["position_metrics"] = [
+            {"size": p["size"], "harmful": p["present"], "harmless": p["absent"]}
+            for p in entry["position_metrics"]]
+        entry["min_size_by_metric"] = {"kl_ratio": {"harmful": 900, "harmless": None}}
+    assert old != expected
+    assert upgrade_results(old) == expected
 
 
 def test_steerscope_report_rebuilds_a_format_1_run(tmp_path, capsys):

@@ -4,11 +4,11 @@ paper section 4.
 ``patching`` (deps model, data, vectors, trained, evaluation), for each patched method ``m``
 (``patching.methods``; None: those of dim/ntp/po in ``vectors.methods``):
 
-1. greedy base and steered rollouts of the test prompts (harmful with
-   ``evaluation.bypass_alpha``, harmless with ``evaluation.induce_alpha``), in fixed batches
+1. greedy base and steered rollouts of the test prompts (present with
+   ``evaluation.bypass_alpha``, absent with ``evaluation.induce_alpha``), in fixed batches
    of ``patching.batch_size``;
 2. the flipped prompts (``patching.flip``: ``refusal`` = the refusal outcome flipped, the
-   paper's rule, with harmful outcomes from the ``patching.judge`` jailbreak judge when set
+   paper's rule, with present outcomes from the ``patching.judge`` jailbreak judge when set
    (the paper: LlamaGuard; steered unsafe and base safe; run on rank 0 and broadcast), else
    from the refusal substrings; ``tokens`` = the steered greedy tokens differ from the base
    ones, for models that never refuse) → the four patching datasets, at most
@@ -73,8 +73,8 @@ class PatchingSection:
     max_new_tokens: int = library_default(rollouts, "max_new_tokens")  # rollout length
     batch_size: int = 16  # rollout batch (the sharding unit)
     flip: str = PATCHING_FLIPS[0]  # refusal: refusal outcome flipped | tokens: tokens differ
-    # flip refusal: harmful outcomes by this judge (a get_judge spec, paper: llamaguard; steered
-    # unsafe and base safe); None: the refusal substrings (offline). Harmless: substrings.
+    # flip refusal: present outcomes by this judge (a get_judge spec, paper: llamaguard; steered
+    # unsafe and base safe); None: the behaviour's judge (offline). Absent: that judge too.
     judge: str | None = None
     metric: str = _ig("metric")  # logit_diff | kl (directional KL)
     tau: float = _ig("tau")  # kl only: mask positions with KL(P_steer || P_base) < tau
@@ -125,15 +125,16 @@ def patched_methods(cfg) -> list[str]:
     return [m for m in PATCHED_DEFAULT if m in cfg.vectors.methods]
 
 
-def token_flips(rolls: list, harmful: bool) -> list:
+def token_flips(rolls: list, present: bool) -> list:
     """Rollouts relabelled for ``patching.flip: tokens``: a prompt counts as flipped when its
-    steered greedy tokens differ from the base ones (harmful: base "refuses", steered does not;
-    harmless: the reverse), so :func:`datasets_from_rollouts` keeps exactly those."""
+    steered greedy tokens differ from the base ones (present side: the base shows the
+    behaviour, the steered does not; absent side: the reverse), so
+    :func:`datasets_from_rollouts` keeps exactly those."""
     out = []
     for r in rolls:
         changed = r.steered_ids != r.base_ids
-        base = harmful if changed else False
-        steered = (not harmful) if changed else False
+        base = present if changed else False
+        steered = (not present) if changed else False
         out.append(dataclasses.replace(r, base_refused=base, steered_refused=steered))
     return out
 
@@ -142,34 +143,34 @@ def _units(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, section,
+def patching_datasets(lm, vector, present: list[str], absent: list[str], *, section,
                       bypass_alpha: float, induce_alpha: float, dist=None,
                       judge=None, presence=None) -> tuple[dict, dict]:
     """The four patching datasets of one vector from the test prompts, with rollouts cut in
     fixed batches (units sharded over ``dist``'s ranks). ``judge`` (used on rank 0 only, with
-    ``flip: refusal``): harmful outcomes from this jailbreak judge. Returns
+    ``flip: refusal``): present outcomes from this jailbreak judge. Returns
     ``(datasets, counts)``, ``counts`` = prompts rolled out and flipped per prompt set.
     ``presence``: the behaviour judge (``.judge(prompts, responses)``, called once per
     rollout batch with the raw test prompts; None: the paper's refusal substrings)."""
-    from steerscope.patching.data import judge_harmful_rollouts
+    from steerscope.patching.data import judge_present_rollouts
 
     dist = dist or distributed.Dist()
-    units = [("harmful", c) for c in _units(harmful, section.batch_size)] + \
-        [("harmless", c) for c in _units(harmless, section.batch_size)]
+    units = [("present", c) for c in _units(present, section.batch_size)] + \
+        [("absent", c) for c in _units(absent, section.batch_size)]
 
     def run(unit):
         kind, chunk = unit
-        alpha = bypass_alpha if kind == "harmful" else induce_alpha
+        alpha = bypass_alpha if kind == "present" else induce_alpha
         return rollouts(lm.model, lm.tokenizer, chunk, vector, alpha,
                         max_new_tokens=section.max_new_tokens, batch_size=section.batch_size,
                         presence=presence)
 
     done = distributed.map_units(run, units, dist)
-    rolls = {"harmful": [], "harmless": []}
+    rolls = {"present": [], "absent": []}
     for (kind, _), rs in zip(units, done):
         rolls[kind].extend(rs)
     if section.flip == "tokens":
-        rolls = {k: token_flips(v, k == "harmful") for k, v in rolls.items()}
+        rolls = {k: token_flips(v, k == "present") for k, v in rolls.items()}
     elif section.judge is not None:
         judged = None
         if dist.is_main:
@@ -177,13 +178,13 @@ def patching_datasets(lm, vector, harmful: list[str], harmless: list[str], *, se
                 from steerscope.evaluate import get_judge
 
                 judge = get_judge(section.judge)
-            judged = judge_harmful_rollouts(rolls["harmful"], judge)
-        rolls["harmful"] = distributed.broadcast(judged, dist)
+            judged = judge_present_rollouts(rolls["present"], judge)
+        rolls["present"] = distributed.broadcast(judged, dist)
     flipped = {
-        "harmful": sum(r.base_refused and not r.steered_refused for r in rolls["harmful"]),
-        "harmless": sum(r.steered_refused and not r.base_refused for r in rolls["harmless"]),
+        "present": sum(r.base_refused and not r.steered_refused for r in rolls["present"]),
+        "absent": sum(r.steered_refused and not r.base_refused for r in rolls["absent"]),
     }
-    datasets = datasets_from_rollouts(rolls["harmful"], rolls["harmless"],
+    datasets = datasets_from_rollouts(rolls["present"], rolls["absent"],
                                       bypass_alpha=bypass_alpha, induce_alpha=induce_alpha,
                                       max_per_dataset=section.n_prompts)
     counts = {"prompts": {k: len(v) for k, v in rolls.items()}, "flipped": flipped}
