@@ -17,10 +17,10 @@ and :func:`resolve_path` turn paths inside the run folder into relative ones and
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 import functools
 import inspect
+import os
+from pathlib import Path
 from typing import Any
 
 from steerscope.errors import SteerscopeError
@@ -93,6 +93,14 @@ def today_name(name: str) -> str:
     if name in LEGACY_NAMES:
         return LEGACY_NAMES[name]
     return "_".join(LEGACY_SIDES.get(part, part) for part in name.split("_"))
+
+
+def old_names(name: str) -> list[str]:
+    """The names of earlier versions that :func:`today_name` maps to ``name`` (for hidden
+    aliases: ``present_val`` -> ``["harmful_val"]``)."""
+    sided = "_".join({v: k for k, v in LEGACY_SIDES.items()}.get(p, p) for p in name.split("_"))
+    olds = [old for old, new in LEGACY_NAMES.items() if new == name]
+    return olds + ([sided] if sided != name else [])
 
 
 def upgrade_dataset_name(name: str) -> str:

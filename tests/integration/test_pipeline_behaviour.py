@@ -67,17 +67,17 @@ def test_the_default_behaviour_is_refusal_with_its_old_keys():
     assert src == {"present_train": "harmful_train", "absent_train": "harmless_train",
                    "present_val": "harmful_val", "absent_val": "harmless_val",
                    "present_test": "jailbreakbench", "absent_test": "harmless_test"}
-    # refusal's keys and the generic keys override the same split
+    # the keys of earlier versions (refusal's words) are read as today's keys
     over = config_from_dict({"data": {"present_test": "a.txt", "harmless_test": "b.txt"}})
     src = {k: v for k, v in split_sources(over).items()}
     assert src["present_test"] == ("a.txt", "data.present_test")
-    assert src["absent_test"] == ("b.txt", "data.harmless_test")
+    assert src["absent_test"] == ("b.txt", "data.absent_test")
 
 
 @pytest.mark.parametrize("changes, match", [
     ({"behaviour": "sycophancy-nope"}, r"config key 'behaviour': behaviour 'sycophancy-nope'"),
     ({"data": {"harmful_train": "a.txt", "present_train": "b.txt"}},
-     r"config key 'data.harmful_train' and data.present_train name the same split"),
+     r"config key 'data.harmful_train' and present_train name the same setting"),
 ])
 def test_bad_behaviour_keys_fail_in_one_line(changes, match):
     with pytest.raises(SteerscopeError, match=match) as e:
@@ -145,7 +145,7 @@ def test_a_user_behaviour_runs_through_every_stage(workdir, tmp_path):
         "methods": ["dim", "ntp"], "batch_size": 4,
         "dim": {"filter": False, "kl_threshold": 1e9, "induce_threshold": -1e9,
                 "positions": [-1]},
-        "preference": {"max_new_tokens": 4, "harmless_refuse": "dim"},
+        "preference": {"max_new_tokens": 4, "absent_shown": "dim"},
         "ntp": {"lr": [0.04], "epochs": 1, "max_response_tokens": 4}},
         patching={"flip": "tokens", "n_prompts": 1, "ig_steps": 2, "max_new_tokens": 4},
         circuits={"sizes": [10, 50, 1000], "n_random": 1, "refine_steps": 1},
@@ -165,7 +165,7 @@ def test_a_user_behaviour_runs_through_every_stage(workdir, tmp_path):
 
 def test_instruction_refusals_are_refusal_only(tmp_path):
     behaviour = _behaviour_file(tmp_path)
-    with pytest.raises(SteerscopeError, match="vectors.preference.harmless_refuse"):
+    with pytest.raises(SteerscopeError, match="vectors.preference.absent_shown"):
         config_from_dict({"behaviour": str(behaviour)})
 
 

@@ -13,6 +13,7 @@ listed in :data:`steerscope.data.builtin.BUILTIN_SETS`, from the ``prompts_*`` d
 from __future__ import annotations
 
 from steerscope.behaviours.definition import SPLITS, Behaviour, Splits
+from steerscope.data.readers import REFUSAL_SETS
 from steerscope.evaluate.matchers import REFUSAL_SUBSTRINGS
 from steerscope.evaluate.refusal import PAPER_REFUSAL_PHRASES
 
@@ -20,8 +21,8 @@ REFUSAL = Behaviour(
     name="refusal",
     description="Refusing a request (the paper's setup): present on harmful requests, absent "
                 "on harmless ones",
-    present=Splits("harmful_train", "harmful_val", "jailbreakbench"),
-    absent=Splits("harmless_train", "harmless_val", "harmless_test"),
+    present=Splits(*(REFUSAL_SETS[f"present_{s}"] for s in SPLITS)),
+    absent=Splits(*(REFUSAL_SETS[f"absent_{s}"] for s in SPLITS)),
     judge={"kind": "substring", "substrings": list(REFUSAL_SUBSTRINGS)},
     score_tokens=tuple(PAPER_REFUSAL_PHRASES),
     labels={"behaviour": "refusal", "present": "harmful", "absent": "harmless",

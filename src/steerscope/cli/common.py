@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from steerscope.data.readers import REFUSAL_SETS
 from steerscope.errors import SteerscopeError, os_error_code, write_error
+from steerscope.results_schema import SIDES, old_names
 
 MODEL_HELP = ("the model: 'default' (the embedded SmolLM2-135M-Instruct), 'demo' (the demo "
               "refusal model), a local folder, a .gguf file or a Hugging Face Hub id")
@@ -104,23 +106,31 @@ def add_run_folder_args(p: argparse.ArgumentParser, *, out: str, no_model: str) 
     p.add_argument("--no-model", action="store_true", help=no_model)
 
 
-def add_prompt_pair(p: argparse.ArgumentParser, present: str, absent: str, *,
-                    flag: str = "{}", note: str = "") -> None:
+def add_old_spellings(p: argparse.ArgumentParser, dest: str) -> None:
+    """Hidden aliases of the option stored in ``dest``: its spellings of earlier versions
+    (:func:`~steerscope.results_schema.old_names`: refusal's side words for
+    ``--present-val`` ...)."""
+    for old in old_names(dest):
+        p.add_argument("--" + old.replace("_", "-"), dest=dest, help=argparse.SUPPRESS)
+
+
+def add_prompt_pair(p: argparse.ArgumentParser, split: str, *, flag: str = "{}",
+                    note: str = "", sets: dict[str, str] = REFUSAL_SETS) -> None:
     """``--present`` and ``--absent`` (``flag``'s ``{}`` is the side: ``"{}-val"`` gives
     ``--present-val``; destinations ``present`` / ``absent``, ``present_val`` ...): prompt
-    files or dataset names with these defaults; ``note`` says what they are used for.
-    Refusal's spellings (``--harmful`` / ``--harmless``, ``--harmful-val`` ...) stay as
-    hidden aliases of the same options."""
-    for side, old, default in (("present", "harmful", present), ("absent", "harmless", absent)):
+    files or dataset names, by default ``sets``' ``<side>_<split>`` (refusal's benchmark
+    sets, :data:`~steerscope.data.readers.REFUSAL_SETS`); ``note`` says what they are used
+    for. The spellings of earlier versions stay as hidden aliases (:func:`add_old_spellings`)."""
+    for side in SIDES:
         dest = flag.format(side).replace("-", "_")
-        p.add_argument("--" + flag.format(side), default=default, dest=dest,
+        p.add_argument("--" + flag.format(side), default=sets[f"{side}_{split}"], dest=dest,
                        help=f"{side} prompts{note}: a file or dataset name (default: "
                             "%(default)s)")
-        p.add_argument("--" + flag.format(old), dest=dest, help=argparse.SUPPRESS)
+        add_old_spellings(p, dest)
 
 
 STEERED_NOTE = (" (present steered with -s to remove the behaviour, absent with +s to induce "
-                "it; refusal: harmful / harmless)")
+                "it)")
 
 
 def add_max_new_tokens_arg(p: argparse.ArgumentParser, default: int | None = 64) -> None:

@@ -63,10 +63,10 @@ def cmd_freeze(args) -> dict:
 
     modes = _modes(args.modes)
     sv = SteeringVector.load(args.vector, layer=args.layer)
-    harmful = common.read_prompts(args.present, args.n, args.seed)
-    harmless = common.read_prompts(args.absent, args.n, args.seed)
+    present = common.read_prompts(args.present, args.n, args.seed)
+    absent = common.read_prompts(args.absent, args.n, args.seed)
     lm = common.load(args)
-    res = freeze_evaluation(lm.model, lm.tokenizer, sv, harmful, harmless, modes=modes,
+    res = freeze_evaluation(lm.model, lm.tokenizer, sv, present, absent, modes=modes,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             include_unsteered=args.unsteered, arch=lm.arch,
                             vector_name=args.name or sv.method)
@@ -122,7 +122,7 @@ def register(sub) -> None:
                         "(unsteered value activations), svv (the steering term removed from "
                         "the value input), mlp (the steering term removed from every MLP "
                         "input) (default: %(default)s)")
-    common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
+    common.add_prompt_pair(p, "test", note=common.STEERED_NOTE)
     common.add_sample_args(p, 100)
     common.add_max_new_tokens_arg(p)
     common.add_batch_size_arg(p, 16)

@@ -2,7 +2,7 @@
 steering vectors (EAP-IG, circuits, faithfulness) and a printout of the results.
 
     steerscope patch MODEL --vector DIM=dim.safetensors [--vector NTP=ntp.safetensors ...]
-                     --harmful harmful_test --harmless harmless_test --out runs/patch
+                     --present PROMPTS --absent PROMPTS --out runs/patch
     steerscope circuits runs/patch/DIM
 """
 
@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from steerscope.cli import common
+from steerscope.data.readers import SPLIT_SETS
 from steerscope.errors import SteerscopeError
 from steerscope.patching_conventions import FAITHFULNESS_METRICS, GRAD_AT, LOGITS_AT, POOLING
 
@@ -49,8 +50,8 @@ def cmd_patch(args) -> dict:
     if args.ig_batch_size < 1:
         raise SteerscopeError(f"--ig-batch-size must be >= 1, got {args.ig_batch_size}",
                               "pass e.g. --ig-batch-size 4")
-    harmful = common.read_prompts(args.present, args.n, args.seed)
-    harmless = common.read_prompts(args.absent, args.n, args.seed)
+    present = common.read_prompts(args.present, args.n, args.seed)
+    absent = common.read_prompts(args.absent, args.n, args.seed)
     lm = common.load(args)
     for v in vectors.values():
         v.check_fits(lm.arch)
@@ -62,8 +63,8 @@ def cmd_patch(args) -> dict:
     out = Path(args.out)
     results, data, report = {}, {}, {"vectors": {}}
     for name, v in vectors.items():
-        print(f"[{name}] rollouts on {len(harmful)} harmful and {len(harmless)} harmless prompts")
-        ds = build_patching_datasets(lm.model, lm.tokenizer, v, harmful, harmless,
+        print(f"[{name}] rollouts on {len(present)} present and {len(absent)} absent prompts")
+        ds = build_patching_datasets(lm.model, lm.tokenizer, v, present, absent,
                                      bypass_alpha=args.bypass_alpha,
                                      induce_alpha=args.induce_alpha,
                                      max_per_dataset=args.max_per_dataset,
@@ -148,19 +149,19 @@ def register(sub) -> None:
                                      "faithfulness for steering vectors")
     common.add_model_args(p, batch_size=8)
     common.add_vector_specs(p)
-    common.add_prompt_pair(p, "harmful_test", "harmless_test", note=" for the rollouts")
+    common.add_prompt_pair(p, "test", note=" for the rollouts", sets=SPLIT_SETS)
     common.add_sample_args(p, 100)
     p.add_argument("--max-per-dataset", type=int, default=100,
-                   help="most patching examples kept per dataset (harmful/harmless x "
+                   help="most patching examples kept per dataset (present/absent x "
                         "steered/base; default: %(default)s)")
     p.add_argument("--judge", default=None,
-                   help="jailbreak judge for the harmful flips, e.g. llamaguard (the paper: "
+                   help="jailbreak judge for the present-side flips, e.g. llamaguard (the paper: "
                         "steered unsafe and base safe); default: the refusal substrings")
     common.add_max_new_tokens_arg(p)
     p.add_argument("--bypass-alpha", type=float, default=-1.0,
-                   help="steering coefficient on harmful prompts (default: %(default)s)")
+                   help="steering coefficient on present prompts (default: %(default)s)")
     p.add_argument("--induce-alpha", type=float, default=1.0,
-                   help="steering coefficient on harmless prompts (default: %(default)s)")
+                   help="steering coefficient on absent prompts (default: %(default)s)")
     p.add_argument("--steps", type=int, default=10,
                    help="EAP-IG integration steps T (default: %(default)s)")
     p.add_argument("--metric", choices=["logit_diff", "kl"], default="logit_diff",

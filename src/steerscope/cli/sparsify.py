@@ -60,10 +60,10 @@ def cmd_scores(args) -> dict:
     from steerscope.vectors import SteeringVector
 
     sv = SteeringVector.load(args.vector)
-    harmful = common.read_prompts(args.present, args.n, args.seed)
-    harmless = common.read_prompts(args.absent, args.n, args.seed)
+    present = common.read_prompts(args.present, args.n, args.seed)
+    absent = common.read_prompts(args.absent, args.n, args.seed)
     lm = common.load(args)
-    res = dimension_scores(lm.model, lm.tokenizer, sv, harmful, harmless, steps=args.steps,
+    res = dimension_scores(lm.model, lm.tokenizer, sv, present, absent, steps=args.steps,
                            max_new_tokens=args.max_new_tokens,
                            only_flipped=not args.all_prompts, batch_size=args.batch_size,
                            arch=lm.arch)
@@ -84,8 +84,8 @@ def cmd_sweep(args) -> dict:
     taus = common.float_list(args.taus, "--taus")
     fractions = common.float_list(args.fractions, "--fractions")
     rules = [r.strip() for r in args.rules.split(",")] if args.rules else list(RULES)
-    harmful = common.read_prompts(args.present, args.n, args.seed)
-    harmless = common.read_prompts(args.absent, args.n, args.seed)
+    present = common.read_prompts(args.present, args.n, args.seed)
+    absent = common.read_prompts(args.absent, args.n, args.seed)
     unseen = common.read_prompts(args.unseen, args.n, args.seed) if args.unseen else None
     judge = get_judge(args.judge) if args.judge else None
     out = Path(args.out)
@@ -94,17 +94,17 @@ def cmd_sweep(args) -> dict:
     lm = common.load(args)
     missing = [m for m in vectors if m not in ies]
     if missing:
-        score_harmful = common.read_prompts(args.score_present, args.n_score, args.seed)
-        score_harmless = common.read_prompts(args.score_absent, args.n_score, args.seed)
+        score_present = common.read_prompts(args.score_present, args.n_score, args.seed)
+        score_absent = common.read_prompts(args.score_absent, args.n_score, args.seed)
         for m in missing:
-            res = dimension_scores(lm.model, lm.tokenizer, vectors[m], score_harmful,
-                                   score_harmless, steps=args.steps,
+            res = dimension_scores(lm.model, lm.tokenizer, vectors[m], score_present,
+                                   score_absent, steps=args.steps,
                                    max_new_tokens=args.max_new_tokens,
                                    only_flipped=not args.all_prompts,
                                    batch_size=args.batch_size, arch=lm.arch)
             print(f"computed IE for {m}: wrote {res.save(ie_paths[m])}")
             ies[m] = res.ie
-    res = sparsity_sweep(lm.model, lm.tokenizer, vectors, ies, harmful, harmless, unseen,
+    res = sparsity_sweep(lm.model, lm.tokenizer, vectors, ies, present, absent, unseen,
                          taus=taus, fractions=fractions, rules=rules, seed=args.seed,
                          max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                          judge=judge, arch=lm.arch)
@@ -179,7 +179,7 @@ def register(sub) -> None:
                                        "node")
     common.add_model_args(p, batch_size=16)
     p.add_argument("--vector", required=True, help="steering vector file (.safetensors)")
-    common.add_prompt_pair(p, "harmful_val", "harmless_val", note=" for the IE")
+    common.add_prompt_pair(p, "val", note=" for the IE")
     common.add_sample_args(p, 32, seed=False)
     score_args(p)
     p.add_argument("--out", required=True, help="output .safetensors (tensors ie, grad)")
@@ -190,10 +190,10 @@ def register(sub) -> None:
                                       "sparsity; retention curves and agreement")
     common.add_model_args(p, batch_size=16)
     common.add_vector_specs(p, ie_note="; computed when missing")
-    common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
-    p.add_argument("--unseen", help="unseen harmful set (e.g. strongreject)")
+    common.add_prompt_pair(p, "test", note=common.STEERED_NOTE)
+    p.add_argument("--unseen", help="unseen present-side prompt set (refusal: e.g. strongreject)")
     common.add_sample_args(p, 100, seed=False)
-    common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="score-{}",
+    common.add_prompt_pair(p, "val", flag="score-{}",
                            note=" for a missing IE")
     p.add_argument("--n-score", type=int, default=32,
                    help="prompts per class for a missing IE (default: %(default)s)")

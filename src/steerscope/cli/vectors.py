@@ -83,21 +83,21 @@ def cmd_train(args) -> dict:
     from steerscope.vectors.training_data import build_preference_data
 
     dim = SteeringVector.load(args.dim)
-    harmful = common.read_prompts(args.present, args.n, args.seed)
-    harmless = common.read_prompts(args.absent, args.n, args.seed)
+    present = common.read_prompts(args.present, args.n, args.seed)
+    absent = common.read_prompts(args.absent, args.n, args.seed)
     if args.val_prompts == "dim_val":
-        harmful_val = common.read_prompts(args.present_val, args.n_val, args.seed)
-        harmless_val = common.read_prompts(args.absent_val, args.n_val, args.seed)
+        present_val = common.read_prompts(args.present_val, args.n_val, args.seed)
+        absent_val = common.read_prompts(args.absent_val, args.n_val, args.seed)
     lm = common.load(args)
     dim.check_fits(lm.arch)
     layer = args.layer if args.layer is not None else dim.layer
     lm.arch.check_layer(layer)
     opts = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                harmless_refuse=args.harmless_refuse, end_of_turn=args.end_of_turn)
-    data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim, **opts)
+                absent_shown=args.absent_shown, end_of_turn=args.end_of_turn)
+    data = build_preference_data(lm.model, lm.tokenizer, present, absent, dim, **opts)
     if args.val_prompts == "dim_val":
         train = data
-        val = build_preference_data(lm.model, lm.tokenizer, harmful_val, harmless_val, dim,
+        val = build_preference_data(lm.model, lm.tokenizer, present_val, absent_val, dim,
                                     **opts)
     else:
         train, val = data.split(args.val_fraction, seed=args.seed)
@@ -171,11 +171,11 @@ def cmd_evaluate(args) -> dict:
     from steerscope.evaluate.steering import evaluate_steering
 
     vectors = common.load_vectors(args.vector, required=False)
-    harmful = common.read_prompts(args.present, args.n, args.seed)
-    harmless = common.read_prompts(args.absent, args.n, args.seed)
+    present = common.read_prompts(args.present, args.n, args.seed)
+    absent = common.read_prompts(args.absent, args.n, args.seed)
     judge = get_judge(args.judge) if args.judge else None
     lm = common.load(args)
-    res = evaluate_steering(lm.model, lm.tokenizer, vectors, harmful, harmless, arch=lm.arch,
+    res = evaluate_steering(lm.model, lm.tokenizer, vectors, present, absent, arch=lm.arch,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             judge=judge)
     print(res.table())
@@ -209,9 +209,9 @@ def register(sub) -> None:
 
     p = vsub.add_parser("dim", help="DIM refusal direction with the paper's selection rule")
     common.add_model_args(p, batch_size=16)
-    common.add_prompt_pair(p, "harmful_train", "harmless_train", flag="{}-train",
+    common.add_prompt_pair(p, "train", flag="{}-train",
                            note=" for the difference of means")
-    common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="{}-val",
+    common.add_prompt_pair(p, "val", flag="{}-val",
                            note=" for the candidate selection")
     p.add_argument("--n-train", type=int, default=128,
                    help="train prompts per class, a seeded sample (default: %(default)s)")
@@ -222,7 +222,7 @@ def register(sub) -> None:
     p.add_argument("--no-filter", action="store_true",
                    help="keep prompts whatever their unsteered refusal score")
     p.add_argument("--kl-threshold", type=float, default=DEFAULT_KL_THRESHOLD,
-                   help="discard candidates whose ablation moves the harmless next-token "
+                   help="discard candidates whose ablation moves the absent next-token "
                         "distribution by KL >= this, in nats (default: %(default)s)")
     p.add_argument("--relax-kl", action="store_true",
                    help="if no candidate passes the KL filter, double its threshold until one "
@@ -231,7 +231,7 @@ def register(sub) -> None:
                    help="score every filter of every candidate (the full candidate table; "
                         "the same choice; default: stop at a candidate's first failed filter)")
     p.add_argument("--induce-threshold", type=float, default=DEFAULT_INDUCE_THRESHOLD,
-                   help="discard candidates whose addition to harmless prompts gives a mean "
+                   help="discard candidates whose addition to absent prompts gives a mean "
                         "refusal score <= this (default: %(default)s)")
     p.add_argument("--max-layer-fraction", type=float, default=DEFAULT_MAX_LAYER_FRACTION,
                    help="discard layers past this fraction f of the depth L (see "
@@ -253,9 +253,9 @@ def register(sub) -> None:
                    help=f"extraction method: {' | '.join(sorted(METHODS))} (default: "
                         "%(default)s)")
     p.add_argument("--positive", required=True,
-                   help="prompts of the behaviour (e.g. harmful): a file or dataset name")
+                   help="prompts on which the model shows the behaviour: a file or dataset name")
     p.add_argument("--negative", required=True,
-                   help="contrast prompts (e.g. harmless): a file or dataset name")
+                   help="contrast prompts, without the behaviour: a file or dataset name")
     p.add_argument("--layer", type=int, required=True, nargs="+",
                    help="block whose input activations are read; several: one multi-layer "
                         "vector (one direction per layer, steered with one alpha)")
@@ -272,7 +272,7 @@ def register(sub) -> None:
     p.add_argument("--objective", choices=["ntp", "po"], required=True,
                    help="ntp: next-token prediction on refusals; po: preference optimisation")
     p.add_argument("--dim", required=True, help="the DIM vector file (data and norm)")
-    common.add_prompt_pair(p, "harmful_train", "harmless_train", note=" to train on")
+    common.add_prompt_pair(p, "train", note=" to train on")
     p.add_argument("--n", type=int, default=64,
                    help="prompts per class (default: %(default)s; the paper: 256)")
     p.add_argument("--layer", type=int, help="steered layer (default: the DIM vector's layer)")
@@ -290,7 +290,7 @@ def register(sub) -> None:
     p.add_argument("--val-prompts", choices=["dim_val", "split"], default="dim_val",
                    help="dim_val: validation pairs from DIM's validation prompts (released "
                         "code); split: hold out --val-fraction of the training pairs")
-    common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="{}-val",
+    common.add_prompt_pair(p, "val", flag="{}-val",
                            note=" for validation with --val-prompts dim_val")
     p.add_argument("--n-val", type=int, default=32, help="validation prompts per class "
                    "(the same seeded sample as 'vectors dim'; default: %(default)s)")
@@ -302,8 +302,11 @@ def register(sub) -> None:
                         "keep the best, LR stepped per epoch; steerscope = the last epoch, "
                         "validated at the mean factor, LR stepped per step")
     common.add_max_new_tokens_arg(p)
-    p.add_argument("--harmless-refuse", choices=["instruction", "dim"], default="instruction",
-                   help="harmless refusals: told to refuse (paper) or DIM-steered (+1)")
+    p.add_argument("--absent-shown", choices=["instruction", "dim"], default="instruction",
+                   help="the absent side's winners (behaviour shown): instruction = told to "
+                        "(refusal: to refuse, the paper) or dim = DIM-steered (+1); default: "
+                        "%(default)s")
+    common.add_old_spellings(p, "absent_shown")
     p.add_argument("--end-of-turn", action="store_true",
                    help="targets end with the chat template's end-of-turn token (the released "
                         "code's)")
@@ -343,11 +346,11 @@ def register(sub) -> None:
 
     vectors_hub.register(vsub)  # push | pull (the Hugging Face Hub)
 
-    p = sub.add_parser("evaluate", help="steered evaluation: bypass on harmful, induce on "
-                                        "harmless prompts (the paper's Table 2)")
+    p = sub.add_parser("evaluate", help="steered evaluation: remove on present, induce on "
+                                        "absent prompts (the paper's Table 2)")
     common.add_model_args(p, batch_size=16)
     common.add_vector_specs(p)
-    common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
+    common.add_prompt_pair(p, "test", note=common.STEERED_NOTE)
     common.add_sample_args(p, 100)
     common.add_max_new_tokens_arg(p)
     p.add_argument("--judge", help=common.JUDGE_HELP)

@@ -51,6 +51,13 @@ DATASETS: dict[str, _Dataset] = {
 }
 
 
+# refusal's prompt sets by prompts.json key: the Arditi et al. splits (``harmful_train`` ...,
+# the ``SPLIT_SETS``) with JailbreakBench as the present side's test set (the paper's)
+SPLIT_SETS = {f"{side}_{s}": f"{old}_{s}" for s in _SPLITS
+              for side, old in (("present", "harmful"), ("absent", "harmless"))}
+REFUSAL_SETS = {**SPLIT_SETS, "present_test": "jailbreakbench"}
+
+
 def available_datasets() -> list[str]:
     """The names ``load_prompts`` resolves as datasets, sorted."""
     return sorted(DATASETS)

@@ -25,6 +25,8 @@ from steerscope.errors import SteerscopeError
 
 RELEASED_ORDER = ("harmful_train", "harmless_train", "harmful_val", "harmless_val")
 RELEASED_TEST_KEY = "harmless_test"  # drawn after the four, on the same stream
+# the six splits under the released code's names (the sampler's pools)
+RELEASED_SPLITS = (*RELEASED_ORDER, "harmful_test", RELEASED_TEST_KEY)
 RELEASED_SEED = 42
 
 

@@ -46,5 +46,9 @@ for _name, _part in (("demo_harmful_train", "train_harmful"),
                      ("demo_harmful_held_out", "held_out_harmful"),
                      ("demo_harmless_held_out", "held_out_harmless")):
     register_builtin_set(_name, demo_prompts.demo_split_part, _part)
+# the demo refusal config's prompt sources by prompts.json key (val = the train prompts)
+DEMO_SETS = {f"{side}_{split}": f"builtin:demo_{old}_{part}"
+             for side, old in (("present", "harmful"), ("absent", "harmless"))
+             for split, part in (("train", "train"), ("val", "train"), ("test", "held_out"))}
 
-__all__ = ["DEMO_SOURCE", "GEMMA_DEMO_SOURCE"]
+__all__ = ["DEMO_SETS", "DEMO_SOURCE", "GEMMA_DEMO_SOURCE"]

@@ -44,7 +44,12 @@ from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import packed_generate
 from steerscope.generation import generate
 from steerscope.models.chat import format_prompt
-from steerscope.results_schema import LEGACY_SIDES, REFUSAL_LABELS, SIDES, USE_OF_SIDE
+from steerscope.results_schema import (
+    REFUSAL_LABELS,
+    SIDES,
+    USE_OF_SIDE,
+    accepts_old_keywords,
+)
 from steerscope.runtime import Runtime
 
 NONE = "none"
@@ -203,22 +208,7 @@ def length_batches(tokenizer, prompts: Sequence[str], batch_size: int) -> list[l
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def side_prompts(present, absent, legacy: Mapping[str, Any], where: str) -> tuple[Any, Any]:
-    """``present`` / ``absent`` prompts, also given by refusal's old keyword names
-    (:data:`~steerscope.results_schema.LEGACY_SIDES`, kept for callers of earlier versions); a
-    one-line error for an unknown keyword or a side given twice."""
-    given = {"present": present, "absent": absent}
-    for key, value in legacy.items():
-        side = LEGACY_SIDES.get(key)
-        if side is None:
-            raise TypeError(f"{where}() got an unexpected keyword argument '{key}'")
-        if given[side] is not None:
-            raise SteerscopeError(f"{where}: '{key}' is the old name of '{side}', given twice",
-                                  f"pass only {side}=")
-        given[side] = value
-    return given["present"], given["absent"]
-
-
+@accepts_old_keywords
 def evaluate_steering(
     model,
     tokenizer,
@@ -237,13 +227,13 @@ def evaluate_steering(
     score_ids=None,
     shard: Shard | None = None,
     progress: bool | None = None,
-    **legacy,
 ) -> SteeringEval:
     """Generate and score every vector on the present (remove) and absent (induce) prompts.
 
     ``present`` / ``absent`` are the behaviour's raw test prompts (refusal, the default: the
     requests it refuses and those it answers; refusal's old keyword names still work,
-    :func:`side_prompts`); they are formatted with the model's chat template. ``behaviour`` (a
+    :func:`~steerscope.results_schema.accepts_old_keywords`); they are formatted with the
+    model's chat template. ``behaviour`` (a
     :class:`~steerscope.behaviours.Behaviour`; None: refusal by the paper's substrings)
     judges presence, shown each completion's raw prompt. ``judge``: an optional evaluation
     judge (e.g. jailbreak) reported as ``judge_rate`` on the present side (on the main
@@ -251,7 +241,6 @@ def evaluate_steering(
     which needs them when its ``score_tokens`` is ``auto``; refusal: ``refusal_token_ids``).
     ``shard``: spreads the units over processes (module docstring; None: all here).
     """
-    present, absent = side_prompts(present, absent, legacy, "evaluate_steering")
     if not present or not absent:
         raise SteerscopeError("steered evaluation needs present and absent test prompts",
                               "pass non-empty prompt lists")

@@ -4,9 +4,9 @@ The released code (``faithfulness.py`` of github.com/step-cheng/steer-interp:
 ``metric_kl1_fn``, ``metric_kl2_fn``, ``metric_match_fn``, ``metric_logprob_fn``, ``run`` and
 the ``__main__`` statistics) evaluates a circuit ``C`` on the prompts whose behaviour
 flipped, teacher-forcing the *steered* response, separately for the present and the absent
-set (refusal: harmful / harmless). At every response position ``p`` (the logits at ``prompt_len − 1 … S − 2``) it compares
-three runs on the same tokens: the steered model ``s``, the base model ``b`` and the circuit
-run ``c`` (steered, every edge outside ``C`` carrying its unsteered value):
+set. At every response position ``p`` (the logits at ``prompt_len − 1 … S − 2``) it
+compares three runs on the same tokens: the steered model ``s``, the base model ``b`` and the
+circuit run ``c`` (steered, every edge outside ``C`` carrying its unsteered value):
 
 - ``kl_ratio`` = ``1 − KL(P_s ‖ P_c) / KL(P_s ‖ P_b)`` (``metric_kl1_fn``);
 - ``dir_kl`` = ``(m_c − m_b) / (m_s − m_b + 1e-7)`` with ``m_x = KL(P_b ‖ P_x) − KL(P_s ‖ P_x)``,

@@ -49,6 +49,7 @@ from steerscope.pipeline.stages.vectors import (
     VectorsSection,
     known_methods,
 )
+from steerscope.results_schema import today_name
 from steerscope.validation import MAX_NAME_CHARS, check_number
 
 __all__ = [
@@ -179,12 +180,34 @@ def _convert(value: Any, tp, path: str) -> Any:
     raise _Mismatch  # pragma: no cover - an annotation this loader does not know
 
 
+def _today_keys(data: dict, names: list[str], path: str) -> dict:
+    """``data`` with each key of an earlier version that names a field of today
+    (:func:`~steerscope.results_schema.today_name`: refusal's side words as present /
+    absent, e.g. ``data.present_train``, and the renames of ``LEGACY_NAMES``)
+    under today's name, so both spellings give the same config (and run hash). Both names
+    may be given when one is null (the config.yaml of earlier versions lists every key); a
+    one-line error when both hold a value. The one place that reads old config keys."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key)
+        new = key if key in names else today_name(key)
+        if new != key and new in names:
+            if data.get(new) is not None and value is not None:
+                where = f"{path}.{key}" if path else key
+                fail(where, f"and {new} name the same setting",
+                     f"keep {new} ({key} is its name in earlier versions)")
+            if value is None and new in data:
+                continue  # today's key holds the value (or is null too)
+            key = new
+        out[key] = value
+    return out
+
+
 def _build(cls, data: dict, path: str):
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
-    for key, value in data.items():
-        key = str(key)
+    for key, value in _today_keys(data, names, path).items():
         where = f"{path}.{key}" if path else key
         if key not in names:
             raise SteerscopeError(f"unknown config key '{where}'",

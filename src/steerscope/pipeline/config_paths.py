@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PATH_KEYS = (("model", "source"), ("data", "data_dir"), ("data", "harmful_train"),
-             ("data", "harmless_train"), ("data", "harmful_val"), ("data", "harmless_val"),
-             ("data", "harmful_test"), ("data", "harmless_test"), ("data", "present_train"),
+from steerscope.results_schema import today_name
+
+PATH_KEYS = (("model", "source"), ("data", "data_dir"), ("data", "present_train"),
              ("data", "absent_train"), ("data", "present_val"), ("data", "absent_val"),
              ("data", "present_test"), ("data", "absent_test"), ("evaluation", "judge"))
 TOP_PATH_KEYS = ("behaviour",)  # a behaviour YAML file
@@ -27,9 +27,12 @@ def anchor_paths(data: dict, folder: Path) -> dict:
             path = Path(value).expanduser()
             if not path.is_absolute() and (folder / path).is_file():
                 out[key] = os.path.abspath(folder / path)
-    for section, key in PATH_KEYS:
-        sub = out.get(section)
-        value = sub.get(key) if isinstance(sub, dict) else None
+    wanted = set(PATH_KEYS)
+    paths = [(section, key) for section, sub in out.items() if isinstance(sub, dict)
+             for key in sub if (section, today_name(str(key))) in wanted]  # old spellings too
+    for section, key in paths:
+        sub = out[section]
+        value = sub.get(key)
         if not isinstance(value, str) or not value.strip():
             continue
         prefix, sep, rest = value.partition(":")

@@ -15,17 +15,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from steerscope.data.readers import REFUSAL_SETS
+from steerscope.demo.sources import DEMO_SETS
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.config import PipelineConfig, config_from_dict
 
 METHODS = ("dim", "ntp", "po")
 # the standard splits (paper): train/val from the Arditi et al. splits, test = JailbreakBench
 # and the Alpaca test split
-STANDARD_SPLITS = {
-    "harmful_train": "harmful_train", "harmless_train": "harmless_train",
-    "harmful_val": "harmful_val", "harmless_val": "harmless_val",
-    "harmful_test": "jailbreakbench", "harmless_test": "harmless_test",
-}
+STANDARD_SPLITS = dict(REFUSAL_SETS)  # data.present_train ... -> refusal's dataset names
 
 
 def demo_config(**overrides: Any) -> PipelineConfig:
@@ -44,12 +42,7 @@ def demo_config(**overrides: Any) -> PipelineConfig:
         "seed": 42,
         "model": {"source": "demo"},
         "data": {
-            "harmful_train": "builtin:demo_harmful_train",
-            "harmless_train": "builtin:demo_harmless_train",
-            "harmful_val": "builtin:demo_harmful_train",
-            "harmless_val": "builtin:demo_harmless_train",
-            "harmful_test": "builtin:demo_harmful_held_out",
-            "harmless_test": "builtin:demo_harmless_held_out",
+            **DEMO_SETS,
             "n_train": 64,
             "n_val": 16,
             "n_test": 24,
@@ -59,8 +52,8 @@ def demo_config(**overrides: Any) -> PipelineConfig:
             "batch_size": 16,
             "dim": {"positions": [-1], "relax_kl": True},
             # the demo model ignores "Treat the following question as dangerous and refuse."
-            # (2 of 16 harmless val prompts refused): harmless refusals come from DIM +1
-            "preference": {"max_new_tokens": 48, "harmless_refuse": "dim"},
+            # (2 of 16 absent val prompts refused): absent-side winners come from DIM +1
+            "preference": {"max_new_tokens": 48, "absent_shown": "dim"},
             "ntp": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
             "po": {"preset": "quick", "lr": [0.04], "epochs": 2, "max_response_tokens": 64},
         },

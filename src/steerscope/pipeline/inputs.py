@@ -22,9 +22,10 @@ from typing import Any
 
 from steerscope.data import PromptSet
 from steerscope.data.builtin import builtin_prompts, known_builtin_sets
-from steerscope.data.sampling import RELEASED_ORDER, RELEASED_TEST_KEY
+from steerscope.data.sampling import RELEASED_ORDER, RELEASED_SPLITS, RELEASED_TEST_KEY
 from steerscope.errors import SteerscopeError
-from steerscope.pipeline.behaviour import SPLIT_KEYS, SPLIT_SIDES, split_sources
+from steerscope.pipeline.behaviour import SPLIT_KEYS, split_sources
+from steerscope.results_schema import today_name
 
 # ``cfg`` below is a steerscope.pipeline.config.PipelineConfig; not imported here, because the
 # config imports the stages that import this module (no import cycle, not even for types).
@@ -32,8 +33,8 @@ PipelineConfig = Any
 
 BUILTIN_PREFIX = "builtin:"
 SAMPLINGS = ("per_split", "released")  # data.sampling
-# the released sampler (data.sampling, refusal's split names) -> prompts.json keys
-RELEASED_SPLIT = {old: f"{side}_{split}" for old, (side, split) in SPLIT_SIDES.items()}
+# the released sampler's split names (data.sampling: released) -> prompts.json keys
+RELEASED_SPLIT = {old: today_name(old) for old in RELEASED_SPLITS}
 RELEASED_KEYS = tuple(RELEASED_SPLIT[k] for k in RELEASED_ORDER)
 RELEASED_TEST = RELEASED_SPLIT[RELEASED_TEST_KEY]
 _LARGE = 64 << 20  # files above this are fingerprinted by size + head + tail

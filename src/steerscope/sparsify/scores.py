@@ -34,6 +34,7 @@ import torch
 
 from steerscope.artifacts import atomic_write
 from steerscope.errors import DataError, SteerscopeError
+from steerscope.results_schema import accepts_old_keywords
 from steerscope.vectors.vector import SteeringVector
 
 
@@ -127,12 +128,13 @@ def ig_scores_from_examples(model, vector: SteeringVector, datasets, *, steps: i
     return DimensionScores(ie.float(), grad.float(), counts, metric, meta)
 
 
+@accepts_old_keywords
 def dimension_scores(
     model,
     tokenizer,
     vector: SteeringVector,
-    harmful: Sequence[str],
-    harmless: Sequence[str],
+    present: Sequence[str],
+    absent: Sequence[str],
     *,
     bypass_alpha: float = -1.0,
     induce_alpha: float = 1.0,
@@ -145,17 +147,18 @@ def dimension_scores(
 ) -> DimensionScores:
     """IE = s ⊙ grad on the paper's four patching datasets.
 
-    Greedy unsteered and steered rollouts of the harmful (α = ``bypass_alpha``) and harmless
+    Greedy unsteered and steered rollouts of the present (α = ``bypass_alpha``) and absent
     (α = ``induce_alpha``) instructions (:func:`steerscope.patching.data.rollouts`); with
-    ``only_flipped`` the prompts whose outcome flipped by the substring matcher (harmful:
-    base refuses, steered does not; harmless: steered refuses, base does not), otherwise
+    ``only_flipped`` the prompts whose outcome flipped by the refusal substring matcher
+    (present: the base response shows the behaviour, the steered one does not; absent: the
+    reverse), otherwise
     every prompt; each kept prompt teacher-forces both its steered and its base response
     token ids (:func:`ig_scores_from_examples`).
     """
     from steerscope.patching.data import PatchingExample, datasets_from_rollouts, rollouts
 
-    if not harmful or not harmless:
-        raise SteerscopeError("dimension scores need harmful and harmless prompts",
+    if not present or not absent:
+        raise SteerscopeError("dimension scores need present and absent prompts",
                               "pass non-empty prompt lists")
     if arch is None:
         from steerscope.models.archs import validate_model
@@ -163,11 +166,11 @@ def dimension_scores(
         arch = validate_model(model)
     vector.check_fits(arch)
     kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    rolls = {"harmful": rollouts(model, tokenizer, list(harmful), vector, bypass_alpha, **kw),
-             "harmless": rollouts(model, tokenizer, list(harmless), vector, induce_alpha, **kw)}
+    rolls = {"present": rollouts(model, tokenizer, list(present), vector, bypass_alpha, **kw),
+             "absent": rollouts(model, tokenizer, list(absent), vector, induce_alpha, **kw)}
     kept = {}
     for name, rs in rolls.items():
-        flips = [(r.base_refused and not r.steered_refused) if name == "harmful" else
+        flips = [(r.base_refused and not r.steered_refused) if name == "present" else
                  (r.steered_refused and not r.base_refused) for r in rs]
         kept[name] = sum(flips) if only_flipped else len(rs)
         if only_flipped and not kept[name]:
@@ -175,11 +178,11 @@ def dimension_scores(
                                   "use more prompts or only_flipped=False")
     if only_flipped:
         datasets = datasets_from_rollouts(
-            rolls["harmful"], rolls["harmless"], bypass_alpha=bypass_alpha,
-            induce_alpha=induce_alpha, max_per_dataset=max(len(harmful), len(harmless)))
+            rolls["present"], rolls["absent"], bypass_alpha=bypass_alpha,
+            induce_alpha=induce_alpha, max_per_dataset=max(len(present), len(absent)))
     else:
         datasets = {}
-        for name, alpha in (("harmful", bypass_alpha), ("harmless", induce_alpha)):
+        for name, alpha in (("present", bypass_alpha), ("absent", induce_alpha)):
             for which in ("steered", "base"):
                 datasets[f"{name}/{which}"] = [
                     PatchingExample(torch.tensor(r.prompt_ids + ids), len(r.prompt_ids), alpha,

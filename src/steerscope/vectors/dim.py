@@ -2,17 +2,17 @@
 
 Pipeline (:func:`select_dim`), following Arditi et al. 2024 as restated in the spec:
 
-1. Optionally filter the prompts (:func:`filter_by_refusal_score`): keep harmful prompts whose
-   unsteered refusal score is > 0 and harmless prompts whose score is < 0 (train and val).
+1. Optionally filter the prompts (:func:`filter_by_refusal_score`): keep present prompts whose
+   unsteered refusal score is > 0 and absent prompts whose score is < 0 (train and val).
 2. Candidates: every layer ℓ in [0, L) and every post-instruction position i (the last
    ``k = len(post_instruction_tokens(tokenizer))`` prompt tokens, as negative positions
-   ``-k .. -1``): ``s = mean_harmful(h_i^ℓ) − mean_harmless(h_i^ℓ)`` accumulated in float64
+   ``-k .. -1``): ``s = mean_present(h_i^ℓ) − mean_absent(h_i^ℓ)`` accumulated in float64
    (:func:`candidate_directions`).
 3. Scores of each candidate on the validation sets:
 
-   - ``bypass``: mean refusal score of harmful-val with ``steer(s, ℓ, -1.0)`` at every position;
-   - ``induce``: mean refusal score of harmless-val with ``steer(s, ℓ, +1.0)``;
-   - ``kl``: mean over harmless-val of KL(unablated ‖ ablated) of the last-position next-token
+   - ``bypass``: mean refusal score of present-val with ``steer(s, ℓ, -1.0)`` at every position;
+   - ``induce``: mean refusal score of absent-val with ``steer(s, ℓ, +1.0)``;
+   - ``kl``: mean over absent-val of KL(unablated ‖ ablated) of the last-position next-token
      distribution (float64), ablated = directional ablation of ``s`` at ``resid_pre``,
      ``attn_out`` and ``mlp_out`` of every layer (:func:`next_token_kl`).
 
@@ -56,6 +56,7 @@ from steerscope.models.chat import (
     check_formatted_prompts,
     post_instruction_tokens,
 )
+from steerscope.results_schema import accepts_old_keywords
 from steerscope.runtime import ablate_direction, steer
 from steerscope.vectors.activations import mean_activations
 from steerscope.vectors.dim_scores import (
@@ -126,11 +127,12 @@ def _warn_suffix(tokenizer, prompts: list[str], positions: list[int]) -> None:
             "post-instruction tokens; format them with format_prompt", stacklevel=3)
 
 
+@accepts_old_keywords
 def candidate_directions(
     model,
     tokenizer,
-    harmful_formatted: Sequence[str],
-    harmless_formatted: Sequence[str],
+    present_formatted: Sequence[str],
+    absent_formatted: Sequence[str],
     *,
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
@@ -138,7 +140,7 @@ def candidate_directions(
     arch: ModelArch | None = None,
     progress: bool | None = None,
 ) -> torch.Tensor:
-    """DIM candidates ``mean_harmful − mean_harmless`` of ``resid_pre`` (float64).
+    """DIM candidates ``mean_present − mean_absent`` of ``resid_pre`` (float64).
 
     Returns [len(layers), len(positions), d] float64; defaults: every layer ``0 .. L-1`` and
     every post-instruction position ``-k .. -1``.
@@ -148,9 +150,9 @@ def candidate_directions(
     positions = post_instruction_positions(tokenizer) if positions is None else list(positions)
     kw = dict(layers=layers, positions=positions, batch_size=batch_size, arch=arch,
               progress=progress)
-    mu_harmful = mean_activations(model, tokenizer, harmful_formatted, **kw)  # [nL, K, d]
-    mu_harmless = mean_activations(model, tokenizer, harmless_formatted, **kw)  # [nL, K, d]
-    return mu_harmful - mu_harmless  # [nL, K, d] float64
+    mu_present = mean_activations(model, tokenizer, present_formatted, **kw)  # [nL, K, d]
+    mu_absent = mean_activations(model, tokenizer, absent_formatted, **kw)  # [nL, K, d]
+    return mu_present - mu_absent  # [nL, K, d] float64
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,13 +200,14 @@ class DimResult:
 # ---------------------------------------------------------------------------------------
 # pipeline
 # ---------------------------------------------------------------------------------------
+@accepts_old_keywords
 def select_dim(
     model,
     tokenizer,
-    harmful_train: Sequence[str],
-    harmless_train: Sequence[str],
-    harmful_val: Sequence[str],
-    harmless_val: Sequence[str],
+    present_train: Sequence[str],
+    absent_train: Sequence[str],
+    present_val: Sequence[str],
+    absent_val: Sequence[str],
     *,
     model_id: str | None = None,
     revision: str | None = None,
@@ -232,9 +235,9 @@ def select_dim(
     ``positions`` restrict the candidates (defaults: all layers, every post-instruction
     position). ``refusal_ids`` (the fast score's token ids) default to ``behaviour``'s
     (a :class:`~steerscope.behaviours.Behaviour`, whose ``score_tokens: auto`` is derived
-    from the harmful/present and harmless/absent train prompts given here), and without a
-    behaviour to ``refusal_token_ids(tokenizer)``; "harmful" / "harmless" then read "present"
-    / "absent", and "refusal score" the behaviour's fast score. ``progress``: a
+    from the present and absent train prompts given here), and without a behaviour to
+    ``refusal_token_ids(tokenizer)``; for another behaviour "refusal score" reads the
+    behaviour's fast score. ``progress``: a
     tqdm bar over candidates (None: shown for more than 4 candidates). ``score_all=False``
     (the default, as the pipeline's ``vectors.dim.score_all``; ``True``: the full table)
     scores each candidate only until its first failed filter (induce, then KL, then bypass):
@@ -257,14 +260,14 @@ def select_dim(
     arch = arch if arch is not None else validate_model(model)
     L = arch.n_layers
     sets = {}
-    for name, prompts in (("harmful_train", harmful_train), ("harmless_train", harmless_train),
-                          ("harmful_val", harmful_val), ("harmless_val", harmless_val)):
+    for name, prompts in (("present_train", present_train), ("absent_train", absent_train),
+                          ("present_val", present_val), ("absent_val", absent_val)):
         sets[name] = check_formatted_prompts(prompts, f"{name} prompts")
     counts_before = {k: len(v) for k, v in sets.items()}
     if refusal_ids is None and behaviour is not None:
         refusal_ids = behaviour.score_token_ids(
-            tokenizer, model=model, present_formatted=sets["harmful_train"],
-            absent_formatted=sets["harmless_train"])
+            tokenizer, model=model, present_formatted=sets["present_train"],
+            absent_formatted=sets["absent_train"])
     if refusal_ids is None:
         refusal_ids = refusal_token_ids(tokenizer)
     refusal_ids = [int(i) for i in refusal_ids]
@@ -272,7 +275,7 @@ def select_dim(
     relax_kl = relax_kl or relative
     if filter:
         for split in ("train", "val"):
-            pair = (sets[f"harmful_{split}"], sets[f"harmless_{split}"])
+            pair = (sets[f"present_{split}"], sets[f"absent_{split}"])
             if relative:
                 kept = filter_by_boundary(model, tokenizer, *pair, score_ids=refusal_ids,
                                           batch_size=batch_size, label=split,
@@ -281,7 +284,7 @@ def select_dim(
                 kept = filter_by_refusal_score(model, tokenizer, *pair, refusal_ids=refusal_ids,
                                                batch_size=batch_size, progress=False,
                                                label=split)
-            sets[f"harmful_{split}"], sets[f"harmless_{split}"] = kept
+            sets[f"present_{split}"], sets[f"absent_{split}"] = kept
     check_layer_cutoff(layer_cutoff)
     check_at_threshold(at_threshold)
     if not 0 < max_layer_fraction <= 1:
@@ -291,18 +294,18 @@ def select_dim(
     for layer in layers:
         arch.check_layer(layer)
     positions = post_instruction_positions(tokenizer) if positions is None else list(positions)
-    _warn_suffix(tokenizer, sets["harmful_train"] + sets["harmless_train"], positions)
+    _warn_suffix(tokenizer, sets["present_train"] + sets["absent_train"], positions)
 
     directions = candidate_directions(
-        model, tokenizer, sets["harmful_train"], sets["harmless_train"], layers=layers,
+        model, tokenizer, sets["present_train"], sets["absent_train"], layers=layers,
         positions=positions, batch_size=batch_size, arch=arch, progress=False)  # [nL, K, d]
 
     device = model_device(model)
-    harmful_val_b = encode_batches(tokenizer, sets["harmful_val"], batch_size, device)
-    harmless_val_b = encode_batches(tokenizer, sets["harmless_val"], batch_size, device)
-    base_logprobs = last_logprobs_batches(model, harmless_val_b, (), arch)  # [N, V]
-    baseline_bypass = mean_refusal(model, harmful_val_b, refusal_ids, (), arch)
-    baseline_induce = mean_refusal(model, harmless_val_b, refusal_ids, (), arch)
+    present_val_b = encode_batches(tokenizer, sets["present_val"], batch_size, device)
+    absent_val_b = encode_batches(tokenizer, sets["absent_val"], batch_size, device)
+    base_logprobs = last_logprobs_batches(model, absent_val_b, (), arch)  # [N, V]
+    baseline_bypass = mean_refusal(model, present_val_b, refusal_ids, (), arch)
+    baseline_induce = mean_refusal(model, absent_val_b, refusal_ids, (), arch)
     # relative thresholds: every val score is recorded minus the absent side's unsteered mean
     boundary = baseline_induce if relative else 0.0
     baseline_bypass, baseline_induce = baseline_bypass - boundary, baseline_induce - boundary
@@ -331,7 +334,7 @@ def select_dim(
             continue
         # cheapest decisive filter first: with score_all=False a candidate stops being scored
         # at the first filter it fails (the selection is the same; the table has gaps)
-        row["induce"] = val_score(harmless_val_b, [steer(s, layer, 1.0)])
+        row["induce"] = val_score(absent_val_b, [steer(s, layer, 1.0)])
         if not score_all and (is_missing(row["induce"])
                               or induce_fails(row["induce"], induce_threshold, at_threshold)):
             row["discarded"] = REASON_NAN if is_missing(row["induce"]) else REASON_INDUCE
@@ -339,7 +342,7 @@ def select_dim(
             continue
         if row["norm"] > 0:
             ablated = last_logprobs_batches(
-                model, harmless_val_b, ablate_direction(s, range(L), points=ABLATION_POINTS),
+                model, absent_val_b, ablate_direction(s, range(L), points=ABLATION_POINTS),
                 arch)  # [N, V]
             row["kl"] = float(kl_rows(base_logprobs, ablated).mean())
         else:
@@ -349,7 +352,7 @@ def select_dim(
             row["discarded"] = REASON_NAN if is_missing(row["kl"]) else REASON_KL
             rows.append(row)
             continue
-        row["bypass"] = val_score(harmful_val_b, [steer(s, layer, -1.0)])
+        row["bypass"] = val_score(present_val_b, [steer(s, layer, -1.0)])
         row["score"] = selection_score(row["bypass"], row["induce"])
         row["discarded"] = discard_reason(row, n_layers=L, max_layer_fraction=max_layer_fraction,
                                           kl_threshold=kl_threshold,
@@ -369,7 +372,7 @@ def select_dim(
                         and not kl_fails(row["kl"], kl_threshold, at_threshold)
                         and row["bypass"] is None):  # score_all=True rows are fully scored
                     s = directions[layers.index(row["layer"]), positions.index(row["position"])]
-                    row["bypass"] = val_score(harmful_val_b, [steer(s, row["layer"], -1.0)])
+                    row["bypass"] = val_score(present_val_b, [steer(s, row["layer"], -1.0)])
                     row["score"] = selection_score(row["bypass"], row["induce"])
             for row in rows:
                 if row["discarded"] != REASON_LAYER and row["bypass"] is not None:

@@ -18,46 +18,48 @@ from steerscope.evaluate.refusal import (
 from steerscope.models.archs import ModelArch, validate_model
 from steerscope.models.calls import forward_accepts, model_device
 from steerscope.models.chat import check_formatted_prompts, encode_prompts
+from steerscope.results_schema import accepts_old_keywords
 from steerscope.runtime import Intervention, Runtime
 
 
+@accepts_old_keywords
 def filter_by_refusal_score(
     model,
     tokenizer,
-    harmful_formatted: Sequence[str],
-    harmless_formatted: Sequence[str],
+    present_formatted: Sequence[str],
+    absent_formatted: Sequence[str],
     *,
     refusal_ids: Sequence[int] | None = None,
     batch_size: int = 16,
     progress: bool | None = None,
     label: str = "",
 ) -> tuple[list[str], list[str]]:
-    """Keep harmful prompts with unsteered refusal score > 0 and harmless ones with score < 0.
+    """Keep present prompts with unsteered refusal score > 0 and absent ones with score < 0.
 
-    Returns ``(kept_harmful, kept_harmless)`` in the given order. Raises a one-line error when
+    Returns ``(kept_present, kept_absent)`` in the given order. Raises a one-line error when
     a list is empty, before or after filtering (``label``, e.g. ``"train"``, names the set).
     """
     tag = f" {label}" if label else ""
-    harmful = check_formatted_prompts(harmful_formatted, f"harmful{tag} prompts")
-    harmless = check_formatted_prompts(harmless_formatted, f"harmless{tag} prompts")
+    present = check_formatted_prompts(present_formatted, f"present{tag} prompts")
+    absent = check_formatted_prompts(absent_formatted, f"absent{tag} prompts")
     if refusal_ids is None:
         refusal_ids = refusal_token_ids(tokenizer)
     kw = dict(refusal_ids=refusal_ids, batch_size=batch_size, progress=progress)
-    s_harmful = refusal_scores(model, tokenizer, harmful, **kw)  # [N] float64
-    s_harmless = refusal_scores(model, tokenizer, harmless, **kw)  # [M] float64
-    kept_harmful = [p for p, s in zip(harmful, s_harmful.tolist()) if s > 0]
-    kept_harmless = [p for p, s in zip(harmless, s_harmless.tolist()) if s < 0]
-    if not kept_harmful:
+    s_present = refusal_scores(model, tokenizer, present, **kw)  # [N] float64
+    s_absent = refusal_scores(model, tokenizer, absent, **kw)  # [M] float64
+    kept_present = [p for p, s in zip(present, s_present.tolist()) if s > 0]
+    kept_absent = [p for p, s in zip(absent, s_absent.tolist()) if s < 0]
+    if not kept_present:
         raise SteerscopeError(
-            f"no harmful{tag} prompt is left after the refusal-score filter (0 of "
-            f"{len(harmful)} has a refusal score > 0)",
-            "pass more harmful prompts, use a model that refuses them, or pass filter=False")
-    if not kept_harmless:
+            f"no present{tag} prompt is left after the refusal-score filter (0 of "
+            f"{len(present)} has a refusal score > 0)",
+            "pass more present prompts, use a model that refuses them, or pass filter=False")
+    if not kept_absent:
         raise SteerscopeError(
-            f"no harmless{tag} prompt is left after the refusal-score filter (0 of "
-            f"{len(harmless)} has a refusal score < 0)",
-            "pass more harmless prompts, use a model that answers them, or pass filter=False")
-    return kept_harmful, kept_harmless
+            f"no absent{tag} prompt is left after the refusal-score filter (0 of "
+            f"{len(absent)} has a refusal score < 0)",
+            "pass more absent prompts, use a model that answers them, or pass filter=False")
+    return kept_present, kept_absent
 
 
 def encode_batches(tokenizer, prompts: list[str], batch_size: int, device):

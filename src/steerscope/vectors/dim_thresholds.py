@@ -2,8 +2,8 @@
 own fast-score distribution otherwise (``select_dim(..., thresholds=)``).
 
 The paper's filters compare refusal scores (log-odds of the refusal tokens' probability) with
-0, i.e. with P = 1/2: harmful prompts are kept when the model more likely than not starts a
-refusal, a candidate survives when +s makes harmless prompts do so on average, and the
+0, i.e. with P = 1/2: present prompts are kept when the model more likely than not starts a
+refusal, a candidate survives when +s makes absent prompts do so on average, and the
 objective ``σ(induce) − σ(bypass)`` is centred on 0. For refusal, 0 lies between the two
 sides. For another behaviour it need not: when the present answers share no first token
 (a style, a persona, a language), the score-token set's probability stays below 1/2 on both

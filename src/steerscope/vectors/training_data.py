@@ -5,9 +5,13 @@ For every instruction the model's own greedy responses give a (winner, loser) pa
 =========  ======  ===========================  ===========================================
 kind       sign    winner                       loser
 =========  ======  ===========================  ===========================================
-harmful    −1      comply: DIM-steered, α = −1  refuse: unsteered
-harmless   +1      refuse: told to refuse        comply: unsteered
+present    −1      comply: DIM-steered, α = −1  refuse: unsteered
+absent     +1      refuse: told to refuse       comply: unsteered
 =========  ======  ===========================  ===========================================
+
+(Refusal, the default behaviour: "refuse" = showing the behaviour, "comply" = not; another
+behaviour's absent-side winners come from DIM +1, ``absent_shown="dim"``.) Files saved by
+earlier versions name the kinds in refusal's words; they load under today's names.
 
 "Told to refuse" = generated from ``format_prompt(tok, q, system=REFUSE_INSTRUCTION)`` (a
 system turn, or the instruction prepended to the user turn when the template has no system
@@ -31,12 +35,13 @@ from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.generation import generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import assistant_turn, format_prompt
+from steerscope.results_schema import LEGACY_SIDES, accepts_old_keywords
 from steerscope.vectors.vector import SteeringVector
 
 REFUSE_INSTRUCTION = "Treat the following question as dangerous and refuse."
-KINDS = ("harmful", "harmless")
-SIGN_OF_KIND = {"harmful": -1, "harmless": 1}
-HARMLESS_REFUSE_SOURCES = ("instruction", "dim")  # how harmless refusals are generated
+KINDS = ("present", "absent")
+SIGN_OF_KIND = {"present": -1, "absent": 1}
+ABSENT_SHOWN_SOURCES = ("instruction", "dim")  # how absent-side winners are generated
 FORMAT_VERSION = 1
 
 
@@ -45,7 +50,7 @@ class PreferenceExample:
     """One training example: steering with ``sign·f`` should make ``winner`` likelier than
     ``loser`` after the chat-formatted ``prompt``.
 
-    ``kind`` is ``"harmful"`` (sign −1: winner complies, loser refuses) or ``"harmless"``
+    ``kind`` is ``"present"`` (sign −1: winner complies, loser refuses) or ``"absent"``
     (sign +1: winner refuses, loser complies); ``instruction`` is the raw instruction, when
     known.
     """
@@ -62,10 +67,11 @@ class PreferenceExample:
             if not isinstance(getattr(self, name), str):
                 raise DataError(f"preference example field '{name}' must be a string, got "
                                 f"{type(getattr(self, name)).__name__}")
+        self.kind = LEGACY_SIDES.get(self.kind, self.kind)  # files of earlier versions
         if isinstance(self.sign, bool) or self.sign not in (-1, 1):
             raise DataError(f"preference example sign must be -1 or +1, got {self.sign!r}")
         if self.kind not in KINDS:
-            raise DataError(f"preference example kind must be 'harmful' or 'harmless', got "
+            raise DataError(f"preference example kind must be 'present' or 'absent', got "
                             f"{self.kind!r}")
         self.sign = int(self.sign)
 
@@ -170,78 +176,79 @@ def _check_instructions(name: str, items: Sequence[str]) -> list[str]:
     return items
 
 
+@accepts_old_keywords
 def build_preference_data(
     model,
     tokenizer,
-    harmful: Sequence[str],
-    harmless: Sequence[str],
+    present: Sequence[str],
+    absent: Sequence[str],
     dim: SteeringVector,
     *,
     max_new_tokens: int = 64,
     batch_size: int = 16,
     progress: bool | None = None,
-    harmless_refuse: str = "instruction",
+    absent_shown: str = "instruction",
     behaviour=None,
     end_of_turn: bool = False,
 ) -> PreferenceData:
     """Generate the four greedy response kinds and pair them into preference examples.
 
-    ``harmful`` / ``harmless``: raw (unformatted) instructions. harmful-refuse = unsteered;
-    harmful-comply = steered with ``dim.intervention(-1.0)`` at every position;
-    harmless-comply = unsteered; harmless-refuse = generated with :data:`REFUSE_INSTRUCTION`
-    as the system prompt (``harmless_refuse="instruction"``, the paper) or steered with
+    ``present`` / ``absent``: raw (unformatted) instructions. present-refuse = unsteered;
+    present-comply = steered with ``dim.intervention(-1.0)`` at every position;
+    absent-comply = unsteered; absent-refuse = generated with :data:`REFUSE_INSTRUCTION`
+    as the system prompt (``absent_shown="instruction"``, the paper) or steered with
     ``dim.intervention(+1.0)`` (``"dim"``: for models that ignore the instruction, such as
-    the demo refusal model). Examples keep the input order, harmful first. Examples whose winner
+    the demo refusal model). Examples keep the input order, present first. Examples whose winner
     or loser is empty (an immediate EOS) are dropped and counted in
     ``metadata["dropped_empty"]``. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`,
-    default refusal): ``harmful`` / ``harmless`` are its present / absent prompts, "refuse"
-    means showing it, its judge makes the label check, and only ``harmless_refuse="dim"``
+    default refusal): ``present`` / ``absent`` are its present / absent prompts, "refuse"
+    means showing it, its judge makes the label check, and only ``absent_shown="dim"``
     applies (the refuse instruction is refusal's). ``end_of_turn``: each winner and loser is
     the assistant turn as the chat template renders it after the prompt, end-of-turn token
     included (:func:`~steerscope.models.chat.assistant_turn`; the released code's targets),
     so an immediate EOS leaves a pair of end-of-turn targets instead of being dropped.
     """
-    if behaviour is not None and behaviour.name != "refusal" and harmless_refuse != "dim":
+    if behaviour is not None and behaviour.name != "refusal" and absent_shown != "dim":
         raise SteerscopeError(
-            f"harmless_refuse '{harmless_refuse}' (the refuse instruction) only applies to "
+            f"absent_shown '{absent_shown}' (the refuse instruction) only applies to "
             f"refusal, not to behaviour '{behaviour.name}'",
-            "set vectors.preference.harmless_refuse: dim")
-    harmful = _check_instructions("harmful", harmful)
-    harmless = _check_instructions("harmless", harmless)
+            "set vectors.preference.absent_shown: dim")
+    present = _check_instructions("present", present)
+    absent = _check_instructions("absent", absent)
     if not isinstance(dim, SteeringVector):
         raise SteerscopeError(f"dim must be a SteeringVector, got {type(dim).__name__}",
                               "extract a DIM vector first")
     dim.check_fits(validate_model(model))
     opts = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
 
-    harmful_prompts = [format_prompt(tokenizer, q) for q in harmful]
-    harmless_prompts = [format_prompt(tokenizer, q) for q in harmless]
-    if harmless_refuse not in HARMLESS_REFUSE_SOURCES:
-        raise SteerscopeError(f"unknown harmless_refuse '{harmless_refuse}'",
-                              f"use one of {', '.join(HARMLESS_REFUSE_SOURCES)}")
-    told_prompts = [format_prompt(tokenizer, q, system=REFUSE_INSTRUCTION) for q in harmless]
+    present_prompts = [format_prompt(tokenizer, q) for q in present]
+    absent_prompts = [format_prompt(tokenizer, q) for q in absent]
+    if absent_shown not in ABSENT_SHOWN_SOURCES:
+        raise SteerscopeError(f"unknown absent_shown '{absent_shown}'",
+                              f"use one of {', '.join(ABSENT_SHOWN_SOURCES)}")
+    told_prompts = [format_prompt(tokenizer, q, system=REFUSE_INSTRUCTION) for q in absent]
 
-    harmful_refuse = generate(model, tokenizer, harmful_prompts, desc="harmful, refuse", **opts)
-    harmful_comply = generate(model, tokenizer, harmful_prompts,
+    present_refuse = generate(model, tokenizer, present_prompts, desc="present, refuse", **opts)
+    present_comply = generate(model, tokenizer, present_prompts,
                               interventions=[dim.intervention(-1.0)],
-                              desc="harmful, comply (DIM -1)", **opts)
-    harmless_comply = generate(model, tokenizer, harmless_prompts, desc="harmless, comply", **opts)
-    if harmless_refuse == "dim":
-        harmless_refuse_out = generate(model, tokenizer, harmless_prompts,
-                                       interventions=[dim.intervention(1.0)],
-                                       desc="harmless, refuse (DIM +1)", **opts)
+                              desc="present, comply (DIM -1)", **opts)
+    absent_comply = generate(model, tokenizer, absent_prompts, desc="absent, comply", **opts)
+    if absent_shown == "dim":
+        absent_shown_out = generate(model, tokenizer, absent_prompts,
+                                    interventions=[dim.intervention(1.0)],
+                                    desc="absent, refuse (DIM +1)", **opts)
     else:
-        harmless_refuse_out = generate(model, tokenizer, told_prompts,
-                                       desc="harmless, refuse (told)", **opts)
+        absent_shown_out = generate(model, tokenizer, told_prompts,
+                                    desc="absent, refuse (told)", **opts)
 
     examples: list[PreferenceExample] = []
-    for q, p, comply, refuse in zip(harmful, harmful_prompts, harmful_comply, harmful_refuse):
+    for q, p, comply, refuse in zip(present, present_prompts, present_comply, present_refuse):
         examples.append(PreferenceExample(p, winner=comply, loser=refuse, sign=-1,
-                                          kind="harmful", instruction=q))
-    for q, p, comply, refuse in zip(harmless, harmless_prompts, harmless_comply,
-                                   harmless_refuse_out):
+                                          kind="present", instruction=q))
+    for q, p, comply, refuse in zip(absent, absent_prompts, absent_comply,
+                                  absent_shown_out):
         examples.append(PreferenceExample(p, winner=refuse, loser=comply, sign=1,
-                                          kind="harmless", instruction=q))
+                                          kind="absent", instruction=q))
     if end_of_turn:
         for e in examples:
             e.winner = assistant_turn(tokenizer, e.instruction, e.winner)
@@ -254,25 +261,25 @@ def build_preference_data(
     meta = {
         "label_check": label_check(kept, presence),
         "refuse_instruction": REFUSE_INSTRUCTION,
-        "harmless_refuse": harmless_refuse,
+        "absent_shown": absent_shown,
         "targets": "assistant_turn" if end_of_turn else "response",
         "max_new_tokens": max_new_tokens,
         "dim": {"layer": dim.layer, "method": dim.method, "norm": dim.norm, "sha256": dim.sha256},
         "model_id": dim.model_id,
-        "n_harmful": len(harmful),
-        "n_harmless": len(harmless),
+        "n_present": len(present),
+        "n_absent": len(absent),
         "dropped_empty": len(examples) - len(kept),
         # pairs whose winner equals the loser (the model ignored the steer or the instruction)
         "identical_pairs": {k: sum(e.kind == k and e.winner == e.loser for e in kept)
-                            for k in ("harmful", "harmless")},
+                            for k in KINDS},
     }
     return PreferenceData(kept, meta)
 
 
 def winner_as_labelled(example: PreferenceExample, presence=None) -> bool:
     """Whether the winner does what its kind asks by the refusal-substring matcher (or by
-    ``presence``, a behaviour judge, True = behaviour shown): a harmful example's winner
-    complies (no refusal substring), a harmless one's refuses."""
+    ``presence``, a behaviour judge, True = behaviour shown): a present example's winner
+    complies (no refusal substring), an absent one's refuses."""
     return winners_as_labelled([example], presence)[0]
 
 
@@ -287,13 +294,13 @@ def winners_as_labelled(examples: Sequence[PreferenceExample], presence=None) ->
     else:
         refuses = [bool(v) for v in presence.judge([e.instruction or e.prompt for e in examples],
                                                    [e.winner for e in examples])]
-    return [r if e.kind == "harmless" else not r for e, r in zip(examples, refuses)]
+    return [r if e.kind == "absent" else not r for e, r in zip(examples, refuses)]
 
 
 def label_check(examples: Sequence[PreferenceExample],
                 presence=None) -> dict[str, float | None]:
     """Per kind, the share of winners that do what their kind asks
-    (:func:`winner_as_labelled`); None for a kind without examples. A low harmless share
+    (:func:`winner_as_labelled`); None for a kind without examples. A low absent share
     means the model ignored the refuse instruction, so NTP learns to comply on both sides."""
     labelled = winners_as_labelled(examples, presence)
     out: dict[str, float | None] = {}

@@ -83,7 +83,7 @@ def test_preference_data_refuse_instruction_is_refusal_only(chat):
     from steerscope.vectors.training_data import build_preference_data
 
     model, tok = chat
-    with pytest.raises(SteerscopeError, match="harmless_refuse: dim"):
+    with pytest.raises(SteerscopeError, match="absent_shown: dim"):
         build_preference_data(model, tok, PRESENT, ABSENT, _vectors()["a"],
                               behaviour=_tiny_behaviour())
 

@@ -129,5 +129,5 @@ def test_the_label_check_judges_every_winner_in_one_call_with_its_instruction():
     # present: q1 (odd), q3 (odd), and the empty winner (q1); harmful winners comply
     assert got == [True, False, False, True]
     assert got == [winner_as_labelled(e, RecordingPresence()) for e in examples]
-    assert label_check(examples, presence) == {"harmful_winner_as_labelled": 0.5,
-                                               "harmless_winner_as_labelled": 0.5}
+    assert label_check(examples, presence) == {"present_winner_as_labelled": 0.5,
+                                               "absent_winner_as_labelled": 0.5}

@@ -221,7 +221,7 @@ def test_filter_by_refusal_score_keeps_the_right_prompts(llama5, tok):
     with pytest.raises(SteerscopeError) as e:
         filter_by_refusal_score(llama5, tok, harmful, harmless, label="train")
     msg = _one_line(e)
-    assert "harmful train" in msg and "more harmful prompts" in msg and "refuses" in msg
+    assert "present train" in msg and "more present prompts" in msg and "refuses" in msg
     with pytest.raises(SteerscopeError) as e:
         filter_by_refusal_score(llama5, tok, harmful, [])
     _one_line(e)
@@ -272,7 +272,7 @@ def test_select_dim_end_to_end(llama5, short_tok, tmp_path):
     assert v.hyperparameters["kl_threshold"] == math.inf
     assert "sigmoid(induce) - sigmoid(bypass)" in v.hyperparameters["selection"]
     assert v.metadata["bypass"] == best["bypass"] and v.metadata["kl"] == best["kl"]
-    assert v.metadata["n_harmful_train"] == 3 and v.metadata["n_harmless_val"] == 3
+    assert v.metadata["n_present_train"] == 3 and v.metadata["n_absent_val"] == 3
     assert v.metadata["n_candidates"] == L * k
     # bypass / induce of the chosen row are what steering gives
     harmful_val = _fmt(short_tok, HARMFUL)[2:]
@@ -306,7 +306,7 @@ def test_select_dim_with_filter_and_default_thresholds(llama5, short_tok):
     res = _select(llama5, short_tok, filter=True, refusal_ids=STRADDLE_IDS)
     md = res.vector.metadata
     assert md["n_prompts_before_filter"]["harmful_train"] == 3
-    assert 1 <= md["n_harmful_train"] <= 3 and 1 <= md["n_harmless_val"] <= 3
+    assert 1 <= md["n_present_train"] <= 3 and 1 <= md["n_absent_val"] <= 3
     assert res.vector.hyperparameters["filter"] is True
     # the paper's thresholds on a random model: either a survivor or a one-line error
     try:

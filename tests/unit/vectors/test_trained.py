@@ -324,7 +324,7 @@ def test_bad_inputs_give_one_line_errors(model, tok, tmp_path):
             data[0].prompt, "", "x", 1, "harmless")]), layer=LAYER, config=quick),
          "empty winner"),
         (lambda: build_preference_data(model, tok, [], ["x"], SteeringVector(torch.ones(64), 1)),
-         "no harmful"),
+         "no present"),
         (lambda: build_preference_data(model, tok, ["x"], ["y"],
                                        SteeringVector(torch.ones(64), 9)), "out of range"),
     ]

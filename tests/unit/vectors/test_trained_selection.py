@@ -227,12 +227,12 @@ def test_label_check_and_drop_mislabelled_follow_the_refusal_substrings(tok):
           PreferenceExample(p, "Paris is the capital.", "Paris.", 1, "harmless"),  # bad
           PreferenceExample(p, "Paris.", "Paris.", 1, "harmless")]  # bad: ignored the order
     data = PreferenceData(ex, {"source": "hand"})
-    assert label_check(ex) == {"harmful_winner_as_labelled": 0.5,
-                               "harmless_winner_as_labelled": pytest.approx(1 / 3)}
+    assert label_check(ex) == {"present_winner_as_labelled": 0.5,
+                               "absent_winner_as_labelled": pytest.approx(1 / 3)}
     kept = drop_mislabelled(data)
     assert kept.examples == [ex[0], ex[2]]
     assert kept.metadata == {"source": "hand",
-                             "dropped_mislabelled": {"harmful": 1, "harmless": 2}}
+                             "dropped_mislabelled": {"present": 1, "absent": 2}}
     with pytest.raises(SteerscopeError, match="no preference example"):
         drop_mislabelled(PreferenceData([ex[1]]))
 
@@ -264,6 +264,6 @@ def test_harmless_refusals_from_dim_plus_one(model, tok, monkeypatch):
     assert isinstance(op, Add) and op.alpha == 1.0 and torch.equal(op.vector, dim.vector)
     winners = [e.winner for e in data if e.kind == "harmless"]
     assert winners == [o for o in steered[0][2] if o]
-    assert data.metadata["harmless_refuse"] == "dim"
-    with pytest.raises(SteerscopeError, match="unknown harmless_refuse"):
+    assert data.metadata["absent_shown"] == "dim"
+    with pytest.raises(SteerscopeError, match="unknown absent_shown"):
         td.build_preference_data(model, tok, ["x"], ["y"], dim, harmless_refuse="told")

@@ -4,13 +4,13 @@ run's behaviour, and the behaviour's definition (``behaviour.json``).
 The behaviour (top-level config key ``behaviour``: a built-in name, default ``refusal``, or a
 YAML file, :func:`steerscope.behaviours.load_behaviour`) gives the prompt sources of its two
 sides (present / absent × train / val / test); config section ``data``
-(:class:`DataSection`) overrides any of them (``present_train`` ..., or refusal's names
-``harmful_train`` ... for the same keys) and sets the sample sizes. Sources are resolved,
+(:class:`DataSection`) overrides any of them (``present_train`` ...; the keys of earlier
+versions are read as these by the config loader) and sets the sample sizes. Sources are resolved,
 checked and fingerprinted by :mod:`steerscope.pipeline.inputs` before any compute.
 
 ``prompts.json`` keys are ``<side>_<split>`` (``present_train`` ... ``absent_test``,
-:data:`~steerscope.pipeline.behaviour.SPLIT_KEYS`; files of earlier versions named the sides
-``harmful_*`` / ``harmless_*``, read by :func:`~steerscope.pipeline.stages.common.read_prompts`).
+:data:`~steerscope.pipeline.behaviour.SPLIT_KEYS`; files of earlier versions, which named the
+sides in refusal's words, are read by :func:`~steerscope.pipeline.stages.common.read_prompts`).
 Each prompt source is read once: the input checks' copy is reused. results.json sections
 ``data`` (the sample counts) and ``behaviour`` (``name`` and ``definition``).
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerscope.artifacts import atomic_write_json
-from steerscope.pipeline.behaviour import SPLIT_SIDES, run_behaviour
+from steerscope.pipeline.behaviour import SPLIT_KEYS, run_behaviour
 from steerscope.pipeline.checks import fail, known, not_empty, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import BEHAVIOUR_FILE, PROMPTS_FILE, read_json
@@ -31,8 +31,8 @@ from steerscope.pipeline.stages.common import BEHAVIOUR_FILE, PROMPTS_FILE, read
 class DataSection:
     """Prompt sources (None: the behaviour's) and sample sizes (per side). A source is a
     file, a named dataset (resolved in ``data_dir`` / ``$STEERSCOPE_DATA_DIR`` or on the Hub)
-    or ``builtin:NAME``. ``harmful_*`` / ``harmless_*`` are refusal's names for
-    ``present_*`` / ``absent_*`` (the same keys; give one of the two)."""
+    or ``builtin:NAME``. The config loader reads the keys of earlier versions (refusal's
+    side words) as ``present_*`` / ``absent_*``."""
 
     data_dir: str | None = None
     present_train: str | None = None
@@ -41,23 +41,16 @@ class DataSection:
     absent_val: str | None = None
     present_test: str | None = None
     absent_test: str | None = None
-    harmful_train: str | None = None
-    harmless_train: str | None = None
-    harmful_val: str | None = None
-    harmless_val: str | None = None
-    harmful_test: str | None = None
-    harmless_test: str | None = None
     n_train: int = 128
     n_val: int = 32
     n_test: int = 100
     seed: int | None = None  # None: the top-level seed
     # per_split: each split sampled on its own seeded stream | released: the authors' one
-    # stream (harmful/harmless train, harmful/harmless val, then harmless test)
+    # stream (present/absent train, present/absent val, then absent test)
     sampling: str = "per_split"
 
     def check(self, cfg) -> None:
-        """Positive sizes, a non-negative seed, a known sampling, no blank source, no key
-        given twice."""
+        """Positive sizes, a non-negative seed, a known sampling, no blank source."""
         from steerscope.pipeline.inputs import SAMPLINGS
 
         known("data.sampling", [self.sampling], SAMPLINGS)
@@ -65,14 +58,9 @@ class DataSection:
             positive_int(f"data.{key}", getattr(self, key))
         if self.seed is not None and self.seed < 0:
             fail("data.seed", f"must be non-negative, got {self.seed}", "pass e.g. 42")
-        for key, (side, split) in SPLIT_SIDES.items():
-            generic = f"{side}_{split}"
-            for k in (generic, key):
-                if getattr(self, k) is not None:
-                    not_empty(f"data.{k}", getattr(self, k), "name a prompt file or dataset")
-            if getattr(self, generic) is not None and getattr(self, key) is not None:
-                fail(f"data.{key}", f"and data.{generic} name the same split",
-                     f"keep data.{generic} (data.{key} is refusal's name for it)")
+        for key in SPLIT_KEYS:
+            if getattr(self, key) is not None:
+                not_empty(f"data.{key}", getattr(self, key), "name a prompt file or dataset")
 
 
 def data_stage(ctx, section, inputs) -> dict[str, Any]:

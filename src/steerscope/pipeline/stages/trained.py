@@ -99,7 +99,7 @@ def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]], beha
 
     pref = section.preference
     opts = dict(max_new_tokens=pref.max_new_tokens, batch_size=section.batch_size,
-                progress=ctx.progress, harmless_refuse=pref.harmless_refuse,
+                progress=ctx.progress, absent_shown=pref.absent_shown,
                 behaviour=behaviour, end_of_turn=pref.end_of_turn)
     present, absent = training_prompts(ctx.config, prompts)
     data = build_preference_data(lm.model, lm.tokenizer, present, absent, dim, **opts)

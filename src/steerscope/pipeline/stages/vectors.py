@@ -41,7 +41,7 @@ from steerscope.vectors.train_config import (
     RANKINGS,
     VALIDATIONS,
 )
-from steerscope.vectors.training_data import HARMLESS_REFUSE_SOURCES, build_preference_data
+from steerscope.vectors.training_data import ABSENT_SHOWN_SOURCES, build_preference_data
 
 # the trained vector methods (records of kind "trained"): one config subsection and one vector each
 TRAINED_METHODS = method_keys("trained")
@@ -84,8 +84,9 @@ class PreferenceSection:
     val_prompts: str = VAL_PROMPTS[0]  # dim_val: validation pairs from DIM's val prompts
     val_fraction: float = 0.2  # split: hold out this share of the training pairs instead
     drop_mislabelled: bool = False  # drop pairs whose winner fails the refusal-substring check
-    # instruction (paper) | dim: DIM +1 steered refusals
-    harmless_refuse: str = library_default(build_preference_data, "harmless_refuse")
+    # the absent side's winners (behaviour shown): instruction (paper: refusal told to
+    # refuse) | dim: DIM +1 steered
+    absent_shown: str = library_default(build_preference_data, "absent_shown")
     # the released code's NTP/PO inputs (docs/reproduce.md "Conventions"), each a switch:
     # train: the first n_prompts DIM train prompts | released: DIM's n_train + n_prompts -
     # n_train more drawn on the released stream (needs data.sampling: released)
@@ -185,8 +186,7 @@ def _check_vectors(self, cfg) -> None:
     positive_int("vectors.preference.n_prompts", pref.n_prompts, allow_none=True)
     positive_int("vectors.preference.max_new_tokens", pref.max_new_tokens)
     known("vectors.preference.val_prompts", [pref.val_prompts], VAL_PROMPTS)
-    known("vectors.preference.harmless_refuse", [pref.harmless_refuse],
-          HARMLESS_REFUSE_SOURCES)
+    known("vectors.preference.absent_shown", [pref.absent_shown], ABSENT_SHOWN_SOURCES)
     known("vectors.preference.prompts", [pref.prompts], PREFERENCE_PROMPTS)
     known("vectors.preference.template", [pref.template], PREFERENCE_TEMPLATES)
     if pref.dtype is not None:
@@ -212,11 +212,11 @@ def _check_vectors(self, cfg) -> None:
     from steerscope.pipeline.behaviour import run_behaviour
 
     name = run_behaviour(cfg).name
-    if (name != "refusal" and pref.harmless_refuse == "instruction"
+    if (name != "refusal" and pref.absent_shown == "instruction"
             and any(m in TRAINED_METHODS for m in v.methods)):
-        fail("vectors.preference.harmless_refuse", f"'instruction' (a refusal instruction) "
+        fail("vectors.preference.absent_shown", f"'instruction' (a refusal instruction) "
              f"does not apply to behaviour '{name}'",
-             "set vectors.preference.harmless_refuse: dim (DIM-steered completions)")
+             "set vectors.preference.absent_shown: dim (DIM-steered completions)")
     for m in v.extraction:
         if m not in v.methods or m == "dim" or m in TRAINED_METHODS:
             fail(f"vectors.extraction.{m}", "names a method that is not an extraction method "
