@@ -24,7 +24,7 @@ def test_config_loads_strictly_with_the_paper_settings(path):
     cfg = load_config(path)
     assert cfg.seed == 42
     assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test) == (128, 32, 100)
-    assert cfg.data.harmful_test == "jailbreakbench"
+    assert cfg.data.present_test == "jailbreakbench"
     assert cfg.vectors.methods == ["dim", "ntp", "po"]
     assert cfg.vectors.dim.kl_threshold == 0.1 and not cfg.vectors.dim.relax_kl
     assert cfg.vectors.ntp.preset == cfg.vectors.po.preset == "paper"

@@ -103,7 +103,7 @@ def test_released_sample_larger_than_its_split_is_one_line(shared_data):
 
 def test_released_sampling_needs_one_source_per_split(shared_data):
     cfg = _config(shared_data, harmful_val="harmful_train")
-    with pytest.raises(SteerscopeError, match="'data.harmful_val' names the same source"):
+    with pytest.raises(SteerscopeError, match="'data.present_val' names the same source"):
         check_released_sources(cfg)
 
 

@@ -321,7 +321,7 @@ def test_dimension_scores_use_the_generated_token_ids():
     res = dimension_scores(model, tok, sv, harmful, harmless, steps=2, max_new_tokens=4,
                            only_flipped=False, batch_size=2)
     exs = []
-    for name, prompts, alpha in (("harmful", harmful, -1.0), ("harmless", harmless, 1.0)):
+    for name, prompts, alpha in (("present", harmful, -1.0), ("absent", harmless, 1.0)):
         rs = rollouts(model, tok, prompts, sv, alpha, max_new_tokens=4, batch_size=2)
         for which in ("steered", "base"):
             exs += [PatchingExample(torch.tensor(r.prompt_ids + ids), len(r.prompt_ids), alpha,
@@ -331,8 +331,8 @@ def test_dimension_scores_use_the_generated_token_ids():
     ref = ig_scores_from_examples(model, sv, exs, steps=2)
     torch.testing.assert_close(res.ie, ref.ie)
     assert res.n_positions == ref.n_positions
-    assert res.metadata["prompts_kept"] == {"harmful": 2, "harmless": 1}
-    with pytest.raises(SteerscopeError, match="steering flips no harmful prompt"):
+    assert res.metadata["prompts_kept"] == {"present": 2, "absent": 1}
+    with pytest.raises(SteerscopeError, match="steering flips no present prompt"):
         dimension_scores(model, tok, sv, harmful, harmless, steps=1, max_new_tokens=2)
 
 

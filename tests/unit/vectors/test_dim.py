@@ -305,7 +305,7 @@ def test_select_dim_with_filter_and_default_thresholds(llama5, short_tok):
     # the straddling refusal ids let the filter keep some prompts of each kind
     res = _select(llama5, short_tok, filter=True, refusal_ids=STRADDLE_IDS)
     md = res.vector.metadata
-    assert md["n_prompts_before_filter"]["harmful_train"] == 3
+    assert md["n_prompts_before_filter"]["present_train"] == 3
     assert 1 <= md["n_present_train"] <= 3 and 1 <= md["n_absent_val"] <= 3
     assert res.vector.hyperparameters["filter"] is True
     # the paper's thresholds on a random model: either a survivor or a one-line error
@@ -325,13 +325,13 @@ def test_select_dim_bad_input(llama5, short_tok):
         sets[i] = []
         with pytest.raises(SteerscopeError) as e:
             select_dim(llama5, short_tok, *sets, filter=False, progress=False)
-        name = ["harmful_train", "harmless_train", "harmful_val", "harmless_val"][i]
+        name = ["present_train", "absent_train", "present_val", "absent_val"][i]
         assert name in _one_line(e)
     # filtering empties a set: the message names it and suggests fixes
     with pytest.raises(SteerscopeError) as e:
         select_dim(llama5, short_tok, p, p, p, p, progress=False)
     msg = _one_line(e)
-    assert "harmful train" in msg and "refuses" in msg and "filter=False" in msg
+    assert "present train" in msg and "refuses" in msg and "filter=False" in msg
     with pytest.raises(SteerscopeError) as e:
         _select(llama5, short_tok, layers=[7])
     _one_line(e)

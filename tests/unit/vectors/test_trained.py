@@ -293,7 +293,7 @@ def test_split_is_seeded_and_stratified(tok):
     data = synthetic(tok, 10)
     train, val = data.split(0.2, seed=3)
     assert len(train) + len(val) == 20
-    assert val.counts() == {"harmful": 2, "harmless": 2}
+    assert val.counts() == {"present": 2, "absent": 2}
     assert set(map(id, train.examples)).isdisjoint(map(id, val.examples))
     assert data.split(0.2, seed=3)[1].examples == val.examples
     assert data.split(0.2, seed=4)[1].examples != val.examples

@@ -262,7 +262,7 @@ def test_harmless_refusals_from_dim_plus_one(model, tok, monkeypatch):
     assert len(steered) == 1 and len(calls) == 4
     (op,) = steered[0][1]
     assert isinstance(op, Add) and op.alpha == 1.0 and torch.equal(op.vector, dim.vector)
-    winners = [e.winner for e in data if e.kind == "harmless"]
+    winners = [e.winner for e in data if e.kind == "absent"]
     assert winners == [o for o in steered[0][2] if o]
     assert data.metadata["absent_shown"] == "dim"
     with pytest.raises(SteerscopeError, match="unknown absent_shown"):
