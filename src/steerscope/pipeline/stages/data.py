@@ -33,25 +33,48 @@ class DataSection:
     ``present_*`` / ``absent_*`` (the same keys; give one of the two)."""
 
     data_dir: str | None = None
+    """Folder of named datasets (None: $STEERSCOPE_DATA_DIR)."""
     present_train: str | None = None
+    """Present-side prompts of the train split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     absent_train: str | None = None
+    """Absent-side prompts of the train split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     present_val: str | None = None
+    """Present-side prompts of the val split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     absent_val: str | None = None
+    """Absent-side prompts of the val split: a file, dataset name or builtin:NAME (None: the
+    behaviour's)."""
     present_test: str | None = None
+    """Present-side prompts of the test split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     absent_test: str | None = None
+    """Absent-side prompts of the test split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     harmful_train: str | None = None
+    """Refusal's name for present_train."""
     harmless_train: str | None = None
+    """Refusal's name for absent_train."""
     harmful_val: str | None = None
+    """Refusal's name for present_val."""
     harmless_val: str | None = None
+    """Refusal's name for absent_val."""
     harmful_test: str | None = None
+    """Refusal's name for present_test."""
     harmless_test: str | None = None
+    """Refusal's name for absent_test."""
     n_train: int = 128
+    """Train prompts per side (a seeded sample)."""
     n_val: int = 32
+    """Validation prompts per side (a seeded sample)."""
     n_test: int = 100
-    seed: int | None = None  # None: the top-level seed
-    # per_split: each split sampled on its own seeded stream | released: the authors' one
-    # stream (harmful/harmless train, harmful/harmless val, then harmless test)
+    """Test prompts per side (a seeded sample)."""
+    seed: int | None = None
+    """The sampling seed (None: the top-level seed)."""
     sampling: str = "per_split"
+    """per_split: each split sampled on its own seeded stream | released: the authors' one
+    stream (present/absent train, present/absent val, then absent test)."""
 
     def check(self, cfg) -> None:
         """Positive sizes, a non-negative seed, a known sampling, no blank source, no key
