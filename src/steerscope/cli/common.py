@@ -124,17 +124,6 @@ def add_max_new_tokens_arg(p: argparse.ArgumentParser, default: int | None = 64)
                    help=f"tokens generated per completion (greedy; default: {shown})")
 
 
-def int_list(text: str | None) -> list[int] | None:
-    """``"8,10,12"`` → ``[8, 10, 12]``; None stays None; a one-line error otherwise."""
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise SteerscopeError(f"'{text}' is not a comma-separated list of integers",
-                              "write e.g. 8,10,12") from exc
-
-
 def float_list(text: str | None, what: str) -> list[float]:
     """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]``; None or blank → ``[]``; each number in the range
     of flag ``what`` (:func:`steerscope.validation.parse_number_list`), which the one-line
