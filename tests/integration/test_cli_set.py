@@ -91,3 +91,12 @@ def test_set_of_a_disabled_stage(config_file, tmp_path, capsys):
                         "--set", "freeze.enabled=false", "--set", "freeze.modes=[qk]")
     assert code == 2 and "stage freeze does not run (freeze.enabled is false)" in err
     assert not out.exists()
+
+
+def test_demo_takes_set_over_its_config(tmp_path, capsys):
+    """`steerscope demo --set`: checked before anything is built or written."""
+    out = tmp_path / "runs"
+    code, _, err = _run(capsys, "demo", "--out", str(out), "--quiet",
+                        "--set", "evaluation.batchsize=1")
+    assert code == 2 and err.startswith("error: --set evaluation.batchsize: unknown config key")
+    assert not out.exists()
