@@ -76,9 +76,9 @@ def add_config_option(p: argparse.ArgumentParser, key: str, flag: str | None = N
     """Add the option of config field ``key`` to ``p``: ``key`` is a dotted path in the
     pipeline config (``vectors.dim.kl_threshold``), or a field name of the dataclass
     ``owner`` (e.g. ``TrainConfig``). ``flag`` (default ``--<last part>``) keeps an existing
-    spelling; the destination is the flag's name. A bool field is a switch (``--x`` when it
-    defaults to False; ``--no-x``, storing False, when it defaults to True); a list field takes
-    comma-separated values. ``note`` is added to the field's help (e.g. when the option
+    spelling; the destination is the flag's name. A bool field is a switch stored under the
+    field's name (``--x`` when it defaults to False; ``--no-x``, storing False, when it
+    defaults to True); a list field takes comma-separated values. ``note`` is added to the field's help (e.g. when the option
     applies)."""
     if owner is None:
         from steerscope.pipeline.config import PipelineConfig
