@@ -240,8 +240,10 @@ def run_command(args, stdout=None) -> int:
     stdout = sys.stdout if stdout is None else stdout
     as_json = wants_json(args)
     try:
+        from steerscope.cli.options import parse_list_options
         from steerscope.validation import check_cli_args
 
+        parse_list_options(args)  # comma-separated options of list config fields
         check_cli_args(args)
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(), \
                 interrupts_propagate():

@@ -40,28 +40,33 @@ def _plain(tp) -> tuple[Any, bool]:
     return tp, False
 
 
-def _list_parser(item: type, flag: str):
-    """A comma-separated list of ``item`` (numbers range-checked as ``flag``'s)."""
-    def parse(text: str) -> list:
-        from steerscope.validation import parse_number_list
+LISTS = "_config_lists"  # args attribute: {dest: (item type, flag)} of the list options
 
+
+def parse_list(text: str, item: type, flag: str) -> list:
+    """A comma-separated list of ``item`` (numbers range-checked as ``flag``'s); a one-line
+    error otherwise."""
+    from steerscope.validation import parse_number_list
+
+    if item is str:
+        return [x.strip() for x in text.split(",") if x.strip()]
+    if item is int:
         try:
-            if item is str:
-                values = [x.strip() for x in text.split(",") if x.strip()]
-            elif item is int:
-                values = [int(x) for x in text.split(",") if x.strip()]
-            else:
-                values = parse_number_list(text, flag)
-        except SteerscopeError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            return [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"'{text}' is not a comma-separated list of {item.__name__}s "
-                f"(write e.g. {'8,10,12' if item is int else '0.1,0.5'})") from None
-        return values
+            raise SteerscopeError(f"{flag} '{text}' is not a comma-separated list of integers",
+                                  "write e.g. 8,10,12") from None
+    return parse_number_list(text, flag)
 
-    parse.__name__ = f"list of {item.__name__}"
-    return parse
+
+def parse_list_options(args) -> None:
+    """Turn the text of each list option given on the command line into its list (run by
+    :func:`steerscope.cli.common.run_command` before the shared checks, so a bad item is one
+    ``error:`` line and exit code 2, as every user error)."""
+    for dest, (item, flag) in vars(args).pop(LISTS, {}).items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            setattr(args, dest, parse_list(value, item, flag))
 
 
 def _shown(value: Any) -> str:
@@ -113,9 +118,10 @@ def add_config_option(p: argparse.ArgumentParser, key: str, flag: str | None = N
         kwargs["action"] = "store_false" if switch_off else "store_true"
         kwargs["dest"] = name
     else:
-        if typing.get_origin(plain) in (list, tuple):
-            item = typing.get_args(plain)[0]
-            kwargs["type"] = _list_parser(item, flag)
+        if typing.get_origin(plain) in (list, tuple):  # text, parsed by parse_list_options
+            dest = flag.removeprefix("--").replace("-", "_")
+            p.set_defaults(**{LISTS: {**(p.get_default(LISTS) or {}),
+                                      dest: (typing.get_args(plain)[0], flag)}})
             kwargs["metavar"] = name.upper().rstrip("S") + ",..."
         else:
             kwargs["type"] = plain if plain in (int, float) else str

@@ -185,20 +185,44 @@ def test_vectors_train_single_run_defaults_are_train_configs():
     assert PRESETS["quick"]["epochs"] == 2 and PRESETS["paper"]["epochs"] == 10
 
 
+def _parse(*argv: str):
+    from steerscope.cli.options import parse_list_options
+
+    args = build_parser().parse_args(list(argv))
+    parse_list_options(args)  # as run_command does before any check
+    return args
+
+
 def test_cli_spellings_still_parse():
     """Existing spellings and list syntax keep working (users' scripts and tests use them)."""
-    args = build_parser().parse_args(
-        ["vectors", "dim", "m", "--out", "o", "--no-filter", "--layers", "3,5",
-         "--layer-cutoff", "real"])
+    args = _parse("vectors", "dim", "m", "--out", "o", "--no-filter", "--layers", "3,5",
+                  "--layer-cutoff", "real")
     assert (args.filter, args.layers, args.layer_cutoff) == (False, [3, 5], "real")
-    args = build_parser().parse_args(["sparsify", "sweep", "m", "--out", "o", "--taus", "0,1",
-                                      "--rules", "gradient, ie"])
+    args = _parse("vectors", "dim", "m", "--out", "o")
+    assert (args.filter, args.layers) == (True, None)
+    args = _parse("sparsify", "sweep", "m", "--out", "o", "--taus", "0,1", "--rules",
+                  "gradient, ie")
     assert (args.taus, args.rules) == ([0.0, 1.0], ["gradient", "ie"])
-    args = build_parser().parse_args(["patch", "m", "--out", "o", "--sizes", "10,50",
-                                      "--kl-threshold", "0.5", "--top-k", "7"])
+    args = _parse("sparsify", "sweep", "m", "--out", "o")
+    assert args.rules == ["gradient", "ie", "magnitude", "random"]
+    args = _parse("patch", "m", "--out", "o", "--sizes", "10,50", "--kl-threshold", "0.5",
+                  "--top-k", "7")
     assert (args.sizes, args.kl_threshold, args.top_k) == ([10, 50], 0.5, 7)
-    args = build_parser().parse_args(["freeze", "m", "--vector", "v", "--modes", "qk,ov"])
-    assert args.modes == ["qk", "ov"]
+    assert _parse("freeze", "m", "--vector", "v", "--modes", "qk,ov").modes == ["qk", "ov"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["patch", "m", "--out", "o", "--sizes", "10,x"],
+     "--sizes '10,x' is not a comma-separated list of integers: write e.g. 8,10,12."),
+    (["sparsify", "sweep", "m", "--out", "o", "--taus", "0,-1"],
+     "--taus must be a finite number >= 0, got -1"),
+])
+def test_bad_list_items_are_one_line_errors(argv, message):
+    from steerscope.errors import SteerscopeError
+
+    with pytest.raises(SteerscopeError) as info:
+        _parse(*argv)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_every_config_field_is_documented():
