@@ -23,12 +23,12 @@ import json
 import time
 from pathlib import Path
 
-from steerscope.demo import demo_run_config
 from steerscope.evaluate.refusal import refusal_scores
 from steerscope.evaluate.steering import evaluate_steering
 from steerscope.models.chat import format_prompt
 from steerscope.models.loading import load_model
 from steerscope.pipeline import run_pipeline
+from steerscope.pipeline.demo import demo_run_config
 from steerscope.runtime.core import Runtime
 from steerscope.vectors import SteeringVector
 from steerscope.vectors.train_config import PAPER_CONVENTIONS, STEERSCOPE_CONVENTIONS, TrainConfig

@@ -138,7 +138,7 @@ def test_demo_on_the_demo_refusal_model(capsys, tmp_path):
 
 
 def test_demo_config_overrides():
-    from steerscope.demo import demo_config, demo_run_config
+    from steerscope.pipeline.demo import demo_config, demo_run_config
 
     base = demo_config()
     cfg = demo_run_config()
@@ -161,7 +161,7 @@ def test_demo_config_overrides():
 def test_demo_config_on_another_behaviour(tmp_path, monkeypatch):
     """--behaviour NAME|FILE: the behaviour's own prompt sides and sizes, the default model
     (the demo model is refusal-specific); refusal keeps the demo exactly."""
-    from steerscope.demo import demo_config, demo_run_config
+    from steerscope.pipeline.demo import demo_config, demo_run_config
 
     monkeypatch.delenv("STEERSCOPE_DATA_DIR", raising=False)
     assert demo_run_config(behaviour="refusal").to_dict() == demo_config().to_dict()

@@ -17,7 +17,6 @@ import torch
 import yaml
 from conftest import PIPELINE_HARMFUL, PIPELINE_HARMLESS, write_pipeline_workdir
 
-from steerscope.demo import demo_config
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline import (
     check_results,
@@ -28,6 +27,7 @@ from steerscope.pipeline import (
     run_pipeline,
 )
 from steerscope.pipeline import registry as reg
+from steerscope.pipeline.demo import demo_config
 from steerscope.pipeline.runner import KILL_ENV
 
 REPO = Path(__file__).resolve().parents[2]

@@ -110,7 +110,7 @@ def test_cli_loads_int8_and_refuses_an_unknown_quantization_in_one_line(root, ca
 
 
 def test_the_demo_passes_its_quantization_to_the_model_section():
-    from steerscope.demo.config import demo_run_config
+    from steerscope.pipeline.demo import demo_run_config
 
     assert demo_run_config(quantization="int8").model.quantization == "int8"
     assert demo_run_config().model.quantization is None

@@ -337,7 +337,7 @@ def cmd_score(args) -> dict:
 
 def cmd_demo(args) -> dict | None:
     from steerscope.cli.pipeline import print_run
-    from steerscope.demo.config import run_demo
+    from steerscope.pipeline.demo import run_demo
 
     res = run_demo(args.out, until=args.until, progress=not args.quiet, model=args.model,
                    behaviour=args.behaviour, dtype=args.dtype, device=args.device,

@@ -8,7 +8,7 @@ into the run folder's hash, so a changed prompt file or model gives a new run fo
 
 Prompt sources (``data.*`` keys): a file path, a named dataset (``available_datasets()``,
 read from ``data.data_dir`` / ``$STEERSCOPE_DATA_DIR``, else the Hub), or ``builtin:NAME``
-with NAME one of :data:`BUILTIN_SOURCES`.
+with NAME one of :data:`~steerscope.data.builtin.BUILTIN_SETS`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from steerscope.data import PromptSet
-from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
+from steerscope.data.builtin import builtin_prompts, known_builtin_sets
 from steerscope.data.sampling import RELEASED_ORDER as RELEASED_KEYS
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.behaviour import split_sources
@@ -31,7 +31,6 @@ from steerscope.pipeline.behaviour import split_sources
 PipelineConfig = Any
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_SOURCES = tuple(BUILTIN_SETS)
 SAMPLINGS = ("per_split", "released")  # data.sampling
 SPLIT_KEYS = ("harmful_train", "harmless_train", "harmful_val", "harmless_val",
               "harmful_test", "harmless_test")
@@ -139,9 +138,10 @@ def source_kind(source, data_dir: str | None) -> str:
         return "behaviour"
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX):]
-        if name not in BUILTIN_SOURCES:
+        if name not in known_builtin_sets():
             raise SteerscopeError(f"unknown built-in prompt set '{source}'",
-                                  f"use builtin: followed by one of {', '.join(BUILTIN_SOURCES)}")
+                                  f"use builtin: followed by one of "
+                                  f"{', '.join(known_builtin_sets())}")
         return "builtin"
     if Path(source).expanduser().is_file():
         return "file"

@@ -218,4 +218,4 @@ def circuits_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 register_stage("circuits", deps=("model", "vectors", "trained", "patching"),
                section="circuits", config=CircuitsSection,
-               results=circuits_results)(circuits_stage)
+               results=circuits_results, order=70)(circuits_stage)

@@ -126,4 +126,4 @@ def data_key(cfg, inputs) -> dict[str, Any]:
 
 
 register_stage("data", section="data", config=DataSection, results=data_results,
-               key_extra=data_key)(data_stage)
+               key_extra=data_key, order=20)(data_stage)

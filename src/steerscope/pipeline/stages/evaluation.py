@@ -104,4 +104,4 @@ def evaluation_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 register_stage("evaluation", deps=("model", "data", "vectors", "trained"),
                section="evaluation", config=EvaluationSection, results=evaluation_results,
-               distributed=True)(evaluation_stage)
+               distributed=True, order=50)(evaluation_stage)

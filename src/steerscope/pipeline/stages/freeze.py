@@ -122,4 +122,4 @@ def freeze_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 
 register_stage("freeze", deps=("model", "data", "vectors", "evaluation"), section="freeze",
-               config=FreezeSection, results=freeze_results)(freeze_stage)
+               config=FreezeSection, results=freeze_results, order=80)(freeze_stage)

@@ -123,4 +123,4 @@ def model_key(cfg, inputs) -> dict[str, Any]:
 
 
 register_stage("model", section="model", config=ModelSection, results=model_results,
-               key_extra=model_key)(model_stage)
+               key_extra=model_key, order=10)(model_stage)

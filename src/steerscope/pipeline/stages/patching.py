@@ -286,4 +286,4 @@ def patching_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 register_stage("patching", deps=("model", "data", "vectors", "trained", "evaluation"),
                section="patching", config=PatchingSection, results=patching_results,
-               distributed=True)(patching_stage)
+               distributed=True, order=60)(patching_stage)

@@ -45,4 +45,5 @@ def report_stage(ctx, section, inputs) -> dict[str, Any]:
     return {"file": html.name, "figures": sorted(p.name for p in (ctx.out / "figures").glob("*.png"))}
 
 
-register_stage("report", optional=("*",), section="report", config=ReportSection)(report_stage)
+register_stage("report", optional=("*",), section="report", config=ReportSection,
+               order=1000)(report_stage)

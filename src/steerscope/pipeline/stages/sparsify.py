@@ -177,4 +177,4 @@ def sparsify_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 register_stage("sparsify", deps=("model", "data", "vectors", "trained", "patching"),
                section="sparsify", config=SparsifySection,
-               results=sparsify_results)(sparsify_stage)
+               results=sparsify_results, order=100)(sparsify_stage)

@@ -93,4 +93,4 @@ def svv_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 
 register_stage("svv", deps=("model", "vectors", "trained", "patching"), section="svv",
-               config=SvvSection, results=svv_results)(svv_stage)
+               config=SvvSection, results=svv_results, order=90)(svv_stage)

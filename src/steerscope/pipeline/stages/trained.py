@@ -156,4 +156,4 @@ def trained_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 
 register_stage("trained", deps=("model", "data", "vectors"), section="vectors",
-               results=trained_results, key_extra=seed_key)(trained_stage)
+               results=trained_results, key_extra=seed_key, order=40)(trained_stage)

@@ -4,8 +4,9 @@ stage's outputs for the later stages), then every other extraction method (pca, 
 position. Files ``dim.safetensors``, ``dim_candidates.json``, ``<method>.safetensors``.
 
 Config section ``vectors`` (:class:`VectorsSection`), shared with the ``trained`` stage: its
-``preference`` and per-objective (:data:`TRAINED_METHODS`: one field per trainer objective,
-:data:`steerscope.vectors.train_config.OBJECTIVES`) subsections configure NTP/PO. Defaults
+``preference`` and per-objective (:data:`TRAINED_METHODS`: one field per
+:class:`~steerscope.vectors.methods.VectorMethod` of kind ``"trained"``, the trainer's
+objectives) subsections configure NTP/PO. Defaults
 of ``vectors.dim`` and ``vectors.preference`` are read from the library functions they
 configure (:func:`~steerscope.vectors.select_dim`,
 :func:`~steerscope.vectors.training_data.build_preference_data`). results.json sections
@@ -33,18 +34,19 @@ from steerscope.validation import check_number
 from steerscope.vectors.dim import select_dim
 from steerscope.vectors.dim_selection import AT_THRESHOLD, LAYER_CUTOFFS
 from steerscope.vectors.dim_thresholds import RELATIVE, is_paper_refusal
+from steerscope.vectors.methods import method_keys
 from steerscope.vectors.train_config import (
     KEEPS,
     LR_SCHEDULES,
     MATCH_SCOPES,
-    OBJECTIVES,
     PRESETS,
     RANKINGS,
     VALIDATIONS,
 )
 from steerscope.vectors.training_data import HARMLESS_REFUSE_SOURCES, build_preference_data
 
-TRAINED_METHODS = tuple(OBJECTIVES)  # one config subsection and one vector each
+# the trained vector methods (records of kind "trained"): one config subsection and one vector each
+TRAINED_METHODS = method_keys("trained")
 TRAIN_PRESETS = tuple(PRESETS)
 VAL_PROMPTS = ("dim_val", "split")
 PREFERENCE_PROMPTS = ("train", "released")
@@ -179,11 +181,9 @@ class TrainSection:
 
 
 def known_methods() -> list[str]:
-    """Every steering-vector method the pipeline can make: dim, the trained objectives and
-    the registered extraction methods."""
-    from steerscope.vectors.methods import METHODS
-
-    return list(dict.fromkeys(["dim", *TRAINED_METHODS, *sorted(METHODS)]))
+    """Every steering-vector method the pipeline can make (the :class:`VectorMethod` records):
+    dim, the trained objectives and the registered extraction methods."""
+    return list(dict.fromkeys(["dim", *TRAINED_METHODS, *sorted(method_keys("extraction"))]))
 
 
 def _check_vectors(self, cfg) -> None:
@@ -421,4 +421,4 @@ def vectors_key(cfg, inputs) -> dict[str, Any]:
 
 
 register_stage("vectors", deps=("model", "data"), section="vectors", config=VectorsSection,
-               results=vectors_results, key_extra=vectors_key)(vectors_stage)
+               results=vectors_results, key_extra=vectors_key, order=30)(vectors_stage)

@@ -1,5 +1,6 @@
 """The demo's pipeline configs: the whole study (:func:`steerscope.pipeline.run_pipeline`) on
-the demo refusal model, offline, sized for 2 CPU cores.
+the demo refusal model (a named model source, :mod:`steerscope.demo.sources`), offline, sized
+for 2 CPU cores. ``steerscope demo`` runs it.
 
 :func:`demo_config` is the documented demo config (the demo refusal model, built-in prompts,
 DIM + NTP + PO, steered evaluation, patching, circuits, freezing, svv and sparsification);
@@ -197,7 +198,7 @@ def run_demo(out: str | os.PathLike = "runs", *, until: str | None = None,
     ``sets``: ``--set KEY=VALUE`` values over the demo's config (see
     :func:`~steerscope.pipeline.run_pipeline`). Returns the
     :class:`~steerscope.pipeline.runner.RunResult`."""
-    from steerscope.pipeline import run_pipeline
+    from steerscope.pipeline.runner import run_pipeline
 
     return run_pipeline(demo_run_config(**config), out, until=until, progress=progress,
                         allow_code=allow_code, sets=sets)
