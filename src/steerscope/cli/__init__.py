@@ -33,6 +33,7 @@ import textwrap
 
 from steerscope.cli import common
 from steerscope.errors import SteerscopeError
+from steerscope.results_schema import side_labels
 
 
 def _add_steered_prompt_args(p: argparse.ArgumentParser) -> None:
@@ -369,18 +370,21 @@ def _print_demo_summary(results: dict, run_dir, evaluation_file=None) -> None:
                   f"KL < {sel['kl_threshold']}; give more --n-val prompts or --strict-kl)")
     steering = results.get("steering")
     if steering:
-        print(f"\n{'vector':8s} {'harmful ASR (-s)':>17s} {'harmless ASR (+s)':>18s} "
-              f"{'refusal score harmful/harmless':>31s} {'loops':>12s}")
+        labels = side_labels(results)
+        on, off = labels["present"], labels["absent"]
+        print(f"\n{'vector':8s} {on + ' ASR (-s)':>17s} {off + ' ASR (+s)':>18s} "
+              f"{'score ' + on + '/' + off:>31s} {'loops':>12s}")
         for m, cells in steering.items():
-            h, b = cells["harmful"], cells["harmless"]
+            h, b = cells["present"], cells["absent"]
             loops = " / ".join("-" if c.get("repetition_rate") is None
                                else f"{c['repetition_rate']:.2f}" for c in (h, b))
-            scores = f"{h['mean_refusal_score']:+.2f} / {b['mean_refusal_score']:+.2f}"
-            print(f"{m:8s} {h['asr']:17.3f} {b['asr']:18.3f} {scores:>31s} {loops:>12s}")
-        print("(ASR = fraction of completions that do not refuse, by substring; harmful "
-              "prompts are steered with -s to bypass refusal, harmless ones with +s to "
-              "induce it; loops = fraction of completions that are repetition loops, which "
-              "the substring matcher judges unreliably)")
+            scores = f"{h['mean_score']:+.2f} / {b['mean_score']:+.2f}"
+            print(f"{m:8s} {1 - h['behaviour_rate']:17.3f} {1 - b['behaviour_rate']:18.3f} "
+                  f"{scores:>31s} {loops:>12s}")
+        print(f"(ASR = fraction of completions without {labels['behaviour']}, by the "
+              f"behaviour's judge; {on} prompts are steered with -s to remove it, {off} ones "
+              "with +s to induce it; loops = fraction of completions that are repetition "
+              "loops, which the substring matcher judges unreliably)")
     if evaluation_file is not None:
         _print_examples(evaluation_file)
     print(f"\nall numbers: {run_dir}/results.json (docs/results.md)")
@@ -389,7 +393,7 @@ def _print_demo_summary(results: dict, run_dir, evaluation_file=None) -> None:
 def _print_examples(evaluation_file, n: int = 2) -> None:
     ev = json.loads(evaluation_file.read_text(encoding="utf-8"))
     comp, prompts = ev.get("completions", {}), ev.get("prompts", {})
-    for set_name, sign in (("harmful", "-"), ("harmless", "+")):
+    for set_name, sign in (("present", "-"), ("absent", "+")):
         for i in range(min(n, len(prompts.get(set_name, [])))):
             print(f"\n[{set_name}] {prompts[set_name][i]}")
             for m, by_set in comp.items():

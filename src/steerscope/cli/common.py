@@ -104,18 +104,23 @@ def add_run_folder_args(p: argparse.ArgumentParser, *, out: str, no_model: str) 
     p.add_argument("--no-model", action="store_true", help=no_model)
 
 
-def add_prompt_pair(p: argparse.ArgumentParser, harmful: str, harmless: str, *,
+def add_prompt_pair(p: argparse.ArgumentParser, present: str, absent: str, *,
                     flag: str = "{}", note: str = "") -> None:
-    """``--harmful`` and ``--harmless`` (``flag``'s ``{}`` is the class: ``"{}-val"`` gives
-    ``--harmful-val``): prompt files or dataset names with these defaults; ``note`` says what
-    they are used for."""
-    for cls, default in (("harmful", harmful), ("harmless", harmless)):
-        p.add_argument("--" + flag.format(cls), default=default,
-                       help=f"{cls} prompts{note}: a file or dataset name (default: "
+    """``--present`` and ``--absent`` (``flag``'s ``{}`` is the side: ``"{}-val"`` gives
+    ``--present-val``; destinations ``present`` / ``absent``, ``present_val`` ...): prompt
+    files or dataset names with these defaults; ``note`` says what they are used for.
+    Refusal's spellings (``--harmful`` / ``--harmless``, ``--harmful-val`` ...) stay as
+    hidden aliases of the same options."""
+    for side, old, default in (("present", "harmful", present), ("absent", "harmless", absent)):
+        dest = flag.format(side).replace("-", "_")
+        p.add_argument("--" + flag.format(side), default=default, dest=dest,
+                       help=f"{side} prompts{note}: a file or dataset name (default: "
                             "%(default)s)")
+        p.add_argument("--" + flag.format(old), dest=dest, help=argparse.SUPPRESS)
 
 
-STEERED_NOTE = " (harmful steered with -s to bypass refusal, harmless with +s to induce it)"
+STEERED_NOTE = (" (present steered with -s to remove the behaviour, absent with +s to induce "
+                "it; refusal: harmful / harmless)")
 
 
 def add_max_new_tokens_arg(p: argparse.ArgumentParser, default: int | None = 64) -> None:

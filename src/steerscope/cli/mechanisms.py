@@ -62,8 +62,8 @@ def cmd_freeze(args) -> dict:
 
     modes = _modes(args.modes)
     sv = SteeringVector.load(args.vector, layer=args.layer)
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     lm = common.load(args)
     res = freeze_evaluation(lm.model, lm.tokenizer, sv, harmful, harmless, modes=modes,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,

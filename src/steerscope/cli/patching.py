@@ -49,8 +49,8 @@ def cmd_patch(args) -> dict:
     if args.ig_batch_size < 1:
         raise SteerscopeError(f"--ig-batch-size must be >= 1, got {args.ig_batch_size}",
                               "pass e.g. --ig-batch-size 4")
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     lm = common.load(args)
     for v in vectors.values():
         v.check_fits(lm.arch)

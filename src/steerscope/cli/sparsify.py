@@ -60,8 +60,8 @@ def cmd_scores(args) -> dict:
     from steerscope.vectors import SteeringVector
 
     sv = SteeringVector.load(args.vector)
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     lm = common.load(args)
     res = dimension_scores(lm.model, lm.tokenizer, sv, harmful, harmless, steps=args.steps,
                            max_new_tokens=args.max_new_tokens,
@@ -84,8 +84,8 @@ def cmd_sweep(args) -> dict:
     taus = args.taus
     fractions = common.float_list(args.fractions, "--fractions")
     rules = args.rules
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     unseen = common.read_prompts(args.unseen, args.n, args.seed) if args.unseen else None
     judge = get_judge(args.judge) if args.judge else None
     out = Path(args.out)
@@ -94,8 +94,8 @@ def cmd_sweep(args) -> dict:
     lm = common.load(args)
     missing = [m for m in vectors if m not in ies]
     if missing:
-        score_harmful = common.read_prompts(args.score_harmful, args.n_score, args.seed)
-        score_harmless = common.read_prompts(args.score_harmless, args.n_score, args.seed)
+        score_harmful = common.read_prompts(args.score_present, args.n_score, args.seed)
+        score_harmless = common.read_prompts(args.score_absent, args.n_score, args.seed)
         for m in missing:
             res = dimension_scores(lm.model, lm.tokenizer, vectors[m], score_harmful,
                                    score_harmless, steps=args.steps,

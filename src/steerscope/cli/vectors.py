@@ -22,8 +22,8 @@ def cmd_dim(args) -> dict:
     from steerscope.vectors import select_dim
 
     sets = {name: common.read_prompts(getattr(args, name.replace("-", "_")), n, args.seed)
-            for name, n in (("harmful-train", args.n_train), ("harmless-train", args.n_train),
-                            ("harmful-val", args.n_val), ("harmless-val", args.n_val))}
+            for name, n in (("present-train", args.n_train), ("absent-train", args.n_train),
+                            ("present-val", args.n_val), ("absent-val", args.n_val))}
     lm = common.load(args)
     tok = lm.tokenizer
     res = select_dim(lm.model, tok, *(common.formatted(tok, v) for v in sets.values()),
@@ -83,11 +83,11 @@ def cmd_train(args) -> dict:
     from steerscope.vectors.training_data import build_preference_data
 
     dim = SteeringVector.load(args.dim)
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     if args.val_prompts == "dim_val":
-        harmful_val = common.read_prompts(args.harmful_val, args.n_val, args.seed)
-        harmless_val = common.read_prompts(args.harmless_val, args.n_val, args.seed)
+        harmful_val = common.read_prompts(args.present_val, args.n_val, args.seed)
+        harmless_val = common.read_prompts(args.absent_val, args.n_val, args.seed)
     lm = common.load(args)
     dim.check_fits(lm.arch)
     layer = args.layer if args.layer is not None else dim.layer
@@ -171,8 +171,8 @@ def cmd_evaluate(args) -> dict:
     from steerscope.evaluate.steering import evaluate_steering
 
     vectors = common.load_vectors(args.vector, required=False)
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     judge = get_judge(args.judge) if args.judge else None
     lm = common.load(args)
     res = evaluate_steering(lm.model, lm.tokenizer, vectors, harmful, harmless, arch=lm.arch,

@@ -352,7 +352,7 @@ def circuit_summary(result: PatchingResult) -> str:
 
 
 def _position_line(entry: dict) -> str:
-    """``harmful kl .. dkl .. match .. lp ..`` for one curve size's position metrics."""
+    """``<set> kl .. dkl .. match .. lp ..`` for one curve size's position metrics."""
     def fmt(x) -> str:
         return "  n/a" if x is None else f"{x:5.2f}"
 

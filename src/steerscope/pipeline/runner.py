@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from steerscope.artifacts import atomic_write, atomic_write_json, child_path
 from steerscope.environment import environment
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline import distributed
+from steerscope.pipeline.behaviour import run_behaviour
 from steerscope.pipeline.config import PipelineConfig, dump_config
 from steerscope.pipeline.inputs import Inputs, check_inputs
 from steerscope.pipeline.preflight import check_code_consent, preflight
@@ -142,6 +144,14 @@ class StageContext:
     def model(self):
         """The :class:`~steerscope.models.loading.LoadedModel` (loaded on first call)."""
         return self._models.get()
+
+    @cached_property
+    def behaviour(self):
+        """The run's :class:`~steerscope.behaviours.Behaviour` (the config's ``behaviour``,
+        loaded once, with the run's consent ``allow_code``): its judge, fast-score tokens and
+        display labels. The data stage records its definition, which is part of every later
+        stage's key."""
+        return run_behaviour(self.config)
 
     @property
     def is_main(self) -> bool:

@@ -8,9 +8,11 @@ sides (present / absent × train / val / test); config section ``data``
 ``harmful_train`` ... for the same keys) and sets the sample sizes. Sources are resolved,
 checked and fingerprinted by :mod:`steerscope.pipeline.inputs` before any compute.
 
-``prompts.json`` keeps refusal's split keys for the two sides: ``harmful_*`` = the present
-side, ``harmless_*`` = the absent side (:data:`SPLIT_SIDES`). results.json sections ``data``
-(the sample counts) and ``behaviour`` (``name`` and ``definition``).
+``prompts.json`` keys are ``<side>_<split>`` (``present_train`` ... ``absent_test``,
+:data:`~steerscope.pipeline.behaviour.SPLIT_KEYS`; files of earlier versions named the sides
+``harmful_*`` / ``harmless_*``, read by :func:`~steerscope.pipeline.stages.common.read_prompts`).
+Each prompt source is read once: the input checks' copy is reused. results.json sections
+``data`` (the sample counts) and ``behaviour`` (``name`` and ``definition``).
 """
 
 from __future__ import annotations
@@ -101,10 +103,12 @@ def data_stage(ctx, section, inputs) -> dict[str, Any]:
     behaviour's definition."""
     from steerscope.pipeline.inputs import data_plan, load_source, sample_splits
 
-    loaded = {src: load_source(src, section.data_dir) for src in data_plan(ctx.config)}
+    read = ctx.inputs_digest.prompt_sets  # read by the input checks
+    loaded = {src: read[src] if src in read else load_source(src, section.data_dir)
+              for src in data_plan(ctx.config)}
     splits = sample_splits(ctx.config, loaded)
     atomic_write_json(ctx.out / PROMPTS_FILE, splits)
-    b = run_behaviour(ctx.config)
+    b = ctx.behaviour
     atomic_write_json(ctx.out / BEHAVIOUR_FILE, {"name": b.name, "definition": b.to_dict()})
     ctx.log(", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return {"file": PROMPTS_FILE, "behaviour": BEHAVIOUR_FILE,

@@ -1,7 +1,7 @@
 """Stage ``evaluation``: the steering table on the test prompts (the behaviour judged by the
 run's behaviour, scored with its fast-score tokens) (``evaluation.json``: rows,
-cosine, prompts, completions, per-prompt refusal scores), sharded over ranks under torchrun
-(:func:`steerscope.pipeline.evaluation.sharded_steering_eval`).
+cosine, prompts, completions, per-prompt fast scores), sharded over ranks under torchrun
+(:func:`steerscope.evaluate.steering.evaluate_steering` with the run's ``Dist`` as its shard).
 
 Config section ``evaluation`` (:class:`EvaluationSection`; defaults read from
 :func:`steerscope.evaluate.steering.evaluate_steering`), whose alphas and batch size the
@@ -13,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from steerscope.artifacts import atomic_write_json
 from steerscope.evaluate.steering import evaluate_steering
 from steerscope.pipeline.checks import finite, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
-    behaviour_detector,
     load_vectors,
     read_json,
+    read_prompts,
     row_loop_rate,
     score_ids,
 )
@@ -60,42 +58,41 @@ class EvaluationSection:
 
 def evaluation_stage(ctx, section, inputs) -> dict[str, Any]:
     """The steering table on the test prompts (sharded over ranks under torchrun)."""
-    from steerscope.pipeline.evaluation import sharded_steering_eval
-
     lm = ctx.model()
     vectors = load_vectors(ctx.config, inputs, lm.arch)
-    p = read_json(inputs["data"], PROMPTS_FILE)
+    p = read_prompts(inputs["data"])
     judge = None
     if section.judge is not None and ctx.is_main:
         from steerscope.evaluate import get_judge
 
         judge = get_judge(section.judge, trust_remote_code=ctx.config.allow_code)
-    table = sharded_steering_eval(
-        lm.model, lm.tokenizer, vectors, p["harmful_test"], p["harmless_test"], arch=lm.arch,
+    table = evaluate_steering(
+        lm.model, lm.tokenizer, vectors, p["present_test"], p["absent_test"], arch=lm.arch,
         bypass_alpha=section.bypass_alpha, induce_alpha=section.induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=section.batch_size, judge=judge,
-        dist=ctx.dist, progress=ctx.progress, score_ids=score_ids(inputs),
-        presence=behaviour_detector(inputs, ctx.config.allow_code))
+        shard=ctx.dist, progress=ctx.progress, score_ids=score_ids(inputs),
+        behaviour=ctx.behaviour)
     if ctx.is_main:
-        atomic_write_json(ctx.out / EVAL_FILE, table)
-    for r in table["rows"]:
-        ctx.log(f"{r['method']:6s} {r['prompt_set']:8s} ASR {r['asr']:.3f} "
-                f"mean refusal score {r['mean_refusal_score']:+.3f}")
+        table.save(ctx.out / EVAL_FILE)
+    labels = ctx.behaviour.labels
+    for r in table.rows:
+        ctx.log(f"{r.method:6s} {labels[r.side]:8s} behaviour rate {r.behaviour_rate:.3f} "
+                f"mean score {r.mean_score:+.3f}")
     return {"file": EVAL_FILE}
 
 
 def evaluation_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
-    """``steering`` (per method and prompt set) and ``cosine`` (the vectors' matrix).
+    """``steering`` (per method and side) and ``cosine`` (the vectors' matrix).
     ``repetition_rate``: :func:`~steerscope.pipeline.stages.common.row_loop_rate`."""
     table = read_json(out, EVAL_FILE)
+    completions = table["completions"]
     steering: dict[str, dict[str, Any]] = {}
     for r in table["rows"]:
-        method, prompt_set = r["method"], r["prompt_set"]
-        loops = row_loop_rate(r, table["completions"][method][prompt_set])
-        steering.setdefault(method, {})[prompt_set] = {
-            "asr": r["asr"], "mean_refusal_score": r["mean_refusal_score"],
-            "judge_asr": r["judge_asr"], "refusal_rate": r["refusal_rate"],
-            "score_refusal_rate": r["score_refusal_rate"], "repetition_rate": loops,
+        method, side = r["method"], r["side"]
+        steering.setdefault(method, {})[side] = {
+            "behaviour_rate": r["behaviour_rate"], "mean_score": r["mean_score"],
+            "judge_rate": r["judge_rate"], "score_rate": r["score_rate"],
+            "repetition_rate": row_loop_rate(r, completions[method][side]),
             "alpha": r["alpha"], "n": r["n"]}
     names = list(table["cosine"])
     matrix = [[table["cosine"][a][b] for b in names] for a in names]

@@ -18,14 +18,13 @@ from steerscope.mechanisms import MODES, freeze_evaluation
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
     first,
     load_vectors,
     read_json,
+    read_prompts,
     row_loop_rate,
     score_ids,
     single_layer_only,
-    stage_behaviour,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
 
@@ -74,15 +73,15 @@ def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
     if section.method not in vectors:
         raise SteerscopeError(f"freeze.method '{section.method}' is not a vector of the vectors "
                               "stage", "use dim or an extraction method listed in vectors.methods")
-    p = read_json(inputs["data"], PROMPTS_FILE)
+    p = read_prompts(inputs["data"])
     ev = ctx.config.evaluation
     res = freeze_evaluation(
         lm.model, lm.tokenizer, vectors[section.method],
-        first(p["harmful_test"], section.n_prompts), first(p["harmless_test"], section.n_prompts),
+        first(p["present_test"], section.n_prompts), first(p["absent_test"], section.n_prompts),
         modes=section.modes, bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=ev.batch_size, arch=lm.arch,
         vector_name=section.method,
-        behaviour=stage_behaviour(inputs["data"], ctx.config.allow_code),
+        behaviour=ctx.behaviour,
         score_ids=score_ids(inputs))  # the vectors stage's (score_tokens: auto needs them)
     res.save(ctx.out)
     for line in res.table().splitlines():
@@ -93,31 +92,25 @@ def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
 
 def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
     """The ``freeze`` results section from a ``freeze.json`` object: per mode (``none`` =
-    plain steering first) the ASR on both sets, the mean drop in absolute ASR points (0
-    for plain steering, the reference) and the fraction of repetition loops per set (from
-    the row, or from the stored completions for tables written before rows carried it)."""
-    rows: dict[str, dict[str, dict]] = {}
-    for r in table["rows"]:
-        rows.setdefault(r["mode"], {})[r["prompt_set"]] = r
+    plain steering first) ``mean_drop`` (absolute points, 0 for plain steering, the
+    reference) and per side (``present`` / ``absent``) the ``behaviour_rate``, ``drop``,
+    ``alpha``, ``repetition_rate`` (from the row, or from the stored completions for tables
+    written before rows carried it) and ``n``."""
     out: dict[str, dict[str, Any]] = {}
-    for mode, by_set in rows.items():
-        # refusal's set names (harmful / harmless), else the sides' (present / absent)
-        h, b = (by_set["harmful"], by_set["harmless"]) if "harmful" in by_set else (
-            by_set["present"], by_set["absent"])
-        loops = [row_loop_rate(r, table["completions"][mode][r["prompt_set"]]) for r in (h, b)]
+    for r in table["rows"]:
+        mode, side = r["mode"], r["side"]
         none = mode == "none"
-        out[mode] = {"harmful_asr": h["asr"], "harmless_asr": b["asr"],
-                     "mean_drop": 0.0 if none else table["mean_drop"].get(mode),
-                     "harmful_drop": 0.0 if none else h["drop"],
-                     "harmless_drop": 0.0 if none else b["drop"],
-                     "harmful_alpha": h["alpha"], "harmless_alpha": b["alpha"],
-                     "harmful_repetition_rate": loops[0], "harmless_repetition_rate": loops[1],
-                     "n_harmful": h["n"], "n_harmless": b["n"]}
+        entry = out.setdefault(mode, {"mean_drop": 0.0 if none else
+                                      table["mean_drop"].get(mode)})
+        entry[side] = {"behaviour_rate": r["behaviour_rate"], "drop": 0.0 if none else r["drop"],
+                       "alpha": r["alpha"],
+                       "repetition_rate": row_loop_rate(r, table["completions"][mode][side]),
+                       "n": r["n"]}
     return out
 
 
 def freeze_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
-    """``freeze``: per mode, both sets' ASR and the drops."""
+    """``freeze``: per mode, both sides' behaviour rates and the drops."""
     return {"freeze": freeze_section(read_json(out, FREEZE_FILE))}
 
 

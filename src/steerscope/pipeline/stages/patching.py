@@ -43,10 +43,9 @@ from steerscope.pipeline import distributed
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
-    behaviour_detector,
     load_vectors,
     read_json,
+    read_prompts,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
 
@@ -225,14 +224,14 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
     """Rollouts → flipped prompts → patching datasets → EAP-IG, per patched method."""
     lm = ctx.model()
     vectors = load_vectors(ctx.config, inputs, lm.arch)
-    p = read_json(inputs["data"], PROMPTS_FILE)
+    p = read_prompts(inputs["data"])
     ev = ctx.config.evaluation
     judge = None
     if section.flip == "refusal" and section.judge is not None and ctx.is_main:
         from steerscope.evaluate import get_judge
 
         judge = get_judge(section.judge, trust_remote_code=ctx.config.allow_code)
-    presence = behaviour_detector(inputs, ctx.config.allow_code)
+    presence = ctx.behaviour.make_judge()
     methods, skipped, summary = {}, {}, {}
     for m in patched_methods(ctx.config):
         if m not in vectors:
@@ -240,7 +239,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
                                   "list methods of vectors.methods")
         v = vectors[m]
         datasets, counts = patching_datasets(
-            lm, v, p["harmful_test"], p["harmless_test"], section=section,
+            lm, v, p["present_test"], p["absent_test"], section=section,
             bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, dist=ctx.dist,
             judge=judge, presence=presence)
         n = {k: len(x) for k, x in datasets.items()}

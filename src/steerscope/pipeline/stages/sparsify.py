@@ -22,13 +22,12 @@ from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
     first,
     patched_vectors,
     patching_result,
     read_json,
+    read_prompts,
     single_layer_only,
-    stage_behaviour,
 )
 from steerscope.sparsify.rules import RULE_ALIASES, RULES, canonical_rule
 from steerscope.sparsify.sweep import sparsity_sweep
@@ -115,16 +114,16 @@ def sparsify_stage(ctx, section, inputs) -> dict[str, Any]:
         ies[m] = ie
         atomic_write(ctx.out / f"ie_{m}.safetensors",
                      lambda tmp, t=ie: save_file({"ie": t.float().contiguous()}, tmp))
-    p = read_json(inputs["data"], PROMPTS_FILE)
+    p = read_prompts(inputs["data"])
     ev = ctx.config.evaluation
     max_new = section.max_new_tokens if section.max_new_tokens is not None else ev.max_new_tokens
     res = sparsity_sweep(
-        lm.model, lm.tokenizer, vectors, ies, first(p["harmful_test"], section.n_prompts),
-        first(p["harmless_test"], section.n_prompts), taus=section.taus,
+        lm.model, lm.tokenizer, vectors, ies, first(p["present_test"], section.n_prompts),
+        first(p["absent_test"], section.n_prompts), taus=section.taus,
         rules=[canonical_rule(r) for r in section.rules], seed=section.seed,
         bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, max_new_tokens=max_new,
         batch_size=ev.batch_size, arch=lm.arch, progress=ctx.progress and ctx.is_main,
-        behaviour=stage_behaviour(inputs["data"], ctx.config.allow_code))
+        behaviour=ctx.behaviour)
     res.save(ctx.out)
     for line in res.table().splitlines():
         ctx.log(line)
@@ -138,9 +137,10 @@ def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
 
     ``{method: {rule: [point]}}`` with the rule names as the config lists them (``rules``
     order; an alias such as ``grad`` stays ``grad``) and points
-    ``{sparsity, harmful_asr, harmless_asr, tau, k, ...}`` sorted by sparsity (harmful =
-    the bypass set, harmless = the induce set); ``iou``: one row per τ level and method
-    pair, ``level`` = τ.
+    ``{sparsity, present_behaviour_rate, absent_behaviour_rate, present_retention,
+    absent_retention, tau, k, d}`` sorted by sparsity (present = the sweep's bypass set,
+    absent = its induce set; behaviour rate = 1 − the sweep's ``_asr``); ``iou``: one row
+    per τ level and method pair, ``level`` = τ.
     """
     back = {canonical_rule(r): r for r in rules}
     out: dict[str, Any] = {}
@@ -150,10 +150,10 @@ def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
             continue
         by_rule = out.setdefault(pt["method"], {r: [] for r in rules})
         by_rule[rule].append({
-            "sparsity": pt["sparsity"], "harmful_asr": pt["bypass_asr"],
-            "harmless_asr": pt["induce_asr"], "tau": pt["tau"], "k": pt["k"], "d": pt["d"],
-            "harmful_retention": pt["bypass_retention"],
-            "harmless_retention": pt["induce_retention"]})
+            "sparsity": pt["sparsity"], "present_behaviour_rate": 1.0 - pt["bypass_asr"],
+            "absent_behaviour_rate": 1.0 - pt["induce_asr"], "tau": pt["tau"], "k": pt["k"],
+            "d": pt["d"], "present_retention": pt["bypass_retention"],
+            "absent_retention": pt["induce_retention"]})
     for by_rule in out.values():
         for pts in by_rule.values():
             pts.sort(key=lambda q: (q["sparsity"], q["tau"] if q["tau"] is not None else 0.0))

@@ -24,9 +24,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail, finite, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
-    read_json,
-    stage_behaviour,
+    read_prompts,
     vector_entry,
     vectors_results_section,
 )
@@ -329,24 +327,24 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
 
     lm = ctx.model()
     tok = lm.tokenizer
-    p = read_json(inputs["data"], PROMPTS_FILE)
+    p = read_prompts(inputs["data"])
     f = {k: formatted(tok, v) for k, v in p.items()}
     d = section.dim
     layers = d.layers if d.layers is not None else (
         [section.layer] if section.layer is not None else section.layers)
     # the behaviour's fast score (refusal: the paper's refusal tokens); auto: from the
     # model's own completions on the train prompts (docs/behaviours.md)
-    behaviour = stage_behaviour(inputs["data"])
+    behaviour = ctx.behaviour
     choice = score_token_choice(behaviour, tok, model=lm.model,
-                                present_formatted=f["harmful_train"],
-                                absent_formatted=f["harmless_train"])
+                                present_formatted=f["present_train"],
+                                absent_formatted=f["absent_train"])
     ids = list(choice.ids)
     score_tokens = choice.describe(tok)
     ctx.log(f"score tokens ({choice.rule}): {score_tokens['tokens']}"
             + (f", gap {choice.gap:.3f}" if choice.gap is not None else ""))
     # thresholds: the paper's for refusal, relative to the behaviour's scores otherwise
-    res = select_dim(lm.model, tok, f["harmful_train"], f["harmless_train"], f["harmful_val"],
-                     f["harmless_val"], model_id=lm.model_id, revision=lm.revision,
+    res = select_dim(lm.model, tok, f["present_train"], f["absent_train"], f["present_val"],
+                     f["absent_val"], model_id=lm.model_id, revision=lm.revision,
                      refusal_ids=ids, behaviour=behaviour,
                      filter=d.filter, layers=layers, positions=d.positions,
                      max_layer_fraction=d.max_layer_fraction, layer_cutoff=d.layer_cutoff,
@@ -374,7 +372,7 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
     for m in section.methods:
         if m == "dim" or m in TRAINED_METHODS:
             continue
-        sv = extract_vector(lm.model, tok, f["harmful_train"], f["harmless_train"], method=m,
+        sv = extract_vector(lm.model, tok, f["present_train"], f["absent_train"], method=m,
                             layer=steered, position=position, batch_size=section.batch_size,
                             model_id=lm.model_id, revision=lm.revision, arch=lm.arch,
                             progress=False, **section.extraction.get(m, {}))
