@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail if no DIM candidate passes KL < 0.1 (default: double the "
                         "threshold until one does, and say so)")
     p.add_argument("--out", default="runs", help="runs folder (default: %(default)s)")
+    from steerscope.cli.pipeline import add_set_arg
+
+    add_set_arg(p)  # over the demo's config (after the options above)
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     common.add_allow_code_arg(p)
     common.add_json_arg(p, "results.json")
@@ -343,7 +346,7 @@ def cmd_demo(args) -> dict | None:
                    methods=args.methods.split(","),
                    data_dir=args.data_dir, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, max_new_tokens=args.max_new_tokens,
-                   relax_kl=not args.strict_kl, allow_code=args.allow_code)
+                   relax_kl=not args.strict_kl, allow_code=args.allow_code, sets=args.set)
     if args.json:
         return json.loads(res.results_path.read_text(encoding="utf-8"))
     if not print_run(res):

@@ -139,17 +139,6 @@ def add_max_new_tokens_arg(p: argparse.ArgumentParser, default: int | None = 64)
                    help=f"tokens generated per completion (greedy; default: {shown})")
 
 
-def int_list(text: str | None) -> list[int] | None:
-    """``"8,10,12"`` → ``[8, 10, 12]``; None stays None; a one-line error otherwise."""
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise SteerscopeError(f"'{text}' is not a comma-separated list of integers",
-                              "write e.g. 8,10,12") from exc
-
-
 def float_list(text: str | None, what: str) -> list[float]:
     """``"0,0.5,1"`` → ``[0.0, 0.5, 1.0]``; None or blank → ``[]``; each number in the range
     of flag ``what`` (:func:`steerscope.validation.parse_number_list`), which the one-line
@@ -266,8 +255,10 @@ def run_command(args, stdout=None) -> int:
     stdout = sys.stdout if stdout is None else stdout
     as_json = wants_json(args)
     try:
+        from steerscope.cli.options import parse_list_options
         from steerscope.validation import check_cli_args
 
+        parse_list_options(args)  # comma-separated options of list config fields
         check_cli_args(args)
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(), \
                 interrupts_propagate():

@@ -185,12 +185,13 @@ def _is_smollm2_demo(model: str) -> bool:
 
 
 def run_demo(out: str | os.PathLike = "runs", *, until: str | None = None,
-             progress: bool | None = None, allow_code: bool = False, **config):
+             progress: bool | None = None, allow_code: bool = False, sets=(), **config):
     """Run (or resume) the demo pipeline under ``out``; ``config``: see
-    :func:`demo_run_config`; ``allow_code``: consent to run the behaviour's judge code (see
+    :func:`demo_run_config`; ``allow_code``: consent to run the behaviour's judge code;
+    ``sets``: ``--set KEY=VALUE`` values over the demo's config (see
     :func:`~steerscope.pipeline.run_pipeline`). Returns the
     :class:`~steerscope.pipeline.runner.RunResult`."""
     from steerscope.pipeline.runner import run_pipeline
 
     return run_pipeline(demo_run_config(**config), out, until=until, progress=progress,
-                        allow_code=allow_code)
+                        allow_code=allow_code, sets=sets)

@@ -76,3 +76,14 @@ def test_both_spellings_with_two_values_fail_in_one_line(data, key):
 def test_an_unknown_key_is_still_unknown():
     with pytest.raises(SteerscopeError, match="unknown config key 'data.harmfull_train'"):
         config_from_dict({"data": {"harmfull_train": "a.txt"}})
+
+
+def test_a_set_replaces_the_old_spelling_of_its_key():
+    """--set data.present_train=... over a config file that spells the key data.harmful_train
+    replaces that value (no 'same setting' error)."""
+    from steerscope.pipeline.overrides import load_config_with_sets
+
+    cfg = load_config_with_sets(_old(NEW), ["data.present_train=q.txt",
+                                            "vectors.preference.absent_shown=instruction"])
+    assert cfg.data.present_train == "q.txt" and cfg.data.absent_train == "a.txt"
+    assert cfg.vectors.preference.absent_shown == "instruction"

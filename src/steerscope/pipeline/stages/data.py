@@ -35,19 +35,36 @@ class DataSection:
     side words) as ``present_*`` / ``absent_*``."""
 
     data_dir: str | None = None
+    """Folder of named datasets (None: $STEERSCOPE_DATA_DIR)."""
     present_train: str | None = None
+    """Present-side prompts of the train split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     absent_train: str | None = None
+    """Absent-side prompts of the train split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     present_val: str | None = None
+    """Present-side prompts of the val split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     absent_val: str | None = None
+    """Absent-side prompts of the val split: a file, dataset name or builtin:NAME (None: the
+    behaviour's)."""
     present_test: str | None = None
+    """Present-side prompts of the test split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     absent_test: str | None = None
+    """Absent-side prompts of the test split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     n_train: int = 128
+    """Train prompts per side (a seeded sample)."""
     n_val: int = 32
+    """Validation prompts per side (a seeded sample)."""
     n_test: int = 100
-    seed: int | None = None  # None: the top-level seed
-    # per_split: each split sampled on its own seeded stream | released: the authors' one
-    # stream (present/absent train, present/absent val, then absent test)
+    """Test prompts per side (a seeded sample)."""
+    seed: int | None = None
+    """The sampling seed (None: the top-level seed)."""
     sampling: str = "per_split"
+    """per_split: each split sampled on its own seeded stream | released: the authors' one
+    stream (present/absent train, present/absent val, then absent test)."""
 
     def check(self, cfg) -> None:
         """Positive sizes, a non-negative seed, a known sampling, no blank source."""

@@ -36,10 +36,17 @@ class EvaluationSection:
     """Steered evaluation (the steering table)."""
 
     max_new_tokens: int = _lib("max_new_tokens")
+    """Tokens generated per completion (greedy)."""
     batch_size: int = _lib("batch_size")
+    """Prompts per generation batch."""
     bypass_alpha: float = _lib("bypass_alpha")
+    """Steering coefficient on the present side (remove the behaviour)."""
     induce_alpha: float = _lib("induce_alpha")
-    judge: str | None = _lib("judge")  # None: substring only; else a get_judge spec
+    """Steering coefficient on the absent side (induce the behaviour)."""
+    judge: str | None = _lib("judge")
+    """An extra judge of the present side's steered completions, reported as judge_asr: a
+    get_judge spec such as 'llamaguard', 'classifier:ID' or 'chat:ID' (None: none; the
+    behaviour's own judge gives the rates)."""
 
     def check(self, cfg) -> None:
         """Positive sizes, finite alphas."""

@@ -37,12 +37,20 @@ class FreezeSection:
     """Table 1 of one extracted vector on the first ``n_prompts`` test prompts per set."""
 
     enabled: bool = True
-    method: str = "dim"  # the vector ablated: dim or an extraction method (not a trained one)
+    """Run this stage (false: skip it; results.json marks it not run)."""
+    method: str = "dim"
+    """The vector ablated: dim or an extraction method (not a trained one)."""
     modes: list[str] = field(
         default_factory=lambda: list(library_default(freeze_evaluation, "modes")))
-    n_prompts: int | None = None  # first N test prompts per set (None: all)
+    """Ablations: qk (unsteered attention patterns), ov (unsteered value activations), svv
+    (the steering term removed from the value input), mlp (the steering term removed from
+    every MLP input)."""
+    n_prompts: int | None = None
+    """First N test prompts per side (None: all)."""
     max_new_tokens: int = library_default(freeze_evaluation, "max_new_tokens")
+    """Tokens generated per completion (greedy)."""
     options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword options its stage declares (register_stage(options=...))."""
 
     def check(self, cfg) -> None:
         """Known modes; the method is an extracted vector of vectors.methods; a single-layer

@@ -22,7 +22,9 @@ class ReportSection:
     """The HTML report."""
 
     enabled: bool = True
+    """Run this stage (false: skip it; results.json marks it not run)."""
     title: str | None = None
+    """The report's title (None: from the run's name)."""
 
     def check(self, cfg) -> None:
         """Nothing to check."""

@@ -47,12 +47,20 @@ class SparsifySection:
     """The sparsity sweep of the patched methods at each τ (every rule at that k)."""
 
     enabled: bool = True
+    """Run this stage (false: skip it; results.json marks it not run)."""
     rules: list[str] = field(default_factory=lambda: list(_lib("rules")))
+    """Sparsification rules compared: gradient | ie | magnitude | random."""
     taus: list[float] = field(default_factory=lambda: list(_lib("taus")))
-    n_prompts: int | None = None  # first N test prompts per set (None: all)
-    max_new_tokens: int | None = None  # tokens per steered generation (None: evaluation's)
-    seed: int = _lib("seed")  # the random rule's sets
+    """Gradient-rule thresholds tau; every rule is compared at the number of dimensions each
+    tau keeps."""
+    n_prompts: int | None = None
+    """First N test prompts per side (None: all)."""
+    max_new_tokens: int | None = None
+    """Tokens per steered generation (None: evaluation.max_new_tokens)."""
+    seed: int = _lib("seed")
+    """Seed of the random rule's dimension sets."""
     options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword options its stage declares (register_stage(options=...))."""
 
     def check(self, cfg) -> None:
         """Known rules (aliases too, each rule once), non-negative finite taus, positive
