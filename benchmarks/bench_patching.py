@@ -73,13 +73,13 @@ def _examples(lm, sv, n_prompts: int, n_examples: int, max_new_tokens: int):
     rl = rollouts(lm.model, lm.tokenizer, harmless, sv, 1.0, max_new_tokens=max_new_tokens)
     ds = datasets_from_rollouts(rh, rl)
     counts = {k: len(v) for k, v in ds.items()}
-    picked = [ex for name in ("harmful/steered", "harmless/steered", "harmful/base",
-                              "harmless/base") for ex in ds[name][:1]][:n_examples]
+    picked = [ex for name in ("present/steered", "absent/steered", "present/base",
+                              "absent/base") for ex in ds[name][:1]][:n_examples]
     note = "flipped prompts"
     if len(picked) < n_examples:  # not enough flips: teacher-force steered responses anyway
         note = "too few flips; some steered responses teacher-forced without a flip"
-        for r, alpha, name in [(r, -1.0, "harmful/steered") for r in rh] + \
-                              [(r, 1.0, "harmless/steered") for r in rl]:
+        for r, alpha, name in [(r, -1.0, "present/steered") for r in rh] + \
+                              [(r, 1.0, "absent/steered") for r in rl]:
             if len(picked) >= n_examples:
                 break
             picked.append(PatchingExample(torch.tensor(r.prompt_ids + r.steered_ids),
@@ -254,7 +254,7 @@ def main_batch_sweep(args) -> dict:
         length = n + int(torch.randint(-n // 10, n // 10 + 1, (1,), generator=gen))
         ids = torch.randint(100, lm.arch.vocab_size, (length,), generator=gen)
         exs.append(PatchingExample(ids, 8, 1.0 if i % 2 else -1.0,
-                                   "harmless/steered" if i % 2 else "harmful/steered"))
+                                   "absent/steered" if i % 2 else "present/steered"))
     gm = GraphModel(lm.model, args.layer, arch=lm.arch)
     rows, ref = [], None
     for bs in [int(b) for b in args.batch_sweep.split(",")]:

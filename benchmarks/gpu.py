@@ -239,7 +239,7 @@ def bench_freeze(model, arch, layer, s, prompts, cfg, clock) -> dict:
 
 def patching_example(prompt_tokens: int, response_tokens: int, vocab: int) -> PatchingExample:
     ids = random_ids(1, prompt_tokens + response_tokens, vocab, seed=7)[0]
-    return PatchingExample(ids, prompt_tokens, 1.0, "harmful/steered")
+    return PatchingExample(ids, prompt_tokens, 1.0, "present/steered")
 
 
 def bench_eap_ig(gm, s, example, cfg, clock, device) -> dict:
