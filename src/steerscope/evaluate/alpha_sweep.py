@@ -45,13 +45,13 @@ USE_SIDES = {"remove": "present", "induce": "absent"}
 
 
 def check_alpha_grid(grid, key: str = "alpha_grid") -> list[float]:
-    """The grid as floats; a one-line error unless it is a non-empty, strictly increasing list
-    of finite positive magnitudes."""
+    """The grid as floats; a one-line error naming ``key`` unless it is a non-empty, strictly
+    increasing list of finite positive magnitudes."""
     from steerscope.validation import MAX_ALPHA
 
     if not isinstance(grid, (list, tuple)) or not grid:
-        raise SteerscopeError(f"{key} is empty", f"list magnitudes, e.g. {key}: "
-                              f"{list(DEFAULT_ALPHA_GRID)}")
+        raise SteerscopeError(f"{key} is empty", f"list |α| magnitudes in {key}, e.g. "
+                              f"{' '.join(f'{x:g}' for x in DEFAULT_ALPHA_GRID)}")
     out = []
     for x in grid:
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) \

@@ -194,5 +194,26 @@ class ReferenceCE:
         return value
 
 
-__all__ = ["Coherence", "DEFAULT_FLUENCY_THRESHOLD", "ReferenceCE", "check_fluency_threshold",
-           "coherence_of", "completion_ce", "per_token", "steering_parts"]
+def row_coherence(model, tokenizer, formatted: Sequence[str], completions: Sequence[str],
+                  present: Sequence[bool], *, use: str, steerer=None, alpha: float = 0.0,
+                  reference: ReferenceCE | None = None, key=None,
+                  fluency_threshold: float = DEFAULT_FLUENCY_THRESHOLD, arch=None,
+                  batch_size: int = 16) -> dict:
+    """The coherence columns of one table row as a dict: :func:`coherence_of` of the row's
+    completions (their CE under the unsteered model) and ``ce_reference`` of its steering
+    (``steerer`` at ``alpha``; None without ``reference``)."""
+    sums, counts = completion_ce(model, tokenizer, formatted, completions, arch=arch,
+                                 batch_size=batch_size)
+    coh = coherence_of(completions, present, sums, counts, use=use,
+                       fluency_threshold=fluency_threshold)
+    ce_ref = None if reference is None else reference.delta(steerer, alpha, key=key)
+    return {**coh.to_dict(), "ce_reference": ce_ref}
+
+
+# the coherence keys a table row carries (docs/results.md)
+COHERENCE_KEYS = ("fluency", "ce_reference", "n_coherent", "coherent_share",
+                  "coherent_behaviour_rate", "coherent_success", "fluency_threshold")
+
+
+__all__ = ["COHERENCE_KEYS", "Coherence", "DEFAULT_FLUENCY_THRESHOLD", "ReferenceCE", "check_fluency_threshold",
+           "coherence_of", "completion_ce", "per_token", "row_coherence", "steering_parts"]

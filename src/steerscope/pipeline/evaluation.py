@@ -60,6 +60,7 @@ def sharded_steering_eval(
     score_ids: Sequence[int] | None = None,
     present: Callable[[str], bool] | None = None,
     presence=None,
+    method_alphas: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """The steering table as a JSON-able dict (``rows``, ``cosine``, ``prompts``,
     ``completions``, ``refusal_scores``), identical on every rank (the judge runs on rank 0
@@ -69,7 +70,9 @@ def sharded_steering_eval(
     the raw prompts (the pipeline's); else ``present(text) -> bool`` on each completion
     (None: the paper's refusal substrings). The table keeps refusal's names:
     ``refusal_rate`` is the behaviour rate, ``asr`` one minus it, ``harmful`` / ``harmless``
-    the present / absent side."""
+    the present / absent side. ``method_alphas``: method → (remove α, induce α) replacing
+    ``bypass_alpha`` / ``induce_alpha`` for that method (the strength sweep's choice). The
+    dict also holds ``verdicts`` (method → set → the judge's verdict per completion)."""
     if not harmful or not harmless:
         raise SteerscopeError("steered evaluation needs harmful and harmless test prompts",
                               "pass non-empty prompt lists")
@@ -86,10 +89,15 @@ def sharded_steering_eval(
     present = present or is_refusal_substring
     units = [(s, b) for s in sets for b in range(len(batches[s]))]
 
+    def alpha_of(m: str, set_name: str) -> float:
+        if method_alphas is None or m not in method_alphas:
+            return sets[set_name][1]
+        return method_alphas[m][0 if set_name == "harmful" else 1]
+
     def run(unit) -> dict[str, tuple[list[str], list[float]]]:
         """Every method on one batch of one set: the generations packed (per-row vectors)."""
         set_name, b = unit
-        ops = {m: None if sv is None else sv.intervention(sets[set_name][1])
+        ops = {m: None if sv is None else sv.intervention(alpha_of(m, set_name))
                for m, sv in methods.items()}
         texts = [formatted[set_name][i] for i in batches[set_name][b]]
         packed = packed_generate(model, tokenizer, [(texts, op) for op in ops.values()],
@@ -132,12 +140,15 @@ def sharded_steering_eval(
             completions[m][s], scores[m][s] = outs, vals
 
     rows: list[SteeringRow] = []
+    behaviour_verdicts: dict[str, dict[str, list[bool]]] = {m: {} for m in methods}
     for m, sv in methods.items():
-        for s, (instructions, alpha) in sets.items():
+        for s, (instructions, _) in sets.items():
+            alpha = alpha_of(m, s)
             outs = completions[m][s]
             sc = torch.tensor(scores[m][s], dtype=torch.float64)  # [n]
             refused = [bool(present(o)) for o in outs] if presence is None else \
                 [bool(v) for v in presence.judge(instructions, outs)]
+            behaviour_verdicts[m][s] = refused
             judge_asr = None
             if judge is not None and s == "harmful" and dist.is_main:
                 verdicts = judge.judge(instructions, outs)
@@ -155,6 +166,7 @@ def sharded_steering_eval(
         "prompts": {k: v[0] for k, v in sets.items()},
         "completions": completions,
         "refusal_scores": scores,
+        "verdicts": behaviour_verdicts,
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
     }

@@ -5,7 +5,7 @@ name in :data:`BUILTIN`, before ``report``."""
 
 import importlib
 
-BUILTIN = ("model", "data", "vectors", "trained", "evaluation", "patching", "circuits",
+BUILTIN = ("model", "data", "vectors", "trained", "strength", "evaluation", "patching", "circuits",
            "freeze", "svv", "sparsify", "report")
 
 for _name in BUILTIN:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerscope.errors import SteerscopeError
+from steerscope.evaluate.coherence import COHERENCE_KEYS
 from steerscope.mechanisms import MODES, freeze_evaluation
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
@@ -28,6 +29,7 @@ from steerscope.pipeline.stages.common import (
     stage_behaviour,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
+from steerscope.pipeline.strength import add_coherence, method_alphas, reference_ce
 
 FREEZE_FILE = "freeze.json"
 FREEZE_MODES = tuple(m for m in MODES if m != "none")  # "none" (plain steering) always runs
@@ -68,19 +70,50 @@ def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
                               "stage", "use dim or an extraction method listed in vectors.methods")
     p = read_json(inputs["data"], PROMPTS_FILE)
     ev = ctx.config.evaluation
+    remove_alpha, induce_alpha = method_alphas(ctx.config, inputs, [section.method])[
+        section.method]
+    behaviour = stage_behaviour(inputs["data"], ctx.config.allow_code)
     res = freeze_evaluation(
         lm.model, lm.tokenizer, vectors[section.method],
         first(p["harmful_test"], section.n_prompts), first(p["harmless_test"], section.n_prompts),
-        modes=section.modes, bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha,
+        modes=section.modes, bypass_alpha=remove_alpha, induce_alpha=induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=ev.batch_size, arch=lm.arch,
-        vector_name=section.method,
-        behaviour=stage_behaviour(inputs["data"], ctx.config.allow_code),
+        vector_name=section.method, behaviour=behaviour,
         score_ids=score_ids(inputs))  # the vectors stage's (score_tokens: auto needs them)
     res.save(ctx.out)
+    freeze_coherence(lm, ctx.out / FREEZE_FILE, vectors[section.method], behaviour,
+                     reference_ce(lm, inputs, ev.batch_size), ev)
     for line in res.table().splitlines():
         ctx.log(line)
     return {"file": FREEZE_FILE, "figure": "freeze.png", "method": section.method,
             "modes": res.modes}
+
+
+def freeze_coherence(lm, path, vector, behaviour, reference, ev) -> None:
+    """Add the coherence columns to every row of the written ``freeze.json`` (rewritten
+    atomically): fluency and coherent rates from each row's completions (verdicts by the
+    behaviour's judge); ``ce_reference`` for plain steering (``none``) only, the ablations
+    acting on the steered generation rather than being a vector addition."""
+    import json
+
+    from steerscope.artifacts import atomic_write_json
+    from steerscope.models.chat import format_prompt
+
+    table = json.loads(path.read_text(encoding="utf-8"))
+    judge = behaviour.make_judge()
+    sides = {"harmful": "remove", "present": "remove"}
+    add_coherence(
+        lm, table["rows"],
+        completions_of=lambda r: table["completions"][r["mode"]][r["prompt_set"]],
+        formatted_of=lambda r: [format_prompt(lm.tokenizer, q)
+                                for q in table["prompts"][r["prompt_set"]]],
+        verdicts_of=lambda r: [bool(v) for v in judge.judge(
+            table["prompts"][r["prompt_set"]],
+            table["completions"][r["mode"]][r["prompt_set"]])],
+        use_of=lambda r: sides.get(r["prompt_set"], "induce"),
+        steering_of=lambda r: (vector, r["alpha"], "freeze") if r["mode"] == "none" else None,
+        reference=reference, threshold=ev.fluency_threshold, batch_size=ev.batch_size)
+    atomic_write_json(path, table)
 
 
 def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
@@ -104,7 +137,9 @@ def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
                      "harmless_drop": 0.0 if none else b["drop"],
                      "harmful_alpha": h["alpha"], "harmless_alpha": b["alpha"],
                      "harmful_repetition_rate": loops[0], "harmless_repetition_rate": loops[1],
-                     "n_harmful": h["n"], "n_harmless": b["n"]}
+                     "n_harmful": h["n"], "n_harmless": b["n"],
+                     "coherence": {r["prompt_set"]: {k: r[k] for k in COHERENCE_KEYS if k in r}
+                                   for r in (h, b)}}
     return out
 
 
@@ -113,5 +148,5 @@ def freeze_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
     return {"freeze": freeze_section(read_json(out, FREEZE_FILE))}
 
 
-register_stage("freeze", deps=("model", "data", "vectors", "evaluation"), section="freeze",
+register_stage("freeze", deps=("model", "data", "vectors", "strength", "evaluation"), section="freeze",
                config=FreezeSection, results=freeze_results)(freeze_stage)

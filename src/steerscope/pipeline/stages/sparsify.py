@@ -21,6 +21,7 @@ from typing import Any
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
+from steerscope.pipeline.strength import method_alphas, reference_ce
 from steerscope.pipeline.stages.common import (
     PROMPTS_FILE,
     first,
@@ -116,13 +117,39 @@ def sparsify_stage(ctx, section, inputs) -> dict[str, Any]:
         rules=[canonical_rule(r) for r in section.rules], seed=section.seed,
         bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, max_new_tokens=max_new,
         batch_size=ev.batch_size, arch=lm.arch, progress=ctx.progress and ctx.is_main,
-        behaviour=stage_behaviour(inputs["data"], ctx.config.allow_code))
+        behaviour=stage_behaviour(inputs["data"], ctx.config.allow_code),
+        method_alphas=method_alphas(ctx.config, inputs, vectors))
+    sweep_coherence(lm, res, vectors, reference_ce(lm, inputs, ev.batch_size), ev)
     res.save(ctx.out)
     for line in res.table().splitlines():
         ctx.log(line)
     ctx.log(f"{res.config['generations']} distinct steered generations")
     return {"file": SWEEP_FILE, "agreement": AGREEMENT_FILE, "methods": list(vectors),
             "rules": list(section.rules), "generations": res.config["generations"]}
+
+
+def sweep_coherence(lm, res, dense: dict, reference, ev) -> None:
+    """Add ``coherence`` (effect → the coherence columns of
+    :mod:`steerscope.evaluate.coherence`) to every point of the sweep, in place; each
+    distinct (vector, set, α) is measured once."""
+    from steerscope.evaluate.coherence import row_coherence
+
+    by_sha = {sv.sha256: sv for sv in [*dense.values(), *res.vectors.values()]}
+    done: dict[tuple, dict] = {}
+    for pt in res.points:
+        cols = {}
+        for e in res.formatted:
+            key = (pt["vector_sha256"], e, pt[f"{e}_alpha"])
+            if key not in done:
+                got = res.outcomes[key]
+                done[key] = row_coherence(
+                    lm.model, lm.tokenizer, res.formatted[e], got.completions, got.present,
+                    use="induce" if e == "induce" else "remove", steerer=by_sha.get(key[0]),
+                    alpha=key[2], reference=reference if key[0] in by_sha else None,
+                    key=key[0], arch=lm.arch,
+                    fluency_threshold=ev.fluency_threshold, batch_size=ev.batch_size)
+            cols[e] = done[key]
+        pt["coherence"] = cols
 
 
 def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
@@ -145,7 +172,9 @@ def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
             "sparsity": pt["sparsity"], "harmful_asr": pt["bypass_asr"],
             "harmless_asr": pt["induce_asr"], "tau": pt["tau"], "k": pt["k"], "d": pt["d"],
             "harmful_retention": pt["bypass_retention"],
-            "harmless_retention": pt["induce_retention"]})
+            "harmless_retention": pt["induce_retention"],
+            "harmful_alpha": pt.get("bypass_alpha"), "harmless_alpha": pt.get("induce_alpha"),
+            "coherence": pt.get("coherence")})
     for by_rule in out.values():
         for pts in by_rule.values():
             pts.sort(key=lambda q: (q["sparsity"], q["tau"] if q["tau"] is not None else 0.0))
@@ -167,6 +196,7 @@ def sparsify_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
     return {"sparsify": sparsify_section(sweep, out.outputs.get("rules", list(RULES)))}
 
 
-register_stage("sparsify", deps=("model", "data", "vectors", "trained", "patching"),
+register_stage("sparsify", deps=("model", "data", "vectors", "trained", "strength",
+                               "patching"),
                section="sparsify", config=SparsifySection,
                results=sparsify_results)(sparsify_stage)
