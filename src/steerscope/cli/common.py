@@ -118,6 +118,16 @@ def add_prompt_pair(p: argparse.ArgumentParser, harmful: str, harmless: str, *,
 STEERED_NOTE = " (harmful steered with -s to bypass refusal, harmless with +s to induce it)"
 
 
+def add_fluency_threshold_arg(p: argparse.ArgumentParser) -> None:
+    """``--fluency-threshold``: the coherence threshold (nats per token)."""
+    from steerscope.evaluate.coherence import DEFAULT_FLUENCY_THRESHOLD
+
+    p.add_argument("--fluency-threshold", type=float, default=DEFAULT_FLUENCY_THRESHOLD,
+                   help="a completion is coherent when it is not a loop and its mean "
+                        "per-token cross-entropy under the unsteered model is at most this "
+                        "(nats; default: %(default)s)")
+
+
 def add_max_new_tokens_arg(p: argparse.ArgumentParser, default: int | None = 64) -> None:
     shown = "%(default)s" if default is not None else "the config's"
     p.add_argument("--max-new-tokens", type=int, default=default,
