@@ -21,7 +21,6 @@ from typing import Any
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
-from steerscope.pipeline.strength import method_alphas, reference_ce
 from steerscope.pipeline.stages.common import (
     PROMPTS_FILE,
     first,
@@ -31,6 +30,7 @@ from steerscope.pipeline.stages.common import (
     single_layer_only,
     stage_behaviour,
 )
+from steerscope.pipeline.strength import method_alphas, reference_ce
 from steerscope.sparsify.rules import RULE_ALIASES, RULES, canonical_rule
 from steerscope.sparsify.sweep import sparsity_sweep
 
