@@ -24,7 +24,10 @@ def work(tmp_path_factory):
 
 
 def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # an argparse usage error
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -64,3 +67,18 @@ def test_bad_flags_are_one_line(capsys, work, flags, match):
     code, _, err = _run(capsys, "sweep-alpha", "no-such-model", "--vector",
                         f"dim={work / 'dim.safetensors'}", *flags)
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("value, match", [("fast", "neither auto nor a number"),
+                                          ("-1", "evaluation.alpha"), ("nan", "alpha")])
+def test_demo_alpha_flag_is_checked_before_compute(capsys, value, match, tmp_path):
+    code, _, err = _run(capsys, "demo", "--alpha", value, "--out", tmp_path)
+    assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_demo_config_takes_alpha():
+    from steerscope.demo.config import demo_run_config
+
+    assert demo_run_config(alpha="auto").evaluation.alpha == "auto"
+    assert demo_run_config().evaluation.alpha is None

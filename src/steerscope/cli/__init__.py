@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, help="tokens per generation, every stage "
                                                       "(default 48)")
     p.add_argument("--until", help="stop after this stage (e.g. evaluation: steering only)")
+    p.add_argument("--alpha", default=None, dest="alpha_setting",  # checked with the config
+                   help="steering strength (evaluation.alpha): auto (swept on the val prompts "
+                        "per vector and use) or a positive |α| (default: the paper's -1 / +1)")
     p.add_argument("--strict-kl", action="store_true",
                    help="fail if no DIM candidate passes KL < 0.1 (default: double the "
                         "threshold until one does, and say so)")
@@ -344,7 +347,8 @@ def cmd_demo(args) -> dict | None:
                    methods=args.methods.split(","),
                    data_dir=args.data_dir, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, max_new_tokens=args.max_new_tokens,
-                   relax_kl=not args.strict_kl, allow_code=args.allow_code)
+                   relax_kl=not args.strict_kl, allow_code=args.allow_code,
+                   alpha=args.alpha_setting)
     if args.json:
         return json.loads(res.results_path.read_text(encoding="utf-8"))
     if not print_run(res):

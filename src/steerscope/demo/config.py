@@ -106,13 +106,16 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
                     data_dir: str | os.PathLike | None = None,
                     n_train: int | None = None, n_val: int | None = None,
                     n_test: int | None = None, max_new_tokens: int | None = None,
-                    relax_kl: bool = True) -> PipelineConfig:
+                    relax_kl: bool = True, alpha: float | str | None = None
+                    ) -> PipelineConfig:
     """The demo's pipeline config: :func:`demo_config` with these overrides (None: keep).
 
     ``data_dir`` (or ``$STEERSCOPE_DATA_DIR``): use the standard splits found there instead
     of the built-in prompts. ``n_test`` also caps the prompts of patching, freezing and
     sparsification; ``max_new_tokens`` applies to every generation. ``relax_kl``: see
     :func:`steerscope.vectors.select_dim` (on for the demo's small validation sets).
+    ``alpha``: ``evaluation.alpha`` (``auto``: the strength sweep on the val prompts picks α
+    per vector and use; a positive number: −α / +α; None: the paper's −1 / +1).
 
     ``behaviour`` (a built-in name or a behaviour YAML file; None: refusal): the study's
     behaviour. Refusal keeps the demo exactly; any other behaviour takes its own prompt sides
@@ -177,6 +180,8 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
     if max_new_tokens is not None:
         over["vectors"]["preference"] = {"max_new_tokens": max_new_tokens}
         over["evaluation"] = {"max_new_tokens": max_new_tokens}
+    if alpha is not None:
+        over.setdefault("evaluation", {})["alpha"] = alpha
     return demo_config(**over)
 
 
