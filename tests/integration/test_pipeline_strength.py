@@ -26,6 +26,9 @@ def test_auto_alpha_is_chosen_on_val_and_used_by_every_table(tmp_path):
                       circuits={"enabled": False}, svv={"enabled": False})
     res = run_pipeline(cfg, tmp_path / "out", progress=False)
     results = json.loads(res.results_path.read_text())
+    from steerscope.pipeline import check_results
+
+    assert {"alpha_curve", "alpha_chosen", "steering", "freeze"} <= set(check_results(results))
     curve, chosen = results["alpha_curve"], results["alpha_chosen"]
     assert {(e["method"], e["use"]) for e in curve} >= {
         ("dim", "remove"), ("dim", "induce"), ("pca", "induce")}

@@ -90,8 +90,10 @@ def strength_stage(ctx, section, inputs) -> dict[str, Any]:
 
 def strength_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
     """``alpha_curve`` (one entry per method, use and α) and ``alpha_chosen`` (method → use →
-    the chosen α and its rule); empty without ``auto``."""
+    the chosen α and its rule); absent without ``auto``."""
     data = read_json(out, STRENGTH_FILE)
+    if data["mode"] != "auto":
+        return {}
     return {"alpha_curve": data["alpha_curve"], "alpha_chosen": data["chosen"]}
 
 
