@@ -16,8 +16,11 @@ as method ``none`` with α = 0.
 ``coherent_success`` (the share of ALL completions that are coherent and show the use's
 intended outcome: remove = coherent and without the behaviour; induce = coherent and with it)
 reaches ``share`` (default :data:`DEFAULT_AUTO_SHARE`) of the best ``coherent_success`` on
-the curve. When no α gives any coherent success (best = 0), the fallback α (the configured
-fixed one, the paper's ±1 by default) is kept and the choice says so (``rule: fallback``).
+the curve. When no α gives any coherent success (best = 0), or the best is no better than
+the unsteered model's own coherent success on the same prompts (steering adds nothing: e.g.
+a model that already complies with every present-side prompt), the fallback α (the
+configured fixed one, the paper's ±1 by default) is kept and the choice says so (``rule:
+fallback``).
 """
 
 from __future__ import annotations
@@ -133,18 +136,23 @@ def choose_alphas(entries: Sequence[dict], *, share: float = DEFAULT_AUTO_SHARE,
                   fallback: Mapping[str, float] | None = None) -> dict[str, dict[str, dict]]:
     """Per method (not ``none``) and use: the chosen α (module doc) with the rule that chose
     it: ``{"alpha", "coherent_success", "best_coherent_success", "share", "rule"}``, rule
-    ``auto`` or ``fallback``. ``fallback``: use → α (default the paper's −1 / +1)."""
+    ``auto`` or ``fallback`` (no α gives a coherent success, or none does better than the
+    unsteered model, method ``none``, on the same prompts). ``fallback``: use → α (default the
+    paper's −1 / +1)."""
     check_auto_share(share)
     fallback = {"remove": -1.0, "induce": 1.0, **(fallback or {})}
     curves: dict[tuple[str, str], list[dict]] = {}
+    unsteered: dict[str, float] = {}
     for e in entries:
         if e["method"] != "none":
             curves.setdefault((e["method"], e["use"]), []).append(e)
+        else:
+            unsteered[e["use"]] = e["coherent_success"]
     out: dict[str, dict[str, dict]] = {}
     for (method, use), pts in curves.items():
         pts = sorted(pts, key=lambda e: abs(e["alpha"]))
         best = max(e["coherent_success"] for e in pts)
-        if best <= 0:
+        if best <= 0 or best <= unsteered.get(use, -1.0):
             pick = {"alpha": float(fallback[use]), "coherent_success": None, "rule": "fallback"}
         else:
             e = next(e for e in pts if e["coherent_success"] >= share * best - 1e-12)

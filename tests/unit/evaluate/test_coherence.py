@@ -130,8 +130,10 @@ def test_sweep_curve_and_auto_choice():
     for use in ("remove", "induce"):
         pts = [x for x in entries if x["method"] == "dim" and x["use"] == use]
         best = max(x["coherent_success"] for x in pts)
+        base = next(x["coherent_success"] for x in entries
+                    if x["method"] == "none" and x["use"] == use)
         pick = chosen["dim"][use]
-        if best > 0:
+        if best > max(0.0, base):
             assert pick["rule"] == "auto"
             ok = [x["alpha"] for x in pts if x["coherent_success"] >= 0.9 * best]
             assert pick["alpha"] == min(ok, key=abs)
@@ -145,6 +147,10 @@ def test_choose_alphas_rule():
         return {"method": "m", "use": "induce", "alpha": a, "coherent_success": s}
     got = choose_alphas([pt(0.5, 0.2), pt(1.0, 0.85), pt(2.0, 0.9)], share=0.9)
     assert got["m"]["induce"]["alpha"] == 1.0  # 0.85 >= 0.9 * 0.9
+    # no better than the unsteered model: the fallback
+    none = {"method": "none", "use": "induce", "alpha": 0.0, "coherent_success": 0.9}
+    got = choose_alphas([none, pt(0.5, 0.2), pt(1.0, 0.9)], fallback={"induce": 2.0})
+    assert got["m"]["induce"]["alpha"] == 2.0 and got["m"]["induce"]["rule"] == "fallback"
     got = choose_alphas([pt(0.5, 0.0), pt(1.0, 0.0)], fallback={"induce": 1.0})
     assert got["m"]["induce"] == {"alpha": 1.0, "coherent_success": None, "rule": "fallback",
                                   "best_coherent_success": 0.0, "share": 0.9}

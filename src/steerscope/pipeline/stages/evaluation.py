@@ -5,7 +5,11 @@ cosine, prompts, completions, per-prompt refusal scores), sharded over ranks und
 
 Config section ``evaluation`` (:class:`EvaluationSection`; defaults read from
 :func:`steerscope.evaluate.steering.evaluate_steering`), whose alphas and batch size the
-later stages reuse; results.json sections ``steering`` and ``cosine``.
+later stages reuse (each vector at the α :func:`steerscope.pipeline.strength.method_alphas`
+gives: ``evaluation.alpha``, the ``strength`` stage's choice under ``auto``); every row also
+gets the coherence columns (:mod:`steerscope.evaluate.coherence`: fluency, ce_reference on
+the ``strength`` stage's reference text, coherent rates); results.json sections ``steering``
+and ``cosine``.
 """
 
 from __future__ import annotations
