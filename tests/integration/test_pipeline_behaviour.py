@@ -175,7 +175,8 @@ def test_auto_score_tokens_reach_the_freezing_table(workdir, tmp_path, monkeypat
     do not separate the sides, so the derivation is replaced by a fixed id."""
     from steerscope.behaviours import score
 
-    monkeypatch.setattr(score, "auto_score_token_ids", lambda *a, **k: [7])
+    monkeypatch.setattr(score, "auto_score_tokens",
+                        lambda *a, **k: score.ScoreTokens((7,), score.RULE_SINGLE, {7: (1.0, 0.0)}))
     behaviour = _behaviour_file(tmp_path)
     definition = yaml.safe_load(behaviour.read_text())
     behaviour.write_text(yaml.safe_dump({**definition, "score_tokens": "auto"}))

@@ -32,8 +32,12 @@ from steerscope.behaviours.load import (
     load_behaviour,
 )
 from steerscope.behaviours.score import (
+    ScoreTokens,
     auto_score_token_ids,
+    auto_score_tokens,
+    choose_score_tokens,
     fast_scores,
+    score_token_choice,
     score_token_ids,
     string_score_token_ids,
 )
@@ -42,8 +46,9 @@ from steerscope.behaviours.sources import builtin_prompt_sets, check_source, loa
 __all__ = [
     "AUTO", "BUILTIN_BEHAVIOURS", "CODE_CONSENT_FIX", "DEFAULT_BEHAVIOUR", "JUDGE_KINDS",
     "LABEL_KEYS", "REFUSAL", "SIDES", "SPLITS", "USES", "Behaviour", "Splits",
-    "auto_score_token_ids", "behaviour_from_dict", "builtin_prompt_sets", "check_behaviour",
-    "check_judge_code", "check_judge_spec",
+    "ScoreTokens", "auto_score_token_ids", "auto_score_tokens", "behaviour_from_dict",
+    "builtin_prompt_sets", "check_behaviour",
+    "check_judge_code", "check_judge_spec", "choose_score_tokens",
     "check_source", "fast_scores", "list_behaviours", "load_behaviour", "load_source",
-    "make_judge", "score_token_ids", "string_score_token_ids",
+    "make_judge", "score_token_choice", "score_token_ids", "string_score_token_ids",
 ]

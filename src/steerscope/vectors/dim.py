@@ -27,6 +27,12 @@ Pipeline (:func:`select_dim`), following Arditi et al. 2024 as restated in the s
 
 The returned vector is the raw (unnormalised) mean difference of the chosen candidate, for
 use with α = ±1.
+
+Thresholds (``thresholds=``, :mod:`steerscope.vectors.dim_thresholds`): the comparisons with 0
+above are the paper's for the built-in refusal behaviour. For any other behaviour the prompt
+filter keeps each side's prompts on its side of the boundary between the two sides' mean fast
+scores, the candidate scores are recorded relative to the absent side's mean score, and the
+KL filter is relaxed as ``relax_kl`` does when no candidate passes it.
 """
 
 from __future__ import annotations
@@ -81,6 +87,13 @@ from steerscope.vectors.dim_selection import (
     relaxed_kl_threshold,
     select_candidate,
     selection_score,
+)
+from steerscope.vectors.dim_thresholds import (
+    DEFAULT_THRESHOLDS,
+    RELATIVE,
+    filter_by_boundary,
+    relative_fix,
+    resolve_thresholds,
 )
 from steerscope.vectors.vector import SteeringVector
 from steerscope.vectors.vector_set import SteeringVectorSet
@@ -210,6 +223,7 @@ def select_dim(
     score_all: bool = False,
     relax_kl: bool = False,
     behaviour=None,
+    thresholds: str = DEFAULT_THRESHOLDS,
 ) -> DimResult:
     """Extract the DIM refusal direction and select its layer and position (spec §3.1).
 
@@ -233,7 +247,12 @@ def select_dim(
     code), ``"real"`` layers ``≥ max_layer_fraction·L`` (see
     :mod:`steerscope.vectors.dim_selection`). ``at_threshold``: a candidate exactly at the KL
     or induce threshold is discarded (``"discard"``) or kept (``"keep"``: the released code's
-    strict comparisons, KL > t and induce < t discard).
+    strict comparisons, KL > t and induce < t discard). ``thresholds``: ``"auto"`` (the
+    paper's absolute thresholds for the built-in refusal behaviour or no behaviour, relative
+    ones otherwise), ``"paper"`` or ``"relative"``
+    (:mod:`steerscope.vectors.dim_thresholds`: relative filters keep prompts on their side
+    of the boundary between the sides' mean scores, candidate scores are recorded minus the
+    absent val prompts' mean score, and ``relax_kl`` is on).
     """
     arch = arch if arch is not None else validate_model(model)
     L = arch.n_layers
@@ -249,11 +268,20 @@ def select_dim(
     if refusal_ids is None:
         refusal_ids = refusal_token_ids(tokenizer)
     refusal_ids = [int(i) for i in refusal_ids]
+    relative = resolve_thresholds(thresholds, behaviour) == RELATIVE
+    relax_kl = relax_kl or relative
     if filter:
         for split in ("train", "val"):
-            sets[f"harmful_{split}"], sets[f"harmless_{split}"] = filter_by_refusal_score(
-                model, tokenizer, sets[f"harmful_{split}"], sets[f"harmless_{split}"],
-                refusal_ids=refusal_ids, batch_size=batch_size, progress=False, label=split)
+            pair = (sets[f"harmful_{split}"], sets[f"harmless_{split}"])
+            if relative:
+                kept = filter_by_boundary(model, tokenizer, *pair, score_ids=refusal_ids,
+                                          batch_size=batch_size, label=split,
+                                          behaviour=behaviour)[:2]
+            else:
+                kept = filter_by_refusal_score(model, tokenizer, *pair, refusal_ids=refusal_ids,
+                                               batch_size=batch_size, progress=False,
+                                               label=split)
+            sets[f"harmful_{split}"], sets[f"harmless_{split}"] = kept
     check_layer_cutoff(layer_cutoff)
     check_at_threshold(at_threshold)
     if not 0 < max_layer_fraction <= 1:
@@ -275,6 +303,12 @@ def select_dim(
     base_logprobs = last_logprobs_batches(model, harmless_val_b, (), arch)  # [N, V]
     baseline_bypass = mean_refusal(model, harmful_val_b, refusal_ids, (), arch)
     baseline_induce = mean_refusal(model, harmless_val_b, refusal_ids, (), arch)
+    # relative thresholds: every val score is recorded minus the absent side's unsteered mean
+    boundary = baseline_induce if relative else 0.0
+    baseline_bypass, baseline_induce = baseline_bypass - boundary, baseline_induce - boundary
+
+    def val_score(batches, interventions) -> float:
+        return mean_refusal(model, batches, refusal_ids, interventions, arch) - boundary
 
     grid = [(j, k) for j in range(len(layers)) for k in range(len(positions))]
     if progress is None:
@@ -297,8 +331,7 @@ def select_dim(
             continue
         # cheapest decisive filter first: with score_all=False a candidate stops being scored
         # at the first filter it fails (the selection is the same; the table has gaps)
-        row["induce"] = mean_refusal(model, harmless_val_b, refusal_ids,
-                                      [steer(s, layer, 1.0)], arch)
+        row["induce"] = val_score(harmless_val_b, [steer(s, layer, 1.0)])
         if not score_all and (is_missing(row["induce"])
                               or induce_fails(row["induce"], induce_threshold, at_threshold)):
             row["discarded"] = REASON_NAN if is_missing(row["induce"]) else REASON_INDUCE
@@ -316,8 +349,7 @@ def select_dim(
             row["discarded"] = REASON_NAN if is_missing(row["kl"]) else REASON_KL
             rows.append(row)
             continue
-        row["bypass"] = mean_refusal(model, harmful_val_b, refusal_ids,
-                                      [steer(s, layer, -1.0)], arch)
+        row["bypass"] = val_score(harmful_val_b, [steer(s, layer, -1.0)])
         row["score"] = selection_score(row["bypass"], row["induce"])
         row["discarded"] = discard_reason(row, n_layers=L, max_layer_fraction=max_layer_fraction,
                                           kl_threshold=kl_threshold,
@@ -337,8 +369,7 @@ def select_dim(
                         and not kl_fails(row["kl"], kl_threshold, at_threshold)
                         and row["bypass"] is None):  # score_all=True rows are fully scored
                     s = directions[layers.index(row["layer"]), positions.index(row["position"])]
-                    row["bypass"] = mean_refusal(model, harmful_val_b, refusal_ids,
-                                                  [steer(s, row["layer"], -1.0)], arch)
+                    row["bypass"] = val_score(harmful_val_b, [steer(s, row["layer"], -1.0)])
                     row["score"] = selection_score(row["bypass"], row["induce"])
             for row in rows:
                 if row["discarded"] != REASON_LAYER and row["bypass"] is not None:
@@ -350,7 +381,8 @@ def select_dim(
             kl_threshold = requested_kl
     selected = select_candidate(rows, n_layers=L, max_layer_fraction=max_layer_fraction,
                                 kl_threshold=kl_threshold, induce_threshold=induce_threshold,
-                                layer_cutoff=layer_cutoff, at_threshold=at_threshold)
+                                layer_cutoff=layer_cutoff, at_threshold=at_threshold,
+                                fix=relative_fix(boundary) if relative else None)
     chosen = rows[selected]
     j, k = layers.index(chosen["layer"]), positions.index(chosen["position"])
     n_survivors = sum(1 for r in rows if r["discarded"] is None)
@@ -374,6 +406,7 @@ def select_dim(
             "positions": positions,
             "ablation_points": list(ABLATION_POINTS),
             "refusal_ids": refusal_ids,
+            **({"thresholds": RELATIVE, "score_boundary": boundary} if relative else {}),
         },
         metadata={
             "bypass": chosen["bypass"],

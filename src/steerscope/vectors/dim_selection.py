@@ -154,8 +154,10 @@ def relaxed_kl_threshold(rows, kl_threshold: float,
 
 def no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold, induce_threshold,
                       layer_cutoff: str = DEFAULT_LAYER_CUTOFF,
-                      at_threshold: str = DEFAULT_AT_THRESHOLD) -> SteerscopeError:
-    """The one-line error for a table where no row survives, with counts per filter."""
+                      at_threshold: str = DEFAULT_AT_THRESHOLD,
+                      fix: str | None = None) -> SteerscopeError:
+    """The one-line error for a table where no row survives, with counts per filter
+    (``fix``: the advice after the counts; None: refusal's)."""
     counts = {REASON_LAYER: 0, REASON_NAN: 0, REASON_KL: 0, REASON_INDUCE: 0}
     for row in rows:
         reason = discard_reason(row, n_layers=n_layers, max_layer_fraction=max_layer_fraction,
@@ -175,8 +177,9 @@ def no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold, induce_t
         f"{counts[REASON_LAYER]} with layer >= {layer_cutoff_text(max_layer_fraction, layer_cutoff)}"
         f", {counts[REASON_KL]} with KL {ge} {kl_threshold}, {counts[REASON_INDUCE]} with induce "
         f"{le} {induce_threshold}, {counts[REASON_NAN]} with a NaN score)",
-        "relax them with kl_threshold=, induce_threshold=, max_layer_fraction= or relax_kl=True "
-        "(CLI: --relax-kl), or use more prompts and a model that refuses harmful requests")
+        fix or "relax them with kl_threshold=, induce_threshold=, max_layer_fraction= or "
+        "relax_kl=True (CLI: --relax-kl), or use more prompts and a model that refuses harmful "
+        "requests")
 
 
 def select_candidate(
@@ -188,13 +191,15 @@ def select_candidate(
     induce_threshold: float = DEFAULT_INDUCE_THRESHOLD,
     layer_cutoff: str = DEFAULT_LAYER_CUTOFF,
     at_threshold: str = DEFAULT_AT_THRESHOLD,
+    fix: str | None = None,
 ) -> int:
     """Index of the chosen candidate in a table of rows (pure; the rows are not modified).
 
     Each row has ``layer``, ``bypass``, ``induce`` and ``kl`` (``None``/NaN when unscored).
     Rows failing :func:`discard_reason` are dropped; among the rest the row maximising
     ``σ(induce) − σ(bypass)`` wins, ties going to the earliest row. Raises a one-line
-    :class:`SteerscopeError` naming the filters when no row survives.
+    :class:`SteerscopeError` naming the filters when no row survives (``fix``: its advice,
+    see :func:`no_survivor_error`).
     """
     rows = list(rows)
     if not rows:
@@ -214,7 +219,7 @@ def select_candidate(
             best, best_score = i, score
     if best is None:
         raise no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold,
-                                induce_threshold, layer_cutoff, at_threshold)
+                                induce_threshold, layer_cutoff, at_threshold, fix)
     return best
 
 

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
+from steerscope.behaviours.score import score_token_choice
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail, finite, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
@@ -31,6 +32,7 @@ from steerscope.pipeline.stages.common import (
 from steerscope.validation import check_number
 from steerscope.vectors.dim import select_dim
 from steerscope.vectors.dim_selection import AT_THRESHOLD, LAYER_CUTOFFS
+from steerscope.vectors.dim_thresholds import RELATIVE, is_paper_refusal
 from steerscope.vectors.train_config import (
     KEEPS,
     LR_SCHEDULES,
@@ -59,7 +61,9 @@ class DimSection:
 
     layers: list[int] | None = _dim("layers")  # candidate layers (None: all)
     positions: list[int] | None = _dim("positions")  # None: post-instruction tokens
-    filter: bool = _dim("filter")  # refusal-score filter of train/val prompts
+    # fast-score filter of train/val prompts (refusal: score > 0 / < 0; another behaviour:
+    # each side's prompts on its side of the boundary between the sides' mean scores)
+    filter: bool = _dim("filter")
     max_layer_fraction: float = _dim("max_layer_fraction")
     layer_cutoff: str = _dim("layer_cutoff")  # int: layer >= int(f*L) (released code) | real
     # a candidate exactly at the KL / induce threshold: discard | keep (the released code)
@@ -282,12 +286,18 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
         [section.layer] if section.layer is not None else section.layers)
     # the behaviour's fast score (refusal: the paper's refusal tokens); auto: from the
     # model's own completions on the train prompts (docs/behaviours.md)
-    ids = stage_behaviour(inputs["data"]).score_token_ids(
-        tok, model=lm.model, present_formatted=f["harmful_train"],
-        absent_formatted=f["harmless_train"])
+    behaviour = stage_behaviour(inputs["data"])
+    choice = score_token_choice(behaviour, tok, model=lm.model,
+                                present_formatted=f["harmful_train"],
+                                absent_formatted=f["harmless_train"])
+    ids = list(choice.ids)
+    score_tokens = choice.describe(tok)
+    ctx.log(f"score tokens ({choice.rule}): {score_tokens['tokens']}"
+            + (f", gap {choice.gap:.3f}" if choice.gap is not None else ""))
+    # thresholds: the paper's for refusal, relative to the behaviour's scores otherwise
     res = select_dim(lm.model, tok, f["harmful_train"], f["harmless_train"], f["harmful_val"],
                      f["harmless_val"], model_id=lm.model_id, revision=lm.revision,
-                     refusal_ids=ids,
+                     refusal_ids=ids, behaviour=behaviour,
                      filter=d.filter, layers=layers, positions=d.positions,
                      max_layer_fraction=d.max_layer_fraction, layer_cutoff=d.layer_cutoff,
                      at_threshold=d.at_threshold,
@@ -296,6 +306,10 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
                      arch=lm.arch, progress=ctx.progress and ctx.is_main, score_all=d.score_all,
                      relax_kl=d.relax_kl)
     dim = res.vector
+    relative = dim.hyperparameters.get("thresholds") == RELATIVE
+    if relative:
+        ctx.log(f"DIM thresholds relative to the boundary between the sides' mean val scores "
+                f"({dim.hyperparameters['score_boundary']:.4g})")
     ctx.log(f"DIM: layer {dim.layer}, position {dim.position}, norm {dim.norm:.3f}")
     steered = dim.layer
     if section.layers is not None:  # the multi-layer DIM vector at the chosen position
@@ -321,7 +335,11 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
             "dim_selection": {**{k: chosen.get(k) for k in ("bypass", "induce", "kl", "score")},
                               "kl_threshold": dim.hyperparameters["kl_threshold"],
                               "kl_threshold_requested":
-                                  dim.hyperparameters["kl_threshold_requested"]},
+                                  dim.hyperparameters["kl_threshold_requested"],
+                              "score_tokens": score_tokens,
+                              **({"thresholds": RELATIVE,
+                                  "score_boundary": dim.hyperparameters["score_boundary"]}
+                                 if relative else {})},
             "candidates_file": "dim_candidates.json", "score_ids": [int(i) for i in ids]}
 
 
@@ -342,5 +360,15 @@ def seed_key(cfg, inputs) -> dict[str, Any]:
     return {"seed": cfg.seed}
 
 
+def vectors_key(cfg, inputs) -> dict[str, Any]:
+    """:func:`seed_key`, and for a behaviour other than the built-in refusal the rule of its
+    relative DIM thresholds (so runs selected before that rule existed recompute; refusal's
+    keys are unchanged)."""
+    from steerscope.pipeline.behaviour import run_behaviour
+
+    relative = not is_paper_refusal(run_behaviour(cfg))
+    return {**seed_key(cfg, inputs), **({"dim_thresholds": RELATIVE} if relative else {})}
+
+
 register_stage("vectors", deps=("model", "data"), section="vectors", config=VectorsSection,
-               results=vectors_results, key_extra=seed_key)(vectors_stage)
+               results=vectors_results, key_extra=vectors_key)(vectors_stage)
