@@ -181,7 +181,8 @@ def iou_plot(iou: list[dict]) -> bytes:
 
 def alpha_curves(curve: list[dict], chosen: dict[str, dict[str, dict]]) -> bytes:
     """The strength sweep: per use (remove | induce), behaviour rate (solid), coherent success
-    (dashed) and loop rate (dotted) against |α| for every method; the chosen |α| circled."""
+    (dashed) and loop rate (dotted) against |α| for every method; the chosen |α| circled; the
+    unsteered model's coherent success a grey dashed line."""
     uses = [u for u in ("remove", "induce") if any(e["use"] == u for e in curve)]
     methods = list(dict.fromkeys(e["method"] for e in curve if e["method"] != "none"))
     fig, axes = plt.subplots(1, max(1, len(uses)), figsize=(4.2 * max(1, len(uses)), 3.2),
@@ -200,6 +201,10 @@ def alpha_curves(curve: list[dict], chosen: dict[str, dict[str, dict]]) -> bytes
             if hit:
                 ax.plot([abs(hit[0]["alpha"])], [hit[0]["coherent_success"]], "o",
                         color=color, fillstyle="none", markersize=9)
+        base = [e["coherent_success"] for e in curve if e["method"] == "none" and e["use"] == use]
+        if base:  # the unsteered model's coherent success on the same prompts
+            ax.axhline(base[0], color="grey", linestyle="--", linewidth=0.8,
+                       label="unsteered" if use == uses[0] else None)
         ax.set_xlabel("|α|")
         ax.set_ylim(-0.02, 1.05)
         ax.set_title(f"{use}: behaviour (—), coherent success (--), loops (··)", fontsize=8)
