@@ -20,6 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
+from steerscope.results_schema import upgrade_results
+
 RETENTION = 0.9
 MODES = ("qk", "ov", "svv", "mlp")
 EDGE_TYPES = ("q", "k", "v", "mlp", "logits")
@@ -29,14 +31,14 @@ def sparsity_at_retention(points: list[dict], level: float = RETENTION) -> str:
     """The largest swept sparsity whose retention is >= level on every side where the dense
     vector has an effect (retention not null), as a percentage, with the side(s) used;
     '< x %' (x the smallest swept sparsity) when no point retains it."""
-    sides = [s for s in ("harmful", "harmless")
+    sides = [s for s in ("present", "absent")
              if any(p.get(f"{s}_retention") is not None for p in points)]
     if not sides:
         return "n/a (no dense effect)"
     ok = [p["sparsity"] for p in points
           if all(p.get(f"{s}_retention") is not None and p[f"{s}_retention"] >= level
                  for s in sides)]
-    note = "" if len(sides) == 2 else f" ({'remove' if sides == ['harmful'] else 'induce'} only)"
+    note = "" if len(sides) == 2 else f" ({'remove' if sides == ['present'] else 'induce'} only)"
     if ok:
         return f"{100 * max(ok):.1f} %{note}"
     return f"< {100 * min(p['sparsity'] for p in points):.1f} %{note}"
@@ -51,12 +53,15 @@ def summarize(results: dict, method: str = "dim", heads: int = 3, tokens: int = 
     st = results.get("steering", {})
     if "none" in st and method in st:
         n, s = st["none"], st[method]
-        row["remove"] = (f"{1 - n['harmful']['asr']:.2f} -> {1 - s['harmful']['asr']:.2f}")
-        row["induce"] = (f"{1 - n['harmless']['asr']:.2f} -> {1 - s['harmless']['asr']:.2f}")
+        row["remove"] = (f"{n['present']['behaviour_rate']:.2f} -> "
+                         f"{s['present']['behaviour_rate']:.2f}")
+        row["induce"] = (f"{n['absent']['behaviour_rate']:.2f} -> "
+                         f"{s['absent']['behaviour_rate']:.2f}")
     fr = results.get("freeze", {})
-    row["freeze"] = {m: (fr[m].get("harmful_drop"), fr[m].get("harmless_drop"),
+    row["freeze"] = {m: (fr[m].get("present", {}).get("drop"), fr[m].get("absent", {}).get("drop"),
                          fr[m].get("mean_drop")) for m in MODES if m in fr}
-    row["n_freeze"] = (fr.get("none", {}).get("n_harmful"), fr.get("none", {}).get("n_harmless"))
+    none = fr.get("none", {})
+    row["n_freeze"] = (none.get("present", {}).get("n"), none.get("absent", {}).get("n"))
     c = results.get("circuits", {}).get(method, {})
     if c:
         size, total = c.get("min_faithful_size"), c.get("total_edges")
@@ -118,7 +123,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", type=int, default=5, help="svv tokens shown per head")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
-    rows = [summarize(json.loads((Path(r) / "results.json").read_text(encoding="utf-8")),
+    rows = [summarize(upgrade_results(json.loads((Path(r) / "results.json").read_text(
+                          encoding="utf-8"))),
                       args.method, args.heads, args.tokens) for r in args.runs]
     print(markdown(rows))
     if args.json:

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_pipeline.py [--out DIR] [--threads N]
 
-Runs :func:`steerscope.demo.run_demo` (the demo config: every stage, on the demo refusal model,
+Runs :func:`steerscope.pipeline.demo.run_demo` (the demo config: every stage, on the demo refusal model,
 which must already be cached: `steerscope model prepare-demo`) into a fresh folder, then runs
 it again to time a resume with every stage finished. Prints each stage's seconds, the total
 against the 30-minute target for 2 CPU cores, the resume time and the peak RSS of the
@@ -27,7 +27,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from steerscope.demo import run_demo
+    from steerscope.pipeline.demo import run_demo
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,12 +23,12 @@ import json
 import time
 from pathlib import Path
 
-from steerscope.demo import demo_run_config
 from steerscope.evaluate.refusal import refusal_scores
 from steerscope.evaluate.steering import evaluate_steering
 from steerscope.models.chat import format_prompt
 from steerscope.models.loading import load_model
 from steerscope.pipeline import run_pipeline
+from steerscope.pipeline.demo import demo_run_config
 from steerscope.runtime.core import Runtime
 from steerscope.vectors import SteeringVector
 from steerscope.vectors.train_config import PAPER_CONVENTIONS, STEERSCOPE_CONVENTIONS, TrainConfig
@@ -61,7 +61,7 @@ def _preference(lm, dim, prompts, kind: str, cache: Path, refuse: str) -> Prefer
     path = cache / f"preference_{kind}_{refuse}.json"
     if path.is_file():
         return PreferenceData.load(path)
-    harmful, harmless = prompts[f"harmful_{kind}"], prompts[f"harmless_{kind}"]
+    harmful, harmless = prompts[f"present_{kind}"], prompts[f"absent_{kind}"]
     data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim,
                                  max_new_tokens=48, batch_size=16, progress=False,
                                  harmless_refuse=refuse)
@@ -73,7 +73,7 @@ def refusal_curve(lm, sv: SteeringVector, prompts, multipliers=(0.5, 1.0, 2.0)) 
     """Mean refusal score on DIM's val prompts, harmful at α = −m and harmless at α = +m
     (no generation): does the direction work at a larger or smaller scale?"""
     out = {}
-    for kind, sign in (("harmful", -1.0), ("harmless", 1.0)):
+    for kind, sign in (("present", -1.0), ("absent", 1.0)):
         formatted = [format_prompt(lm.tokenizer, q) for q in prompts[f"{kind}_val"]]
         for m in multipliers:
             with Runtime(lm.model, [sv.intervention(sign * m)], arch=lm.arch):
@@ -143,12 +143,12 @@ def main() -> None:
             print(key, json.dumps(summary[key]), flush=True)
 
     t = time.time()
-    table = evaluate_steering(lm.model, lm.tokenizer, vectors, prompts["harmful_test"],
-                              prompts["harmless_test"], arch=lm.arch, max_new_tokens=48,
+    table = evaluate_steering(lm.model, lm.tokenizer, vectors, prompts["present_test"],
+                              prompts["absent_test"], arch=lm.arch, max_new_tokens=48,
                               batch_size=16)
     print(f"evaluation {time.time() - t:.0f} s")
     for row in table.rows:
-        print(f"{row.method:24s} {row.prompt_set:8s} ASR {row.asr:.3f}")
+        print(f"{row.method:24s} {table.labels[row.side]:8s} ASR {row.absence_rate:.3f}")
     table.save(cache / "evaluation.json")
     print(f"total {time.time() - t0:.0f} s")
 

@@ -136,10 +136,16 @@ def cmd_eot(args, lm) -> dict:
                               _builtin("demo_harmful_held_out", args.n_test),
                               _builtin("demo_harmless_held_out", args.n_test), arch=lm.arch,
                               max_new_tokens=args.max_new_tokens, batch_size=16)
-    out["asr"] = {f"{row.method}/{row.prompt_set}": row.asr for row in table.rows}
+    out["asr"] = {f"{row.method}/{table.labels[row.side]}": row.absence_rate
+                  for row in table.rows}
+    out["loops"] = {f"{row.method}/{table.labels[row.side]}": row.repetition_rate
+                    for row in table.rows}
+    out["completions"] = table.completions  # to read what is behind each rate
     for row in table.rows:
-        print(f"{row.method:20s} {row.prompt_set:9s} ASR {row.asr:.3f}")
-    print(json.dumps({k: v for k, v in out.items() if k != "asr"}), flush=True)
+        print(f"{row.method:20s} {table.labels[row.side]:9s} ASR {row.absence_rate:.3f} "
+              f"loops {row.repetition_rate:.3f}")
+    print(json.dumps({k: v for k, v in out.items() if k not in ("asr", "loops", "completions")}),
+          flush=True)
     return out
 
 
@@ -162,7 +168,11 @@ def cmd_circuits(args, lm) -> dict:
     res = score_vector(lm.model, v, data, arch=lm.arch, steps=args.steps)
     E = res.graph.n_edges
     sizes = sorted({max(1, round(f * E)) for f in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)})
-    out = {"examples": {k: len(x) for k, x in data.items()}, "n_edges": E, "sizes": sizes}
+    out = {"examples": {k: len(x) for k, x in data.items()}, "n_edges": E, "sizes": sizes,
+           "rollouts": {side: [{"prompt": r.prompt, "base": r.base_text, "steered": r.steered_text,
+                                "base_refused": r.base_refused,
+                                "steered_refused": r.steered_refused} for r in rs]
+                        for side, rs in rolls.items()}}
     print(f"examples {out['examples']}, {E} edges", flush=True)
     for metric in FAITHFULNESS_METRICS:
         t = time.time()

@@ -7,6 +7,10 @@ private name. tests/integration/test_architecture.py runs the same checks.
 
 Every ``import`` statement counts, including the ones inside functions (a lazy import is
 still a dependency), and so do imports under ``if TYPE_CHECKING:`` (a type is a dependency too).
+So do string imports: the literal argument of an ``import_module(...)`` call, every
+``"steerscope.x.y:name"`` literal (a ``"module:function"`` reference resolved on use), and, in
+a module that calls ``import_module``, every literal that names a steerscope module (e.g. a
+table of lazily imported names).
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ SRC = ROOT / "src" / PACKAGE
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("errors", ("errors",)),
     ("foundations", ("artifacts", "validation", "patching_conventions", "results_schema",
-                     "safe_files")),
+                     "safe_files", "providers")),
     ("models, data, runtime", ("models", "data", "runtime", "environment", "testing")),
     ("generation and scores", ("generation", "generation_refill", "generation_compiled", "evaluate",
                                 "behaviours")),
+    ("demo models", ("demo",)),  # named model sources and prompt sets built by steerscope
     ("vectors", ("vectors",)),
     ("mechanisms", ("patching", "mechanisms", "sparsify")),
     ("pipeline and report", ("pipeline", "report")),
-    ("demo", ("demo",)),
     ("cli", ("cli",)),
     ("public face", ("",)),  # steerscope/__init__.py: lazy names only (PEP 562)
 )
@@ -112,8 +116,36 @@ def scan(src: Path = SRC) -> dict[str, Module]:
                 target = bound[node.value.id]
                 if f"{target}.{node.attr}" not in mods:
                     mod.private.append((node.lineno, f"{target}.{node.attr}"))
+        for line, target in string_imports(tree, mods):
+            mod.imports.setdefault(target, line)
         mod.imports.pop(mod.name, None)
     return mods
+
+
+def _calls_import_module(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    fn = node.func
+    return (isinstance(fn, ast.Name) and fn.id == "import_module") or \
+        (isinstance(fn, ast.Attribute) and fn.attr == "import_module")
+
+
+def string_imports(tree: ast.AST, mods: dict[str, Module]) -> list[tuple[int, str]]:
+    """``(line, module)`` for every string import in ``tree`` (see the module docstring)."""
+    out = []
+    dynamic = any(_calls_import_module(n) for n in ast.walk(tree))
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            continue
+        text = node.value.strip()
+        if not text.startswith(PACKAGE + "."):
+            continue
+        name, colon, attr = text.partition(":")
+        if colon and attr.isidentifier() and name in mods:
+            out.append((node.lineno, name))
+        elif not colon and dynamic and text in mods:
+            out.append((node.lineno, text))
+    return out
 
 
 def _absolute(node: ast.ImportFrom, mod: Module) -> str | None:

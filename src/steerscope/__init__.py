@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from steerscope.providers import add_provider
+
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     # models and prompts
@@ -46,6 +48,12 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
+
+# modules that register named things in the lower layers' registries, imported at the first
+# name a registry does not know (steerscope.providers): the demo its models ("demo",
+# "demo-gemma") and prompt sets (builtin:demo_*), the behaviours their prompt sets
+add_provider("steerscope.behaviours")
+add_provider("steerscope.demo")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,14 @@
 """The ``results.json`` contract (docs/results.md), below both the pipeline that writes the
 file and the report that reads it.
 
+Behaviour-neutral words throughout: the two prompt sides are ``present`` / ``absent``, the
+rate is the ``behaviour_rate`` (:data:`SIDES`). Runs written before this vocabulary used
+refusal's words (``harmful`` / ``harmless`` sets, ``asr`` = 1 − rate, ``refusal_rate``,
+``mean_refusal_score`` ...); :func:`upgrade_results`, :func:`upgrade_row` and
+:func:`upgrade_prompts` map them to today's keys (the one place that knows the old names), so
+every reader (the report, ``steerscope compare``, the explorer, a reused stage's files) reads
+old runs too.
+
 :func:`check_results` checks the documented shape of every section present and raises one
 :class:`~steerscope.errors.SteerscopeError` naming the first mismatch; :func:`relative_to_run`
 and :func:`resolve_path` turn paths inside the run folder into relative ones and back.
@@ -15,7 +23,13 @@ from typing import Any
 
 from steerscope.errors import SteerscopeError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: present/absent sides and behaviour_rate (1: refusal's words)
+SIDES = ("present", "absent")
+USE_OF_SIDE = {"present": "remove", "absent": "induce"}  # the use that steers each side
+# refusal's words of runs written before format 2 -> today's side names
+LEGACY_SIDES = {"harmful": "present", "harmless": "absent"}
+# the display words of a run that records no behaviour (a refusal run of an older version)
+REFUSAL_LABELS = {"behaviour": "refusal", "present": "harmful", "absent": "harmless"}
 # section -> the stage that fills it (for "not run" messages)
 SECTION_STAGE = {
     "behaviour": "data", "data": "data", "model": "model", "vectors": "vectors", "steering": "evaluation", "cosine": "evaluation",
@@ -48,6 +62,137 @@ def resolve_path(results_file: str | os.PathLike, path: str) -> Path:
     """A path read from results.json as a usable path: relative ones are relative to the
     folder holding results.json (the run folder)."""
     return Path(results_file).parent / path
+
+
+def side_labels(res: dict) -> dict[str, str]:
+    """The display words of the run's behaviour (``behaviour``, ``present``, ``absent``):
+    results.json's ``behaviour.definition.labels``, else the behaviour's name and
+    present/absent; refusal's words (harmful/harmless) when results.json records no
+    behaviour (a refusal run of an older version)."""
+    behaviour = res.get("behaviour")
+    if not isinstance(behaviour, dict):
+        return dict(REFUSAL_LABELS)
+    definition = behaviour.get("definition")
+    labels = definition.get("labels") if isinstance(definition, dict) else None
+    labels = labels if isinstance(labels, dict) else {}
+    name = behaviour.get("name")
+    defaults = {"behaviour": name if isinstance(name, str) else "—",
+                "present": "present", "absent": "absent"}
+    return {k: str(labels.get(k) or v) for k, v in defaults.items()}
+
+
+# --- runs written before format 2 ------------------------------------------------------------
+def _flip(x):
+    """1 − x (an ASR to a behaviour rate), None kept."""
+    return None if x is None else 1.0 - x
+
+
+def upgrade_prompts(prompts: dict) -> dict:
+    """A ``prompts.json`` object with today's split keys (``present_train`` ...): files
+    written before format 2 named the sides ``harmful_*`` / ``harmless_*``."""
+    out = {}
+    for key, value in prompts.items():
+        side, _, split = key.partition("_")
+        out[f"{LEGACY_SIDES.get(side, side)}_{split}" if split else key] = value
+    return out
+
+
+def upgrade_row(row: dict) -> dict:
+    """A stored table row (steering or freezing table) in today's keys: ``side`` (from
+    ``prompt_set``), ``behaviour_rate`` (from ``refusal_rate`` or 1 − ``asr``),
+    ``score_rate``, ``mean_score``, ``judge_rate``; a row of today's format comes back
+    unchanged."""
+    if "side" in row and "behaviour_rate" in row and "prompt_set" not in row:
+        return row
+    old = dict(row)
+    side = old.pop("side", None) or LEGACY_SIDES.get(old.get("prompt_set"),
+                                                      old.get("prompt_set"))
+    old.pop("prompt_set", None)
+    old.pop("use", None)
+    rate = old.pop("behaviour_rate", None)
+    rate = old.pop("refusal_rate", rate)
+    asr = old.pop("asr", None)
+    out = {"side": side, "behaviour_rate": _flip(asr) if rate is None else rate}
+    renames = {"score_refusal_rate": "score_rate", "mean_refusal_score": "mean_score",
+               "judge_asr": "judge_rate"}
+    for k, v in old.items():
+        out[renames.get(k, k)] = v
+    return out
+
+
+def _by_side(cells: dict) -> dict:
+    return {LEGACY_SIDES.get(k, k): v for k, v in cells.items()}
+
+
+def _upgrade_steering(steering: dict) -> dict:
+    out = {}
+    for method, cells in steering.items():
+        out[method] = {}
+        for side, cell in _by_side(cells).items():
+            if not isinstance(cell, dict) or "behaviour_rate" in cell:
+                out[method][side] = cell
+                continue
+            row = upgrade_row({"prompt_set": side, **cell})
+            row.pop("side")
+            out[method][side] = row
+    return out
+
+
+def _upgrade_freeze(freeze: dict) -> dict:
+    out = {}
+    for mode, e in freeze.items():
+        if not isinstance(e, dict) or any(side in e for side in SIDES):
+            out[mode] = e
+            continue
+        out[mode] = {"mean_drop": e.get("mean_drop")}
+        for old, side in LEGACY_SIDES.items():
+            out[mode][side] = {"behaviour_rate": _flip(e.get(f"{old}_asr")),
+                               "drop": e.get(f"{old}_drop"), "alpha": e.get(f"{old}_alpha"),
+                               "repetition_rate": e.get(f"{old}_repetition_rate"),
+                               "n": e.get(f"n_{old}")}
+    return out
+
+
+def _upgrade_sparsify(sparsify: dict) -> dict:
+    out = {}
+    for method, rules in sparsify.items():
+        if method == "iou" or not isinstance(rules, dict):
+            out[method] = rules
+            continue
+        out[method] = {}
+        for rule, points in rules.items():
+            pts = []
+            for p in points if isinstance(points, list) else []:
+                q = dict(p)
+                for old, side in LEGACY_SIDES.items():
+                    if f"{old}_asr" in q:
+                        q[f"{side}_behaviour_rate"] = _flip(q.pop(f"{old}_asr"))
+                    if f"{old}_retention" in q:
+                        q[f"{side}_retention"] = q.pop(f"{old}_retention")
+                pts.append(q)
+            out[method][rule] = pts if isinstance(points, list) else points
+    return out
+
+
+def upgrade_results(results: Any) -> Any:
+    """``results`` in today's keys (format 2): a results.json of format 1 (refusal's words:
+    ``harmful`` / ``harmless`` cells with ``asr``, ``refusal_rate``, ``mean_refusal_score``,
+    ``judge_asr``; ``freeze`` modes with ``harmful_asr`` ...; sparsity points with
+    ``harmful_asr`` / ``harmless_asr`` / ``*_retention``) mapped as docs/results.md lists;
+    anything else comes back as it is (today's format unchanged)."""
+    if not isinstance(results, dict) or results.get("format_version", 1) >= FORMAT_VERSION:
+        return results
+    out = dict(results)
+    upgrades = {"steering": _upgrade_steering, "freeze": _upgrade_freeze,
+                "sparsify": _upgrade_sparsify}
+    for key, fn in upgrades.items():
+        if isinstance(out.get(key), dict):
+            out[key] = fn(out[key])
+    data = out.get("data")
+    if isinstance(data, dict) and isinstance(data.get("counts"), dict):
+        out["data"] = {**data, "counts": upgrade_prompts(data["counts"])}
+    out["format_version"] = FORMAT_VERSION
+    return out
 
 
 # --- the contract ---------------------------------------------------------------------------
@@ -99,11 +244,11 @@ def check_results(results: dict) -> list[str]:
     if "steering" in results:
         _need("none" in results["steering"], "steering", "lacks the unsteered row 'none'")
         for name, row in results["steering"].items():
-            for s in ("harmful", "harmless"):
+            for s in SIDES:
                 cell = row.get(s)
-                _need(isinstance(cell, dict) and _num(cell.get("asr"))
-                      and _num(cell.get("mean_refusal_score")), f"steering.{name}.{s}",
-                      "needs numbers 'asr' and 'mean_refusal_score'")
+                _need(isinstance(cell, dict) and _num(cell.get("behaviour_rate"))
+                      and _num(cell.get("mean_score")), f"steering.{name}.{s}",
+                      "needs numbers 'behaviour_rate' and 'mean_score'")
         present.append("steering")
     if "cosine" in results:
         _square(results["cosine"], "cosine")
@@ -143,8 +288,12 @@ def check_results(results: dict) -> list[str]:
         present.append("edge_types")
     if "freeze" in results:
         for mode, f in results["freeze"].items():
-            for k in ("harmful_asr", "harmless_asr", "mean_drop"):
-                _need(_num_or_none(f.get(k)) and k in f, f"freeze.{mode}", f"needs '{k}'")
+            _need(isinstance(f, dict) and "mean_drop" in f and _num_or_none(f["mean_drop"]),
+                  f"freeze.{mode}", "needs 'mean_drop'")
+            for s in SIDES:
+                _need(isinstance(f.get(s), dict) and _num_or_none(f[s].get("behaviour_rate"))
+                      and "behaviour_rate" in f[s], f"freeze.{mode}.{s}",
+                      "needs 'behaviour_rate'")
         present.append("freeze")
     if "svv" in results:
         for name, heads in results["svv"].items():
@@ -162,9 +311,9 @@ def check_results(results: dict) -> list[str]:
             for rule, points in rules.items():
                 w = f"sparsify.{name}.{rule}"
                 _need(isinstance(points, list) and all(
-                    _num(p.get("sparsity")) and _num_or_none(p.get("harmful_asr"))
-                    and _num_or_none(p.get("harmless_asr")) for p in points), w,
-                    "needs points {sparsity, harmful_asr, harmless_asr}")
+                    _num(p.get("sparsity")) and _num_or_none(p.get("present_behaviour_rate"))
+                    and _num_or_none(p.get("absent_behaviour_rate")) for p in points), w,
+                    "needs points {sparsity, present_behaviour_rate, absent_behaviour_rate}")
         for i, r in enumerate(sp.get("iou", [])):
             _need(isinstance(r.get("pair"), list) and len(r["pair"]) == 2 and _num(r.get("level"))
                   and _num(r.get("iou")) and _num_or_none(r.get("p_value")),

@@ -124,12 +124,12 @@ def test_demo_on_the_demo_refusal_model(capsys, tmp_path):
     steering = res["steering"]
     assert set(steering) == {"none", "dim"}
     # the demo model refuses harmful prompts; -s lowers and +s raises the refusal score
-    assert steering["none"]["harmful"]["mean_refusal_score"] > steering["none"]["harmless"][
-        "mean_refusal_score"]
-    assert steering["dim"]["harmful"]["mean_refusal_score"] < steering["none"]["harmful"][
-        "mean_refusal_score"]
-    assert steering["dim"]["harmless"]["mean_refusal_score"] > steering["none"]["harmless"][
-        "mean_refusal_score"]
+    assert steering["none"]["present"]["mean_score"] > steering["none"]["absent"][
+        "mean_score"]
+    assert steering["dim"]["present"]["mean_score"] < steering["none"]["present"][
+        "mean_score"]
+    assert steering["dim"]["absent"]["mean_score"] > steering["none"]["absent"][
+        "mean_score"]
     run_dir = next(tmp_path.glob("demo-*"))  # results.json paths: relative to it
     vec = SteeringVector.load(run_dir / res["vectors"]["dim"]["path"])
     assert vec.layer == res["model"]["steering_layer"] == res["dim_selection"]["layer"]
@@ -138,7 +138,7 @@ def test_demo_on_the_demo_refusal_model(capsys, tmp_path):
 
 
 def test_demo_config_overrides():
-    from steerscope.demo import demo_config, demo_run_config
+    from steerscope.pipeline.demo import demo_config, demo_run_config
 
     base = demo_config()
     cfg = demo_run_config()
@@ -161,7 +161,7 @@ def test_demo_config_overrides():
 def test_demo_config_on_another_behaviour(tmp_path, monkeypatch):
     """--behaviour NAME|FILE: the behaviour's own prompt sides and sizes, the default model
     (the demo model is refusal-specific); refusal keeps the demo exactly."""
-    from steerscope.demo import demo_config, demo_run_config
+    from steerscope.pipeline.demo import demo_config, demo_run_config
 
     monkeypatch.delenv("STEERSCOPE_DATA_DIR", raising=False)
     assert demo_run_config(behaviour="refusal").to_dict() == demo_config().to_dict()

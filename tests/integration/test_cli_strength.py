@@ -34,8 +34,8 @@ def _run(capsys, *argv):
 
 def test_sweep_alpha_json(capsys, work):
     code, out, err = _run(capsys, "sweep-alpha", work / "model", "--vector",
-                          f"dim={work / 'dim.safetensors'}", "--harmful-val",
-                          work / "harmful.txt", "--harmless-val", work / "harmless.txt",
+                          f"dim={work / 'dim.safetensors'}", "--present-val",
+                          work / "harmful.txt", "--absent-val", work / "harmless.txt",
                           "--n", "3", "--max-new-tokens", "3", "--grid", "0.5", "1",
                           "--fluency-threshold", "50", "--n-reference", "2", "--json")
     assert code == 0, err
@@ -48,14 +48,14 @@ def test_sweep_alpha_json(capsys, work):
 
 def test_evaluate_prints_coherence(capsys, work, tmp_path):
     code, out, err = _run(capsys, "evaluate", work / "model", "--vector",
-                          f"dim={work / 'dim.safetensors'}", "--harmful", work / "harmful.txt",
-                          "--harmless", work / "harmless.txt", "--n", "3",
+                          f"dim={work / 'dim.safetensors'}", "--present", work / "harmful.txt",
+                          "--absent", work / "harmless.txt", "--n", "3",
                           "--max-new-tokens", "3", "--out", tmp_path / "e.json")
     assert code == 0, err
     assert "fluency" in out and "ce_ref" in out
     coh = json.loads((tmp_path / "e.json").read_text())["coherence"]
-    assert coh["none"]["harmless"]["ce_reference"] == 0.0
-    assert set(coh["dim"]) == {"harmful", "harmless"}
+    assert coh["none"]["absent"]["ce_reference"] == 0.0
+    assert set(coh["dim"]) == {"present", "absent"}
 
 
 @pytest.mark.parametrize("flags, match", [
@@ -71,14 +71,17 @@ def test_bad_flags_are_one_line(capsys, work, flags, match):
 
 @pytest.mark.parametrize("value, match", [("fast", "neither auto nor a number"),
                                           ("-1", "evaluation.alpha"), ("nan", "alpha")])
-def test_demo_alpha_flag_is_checked_before_compute(capsys, value, match, tmp_path):
-    code, _, err = _run(capsys, "demo", "--alpha", value, "--out", tmp_path)
+def test_demo_set_alpha_is_checked_before_compute(capsys, value, match, tmp_path):
+    code, _, err = _run(capsys, "demo", "--set", f"evaluation.alpha={value}", "--out", tmp_path)
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
 
 
 def test_demo_config_takes_alpha():
-    from steerscope.demo.config import demo_run_config
+    from steerscope.pipeline.demo import demo_run_config
+    from steerscope.pipeline.overrides import load_config_with_sets
 
-    assert demo_run_config(alpha="auto").evaluation.alpha == "auto"
-    assert demo_run_config().evaluation.alpha is None
+    base = demo_run_config()
+    assert base.evaluation.alpha is None
+    assert load_config_with_sets(base, ["evaluation.alpha=auto"]).evaluation.alpha == "auto"
+    assert load_config_with_sets(base, ["evaluation.alpha=0.5"]).evaluation.alpha == 0.5

@@ -22,13 +22,13 @@ def _results(rng: random.Random, *, behaviour: dict | None, full: bool) -> dict:
     """A results.json that passes check_results, random numbers throughout; ``full``: every
     section, else only the model and the steering table."""
     def cell():
-        return {"asr": round(rng.random(), 4), "mean_refusal_score": rng.uniform(-3, 3),
+        return {"behaviour_rate": round(rng.random(), 4), "mean_score": rng.uniform(-3, 3),
                 "repetition_rate": round(rng.random(), 4)}
 
-    res = {"format_version": 1,
+    res = {"format_version": 2,
            "model": {"id": f"m{rng.randrange(100)}", "revision": None, "architecture": "llama",
                      "path": "model", "steering_layer": rng.randrange(1, 9)},
-           "steering": {m: {"harmful": cell(), "harmless": cell()} for m in ["none"] + METHODS}}
+           "steering": {m: {"present": cell(), "absent": cell()} for m in ["none"] + METHODS}}
     if behaviour is not None:
         res["behaviour"] = behaviour
     if not full:
@@ -47,18 +47,44 @@ def _results(rng: random.Random, *, behaviour: dict | None, full: bool) -> dict:
                         "matrix": [[rng.random() for _ in METHODS] for _ in METHODS]},
         "edge_types": {m: {"top_n": 100, "fractions": {
             k: rng.random() / 5 for k in ("q", "k", "v", "mlp", "logits")}} for m in METHODS},
-        "freeze": {mode: {"harmful_asr": 0.5, "harmless_asr": 0.5,
+        "freeze": {mode: {"present": {"behaviour_rate": 0.5}, "absent": {"behaviour_rate": 0.5},
                           "mean_drop": rng.uniform(0, 90)} for mode in ("none", "qk", "ov")},
         "svv": {m: [{"head": f"L{i}H0", "score": 1.0,
                      "tokens": [f"t{i}{j}" for j in range(8)]} for i in range(3)]
                 for m in METHODS},
         "sparsify": {m: {"gradient": [
-            {"sparsity": s, "harmful_asr": 0.5, "harmless_asr": 0.5,
-             "harmful_retention": hr, "harmless_retention": br}
+            {"sparsity": s, "present_behaviour_rate": 0.5, "absent_behaviour_rate": 0.5,
+             "present_retention": hr, "absent_retention": br}
             for s, hr, br in ((0.5, 1.0, 0.99), (0.7, 0.95, 0.9), (0.8, 0.97, 0.89),
                               (0.9, None, 0.95))]} for m in METHODS} | {"iou": []},
     }
     return res
+
+
+def format1(res: dict) -> dict:
+    """``res`` as steerscope wrote results.json before format 2 (refusal's words: harmful /
+    harmless cells with ``asr`` = 1 − behaviour rate, ``mean_refusal_score``, flat freeze and
+    sparsity keys), written out here independently of steerscope's reader."""
+    old = json.loads(json.dumps(res))
+    old["format_version"] = 1
+    names = {"present": "harmful", "absent": "harmless"}
+    old["steering"] = {m: {names[side]: {"asr": 1 - c["behaviour_rate"],
+                                         "refusal_rate": c["behaviour_rate"],
+                                         "mean_refusal_score": c["mean_score"],
+                                         "repetition_rate": c["repetition_rate"]}
+                           for side, c in cells.items()} for m, cells in res["steering"].items()}
+    if "freeze" in res:
+        old["freeze"] = {mode: {"harmful_asr": 1 - e["present"]["behaviour_rate"],
+                                "harmless_asr": 1 - e["absent"]["behaviour_rate"],
+                                "mean_drop": e["mean_drop"]} for mode, e in res["freeze"].items()}
+    if "sparsify" in res:
+        old["sparsify"] = {m: rules if m == "iou" else {rule: [
+            {"sparsity": p["sparsity"], "harmful_asr": 1 - p["present_behaviour_rate"],
+             "harmless_asr": 1 - p["absent_behaviour_rate"],
+             "harmful_retention": p["present_retention"],
+             "harmless_retention": p["absent_retention"]} for p in pts]
+            for rule, pts in rules.items()} for m, rules in res["sparsify"].items()}
+    return old
 
 
 @pytest.fixture
@@ -77,7 +103,9 @@ def runs(tmp_path) -> dict[str, tuple[Path, dict]]:
         check_results(res)
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "results.json").write_text(json.dumps(res), encoding="utf-8")
+        # the refusal run was written by an earlier version (results format 1)
+        written = format1(res) if name == "refusal-run" else res
+        (folder / "results.json").write_text(json.dumps(written), encoding="utf-8")
         out[name] = (folder, res)
     return out
 
@@ -92,8 +120,9 @@ def _expected(res: dict) -> dict[str, str]:
                 "name", "refusal"),
             "model": res["model"]["id"], "steering_layer": str(res["model"]["steering_layer"]),
             "steering: methods": " / ".join(st)}
-    for side, label in (("harmful", present), ("harmless", absent)):
-        rows[f"steering: {label}"] = " / ".join("{:.2f}".format(st[m][side]["asr"]) for m in st)
+    for side, label in (("present", present), ("absent", absent)):
+        rows[f"steering: {label}"] = " / ".join("{:.2f}".format(st[m][side]["behaviour_rate"])
+                                                for m in st)
         rows[f"steering: {label} loops"] = " / ".join(
             "{:.2f}".format(st[m][side]["repetition_rate"]) for m in st)
     if "cosine" not in res:
@@ -219,7 +248,8 @@ def test_older_or_partial_sections_show_a_dash(tmp_path, capsys):
         "circuits": {"dim": 5}, "svv": {"dim": "L1H0"}}))
     assert main(["compare", str(old / "results.json")]) == 0
     _, rows = _markdown_rows(capsys.readouterr().out)
-    assert rows["steering: harmful"] == ["0.25"] and rows["steering: harmless"] == ["0.50"]
+    # a format-1 file: the behaviour rate is 1 − its asr
+    assert rows["steering: harmful"] == ["0.75"] and rows["steering: harmless"] == ["0.50"]
     assert rows["circuits"] == ["—"] and rows["svv"] == ["—"] and rows["cosine"] == ["—"]
     assert rows["steering_layer"] == ["—"]
 

@@ -100,7 +100,7 @@ def test_two_gloo_ranks_write_the_same_artifacts_as_one_process(tmp_path):
     assert record["world_size"] == 2
     table = json.loads((eval_dirs[0] / "evaluation.json").read_text())
     # 3 methods x (4 + 4 batches of 2) units were spread over the two ranks
-    assert len(table["completions"]) == 3 and len(table["completions"]["dim"]["harmful"]) == 7
+    assert len(table["completions"]) == 3 and len(table["completions"]["dim"]["present"]) == 7
     files_one, files_two = _stage_files(run_one), _stage_files(run_two)
     assert any(k.startswith("evaluation-") for k in files_one)
     assert files_one == files_two

@@ -98,6 +98,17 @@ def data(run_dir, lm):
     return run_explorer_data(read_results(run_dir), run_dir=run_dir, lm=lm)
 
 
+def test_a_results_file_of_format_1_is_read_under_todays_keys(run_dir, data):
+    """The run's results.json is of format 1 (sparsity points with refusal's harmful_asr /
+    harmless_asr): the explorer reads it with today's keys (behaviour rate = 1 − ASR)."""
+    assert json.loads((run_dir / "results.json").read_text())["format_version"] == 1
+    for m in METHODS:
+        pts = data["sparsify"][m]["grad"]
+        assert [p["present_behaviour_rate"] for p in pts] == pytest.approx([0.0, 0.5, 0.9])
+        assert [p["absent_behaviour_rate"] for p in pts] == pytest.approx([1.0, 0.5, 0.1])
+        assert not any("harmful_asr" in p for p in pts)
+
+
 def _step_edges(view: dict, step: int) -> set[str]:
     return {view["nodes"][e[0]]["id"] + "->" + e[5] for e in view["edges"] if e[4] <= step}
 

@@ -36,7 +36,8 @@ RESULTS = {
 def test_cells_from_results():
     ft = _load()
     s = ft.summarise(RESULTS)
-    assert s["steering"] == {"harmful": "0.10 / 0.80", "harmless": "0.90 / 0.05",
+    # a results.json of format 1 (refusal's asr): the cells show the behaviour rate, 1 − asr
+    assert s["steering"] == {"harmful": "0.90 / 0.20", "harmless": "0.10 / 0.95",
                              "methods": "none / dim", "harmful loops": "— / 0.50"}
     assert s["cosine"] == {"dim–ntp": "0.25"}
     assert s["circuits"] == {"dim": "50 of 400 (12.5%)"}

@@ -17,7 +17,6 @@ import torch
 import yaml
 from conftest import PIPELINE_HARMFUL, PIPELINE_HARMLESS, write_pipeline_workdir
 
-from steerscope.demo import demo_config
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline import (
     check_results,
@@ -28,6 +27,7 @@ from steerscope.pipeline import (
     run_pipeline,
 )
 from steerscope.pipeline import registry as reg
+from steerscope.pipeline.demo import demo_config
 from steerscope.pipeline.runner import KILL_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,8 +147,8 @@ def test_inputs_checked_before_any_compute(workdir, tmp_path, monkeypatch):
         run_pipeline(tiny_config(workdir, data={"harmful_test": "nope.txt"}), out)
     with pytest.raises(SteerscopeError, match=r"'model.source'.*does not exist"):
         run_pipeline(tiny_config(workdir, model={"source": str(tmp_path / "missing")}), out)
-    with pytest.raises(SteerscopeError, match=r"has 12 prompts but harmful_train \(4\) \+ "
-                                              r"harmful_val \(3\) \+ harmful_test \(40\) need 47"):
+    with pytest.raises(SteerscopeError, match=r"has 12 prompts but present_train \(4\) \+ "
+                                              r"present_val \(3\) \+ present_test \(40\) need 47"):
         run_pipeline(tiny_config(workdir, data={"n_test": 40}), out)
     with pytest.raises(SteerscopeError, match="unknown stage 'vector'"):
         run_pipeline(tiny_config(workdir), out, force="vector")
@@ -196,9 +196,9 @@ def test_trained_vectors_validate_on_dim_val_prompts_and_keep_the_best_epoch(fin
     prompts = json.loads((data_dir / "prompts.json").read_text())
     val = json.loads((trained_dir / "preference_val.json").read_text())["examples"]
     train = json.loads((trained_dir / "preference_data.json").read_text())["examples"]
-    assert {e["instruction"] for e in val} <= set(prompts["harmful_val"] + prompts["harmless_val"])
-    assert {e["instruction"] for e in train} <= set(prompts["harmful_train"]
-                                                    + prompts["harmless_train"])
+    assert {e["instruction"] for e in val} <= set(prompts["present_val"] + prompts["absent_val"])
+    assert {e["instruction"] for e in train} <= set(prompts["present_train"]
+                                                    + prompts["absent_train"])
     for obj in ("ntp", "po"):
         meta = SteeringVector.load(trained_dir / f"{obj}.safetensors").metadata
         assert meta["epoch_choice"] == "best_epoch" and meta["val"]["validation"] == "deployed"
@@ -336,12 +336,16 @@ def test_kill_mid_stage_then_resume_equals_an_uninterrupted_run(workdir, tmp_pat
     assert _snapshot(run_dir) == reference
 
 
-def test_sharded_evaluation_matches_evaluate_steering():
-    """One-rank sharded evaluation = evaluate_steering (same completions and ASRs; refusal
-    scores to float precision: evaluate_steering batches them in input order)."""
+def test_sharded_evaluate_steering_equals_one_process():
+    """evaluate_steering with its units spread over two simulated ranks (two threads, each
+    with its own copy of the model, exchanging their units at the gather) gives exactly the
+    one-process table: same completions, rates, scores and rows on both ranks; the
+    evaluation judge runs on the main rank only."""
+    import copy
+    import threading
+
     from steerscope.evaluate.steering import evaluate_steering
     from steerscope.models import tiny_model, tiny_tokenizer, validate_model
-    from steerscope.pipeline.evaluation import sharded_steering_eval
     from steerscope.vectors import SteeringVector
 
     model, tok = tiny_model("qwen2"), tiny_tokenizer()
@@ -350,20 +354,54 @@ def test_sharded_evaluation_matches_evaluate_steering():
     g = torch.Generator().manual_seed(0)
     vecs = {"a": SteeringVector(torch.randn(64, generator=g) * 8, layer=1),
             "b": SteeringVector(torch.randn(64, generator=g) * 8, layer=2)}
-    harmful, harmless = HARMFUL[:5], HARMLESS[:7]
-    ref = evaluate_steering(model, tok, vecs, harmful, harmless, arch=arch, max_new_tokens=5,
-                            batch_size=3)
-    got = sharded_steering_eval(model, tok, vecs, harmful, harmless, arch=arch,
-                                max_new_tokens=5, batch_size=3)
-    assert got["completions"] == ref.completions
-    assert got["cosine"] == ref.cosine
-    for r, g_ in zip(ref.rows, got["rows"]):
-        assert (r.method, r.prompt_set, r.n, r.asr, r.alpha) == \
-            (g_["method"], g_["prompt_set"], g_["n"], g_["asr"], g_["alpha"])
-        assert g_["mean_refusal_score"] == pytest.approx(r.mean_refusal_score, abs=1e-6)
-        assert g_["score_refusal_rate"] == r.score_refusal_rate
-        assert r.repetition_rate is not None
-        assert g_["repetition_rate"] == r.repetition_rate
+    present, absent = HARMFUL[:5], HARMLESS[:7]
+
+    class Flags:
+        def judge(self, prompts, responses):
+            return [len(r) % 2 == 0 for r in responses]
+
+    kw = dict(max_new_tokens=5, batch_size=3, judge=Flags())
+    ref = evaluate_steering(model, tok, vecs, present, absent, arch=arch, **kw)
+    barrier, parts = threading.Barrier(2), {}
+
+    class Rank:
+        def __init__(self, rank):
+            self.rank, self.is_main = rank, rank == 0
+
+        def indices(self, n):
+            return list(range(self.rank, n, 2))
+
+        def gather(self, local, n):
+            parts[self.rank] = local
+            barrier.wait()
+            merged = {**parts[0], **parts[1]}
+            assert sorted(merged) == list(range(n)) and not set(parts[0]) & set(parts[1])
+            return [merged[i] for i in range(n)]
+
+    got = {}
+
+    def run(rank):
+        m = copy.deepcopy(model)
+        got[rank] = evaluate_steering(m, tok, vecs, present, absent, arch=validate_model(m),
+                                      shard=Rank(rank), **kw)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(parts[0]) and set(parts[1])  # both ranks computed units
+    for rank in (0, 1):
+        assert got[rank].completions == ref.completions
+        assert got[rank].scores == ref.scores
+        assert got[rank].cosine == ref.cosine
+        for r, g_ in zip(ref.rows, got[rank].rows):
+            judge = r.judge_rate if rank == 0 else None
+            assert (g_.method, g_.side, g_.n, g_.behaviour_rate, g_.score_rate, g_.mean_score,
+                    g_.alpha, g_.repetition_rate, g_.judge_rate) == \
+                (r.method, r.side, r.n, r.behaviour_rate, r.score_rate, r.mean_score, r.alpha,
+                 r.repetition_rate, judge)
+    assert ref.row("a", "present").judge_rate is not None
 
 
 def test_dtype_and_device_map_pass_through_to_the_model(workdir, tmp_path):

@@ -64,14 +64,14 @@ def test_the_default_behaviour_is_refusal_with_its_old_keys():
     from steerscope.pipeline.behaviour import split_sources
 
     src = {k: v[0] for k, v in split_sources(cfg).items()}
-    assert src == {"harmful_train": "harmful_train", "harmless_train": "harmless_train",
-                   "harmful_val": "harmful_val", "harmless_val": "harmless_val",
-                   "harmful_test": "jailbreakbench", "harmless_test": "harmless_test"}
+    assert src == {"present_train": "harmful_train", "absent_train": "harmless_train",
+                   "present_val": "harmful_val", "absent_val": "harmless_val",
+                   "present_test": "jailbreakbench", "absent_test": "harmless_test"}
     # refusal's keys and the generic keys override the same split
     over = config_from_dict({"data": {"present_test": "a.txt", "harmless_test": "b.txt"}})
     src = {k: v for k, v in split_sources(over).items()}
-    assert src["harmful_test"] == ("a.txt", "data.present_test")
-    assert src["harmless_test"] == ("b.txt", "data.harmless_test")
+    assert src["present_test"] == ("a.txt", "data.present_test")
+    assert src["absent_test"] == ("b.txt", "data.harmless_test")
 
 
 @pytest.mark.parametrize("changes, match", [
@@ -108,10 +108,10 @@ def test_a_user_behaviour_runs_through_the_pipeline(workdir, tmp_path):
     definition = results["behaviour"]["definition"]
     assert definition["judge"]["kind"] == "regex" and definition["score_tokens"] == ["The"]
     assert definition["labels"]["present"] == "on"
-    # prompts from the behaviour's files (refusal's split keys: harmful = present side)
+    # prompts from the behaviour's files
     prompts = json.loads(res.outputs["data"].path("prompts.json").read_text())
-    assert set(prompts["harmful_test"]) <= set(PIPELINE_HARMFUL)
-    assert set(prompts["harmless_train"]) <= set(PIPELINE_HARMLESS)
+    assert set(prompts["present_test"]) <= set(PIPELINE_HARMFUL)
+    assert set(prompts["absent_train"]) <= set(PIPELINE_HARMLESS)
     # the fast score is the behaviour's token, the rates are its judge's
     from transformers import AutoTokenizer
 
@@ -120,9 +120,9 @@ def test_a_user_behaviour_runs_through_the_pipeline(workdir, tmp_path):
         tok("The", add_special_tokens=False)["input_ids"][:1]
     table = json.loads(res.outputs["evaluation"].path("evaluation.json").read_text())
     for row in table["rows"]:
-        outs = table["completions"][row["method"]][row["prompt_set"]]
+        outs = table["completions"][row["method"]][row["side"]]
         rate = sum(bool(re.search("[aeiou]", o, re.IGNORECASE)) for o in outs) / len(outs)
-        assert row["refusal_rate"] == pytest.approx(rate)
+        assert row["behaviour_rate"] == pytest.approx(rate)
 
 
 def test_default_refusal_runs_record_refusal(workdir, tmp_path):
@@ -159,7 +159,8 @@ def test_a_user_behaviour_runs_through_every_stage(workdir, tmp_path):
     assert results["behaviour"]["name"] == "mine"
     sweep = json.loads(res.outputs["sparsify"].path("sweep.json").read_text())
     assert "mine" in json.dumps(sweep)  # the sweep records the behaviour it judged
-    assert ">on ASR<" in (res.run_dir / "report.html").read_text()  # labels from the behaviour
+    report = (res.run_dir / "report.html").read_text()
+    assert ">on rate<" in report and ">on ASR<" not in report  # labels from the behaviour
 
 
 def test_instruction_refusals_are_refusal_only(tmp_path):

@@ -141,7 +141,7 @@ def test_freeze_equals_freeze_evaluation(run, lm):
     res, results = run
     p = _prompts(res)
     direct = freeze_evaluation(lm.model, lm.tokenizer, _vector(results, "dim", lm.arch),
-                               p["harmful_test"][:3], p["harmless_test"][:3],
+                               p["present_test"][:3], p["absent_test"][:3],
                                max_new_tokens=5, batch_size=3, vector_name="dim")
     from steerscope.evaluate.coherence import COHERENCE_KEYS
 
@@ -160,38 +160,41 @@ def test_freeze_equals_freeze_evaluation(run, lm):
 
 
 def test_freeze_section_follows_the_drop_rule(run):
-    """mean_drop = mean over the two sets of 100·(success_none − success_mode), success = ASR
-    on harmful prompts and 1 − ASR on harmless ones (absolute points)."""
+    """mean_drop = mean over the two sides of 100·(success_none − success_mode), success =
+    1 − behaviour rate on present prompts (refusal: the ASR) and the behaviour rate on absent
+    ones (absolute points)."""
     _, results = run
     f = results["freeze"]
     assert list(f) == ["none", "qk", "ov", "svv", "mlp"]
     base = f["none"]
     assert base["mean_drop"] == 0.0
     for e in f.values():
-        assert e["n_harmful"] == e["n_harmless"] == 3
-        assert (e["harmful_alpha"], e["harmless_alpha"]) == (-1.0, 1.0)
-        dh = 100 * (base["harmful_asr"] - e["harmful_asr"])
-        db = 100 * ((1 - base["harmless_asr"]) - (1 - e["harmless_asr"]))
-        assert e["harmful_drop"] == pytest.approx(dh, abs=1e-9)
-        assert e["harmless_drop"] == pytest.approx(db, abs=1e-9)
+        h, b = e["present"], e["absent"]
+        assert h["n"] == b["n"] == 3
+        assert (h["alpha"], b["alpha"]) == (-1.0, 1.0)
+        dh = 100 * ((1 - base["present"]["behaviour_rate"]) - (1 - h["behaviour_rate"]))
+        db = 100 * (base["absent"]["behaviour_rate"] - b["behaviour_rate"])
+        assert h["drop"] == pytest.approx(dh, abs=1e-9)
+        assert b["drop"] == pytest.approx(db, abs=1e-9)
         assert e["mean_drop"] == pytest.approx((dh + db) / 2, abs=1e-9)
-        assert 0.0 <= e["harmful_repetition_rate"] <= 1.0
-        assert 0.0 <= e["harmless_repetition_rate"] <= 1.0
+        assert 0.0 <= h["repetition_rate"] <= 1.0
+        assert 0.0 <= b["repetition_rate"] <= 1.0
 
 
 def test_freeze_section_reads_loops_from_completions_of_older_tables():
     loop, answer = "I I I I I I I I I I I I I I", "Flour, water, salt and yeast make bread."
-    rows = [{"mode": m, "prompt_set": s, "asr": 1.0, "drop": None if m == "none" else 0.0,
-             "alpha": a, "n": 2} for m in ("none", "qk") for s, a in (("harmful", -1.0),
-                                                                     ("harmless", 1.0))]
+    rows = [{"mode": m, "side": s, "behaviour_rate": 0.0, "drop": None if m == "none" else 0.0,
+             "alpha": a, "n": 2} for m in ("none", "qk") for s, a in (("present", -1.0),
+                                                                     ("absent", 1.0))]
     rows[0]["repetition_rate"] = 0.25  # a row that carries it keeps it
     table = {"rows": rows, "mean_drop": {"qk": 0.0},
-             "completions": {m: {"harmful": [loop, answer], "harmless": [loop, loop]}
+             "completions": {m: {"present": [loop, answer], "absent": [loop, loop]}
                              for m in ("none", "qk")}}
     f = freeze_section(table)
-    assert f["none"]["harmful_repetition_rate"] == 0.25
-    assert f["none"]["harmless_repetition_rate"] == 1.0
-    assert (f["qk"]["harmful_repetition_rate"], f["qk"]["harmless_repetition_rate"]) == (0.5, 1.0)
+    assert f["none"]["present"]["repetition_rate"] == 0.25
+    assert f["none"]["absent"]["repetition_rate"] == 1.0
+    assert (f["qk"]["present"]["repetition_rate"], f["qk"]["absent"]["repetition_rate"]) == \
+        (0.5, 1.0)
 
 
 # --- svv -----------------------------------------------------------------------------------------
@@ -273,8 +276,8 @@ def test_sparsify_equals_sparsity_sweep(run, lm):
     vectors = {m: _vector(results, m, lm.arch) for m in methods}
     ies = {m: steer_dimension_scores(_patching_result(res, m).scores["eap_ig"])[1]
            for m in methods}
-    direct = sparsity_sweep(lm.model, lm.tokenizer, vectors, ies, p["harmful_test"][:3],
-                            p["harmless_test"][:3], taus=TAUS,
+    direct = sparsity_sweep(lm.model, lm.tokenizer, vectors, ies, p["present_test"][:3],
+                            p["absent_test"][:3], taus=TAUS,
                             rules=[RULE_NAMES[r] for r in RULES], seed=7, max_new_tokens=4,
                             batch_size=3, arch=lm.arch, progress=False)
     saved = json.loads(res.outputs["sparsify"].path("sweep.json").read_text())
@@ -297,8 +300,8 @@ def test_sparsify_equals_sparsity_sweep(run, lm):
         for rule, pts in results["sparsify"][m].items():
             for pt in pts:
                 q = by_key[m, RULE_NAMES[rule], pt["tau"]]
-                assert (pt["harmful_asr"], pt["harmless_asr"]) == (q["bypass_asr"],
-                                                                   q["induce_asr"])
+                assert (pt["present_behaviour_rate"], pt["absent_behaviour_rate"]) == (
+                    1 - q["bypass_asr"], 1 - q["induce_asr"])
 
 
 def _tau_kept(s: torch.Tensor, ie: torch.Tensor, tau: float) -> set[int]:

@@ -60,14 +60,14 @@ def test_a_run_with_two_steered_layers(workdir, tmp_path):
     # selected position (vectors.dim.filter is off in the tiny config: every train prompt)
     prompts = json.loads(next(res.run_dir.rglob("prompts.json")).read_text())
     f = {k: [format_prompt(lm.tokenizer, p) for p in prompts[k]]
-         for k in ("harmful_train", "harmless_train")}
+         for k in ("present_train", "absent_train")}
     kw = dict(layers=[1, 2], positions=[dim.position])
     mean = {k: collect_activations(lm.model, lm.tokenizer, v, **kw)[:, :, 0].double().mean(0)
             for k, v in f.items()}  # [2, d]
-    torch.testing.assert_close(dim.vector, (mean["harmful_train"] - mean["harmless_train"]).float(),
+    torch.testing.assert_close(dim.vector, (mean["present_train"] - mean["absent_train"]).float(),
                                rtol=1e-5, atol=1e-6)
     # pca: extract_vector over both layers at DIM's position
-    again = extract_vector(lm.model, lm.tokenizer, f["harmful_train"], f["harmless_train"],
+    again = extract_vector(lm.model, lm.tokenizer, f["present_train"], f["absent_train"],
                            method="pca", layer=[1, 2], position=dim.position, batch_size=4)
     torch.testing.assert_close(pca.vector, again.vector, rtol=1e-5, atol=1e-6)
     # patching: α over both layers, the graph from layer 1

@@ -93,8 +93,9 @@ def test_examples_are_the_token_flipped_rollouts(run, model):
     for m in out.outputs["methods"]:
         v = _vector(run, m, model.arch)
         saved = json.loads((out.path(m) / "examples.json").read_text())
-        for kind, alpha in (("harmful", -1.0), ("harmless", 1.0)):
-            rolls = rollouts(model.model, model.tokenizer, p[f"{kind}_test"], v, alpha,
+        # the patching datasets keep refusal's names (harmful = the present side)
+        for kind, side, alpha in (("harmful", "present", -1.0), ("harmless", "absent", 1.0)):
+            rolls = rollouts(model.model, model.tokenizer, p[f"{side}_test"], v, alpha,
                              max_new_tokens=4, batch_size=3)
             changed = [r for r in rolls if r.steered_ids != r.base_ids][:2]
             assert changed, "the tiny test needs prompts whose tokens change"

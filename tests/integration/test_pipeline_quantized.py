@@ -53,7 +53,7 @@ def test_the_stages_run_on_the_int8_model(run):
     assert results["model"]["quantization"] == "int8"
     assert set(results["svv"]) == set(res.outputs["patching"].outputs["methods"]) != set()
     for e in results["freeze"].values():
-        assert 0.0 <= e["harmful_asr"] <= 1.0
+        assert 0.0 <= e["present"]["behaviour_rate"] <= 1.0
 
 
 def test_svv_tokens_are_those_of_the_dequantized_int8_weights(root, run):
@@ -110,7 +110,7 @@ def test_cli_loads_int8_and_refuses_an_unknown_quantization_in_one_line(root, ca
 
 
 def test_the_demo_passes_its_quantization_to_the_model_section():
-    from steerscope.demo.config import demo_run_config
+    from steerscope.pipeline.demo import demo_run_config
 
     assert demo_run_config(quantization="int8").model.quantization == "int8"
     assert demo_run_config().model.quantization is None

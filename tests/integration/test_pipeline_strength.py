@@ -39,23 +39,26 @@ def test_auto_alpha_is_chosen_on_val_and_used_by_every_table(tmp_path):
             assert k in e
     assert next(e for e in curve if e["method"] == "none")["ce_reference"] == 0.0
     for m in ("dim", "pca"):
-        for use, prompt_set in (("remove", "harmful"), ("induce", "harmless")):
+        for use, side in (("remove", "present"), ("induce", "absent")):
             a = chosen[m][use]["alpha"]
             assert a in {e["alpha"] for e in curve if e["method"] == m and e["use"] == use} \
                 or chosen[m][use]["rule"] == "fallback"
-            row = results["steering"][m][prompt_set]
+            row = results["steering"][m][side]
             assert row["alpha"] == a
             for k in ("fluency", "ce_reference", "coherent_behaviour_rate", "coherent_share",
                       "n_coherent", "fluency_threshold"):
                 assert k in row
-    assert results["steering"]["none"]["harmful"]["ce_reference"] == 0.0
+    assert results["steering"]["none"]["present"]["ce_reference"] == 0.0
     fr = results["freeze"]["none"]
-    assert fr["harmful_alpha"] == chosen["dim"]["remove"]["alpha"]
-    assert fr["coherence"]["harmful"]["ce_reference"] == pytest.approx(
-        results["steering"]["dim"]["harmful"]["ce_reference"])
-    assert results["freeze"]["qk"]["coherence"]["harmful"]["ce_reference"] is None
+    assert fr["present"]["alpha"] == chosen["dim"]["remove"]["alpha"]
+    assert fr["absent"]["alpha"] == chosen["dim"]["induce"]["alpha"]
+    assert fr["present"]["coherence"]["ce_reference"] == pytest.approx(
+        results["steering"]["dim"]["present"]["ce_reference"])
+    assert results["freeze"]["qk"]["present"]["coherence"]["ce_reference"] is None
     pts = [p for rule in results["sparsify"]["dim"].values() for p in rule]
-    assert pts and all(p["coherence"]["bypass"]["fluency_threshold"] == 100.0 for p in pts)
+    assert pts and all(p["coherence"][side]["fluency_threshold"] == 100.0
+                       for p in pts for side in ("present", "absent"))
+    assert all(p["present_alpha"] == chosen["dim"]["remove"]["alpha"] for p in pts)
     html = (res.run_dir / "report.html").read_text()
     assert "Steering strength" in html and "fluency" in html
     # a changed grid changes the sweep's key (and what reads it), not the stages before it

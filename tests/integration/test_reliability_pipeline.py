@@ -83,7 +83,7 @@ def test_edited_asr_and_truncated_stage_json_never_reach_results(workdir, tmp_pa
     results = json.loads(first.results_path.read_text())
     ev = first.outputs["evaluation"].path("evaluation.json")
     text = ev.read_text()
-    edited = re.sub(r'("asr": )[0-9.]+', r"\g<1>0.123", text)
+    edited = re.sub(r'("behaviour_rate": )[0-9.]+', r"\g<1>0.123", text)
     assert edited != text
     ev.write_text(edited)
     (first.outputs["data"].dir / "stage.json").write_text('{"status": "do')

@@ -98,7 +98,7 @@ def test_an_empty_config_fails_on_its_hub_datasets_before_writing(tmp_path, monk
     config = tmp_path / "empty.yaml"
     config.write_text("")
     out = tmp_path / "runs"
-    with pytest.raises(SteerscopeError, match=r"config key data.harmful_train: dataset 'harmful_train'"):
+    with pytest.raises(SteerscopeError, match=r"config key data.present_train: dataset 'harmful_train'"):
         run_pipeline(config, out)
     assert not out.exists()
 

@@ -11,22 +11,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from steerscope.behaviours import prompts_code, prompts_lists
 from steerscope.data import PromptSet, load_prompts
-from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
+from steerscope.data.builtin import builtin_prompts, known_builtin_sets, register_builtin_set
 from steerscope.errors import SteerscopeError
 
 BUILTIN_PREFIX = "builtin:"
 
+# builtin:<behaviour>_<side>_<split>: the built-in behaviours' prompt sets
+for _behaviour, _module in (("lists", prompts_lists), ("code", prompts_code)):
+    for _side in ("present", "absent"):
+        for _split in ("train", "val", "test"):
+            register_builtin_set(f"{_behaviour}_{_side}_{_split}", _module.prompt_set,
+                                 f"{_side}_{_split}")
+
 
 def builtin_prompt_sets() -> list[str]:
     """Names accepted after ``builtin:``, sorted."""
-    return sorted(BUILTIN_SETS)
+    return sorted(known_builtin_sets())
 
 
 def is_builtin_prompt_set(source) -> bool:
     """True for ``builtin:NAME`` with NAME one of :func:`builtin_prompt_sets`."""
     return (isinstance(source, str) and source.startswith(BUILTIN_PREFIX)
-            and source[len(BUILTIN_PREFIX):] in BUILTIN_SETS)
+            and source[len(BUILTIN_PREFIX):] in known_builtin_sets())
 
 
 def load_source(source, *, data_dir: str | os.PathLike | None = None,

@@ -34,6 +34,7 @@ import textwrap
 
 from steerscope.cli import common
 from steerscope.errors import SteerscopeError
+from steerscope.results_schema import side_labels
 
 
 def _add_steered_prompt_args(p: argparse.ArgumentParser) -> None:
@@ -95,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, help="tokens per generation, every stage "
                                                       "(default 48)")
     p.add_argument("--until", help="stop after this stage (e.g. evaluation: steering only)")
-    p.add_argument("--alpha", default=None, dest="alpha_setting",  # checked with the config
-                   help="steering strength (evaluation.alpha): auto (swept on the val prompts "
-                        "per vector and use) or a positive |α| (default: the paper's -1 / +1)")
     p.add_argument("--strict-kl", action="store_true",
                    help="fail if no DIM candidate passes KL < 0.1 (default: double the "
                         "threshold until one does, and say so)")
     p.add_argument("--out", default="runs", help="runs folder (default: %(default)s)")
+    from steerscope.cli.pipeline import add_set_arg
+
+    add_set_arg(p)  # over the demo's config (after the options above)
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     common.add_allow_code_arg(p)
     common.add_json_arg(p, "results.json")
@@ -339,7 +340,7 @@ def cmd_score(args) -> dict:
 
 def cmd_demo(args) -> dict | None:
     from steerscope.cli.pipeline import print_run
-    from steerscope.demo.config import run_demo
+    from steerscope.pipeline.demo import run_demo
 
     res = run_demo(args.out, until=args.until, progress=not args.quiet, model=args.model,
                    behaviour=args.behaviour, dtype=args.dtype, device=args.device,
@@ -347,8 +348,7 @@ def cmd_demo(args) -> dict | None:
                    methods=args.methods.split(","),
                    data_dir=args.data_dir, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, max_new_tokens=args.max_new_tokens,
-                   relax_kl=not args.strict_kl, allow_code=args.allow_code,
-                   alpha=args.alpha_setting)
+                   relax_kl=not args.strict_kl, allow_code=args.allow_code, sets=args.set)
     if args.json:
         return json.loads(res.results_path.read_text(encoding="utf-8"))
     if not print_run(res):
@@ -372,18 +372,21 @@ def _print_demo_summary(results: dict, run_dir, evaluation_file=None) -> None:
                   f"KL < {sel['kl_threshold']}; give more --n-val prompts or --strict-kl)")
     steering = results.get("steering")
     if steering:
-        print(f"\n{'vector':8s} {'harmful ASR (-s)':>17s} {'harmless ASR (+s)':>18s} "
-              f"{'refusal score harmful/harmless':>31s} {'loops':>12s}")
+        labels = side_labels(results)
+        on, off = labels["present"], labels["absent"]
+        print(f"\n{'vector':8s} {on + ' ASR (-s)':>17s} {off + ' ASR (+s)':>18s} "
+              f"{'score ' + on + '/' + off:>31s} {'loops':>12s}")
         for m, cells in steering.items():
-            h, b = cells["harmful"], cells["harmless"]
+            h, b = cells["present"], cells["absent"]
             loops = " / ".join("-" if c.get("repetition_rate") is None
                                else f"{c['repetition_rate']:.2f}" for c in (h, b))
-            scores = f"{h['mean_refusal_score']:+.2f} / {b['mean_refusal_score']:+.2f}"
-            print(f"{m:8s} {h['asr']:17.3f} {b['asr']:18.3f} {scores:>31s} {loops:>12s}")
-        print("(ASR = fraction of completions that do not refuse, by substring; harmful "
-              "prompts are steered with -s to bypass refusal, harmless ones with +s to "
-              "induce it; loops = fraction of completions that are repetition loops, which "
-              "the substring matcher judges unreliably)")
+            scores = f"{h['mean_score']:+.2f} / {b['mean_score']:+.2f}"
+            print(f"{m:8s} {1 - h['behaviour_rate']:17.3f} {1 - b['behaviour_rate']:18.3f} "
+                  f"{scores:>31s} {loops:>12s}")
+        print(f"(ASR = fraction of completions without {labels['behaviour']}, by the "
+              f"behaviour's judge; {on} prompts are steered with -s to remove it, {off} ones "
+              "with +s to induce it; loops = fraction of completions that are repetition "
+              "loops, which the substring matcher judges unreliably)")
     if evaluation_file is not None:
         _print_examples(evaluation_file)
     print(f"\nall numbers: {run_dir}/results.json (docs/results.md)")
@@ -392,7 +395,7 @@ def _print_demo_summary(results: dict, run_dir, evaluation_file=None) -> None:
 def _print_examples(evaluation_file, n: int = 2) -> None:
     ev = json.loads(evaluation_file.read_text(encoding="utf-8"))
     comp, prompts = ev.get("completions", {}), ev.get("prompts", {})
-    for set_name, sign in (("harmful", "-"), ("harmless", "+")):
+    for set_name, sign in (("present", "-"), ("absent", "+")):
         for i in range(min(n, len(prompts.get(set_name, [])))):
             print(f"\n[{set_name}] {prompts[set_name][i]}")
             for m, by_set in comp.items():

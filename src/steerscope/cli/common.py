@@ -104,45 +104,29 @@ def add_run_folder_args(p: argparse.ArgumentParser, *, out: str, no_model: str) 
     p.add_argument("--no-model", action="store_true", help=no_model)
 
 
-def add_prompt_pair(p: argparse.ArgumentParser, harmful: str, harmless: str, *,
+def add_prompt_pair(p: argparse.ArgumentParser, present: str, absent: str, *,
                     flag: str = "{}", note: str = "") -> None:
-    """``--harmful`` and ``--harmless`` (``flag``'s ``{}`` is the class: ``"{}-val"`` gives
-    ``--harmful-val``): prompt files or dataset names with these defaults; ``note`` says what
-    they are used for."""
-    for cls, default in (("harmful", harmful), ("harmless", harmless)):
-        p.add_argument("--" + flag.format(cls), default=default,
-                       help=f"{cls} prompts{note}: a file or dataset name (default: "
+    """``--present`` and ``--absent`` (``flag``'s ``{}`` is the side: ``"{}-val"`` gives
+    ``--present-val``; destinations ``present`` / ``absent``, ``present_val`` ...): prompt
+    files or dataset names with these defaults; ``note`` says what they are used for.
+    Refusal's spellings (``--harmful`` / ``--harmless``, ``--harmful-val`` ...) stay as
+    hidden aliases of the same options."""
+    for side, old, default in (("present", "harmful", present), ("absent", "harmless", absent)):
+        dest = flag.format(side).replace("-", "_")
+        p.add_argument("--" + flag.format(side), default=default, dest=dest,
+                       help=f"{side} prompts{note}: a file or dataset name (default: "
                             "%(default)s)")
+        p.add_argument("--" + flag.format(old), dest=dest, help=argparse.SUPPRESS)
 
 
-STEERED_NOTE = " (harmful steered with -s to bypass refusal, harmless with +s to induce it)"
-
-
-def add_fluency_threshold_arg(p: argparse.ArgumentParser) -> None:
-    """``--fluency-threshold``: the coherence threshold (nats per token)."""
-    from steerscope.evaluate.coherence import DEFAULT_FLUENCY_THRESHOLD
-
-    p.add_argument("--fluency-threshold", type=float, default=DEFAULT_FLUENCY_THRESHOLD,
-                   help="a completion is coherent when it is not a loop and its mean "
-                        "per-token cross-entropy under the unsteered model is at most this "
-                        "(nats; default: %(default)s)")
+STEERED_NOTE = (" (present steered with -s to remove the behaviour, absent with +s to induce "
+                "it; refusal: harmful / harmless)")
 
 
 def add_max_new_tokens_arg(p: argparse.ArgumentParser, default: int | None = 64) -> None:
     shown = "%(default)s" if default is not None else "the config's"
     p.add_argument("--max-new-tokens", type=int, default=default,
                    help=f"tokens generated per completion (greedy; default: {shown})")
-
-
-def int_list(text: str | None) -> list[int] | None:
-    """``"8,10,12"`` → ``[8, 10, 12]``; None stays None; a one-line error otherwise."""
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise SteerscopeError(f"'{text}' is not a comma-separated list of integers",
-                              "write e.g. 8,10,12") from exc
 
 
 def float_list(text: str | None, what: str) -> list[float]:
@@ -261,8 +245,10 @@ def run_command(args, stdout=None) -> int:
     stdout = sys.stdout if stdout is None else stdout
     as_json = wants_json(args)
     try:
+        from steerscope.cli.options import parse_list_options
         from steerscope.validation import check_cli_args
 
+        parse_list_options(args)  # comma-separated options of list config fields
         check_cli_args(args)
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(), \
                 interrupts_propagate():

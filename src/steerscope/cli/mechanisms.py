@@ -17,10 +17,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="vector name in tables (default: its method)")
 
 
-def _modes(text: str) -> list[str]:
+def _modes(modes: list[str]) -> list[str]:
     from steerscope.mechanisms.freeze import check_mode
 
-    modes = [m.strip() for m in text.split(",") if m.strip()]
     if not modes:
         raise SteerscopeError("no freezing modes given", "pass e.g. --modes qk,ov,svv,mlp")
     return [check_mode(m) for m in modes]
@@ -63,8 +62,8 @@ def cmd_freeze(args) -> dict:
 
     modes = _modes(args.modes)
     sv = SteeringVector.load(args.vector, layer=args.layer)
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     lm = common.load(args)
     res = freeze_evaluation(lm.model, lm.tokenizer, sv, harmful, harmless, modes=modes,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -114,17 +113,15 @@ def svv_paths(out: str | None, name: str, *, from_flag: bool) -> tuple[Path, Pat
 
 def register(sub) -> None:
     """Add ``freeze`` and ``svv`` to the top-level subparsers."""
+    from steerscope.cli.options import add_config_option
+
     p = sub.add_parser("freeze", help="freezing ablations during steered generation "
                                       "(QK/OV freeze, SVV/MLP removal; the paper's Table 1)")
     _model_args(p)
-    p.add_argument("--modes", default="qk,ov,svv,mlp",
-                   help="comma-separated ablations: qk (unsteered attention patterns), ov "
-                        "(unsteered value activations), svv (the steering term removed from "
-                        "the value input), mlp (the steering term removed from every MLP "
-                        "input) (default: %(default)s)")
+    add_config_option(p, "freeze.modes")
     common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
     common.add_sample_args(p, 100)
-    common.add_max_new_tokens_arg(p)
+    add_config_option(p, "freeze.max_new_tokens")
     common.add_batch_size_arg(p, 16)
     p.add_argument("--unsteered", action="store_true", help="add the unsteered model as a row")
     p.add_argument("--out", help="folder for freeze.json (+ freeze.png)")
@@ -136,10 +133,8 @@ def register(sub) -> None:
     _model_args(p)
     p.add_argument("--scores", help="head node scores to rank by: a 'steerscope patch' vector "
                                     "folder, its result.json, or JSON {'a{L}.h{H}': score}")
-    p.add_argument("--top-k", type=int, default=20,
-                   help="tokens kept per head (default: %(default)s)")
-    p.add_argument("--heads", type=int, default=10,
-                   help="heads shown in the table and figure (default: %(default)s)")
+    add_config_option(p, "svv.top_tokens", "--top-k")
+    add_config_option(p, "svv.n_heads", "--heads", note=" Also the heads of the figure.")
     p.add_argument("--show-tokens", type=int, default=10,
                    help="tokens shown per line (default: %(default)s)")
     p.add_argument("--negative", action="store_true", help="read -s (the bypass direction)")

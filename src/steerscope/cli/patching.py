@@ -49,8 +49,8 @@ def cmd_patch(args) -> dict:
     if args.ig_batch_size < 1:
         raise SteerscopeError(f"--ig-batch-size must be >= 1, got {args.ig_batch_size}",
                               "pass e.g. --ig-batch-size 4")
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     lm = common.load(args)
     for v in vectors.values():
         v.check_fits(lm.arch)
@@ -75,7 +75,7 @@ def cmd_patch(args) -> dict:
                           {k: [e.to_json() for e in x] for k, x in ds.items()})
         res = patch_vector(lm.model, v, ds, arch=lm.arch, steps=args.steps, metric=args.metric,
                            tau=args.kl_threshold, reverse=args.reverse,
-                           coarse=args.graph == "coarse", sizes=common.int_list(args.sizes),
+                           coarse=args.graph == "coarse", sizes=args.sizes,
                            threshold=args.threshold, exact_nodes=args.exact_nodes,
                            top_k=args.top_k, grid_step=args.grid_step,
                            grid_max=args.grid_max, random_kind=args.random,
@@ -91,7 +91,7 @@ def cmd_patch(args) -> dict:
         report["vectors"][name] = {"folder": str(out / name), "examples": counts,
                                    **result_json(res, args.top_k)}
     if len(results) > 1:
-        cmp = compare_vectors(lm.model, results, data, sizes=common.int_list(args.sizes),
+        cmp = compare_vectors(lm.model, results, data, sizes=args.sizes,
                               faithfulness_metric=args.faithfulness_metric, progress=True)
         atomic_write_json(out / "comparison.json", cmp)
         _print_comparison(cmp)
@@ -144,75 +144,44 @@ def cmd_circuits(args) -> dict:
 
 def register(sub) -> None:
     """Add ``patch`` and ``circuits`` to the top-level subparsers."""
+    from steerscope.cli.options import add_config_option
+    from steerscope.patching.circuits import RANDOM_KINDS
+    from steerscope.pipeline.stages.patching import PATCHING_GRAPHS, PATCHING_METRICS
+
     p = sub.add_parser("patch", help="multi-token activation patching (EAP-IG), circuits and "
                                      "faithfulness for steering vectors")
     common.add_model_args(p, batch_size=8)
     common.add_vector_specs(p)
     common.add_prompt_pair(p, "harmful_test", "harmless_test", note=" for the rollouts")
     common.add_sample_args(p, 100)
-    p.add_argument("--max-per-dataset", type=int, default=100,
-                   help="most patching examples kept per dataset (harmful/harmless x "
-                        "steered/base; default: %(default)s)")
-    p.add_argument("--judge", default=None,
-                   help="jailbreak judge for the harmful flips, e.g. llamaguard (the paper: "
-                        "steered unsafe and base safe); default: the refusal substrings")
-    common.add_max_new_tokens_arg(p)
-    p.add_argument("--bypass-alpha", type=float, default=-1.0,
-                   help="steering coefficient on harmful prompts (default: %(default)s)")
-    p.add_argument("--induce-alpha", type=float, default=1.0,
-                   help="steering coefficient on harmless prompts (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=10,
-                   help="EAP-IG integration steps T (default: %(default)s)")
-    p.add_argument("--metric", choices=["logit_diff", "kl"], default="logit_diff",
-                   help="patching metric: logit_diff = logit difference of the steered vs "
-                        "unsteered greedy tokens where they differ; kl = KL of steered to "
-                        "unsteered next-token distributions (default: %(default)s)")
-    p.add_argument("--kl-threshold", type=float, default=0.0,
-                   help="τ for --metric kl: only positions whose steered-vs-unsteered KL is at "
-                        "least τ count (0: every position with KL > 0; default: %(default)s)")
-    p.add_argument("--reverse", action="store_true",
-                   help="reverse roles: clean = unsteered, corrupt = steered (patched runs are "
-                        "the unsteered model with some edges carrying their steered value)")
-    p.add_argument("--graph", choices=["fine", "coarse"], default="fine",
-                   help="fine: per-head q/k/v inputs (default); coarse: q/k/v grouped per layer")
-    p.add_argument("--grad-at", choices=list(GRAD_AT), default=GRAD_AT[0],
-                   help="EAP-IG gradient at each downstream node's pre-norm residual (default) "
-                        "or its post-norm input, norm Jacobian ignored (the paper)")
-    p.add_argument("--logits-at", choices=list(LOGITS_AT), default=LOGITS_AT[0],
-                   help="models with a final-logit soft-cap (Gemma-2): the metric reads the "
-                        "logits after the cap (default) or before it (the released code)")
-    p.add_argument("--pooling", choices=list(POOLING), default=POOLING[0],
-                   help="combine examples by the mean over datasets (default) or pooled by "
-                        "unmasked positions (the released code)")
+    add_config_option(p, "patching.n_prompts", "--max-per-dataset")
+    add_config_option(p, "patching.judge")
+    add_config_option(p, "patching.max_new_tokens")
+    add_config_option(p, "evaluation.bypass_alpha")
+    add_config_option(p, "evaluation.induce_alpha")
+    add_config_option(p, "patching.ig_steps", "--steps")
+    add_config_option(p, "patching.metric", choices=PATCHING_METRICS)
+    add_config_option(p, "patching.tau", "--kl-threshold")
+    add_config_option(p, "patching.reverse")
+    add_config_option(p, "patching.graph", choices=PATCHING_GRAPHS)
+    add_config_option(p, "patching.grad_at", choices=GRAD_AT)
+    add_config_option(p, "patching.logits_at", choices=LOGITS_AT)
+    add_config_option(p, "patching.pooling", choices=POOLING)
     p.add_argument("--ig-batch-size", type=int, default=1,
                    help="examples of similar length per batched EAP-IG backward pass (same "
                         "scores; more memory; default 1)")
-    p.add_argument("--sizes", help="circuit sizes in edges for the faithfulness curve, e.g. "
-                                   "50,100,500 (default: 0.5%% to 100%% of the edges in 11 steps)")
-    p.add_argument("--grid-step", type=float,
-                   help="instead of --sizes: every GRID_STEP fraction of the edges (the paper's "
-                        "figure: 0.0341, i.e. 300 of Gemma's 8,790 edges)")
-    p.add_argument("--grid-max", type=float, default=1.0,
-                   help="largest fraction of the edges on the --grid-step grid (default 1)")
-    p.add_argument("--random", choices=["pruned", "unpruned"], default="pruned",
-                   help="random-circuit control: pruned to steer->logits paths and refilled "
-                        "to size like a real circuit (default, the paper's), or unpruned")
-    p.add_argument("--position-metrics", action="store_true",
-                   help="also the released code's per-position faithfulness (KL ratio, "
-                        "directional KL, token match, log-prob) on the steered responses")
-    p.add_argument("--faithfulness-metric", choices=list(FAITHFULNESS_METRICS),
-                   default=FAITHFULNESS_METRICS[0],
-                   help="what the minimum circuit, complement, random control and interchange "
-                        "are measured with: the logit-difference ratio (default) or a released "
-                        "position metric (the paper's curves: logprob)")
-    p.add_argument("--threshold", type=float, default=0.85,
-                   help="faithfulness a circuit must reach to be 'minimum faithful' "
-                        "(default: %(default)s)")
+    add_config_option(p, "circuits.sizes")
+    add_config_option(p, "circuits.grid_step")
+    add_config_option(p, "circuits.grid_max")
+    add_config_option(p, "circuits.random", choices=RANDOM_KINDS)
+    add_config_option(p, "circuits.position_metrics")
+    add_config_option(p, "circuits.metric", "--faithfulness-metric",
+                      choices=FAITHFULNESS_METRICS)
+    add_config_option(p, "circuits.threshold")
     p.add_argument("--exact-nodes", action="store_true",
                    help="also score every node by exact patching (one run per node)")
-    p.add_argument("--top-k", type=int, default=100,
-                   help="top edges counted in the edge-type shares and listed by --json "
-                        "(default: %(default)s)")
+    add_config_option(p, "patching.top_n", "--top-k",
+                      note=" Also the edges listed by --json.")
     p.add_argument("--out", required=True, help="output folder (one subfolder per vector)")
     common.add_json_arg(p, "each vector's summary, curves and top edges (and the comparison)")
     p.set_defaults(func=cmd_patch)

@@ -14,9 +14,9 @@ def cmd_run(args) -> dict | None:
     from steerscope.pipeline import run_pipeline
 
     if args.verify:
-        return verify_run(args.config, args.out)
+        return verify_run(args.config, args.out, args.set)
     res = run_pipeline(args.config, args.out, force=args.force or None, until=args.until,
-                       progress=not args.quiet, allow_code=args.allow_code)
+                       progress=not args.quiet, allow_code=args.allow_code, sets=args.set)
     if not print_run(res):
         return None
     return {"run_dir": str(res.run_dir), "results": str(res.results_path),
@@ -24,9 +24,10 @@ def cmd_run(args) -> dict | None:
             "stages": {n: rec.to_json() for n, rec in res.records.items()}}
 
 
-def verify_run(config: str, out: str) -> dict:
+def verify_run(config: str, out: str, sets: list[str] | None = None) -> dict:
     """Check every stage folder of a run folder (CONFIG's, or CONFIG itself when it is a
-    run folder) against its ``stage.json`` (which must itself be unedited), and the top-level
+    run folder; with the ``--set`` values ``sets``) against its ``stage.json`` (which must
+    itself be unedited), and the top-level
     files (config.yaml, results.json, report.html, figures/) against ``run.json``; print one
     line per folder and file; a one-line error naming what is damaged or missing. Computes
     nothing. Returns ``{run_dir, folders: {name: "ok"}, files: {name: "ok"}}``."""
@@ -36,7 +37,7 @@ def verify_run(config: str, out: str) -> dict:
 
     run_dir = Path(config)
     if not run_dir.is_dir():
-        run_dir = prepare(config, out)[2]
+        run_dir = prepare(config, out, sets=sets or ())[2]
         if not run_dir.is_dir():
             raise SteerscopeError(f"{config} has no run folder under {out} ({run_dir.name})",
                                   "run it first, or pass --out with the folder it ran under")
@@ -101,6 +102,15 @@ def cmd_report(args) -> dict:
     return {"report": str(path)}
 
 
+def add_set_arg(p: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable): a config value over the config's own."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set config key KEY (e.g. evaluation.batch_size, a dotted path as in "
+                        "the YAML file) to VALUE, read as YAML; repeatable, applied in order; "
+                        "checked like the file, recorded in run.json, and only the stages it "
+                        "configures are recomputed (docs/pipeline.md)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run (or resume) the whole pipeline from a YAML config")
     p.add_argument("config", help="the pipeline config (YAML; see docs/pipeline.md)")
@@ -108,6 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="append", metavar="STAGE",
                    help="recompute this stage even if finished (repeatable)")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    add_set_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     common.add_allow_code_arg(p)
     p.add_argument("--verify", action="store_true",

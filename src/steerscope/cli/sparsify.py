@@ -60,8 +60,8 @@ def cmd_scores(args) -> dict:
     from steerscope.vectors import SteeringVector
 
     sv = SteeringVector.load(args.vector)
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     lm = common.load(args)
     res = dimension_scores(lm.model, lm.tokenizer, sv, harmful, harmless, steps=args.steps,
                            max_new_tokens=args.max_new_tokens,
@@ -78,14 +78,14 @@ def cmd_scores(args) -> dict:
 def cmd_sweep(args) -> dict:
     from steerscope.artifacts import child_path
     from steerscope.evaluate.judges import get_judge
-    from steerscope.sparsify import RULES, dimension_scores, sparsity_sweep
+    from steerscope.sparsify import dimension_scores, sparsity_sweep
 
     vectors, ies = _vectors(args)
-    taus = common.float_list(args.taus, "--taus")
+    taus = args.taus
     fractions = common.float_list(args.fractions, "--fractions")
-    rules = [r.strip() for r in args.rules.split(",")] if args.rules else list(RULES)
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    rules = args.rules
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     unseen = common.read_prompts(args.unseen, args.n, args.seed) if args.unseen else None
     judge = get_judge(args.judge) if args.judge else None
     out = Path(args.out)
@@ -94,8 +94,8 @@ def cmd_sweep(args) -> dict:
     lm = common.load(args)
     missing = [m for m in vectors if m not in ies]
     if missing:
-        score_harmful = common.read_prompts(args.score_harmful, args.n_score, args.seed)
-        score_harmless = common.read_prompts(args.score_harmless, args.n_score, args.seed)
+        score_harmful = common.read_prompts(args.score_present, args.n_score, args.seed)
+        score_harmless = common.read_prompts(args.score_absent, args.n_score, args.seed)
         for m in missing:
             res = dimension_scores(lm.model, lm.tokenizer, vectors[m], score_harmful,
                                    score_harmless, steps=args.steps,
@@ -142,6 +142,7 @@ def cmd_agree(args) -> list[dict]:
 
 def register(sub) -> None:
     """Add the ``sparsify`` command group to the top-level subparsers."""
+    from steerscope.cli.options import add_config_option
     from steerscope.sparsify import DEFAULT_TAUS, RULES
 
     default_taus = ",".join(f"{t:g}" for t in DEFAULT_TAUS)
@@ -197,10 +198,9 @@ def register(sub) -> None:
                            note=" for a missing IE")
     p.add_argument("--n-score", type=int, default=32,
                    help="prompts per class for a missing IE (default: %(default)s)")
-    p.add_argument("--taus", default=default_taus, help=taus_help)
+    add_config_option(p, "sparsify.taus")
     p.add_argument("--fractions", default="", help="extra sparsities, e.g. 0.9,0.95,0.99")
-    p.add_argument("--rules", help=f"comma-separated subset of {','.join(RULES)} "
-                                   "(default: all)")
+    add_config_option(p, "sparsify.rules")
     p.add_argument("--judge", help=common.JUDGE_HELP)
     p.add_argument("--threshold", type=float, default=0.9,
                    help="retention the table's highest sparsity must keep, as a fraction of "

@@ -22,8 +22,8 @@ def cmd_sweep_alpha(args) -> dict:
     share = check_auto_share(args.share, "--share")
     threshold = check_fluency_threshold(args.fluency_threshold, "--fluency-threshold")
     vectors = common.load_vectors(args.vector)
-    present = common.read_prompts(args.harmful_val, args.n, args.seed)
-    absent = common.read_prompts(args.harmless_val, args.n, args.seed)
+    present = common.read_prompts(args.present_val, args.n, args.seed)
+    absent = common.read_prompts(args.absent_val, args.n, args.seed)
     lm = common.load(args)
     formatted, outs = reference_completions(lm.model, lm.tokenizer, absent[:args.n_reference],
                                             max_new_tokens=args.max_new_tokens,
@@ -52,6 +52,7 @@ def cmd_sweep_alpha(args) -> dict:
 
 def register(sub) -> None:
     """Add ``sweep-alpha`` to the top-level subparsers."""
+    from steerscope.cli.options import add_config_option
     from steerscope.evaluate.alpha_sweep import DEFAULT_ALPHA_GRID, DEFAULT_AUTO_SHARE
 
     p = sub.add_parser("sweep-alpha", help="sweep the steering strength α on val prompts: "
@@ -69,10 +70,8 @@ def register(sub) -> None:
     p.add_argument("--share", type=float, default=DEFAULT_AUTO_SHARE,
                    help="auto picks the smallest |α| whose coherent success reaches this share "
                         "of the curve's best (default: %(default)s)")
-    common.add_fluency_threshold_arg(p)
-    p.add_argument("--n-reference", type=int, default=16,
-                   help="absent-side val prompts whose unsteered completions are the "
-                        "ce_reference text (default: %(default)s)")
+    add_config_option(p, "evaluation.fluency_threshold")
+    add_config_option(p, "evaluation.n_reference")
     p.add_argument("--out", help="write the curve, the choice and every completion as JSON")
     common.add_json_arg(p, "the curve and the chosen α")
     p.set_defaults(func=cmd_sweep_alpha)

@@ -22,13 +22,13 @@ def cmd_dim(args) -> dict:
     from steerscope.vectors import select_dim
 
     sets = {name: common.read_prompts(getattr(args, name.replace("-", "_")), n, args.seed)
-            for name, n in (("harmful-train", args.n_train), ("harmless-train", args.n_train),
-                            ("harmful-val", args.n_val), ("harmless-val", args.n_val))}
+            for name, n in (("present-train", args.n_train), ("absent-train", args.n_train),
+                            ("present-val", args.n_val), ("absent-val", args.n_val))}
     lm = common.load(args)
     tok = lm.tokenizer
     res = select_dim(lm.model, tok, *(common.formatted(tok, v) for v in sets.values()),
-                     model_id=lm.model_id, revision=lm.revision, filter=not args.no_filter,
-                     layers=common.int_list(args.layers), kl_threshold=args.kl_threshold,
+                     model_id=lm.model_id, revision=lm.revision, filter=args.filter,
+                     layers=args.layers, kl_threshold=args.kl_threshold,
                      induce_threshold=args.induce_threshold,
                      max_layer_fraction=args.max_layer_fraction,
                      layer_cutoff=args.layer_cutoff, at_threshold=args.at_threshold,
@@ -83,11 +83,11 @@ def cmd_train(args) -> dict:
     from steerscope.vectors.training_data import build_preference_data
 
     dim = SteeringVector.load(args.dim)
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     if args.val_prompts == "dim_val":
-        harmful_val = common.read_prompts(args.harmful_val, args.n_val, args.seed)
-        harmless_val = common.read_prompts(args.harmless_val, args.n_val, args.seed)
+        harmful_val = common.read_prompts(args.present_val, args.n_val, args.seed)
+        harmless_val = common.read_prompts(args.absent_val, args.n_val, args.seed)
     lm = common.load(args)
     dim.check_fits(lm.arch)
     layer = args.layer if args.layer is not None else dim.layer
@@ -171,8 +171,8 @@ def cmd_evaluate(args) -> dict:
     from steerscope.evaluate.steering import evaluate_steering
 
     vectors = common.load_vectors(args.vector, required=False)
-    harmful = common.read_prompts(args.harmful, args.n, args.seed)
-    harmless = common.read_prompts(args.harmless, args.n, args.seed)
+    harmful = common.read_prompts(args.present, args.n, args.seed)
+    harmless = common.read_prompts(args.absent, args.n, args.seed)
     judge = get_judge(args.judge) if args.judge else None
     lm = common.load(args)
     res = evaluate_steering(lm.model, lm.tokenizer, vectors, harmful, harmless, arch=lm.arch,
@@ -200,16 +200,12 @@ def cmd_evaluate(args) -> dict:
 
 def register(sub) -> None:
     """Add the vector and evaluation commands to the top-level subparsers."""
+    from steerscope.cli.options import add_config_option
+    from steerscope.pipeline.stages.vectors import VAL_PROMPTS
     from steerscope.vectors import METHODS
-    from steerscope.vectors.dim_selection import (
-        AT_THRESHOLD,
-        DEFAULT_AT_THRESHOLD,
-        DEFAULT_INDUCE_THRESHOLD,
-        DEFAULT_KL_THRESHOLD,
-        DEFAULT_LAYER_CUTOFF,
-        DEFAULT_MAX_LAYER_FRACTION,
-    )
-    from steerscope.vectors.train_config import MATCH_SCOPES
+    from steerscope.vectors.dim_selection import AT_THRESHOLD, LAYER_CUTOFFS
+    from steerscope.vectors.train_config import MATCH_SCOPES, PRESETS, TrainConfig
+    from steerscope.vectors.training_data import HARMLESS_REFUSE_SOURCES
 
     vec = sub.add_parser("vectors", help="extract, train, inspect and convert steering vectors")
     vsub = vec.add_subparsers(dest="vectors_command", required=True, metavar="ACTION",
@@ -217,40 +213,24 @@ def register(sub) -> None:
                                    "push | pull")
 
     p = vsub.add_parser("dim", help="DIM refusal direction with the paper's selection rule")
-    common.add_model_args(p, batch_size=16)
+    common.add_model_args(p)
+    add_config_option(p, "vectors.batch_size")
     common.add_prompt_pair(p, "harmful_train", "harmless_train", flag="{}-train",
                            note=" for the difference of means")
     common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="{}-val",
                            note=" for the candidate selection")
-    p.add_argument("--n-train", type=int, default=128,
-                   help="train prompts per class, a seeded sample (default: %(default)s)")
-    p.add_argument("--n-val", type=int, default=32,
-                   help="validation prompts per class, a seeded sample (default: %(default)s)")
+    add_config_option(p, "data.n_train")
+    add_config_option(p, "data.n_val")
     p.add_argument("--seed", type=int, default=42, help=common.SEED_HELP)
-    p.add_argument("--layers", help="comma-separated layers to consider (default: all)")
-    p.add_argument("--no-filter", action="store_true",
-                   help="keep prompts whatever their unsteered refusal score")
-    p.add_argument("--kl-threshold", type=float, default=DEFAULT_KL_THRESHOLD,
-                   help="discard candidates whose ablation moves the harmless next-token "
-                        "distribution by KL >= this, in nats (default: %(default)s)")
-    p.add_argument("--relax-kl", action="store_true",
-                   help="if no candidate passes the KL filter, double its threshold until one "
-                        "does (recorded in the vector)")
-    p.add_argument("--score-all", action="store_true",
-                   help="score every filter of every candidate (the full candidate table; "
-                        "the same choice; default: stop at a candidate's first failed filter)")
-    p.add_argument("--induce-threshold", type=float, default=DEFAULT_INDUCE_THRESHOLD,
-                   help="discard candidates whose addition to harmless prompts gives a mean "
-                        "refusal score <= this (default: %(default)s)")
-    p.add_argument("--max-layer-fraction", type=float, default=DEFAULT_MAX_LAYER_FRACTION,
-                   help="discard layers past this fraction f of the depth L (see "
-                        "--layer-cutoff; default: %(default)s)")
-    p.add_argument("--layer-cutoff", choices=["int", "real"], default=DEFAULT_LAYER_CUTOFF,
-                   help="discard layers >= int(f*L) (int, the released code) or >= f*L (real) "
-                        "(default: %(default)s)")
-    p.add_argument("--at-threshold", choices=list(AT_THRESHOLD), default=DEFAULT_AT_THRESHOLD,
-                   help="a candidate exactly at the KL or induce threshold: discard it, or keep "
-                        "it (the released code's strict comparisons) (default: %(default)s)")
+    add_config_option(p, "vectors.dim.layers")
+    add_config_option(p, "vectors.dim.filter")  # --no-filter
+    add_config_option(p, "vectors.dim.kl_threshold")
+    add_config_option(p, "vectors.dim.relax_kl")
+    add_config_option(p, "vectors.dim.score_all")
+    add_config_option(p, "vectors.dim.induce_threshold")
+    add_config_option(p, "vectors.dim.max_layer_fraction")
+    add_config_option(p, "vectors.dim.layer_cutoff", choices=LAYER_CUTOFFS)
+    add_config_option(p, "vectors.dim.at_threshold", choices=AT_THRESHOLD)
     p.add_argument("--out", required=True,
                    help="output folder (dim.safetensors, dim_candidates.json)")
     common.add_json_arg(p, "the chosen candidate and the files")
@@ -282,43 +262,30 @@ def register(sub) -> None:
                    help="ntp: next-token prediction on refusals; po: preference optimisation")
     p.add_argument("--dim", required=True, help="the DIM vector file (data and norm)")
     common.add_prompt_pair(p, "harmful_train", "harmless_train", note=" to train on")
-    p.add_argument("--n", type=int, default=64,
-                   help="prompts per class (default: %(default)s; the paper: 256)")
+    add_config_option(p, "vectors.preference.n_prompts", "--n")
     p.add_argument("--layer", type=int, help="steered layer (default: the DIM vector's layer)")
-    p.add_argument("--grid", choices=["single", "quick", "paper"], default="single",
+    p.add_argument("--grid", choices=["single", *PRESETS], default="single",
                    help="single: one run with --epochs/--lr/--train-batch-size; quick or "
-                        "paper: a hyperparameter grid, best by validation (default: "
-                        "%(default)s)")
-    p.add_argument("--epochs", type=int, default=3,
-                   help="training epochs with --grid single (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.04,
-                   help="learning rate with --grid single (default: %(default)s)")
-    p.add_argument("--train-batch-size", type=int, default=6,
-                   help="training pairs per optimiser step with --grid single (default: "
-                        "%(default)s)")
-    p.add_argument("--val-prompts", choices=["dim_val", "split"], default="dim_val",
-                   help="dim_val: validation pairs from DIM's validation prompts (released "
-                        "code); split: hold out --val-fraction of the training pairs")
+                        "paper: the trainer's preset grid (its own epochs, learning rates and "
+                        "batch sizes), best by validation (default: %(default)s)")
+    single = " with --grid single"
+    add_config_option(p, "epochs", owner=TrainConfig, note=single)
+    add_config_option(p, "lr", owner=TrainConfig, note=single)
+    add_config_option(p, "batch_size", "--train-batch-size", owner=TrainConfig, note=single)
+    add_config_option(p, "vectors.preference.val_prompts", choices=VAL_PROMPTS)
     common.add_prompt_pair(p, "harmful_val", "harmless_val", flag="{}-val",
                            note=" for validation with --val-prompts dim_val")
-    p.add_argument("--n-val", type=int, default=32, help="validation prompts per class "
-                   "(the same seeded sample as 'vectors dim'; default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="fraction of training pairs held out with --val-prompts split "
-                        "(default: %(default)s)")
+    add_config_option(p, "data.n_val")
+    add_config_option(p, "vectors.preference.val_fraction")
     p.add_argument("--conventions", choices=["paper", "steerscope"], default="paper",
                    help="model selection: paper = validate at the DIM norm after every epoch, "
                         "keep the best, LR stepped per epoch; steerscope = the last epoch, "
                         "validated at the mean factor, LR stepped per step")
-    common.add_max_new_tokens_arg(p)
-    p.add_argument("--harmless-refuse", choices=["instruction", "dim"], default="instruction",
-                   help="harmless refusals: told to refuse (paper) or DIM-steered (+1)")
-    p.add_argument("--end-of-turn", action="store_true",
-                   help="targets end with the chat template's end-of-turn token (the released "
-                        "code's)")
-    p.add_argument("--match-scope", choices=list(MATCH_SCOPES), default=MATCH_SCOPES[0],
-                   help="validation token match over the loss tokens (default) or the whole "
-                        "response (the released code's)")
+    add_config_option(p, "vectors.preference.max_new_tokens")
+    add_config_option(p, "vectors.preference.harmless_refuse",
+                      choices=HARMLESS_REFUSE_SOURCES)
+    add_config_option(p, "vectors.preference.end_of_turn")
+    add_config_option(p, "match_scope", owner=TrainConfig, choices=MATCH_SCOPES)
     p.add_argument("--seed", type=int, default=42,
                    help="seed of the prompt sample, split and training (default: %(default)s)")
     p.add_argument("--out", required=True, help="output .safetensors file")
@@ -354,13 +321,14 @@ def register(sub) -> None:
 
     p = sub.add_parser("evaluate", help="steered evaluation: bypass on harmful, induce on "
                                         "harmless prompts (the paper's Table 2)")
-    common.add_model_args(p, batch_size=16)
+    common.add_model_args(p)
+    add_config_option(p, "evaluation.batch_size")
     common.add_vector_specs(p)
     common.add_prompt_pair(p, "jailbreakbench", "harmless_test", note=common.STEERED_NOTE)
     common.add_sample_args(p, 100)
-    common.add_max_new_tokens_arg(p)
-    p.add_argument("--judge", help=common.JUDGE_HELP)
-    common.add_fluency_threshold_arg(p)
+    add_config_option(p, "evaluation.max_new_tokens")
+    add_config_option(p, "evaluation.judge")
+    add_config_option(p, "evaluation.fluency_threshold")
     p.add_argument("--out", help="write the table and completions as JSON")
     common.add_json_arg(p, "the table, cosine matrix and completions")
     p.set_defaults(func=cmd_evaluate)

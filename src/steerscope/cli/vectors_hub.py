@@ -13,7 +13,7 @@ from steerscope.safe_files import read_json_file
 def run_entries(run_dir: Path, methods: list[str] | None, base_model: str | None) -> list:
     """(subfolder, payload, card info) for each vector of a run folder, its card quoting the
     run's headline figures from results.json."""
-    from steerscope.results_schema import check_results, resolve_path
+    from steerscope.results_schema import check_results, resolve_path, upgrade_results
     from steerscope.vectors import load_vector_file
     from steerscope.vectors.hub import card_info
     from steerscope.vectors.hub_card import alpha_of, model_name, run_figures
@@ -22,7 +22,7 @@ def run_entries(run_dir: Path, methods: list[str] | None, base_model: str | None
     if not results_file.is_file():
         raise SteerscopeError(f"run folder {run_dir} has no results.json",
                               "pass a run folder written by steerscope run, or vector files")
-    results = read_json_file(results_file, "results file")
+    results = upgrade_results(read_json_file(results_file, "results file"))  # older runs too
     check_results(results)
     vectors = results.get("vectors") or {}
     if not vectors:

@@ -18,28 +18,32 @@ def steering_coherence(model, tokenizer, res: SteeringEval, vectors: Mapping[str
                        judge=None, fluency_threshold: float = DEFAULT_FLUENCY_THRESHOLD,
                        n_reference: int = 16, arch=None, batch_size: int = 16
                        ) -> dict[str, dict[str, dict]]:
-    """method → prompt set → the coherence columns of that row (verdicts by ``judge``,
-    default the paper's refusal substrings; needs the table's unsteered rows)."""
-    judge = judge if judge is not None else SubstringPresence()
-    absent = next(r.prompt_set for r in res.rows if r.side == "absent")
+    """method → side → the coherence columns of that row (verdicts by ``judge``; None: the
+    table's own behaviour verdicts, else the paper's refusal substrings; needs the table's
+    unsteered rows)."""
+    absent = "absent"
     formatted = {s: [format_prompt(tokenizer, p) for p in ps] for s, ps in res.prompts.items()}
     reference = ReferenceCE(model, tokenizer, formatted[absent][:n_reference],
                             res.completions[NONE][absent][:n_reference], arch=arch,
                             batch_size=batch_size)
     out: dict[str, dict[str, dict]] = {}
     for r in res.rows:
-        outs = res.completions[r.method][r.prompt_set]
-        verdicts = [bool(v) for v in judge.judge(res.prompts[r.prompt_set], outs)]
-        out.setdefault(r.method, {})[r.prompt_set] = row_coherence(
-            model, tokenizer, formatted[r.prompt_set], outs, verdicts, use=r.use,
+        outs = res.completions[r.method][r.side]
+        if judge is None and r.side in res.verdicts.get(r.method, {}):
+            verdicts = res.verdicts[r.method][r.side]
+        else:
+            verdicts = [bool(v) for v in (judge or SubstringPresence()).judge(
+                res.prompts[r.side], outs)]
+        out.setdefault(r.method, {})[r.side] = row_coherence(
+            model, tokenizer, formatted[r.side], outs, verdicts, use=r.use,
             steerer=vectors.get(r.method), alpha=r.alpha, reference=reference, key=r.method,
             fluency_threshold=fluency_threshold, arch=arch, batch_size=batch_size)
     return out
 
 
 def coherence_table(coherence: Mapping[str, Mapping[str, dict]]) -> str:
-    """Plain text: one line per (method, prompt set)."""
-    head = (f"{'vector':10s} {'set':9s} {'coherent':>8s} {'behav|coh':>9s} {'fluency':>7s} "
+    """Plain text: one line per (method, side)."""
+    head = (f"{'vector':10s} {'side':9s} {'coherent':>8s} {'behav|coh':>9s} {'fluency':>7s} "
             f"{'ce_ref':>7s}")
     lines = [head, "-" * len(head)]
 

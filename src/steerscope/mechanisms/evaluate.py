@@ -1,18 +1,15 @@
 """The freezing-ablation table (the paper's Table 1) on any model.
 
-For plain steering (``none``) and each freezing mode: greedy completions of the harmful test
-prompts steered with ``bypass_alpha`` (default −1) and of the harmless ones with
-``induce_alpha`` (default +1), the ablation applied at every layer ``>= ℓ`` for the whole
-response (:mod:`steerscope.mechanisms.freeze`). Per (mode, set): ASR (fraction of completions
-that did not refuse, substring matcher), the refusal score at the last prompt position under
-the same ablation (fraction > 0, mean), and the **drop** versus plain steering in absolute
-points: ``100 · (success_none − success_mode)`` with success = ASR on the harmful set (bypass)
-and 1 − ASR on the harmless set (induce). ``mean drop`` averages the two sets.
-
-With ``behaviour=`` (default refusal) its judge decides presence (ASR = fraction without the
-behaviour) and its score tokens give the score; the sets are its present (remove, α < 0) and
-absent (induce, α > 0) prompts, named ``harmful`` / ``harmless`` for refusal and ``present``
-/ ``absent`` otherwise. Each cell is one :func:`steerscope.evaluate.steered.steered_outcome`
+For plain steering (``none``) and each freezing mode: greedy completions of the behaviour's
+present test prompts steered with ``bypass_alpha`` (default −1: *remove*) and of its absent
+ones with ``induce_alpha`` (default +1: *induce*), the ablation applied at every layer
+``>= ℓ`` for the whole response (:mod:`steerscope.mechanisms.freeze`). Per (mode, side): the
+behaviour rate (fraction of completions the behaviour's judge finds it in; default refusal
+by the paper's substring matcher, whose ASR is 1 − rate), the fast score at the last prompt
+position under the same ablation (fraction > 0, mean), and the **drop** versus plain
+steering in absolute points: ``100 · (success_none − success_mode)`` with success = 1 − rate
+on the present side (remove) and the rate on the absent side (induce). ``mean drop``
+averages the two sides. Each cell is one :func:`steerscope.evaluate.steered.steered_outcome`
 with frozen generation as its generator; the two sets of a mode are generated together, packed
 into shared batches with per-row alphas (each row is its set's run alone).
 """
@@ -24,17 +21,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from steerscope.artifacts import atomic_write, atomic_write_json
+from steerscope.behaviours.builtins import REFUSAL
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.matchers import is_refusal_substring
 from steerscope.evaluate.presence import CallablePresence
 from steerscope.evaluate.refusal import refusal_token_ids
 from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import steered_outcome
-from steerscope.evaluate.steering import set_names
 from steerscope.generation import generate
 from steerscope.mechanisms.freeze import MODE_NAMES, check_mode, frozen_generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import format_prompt
+from steerscope.results_schema import SIDES
 
 UNSTEERED = "unsteered"
 DEFAULT_MODES = ("qk", "ov", "svv", "mlp")
@@ -42,17 +40,22 @@ DEFAULT_MODES = ("qk", "ov", "svv", "mlp")
 
 @dataclass
 class FreezeRow:
-    """One (mode, prompt set) cell."""
+    """One (mode, side) cell."""
 
     mode: str
-    prompt_set: str  # "harmful" | "harmless"
+    side: str  # "present" (remove) | "absent" (induce)
     alpha: float
     n: int
-    asr: float
-    score_refusal_rate: float
-    mean_refusal_score: float
+    behaviour_rate: float  # fraction of completions the behaviour's judge finds it in
+    score_rate: float  # fraction of prompts with fast score > 0
+    mean_score: float
     drop: float | None  # absolute points lost versus plain steering (None for "none")
     repetition_rate: float | None = None  # fraction of repetition loops (evaluate.repetition)
+
+    @property
+    def absence_rate(self) -> float:
+        """1 − ``behaviour_rate`` (refusal: the ASR)."""
+        return 1.0 - self.behaviour_rate
 
 
 @dataclass
@@ -65,32 +68,40 @@ class FreezeEval:
     completions: dict[str, dict[str, list[str]]] = field(repr=False)
     prompts: dict[str, list[str]] = field(repr=False)
 
-    def row(self, mode: str, prompt_set: str) -> FreezeRow:
+    labels: dict[str, str] = field(default_factory=lambda: {"present": "present",
+                                                            "absent": "absent"})
+
+    def row(self, mode: str, side: str) -> FreezeRow:
         for r in self.rows:
-            if r.mode == mode and r.prompt_set == prompt_set:
+            if r.mode == mode and r.side == side:
                 return r
-        raise KeyError((mode, prompt_set))
+        raise KeyError((mode, side))
 
     @property
     def modes(self) -> list[str]:
         return list(dict.fromkeys(r.mode for r in self.rows))
 
-    @property
-    def set_names(self) -> list[str]:
-        """The two prompt-set names: present (remove) first, then absent (induce)."""
-        return list(dict.fromkeys(r.prompt_set for r in self.rows))
-
     def mean_drop(self, mode: str) -> float | None:
-        drops = [self.row(mode, s).drop for s in self.set_names]
+        drops = [self.row(mode, s).drop for s in SIDES]
         return None if any(d is None for d in drops) else sum(drops) / 2
+
+    def shown_rate(self, row: FreezeRow) -> float:
+        """The rate the table and figure show: refusal's ASR (1 − rate, as the paper), else
+        the behaviour rate."""
+        return row.absence_rate if self.refusal else row.behaviour_rate
+
+    @property
+    def refusal(self) -> bool:
+        return self.labels.get("behaviour") == "refusal"
 
     def table(self) -> str:
         """Plain text, one line per mode (like the paper's Table 1)."""
-        present, absent = self.set_names
-        judged = "substring" if present == "harmful" else "the behaviour's judge"
-        head = (f"{'ablation':20s} {present + ' ASR':>11s} {'drop':>6s} {absent + ' ASR':>12s} "
-                f"{'drop':>6s} {'mean drop':>9s} {'loops':>11s}")
-        lines = [f"{self.vector_name} at layer {self.layer}; ASR by {judged}; drop = points "
+        present, absent = self.labels["present"], self.labels["absent"]
+        what = "ASR" if self.refusal else "rate"
+        judged = "substring" if self.refusal else "the behaviour's judge"
+        head = (f"{'ablation':20s} {present + ' ' + what:>11s} {'drop':>6s} "
+                f"{absent + ' ' + what:>12s} {'drop':>6s} {'mean drop':>9s} {'loops':>11s}")
+        lines = [f"{self.vector_name} at layer {self.layer}; {what} by {judged}; drop = points "
                  "of steering success lost vs plain steering; loops = repetition loops "
                  f"({present} / {absent}), which the matcher judges unreliably",
                  head, "-" * len(head)]
@@ -103,16 +114,17 @@ class FreezeEval:
                               for r in (h, b))
 
         for m in self.modes:
-            h, b = (self.row(m, s) for s in self.set_names)
+            h, b = (self.row(m, s) for s in SIDES)
             name = MODE_NAMES.get(m, m)
-            lines.append(f"{name:20s} {h.asr:11.3f} {fmt(h.drop):>6s} {b.asr:12.3f} "
+            lines.append(f"{name:20s} {self.shown_rate(h):11.3f} {fmt(h.drop):>6s} "
+                         f"{self.shown_rate(b):12.3f} "
                          f"{fmt(b.drop):>6s} {fmt(self.mean_drop(m)):>9s} "
                          f"{fmt_loops(h, b):>11s}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
         return {"layer": self.layer, "vector": self.vector_name,
-                "rows": [asdict(r) for r in self.rows],
+                "rows": [asdict(r) for r in self.rows], "labels": self.labels,
                 "mean_drop": {m: self.mean_drop(m) for m in self.modes},
                 "table": self.table(), "prompts": self.prompts,
                 "completions": self.completions}
@@ -126,7 +138,7 @@ class FreezeEval:
         return paths
 
     def figure(self, path: str | Path) -> Path:
-        """Grouped bars: ASR per mode on both sets."""
+        """Grouped bars: the shown rate (:meth:`shown_rate`) per mode on both sides."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -135,11 +147,13 @@ class FreezeEval:
         modes = self.modes
         fig, ax = plt.subplots(figsize=(1.2 * len(modes) + 2, 3.2))
         xs = range(len(modes))
-        for off, (s, color) in zip((-0.2, 0.2), zip(self.set_names, ("tab:red", "tab:blue"))):
-            ax.bar([x + off for x in xs], [self.row(m, s).asr for m in modes], width=0.4,
-                   color=color, label=f"{s} (α = {self.row('none', s).alpha:+g})")
+        for off, (s, color) in zip((-0.2, 0.2), zip(SIDES, ("tab:red", "tab:blue"))):
+            ax.bar([x + off for x in xs], [self.shown_rate(self.row(m, s)) for m in modes],
+                   width=0.4, color=color,
+                   label=f"{self.labels[s]} (α = {self.row('none', s).alpha:+g})")
         ax.set_xticks(list(xs), [MODE_NAMES.get(m, m) for m in modes], fontsize=8, rotation=15)
-        ax.set_ylabel("ASR (not refused)")
+        ax.set_ylabel("ASR (not refused)" if self.refusal
+                      else f"{self.labels.get('behaviour', 'behaviour')} rate")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
         ax.set_title(f"{self.vector_name}, layer {self.layer}: freezing ablations", fontsize=9)
@@ -173,8 +187,8 @@ def freeze_evaluation(
     model,
     tokenizer,
     vector,
-    harmful: Sequence[str],
-    harmless: Sequence[str],
+    present: Sequence[str],
+    absent: Sequence[str],
     *,
     modes: Sequence[str] = DEFAULT_MODES,
     layer: int | None = None,
@@ -189,16 +203,16 @@ def freeze_evaluation(
     score_ids=None,
 ) -> FreezeEval:
     """Table 1 for one vector (a :class:`~steerscope.vectors.SteeringVector`, or a tensor
-    with ``layer``). ``harmful`` / ``harmless`` are raw instructions (chat-formatted here;
-    for another ``behaviour`` its present / absent prompts). ``include_unsteered`` adds the
+    with ``layer``). ``present`` / ``absent`` are the behaviour's raw test prompts
+    (chat-formatted here; refusal, the default: requests it refuses / answers). ``include_unsteered`` adds the
     unsteered model as a reference row. ``score_ids``: the fast score's token ids (default:
     the behaviour's; refusal: ``refusal_token_ids``)."""
     import torch
 
     from steerscope.vectors.vector import SteeringVector
 
-    if not harmful or not harmless:
-        raise SteerscopeError("the freezing evaluation needs harmful and harmless test prompts",
+    if not present or not absent:
+        raise SteerscopeError("the freezing evaluation needs present and absent test prompts",
                               "pass non-empty prompt lists")
     arch = arch if arch is not None else validate_model(model)
     if isinstance(vector, SteeringVector):
@@ -216,10 +230,9 @@ def freeze_evaluation(
     arch.check_layer(layer)
     arch.check_vector(s)
     modes = list(dict.fromkeys(["none", *[check_mode(m) for m in modes]]))
-    names = set_names(behaviour)
-    present_set = names["present"]
-    sets = {present_set: (list(harmful), float(bypass_alpha)),
-            names["absent"]: (list(harmless), float(induce_alpha))}
+    present_set = "present"
+    sets = {"present": (list(present), float(bypass_alpha)),
+            "absent": (list(absent), float(induce_alpha))}
     formatted = {k: [format_prompt(tokenizer, p) for p in v[0]] for k, v in sets.items()}
     if score_ids is None:
         score_ids = (refusal_token_ids(tokenizer) if behaviour is None
@@ -257,11 +270,12 @@ def freeze_evaluation(
             outs = got.completions
             asr = 1 - got.rate
             success[mode, set_name] = asr if set_name == present_set else 1 - asr
-            rows.append(FreezeRow(mode, set_name, alpha_used, got.n, asr, got.score_rate,
+            rows.append(FreezeRow(mode, set_name, alpha_used, got.n, got.rate, got.score_rate,
                                   got.mean_score, None, repetition_rate(outs)))
             completions[mode][set_name] = outs
     for r in rows:
         if r.mode != "none":
-            r.drop = 100.0 * (success["none", r.prompt_set] - success[r.mode, r.prompt_set])
+            r.drop = 100.0 * (success["none", r.side] - success[r.mode, r.side])
     prompts = {k: v[0] for k, v in sets.items()}
-    return FreezeEval(rows, layer, vector_name or "vector", completions, prompts)
+    labels = dict(REFUSAL.labels if behaviour is None else behaviour.labels)
+    return FreezeEval(rows, layer, vector_name or "vector", completions, prompts, labels)

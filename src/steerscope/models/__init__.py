@@ -17,6 +17,7 @@ from steerscope.models.embedded import (
     default_model_dir,
     embedded_gguf_path,
 )
+from steerscope.models.gemma3 import GEMMA3_MODEL  # registers the named model gemma3-270m
 from steerscope.models.loading import (
     DTYPES,
     LoadedModel,
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DTYPES",
     "EMBEDDED_GGUF",
+    "GEMMA3_MODEL",
     "MODEL_SOURCES",
     "QUANTIZATIONS",
     "SUPPORTED_MODEL_TYPES",

@@ -9,7 +9,9 @@ bound :class:`ModelArch` used by the runtime and by every analysis.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,8 +21,45 @@ from steerscope.models.quantization import linear_shape
 
 
 @dataclass(frozen=True)
+class HookSite:
+    """Where the runtime hooks one hook point (:data:`steerscope.runtime.POINTS`) in a block.
+
+    ``module``: a block component field of :class:`ArchSpec` (``attn``, ``mlp``, ``q_proj``,
+    ...) or ``"block"`` (the decoder block itself; at layer ``n_layers``, the final norm).
+    ``kind``: ``"input"`` (a forward pre-hook on the module's first input, passed by position
+    or as keyword ``arg``), ``"output"`` (a forward hook on its output, the first element of a
+    tuple), ``"heads_input"`` / ``"heads_output"`` (the same, seen as ``[batch, seq, heads,
+    d_head]`` with ``heads`` the :class:`ModelArch` attribute giving the head count) or
+    ``"pattern"`` (the attention probabilities, through the attention-function swap)."""
+
+    module: str
+    kind: str
+    arg: str = "hidden_states"
+    heads: str | None = None
+
+
+# hook point -> where it lives, for every Hugging Face decoder in the table (a row whose
+# modules take other arguments gives its own ``hook_sites``)
+HOOK_SITES: dict[str, HookSite] = {
+    "resid_pre": HookSite("block", "input"),
+    "attn_in": HookSite("attn", "input"),
+    "mlp_in": HookSite("mlp", "input", arg="x"),
+    "attn_out": HookSite("attn", "output"),
+    "mlp_out": HookSite("mlp", "output"),
+    "q": HookSite("q_proj", "heads_output", heads="n_heads"),
+    "k": HookSite("k_proj", "heads_output", heads="n_kv_heads"),
+    "v": HookSite("v_proj", "heads_output", heads="n_kv_heads"),
+    "z": HookSite("o_proj", "heads_input", arg="input", heads="n_heads"),
+    "pattern": HookSite("attn", "pattern"),
+}
+
+
+@dataclass(frozen=True)
 class ArchSpec:
-    """One row of the architecture table (pure data)."""
+    """One row of the architecture table (pure data): a model family's module paths, where
+    each hook point lives (``hook_sites``), its tiny test config (``tiny_config_class``, a
+    transformers config class name, with ``tiny_config_extra``; :mod:`steerscope.models.tiny`)
+    and its GGUF architecture name (``gguf_arch``, when it differs from ``name``)."""
 
     name: str
     model_types: tuple[str, ...]
@@ -46,6 +85,11 @@ class ArchSpec:
     embed_scale: bool = False  # embeddings are multiplied by sqrt(d) (Gemma)
     final_logit_softcap_attr: str | None = None  # config attribute holding the final logit soft-cap
     attn_logit_softcap_attr: str | None = None  # config attribute holding the attention soft-cap
+    hook_sites: Mapping[str, HookSite] = field(default_factory=lambda: dict(HOOK_SITES),
+                                               hash=False)
+    tiny_config_class: str | None = None  # e.g. "LlamaConfig"; None: no tiny test model
+    tiny_config_extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    gguf_arch: str | None = None  # GGUF ``general.architecture`` (default: ``name``)
 
 
 _LLAMA_LIKE = dict(
@@ -62,14 +106,18 @@ _GEMMA_LIKE = dict(
 )
 
 ARCHITECTURES: tuple[ArchSpec, ...] = (
-    ArchSpec(name="llama", model_types=("llama",), **_LLAMA_LIKE),
-    ArchSpec(name="mistral", model_types=("mistral",), **_LLAMA_LIKE),
-    ArchSpec(name="qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
+    ArchSpec(name="llama", model_types=("llama",), tiny_config_class="LlamaConfig",
+             **_LLAMA_LIKE),
+    ArchSpec(name="mistral", model_types=("mistral",), tiny_config_class="MistralConfig",
+             tiny_config_extra={"sliding_window": None}, **_LLAMA_LIKE),
+    ArchSpec(name="qwen2", model_types=("qwen2",), tiny_config_class="Qwen2Config",
+             **_LLAMA_LIKE),
     ArchSpec(
         name="qwen3",
         model_types=("qwen3",),
         q_norm="self_attn.q_norm",
         k_norm="self_attn.k_norm",
+        tiny_config_class="Qwen3Config",
         **_LLAMA_LIKE,
     ),
     ArchSpec(
@@ -77,6 +125,8 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         model_types=("gemma2",),
         final_logit_softcap_attr="final_logit_softcapping",
         attn_logit_softcap_attr="attn_logit_softcapping",
+        tiny_config_class="Gemma2Config",
+        tiny_config_extra={"sliding_window": 256, "query_pre_attn_scalar": 16},
         **_GEMMA_LIKE,
     ),
     ArchSpec(
@@ -86,6 +136,8 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         k_norm="self_attn.k_norm",
         final_logit_softcap_attr="final_logit_softcapping",
         attn_logit_softcap_attr="attn_logit_softcapping",
+        tiny_config_class="Gemma3TextConfig",
+        tiny_config_extra={"sliding_window": 256, "query_pre_attn_scalar": 16},
         **_GEMMA_LIKE,
     ),
 )
@@ -103,6 +155,15 @@ def spec_for_model_type(model_type: str) -> ArchSpec:
         f"steerscope supports {', '.join(SUPPORTED_MODEL_TYPES)}; add a row to "
         "steerscope.models.archs.ARCHITECTURES for a new one",
     )
+
+
+def spec_for_gguf_arch(arch: str) -> ArchSpec:
+    """The table row of a GGUF ``general.architecture`` name (its ``gguf_arch``, else its
+    ``name`` or a model type); the architecture error when there is none."""
+    for spec in ARCHITECTURES:
+        if arch == (spec.gguf_arch or spec.name):
+            return spec
+    return spec_for_model_type(arch)
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -163,6 +224,19 @@ class ModelArch:
     @property
     def final_norm(self) -> nn.Module:
         return get_module(self.model, self.spec.final_norm)
+
+    def hook_module(self, point: str, layer: int) -> tuple[nn.Module, HookSite]:
+        """The module the runtime hooks for ``point`` at ``layer`` and how
+        (:attr:`ArchSpec.hook_sites`); ``resid_pre`` at ``n_layers`` is the final norm's input."""
+        site = self.spec.hook_sites.get(point)
+        if site is None:
+            raise SteerscopeError(f"the '{self.name}' architecture row has no hook site for '{point}'",
+                                  "add it to the row's hook_sites")
+        if site.module == "block":
+            module = self.final_norm if layer == self.n_layers else self.block(layer)
+        else:
+            module = self.component(layer, site.module)
+        return module, site
 
     @property
     def unembed(self) -> nn.Module:

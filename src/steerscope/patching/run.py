@@ -41,13 +41,12 @@ from steerscope.patching.faithfulness import (
     set_faithfulness,
 )
 from steerscope.patching.forward import GraphModel
+from steerscope.patching.methods import attribution_method
 from steerscope.patching.result import PatchingResult
 from steerscope.patching.scores import (
     aggregate_records,
     coarsen,
-    eap_ig,
     eap_ig_example,
-    exact_patching,
     head_node_scores,
     prepare_example,
 )
@@ -112,10 +111,9 @@ def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
                      for name in dict.fromkeys(e.dataset for e in examples)},
     })
     if map_fn is None:
-        result.scores["eap_ig"] = eap_ig(gm, examples, vector.vector, steps=steps,
-                                         metric=metric, tau=tau, reverse=reverse,
-                                         grad_at=grad_at, pooling=pooling,
-                                         batch_size=batch_size, progress=progress)
+        result.scores["eap_ig"] = attribution_method("eap_ig").function(
+            gm, examples, vector.vector, steps=steps, metric=metric, tau=tau, reverse=reverse,
+            grad_at=grad_at, pooling=pooling, batch_size=batch_size, progress=progress)
     else:
         def one(ex: PatchingExample):
             ctx = prepare_example(gm, ex, vector.vector, metric=metric, tau=tau,
@@ -130,10 +128,9 @@ def score_vector(model, vector, datasets, *, arch=None, steps: int = 10,
                                                     metric=metric, tau=tau, reverse=reverse,
                                                     grad_at=grad_at, logits_at=logits_at)
     if exact_nodes:
-        result.scores["exact"] = exact_patching(gm, examples, vector.vector, nodes=None,
-                                                edges=[], metric=metric, tau=tau,
-                                                reverse=reverse, pooling=pooling,
-                                                progress=progress)
+        result.scores["exact"] = attribution_method("exact").function(
+            gm, examples, vector.vector, nodes=None, edges=[], metric=metric, tau=tau,
+            reverse=reverse, pooling=pooling, progress=progress)
     if coarse:
         result.scores = {k: coarsen(v, g) for k, v in result.scores.items()}
     scores = result.scores["eap_ig"]
@@ -355,7 +352,7 @@ def circuit_summary(result: PatchingResult) -> str:
 
 
 def _position_line(entry: dict) -> str:
-    """``harmful kl .. dkl .. match .. lp ..`` for one curve size's position metrics."""
+    """``<set> kl .. dkl .. match .. lp ..`` for one curve size's position metrics."""
     def fmt(x) -> str:
         return "  n/a" if x is None else f"{x:5.2f}"
 

@@ -11,7 +11,10 @@ from typing import Any
 
 from steerscope.errors import SteerscopeError
 
-# prompts.json key -> (side, split); refusal's key names kept for the two sides
+# prompts.json keys (``<side>_<split>``), in sampling order
+SPLIT_KEYS = tuple(f"{side}_{split}" for split in ("train", "val", "test")
+                   for side in ("present", "absent"))
+# refusal's name of a data-section key (``data.harmful_train`` ...) -> (side, split)
 SPLIT_SIDES = {f"{old}_{split}": (side, split) for split in ("train", "val", "test")
                for side, old in (("present", "harmful"), ("absent", "harmless"))}
 
@@ -36,17 +39,17 @@ def run_behaviour(cfg):
 
 
 def split_sources(cfg) -> dict[str, tuple[Any, str]]:
-    """prompts.json key -> (its source, the config key that names it): ``data.present_*``,
-    else ``data.harmful_*`` (refusal's name), else the behaviour's source (named by the
-    ``data`` key, as before behaviours)."""
+    """prompts.json key (:data:`SPLIT_KEYS`) -> (its source, the config key that names it):
+    ``data.present_*``, else ``data.harmful_*`` (refusal's name), else the behaviour's
+    source (named by the ``data`` key)."""
     b = run_behaviour(cfg)
     out = {}
-    for key, (side, split) in SPLIT_SIDES.items():
-        generic = f"{side}_{split}"
-        if getattr(cfg.data, generic) is not None:
-            out[key] = (getattr(cfg.data, generic), f"data.{generic}")
-        elif getattr(cfg.data, key) is not None:
+    for old, (side, split) in SPLIT_SIDES.items():
+        key = f"{side}_{split}"
+        if getattr(cfg.data, key) is not None:
             out[key] = (getattr(cfg.data, key), f"data.{key}")
+        elif getattr(cfg.data, old) is not None:
+            out[key] = (getattr(cfg.data, old), f"data.{old}")
         else:
             out[key] = (b.source(side, split), f"data.{key}")
-    return out
+    return {k: out[k] for k in SPLIT_KEYS}

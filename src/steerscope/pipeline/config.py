@@ -55,8 +55,8 @@ __all__ = [
     "CircuitsSection", "DataSection", "DimSection", "EvaluationSection", "FreezeSection",
     "ModelSection", "PatchingSection", "PipelineConfig", "PreferenceSection", "ReportSection",
     "SparsifySection", "SvvSection", "TRAINED_METHODS", "TrainSection", "VectorsSection",
-    "check_numbers", "check_values", "config_from_dict", "dump_config", "known_methods",
-    "load_config",
+    "check_key_value", "check_numbers", "check_values", "config_from_dict", "dump_config",
+    "known_methods", "load_config", "read_config_data",
 ]
 
 
@@ -211,13 +211,14 @@ def config_from_dict(data: dict | None) -> PipelineConfig:
     return cfg
 
 
-def load_config(source: str | Path | dict | PipelineConfig | None) -> PipelineConfig:
-    """Read a YAML file (or take a dict / a config) into a checked :class:`PipelineConfig`."""
+def read_config_data(source: str | Path | dict | PipelineConfig | None) -> Any:
+    """The raw config data of ``source``: a YAML file's (UTF-8, size, alias and nesting
+    limits; relative paths made absolute next to it), a dict as given, or a config's
+    :meth:`~PipelineConfig.to_dict` with its ``allow_code``."""
     if isinstance(source, PipelineConfig):
-        check_values(source)
-        return source
+        return {**source.to_dict(), "allow_code": source.allow_code}
     if source is None or isinstance(source, dict):
-        return config_from_dict(source)
+        return source
     from steerscope.safe_files import read_yaml_file
 
     path = Path(source).expanduser()
@@ -228,7 +229,45 @@ def load_config(source: str | Path | dict | PipelineConfig | None) -> PipelineCo
         from steerscope.pipeline.config_paths import anchor_paths
 
         data = anchor_paths(data, path.parent)
-    return config_from_dict(data)
+    return data
+
+
+def load_config(source: str | Path | dict | PipelineConfig | None) -> PipelineConfig:
+    """Read a YAML file (or take a dict / a config) into a checked :class:`PipelineConfig`."""
+    if isinstance(source, PipelineConfig):
+        check_values(source)
+        return source
+    return config_from_dict(read_config_data(source))
+
+
+def check_key_value(key: str, value: Any, fix: str) -> None:
+    """``value`` has the type of config key ``key`` (a dotted path; below a mapping field
+    such as ``patching.options``, any key); one-line errors naming an unknown key (and the
+    valid ones) or a wrong type (and ``fix``)."""
+    cls, parts = PipelineConfig, key.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        where = ".".join(parts[:i])
+        if part not in names:
+            raise SteerscopeError(f"unknown config key '{key}'",
+                                  f"valid keys{' of ' + where if where else ''}: "
+                                  f"{', '.join(names)}")
+        tp = typing.get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            try:
+                _convert(value, tp, key)
+            except _Mismatch:
+                raise SteerscopeError(f"config key '{key}' must be {_type_name(tp)}, got "
+                                      f"{value!r}", fix) from None
+            return
+        if not dataclasses.is_dataclass(tp):
+            if typing.get_origin(tp) is dict or dict in typing.get_args(tp) or any(
+                    typing.get_origin(a) is dict for a in typing.get_args(tp)):
+                return  # a key below a mapping field: checked with the whole config
+            raise SteerscopeError(f"unknown config key '{key}' ({'.'.join(parts[:i + 1])} "
+                                  f"is {_type_name(tp)}, not a section)",
+                                  f"set {'.'.join(parts[:i + 1])} itself")
+        cls = tp
 
 
 def dump_config(cfg: PipelineConfig) -> str:

@@ -41,6 +41,15 @@ class Dist:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    def indices(self, n: int) -> list[int]:
+        """:func:`shard_indices` (the ``Shard`` protocol of
+        :func:`steerscope.evaluate.steering.evaluate_steering`)."""
+        return shard_indices(n, self)
+
+    def gather(self, local: dict[int, Any], n: int) -> list[Any]:
+        """:func:`gather_indexed` (the ``Shard`` protocol)."""
+        return gather_indexed(local, n, self)
+
 
 def current() -> Dist:
     """The current process group's rank and size (a single process when none is set up)."""

@@ -8,7 +8,7 @@ into the run folder's hash, so a changed prompt file or model gives a new run fo
 
 Prompt sources (``data.*`` keys): a file path, a named dataset (``available_datasets()``,
 read from ``data.data_dir`` / ``$STEERSCOPE_DATA_DIR``, else the Hub), or ``builtin:NAME``
-with NAME one of :data:`BUILTIN_SOURCES`.
+with NAME one of :data:`~steerscope.data.builtin.BUILTIN_SETS`.
 """
 
 from __future__ import annotations
@@ -21,20 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from steerscope.data import PromptSet
-from steerscope.data.builtin import BUILTIN_SETS, builtin_prompts
-from steerscope.data.sampling import RELEASED_ORDER as RELEASED_KEYS
+from steerscope.data.builtin import builtin_prompts, known_builtin_sets
+from steerscope.data.sampling import RELEASED_ORDER, RELEASED_TEST_KEY
 from steerscope.errors import SteerscopeError
-from steerscope.pipeline.behaviour import split_sources
+from steerscope.pipeline.behaviour import SPLIT_KEYS, SPLIT_SIDES, split_sources
 
 # ``cfg`` below is a steerscope.pipeline.config.PipelineConfig; not imported here, because the
 # config imports the stages that import this module (no import cycle, not even for types).
 PipelineConfig = Any
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_SOURCES = tuple(BUILTIN_SETS)
 SAMPLINGS = ("per_split", "released")  # data.sampling
-SPLIT_KEYS = ("harmful_train", "harmless_train", "harmful_val", "harmless_val",
-              "harmful_test", "harmless_test")
+# the released sampler (data.sampling, refusal's split names) -> prompts.json keys
+RELEASED_SPLIT = {old: f"{side}_{split}" for old, (side, split) in SPLIT_SIDES.items()}
+RELEASED_KEYS = tuple(RELEASED_SPLIT[k] for k in RELEASED_ORDER)
+RELEASED_TEST = RELEASED_SPLIT[RELEASED_TEST_KEY]
 _LARGE = 64 << 20  # files above this are fingerprinted by size + head + tail
 
 
@@ -51,6 +52,9 @@ class ModelShape:
 class Inputs:
     model: ModelShape
     data: dict[str, str] = field(default_factory=dict)  # split key -> digest of its source
+    # source -> its prompts as read by check_inputs (the data stage reuses them: each prompt
+    # file is read once); not part of the digest
+    prompt_sets: dict[Any, PromptSet] = field(default_factory=dict, repr=False, compare=False)
 
     def digest(self) -> str:
         return _sha({"model": self.model.digest, "data": self.data})
@@ -139,9 +143,10 @@ def source_kind(source, data_dir: str | None) -> str:
         return "behaviour"
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX):]
-        if name not in BUILTIN_SOURCES:
+        if name not in known_builtin_sets():
             raise SteerscopeError(f"unknown built-in prompt set '{source}'",
-                                  f"use builtin: followed by one of {', '.join(BUILTIN_SOURCES)}")
+                                  f"use builtin: followed by one of "
+                                  f"{', '.join(known_builtin_sets())}")
         return "builtin"
     if Path(source).expanduser().is_file():
         return "file"
@@ -183,7 +188,7 @@ def sample_splits(cfg: PipelineConfig, loaded: dict[str, PromptSet]) -> dict[str
     """Seeded samples of each split (``data_seed``). ``data.sampling: per_split``: a source
     used once is sampled with ``PromptSet.sample(n, seed)``; a source shared by several
     splits is shuffled once and cut into consecutive disjoint parts. ``released``: the
-    authors' one stream (:func:`steerscope.data.sampling.released_splits`), harmful test the
+    authors' one stream (:func:`steerscope.data.sampling.released_splits`), present test the
     first ``n_test`` prompts of its source in file order (the released code evaluates the
     whole benchmark)."""
     if cfg.data.sampling == "released":
@@ -210,19 +215,22 @@ def released_sample(cfg: PipelineConfig, loaded: dict[str, PromptSet]) -> dict[s
     from steerscope.data.sampling import released_splits
 
     sources = split_sources(cfg)
-    pools = {k: loaded[sources[k][0]].instructions for k in SPLIT_KEYS}
+    pools = {old: loaded[sources[new][0]].instructions for old, new in RELEASED_SPLIT.items()}
     d = cfg.data
-    out = released_splits(pools, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
-                          seed=cfg.data_seed)
-    out["harmful_test"] = pools["harmful_test"][:d.n_test]
+    drawn = released_splits(pools, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
+                            seed=cfg.data_seed)
+    out = {RELEASED_SPLIT[old]: v for old, v in drawn.items()}
+    out["present_test"] = loaded[sources["present_test"][0]].instructions[:d.n_test]
     return {k: out[k] for k in SPLIT_KEYS}
 
 
 def released_pools(cfg: PipelineConfig) -> dict[str, list[str]]:
-    """The instructions of each split's source, in file order (for the released NTP/PO
-    prompts, :func:`steerscope.data.sampling.released_training_prompts`)."""
+    """The instructions of each split's source, in file order, under the released sampler's
+    split names (for the released NTP/PO prompts,
+    :func:`steerscope.data.sampling.released_training_prompts`)."""
     sources = split_sources(cfg)
-    return {k: load_source(sources[k][0], cfg.data.data_dir).instructions for k in SPLIT_KEYS}
+    return {old: load_source(sources[new][0], cfg.data.data_dir).instructions
+            for old, new in RELEASED_SPLIT.items()}
 
 
 def _split_files(source, data_dir: str | None) -> list[Path]:
@@ -255,7 +263,7 @@ def check_released_sources(cfg: PipelineConfig) -> None:
                                   "give every split its own source or use data.sampling: "
                                   "per_split")
         seen[source] = where
-    for key in (*RELEASED_KEYS, "harmless_test"):
+    for key in (*RELEASED_KEYS, RELEASED_TEST):
         source, where = named[key]
         for path in _split_files(source, cfg.data.data_dir):
             try:
@@ -328,6 +336,7 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
     named = {k: where for k, (_, where) in split_sources(cfg).items()}
     data: dict[str, str] = {}
     sizes: dict[str, int] = {}
+    prompt_sets: dict[Any, PromptSet] = {}
     for source, uses in data_plan(cfg).items():
         keys = ", ".join(named[k] for k, _ in uses)
         try:
@@ -339,11 +348,12 @@ def check_inputs(cfg: PipelineConfig) -> Inputs:
                 digest = _prompts_digest(ps)
         except SteerscopeError as exc:
             raise SteerscopeError(f"config key {keys}: {exc}") from None
+        prompt_sets[source] = ps
         for key, _ in uses:
             data[key] = digest
             sizes[key] = len(ps)
     _check_released_training_prompts(cfg, sizes)
-    return Inputs(shape, {k: data[k] for k in SPLIT_KEYS})
+    return Inputs(shape, {k: data[k] for k in SPLIT_KEYS}, prompt_sets)
 
 
 def _check_released_training_prompts(cfg: PipelineConfig, sizes: dict[str, int]) -> None:
@@ -352,7 +362,7 @@ def _check_released_training_prompts(cfg: PipelineConfig, sizes: dict[str, int])
     pref = cfg.vectors.preference
     if pref.prompts != "released" or pref.n_prompts is None:
         return
-    for key in ("harmful_train", "harmless_train"):
+    for key in ("present_train", "absent_train"):
         if pref.n_prompts > sizes[key]:
             raise SteerscopeError(
                 f"config key 'vectors.preference.n_prompts': {pref.n_prompts} released training "

@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from steerscope.artifacts import atomic_write, atomic_write_json, child_path
 from steerscope.environment import environment
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline import distributed
-from steerscope.pipeline.config import PipelineConfig, dump_config, load_config
+from steerscope.pipeline.behaviour import run_behaviour
+from steerscope.pipeline.config import PipelineConfig, dump_config
 from steerscope.pipeline.inputs import Inputs, check_inputs
 from steerscope.pipeline.preflight import check_code_consent, preflight
 from steerscope.pipeline.registry import STAGES, Stage, StageOutput, stage_names
@@ -143,6 +145,14 @@ class StageContext:
         """The :class:`~steerscope.models.loading.LoadedModel` (loaded on first call)."""
         return self._models.get()
 
+    @cached_property
+    def behaviour(self):
+        """The run's :class:`~steerscope.behaviours.Behaviour` (the config's ``behaviour``,
+        loaded once, with the run's consent ``allow_code``): its judge, fast-score tokens and
+        display labels. The data stage records its definition, which is part of every later
+        stage's key."""
+        return run_behaviour(self.config)
+
     @property
     def is_main(self) -> bool:
         return self.dist.is_main
@@ -184,9 +194,15 @@ def _maybe_kill(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def prepare(config, out: str | os.PathLike = "runs") -> tuple[PipelineConfig, Inputs, Path]:
-    """Check the config and the inputs (no compute); returns them and the run folder."""
-    cfg = load_config(config)
+def prepare(config, out: str | os.PathLike = "runs", *, sets: Sequence[str] = (),
+            until: str | None = None) -> tuple[PipelineConfig, Inputs, Path]:
+    """Check the config (with the ``--set`` values ``sets``, :mod:`~steerscope.pipeline.
+    overrides`; each must configure a stage that runs up to ``until``) and the inputs (no
+    compute); returns them and the run folder."""
+    from steerscope.pipeline.overrides import check_sets_run, load_config_with_sets
+
+    cfg = load_config_with_sets(config, sets)
+    check_sets_run(cfg, sets, until)
     check_output_folder(out)
     inputs = check_inputs(cfg)
     preflight(cfg)
@@ -208,14 +224,16 @@ def _resolve_names(names: Sequence[str] | str | None, what: str) -> list[str]:
 def run_pipeline(config, out: str | os.PathLike = "runs", *,
                  force: Sequence[str] | str | None = None, until: str | None = None,
                  progress: bool | None = None, prune: bool = True,
-                 allow_code: bool = False) -> RunResult:
+                 allow_code: bool = False, sets: Sequence[str] = ()) -> RunResult:
     """Run (or resume) the pipeline for ``config`` (a YAML path, dict or PipelineConfig)
     under ``out``; returns what each stage did. ``force``: stage names to recompute;
     ``until``: stop after this stage; ``allow_code``: consent to run a judge's code, as the
-    config's ``allow_code: true`` (``--allow-code``). Every check runs before any compute."""
+    config's ``allow_code: true`` (``--allow-code``); ``sets``: ``--set KEY=VALUE`` config
+    values (:mod:`steerscope.pipeline.overrides`, recorded in ``run.json``). Every check runs
+    before any compute."""
     force_names = set(_resolve_names(force, "--force"))
     until_name = (_resolve_names(until, "--until") or [None])[0]
-    cfg, inputs, run_dir = prepare(config, out)
+    cfg, inputs, run_dir = prepare(config, out, sets=sets, until=until_name)
     if allow_code and not cfg.allow_code:
         cfg = dataclasses.replace(cfg, allow_code=True)
     check_code_consent(cfg)
@@ -258,7 +276,7 @@ def run_pipeline(config, out: str | os.PathLike = "runs", *,
                 for rel in damaged_files:
                     if is_report_file(rel):
                         (run_dir / rel).unlink(missing_ok=True)
-            _write_run_json(run_dir, cfg, result)
+            _write_run_json(run_dir, cfg, result, sets)
             if prune:
                 store.prune({n: o.dir for n, o in result.outputs.items()})
         distributed.barrier(dist)
@@ -405,9 +423,13 @@ def _publish_report(out: StageOutput, run_dir: Path) -> None:
                 stale.unlink()
 
 
-def _write_run_json(run_dir: Path, cfg: PipelineConfig, result: RunResult) -> None:
+def _write_run_json(run_dir: Path, cfg: PipelineConfig, result: RunResult,
+                    sets: Sequence[str] = ()) -> None:
+    from steerscope.pipeline.overrides import apply_sets
+
     write_run_json(run_dir, {
         "name": cfg.name,
+        "overrides": apply_sets({}, sets)[1],  # the --set values, as applied
         "run_dir": str(run_dir),
         "updated": _now(),
         "environment": environment(distributed.device_for(cfg.model.device,

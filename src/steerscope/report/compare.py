@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from steerscope.errors import SteerscopeError
+from steerscope.results_schema import side_labels, upgrade_results
 
 RETENTION = 0.9  # "keeps the effect": both sides' retention at least this
 MISSING = "—"
-REFUSAL_LABELS = {"behaviour": "refusal", "present": "harmful", "absent": "harmless"}
 RESULT_SECTIONS = ("model", "steering", "cosine", "circuits", "overlap", "interchange",
                    "edge_types", "freeze", "svv", "sparsify")
 # a section in a shape these cells cannot read (an older format) gives MISSING, not a crash
@@ -40,26 +40,10 @@ def _fmt(x, spec: str = ".2f") -> str:
     return MISSING if x is None else format(x, spec)
 
 
-def side_labels(res: dict) -> dict[str, str]:
-    """The display words of the run's behaviour (``behaviour``, ``present``, ``absent``):
-    results.json's ``behaviour.definition.labels``, else the behaviour's name and
-    present/absent; refusal's words (harmful/harmless) when results.json records no
-    behaviour (a refusal run of an older version)."""
-    behaviour = res.get("behaviour")
-    if not isinstance(behaviour, dict):
-        return dict(REFUSAL_LABELS)
-    definition = behaviour.get("definition")
-    labels = definition.get("labels") if isinstance(definition, dict) else None
-    labels = labels if isinstance(labels, dict) else {}
-    name = behaviour.get("name")
-    defaults = {"behaviour": name if isinstance(name, str) else MISSING,
-                "present": "present", "absent": "absent"}
-    return {k: str(labels.get(k) or v) for k, v in defaults.items()}
-
-
 def steering_cells(res: dict) -> dict[str, str]:
-    """``{side label: "none / dim / ntp / po"}`` behaviour-rate cells (results.json's ``asr``:
-    the present side steered with α < 0, the absent side with α > 0), ``methods`` naming the
+    """``{side label: "none / dim / ntp / po"}`` behaviour-rate cells (results.json's
+    ``behaviour_rate``: the present side steered with α < 0 to remove the behaviour, the
+    absent side with α > 0 to induce it), ``methods`` naming the
     rows, and ``{side label + " loops": ...}`` the fraction of repetition loops among the same
     completions when results.json has it; likewise ``coherent rate`` (the behaviour rate among
     coherent completions), ``fluency``, ``ce_reference`` and, under ``evaluation.alpha: auto``,
@@ -69,8 +53,8 @@ def steering_cells(res: dict) -> dict[str, str]:
         return {}
     methods = list(st)
     labels = side_labels(res)
-    sides = {"harmful": labels["present"], "harmless": labels["absent"]}  # results.json keys
-    cells = {label: " / ".join(_fmt(st[m][side].get("asr")) for m in methods)
+    sides = {"present": labels["present"], "absent": labels["absent"]}  # results.json keys
+    cells = {label: " / ".join(_fmt(st[m][side].get("behaviour_rate")) for m in methods)
              for side, label in sides.items()} | {"methods": " / ".join(methods)}
     for side, label in sides.items():
         loops = [st[m][side].get("repetition_rate") for m in methods]
@@ -137,7 +121,7 @@ def freeze_cells(res: dict) -> dict[str, str]:
         if mode == "none":
             continue
         cell = _fmt(v.get("mean_drop"), ".1f")
-        loops = (v.get("harmful_repetition_rate"), v.get("harmless_repetition_rate"))
+        loops = tuple((v.get(side) or {}).get("repetition_rate") for side in ("present", "absent"))
         if any(x is not None for x in loops):
             cell += f" (loops {_fmt(loops[0])} / {_fmt(loops[1])})"
         out[mode] = cell
@@ -152,10 +136,10 @@ def svv_cells(res: dict, n_heads: int = 2, n_tokens: int = 6) -> dict[str, str]:
 
 
 def sparsity_at_retention(points: list[dict], level: float = RETENTION) -> float | None:
-    """The highest sparsity whose harmful and harmless retention are both ≥ ``level``."""
+    """The highest sparsity whose present and absent retention are both ≥ ``level``."""
     ok = [p["sparsity"] for p in points
-          if (p.get("harmful_retention") or 0) >= level
-          and (p.get("harmless_retention") or 0) >= level]
+          if (p.get("present_retention") or 0) >= level
+          and (p.get("absent_retention") or 0) >= level]
     return max(ok) if ok else None
 
 
@@ -179,7 +163,10 @@ def _tolerant(cells: Callable[[], Any], empty: Any) -> Any:
 
 
 def summarise(res: dict) -> dict:
-    """Every headline cell that one run's results.json fills (docs/report.md)."""
+    """Every headline cell that one run's results.json fills (docs/report.md); a results
+    file of an earlier format is read under today's keys
+    (:func:`~steerscope.results_schema.upgrade_results`)."""
+    res = upgrade_results(res)
     model = res.get("model") if isinstance(res.get("model"), dict) else {}
     return {
         "model": model.get("id"), "steering_layer": model.get("steering_layer"),
@@ -206,7 +193,7 @@ def read_run(path: str | os.PathLike) -> tuple[Path, dict]:
         raise SteerscopeError(f"{path} is not a run folder (no results.json)",
                               "pass run folders written by 'steerscope run' or 'steerscope "
                               "demo', or their results.json files")
-    res = read_json_file(file, "results file")
+    res = upgrade_results(read_json_file(file, "results file"))  # an older run: today's keys
     if not isinstance(res, dict):
         raise SteerscopeError(f"{file} holds a JSON {type(res).__name__}, not a results "
                               "object", "pass a run's results.json (rerun 'steerscope run' "

@@ -14,6 +14,7 @@ from typing import Any
 
 from steerscope.report.explorer_data import MAX_EDGES, explorer_data, stage_dirs_of_run
 from steerscope.report.explorer_html import D3_VERSION, SECTION_TITLE, explorer_section
+from steerscope.results_schema import upgrade_results
 from steerscope.safe_files import read_json_file
 
 __all__ = ["D3_VERSION", "MAX_EDGES", "SECTION_TITLE", "build_run_report", "explorer_section",
@@ -55,7 +56,8 @@ def read_results(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise SteerscopeError(f"{path} does not exist",
                               "pass a run folder written by 'steerscope run'")
-    results = read_json_file(path, "results file")  # deep, huge, FIFO: one line
+    # deep, huge, FIFO: one line; an older run is read under today's keys
+    results = upgrade_results(read_json_file(path, "results file"))
     if not isinstance(results, dict):
         raise SteerscopeError(f"{path} holds a JSON {type(results).__name__}, not the results "
                               "object", "rerun 'steerscope run' with the run's config: it "

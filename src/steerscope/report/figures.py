@@ -34,24 +34,35 @@ def _fmt(x: Any) -> str:
     return f"{x:.2f}"
 
 
-def steering_bars(steering: dict[str, dict[str, dict]]) -> bytes:
-    """ASR per method on the harmful (bypass, −s) and harmless (induce, +s) test sets."""
+def _shown(labels: dict[str, str]) -> tuple[str, Any]:
+    """(name, value from a behaviour rate): refusal's ASR (1 − rate, as the paper), else the
+    behaviour rate."""
+    if labels.get("behaviour") == "refusal":
+        return "ASR", lambda x: None if x is None else 1.0 - x
+    return f"{labels.get('behaviour', 'behaviour')} rate", lambda x: x
+
+
+def steering_bars(steering: dict[str, dict[str, dict]], labels: dict[str, str]) -> bytes:
+    """The shown rate (:func:`_shown`) per method on the present (remove, −s) and absent
+    (induce, +s) test prompts; ``labels``: the behaviour's display words."""
+    what, shown = _shown(labels)
+    up, down = ("↑", "↓") if what == "ASR" else ("↓", "↑")
     methods = list(steering)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.2))
     width = 0.38
-    for j, (s, label) in enumerate((("harmful", "harmful (−s): ASR ↑"),
-                                    ("harmless", "harmless (+s): ASR ↓"))):
-        vals = [steering[m].get(s, {}).get("asr") or 0.0 for m in methods]
+    for j, (s, label) in enumerate((("present", f"{labels['present']} (−s): {what} {up}"),
+                                    ("absent", f"{labels['absent']} (+s): {what} {down}"))):
+        vals = [shown(steering[m].get(s, {}).get("behaviour_rate")) or 0.0 for m in methods]
         xs = [i + (j - 0.5) * width for i in range(len(methods))]
         bars = ax.bar(xs, vals, width, label=label, color=COLORS[j])
         for b, v in zip(bars, vals):
             ax.text(b.get_x() + b.get_width() / 2, v + 0.02, f"{v:.2f}", ha="center", fontsize=7)
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylim(0, 1.1)
-    ax.set_ylabel("attack success rate")
+    ax.set_ylabel("attack success rate" if what == "ASR" else what)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2,
               frameon=False)
-    ax.set_title("Steering: ASR by method", fontsize=10)
+    ax.set_title(f"Steering: {what} by method", fontsize=10)
     return _png(fig)
 
 
@@ -122,15 +133,16 @@ def edge_type_bars(edge_types: dict[str, dict]) -> bytes:
     return _png(fig)
 
 
-def freeze_bars(freeze: dict[str, dict]) -> bytes:
-    """ASR under each freezing ablation on both prompt sets."""
+def freeze_bars(freeze: dict[str, dict], labels: dict[str, str]) -> bytes:
+    """The shown rate (:func:`_shown`) under each freezing ablation on both sides."""
+    what, shown = _shown(labels)
     modes = list(freeze)
     fig, ax = plt.subplots(figsize=(1.4 + 1.0 * len(modes), 3.2))
     width = 0.38
-    for j, s in enumerate(("harmful", "harmless")):
-        vals = [freeze[m].get(f"{s}_asr") or 0.0 for m in modes]
+    for j, s in enumerate(("present", "absent")):
+        vals = [shown((freeze[m].get(s) or {}).get("behaviour_rate")) or 0.0 for m in modes]
         xs = [i + (j - 0.5) * width for i in range(len(modes))]
-        ax.bar(xs, vals, width, color=COLORS[j], label=f"{s} ASR")
+        ax.bar(xs, vals, width, color=COLORS[j], label=f"{labels[s]} {what}")
     ax.set_xticks(range(len(modes)), modes)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7, frameon=False)
@@ -138,22 +150,22 @@ def freeze_bars(freeze: dict[str, dict]) -> bytes:
     return _png(fig)
 
 
-def sparsity_curves(method: str, rules: dict[str, list[dict]]) -> bytes:
-    """ASR retained as the vector is sparsified, one line per rule (harmful solid, harmless
-    dashed)."""
+def sparsity_curves(method: str, rules: dict[str, list[dict]], labels: dict[str, str]) -> bytes:
+    """The shown rate (:func:`_shown`) as the vector is sparsified, one line per rule (present
+    side solid, absent dashed)."""
+    what, shown = _shown(labels)
     fig, ax = plt.subplots(figsize=(5.2, 3.3))
     for i, (rule, points) in enumerate(rules.items()):
         pts = sorted(points, key=lambda p: p["sparsity"])
         xs = [p["sparsity"] for p in pts]
         color = COLORS[i % len(COLORS)]
-        if any(p.get("harmful_asr") is not None for p in pts):
-            ax.plot(xs, [p.get("harmful_asr") for p in pts], marker="o", ms=3, color=color,
-                    label=f"{rule}: harmful")
-        if any(p.get("harmless_asr") is not None for p in pts):
-            ax.plot(xs, [p.get("harmless_asr") for p in pts], marker="s", ms=3, ls="--",
-                    color=color, label=f"{rule}: harmless")
+        for side, marker, ls in (("present", "o", "-"), ("absent", "s", "--")):
+            vals = [shown(p.get(f"{side}_behaviour_rate")) for p in pts]
+            if any(v is not None for v in vals):
+                ax.plot(xs, vals, marker=marker, ms=3, ls=ls, color=color,
+                        label=f"{rule}: {labels[side]}")
     ax.set_xlabel("sparsity (fraction of dimensions dropped)")
-    ax.set_ylabel("ASR")
+    ax.set_ylabel(what)
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=6, frameon=False, ncol=2)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from steerscope.artifacts import atomic_write, child_path
 from steerscope.report import figures
+from steerscope.results_schema import side_labels
 from steerscope.safe_files import read_json_file
 
 CSS = """
@@ -76,10 +78,16 @@ class _Doc:
 
 def _label(r: dict, key: str) -> str:
     """Display word of the run's behaviour (``behaviour``, ``present``, ``absent``; refusal's
-    words when results.json records no behaviour)."""
-    refusal = {"behaviour": "refusal", "present": "harmful", "absent": "harmless"}
-    labels = r.get("behaviour", {}).get("definition", {}).get("labels", {})
-    return str(labels.get(key) or refusal[key])
+    words when results.json records no behaviour): :func:`~steerscope.report.compare.side_labels`."""
+    return side_labels(r)[key]
+
+
+def _shown(r: dict) -> tuple[str, Callable[[Any], Any]]:
+    """(name, value from a behaviour rate) of the rate the report shows: refusal runs show
+    the ASR (1 − behaviour rate, as the paper), other behaviours the behaviour rate."""
+    if _label(r, "behaviour") == "refusal":
+        return "ASR", lambda x: None if x is None else 1.0 - x
+    return "rate", lambda x: x
 
 
 def _judge_kind(r: dict) -> str:
@@ -118,22 +126,26 @@ def _steering(doc: _Doc, r: dict) -> None:
     s = r.get("steering")
     if not s:
         return doc.not_run(r, "evaluation")
+    what, shown = _shown(r)
     rows = []
     for m, cells in s.items():
-        h, b = cells.get("harmful", {}), cells.get("harmless", {})
-        rows.append([_e(m), _num(h.get("asr")), _num(h.get("judge_asr")),
-                     _num(h.get("mean_refusal_score")), _num(h.get("repetition_rate")),
-                     _num(b.get("asr")), _num(b.get("mean_refusal_score")),
+        h, b = cells.get("present", {}), cells.get("absent", {})
+        rows.append([_e(m), _num(shown(h.get("behaviour_rate"))), _num(h.get("judge_rate")),
+                     _num(h.get("mean_score")), _num(h.get("repetition_rate")),
+                     _num(shown(b.get("behaviour_rate"))), _num(b.get("mean_score")),
                      _num(b.get("repetition_rate"))])
     on, off, name = _label(r, "present"), _label(r, "absent"), _label(r, "behaviour")
-    doc.add(f'<p class="meta">{_e(on.capitalize())} prompts are steered with −s (ASR ↑ is '
-            f"better), {_e(off)} prompts with +s (ASR ↓ is better). ASR = 1 − the {_e(name)} "
-            f"rate by the behaviour's judge ({_e(_judge_kind(r))}). Loops = the fraction of "
+    up, down = ("↑", "↓") if what == "ASR" else ("↓", "↑")
+    doc.add(f'<p class="meta">{_e(on.capitalize())} prompts are steered with −s ({what} {up} '
+            f"is better), {_e(off)} prompts with +s ({what} {down} is better). "
+            + (f"ASR = 1 − the {_e(name)} rate" if what == "ASR" else f"Rate = the {_e(name)} rate")
+            + f" by the behaviour's judge ({_e(_judge_kind(r))}). Loops = the fraction of "
             "completions that are repetition loops, which a substring judge reads "
             "unreliably.</p>")
-    doc.table(["vector", f"{on} ASR", "judge ASR", f"{on} {name} score", f"{on} loops",
-               f"{off} ASR", f"{off} {name} score", f"{off} loops"], rows)
-    doc.figure("steering", figures.steering_bars(s), "ASR by method")
+    doc.table(["vector", f"{on} {what}", f"judge {what if what == 'ASR' else 'rate'}",
+               f"{on} {name} score", f"{on} loops", f"{off} {what}", f"{off} {name} score",
+               f"{off} loops"], rows)
+    doc.figure("steering", figures.steering_bars(s, side_labels(r)), f"{what} by method")
     doc.add("<h2>Cosine similarity</h2>")
     c = r.get("cosine")
     if not c:
@@ -144,7 +156,7 @@ def _steering(doc: _Doc, r: dict) -> None:
 
 
 def _coherence_cells(c: dict) -> list[str]:
-    return [_num(c.get("alpha")), _num(c.get("behaviour_rate", c.get("refusal_rate"))),
+    return [_num(c.get("alpha")), _num(c.get("behaviour_rate")),
             _num(c.get("coherent_behaviour_rate")), _num(c.get("coherent_share")),
             _num(c.get("repetition_rate")), _num(c.get("fluency"), 2),
             _num(c.get("ce_reference"), 3)]
@@ -156,8 +168,8 @@ COHERENCE_HEAD = ["α", "behaviour rate", "among coherent", "coherent share", "l
 
 def _coherence(doc: _Doc, r: dict) -> None:
     s = r.get("steering") or {}
-    rows = [[_e(m), _e(set_name), *_coherence_cells(c)] for m, cells in s.items()
-            for set_name, c in cells.items() if "fluency" in c]
+    rows = [[_e(m), _e(side), *_coherence_cells(c)] for m, cells in s.items()
+            for side, c in cells.items() if "fluency" in c]
     if not rows:
         return
     doc.add("<h2>Coherence of the steered text</h2>")
@@ -169,7 +181,7 @@ def _coherence(doc: _Doc, r: dict) -> None:
             "unsteered one; a completion is coherent when it is not a loop and its fluency is "
             f"at most {_num(threshold, 2)}; among coherent = the behaviour rate among the "
             "coherent completions.</p>")
-    doc.table(["vector", "prompt set", *COHERENCE_HEAD], rows, left=2)
+    doc.table(["vector", "side", *COHERENCE_HEAD], rows, left=2)
 
 
 def _strength(doc: _Doc, r: dict) -> None:
@@ -234,12 +246,19 @@ def _freeze(doc: _Doc, r: dict) -> None:
     if not f:
         return doc.not_run(r, "freeze")
     on, off = _label(r, "present"), _label(r, "absent")
-    doc.table(["ablation", f"{on} ASR", f"{off} ASR", "mean drop (points)", f"{on} loops",
-               f"{off} loops"],
-              [[_e(m), _num(e.get("harmful_asr")), _num(e.get("harmless_asr")),
-                _num(e.get("mean_drop"), 2), _num(e.get("harmful_repetition_rate")),
-                _num(e.get("harmless_repetition_rate"))] for m, e in f.items()])
-    doc.figure("freeze", figures.freeze_bars(f), "ASR under freezing ablations")
+    what, shown = _shown(r)
+
+    def side(e: dict, s: str, key: str):
+        return (e.get(s) or {}).get(key)
+
+    doc.table(["ablation", f"{on} {what}", f"{off} {what}", "mean drop (points)",
+               f"{on} loops", f"{off} loops"],
+              [[_e(m), _num(shown(side(e, "present", "behaviour_rate"))),
+                _num(shown(side(e, "absent", "behaviour_rate"))), _num(e.get("mean_drop"), 2),
+                _num(side(e, "present", "repetition_rate")),
+                _num(side(e, "absent", "repetition_rate"))] for m, e in f.items()])
+    doc.figure("freeze", figures.freeze_bars(f, side_labels(r)),
+               f"{what} under freezing ablations")
 
 
 def _svv(doc: _Doc, r: dict) -> None:
@@ -263,8 +282,8 @@ def _sparsify(doc: _Doc, r: dict) -> None:
     for m, rules in sp.items():
         if m == "iou":
             continue
-        doc.figure(f"sparsify_{m}", figures.sparsity_curves(m, rules),
-                   f"ASR retention under sparsification: {m}")
+        doc.figure(f"sparsify_{m}", figures.sparsity_curves(m, rules, side_labels(r)),
+                   f"{_label(r, 'behaviour')} rate under sparsification: {m}")
     iou = sp.get("iou")
     if iou:
         doc.figure("iou", figures.iou_plot(iou), "IoU of the kept dimensions")
@@ -276,11 +295,12 @@ def _sparsify(doc: _Doc, r: dict) -> None:
 
 def _freeze_coherence(doc: _Doc, r: dict) -> None:
     f = r.get("freeze") or {}
-    rows = [[_e(m), _e(set_name), *_coherence_cells(c)] for m, e in f.items()
-            for set_name, c in (e.get("coherence") or {}).items()]
+    rows = [[_e(m), _e(side), *_coherence_cells({**e[side], **e[side]["coherence"]})]
+            for m, e in f.items() for side in ("present", "absent")
+            if isinstance(e.get(side), dict) and e[side].get("coherence")]
     if rows:
         doc.add("<h3>Coherence under freezing</h3>")
-        doc.table(["ablation", "prompt set", *COHERENCE_HEAD], rows, left=2)
+        doc.table(["ablation", "side", *COHERENCE_HEAD], rows, left=2)
 
 
 SECTIONS = (_model, _vectors, _strength, _steering, _coherence, _circuits, _freeze,
@@ -319,8 +339,9 @@ def build_report(results: dict | str | Path, out_dir: str | Path, *,
     returns the HTML path."""
     if not isinstance(results, dict):
         results = read_json_file(results, "results file")
-    from steerscope.results_schema import check_results
+    from steerscope.results_schema import check_results, upgrade_results
 
+    results = upgrade_results(results)  # a run of an earlier version: today's keys
     check_results(results)
     text, figs = render_report(results, title, explorer=explorer)
     out_dir = Path(out_dir)

@@ -272,7 +272,7 @@ class Runtime:
                 return (run(ops, output[0]), *output[1:])
             return run(ops, output)
 
-        def head_hook(n_heads: int, pre: bool):
+        def head_hook(n_heads: int, pre: bool, arg: str = "input"):
             def reshape_run(t):
                 b, s, _ = t.shape
                 return run(ops, t.view(b, s, n_heads, -1)).reshape(b, s, -1)
@@ -281,43 +281,29 @@ class Runtime:
                     if args:
                         return (reshape_run(args[0]), *args[1:]), kwargs
                     kwargs = dict(kwargs)
-                    kwargs["input"] = reshape_run(kwargs["input"])
+                    kwargs[arg] = reshape_run(kwargs[arg])
                     return args, kwargs
                 return hook
             return lambda module, args, output: reshape_run(output)
 
-        if point == "resid_pre":
-            if layer == arch.n_layers:
-                reg(arch.final_norm.register_forward_pre_hook(pre_hook_first_arg("hidden_states"),
-                                                              with_kwargs=True))
-            else:
-                reg(arch.block(layer).register_forward_pre_hook(
-                    pre_hook_first_arg("hidden_states"), with_kwargs=True))
-        elif point == "attn_in":
-            reg(arch.component(layer, "attn").register_forward_pre_hook(
-                pre_hook_first_arg("hidden_states"), with_kwargs=True))
-        elif point == "mlp_in":
-            reg(arch.component(layer, "mlp").register_forward_pre_hook(
-                pre_hook_first_arg("x"), with_kwargs=True))
-        elif point == "attn_out":
-            reg(arch.component(layer, "attn").register_forward_hook(out_hook))
-        elif point == "mlp_out":
-            reg(arch.component(layer, "mlp").register_forward_hook(out_hook))
-        elif point in ("q", "k", "v"):
-            n = arch.n_heads if point == "q" else arch.n_kv_heads
-            proj = arch.component(layer, f"{point}_proj")
-            reg(proj.register_forward_hook(head_hook(n, pre=False)))
-        elif point == "z":
-            reg(arch.component(layer, "o_proj").register_forward_pre_hook(
-                head_hook(arch.n_heads, pre=True), with_kwargs=True))
-        elif point == "pattern":
-            attn = arch.component(layer, "attn")
-            self._swap_attention(attn)
-            existing = getattr(attn, _PATTERN_ATTR, [])
-            setattr(attn, _PATTERN_ATTR, existing + [(op, self) for op in ops])
-            self._pattern_modules.append(attn)
-        else:  # pragma: no cover - points are validated on construction
-            raise SteerscopeError(f"unknown hook point '{point}'")
+        module, site = arch.hook_module(point, layer)  # the architecture row's hook site
+        if site.kind == "input":
+            reg(module.register_forward_pre_hook(pre_hook_first_arg(site.arg), with_kwargs=True))
+        elif site.kind == "output":
+            reg(module.register_forward_hook(out_hook))
+        elif site.kind == "heads_output":
+            reg(module.register_forward_hook(head_hook(getattr(arch, site.heads), pre=False)))
+        elif site.kind == "heads_input":
+            reg(module.register_forward_pre_hook(
+                head_hook(getattr(arch, site.heads), pre=True, arg=site.arg), with_kwargs=True))
+        elif site.kind == "pattern":
+            self._swap_attention(module)
+            existing = getattr(module, _PATTERN_ATTR, [])
+            setattr(module, _PATTERN_ATTR, existing + [(op, self) for op in ops])
+            self._pattern_modules.append(module)
+        else:
+            raise SteerscopeError(f"unknown hook site kind '{site.kind}' for point '{point}'",
+                                  "use input, output, heads_input, heads_output or pattern")
 
     def _swap_attention(self, attn: nn.Module) -> None:
         config = attn.config

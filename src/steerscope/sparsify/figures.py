@@ -6,9 +6,9 @@ from pathlib import Path
 
 from steerscope.artifacts import atomic_write
 
-_LABELS = {"bypass": "harmful, bypass (ASR, higher = stronger)",
-           "induce": "harmless, induce (ASR, lower = stronger)",
-           "unseen": "unseen harmful, bypass (ASR)"}
+_LABELS = {"bypass": "present, remove (fraction without the behaviour, higher = stronger)",
+           "induce": "absent, induce (fraction without the behaviour, lower = stronger)",
+           "unseen": "unseen present, remove (fraction without the behaviour)"}
 
 
 def _pyplot():

@@ -4,14 +4,15 @@ For each method (a dense vector ``s`` and its IE vector) and each level (each τ
 gradient rule, which fixes the kept count k; and optional direct sparsities), every rule's
 sparse vector at that k is evaluated by greedy steered generation:
 
-- ``bypass``: harmful prompts steered with ``bypass_alpha`` (−1), ASR = fraction not refused;
-- ``induce``: harmless prompts steered with ``induce_alpha`` (+1), ASR = fraction not refused;
-- ``unseen``: an optional second harmful set (e.g. StrongREJECT), steered like ``bypass``.
+- ``bypass``: the behaviour's present prompts steered with ``bypass_alpha`` (−1: *remove*),
+  ``_asr`` = fraction of completions without the behaviour;
+- ``induce``: its absent prompts steered with ``induce_alpha`` (+1), ``_asr`` likewise;
+- ``unseen``: an optional second present set (e.g. StrongREJECT), steered like ``bypass``.
 
-Refusal is judged by the paper's substring matcher, or by ``judge`` on the harmful sets; with
-``behaviour=`` (default refusal) its judge decides presence and ASR is the fraction of
-completions without the behaviour (bypass/unseen = remove on present prompts, induce on
-absent prompts). Every distinct (vector, set) evaluation is generated once, all of them
+The behaviour (``behaviour=``, default refusal by the paper's substring matcher) decides
+presence; ``judge`` (optional) replaces it on the present sets. ``_asr`` is refusal's name of
+the fraction without the behaviour (1 − behaviour rate); results.json reports the behaviour
+rate per side (docs/results.md). Every distinct (vector, set) evaluation is generated once, all of them
 packed into shared length-sorted batches (:func:`steerscope.evaluate.steered.packed_outcomes`,
 each row carrying its own vector and α: the completions of separate runs).
 effect = ASR(steered) − ASR(unsteered); retention = sparse effect / dense effect (1 at
@@ -164,9 +165,9 @@ def sparsity_sweep(
     tokenizer,
     vectors: Mapping[str, SteeringVector],
     ies: Mapping[str, torch.Tensor],
-    harmful: Sequence[str],
-    harmless: Sequence[str],
-    unseen_harmful: Sequence[str] | None = None,
+    present: Sequence[str],
+    absent: Sequence[str],
+    unseen_present: Sequence[str] | None = None,
     *,
     taus: Sequence[float] = DEFAULT_TAUS,
     fractions: Sequence[float] = (),
@@ -188,11 +189,12 @@ def sparsity_sweep(
     ``vectors``: method → dense vector; ``ies``: method → its IE [d] (IE = s ⊙ g).
     Instructions are raw (formatted with the chat template here). ``refusal(text) -> bool``
     decides refusals (default: the paper's substring matcher); ``judge`` (optional) replaces
-    it on the harmful sets. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`)
-    replaces ``refusal`` by its judge; ``harmful`` / ``harmless`` are then its present and
-    absent prompts. Identical sparse vectors (e.g. every rule at sparsity 0) are generated
-    once. ``method_alphas``: method → (remove α, induce α) for that method's dense and sparse
-    vectors (the strength sweep's choice), else ``bypass_alpha`` / ``induce_alpha``.
+    it on the present sets. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`)
+    replaces ``refusal`` by its judge; ``present`` / ``absent`` are its test prompts
+    (refusal, the default: requests it refuses / answers). Identical sparse vectors (e.g.
+    every rule at sparsity 0) are generated once. ``method_alphas``: method → (remove α,
+    induce α) for that method's dense and sparse vectors (the strength sweep's choice), else
+    ``bypass_alpha`` / ``induce_alpha``.
     """
     if not vectors:
         raise SteerscopeError("no vectors to sparsify", "pass at least one method's vector")
@@ -200,8 +202,8 @@ def sparsity_sweep(
     if missing:
         raise SteerscopeError(f"no IE vector for method '{missing[0]}'",
                               "pass one IE per vector (sparsify.dimension_scores)")
-    if not harmful or not harmless:
-        raise SteerscopeError("the sparsity sweep needs harmful and harmless prompts",
+    if not present or not absent:
+        raise SteerscopeError("the sparsity sweep needs present and absent prompts",
                               "pass non-empty prompt lists")
     if arch is None:
         from steerscope.models.archs import validate_model
@@ -209,9 +211,9 @@ def sparsity_sweep(
         arch = validate_model(model)
     for sv in vectors.values():
         sv.check_fits(arch)
-    sets = {"bypass": (list(harmful), bypass_alpha), "induce": (list(harmless), induce_alpha)}
-    if unseen_harmful:
-        sets["unseen"] = (list(unseen_harmful), bypass_alpha)
+    sets = {"bypass": (list(present), bypass_alpha), "induce": (list(absent), induce_alpha)}
+    if unseen_present:
+        sets["unseen"] = (list(unseen_present), bypass_alpha)
     formatted = {e: [format_prompt(tokenizer, p) for p in v[0]] for e, v in sets.items()}
     presence = CallablePresence(refusal) if behaviour is None else behaviour.make_judge()
     families = {m: equal_sparsity_family(sv, ies[m], taus=taus, fractions=fractions,

@@ -11,7 +11,16 @@ from steerscope.vectors.dim import (
 from steerscope.vectors.dim_scores import filter_by_refusal_score, next_token_kl
 from steerscope.vectors.dim_selection import discard_reason, select_candidate, selection_score
 from steerscope.vectors.gguf import export_control_vector, import_control_vector
-from steerscope.vectors.methods import METHODS, extract, extract_vector, register_method
+from steerscope.vectors.methods import (
+    METHODS,
+    VECTOR_METHODS,
+    VectorMethod,
+    extract,
+    extract_vector,
+    register_method,
+    register_vector_method,
+    vector_method,
+)
 from steerscope.vectors.vector import SteeringVector
 from steerscope.vectors.vector_set import SteeringVectorSet, load_vector_file
 
@@ -22,7 +31,11 @@ __all__ = [
     "mean_activations",
     "collect_activations",
     "METHODS",
+    "VECTOR_METHODS",
+    "VectorMethod",
     "register_method",
+    "register_vector_method",
+    "vector_method",
     "extract",
     "extract_vector",
     "DimResult",

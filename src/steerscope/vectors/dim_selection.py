@@ -178,8 +178,8 @@ def no_survivor_error(rows, n_layers, max_layer_fraction, kl_threshold, induce_t
         f", {counts[REASON_KL]} with KL {ge} {kl_threshold}, {counts[REASON_INDUCE]} with induce "
         f"{le} {induce_threshold}, {counts[REASON_NAN]} with a NaN score)",
         fix or "relax them with kl_threshold=, induce_threshold=, max_layer_fraction= or "
-        "relax_kl=True (CLI: --relax-kl), or use more prompts and a model that refuses harmful "
-        "requests")
+        "relax_kl=True (CLI: --relax-kl), or use more prompts and a model that shows the "
+        "behaviour on its present prompts")
 
 
 def select_candidate(

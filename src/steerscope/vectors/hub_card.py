@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from steerscope.errors import SteerscopeError
+from steerscope.results_schema import side_labels
 
 LIBRARY_NAME = "steerscope"
 VECTOR_TAG = "steering-vector"
 # results.json steering sides (docs/results.md): the present side is steered to remove the
 # behaviour (bypass_alpha < 0), the absent side to induce it (induce_alpha > 0)
-SIDES = (("harmful", "remove", "prompts with the behaviour"),
-         ("harmless", "induce", "prompts without it"))
-CELL_KEYS = ("alpha", "refusal_rate", "asr", "repetition_rate", "judge_asr", "n")
+SIDES = (("present", "remove", "prompts with the behaviour"),
+         ("absent", "induce", "prompts without it"))
+CELL_KEYS = ("alpha", "behaviour_rate", "repetition_rate", "judge_rate", "n")
 
 
 @dataclass
@@ -56,11 +57,12 @@ def model_name(model_id: str | None) -> str | None:
 
 def run_figures(results: dict[str, Any], method: str) -> dict[str, Any]:
     """The headline figures of ``method`` in a run's results.json: the run's name and
-    behaviour, the steered and unsteered cells of each prompt side (α, behaviour rate, ASR,
-    loop rate, n) and the minimal faithful circuit's share of the edges; sections the run did
-    not reach are left out."""
+    behaviour with its display words (``labels``), the steered and unsteered cells of each
+    prompt side (α, behaviour rate, loop rate, n) and the minimal faithful circuit's share of
+    the edges; sections the run did not reach are left out."""
     figures: dict[str, Any] = {"run": (results.get("run") or {}).get("name"),
-                               "behaviour": (results.get("behaviour") or {}).get("name")}
+                               "behaviour": (results.get("behaviour") or {}).get("name"),
+                               "labels": side_labels(results)}
     quantization = (results.get("model") or {}).get("quantization")
     if quantization:  # the run studied a quantized model: its figures are that model's
         figures["quantization"] = quantization
@@ -132,14 +134,15 @@ def figures_section(figures: dict[str, Any] | None, method: str) -> list[str]:
              "completions that end in a repetition loop.", ""]
     steering = figures.get("steering")
     if steering:
-        lines += ["| prompts | steering | α | behaviour rate | ASR | loop rate | n |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| prompts | steering | α | behaviour rate | loop rate | n |",
+                  "|---|---|---|---|---|---|"]
+        labels = figures.get("labels") or {}
         for side, use, what in SIDES:
             for who, cell in steering.get(side, {}).items():
                 name = "none" if who == "none" else method
-                lines.append(f"| {side} ({what}) | {name}{'' if who == 'none' else ' (' + use + ')'}"
-                             f" | {_fmt(cell.get('alpha'), 2)} | {_fmt(cell.get('refusal_rate'))}"
-                             f" | {_fmt(cell.get('asr'))} | {_fmt(cell.get('repetition_rate'))}"
+                lines.append(f"| {labels.get(side, side)} ({what}) | {name}{'' if who == 'none' else ' (' + use + ')'}"
+                             f" | {_fmt(cell.get('alpha'), 2)} | {_fmt(cell.get('behaviour_rate'))}"
+                             f" | {_fmt(cell.get('repetition_rate'))}"
                              f" | {_fmt(cell.get('n'))} |")
         lines.append("")
     else:

@@ -1,8 +1,11 @@
 """Extraction methods: pure functions from activations to a steering direction.
 
 Every method has one signature, ``fn(positive [N, d], negative [M, d], **hp) -> [d]``, and is
-called through :func:`extract` (input checks, float64 maths). Methods are kept in the
-:data:`METHODS` registry; add one with :func:`register_method`.
+called through :func:`extract` (input checks, float64 maths). Every way to make a vector is
+one :class:`VectorMethod` record in :data:`VECTOR_METHODS` (extraction methods and the trained
+objectives NTP and PO alike); :data:`METHODS` maps each extraction method to its function.
+Add one with :func:`register_method` (or :func:`register_vector_method`): the pipeline's
+``vectors.methods``, ``extract_vector`` and the CLI then accept it.
 
 Built-in methods (``μ⁺``, ``μ⁻`` the class means; "DIM norm" = ``‖μ⁺ − μ⁻‖``):
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,17 +49,62 @@ import torch
 from steerscope.errors import ShapeError, SteerscopeError
 from steerscope.models.archs import validate_model
 from steerscope.vectors.activations import collect_activations
+from steerscope.vectors.train_config import OBJECTIVES
 from steerscope.vectors.vector import SteeringVector
 from steerscope.vectors.vector_set import SteeringVectorSet, check_steering_layers
 
 MethodFn = Callable[..., torch.Tensor]
+METHOD_KINDS = ("extraction", "trained")
 
-#: name -> ``fn(positive [N, d], negative [M, d], **hp) -> [d]``
+
+@dataclass(frozen=True)
+class VectorMethod:
+    """One way to make a steering vector, as a record (like auto-circuit's ``PruneAlgo``).
+
+    ``key``: its name in configs, the CLI and file names; ``name``: for display; ``kind``:
+    ``"extraction"`` (``function(positive [N, d], negative [M, d], **hp) -> [d]``, read from
+    activations; ``dim`` is one, and the pipeline's selection also picks the layer and
+    position with it) or ``"trained"`` (an objective of the trainer
+    :mod:`steerscope.vectors.trained`, chosen by ``TrainConfig.objective``; no ``function``).
+    """
+
+    key: str
+    name: str
+    kind: str = "extraction"
+    function: MethodFn | None = None
+
+
+#: key -> record, every vector method (extraction methods, then the trained objectives)
+VECTOR_METHODS: dict[str, VectorMethod] = {}
+#: key -> ``fn(positive [N, d], negative [M, d], **hp) -> [d]``, every extraction method
 METHODS: dict[str, MethodFn] = {}
 
 
-def register_method(name: str, fn: MethodFn | None = None, *, overwrite: bool = False):
-    """Register an extraction method ``fn(positive, negative, **hp) -> [d]`` under ``name``.
+def register_vector_method(method: VectorMethod, *, overwrite: bool = False) -> VectorMethod:
+    """Add ``method`` to :data:`VECTOR_METHODS` (and its function to :data:`METHODS` for an
+    extraction method). Re-registering a key needs ``overwrite=True``."""
+    if not isinstance(method.key, str) or not method.key:
+        raise SteerscopeError(f"method name must be a non-empty string, got {method.key!r}")
+    if method.kind not in METHOD_KINDS:
+        raise SteerscopeError(f"method '{method.key}' has kind {method.kind!r}",
+                              f"use one of {', '.join(METHOD_KINDS)}")
+    if method.kind == "extraction" and not callable(method.function):
+        raise SteerscopeError(f"method '{method.key}' is not callable")
+    if method.key in VECTOR_METHODS and not overwrite:
+        raise SteerscopeError(f"method '{method.key}' is already registered",
+                              "pass overwrite=True to replace it")
+    VECTOR_METHODS[method.key] = method
+    if method.kind == "extraction":
+        METHODS[method.key] = method.function
+    else:
+        METHODS.pop(method.key, None)
+    return method
+
+
+def register_method(name: str, fn: MethodFn | None = None, *, overwrite: bool = False,
+                    display_name: str | None = None):
+    """Register an extraction method ``fn(positive, negative, **hp) -> [d]`` under ``name``
+    (a :class:`VectorMethod` of kind ``"extraction"``).
 
     Usable as a decorator (``@register_method("mine")``). Re-registering a name needs
     ``overwrite=True``.
@@ -64,15 +113,26 @@ def register_method(name: str, fn: MethodFn | None = None, *, overwrite: bool = 
         raise SteerscopeError(f"method name must be a non-empty string, got {name!r}")
 
     def add(f: MethodFn) -> MethodFn:
-        if not callable(f):
-            raise SteerscopeError(f"method '{name}' is not callable")
-        if name in METHODS and not overwrite:
-            raise SteerscopeError(f"method '{name}' is already registered",
-                                  "pass overwrite=True to replace it")
-        METHODS[name] = f
+        register_vector_method(VectorMethod(name, display_name or name.upper(), "extraction", f),
+                               overwrite=overwrite)
         return f
 
     return add if fn is None else add(fn)
+
+
+def vector_method(key: str) -> VectorMethod:
+    """The :class:`VectorMethod` registered under ``key`` (a one-line error naming the known
+    ones otherwise)."""
+    if key not in VECTOR_METHODS:
+        raise SteerscopeError(f"unknown vector method {key!r}",
+                              f"use one of {', '.join(VECTOR_METHODS)} or register_method")
+    return VECTOR_METHODS[key]
+
+
+def method_keys(kind: str) -> tuple[str, ...]:
+    """The keys of the registered methods of ``kind`` (``"extraction"`` or ``"trained"``), in
+    registration order."""
+    return tuple(k for k, m in VECTOR_METHODS.items() if m.kind == kind)
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,6 +248,11 @@ def probe_direction(positive: torch.Tensor, negative: torch.Tensor, *, C: float 
     return _orient_and_scale(direction, reference, scale, "probe")
 
 
+# the trained objectives (NTP, PO): records without a function (the trainer implements them)
+for _objective in OBJECTIVES:
+    register_vector_method(VectorMethod(_objective, _objective.upper(), "trained"))
+
+
 # ---------------------------------------------------------------------------------------
 # entry points
 # ---------------------------------------------------------------------------------------
@@ -295,6 +360,12 @@ def extract_vector(
 
 __all__ = [
     "METHODS",
+    "METHOD_KINDS",
+    "VECTOR_METHODS",
+    "VectorMethod",
+    "method_keys",
+    "register_vector_method",
+    "vector_method",
     "caa_direction",
     "dim_direction",
     "extract",

@@ -74,22 +74,44 @@ class TrainConfig:
     """
 
     objective: str = "ntp"
+    """ntp (next-token prediction) | po (preference optimisation)."""
     lr: float = 0.04
+    """Learning rate (AdamW)."""
     epochs: int = 10
+    """Training epochs."""
     batch_size: int = 6
+    """Training pairs per optimiser step."""
     seed: int = 42
+    """Training seed."""
     phi: float = 2e-2
+    """PO's phi (ignored by NTP)."""
     factors: tuple[float, ...] = PAPER_FACTORS
+    """Steering factors f sampled per example."""
     max_response_tokens: int = 64
+    """Response tokens the loss sees."""
     grad_clip: float = 1.0
+    """Gradient-norm clip."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     init_scale: float = 0.01
+    """Standard deviation of the vector's random initialisation."""
     val_factor: float | None = None
+    """The factor of validation: mean_factor (None: the mean of factors)."""
     lr_schedule: str = "per_epoch"
+    """per_epoch: lr*(1 - e/E) in epoch e (the released code) | per_step: lr*(1 - s/S) over
+    all optimiser steps."""
     validation: str = "deployed"
+    """deployed: validate the vector rescaled to the DIM norm at alpha = +-1 | mean_factor:
+    the raw vector at the mean factor."""
     keep: str = "best_epoch"
+    """best_epoch: validate after every epoch, keep the best | last_epoch: the vector after
+    the last epoch."""
     ranking: str = "released"
+    """released: NTP by the sum of its loss rank and token-match rank, PO by loss |
+    loss_then_match: lowest loss (to 1e-4), then higher match."""
     match_scope: str = "loss_tokens"
+    """Validation token match over the loss tokens (loss_tokens) or the whole response
+    (response, the released code's)."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

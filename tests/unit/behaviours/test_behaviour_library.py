@@ -41,10 +41,13 @@ def test_refusal_behaviour_gives_the_same_table(chat):
     kw = dict(max_new_tokens=6, batch_size=2)
     old = evaluate_steering(model, tok, _vectors(), PRESENT, ABSENT, **kw)
     new = evaluate_steering(model, tok, _vectors(), PRESENT, ABSENT, behaviour=REFUSAL, **kw)
-    assert old.to_json() == new.to_json()
-    assert {r.prompt_set for r in new.rows} == {"harmful", "harmless"}
-    r = new.row("a", "harmful")
-    assert (r.side, r.use, r.behaviour_rate) == ("present", "remove", r.refusal_rate)
+    old_json, new_json = old.to_json(), new.to_json()
+    assert old_json.pop("labels").items() <= new_json.pop("labels").items()  # refusal's words
+    assert old_json == new_json
+    assert {r.side for r in new.rows} == {"present", "absent"}
+    r = new.row("a", "present")
+    assert (r.side, r.use, r.absence_rate) == ("present", "remove", 1 - r.behaviour_rate)
+    assert "harmful ASR" in new.table() and "harmful ASR" in old.table()
 
 
 def test_any_behaviour_through_the_steering_table(chat):
@@ -54,9 +57,9 @@ def test_any_behaviour_through_the_steering_table(chat):
                            max_new_tokens=6, batch_size=2)
     judge = b.make_judge()
     for r in ev.rows:
-        outs = ev.completions[r.method][r.prompt_set]
-        flags = judge.judge(ev.prompts[r.prompt_set], outs)
-        assert r.behaviour_rate == sum(flags) / len(flags) == 1 - r.asr
+        outs = ev.completions[r.method][r.side]
+        flags = judge.judge(ev.prompts[r.side], outs)
+        assert r.behaviour_rate == sum(flags) / len(flags) == 1 - r.absence_rate
     assert ev.row("a", "present").alpha == -1.0 and ev.row("a", "absent").use == "induce"
     assert "none" in ev.table()
 

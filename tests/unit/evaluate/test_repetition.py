@@ -32,7 +32,7 @@ GLUED = [  # loops without spaces: one token, caught by the repeated-characters 
 ]
 REPO = Path(__file__).resolve().parents[3]
 LONG_FINE = [  # long answers: the rules look at the end, so length alone makes no loop
-    (REPO / "src/steerscope/pipeline/evaluation.py").read_text()[:3500],  # code
+    (REPO / "src/steerscope/pipeline/distributed.py").read_text()[:3500],  # code
     (REPO / "README.md").read_text()[:3000],  # markdown prose
     "Here is the table:\n\n| a | b |\n|---|---|\n| 1 | 2 |\n" + "-" * 20 + "\nThat is all.",
     " " * 32 + "hello world, indented",

@@ -60,24 +60,26 @@ def test_table_rows_scores_and_cosines(chat, tmp_path):
     model, tok = chat
     vecs = _vectors()
     res = evaluate_steering(model, tok, vecs, HARMFUL, HARMLESS, max_new_tokens=5, batch_size=2)
-    assert [(r.method, r.prompt_set) for r in res.rows] == [
-        (m, s) for m in ("none", "a", "b") for s in ("harmful", "harmless")]
+    assert [(r.method, r.side) for r in res.rows] == [
+        (m, s) for m in ("none", "a", "b") for s in ("present", "absent")]
     for r in res.rows:
-        outs = res.completions[r.method][r.prompt_set]
+        outs = res.completions[r.method][r.side]
         assert r.n == len(outs)
-        assert r.asr == pytest.approx(1 - sum(map(is_refusal_substring, outs)) / len(outs))
+        assert r.absence_rate == pytest.approx(
+            1 - sum(map(is_refusal_substring, outs)) / len(outs))
+        assert r.use == {"present": "remove", "absent": "induce"}[r.side]
         assert r.repetition_rate == repetition_rate(outs)
     # refusal scores under steering match an independent raw-hook computation
-    for name, alpha, prompts, set_name in (("a", -1.0, HARMFUL, "harmful"),
-                                           ("b", 1.0, HARMLESS, "harmless")):
+    for name, alpha, prompts, set_name in (("a", -1.0, HARMFUL, "present"),
+                                           ("b", 1.0, HARMLESS, "absent")):
         texts = [format_prompt(tok, p) for p in prompts]
         manual = _manual_scores(model, tok, texts, vecs[name], alpha)
-        assert res.row(name, set_name).mean_refusal_score == pytest.approx(
+        assert res.row(name, set_name).mean_score == pytest.approx(
             float(manual.mean()), abs=1e-5)
     cos = res.cosine
     assert cos["a"]["a"] == pytest.approx(1.0) and cos["a"]["b"] == pytest.approx(cos["b"]["a"])
     data = json.loads(res.save(tmp_path / "steering.json").read_text())
-    assert len(data["rows"]) == 6 and data["prompts"]["harmful"] == HARMFUL
+    assert len(data["rows"]) == 6 and data["prompts"]["present"] == HARMFUL
     assert "none" in res.table() and "harmful ASR" in res.table() and "loops" in res.table()
 
 
@@ -90,8 +92,8 @@ def test_judge_is_used_on_the_harmful_set(chat):
             return [True] * len(responses)
 
     res = evaluate_steering(model, tok, {}, HARMFUL, HARMLESS, max_new_tokens=3, judge=Everything())
-    assert res.row("none", "harmful").judge_asr == 1.0
-    assert res.row("none", "harmless").judge_asr is None
+    assert res.row("none", "present").judge_rate == 1.0
+    assert res.row("none", "absent").judge_rate is None
 
 
 def test_bad_input(chat):
@@ -105,3 +107,15 @@ def test_bad_input(chat):
             evaluate_steering(model, tok, vecs, HARMFUL, HARMLESS, max_new_tokens=2)
     with pytest.raises(SteerscopeError, match="non-empty"):
         evaluate_steering(model, tok, {}, [], HARMLESS)
+
+
+def test_refusal_keyword_names_still_work(chat):
+    """harmful= / harmless= (the names of earlier versions) are present= / absent=."""
+    model, tok = chat
+    new = evaluate_steering(model, tok, {}, present=HARMFUL, absent=HARMLESS, max_new_tokens=2)
+    old = evaluate_steering(model, tok, {}, harmful=HARMFUL, harmless=HARMLESS, max_new_tokens=2)
+    assert old.completions == new.completions and old.prompts["present"] == HARMFUL
+    with pytest.raises(SteerscopeError, match="old name of 'present'"):
+        evaluate_steering(model, tok, {}, HARMFUL, HARMLESS, harmful=HARMFUL)
+    with pytest.raises(TypeError, match="harmfull"):
+        evaluate_steering(model, tok, {}, HARMFUL, HARMLESS, harmfull=HARMFUL)

@@ -177,26 +177,27 @@ def test_freeze_evaluation_table(monkeypatch, tmp_path):
                                batch_size=3, include_unsteered=True)
     assert res.modes == ["unsteered", "none", "qk", "ov", "svv", "mlp"]
     for m in res.modes:
-        for s in ("harmful", "harmless"):
+        for s in ("present", "absent"):
             outs = res.completions[m][s]
-            assert res.row(m, s).asr == 1 - sum("a" in o.lower() for o in outs) / len(outs)
+            assert res.row(m, s).absence_rate == 1 - sum("a" in o.lower() for o in outs) / len(outs)
     for m in ("qk", "ov", "svv", "mlp"):
-        h, b = res.row(m, "harmful"), res.row(m, "harmless")
-        assert h.drop == pytest.approx(100 * (res.row("none", "harmful").asr - h.asr))
-        assert b.drop == pytest.approx(100 * (b.asr - res.row("none", "harmless").asr))
+        h, b = res.row(m, "present"), res.row(m, "absent")
+        assert h.drop == pytest.approx(100 * (res.row("none", "present").absence_rate
+                                              - h.absence_rate))
+        assert b.drop == pytest.approx(100 * (b.absence_rate - res.row("none", "absent").absence_rate))
         assert res.mean_drop(m) == pytest.approx((h.drop + b.drop) / 2)
-    assert res.row("none", "harmful").drop is None
+    assert res.row("none", "present").drop is None
     for r in res.rows:
-        assert r.repetition_rate == repetition_rate(res.completions[r.mode][r.prompt_set])
+        assert r.repetition_rate == repetition_rate(res.completions[r.mode][r.side])
     ref = evaluate_steering(model, tok, {"dim": sv}, harmful, harmless, max_new_tokens=6,
                             batch_size=3)
-    for s in ("harmful", "harmless"):
+    for s in ("present", "absent"):
         assert res.completions["none"][s] == ref.completions["dim"][s]
         assert res.completions["unsteered"][s] == ref.completions["none"][s]
-        assert res.row("none", s).mean_refusal_score == pytest.approx(
-            ref.row("dim", s).mean_refusal_score, abs=1e-5)
-        assert res.row("unsteered", s).mean_refusal_score == pytest.approx(
-            ref.row("none", s).mean_refusal_score, abs=1e-5)
+        assert res.row("none", s).mean_score == pytest.approx(
+            ref.row("dim", s).mean_score, abs=1e-5)
+        assert res.row("unsteered", s).mean_score == pytest.approx(
+            ref.row("none", s).mean_score, abs=1e-5)
     assert "QK freeze" in res.table() and "SVV removal" in res.table()
     paths = res.save(tmp_path / "out")
     data = json.loads(paths[0].read_text())
@@ -287,15 +288,17 @@ def test_head_scores_read_from_a_patch_output_folder(tmp_path):
 def test_freeze_table_labels_follow_the_behaviour_sets():
     from steerscope.mechanisms.evaluate import FreezeEval, FreezeRow
 
-    def table(present, absent):
-        rows = [FreezeRow(m, s, a, 4, asr, 0.0, 0.0, drop)
+    def table(labels):
+        rows = [FreezeRow(m, s, a, 4, 1 - asr, 0.0, 0.0, drop)
                 for m, asr, drop in (("none", 1.0, None), ("qk", 0.75, 25.0))
-                for s, a in ((present, -1.0), (absent, 1.0))]
-        return FreezeEval(rows, 3, "dim", {}, {}).table()
+                for s, a in (("present", -1.0), ("absent", 1.0))]
+        return FreezeEval(rows, 3, "dim", {}, {}, labels).table()
 
-    refusal = table("harmful", "harmless")
+    refusal = table({"behaviour": "refusal", "present": "harmful", "absent": "harmless"})
     assert "ASR by substring" in refusal and "harmful ASR" in refusal
-    other = table("present", "absent")
-    assert "ASR by the behaviour's judge" in other and "present ASR" in other
-    assert "absent ASR" in other and "harmful" not in other
+    assert "0.750" in refusal  # refusal shows its ASR (1 - behaviour rate)
+    other = table({"behaviour": "lists", "present": "list requests", "absent": "paragraphs"})
+    assert "rate by the behaviour's judge" in other and "list requests rate" in other
+    assert "paragraphs rate" in other and "harmful" not in other and "ASR" not in other
+    assert "0.250" in other  # other behaviours show the behaviour rate
     assert "+25.0" in other

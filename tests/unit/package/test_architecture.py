@@ -82,3 +82,21 @@ def test_type_checking_imports_count_as_dependencies(tmp_path):
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
         "    from steerscope.models.a import X\n")
     assert ig.cycles(ig.module_edges(mods)) == [["steerscope.models.a", "steerscope.models.b"]]
+
+
+def test_string_imports_count_as_dependencies(tmp_path):
+    """``import_module("steerscope.x")``, a ``"steerscope.x:f"`` reference and, in a module
+    that calls import_module, a literal naming a module are imports (issue 24 item 8): the
+    run-time loop models -> demo -> models that strings once hid is seen."""
+    mods = _fake_package(
+        tmp_path, "import importlib\n\ndef f():\n    return importlib.import_module('steerscope.cli')\n",
+        "SOURCES = {'demo': 'steerscope.cli:build'}\n",
+        extra={"cli.py": "import steerscope.models.a\n",
+               "data.py": "from importlib import import_module\nTABLE = ['steerscope.cli']\n"
+                          "NOT_A_MODULE = 'steerscope.layer_convention'\n\n"
+                          "def g(name):\n    return import_module(name)\n"})
+    assert sorted(ig.upward_imports(mods)) == ["steerscope.data:2 -> steerscope.cli",
+                                               "steerscope.models.a:4 -> steerscope.cli",
+                                               "steerscope.models.b:1 -> steerscope.cli"]
+    assert ig.cycles(ig.module_edges(mods)) == [["steerscope.cli", "steerscope.models.a"]]
+    assert set(mods["steerscope.data"].imports) == {"steerscope.cli"}

@@ -100,7 +100,7 @@ def test_every_shipped_config_is_a_paper_or_a_study_config():
 
 
 def test_the_gemma_layer10_config_is_the_demo_config_with_dim_at_layer_10():
-    from steerscope.demo.config import demo_run_config
+    from steerscope.pipeline.demo import demo_run_config
 
     cfg = load_config(CONFIG_DIR / "gemma-layer10.yaml")
     assert cfg.model.source == "demo-gemma" and cfg.vectors.methods == ["dim"]

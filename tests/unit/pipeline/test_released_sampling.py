@@ -63,16 +63,18 @@ def test_pipeline_data_stage_samples_the_released_stream(shared_data):
     splits = sample_splits(cfg, loaded)
     files = {k: _instructions(shared_data, k) for k in (*SPLITS, "harmful_test")}
     random.seed(42)
-    for key, n in (("harmful_train", 128), ("harmless_train", 128), ("harmful_val", 32),
-                   ("harmless_val", 32), ("harmless_test", 50)):
-        assert splits[key] == random.sample(files[key], n), key
-    assert splits["harmful_test"] == files["harmful_test"][:50]  # file order, not sampled
+    for key, split, n in (("harmful_train", "present_train", 128),
+                          ("harmless_train", "absent_train", 128),
+                          ("harmful_val", "present_val", 32), ("harmless_val", "absent_val", 32),
+                          ("harmless_test", "absent_test", 50)):
+        assert splits[split] == random.sample(files[key], n), key
+    assert splits["present_test"] == files["harmful_test"][:50]  # file order, not sampled
     # the per-split mode (the default) is unchanged and differs
     default = sample_splits(load_config({**cfg.to_dict(),
                                          "data": {**cfg.to_dict()["data"],
                                                   "sampling": "per_split"}}), loaded)
-    assert default["harmful_train"] == splits["harmful_train"]
-    assert default["harmless_val"] != splits["harmless_val"]
+    assert default["present_train"] == splits["present_train"]
+    assert default["absent_val"] != splits["absent_val"]
 
 
 def test_released_training_prompts_continue_a_fresh_stream(shared_data):

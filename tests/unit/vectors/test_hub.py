@@ -44,16 +44,17 @@ def a_vector(method="dim", layer=5, seed=0, model_id=MODEL) -> SteeringVector:
 def synthetic_results(methods=("dim", "ntp")) -> dict:
     """A results.json with the sections the card quotes (docs/results.md), made-up numbers."""
     def cell(asr, alpha, loops):
-        return {"asr": asr, "refusal_rate": 1 - asr, "mean_refusal_score": 0.5,
+        return {"behaviour_rate": 1 - asr, "mean_score": 0.5,
                 "repetition_rate": loops, "alpha": alpha, "n": 32}
 
-    steering = {"none": {"harmful": cell(0.125, 0.0, 0.0), "harmless": cell(0.96875, 0.0, 0.0)}}
+    steering = {"none": {"present": cell(0.125, 0.0, 0.0), "absent": cell(0.96875, 0.0, 0.0)}}
     for i, m in enumerate(methods):
-        steering[m] = {"harmful": cell(0.90625 - i / 32, -1.0, 0.0625 * i),
-                       "harmless": cell(0.03125, 1.0, 0.0)}
-    return {"format_version": 1, "run": {"name": "hubrun", "dir": ".", "config": "config.yaml",
+        steering[m] = {"present": cell(0.90625 - i / 32, -1.0, 0.0625 * i),
+                       "absent": cell(0.03125, 1.0, 0.0)}
+    return {"format_version": 2, "run": {"name": "hubrun", "dir": ".", "config": "config.yaml",
                                          "stages": {}},
-            "behaviour": {"name": "refusal", "definition": {}},
+            "behaviour": {"name": "refusal", "definition": {"labels": {
+                "behaviour": "refusal", "present": "harmful", "absent": "harmless"}}},
             "model": {"id": "/home/me/models/tiny-chat", "revision": None,
                       "architecture": "qwen2", "path": "/home/me/models/tiny-chat",
                       "steering_layer": 5},
@@ -108,9 +109,9 @@ def test_card_parses_with_huggingface_hub_and_states_the_facts(tmp_path):
     assert f"| norm | {sv.norm:.4f} |" in text
     assert "-1 to remove, +1 to induce" in text
     # the run's figures for ntp: behaviour rate 1 - 0.875, loop rate 0.0625, circuit 1000/8790
-    assert "| harmful (prompts with the behaviour) | dim (remove) | -1.00 | 0.125 | 0.875 | " \
+    assert "| harmful (prompts with the behaviour) | dim (remove) | -1.00 | 0.125 | " \
            "0.062 | 32 |" in text
-    assert "| harmless (prompts without it) | none | 0.00 | 0.031 | 0.969 | 0.000 | 32 |" in text
+    assert "| harmless (prompts without it) | none | 0.00 | 0.031 | 0.000 | 32 |" in text
     assert "1,000 of 8,790 edges (11.38%)" in text
     assert "Results of run `hubrun`" in text
 

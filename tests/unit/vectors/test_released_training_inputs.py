@@ -215,8 +215,8 @@ def test_released_training_prompts_in_the_pipeline(shared_data):
     harmful, harmless = training_prompts(cfg, prompts)
     ref = released_training_prompts(released_pools(cfg), n_train=128, n_val=32, n_total=256)
     assert (harmful, harmless) == (ref["harmful"], ref["harmless"])
-    assert harmful[:128] == prompts["harmful_train"] and len(set(harmful)) == 256
-    assert harmless[:128] == prompts["harmless_train"]
+    assert harmful[:128] == prompts["present_train"] and len(set(harmful)) == 256
+    assert harmless[:128] == prompts["absent_train"]
     plain = load_config({"data": base})
-    assert training_prompts(plain, prompts) == (prompts["harmful_train"],
-                                                prompts["harmless_train"])
+    assert training_prompts(plain, prompts) == (prompts["present_train"],
+                                                prompts["absent_train"])

@@ -44,19 +44,35 @@ class CircuitsSection:
     """Circuits from the patching scores: faithfulness, minimum circuit, comparisons."""
 
     enabled: bool = True
-    sizes: list[int] | None = _lib("sizes")  # faithfulness-curve sizes (None: 0.5% ... 100%)
-    grid_step: float | None = _lib("grid_step")  # instead of sizes: every grid_step of edges
-    grid_max: float = _lib("grid_max")  # the size grid's largest fraction of the edges
-    threshold: float = _lib("threshold")  # faithful at >= threshold
-    n_random: int = _lib("n_random")  # random circuits of twice the minimum size
-    random: str = _lib("random_kind")  # pruned: on steer->logits paths, refilled | unpruned
-    position_metrics: bool = _lib("position_metrics")  # released code's per-position metrics
-    # what faithfulness is measured with (minimum circuit, complement, random, interchange):
-    # logit_diff (the ratio over the 4 datasets) | kl_ratio | dir_kl | token_match | logprob
+    """Run this stage (false: skip it; results.json marks it not run)."""
+    sizes: list[int] | None = _lib("sizes")
+    """Circuit sizes in edges for the faithfulness curve (None: 0.5% to 100% of the edges in
+    11 steps)."""
+    grid_step: float | None = _lib("grid_step")
+    """Instead of sizes: every grid_step fraction of the edges (the paper's figure:
+    0.0341)."""
+    grid_max: float = _lib("grid_max")
+    """Largest fraction of the edges on the grid_step grid."""
+    threshold: float = _lib("threshold")
+    """Faithfulness a circuit must reach to be the minimum faithful circuit."""
+    n_random: int = _lib("n_random")
+    """Random circuits of twice the minimum size (the random control)."""
+    random: str = _lib("random_kind")
+    """Random-circuit control: pruned (to steer->logits paths and refilled to size like a
+    real circuit, the paper's) | unpruned."""
+    position_metrics: bool = _lib("position_metrics")
+    """Also the released code's per-position faithfulness (KL ratio, directional KL, token
+    match, log-prob) on the steered responses."""
     metric: str = _lib("faithfulness_metric")
-    refine_steps: int = _lib("refine_steps")  # bisection steps refining the minimum size
-    overlap_sizes: list[int] | None = None  # matched sizes (None: each minimum circuit's size)
+    """What the minimum circuit, complement, random control and interchange are measured
+    with: logit_diff (the ratio over the 4 datasets) | kl_ratio | dir_kl | token_match |
+    logprob (the paper's curves)."""
+    refine_steps: int = _lib("refine_steps")
+    """Bisection steps refining the minimum circuit size."""
+    overlap_sizes: list[int] | None = None
+    """Matched sizes of the circuit overlap (None: each minimum circuit's size)."""
     options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword options its stage declares (register_stage(options=...))."""
 
     def check(self, cfg) -> None:
         """Threshold and fractions in range, one of sizes / grid_step, known random kind."""
@@ -202,4 +218,4 @@ def circuits_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 register_stage("circuits", deps=("model", "vectors", "trained", "patching"),
                section="circuits", config=CircuitsSection,
-               results=circuits_results)(circuits_stage)
+               results=circuits_results, order=70)(circuits_stage)

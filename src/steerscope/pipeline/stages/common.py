@@ -9,6 +9,7 @@ from typing import Any
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.repetition import repetition_rate
 from steerscope.pipeline.registry import StageOutput
+from steerscope.results_schema import upgrade_prompts
 
 PROMPTS_FILE = "prompts.json"  # the data stage's samples, {split key: [instruction]}
 BEHAVIOUR_FILE = "behaviour.json"  # the data stage's record of the run's behaviour
@@ -17,6 +18,12 @@ BEHAVIOUR_FILE = "behaviour.json"  # the data stage's record of the run's behavi
 def read_json(output: StageOutput, name: str) -> Any:
     """The JSON file ``name`` of a finished stage."""
     return json.loads(output.path(name).read_text(encoding="utf-8"))
+
+
+def read_prompts(data: StageOutput) -> dict[str, list[str]]:
+    """The data stage's ``prompts.json``: ``{"present_train": [instruction], ...}`` (a file
+    of an earlier version, with refusal's side names, read under today's keys)."""
+    return upgrade_prompts(read_json(data, PROMPTS_FILE))
 
 
 def row_loop_rate(row: dict, completions: list[str]) -> float:
@@ -95,26 +102,8 @@ def patched_vectors(ctx, inputs: dict[str, StageOutput], arch) -> dict:
     return {m: vectors[m] for m in methods}
 
 
-def behaviour_detector(inputs: dict[str, StageOutput], allow_code: bool = False):
-    """The run's behaviour judge (refusal: the paper's substring matcher), from the data
-    stage's ``behaviour.json``: ``.judge(prompts, responses) -> list[bool]`` (True = present),
-    called once per set of completions with each completion's raw prompt (the instruction of
-    ``prompts.json``, before chat formatting); ``allow_code``: the run's consent to run the
-    judge's code (``config.allow_code``)."""
-    return stage_behaviour(inputs["data"], allow_code).make_judge()
-
-
 def score_ids(inputs: dict[str, StageOutput]) -> list[int] | None:
     """The behaviour's fast-score token ids the vectors stage used (None for a vectors stage
     that recorded none)."""
     ids = inputs["vectors"].outputs.get("score_ids") if "vectors" in inputs else None
     return None if ids is None else [int(i) for i in ids]
-
-
-def stage_behaviour(data: StageOutput, allow_code: bool = False):
-    """The behaviour a finished data stage recorded (its ``behaviour.json``), with the run's
-    consent to run its judge's code (``allow_code``, from ``config.allow_code``)."""
-    from steerscope.behaviours import behaviour_from_dict
-
-    return behaviour_from_dict(read_json(data, BEHAVIOUR_FILE)["definition"],
-                               check_sources=False, allow_code=allow_code)

@@ -8,9 +8,11 @@ sides (present / absent × train / val / test); config section ``data``
 ``harmful_train`` ... for the same keys) and sets the sample sizes. Sources are resolved,
 checked and fingerprinted by :mod:`steerscope.pipeline.inputs` before any compute.
 
-``prompts.json`` keeps refusal's split keys for the two sides: ``harmful_*`` = the present
-side, ``harmless_*`` = the absent side (:data:`SPLIT_SIDES`). results.json sections ``data``
-(the sample counts) and ``behaviour`` (``name`` and ``definition``).
+``prompts.json`` keys are ``<side>_<split>`` (``present_train`` ... ``absent_test``,
+:data:`~steerscope.pipeline.behaviour.SPLIT_KEYS`; files of earlier versions named the sides
+``harmful_*`` / ``harmless_*``, read by :func:`~steerscope.pipeline.stages.common.read_prompts`).
+Each prompt source is read once: the input checks' copy is reused. results.json sections
+``data`` (the sample counts) and ``behaviour`` (``name`` and ``definition``).
 """
 
 from __future__ import annotations
@@ -33,25 +35,48 @@ class DataSection:
     ``present_*`` / ``absent_*`` (the same keys; give one of the two)."""
 
     data_dir: str | None = None
+    """Folder of named datasets (None: $STEERSCOPE_DATA_DIR)."""
     present_train: str | None = None
+    """Present-side prompts of the train split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     absent_train: str | None = None
+    """Absent-side prompts of the train split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     present_val: str | None = None
+    """Present-side prompts of the val split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     absent_val: str | None = None
+    """Absent-side prompts of the val split: a file, dataset name or builtin:NAME (None: the
+    behaviour's)."""
     present_test: str | None = None
+    """Present-side prompts of the test split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     absent_test: str | None = None
+    """Absent-side prompts of the test split: a file, dataset name or builtin:NAME (None:
+    the behaviour's)."""
     harmful_train: str | None = None
+    """Refusal's name for present_train."""
     harmless_train: str | None = None
+    """Refusal's name for absent_train."""
     harmful_val: str | None = None
+    """Refusal's name for present_val."""
     harmless_val: str | None = None
+    """Refusal's name for absent_val."""
     harmful_test: str | None = None
+    """Refusal's name for present_test."""
     harmless_test: str | None = None
+    """Refusal's name for absent_test."""
     n_train: int = 128
+    """Train prompts per side (a seeded sample)."""
     n_val: int = 32
+    """Validation prompts per side (a seeded sample)."""
     n_test: int = 100
-    seed: int | None = None  # None: the top-level seed
-    # per_split: each split sampled on its own seeded stream | released: the authors' one
-    # stream (harmful/harmless train, harmful/harmless val, then harmless test)
+    """Test prompts per side (a seeded sample)."""
+    seed: int | None = None
+    """The sampling seed (None: the top-level seed)."""
     sampling: str = "per_split"
+    """per_split: each split sampled on its own seeded stream | released: the authors' one
+    stream (present/absent train, present/absent val, then absent test)."""
 
     def check(self, cfg) -> None:
         """Positive sizes, a non-negative seed, a known sampling, no blank source, no key
@@ -78,10 +103,12 @@ def data_stage(ctx, section, inputs) -> dict[str, Any]:
     behaviour's definition."""
     from steerscope.pipeline.inputs import data_plan, load_source, sample_splits
 
-    loaded = {src: load_source(src, section.data_dir) for src in data_plan(ctx.config)}
+    read = ctx.inputs_digest.prompt_sets  # read by the input checks
+    loaded = {src: read[src] if src in read else load_source(src, section.data_dir)
+              for src in data_plan(ctx.config)}
     splits = sample_splits(ctx.config, loaded)
     atomic_write_json(ctx.out / PROMPTS_FILE, splits)
-    b = run_behaviour(ctx.config)
+    b = ctx.behaviour
     atomic_write_json(ctx.out / BEHAVIOUR_FILE, {"name": b.name, "definition": b.to_dict()})
     ctx.log(", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return {"file": PROMPTS_FILE, "behaviour": BEHAVIOUR_FILE,
@@ -103,4 +130,4 @@ def data_key(cfg, inputs) -> dict[str, Any]:
 
 
 register_stage("data", section="data", config=DataSection, results=data_results,
-               key_extra=data_key)(data_stage)
+               key_extra=data_key, order=20)(data_stage)

@@ -19,17 +19,17 @@ from steerscope.mechanisms import MODES, freeze_evaluation
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
     first,
     load_vectors,
     read_json,
+    read_prompts,
     row_loop_rate,
     score_ids,
     single_layer_only,
-    stage_behaviour,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
 from steerscope.pipeline.strength import add_coherence, method_alphas, reference_ce
+from steerscope.results_schema import USE_OF_SIDE
 
 FREEZE_FILE = "freeze.json"
 FREEZE_MODES = tuple(m for m in MODES if m != "none")  # "none" (plain steering) always runs
@@ -40,12 +40,20 @@ class FreezeSection:
     """Table 1 of one extracted vector on the first ``n_prompts`` test prompts per set."""
 
     enabled: bool = True
-    method: str = "dim"  # the vector ablated: dim or an extraction method (not a trained one)
+    """Run this stage (false: skip it; results.json marks it not run)."""
+    method: str = "dim"
+    """The vector ablated: dim or an extraction method (not a trained one)."""
     modes: list[str] = field(
         default_factory=lambda: list(library_default(freeze_evaluation, "modes")))
-    n_prompts: int | None = None  # first N test prompts per set (None: all)
+    """Ablations: qk (unsteered attention patterns), ov (unsteered value activations), svv
+    (the steering term removed from the value input), mlp (the steering term removed from
+    every MLP input)."""
+    n_prompts: int | None = None
+    """First N test prompts per side (None: all)."""
     max_new_tokens: int = library_default(freeze_evaluation, "max_new_tokens")
+    """Tokens generated per completion (greedy)."""
     options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword options its stage declares (register_stage(options=...))."""
 
     def check(self, cfg) -> None:
         """Known modes; the method is an extracted vector of vectors.methods; a single-layer
@@ -68,20 +76,20 @@ def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
     if section.method not in vectors:
         raise SteerscopeError(f"freeze.method '{section.method}' is not a vector of the vectors "
                               "stage", "use dim or an extraction method listed in vectors.methods")
-    p = read_json(inputs["data"], PROMPTS_FILE)
+    p = read_prompts(inputs["data"])
     ev = ctx.config.evaluation
     remove_alpha, induce_alpha = method_alphas(ctx.config, inputs, [section.method])[
         section.method]
-    behaviour = stage_behaviour(inputs["data"], ctx.config.allow_code)
     res = freeze_evaluation(
         lm.model, lm.tokenizer, vectors[section.method],
-        first(p["harmful_test"], section.n_prompts), first(p["harmless_test"], section.n_prompts),
+        first(p["present_test"], section.n_prompts), first(p["absent_test"], section.n_prompts),
         modes=section.modes, bypass_alpha=remove_alpha, induce_alpha=induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=ev.batch_size, arch=lm.arch,
-        vector_name=section.method, behaviour=behaviour,
+        vector_name=section.method,
+        behaviour=ctx.behaviour,
         score_ids=score_ids(inputs))  # the vectors stage's (score_tokens: auto needs them)
     res.save(ctx.out)
-    freeze_coherence(lm, ctx.out / FREEZE_FILE, vectors[section.method], behaviour,
+    freeze_coherence(lm, ctx.out / FREEZE_FILE, vectors[section.method], ctx.behaviour,
                      reference_ce(lm, inputs, ev.batch_size), ev)
     for line in res.table().splitlines():
         ctx.log(line)
@@ -101,16 +109,14 @@ def freeze_coherence(lm, path, vector, behaviour, reference, ev) -> None:
 
     table = json.loads(path.read_text(encoding="utf-8"))
     judge = behaviour.make_judge()
-    sides = {"harmful": "remove", "present": "remove"}
     add_coherence(
         lm, table["rows"],
-        completions_of=lambda r: table["completions"][r["mode"]][r["prompt_set"]],
+        completions_of=lambda r: table["completions"][r["mode"]][r["side"]],
         formatted_of=lambda r: [format_prompt(lm.tokenizer, q)
-                                for q in table["prompts"][r["prompt_set"]]],
+                                for q in table["prompts"][r["side"]]],
         verdicts_of=lambda r: [bool(v) for v in judge.judge(
-            table["prompts"][r["prompt_set"]],
-            table["completions"][r["mode"]][r["prompt_set"]])],
-        use_of=lambda r: sides.get(r["prompt_set"], "induce"),
+            table["prompts"][r["side"]], table["completions"][r["mode"]][r["side"]])],
+        use_of=lambda r: USE_OF_SIDE[r["side"]],
         steering_of=lambda r: (vector, r["alpha"], "freeze") if r["mode"] == "none" else None,
         reference=reference, threshold=ev.fluency_threshold, batch_size=ev.batch_size)
     atomic_write_json(path, table)
@@ -118,35 +124,29 @@ def freeze_coherence(lm, path, vector, behaviour, reference, ev) -> None:
 
 def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
     """The ``freeze`` results section from a ``freeze.json`` object: per mode (``none`` =
-    plain steering first) the ASR on both sets, the mean drop in absolute ASR points (0
-    for plain steering, the reference) and the fraction of repetition loops per set (from
-    the row, or from the stored completions for tables written before rows carried it)."""
-    rows: dict[str, dict[str, dict]] = {}
-    for r in table["rows"]:
-        rows.setdefault(r["mode"], {})[r["prompt_set"]] = r
+    plain steering first) ``mean_drop`` (absolute points, 0 for plain steering, the
+    reference) and per side (``present`` / ``absent``) the ``behaviour_rate``, ``drop``,
+    ``alpha``, ``repetition_rate`` (from the row, or from the stored completions for tables
+    written before rows carried it), ``n`` and ``coherence`` (the row's coherence columns,
+    :data:`~steerscope.evaluate.coherence.COHERENCE_KEYS`)."""
     out: dict[str, dict[str, Any]] = {}
-    for mode, by_set in rows.items():
-        # refusal's set names (harmful / harmless), else the sides' (present / absent)
-        h, b = (by_set["harmful"], by_set["harmless"]) if "harmful" in by_set else (
-            by_set["present"], by_set["absent"])
-        loops = [row_loop_rate(r, table["completions"][mode][r["prompt_set"]]) for r in (h, b)]
+    for r in table["rows"]:
+        mode, side = r["mode"], r["side"]
         none = mode == "none"
-        out[mode] = {"harmful_asr": h["asr"], "harmless_asr": b["asr"],
-                     "mean_drop": 0.0 if none else table["mean_drop"].get(mode),
-                     "harmful_drop": 0.0 if none else h["drop"],
-                     "harmless_drop": 0.0 if none else b["drop"],
-                     "harmful_alpha": h["alpha"], "harmless_alpha": b["alpha"],
-                     "harmful_repetition_rate": loops[0], "harmless_repetition_rate": loops[1],
-                     "n_harmful": h["n"], "n_harmless": b["n"],
-                     "coherence": {r["prompt_set"]: {k: r[k] for k in COHERENCE_KEYS if k in r}
-                                   for r in (h, b)}}
+        entry = out.setdefault(mode, {"mean_drop": 0.0 if none else
+                                      table["mean_drop"].get(mode)})
+        entry[side] = {"behaviour_rate": r["behaviour_rate"], "drop": 0.0 if none else r["drop"],
+                       "alpha": r["alpha"],
+                       "repetition_rate": row_loop_rate(r, table["completions"][mode][side]),
+                       "n": r["n"],
+                       "coherence": {k: r[k] for k in COHERENCE_KEYS if k in r}}
     return out
 
 
 def freeze_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
-    """``freeze``: per mode, both sets' ASR and the drops."""
+    """``freeze``: per mode, both sides' behaviour rates and the drops."""
     return {"freeze": freeze_section(read_json(out, FREEZE_FILE))}
 
 
-register_stage("freeze", deps=("model", "data", "vectors", "strength", "evaluation"), section="freeze",
-               config=FreezeSection, results=freeze_results)(freeze_stage)
+register_stage("freeze", deps=("model", "data", "vectors", "strength", "evaluation"),
+               section="freeze", config=FreezeSection, results=freeze_results, order=80)(freeze_stage)

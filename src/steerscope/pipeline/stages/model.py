@@ -22,16 +22,23 @@ MODEL_FILE = "model.json"
 class ModelSection:
     """Which model to load and how (passed to :func:`steerscope.models.load_model`)."""
 
-    source: str = "default"  # 'default', 'demo', a local folder, a .gguf file or a Hub id
-    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
-    device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto (per-rank cuda under torchrun)
-    device_map: str | dict[str, Any] | None = None  # e.g. "auto": shard over GPUs
-    revision: str | None = None  # Hub revision
+    source: str = "default"
+    """The model: 'default', 'demo', a local folder, a .gguf file or a Hub id."""
+    dtype: str = "float32"
+    """Weight dtype: float32 | bfloat16 | float16 | auto."""
+    device: str = "cpu"
+    """Device: cpu | cuda | cuda:N | mps | auto (per-rank cuda under torchrun)."""
+    device_map: str | dict[str, Any] | None = None
+    """A transformers device map, e.g. auto: shard over the GPUs (None: one device)."""
+    revision: str | None = None
+    """Hub revision (None: the default branch)."""
     attn_implementation: str | None = None
-    quantization: str | None = None  # None (float) | int8 | bnb-int8 | nf4 | fp4
-    # prompt format: None = the tokenizer's own chat template (dates pinned); a name such as
-    # 'llama3-no-system-header' (the authors' released Llama-3 format) or Jinja text
+    """Attention implementation passed to transformers (None: its default)."""
+    quantization: str | None = None
+    """Load the weights quantized: int8 | bnb-int8 | nf4 | fp4 (None: float)."""
     chat_template: str | None = None
+    """Prompt format: None = the tokenizer's own chat template (dates pinned); a name such
+    as 'llama3-no-system-header' (the authors' released Llama-3 format) or Jinja text."""
 
     def check(self, cfg) -> None:
         """The dtype, quantization and chat template are known; the source is not blank."""
@@ -116,4 +123,4 @@ def model_key(cfg, inputs) -> dict[str, Any]:
 
 
 register_stage("model", section="model", config=ModelSection, results=model_results,
-               key_extra=model_key)(model_stage)
+               key_extra=model_key, order=10)(model_stage)

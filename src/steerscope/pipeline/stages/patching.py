@@ -43,10 +43,9 @@ from steerscope.pipeline import distributed
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
-    behaviour_detector,
     load_vectors,
     read_json,
+    read_prompts,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
 from steerscope.pipeline.strength import method_alphas
@@ -68,25 +67,47 @@ class PatchingSection:
     """EAP-IG patching of each patched vector on flipped test prompts (paper section 4)."""
 
     enabled: bool = True
-    methods: list[str] | None = None  # patched vectors (None: dim and the trained ones listed)
-    # at most this many flipped prompts per patching dataset
+    """Run this stage (false: skip it; results.json marks it not run)."""
+    methods: list[str] | None = None
+    """Patched vectors (None: dim and the trained ones in vectors.methods)."""
     n_prompts: int = library_default(datasets_from_rollouts, "max_per_dataset")
-    ig_steps: int = _ig("steps")  # EAP-IG steps T
-    max_new_tokens: int = library_default(rollouts, "max_new_tokens")  # rollout length
-    batch_size: int = 16  # rollout batch (the sharding unit)
-    flip: str = PATCHING_FLIPS[0]  # refusal: refusal outcome flipped | tokens: tokens differ
-    # flip refusal: harmful outcomes by this judge (a get_judge spec, paper: llamaguard; steered
-    # unsafe and base safe); None: the refusal substrings (offline). Harmless: substrings.
+    """Most flipped prompts kept per patching dataset (present/absent x steered/base)."""
+    ig_steps: int = _ig("steps")
+    """EAP-IG integration steps T."""
+    max_new_tokens: int = library_default(rollouts, "max_new_tokens")
+    """Tokens per rollout (greedy)."""
+    batch_size: int = 16
+    """Rollout batch (the sharding unit)."""
+    flip: str = PATCHING_FLIPS[0]
+    """refusal: the behaviour outcome flipped (the paper) | tokens: the steered tokens
+    differ from the base ones (models that never show the behaviour)."""
     judge: str | None = None
-    metric: str = _ig("metric")  # logit_diff | kl (directional KL)
-    tau: float = _ig("tau")  # kl only: mask positions with KL(P_steer || P_base) < tau
-    reverse: bool = _ig("reverse")  # reverse roles: clean = unsteered, corrupt = steered
-    graph: str = PATCHING_GRAPHS[0]  # fine: per-head q/k/v inputs | coarse: grouped per layer
-    grad_at: str = _ig("grad_at")  # EAP-IG gradient: pre_norm residual | post_norm input
-    logits_at: str = _ig("logits_at")  # soft-capped models: post_cap | pre_cap (released)
-    pooling: str = _ig("pooling")  # dataset_mean | positions (released code)
-    top_n: int = _ig("top_k")  # top edges (by |score|) for results.json's edge_types
+    """With flip: refusal, the judge of the present side's outcomes (a get_judge spec; the
+    paper: llamaguard, steered unsafe and base safe; None: the refusal substrings, offline).
+    The absent side: substrings."""
+    metric: str = _ig("metric")
+    """Patching metric: logit_diff (logit difference of the steered vs unsteered greedy
+    tokens where they differ) | kl (KL of steered to unsteered next-token distributions)."""
+    tau: float = _ig("tau")
+    """With metric: kl, only positions whose steered-vs-unsteered KL is at least tau count
+    (0: every position with KL > 0)."""
+    reverse: bool = _ig("reverse")
+    """Reverse roles: clean = unsteered, corrupt = steered."""
+    graph: str = PATCHING_GRAPHS[0]
+    """fine: per-head q/k/v inputs | coarse: q/k/v grouped per layer."""
+    grad_at: str = _ig("grad_at")
+    """EAP-IG gradient at each downstream node's pre-norm residual (pre_norm) or its
+    post-norm input, norm Jacobian ignored (post_norm, the paper)."""
+    logits_at: str = _ig("logits_at")
+    """Models with a final-logit soft-cap (Gemma-2): the metric reads the logits after the
+    cap (post_cap) or before it (pre_cap, the released code)."""
+    pooling: str = _ig("pooling")
+    """Combine examples by the mean over datasets (dataset_mean) or pooled by unmasked
+    positions (positions, the released code)."""
+    top_n: int = _ig("top_k")
+    """Top edges (by |score|) counted in the edge-type shares."""
     options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword options its stage declares (register_stage(options=...))."""
 
     def check(self, cfg) -> None:
         """Patched methods among vectors.methods, positive sizes, known conventions, a
@@ -204,13 +225,13 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
     """Rollouts → flipped prompts → patching datasets → EAP-IG, per patched method."""
     lm = ctx.model()
     vectors = load_vectors(ctx.config, inputs, lm.arch)
-    p = read_json(inputs["data"], PROMPTS_FILE)
+    p = read_prompts(inputs["data"])
     judge = None
     if section.flip == "refusal" and section.judge is not None and ctx.is_main:
         from steerscope.evaluate import get_judge
 
         judge = get_judge(section.judge, trust_remote_code=ctx.config.allow_code)
-    presence = behaviour_detector(inputs, ctx.config.allow_code)
+    presence = ctx.behaviour.make_judge()
     methods, skipped, summary = {}, {}, {}
     alphas = method_alphas(ctx.config, inputs, vectors)  # method -> (remove α, induce α)
     for m in patched_methods(ctx.config):
@@ -219,7 +240,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
                                   "list methods of vectors.methods")
         v = vectors[m]
         datasets, counts = patching_datasets(
-            lm, v, p["harmful_test"], p["harmless_test"], section=section,
+            lm, v, p["present_test"], p["absent_test"], section=section,
             bypass_alpha=alphas[m][0], induce_alpha=alphas[m][1], dist=ctx.dist,
             judge=judge, presence=presence)
         n = {k: len(x) for k, x in datasets.items()}
@@ -266,4 +287,4 @@ def patching_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 register_stage("patching", deps=("model", "data", "vectors", "trained", "strength",
                                "evaluation"),
                section="patching", config=PatchingSection, results=patching_results,
-               distributed=True)(patching_stage)
+               distributed=True, order=60)(patching_stage)

@@ -22,7 +22,9 @@ class ReportSection:
     """The HTML report."""
 
     enabled: bool = True
+    """Run this stage (false: skip it; results.json marks it not run)."""
     title: str | None = None
+    """The report's title (None: from the run's name)."""
 
     def check(self, cfg) -> None:
         """Nothing to check."""
@@ -43,4 +45,5 @@ def report_stage(ctx, section, inputs) -> dict[str, Any]:
     return {"file": html.name, "figures": sorted(p.name for p in (ctx.out / "figures").glob("*.png"))}
 
 
-register_stage("report", optional=("*",), section="report", config=ReportSection)(report_stage)
+register_stage("report", optional=("*",), section="report", config=ReportSection,
+               order=1000)(report_stage)

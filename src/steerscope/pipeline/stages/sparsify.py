@@ -22,13 +22,12 @@ from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
     first,
     patched_vectors,
     patching_result,
     read_json,
+    read_prompts,
     single_layer_only,
-    stage_behaviour,
 )
 from steerscope.pipeline.strength import method_alphas, reference_ce
 from steerscope.sparsify.rules import RULE_ALIASES, RULES, canonical_rule
@@ -49,12 +48,20 @@ class SparsifySection:
     """The sparsity sweep of the patched methods at each τ (every rule at that k)."""
 
     enabled: bool = True
+    """Run this stage (false: skip it; results.json marks it not run)."""
     rules: list[str] = field(default_factory=lambda: list(_lib("rules")))
+    """Sparsification rules compared: gradient | ie | magnitude | random."""
     taus: list[float] = field(default_factory=lambda: list(_lib("taus")))
-    n_prompts: int | None = None  # first N test prompts per set (None: all)
-    max_new_tokens: int | None = None  # tokens per steered generation (None: evaluation's)
-    seed: int = _lib("seed")  # the random rule's sets
+    """Gradient-rule thresholds tau; every rule is compared at the number of dimensions each
+    tau keeps."""
+    n_prompts: int | None = None
+    """First N test prompts per side (None: all)."""
+    max_new_tokens: int | None = None
+    """Tokens per steered generation (None: evaluation.max_new_tokens)."""
+    seed: int = _lib("seed")
+    """Seed of the random rule's dimension sets."""
     options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword options its stage declares (register_stage(options=...))."""
 
     def check(self, cfg) -> None:
         """Known rules (aliases too, each rule once), non-negative finite taus, positive
@@ -108,17 +115,16 @@ def sparsify_stage(ctx, section, inputs) -> dict[str, Any]:
         ies[m] = ie
         atomic_write(ctx.out / f"ie_{m}.safetensors",
                      lambda tmp, t=ie: save_file({"ie": t.float().contiguous()}, tmp))
-    p = read_json(inputs["data"], PROMPTS_FILE)
+    p = read_prompts(inputs["data"])
     ev = ctx.config.evaluation
     max_new = section.max_new_tokens if section.max_new_tokens is not None else ev.max_new_tokens
     res = sparsity_sweep(
-        lm.model, lm.tokenizer, vectors, ies, first(p["harmful_test"], section.n_prompts),
-        first(p["harmless_test"], section.n_prompts), taus=section.taus,
+        lm.model, lm.tokenizer, vectors, ies, first(p["present_test"], section.n_prompts),
+        first(p["absent_test"], section.n_prompts), taus=section.taus,
         rules=[canonical_rule(r) for r in section.rules], seed=section.seed,
         bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, max_new_tokens=max_new,
         batch_size=ev.batch_size, arch=lm.arch, progress=ctx.progress and ctx.is_main,
-        behaviour=stage_behaviour(inputs["data"], ctx.config.allow_code),
-        method_alphas=method_alphas(ctx.config, inputs, vectors))
+        behaviour=ctx.behaviour, method_alphas=method_alphas(ctx.config, inputs, vectors))
     sweep_coherence(lm, res, vectors, reference_ce(lm, inputs, ev.batch_size), ev)
     res.save(ctx.out)
     for line in res.table().splitlines():
@@ -152,13 +158,24 @@ def sweep_coherence(lm, res, dense: dict, reference, ev) -> None:
         pt["coherence"] = cols
 
 
+def side_coherence(by_effect: dict | None) -> dict | None:
+    """A sweep point's ``coherence`` (effect → columns) keyed by side (bypass → present,
+    induce → absent)."""
+    if by_effect is None:
+        return None
+    return {"present": by_effect.get("bypass"), "absent": by_effect.get("induce")}
+
+
 def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
     """The ``sparsify`` results section from a ``sweep.json`` object.
 
     ``{method: {rule: [point]}}`` with the rule names as the config lists them (``rules``
     order; an alias such as ``grad`` stays ``grad``) and points
-    ``{sparsity, harmful_asr, harmless_asr, tau, k, ...}`` sorted by sparsity (harmful =
-    the bypass set, harmless = the induce set); ``iou``: one row per τ level and method
+    ``{sparsity, present_behaviour_rate, absent_behaviour_rate, present_retention,
+    absent_retention, tau, k, d}`` sorted by sparsity (present = the sweep's bypass set,
+    absent = its induce set; behaviour rate = 1 − the sweep's ``_asr``), plus the α used
+    per side (``present_alpha``, ``absent_alpha``) and ``coherence`` (side → the coherence
+    columns; None for a sweep written without them); ``iou``: one row per τ level and method
     pair, ``level`` = τ.
     """
     back = {canonical_rule(r): r for r in rules}
@@ -169,12 +186,12 @@ def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
             continue
         by_rule = out.setdefault(pt["method"], {r: [] for r in rules})
         by_rule[rule].append({
-            "sparsity": pt["sparsity"], "harmful_asr": pt["bypass_asr"],
-            "harmless_asr": pt["induce_asr"], "tau": pt["tau"], "k": pt["k"], "d": pt["d"],
-            "harmful_retention": pt["bypass_retention"],
-            "harmless_retention": pt["induce_retention"],
-            "harmful_alpha": pt.get("bypass_alpha"), "harmless_alpha": pt.get("induce_alpha"),
-            "coherence": pt.get("coherence")})
+            "sparsity": pt["sparsity"], "present_behaviour_rate": 1.0 - pt["bypass_asr"],
+            "absent_behaviour_rate": 1.0 - pt["induce_asr"], "tau": pt["tau"], "k": pt["k"],
+            "d": pt["d"], "present_retention": pt["bypass_retention"],
+            "absent_retention": pt["induce_retention"],
+            "present_alpha": pt.get("bypass_alpha"), "absent_alpha": pt.get("induce_alpha"),
+            "coherence": side_coherence(pt.get("coherence"))})
     for by_rule in out.values():
         for pts in by_rule.values():
             pts.sort(key=lambda q: (q["sparsity"], q["tau"] if q["tau"] is not None else 0.0))
@@ -199,4 +216,4 @@ def sparsify_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 register_stage("sparsify", deps=("model", "data", "vectors", "trained", "strength",
                                "patching"),
                section="sparsify", config=SparsifySection,
-               results=sparsify_results)(sparsify_stage)
+               results=sparsify_results, order=100)(sparsify_stage)

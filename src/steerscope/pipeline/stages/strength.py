@@ -21,11 +21,10 @@ from steerscope.artifacts import atomic_write_json
 from steerscope.errors import SteerscopeError
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
-    behaviour_detector,
     first,
     load_vectors,
     read_json,
+    read_prompts,
 )
 from steerscope.pipeline.strength import (
     AUTO,
@@ -54,8 +53,8 @@ def strength_stage(ctx, section, inputs) -> dict[str, Any]:
 
     ev = ctx.config.evaluation
     lm = ctx.model()
-    p = read_json(inputs["data"], PROMPTS_FILE)
-    present, absent = p.get("harmful_val", []), p.get("harmless_val", [])
+    p = read_prompts(inputs["data"])
+    present, absent = p.get("present_val", []), p.get("absent_val", [])
     if not absent or (ev.alpha == AUTO and not present):
         raise SteerscopeError("the strength stage needs present- and absent-side val prompts "
                               "(evaluation.alpha: auto sweeps on them)",
@@ -74,7 +73,7 @@ def strength_stage(ctx, section, inputs) -> dict[str, Any]:
         vectors = load_vectors(ctx.config, inputs, lm.arch)
         entries, completions = alpha_curve(
             lm.model, lm.tokenizer, vectors, present, absent, grid=ev.alpha_grid,
-            judge=behaviour_detector(inputs, ctx.config.allow_code), reference=ref,
+            judge=ctx.behaviour.make_judge(), reference=ref,
             fluency_threshold=ev.fluency_threshold, max_new_tokens=ev.max_new_tokens,
             batch_size=ev.batch_size, arch=lm.arch, progress=ctx.progress)
         chosen = choose_alphas(entries, share=ev.auto_share, fallback=fixed_alphas(ev))
@@ -98,4 +97,4 @@ def strength_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 
 register_stage("strength", deps=("model", "data", "vectors", "trained"),
-               results=strength_results, key_extra=strength_key)(strength_stage)
+               results=strength_results, key_extra=strength_key, order=45)(strength_stage)

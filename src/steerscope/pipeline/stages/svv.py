@@ -30,9 +30,13 @@ class SvvSection:
     """Steering value vectors of the patched methods' heads."""
 
     enabled: bool = True
-    top_tokens: int = library_default(svv_report, "top_k")  # logit-lens tokens per head
-    n_heads: int = 10  # heads in results.json (all heads are in <method>.json)
+    """Run this stage (false: skip it; results.json marks it not run)."""
+    top_tokens: int = library_default(svv_report, "top_k")
+    """Logit-lens tokens kept per head."""
+    n_heads: int = 10
+    """Heads listed in results.json and the table (every head is in <method>.json)."""
     options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword options its stage declares (register_stage(options=...))."""
 
     def check(self, cfg) -> None:
         """Positive counts; a single-layer vector (no ``vectors.layers`` list)."""
@@ -89,4 +93,4 @@ def svv_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 
 register_stage("svv", deps=("model", "vectors", "trained", "patching"), section="svv",
-               config=SvvSection, results=svv_results)(svv_stage)
+               config=SvvSection, results=svv_results, order=90)(svv_stage)

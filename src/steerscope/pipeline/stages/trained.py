@@ -15,13 +15,12 @@ from typing import Any
 
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
-    read_json,
-    stage_behaviour,
+    read_prompts,
     vector_entry,
     vectors_results_section,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS, TrainSection, seed_key
+from steerscope.results_schema import LEGACY_SIDES
 
 # TrainSection fields passed to the trainer's preset grid when set (None: the preset's)
 OVERRIDES = ("lr", "batch_size", "seed", "phi", "epochs", "max_response_tokens",
@@ -45,20 +44,21 @@ def train_configs(objective: str, section: TrainSection, seed: int) -> list:
 
 
 def training_prompts(cfg, prompts: dict[str, list[str]]) -> tuple[list[str], list[str]]:
-    """(harmful, harmless) instructions of the NTP/PO training pairs:
+    """(present, absent) instructions of the NTP/PO training pairs:
     ``vectors.preference.prompts: train``, the first ``n_prompts`` DIM train prompts;
     ``released``, DIM's train prompts and ``n_prompts − n_train`` more per class drawn on the
     released stream (:func:`steerscope.data.sampling.released_training_prompts`)."""
     pref, d = cfg.vectors.preference, cfg.data
     if pref.prompts != "released":
         n = pref.n_prompts
-        return prompts["harmful_train"][:n], prompts["harmless_train"][:n]
+        return prompts["present_train"][:n], prompts["absent_train"][:n]
     from steerscope.data.sampling import released_training_prompts
     from steerscope.pipeline.inputs import released_pools
 
     drawn = released_training_prompts(released_pools(cfg), n_train=d.n_train, n_val=d.n_val,
                                       n_total=pref.n_prompts or d.n_train, seed=cfg.data_seed)
-    return drawn["harmful"], drawn["harmless"]
+    by_side = {LEGACY_SIDES[k]: v for k, v in drawn.items()}  # the released sampler's names
+    return by_side["present"], by_side["absent"]
 
 
 class TrainingModel:
@@ -101,8 +101,8 @@ def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]], beha
     opts = dict(max_new_tokens=pref.max_new_tokens, batch_size=section.batch_size,
                 progress=ctx.progress, harmless_refuse=pref.harmless_refuse,
                 behaviour=behaviour, end_of_turn=pref.end_of_turn)
-    harmful, harmless = training_prompts(ctx.config, prompts)
-    data = build_preference_data(lm.model, lm.tokenizer, harmful, harmless, dim, **opts)
+    present, absent = training_prompts(ctx.config, prompts)
+    data = build_preference_data(lm.model, lm.tokenizer, present, absent, dim, **opts)
     data.save(ctx.out / "preference_data.json")
     ctx.log(f"preference pairs: {data.metadata['label_check']}")
     presence = None if behaviour is None else behaviour.make_judge()
@@ -110,8 +110,8 @@ def preference_splits(ctx, lm, dim, section, prompts: dict[str, list[str]], beha
         data = drop_mislabelled(data, presence)
     if pref.val_prompts == "split":
         return data.split(pref.val_fraction, seed=ctx.config.seed)
-    val = build_preference_data(lm.model, lm.tokenizer, prompts["harmful_val"],
-                                prompts["harmless_val"], dim, **opts)
+    val = build_preference_data(lm.model, lm.tokenizer, prompts["present_val"],
+                                prompts["absent_val"], dim, **opts)
     val.save(ctx.out / "preference_val.json")
     if pref.drop_mislabelled:
         val = drop_mislabelled(val, presence)
@@ -130,9 +130,8 @@ def trained_stage(ctx, section, inputs) -> dict[str, Any]:
 
     lm = TrainingModel(ctx, section.preference)
     dim = SteeringVector.load(inputs["vectors"].path("dim.safetensors"), lm.arch)
-    behaviour = stage_behaviour(inputs["data"], ctx.config.allow_code)
-    train, val = preference_splits(ctx, lm, dim, section,
-                                   read_json(inputs["data"], PROMPTS_FILE), behaviour=behaviour)
+    train, val = preference_splits(ctx, lm, dim, section, read_prompts(inputs["data"]),
+                                   behaviour=ctx.behaviour)
     methods = {}
     for obj in objectives:
         res = train_grid(lm.model, lm.tokenizer, train, layer=dim.layer,
@@ -156,4 +155,4 @@ def trained_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
 
 
 register_stage("trained", deps=("model", "data", "vectors"), section="vectors",
-               results=trained_results, key_extra=seed_key)(trained_stage)
+               results=trained_results, key_extra=seed_key, order=40)(trained_stage)

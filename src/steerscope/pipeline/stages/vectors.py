@@ -4,8 +4,9 @@ stage's outputs for the later stages), then every other extraction method (pca, 
 position. Files ``dim.safetensors``, ``dim_candidates.json``, ``<method>.safetensors``.
 
 Config section ``vectors`` (:class:`VectorsSection`), shared with the ``trained`` stage: its
-``preference`` and per-objective (:data:`TRAINED_METHODS`: one field per trainer objective,
-:data:`steerscope.vectors.train_config.OBJECTIVES`) subsections configure NTP/PO. Defaults
+``preference`` and per-objective (:data:`TRAINED_METHODS`: one field per
+:class:`~steerscope.vectors.methods.VectorMethod` of kind ``"trained"``, the trainer's
+objectives) subsections configure NTP/PO. Defaults
 of ``vectors.dim`` and ``vectors.preference`` are read from the library functions they
 configure (:func:`~steerscope.vectors.select_dim`,
 :func:`~steerscope.vectors.training_data.build_preference_data`). results.json sections
@@ -23,9 +24,7 @@ from steerscope.errors import SteerscopeError
 from steerscope.pipeline.checks import fail, finite, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
-    PROMPTS_FILE,
-    read_json,
-    stage_behaviour,
+    read_prompts,
     vector_entry,
     vectors_results_section,
 )
@@ -33,18 +32,19 @@ from steerscope.validation import check_number
 from steerscope.vectors.dim import select_dim
 from steerscope.vectors.dim_selection import AT_THRESHOLD, LAYER_CUTOFFS
 from steerscope.vectors.dim_thresholds import RELATIVE, is_paper_refusal
+from steerscope.vectors.methods import method_keys
 from steerscope.vectors.train_config import (
     KEEPS,
     LR_SCHEDULES,
     MATCH_SCOPES,
-    OBJECTIVES,
     PRESETS,
     RANKINGS,
     VALIDATIONS,
 )
 from steerscope.vectors.training_data import HARMLESS_REFUSE_SOURCES, build_preference_data
 
-TRAINED_METHODS = tuple(OBJECTIVES)  # one config subsection and one vector each
+# the trained vector methods (records of kind "trained"): one config subsection and one vector each
+TRAINED_METHODS = method_keys("trained")
 TRAIN_PRESETS = tuple(PRESETS)
 VAL_PROMPTS = ("dim_val", "split")
 PREFERENCE_PROMPTS = ("train", "released")
@@ -59,19 +59,33 @@ def _dim(name: str):
 class DimSection:
     """DIM extraction and selection (:func:`steerscope.vectors.select_dim`; its defaults)."""
 
-    layers: list[int] | None = _dim("layers")  # candidate layers (None: all)
-    positions: list[int] | None = _dim("positions")  # None: post-instruction tokens
-    # fast-score filter of train/val prompts (refusal: score > 0 / < 0; another behaviour:
-    # each side's prompts on its side of the boundary between the sides' mean scores)
+    layers: list[int] | None = _dim("layers")
+    """Candidate layers (None: all)."""
+    positions: list[int] | None = _dim("positions")
+    """Candidate prompt positions, negative (None: the post-instruction tokens)."""
     filter: bool = _dim("filter")
+    """Filter the train/val prompts by their unsteered fast score (refusal: score > 0 /
+    < 0; another behaviour: each side's prompts on its side of the boundary between the
+    sides' mean scores)."""
     max_layer_fraction: float = _dim("max_layer_fraction")
-    layer_cutoff: str = _dim("layer_cutoff")  # int: layer >= int(f*L) (released code) | real
-    # a candidate exactly at the KL / induce threshold: discard | keep (the released code)
+    """Discard layers past this fraction f of the depth L (see layer_cutoff)."""
+    layer_cutoff: str = _dim("layer_cutoff")
+    """int: discard layers >= int(f*L) (the released code) | real: layers >= f*L."""
     at_threshold: str = _dim("at_threshold")
+    """A candidate exactly at the KL or induce threshold: discard it, or keep it (the
+    released code's strict comparisons)."""
     kl_threshold: float = _dim("kl_threshold")
-    relax_kl: bool = _dim("relax_kl")  # no survivor: double kl_threshold until one (warned)
+    """Discard candidates whose ablation moves the absent prompts' next-token distribution
+    by KL >= this, in nats."""
+    relax_kl: bool = _dim("relax_kl")
+    """If no candidate passes the KL filter, double its threshold until one does (warned,
+    recorded in the vector)."""
     induce_threshold: float = _dim("induce_threshold")
-    score_all: bool = _dim("score_all")  # score every filter of every candidate (same choice)
+    """Discard candidates whose addition to absent prompts gives a mean fast score <= this
+    (another behaviour than refusal: the score relative to the absent prompts' mean)."""
+    score_all: bool = _dim("score_all")
+    """Score every filter of every candidate (the full candidate table; the same choice;
+    off: stop at a candidate's first failed filter)."""
 
 
 @dataclass
@@ -79,23 +93,33 @@ class PreferenceSection:
     """Self-generated preference data for NTP/PO
     (:func:`~steerscope.vectors.training_data.build_preference_data`; its defaults)."""
 
-    n_prompts: int | None = None  # per class, from the train sets (None: all)
+    n_prompts: int | None = None
+    """Training prompts per side, from the train sets (None: all)."""
     max_new_tokens: int = library_default(build_preference_data, "max_new_tokens")
-    val_prompts: str = VAL_PROMPTS[0]  # dim_val: validation pairs from DIM's val prompts
-    val_fraction: float = 0.2  # split: hold out this share of the training pairs instead
-    drop_mislabelled: bool = False  # drop pairs whose winner fails the refusal-substring check
-    # instruction (paper) | dim: DIM +1 steered refusals
+    """Tokens generated per preference completion."""
+    val_prompts: str = VAL_PROMPTS[0]
+    """dim_val: validation pairs from DIM's validation prompts (the released code) | split:
+    hold out val_fraction of the training pairs."""
+    val_fraction: float = 0.2
+    """Share of the training pairs held out with val_prompts: split."""
+    drop_mislabelled: bool = False
+    """Drop pairs whose winner fails the refusal-substring check."""
     harmless_refuse: str = library_default(build_preference_data, "harmless_refuse")
-    # the released code's NTP/PO inputs (docs/reproduce.md "Conventions"), each a switch:
-    # train: the first n_prompts DIM train prompts | released: DIM's n_train + n_prompts -
-    # n_train more drawn on the released stream (needs data.sampling: released)
+    """Where the absent side's behaviour completions come from: instruction (told to refuse;
+    the paper, refusal only) | dim (DIM-steered with +1)."""
     prompts: str = PREFERENCE_PROMPTS[0]
-    # targets end with the chat template's end-of-turn token (the assistant turn as rendered)
+    """The released code's NTP/PO inputs (docs/reproduce.md "Conventions"): train, the first
+    n_prompts DIM train prompts | released, DIM's n_train and n_prompts - n_train more drawn
+    on the released stream (needs data.sampling: released)."""
     end_of_turn: bool = library_default(build_preference_data, "end_of_turn")
-    # run: the run's chat template | tokenizer: the tokenizer's own (Llama: its system block,
-    # date pinned) for the NTP/PO data and training, whatever model.chat_template says
+    """Targets end with the chat template's end-of-turn token (the assistant turn as
+    rendered; the released code's)."""
     template: str = PREFERENCE_TEMPLATES[0]
-    dtype: str | None = None  # NTP/PO data and training in this dtype (None: model.dtype)
+    """run: the run's chat template | tokenizer: the tokenizer's own (Llama: its system
+    block, date pinned) for the NTP/PO data and training, whatever model.chat_template
+    says."""
+    dtype: str | None = None
+    """NTP/PO data and training in this dtype (None: model.dtype)."""
 
 
 @dataclass
@@ -103,20 +127,33 @@ class TrainSection:
     """One NTP or PO training grid: the preset's values
     (:data:`steerscope.vectors.train_config.PRESETS`), each overridable."""
 
-    preset: str = "quick"  # quick | paper
+    preset: str = "quick"
+    """The grid's preset: quick (CPU-sized) | paper (the paper's grid)."""
     lr: list[float] | None = None
+    """Learning rates, a grid axis (None: the preset's)."""
     batch_size: list[int] | None = None
+    """Training pairs per optimiser step, a grid axis (None: the preset's)."""
     seed: list[int] | None = None
+    """Training seeds, a grid axis (None: the preset's; quick: the top-level seed)."""
     phi: list[float] | None = None
+    """PO's phi values, a grid axis for PO (None: the preset's)."""
     epochs: int | None = None
+    """Training epochs (None: the preset's)."""
     max_response_tokens: int | None = None
+    """Response tokens the loss sees (None: the preset's)."""
     factors: list[float] | None = None
-    # selection conventions (None: the preset's; see steerscope.vectors.train_config)
-    lr_schedule: str | None = None  # per_epoch | per_step
-    validation: str | None = None  # deployed | mean_factor
-    keep: str | None = None  # best_epoch | last_epoch
-    ranking: str | None = None  # released | loss_then_match
-    match_scope: str | None = None  # loss_tokens | response (released: the whole response)
+    """Steering factors sampled per example (None: the preset's, the paper's 2, 4, ..., 20)."""
+    lr_schedule: str | None = None
+    """per_epoch | per_step (None: the preset's; see steerscope.vectors.train_config)."""
+    validation: str | None = None
+    """deployed | mean_factor (None: the preset's)."""
+    keep: str | None = None
+    """best_epoch | last_epoch (None: the preset's)."""
+    ranking: str | None = None
+    """released | loss_then_match (None: the preset's)."""
+    match_scope: str | None = None
+    """Validation token match over loss_tokens | response (the released code: the whole
+    response) (None: the preset's)."""
 
     def check(self, key: str) -> None:
         """Known preset and conventions, non-empty grids, positive values."""
@@ -142,11 +179,9 @@ class TrainSection:
 
 
 def known_methods() -> list[str]:
-    """Every steering-vector method the pipeline can make: dim, the trained objectives and
-    the registered extraction methods."""
-    from steerscope.vectors.methods import METHODS
-
-    return list(dict.fromkeys(["dim", *TRAINED_METHODS, *sorted(METHODS)]))
+    """Every steering-vector method the pipeline can make (the :class:`VectorMethod` records):
+    dim, the trained objectives and the registered extraction methods."""
+    return list(dict.fromkeys(["dim", *TRAINED_METHODS, *sorted(method_keys("extraction"))]))
 
 
 def _check_vectors(self, cfg) -> None:
@@ -245,20 +280,33 @@ def _check_multi_layer(v) -> None:
              "vectors.layers")
 
 
+@dataclass
+class VectorsFields:
+    """The fields of :class:`VectorsSection` other than its per-objective subsections."""
+
+    methods: list[str] = field(default_factory=lambda: ["dim", *TRAINED_METHODS])
+    """Vector methods to make: dim (required), the trained objectives, extraction methods."""
+    layer: int | None = None
+    """Restrict DIM's candidate layers to this one."""
+    layers: list[int] | None = None
+    """Steer these layers together: multi-layer dim / extraction vectors (DIM's
+    candidates)."""
+    position: int | None = None
+    """Extraction read position, negative (None: DIM's)."""
+    batch_size: int = _dim("batch_size")
+    """Prompts per forward pass of DIM and the extraction methods."""
+    dim: DimSection = field(default_factory=DimSection)
+    preference: PreferenceSection = field(default_factory=PreferenceSection)
+    extraction: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword arguments per extraction method (method -> {keyword: value})."""
+
+
 # One TrainSection field per trainer objective: adding an objective to the trainer adds its
 # config subsection here.
 VectorsSection = make_dataclass("VectorsSection", [
-    ("methods", list[str], field(default_factory=lambda: ["dim", *TRAINED_METHODS])),
-    ("layer", int | None, field(default=None)),  # restrict DIM's candidate layers to this one
-    # steer these layers together: multi-layer dim / extraction vectors (DIM's candidates)
-    ("layers", list[int] | None, field(default=None)),
-    ("position", int | None, field(default=None)),  # extraction read position (None: DIM's)
-    ("batch_size", int, field(default=_dim("batch_size"))),
-    ("dim", DimSection, field(default_factory=DimSection)),
-    ("preference", PreferenceSection, field(default_factory=PreferenceSection)),
-    *[(obj, TrainSection, field(default_factory=TrainSection)) for obj in TRAINED_METHODS],
-    ("extraction", dict[str, dict[str, Any]], field(default_factory=dict)),  # method -> kwargs
-], namespace={"check": _check_vectors, "__module__": __name__, "__doc__": """Which steering
+    (obj, TrainSection, field(default_factory=TrainSection)) for obj in TRAINED_METHODS
+], bases=(VectorsFields,), namespace={"check": _check_vectors, "__module__": __name__,
+                                      "__doc__": """Which steering
     vectors to make. ``dim`` is required (it picks the layer every other method steers at);
     the trained objectives (``ntp``, ``po``) each have a :class:`TrainSection`; others
     (``pca``, ``probe``, ``caa``, any registered method) are read at DIM's layer and
@@ -279,24 +327,24 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
 
     lm = ctx.model()
     tok = lm.tokenizer
-    p = read_json(inputs["data"], PROMPTS_FILE)
+    p = read_prompts(inputs["data"])
     f = {k: formatted(tok, v) for k, v in p.items()}
     d = section.dim
     layers = d.layers if d.layers is not None else (
         [section.layer] if section.layer is not None else section.layers)
     # the behaviour's fast score (refusal: the paper's refusal tokens); auto: from the
     # model's own completions on the train prompts (docs/behaviours.md)
-    behaviour = stage_behaviour(inputs["data"])
+    behaviour = ctx.behaviour
     choice = score_token_choice(behaviour, tok, model=lm.model,
-                                present_formatted=f["harmful_train"],
-                                absent_formatted=f["harmless_train"])
+                                present_formatted=f["present_train"],
+                                absent_formatted=f["absent_train"])
     ids = list(choice.ids)
     score_tokens = choice.describe(tok)
     ctx.log(f"score tokens ({choice.rule}): {score_tokens['tokens']}"
             + (f", gap {choice.gap:.3f}" if choice.gap is not None else ""))
     # thresholds: the paper's for refusal, relative to the behaviour's scores otherwise
-    res = select_dim(lm.model, tok, f["harmful_train"], f["harmless_train"], f["harmful_val"],
-                     f["harmless_val"], model_id=lm.model_id, revision=lm.revision,
+    res = select_dim(lm.model, tok, f["present_train"], f["absent_train"], f["present_val"],
+                     f["absent_val"], model_id=lm.model_id, revision=lm.revision,
                      refusal_ids=ids, behaviour=behaviour,
                      filter=d.filter, layers=layers, positions=d.positions,
                      max_layer_fraction=d.max_layer_fraction, layer_cutoff=d.layer_cutoff,
@@ -324,7 +372,7 @@ def vectors_stage(ctx, section, inputs) -> dict[str, Any]:
     for m in section.methods:
         if m == "dim" or m in TRAINED_METHODS:
             continue
-        sv = extract_vector(lm.model, tok, f["harmful_train"], f["harmless_train"], method=m,
+        sv = extract_vector(lm.model, tok, f["present_train"], f["absent_train"], method=m,
                             layer=steered, position=position, batch_size=section.batch_size,
                             model_id=lm.model_id, revision=lm.revision, arch=lm.arch,
                             progress=False, **section.extraction.get(m, {}))
@@ -371,4 +419,4 @@ def vectors_key(cfg, inputs) -> dict[str, Any]:
 
 
 register_stage("vectors", deps=("model", "data"), section="vectors", config=VectorsSection,
-               results=vectors_results, key_extra=vectors_key)(vectors_stage)
+               results=vectors_results, key_extra=vectors_key, order=30)(vectors_stage)

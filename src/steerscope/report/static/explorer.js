@@ -301,13 +301,14 @@
       var series = [];
       Object.keys(DATA.sparsify[m]).forEach(function (rule) {
         var pts = DATA.sparsify[m][rule].slice().sort(function (a, b) { return a.sparsity - b.sparsity; });
-        ["harmful", "harmless"].forEach(function (set) {
-          var p = pts.filter(function (q) { return q[set + "_asr"] !== null && q[set + "_asr"] !== undefined; })
-            .map(function (q) { return [q.sparsity, q[set + "_asr"]]; });
-          if (p.length) series.push({name: rule + " " + set, points: p, dash: set === "harmless" ? "4,3" : null});
+        ["present", "absent"].forEach(function (side) {
+          var key = side + "_behaviour_rate";
+          var p = pts.filter(function (q) { return q[key] !== null && q[key] !== undefined; })
+            .map(function (q) { return [q.sparsity, q[key]]; });
+          if (p.length) series.push({name: rule + " " + side, points: p, dash: side === "absent" ? "4,3" : null});
         });
       });
-      lineChart("Sparsification: " + m, series, {xdomain: [0, 1], ydomain: [0, 1.02], xlabel: "sparsity", ylabel: "ASR", xdigits: 3});
+      lineChart("Sparsification: " + m, series, {xdomain: [0, 1], ydomain: [0, 1.02], xlabel: "sparsity", ylabel: "behaviour rate", xdigits: 3});
     });
   }
   render();

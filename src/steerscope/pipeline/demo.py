@@ -1,5 +1,6 @@
 """The demo's pipeline configs: the whole study (:func:`steerscope.pipeline.run_pipeline`) on
-the demo refusal model, offline, sized for 2 CPU cores.
+the demo refusal model (a named model source, :mod:`steerscope.demo.sources`), offline, sized
+for 2 CPU cores. ``steerscope demo`` runs it.
 
 :func:`demo_config` is the documented demo config (the demo refusal model, built-in prompts,
 DIM + NTP + PO, steered evaluation, patching, circuits, freezing, svv and sparsification);
@@ -106,16 +107,13 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
                     data_dir: str | os.PathLike | None = None,
                     n_train: int | None = None, n_val: int | None = None,
                     n_test: int | None = None, max_new_tokens: int | None = None,
-                    relax_kl: bool = True, alpha: float | str | None = None
-                    ) -> PipelineConfig:
+                    relax_kl: bool = True) -> PipelineConfig:
     """The demo's pipeline config: :func:`demo_config` with these overrides (None: keep).
 
     ``data_dir`` (or ``$STEERSCOPE_DATA_DIR``): use the standard splits found there instead
     of the built-in prompts. ``n_test`` also caps the prompts of patching, freezing and
     sparsification; ``max_new_tokens`` applies to every generation. ``relax_kl``: see
     :func:`steerscope.vectors.select_dim` (on for the demo's small validation sets).
-    ``alpha``: ``evaluation.alpha`` (``auto``: the strength sweep on the val prompts picks α
-    per vector and use; a positive number: −α / +α; None: the paper's −1 / +1).
 
     ``behaviour`` (a built-in name or a behaviour YAML file; None: refusal): the study's
     behaviour. Refusal keeps the demo exactly; any other behaviour takes its own prompt sides
@@ -180,8 +178,6 @@ def demo_run_config(*, model: str | None = None, behaviour: str | None = None,
     if max_new_tokens is not None:
         over["vectors"]["preference"] = {"max_new_tokens": max_new_tokens}
         over["evaluation"] = {"max_new_tokens": max_new_tokens}
-    if alpha is not None:
-        over.setdefault("evaluation", {})["alpha"] = alpha
     return demo_config(**over)
 
 
@@ -196,12 +192,13 @@ def _is_smollm2_demo(model: str) -> bool:
 
 
 def run_demo(out: str | os.PathLike = "runs", *, until: str | None = None,
-             progress: bool | None = None, allow_code: bool = False, **config):
+             progress: bool | None = None, allow_code: bool = False, sets=(), **config):
     """Run (or resume) the demo pipeline under ``out``; ``config``: see
-    :func:`demo_run_config`; ``allow_code``: consent to run the behaviour's judge code (see
+    :func:`demo_run_config`; ``allow_code``: consent to run the behaviour's judge code;
+    ``sets``: ``--set KEY=VALUE`` values over the demo's config (see
     :func:`~steerscope.pipeline.run_pipeline`). Returns the
     :class:`~steerscope.pipeline.runner.RunResult`."""
-    from steerscope.pipeline import run_pipeline
+    from steerscope.pipeline.runner import run_pipeline
 
     return run_pipeline(demo_run_config(**config), out, until=until, progress=progress,
-                        allow_code=allow_code)
+                        allow_code=allow_code, sets=sets)
