@@ -39,7 +39,11 @@ SECTION_STAGE = {
     "behaviour": "data", "data": "data", "model": "model", "vectors": "vectors", "steering": "evaluation", "cosine": "evaluation",
     "circuits": "circuits", "overlap": "circuits", "interchange": "circuits",
     "edge_types": "patching", "freeze": "freeze", "svv": "svv", "sparsify": "sparsify",
+    "alpha_curve": "strength", "alpha_chosen": "strength",
 }
+# the strength sweep's numbers per alpha_curve entry (docs/results.md)
+CURVE_NUMBERS = ("alpha", "behaviour_rate", "repetition_rate", "coherent_share",
+                 "coherent_success")
 
 
 def relative_to_run(obj: Any, run_dir: Path) -> Any:
@@ -400,4 +404,21 @@ def check_results(results: dict) -> list[str]:
                   and _num(r.get("iou")) and _num_or_none(r.get("p_value")),
                   f"sparsify.iou[{i}]", "needs level, pair [a, b], iou, p_value")
         present.append("sparsify")
+    if "alpha_curve" in results:
+        curve = results["alpha_curve"]
+        _need(isinstance(curve, list), "alpha_curve", "must be a list of entries")
+        for i, e in enumerate(curve):
+            _need(isinstance(e, dict) and isinstance(e.get("method"), str)
+                  and e.get("use") in ("remove", "induce")
+                  and all(_num(e.get(k)) for k in CURVE_NUMBERS)
+                  and _num_or_none(e.get("fluency")) and _num_or_none(e.get("ce_reference")),
+                  f"alpha_curve[{i}]", "needs method, use (remove | induce) and numbers "
+                  + ", ".join(CURVE_NUMBERS) + " (fluency, ce_reference: number or null)")
+        present.append("alpha_curve")
+    if "alpha_chosen" in results:
+        for name, uses in results["alpha_chosen"].items():
+            for use, c in uses.items():
+                _need(isinstance(c, dict) and _num(c.get("alpha")), f"alpha_chosen.{name}.{use}",
+                      "needs a number 'alpha'")
+        present.append("alpha_chosen")
     return present

@@ -138,6 +138,11 @@ NUMBER_RANGES: dict[str, NumberRange] = {
     **dict.fromkeys(("fraction", "fractions"), NumberRange(0, 1, high_open=True)),
     **dict.fromkeys(("tau", "taus", "kl_threshold"), _NON_NEGATIVE),
     "lr": NumberRange(0, 1e3, low_open=True),
+    # the strength sweep: |α| magnitudes, the auto share, the coherence threshold (nats)
+    **dict.fromkeys(("alpha_grid", "grid"), NumberRange(0, MAX_ALPHA, low_open=True)),
+    **dict.fromkeys(("auto_share", "share"), _FRACTION),
+    "fluency_threshold": NumberRange(0, low_open=True),
+    "n_reference": _COUNT,
 }
 
 

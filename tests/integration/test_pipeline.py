@@ -245,7 +245,7 @@ def test_changed_config_gets_its_own_run_folder(finished, workdir):
     assert other != finished.run_dir and other.parent == finished.run_dir.parent
 
 
-ORDER = ["model", "data", "vectors", "trained", "evaluation", "patching", "circuits", "freeze",
+ORDER = ["model", "data", "vectors", "trained", "strength", "evaluation", "patching", "circuits", "freeze",
          "svv", "sparsify", "report"]
 
 

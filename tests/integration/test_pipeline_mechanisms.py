@@ -143,10 +143,23 @@ def test_freeze_equals_freeze_evaluation(run, lm):
     direct = freeze_evaluation(lm.model, lm.tokenizer, _vector(results, "dim", lm.arch),
                                p["present_test"][:3], p["absent_test"][:3],
                                max_new_tokens=5, batch_size=3, vector_name="dim")
+    from steerscope.evaluate.coherence import COHERENCE_KEYS
+
     saved = json.loads(res.outputs["freeze"].path("freeze.json").read_text())
     assert saved["completions"] == direct.completions
-    assert saved["rows"] == json.loads(json.dumps(direct.to_json()["rows"]))
-    assert results["freeze"] == json.loads(json.dumps(freeze_section(direct.to_json())))
+    # the stage adds the coherence columns to every row (pipeline.stages.freeze)
+    assert all(set(COHERENCE_KEYS) <= set(r) for r in saved["rows"])
+    plain = [{k: v for k, v in r.items() if k not in COHERENCE_KEYS} for r in saved["rows"]]
+    assert plain == json.loads(json.dumps(direct.to_json()["rows"]))
+    def without_coherence(section: dict) -> dict:
+        return {m: {k: {c: x for c, x in v.items() if c != "coherence"}
+                    if isinstance(v, dict) else v for k, v in e.items()}
+                for m, e in section.items()}
+
+    assert all(set(COHERENCE_KEYS) <= set(e[side]["coherence"])
+               for e in results["freeze"].values() for side in ("present", "absent"))
+    expected = json.loads(json.dumps(freeze_section(direct.to_json())))
+    assert without_coherence(results["freeze"]) == without_coherence(expected)
     assert (res.outputs["freeze"].path("freeze.png")).is_file()
 
 
@@ -272,9 +285,19 @@ def test_sparsify_equals_sparsity_sweep(run, lm):
                             rules=[RULE_NAMES[r] for r in RULES], seed=7, max_new_tokens=4,
                             batch_size=3, arch=lm.arch, progress=False)
     saved = json.loads(res.outputs["sparsify"].path("sweep.json").read_text())
+    # the stage adds each point's coherence columns (pipeline.stages.sparsify)
+    assert all(set(pt["coherence"]) == {"bypass", "induce"} for pt in saved["points"])
+    for pt in saved["points"]:
+        del pt["coherence"]
     assert saved == json.loads(json.dumps(direct.to_json()))
-    assert results["sparsify"] == json.loads(json.dumps(sparsify_section(direct.to_json(),
-                                                                          RULES)))
+    got = {m: v if m == "iou" else {r: [{k: x for k, x in q.items() if k != "coherence"}
+                                        for q in pts] for r, pts in v.items()}
+           for m, v in results["sparsify"].items()}
+    want = json.loads(json.dumps(sparsify_section(direct.to_json(), RULES)))
+    want = {m: v if m == "iou" else {r: [{k: x for k, x in q.items() if k != "coherence"}
+                                         for q in pts] for r, pts in v.items()}
+            for m, v in want.items()}
+    assert got == want
     by_key = {(q["method"], q["rule"], q["tau"]): q for q in direct.points}
     for m in methods:
         assert list(results["sparsify"][m]) == RULES

@@ -14,6 +14,7 @@
     steerscope vectors dim|extract|train|info|export-gguf|import-gguf ...
     steerscope vectors push|pull ...      share vectors on the Hugging Face Hub
     steerscope evaluate MODEL --vector NAME=FILE ...   steered evaluation (Table 2)
+    steerscope sweep-alpha MODEL --vector NAME=FILE ...  steering strength sweep (val prompts)
     steerscope compare RUN [RUN ...]      several runs' headline cells side by side
 
 MODEL is ``default`` (the embedded SmolLM2-135M-Instruct), a local folder, a ``.gguf`` file
@@ -165,11 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         patching,
         pipeline,
         sparsify,
+        strength,
         vectors,
     )
 
-    for module in (vectors, patching, sparsify, mechanisms, pipeline, explore, behaviours,
-                   compare):
+    for module in (vectors, strength, patching, sparsify, mechanisms, pipeline, explore,
+                   behaviours, compare):
         module.register(sub)
     return parser
 

@@ -179,14 +179,23 @@ def cmd_evaluate(args) -> dict:
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             judge=judge)
     print(res.table())
+    from steerscope.evaluate.coherence_rows import coherence_table, steering_coherence
+
+    coherence = steering_coherence(lm.model, lm.tokenizer, res, vectors,
+                                   fluency_threshold=args.fluency_threshold, arch=lm.arch,
+                                   batch_size=args.batch_size)
+    print("\n" + coherence_table(coherence))
     if len(vectors) > 1:
         names = list(vectors)
         print("\ncosine " + " ".join(f"{n:>8s}" for n in names))
         for a in names:
             print(f"{a:6s} " + " ".join(f"{res.cosine[a][b]:+8.3f}" for b in names))
+    out = {**res.to_json(), "coherence": coherence}
     if args.out:
-        print(f"\nwrote {res.save(args.out)}")
-    return res.to_json()
+        from steerscope.artifacts import atomic_write_json
+
+        print(f"\nwrote {atomic_write_json(args.out, out)}")
+    return out
 
 
 def register(sub) -> None:
@@ -319,6 +328,7 @@ def register(sub) -> None:
     common.add_sample_args(p, 100)
     add_config_option(p, "evaluation.max_new_tokens")
     add_config_option(p, "evaluation.judge")
+    add_config_option(p, "evaluation.fluency_threshold")
     p.add_argument("--out", help="write the table and completions as JSON")
     common.add_json_arg(p, "the table, cosine matrix and completions")
     p.set_defaults(func=cmd_evaluate)

@@ -135,6 +135,8 @@ class SteeringEval:
     batch_size: int | None = None
     max_new_tokens: int | None = None
     labels: dict[str, str] = field(default_factory=lambda: dict(REFUSAL_LABELS))
+    verdicts: dict[str, dict[str, list[bool]]] = field(default_factory=dict, repr=False)
+    """method → side → the behaviour judge's verdict per completion (True: present)."""
 
     def row(self, method: str, side: str) -> SteeringRow:
         """The row of ``method`` on ``side`` (``present`` / ``absent``)."""
@@ -145,7 +147,8 @@ class SteeringEval:
 
     def to_json(self) -> dict:
         """``rows`` (each :class:`SteeringRow`'s fields), ``cosine``, ``prompts``,
-        ``completions``, ``scores`` (per prompt), ``batch_size``, ``max_new_tokens``."""
+        ``completions``, ``scores`` (per prompt), ``batch_size``, ``max_new_tokens``,
+        ``labels``, ``verdicts`` (per completion)."""
         return {
             "rows": [asdict(r) for r in self.rows],
             "cosine": self.cosine,
@@ -155,6 +158,7 @@ class SteeringEval:
             "batch_size": self.batch_size,
             "max_new_tokens": self.max_new_tokens,
             "labels": self.labels,
+            "verdicts": self.verdicts,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -227,6 +231,7 @@ def evaluate_steering(
     score_ids=None,
     shard: Shard | None = None,
     progress: bool | None = None,
+    method_alphas: Mapping[str, tuple[float, float]] | None = None,
 ) -> SteeringEval:
     """Generate and score every vector on the present (remove) and absent (induce) prompts.
 
@@ -240,6 +245,8 @@ def evaluate_steering(
     process only). ``score_ids``: the fast score's token ids (default: the behaviour's,
     which needs them when its ``score_tokens`` is ``auto``; refusal: ``refusal_token_ids``).
     ``shard``: spreads the units over processes (module docstring; None: all here).
+    ``method_alphas``: method → (remove α, induce α) replacing ``bypass_alpha`` /
+    ``induce_alpha`` for that method (the pipeline's strength sweep's choice).
     """
     if not present or not absent:
         raise SteerscopeError("steered evaluation needs present and absent test prompts",
@@ -265,11 +272,16 @@ def evaluate_steering(
     methods.update(vectors)
     units = [(s, b) for s in sets for b in range(len(batches[s]))]
 
+    def alpha_of(m: str, side: str) -> float:
+        if method_alphas is None or m not in method_alphas:
+            return sets[side][1]
+        return method_alphas[m][0 if side == "present" else 1]
+
     def run(unit) -> dict[str, tuple[list[str], list[float]]]:
         """Every method on one batch of one side: the generations packed (per-row vectors),
         the fast scores under each method's steering."""
         side, b = unit
-        ops = {m: None if sv is None else sv.intervention(sets[side][1])
+        ops = {m: None if sv is None else sv.intervention(alpha_of(m, side))
                for m, sv in methods.items()}
         texts = [formatted[side][i] for i in batches[side][b]]
         packed = packed_generate(model, tokenizer, [(texts, op) for op in ops.values()],
@@ -311,11 +323,14 @@ def evaluate_steering(
             completions[m][s], scores[m][s] = outs, vals
 
     rows: list[SteeringRow] = []
+    found_by: dict[str, dict[str, list[bool]]] = {m: {} for m in methods}
     for m, sv in methods.items():
-        for s, (instructions, alpha) in sets.items():
+        for s, (instructions, _) in sets.items():
+            alpha = alpha_of(m, s)
             outs = completions[m][s]
             sc = torch.tensor(scores[m][s], dtype=torch.float64)  # [n]
             found = [bool(v) for v in presence.judge(instructions, outs)]
+            found_by[m][s] = found
             judge_rate = None
             if judge is not None and s == "present" and shard.is_main:
                 verdicts = judge.judge(instructions, outs)
@@ -329,4 +344,4 @@ def evaluate_steering(
     prompts = {k: v[0] for k, v in sets.items()}
     labels = dict(REFUSAL_LABELS) if behaviour is None else dict(behaviour.labels)
     return SteeringEval(rows, cosine_matrix(vectors), completions, prompts, scores,
-                        batch_size, max_new_tokens, labels)
+                        batch_size, max_new_tokens, labels, found_by)

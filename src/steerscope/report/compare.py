@@ -45,7 +45,9 @@ def steering_cells(res: dict) -> dict[str, str]:
     ``behaviour_rate``: the present side steered with α < 0 to remove the behaviour, the
     absent side with α > 0 to induce it), ``methods`` naming the
     rows, and ``{side label + " loops": ...}`` the fraction of repetition loops among the same
-    completions when results.json has it."""
+    completions when results.json has it; likewise ``coherent rate`` (the behaviour rate among
+    coherent completions), ``fluency``, ``ce_reference`` and, under ``evaluation.alpha: auto``,
+    the chosen ``α``."""
     st = res.get("steering")
     if not st:
         return {}
@@ -58,6 +60,14 @@ def steering_cells(res: dict) -> dict[str, str]:
         loops = [st[m][side].get("repetition_rate") for m in methods]
         if any(v is not None for v in loops):
             cells[f"{label} loops"] = " / ".join(_fmt(v) for v in loops)
+        # the coherence columns (docs/results.md), when results.json has them
+        for key, name in (("alpha", "α"), ("coherent_behaviour_rate", "coherent rate"),
+                          ("fluency", "fluency"), ("ce_reference", "ce_reference")):
+            vals = [st[m][side].get(key) for m in methods]
+            if key == "alpha" and not res.get("alpha_chosen"):
+                continue  # a fixed α: the same in every run of a config
+            if any(v is not None for v in vals):
+                cells[f"{label} {name}"] = " / ".join(_fmt(v) for v in vals)
     return cells
 
 

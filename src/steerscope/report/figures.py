@@ -189,3 +189,36 @@ def iou_plot(iou: list[dict]) -> bytes:
     ax.legend(fontsize=7, frameon=False)
     ax.set_title("Agreement of sparsified vectors", fontsize=10)
     return _png(fig)
+
+
+def alpha_curves(curve: list[dict], chosen: dict[str, dict[str, dict]]) -> bytes:
+    """The strength sweep: per use (remove | induce), behaviour rate (solid), coherent success
+    (dashed) and loop rate (dotted) against |α| for every method; the chosen |α| circled; the
+    unsteered model's coherent success a grey dashed line."""
+    uses = [u for u in ("remove", "induce") if any(e["use"] == u for e in curve)]
+    methods = list(dict.fromkeys(e["method"] for e in curve if e["method"] != "none"))
+    fig, axes = plt.subplots(1, max(1, len(uses)), figsize=(4.2 * max(1, len(uses)), 3.2),
+                             squeeze=False)
+    for ax, use in zip(axes[0], uses):
+        for i, m in enumerate(methods):
+            pts = sorted((e for e in curve if e["method"] == m and e["use"] == use),
+                         key=lambda e: abs(e["alpha"]))
+            xs = [abs(e["alpha"]) for e in pts]
+            color = COLORS[i % len(COLORS)]
+            ax.plot(xs, [e["behaviour_rate"] for e in pts], "-", color=color, label=m)
+            ax.plot(xs, [e["coherent_success"] for e in pts], "--", color=color)
+            ax.plot(xs, [e["repetition_rate"] for e in pts], ":", color=color)
+            pick = chosen.get(m, {}).get(use, {})
+            hit = [e for e in pts if e["alpha"] == pick.get("alpha")]
+            if hit:
+                ax.plot([abs(hit[0]["alpha"])], [hit[0]["coherent_success"]], "o",
+                        color=color, fillstyle="none", markersize=9)
+        base = [e["coherent_success"] for e in curve if e["method"] == "none" and e["use"] == use]
+        if base:  # the unsteered model's coherent success on the same prompts
+            ax.axhline(base[0], color="grey", linestyle="--", linewidth=0.8,
+                       label="unsteered" if use == uses[0] else None)
+        ax.set_xlabel("|α|")
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_title(f"{use}: behaviour (—), coherent success (--), loops (··)", fontsize=8)
+    axes[0][0].legend(fontsize=7, frameon=False)
+    return _png(fig)

@@ -155,6 +155,53 @@ def _steering(doc: _Doc, r: dict) -> None:
                "Cosine similarity between the steering vectors")
 
 
+def _coherence_cells(c: dict) -> list[str]:
+    return [_num(c.get("alpha")), _num(c.get("behaviour_rate")),
+            _num(c.get("coherent_behaviour_rate")), _num(c.get("coherent_share")),
+            _num(c.get("repetition_rate")), _num(c.get("fluency"), 2),
+            _num(c.get("ce_reference"), 3)]
+
+
+COHERENCE_HEAD = ["α", "behaviour rate", "among coherent", "coherent share", "loops",
+                  "fluency", "ce_reference"]
+
+
+def _coherence(doc: _Doc, r: dict) -> None:
+    s = r.get("steering") or {}
+    rows = [[_e(m), _e(side), *_coherence_cells(c)] for m, cells in s.items()
+            for side, c in cells.items() if "fluency" in c]
+    if not rows:
+        return
+    doc.add("<h2>Coherence of the steered text</h2>")
+    threshold = next(c["fluency_threshold"] for cells in s.values() for c in cells.values()
+                     if "fluency_threshold" in c)
+    doc.add('<p class="meta">fluency = mean per-token cross-entropy (nats) of the completions '
+            "under the unsteered model; ce_reference = the steered model's cross-entropy on "
+            "the unsteered model's own completions of absent-side val prompts, minus the "
+            "unsteered one; a completion is coherent when it is not a loop and its fluency is "
+            f"at most {_num(threshold, 2)}; among coherent = the behaviour rate among the "
+            "coherent completions.</p>")
+    doc.table(["vector", "side", *COHERENCE_HEAD], rows, left=2)
+
+
+def _strength(doc: _Doc, r: dict) -> None:
+    curve = r.get("alpha_curve")
+    if not curve:
+        return
+    chosen = r.get("alpha_chosen") or {}
+    doc.add("<h2>Steering strength</h2>")
+    doc.add('<p class="meta">The strength sweep on the val prompts (evaluation.alpha: auto): '
+            "per vector and use, the smallest |α| whose coherent success (the share of "
+            "completions that are coherent and show the use's intended outcome) reaches the "
+            "configured share of the curve's best.</p>")
+    doc.table(["vector", "use", "chosen α", "coherent success", "best", "rule"],
+              [[_e(m), _e(u), _num(c.get("alpha")), _num(c.get("coherent_success")),
+                _num(c.get("best_coherent_success")), _e(c.get("rule"))]
+               for m, uses in chosen.items() for u, c in uses.items()], left=2)
+    doc.figure("alpha_curve", figures.alpha_curves(curve, chosen),
+               "Behaviour rate, coherent success and loops against |α| (val prompts)")
+
+
 def _circuits(doc: _Doc, r: dict) -> None:
     doc.add("<h2>Circuits</h2>")
     c = r.get("circuits")
@@ -246,7 +293,18 @@ def _sparsify(doc: _Doc, r: dict) -> None:
                    for x in iou], left=0)
 
 
-SECTIONS = (_model, _vectors, _steering, _circuits, _freeze, _svv, _sparsify)
+def _freeze_coherence(doc: _Doc, r: dict) -> None:
+    f = r.get("freeze") or {}
+    rows = [[_e(m), _e(side), *_coherence_cells({**e[side], **e[side]["coherence"]})]
+            for m, e in f.items() for side in ("present", "absent")
+            if isinstance(e.get(side), dict) and e[side].get("coherence")]
+    if rows:
+        doc.add("<h3>Coherence under freezing</h3>")
+        doc.table(["ablation", "side", *COHERENCE_HEAD], rows, left=2)
+
+
+SECTIONS = (_model, _vectors, _strength, _steering, _coherence, _circuits, _freeze,
+            _freeze_coherence, _svv, _sparsify)
 
 
 def render_report(results: dict, title: str | None = None, *,

@@ -55,6 +55,10 @@ class SweepResult:
     agreement: list[dict]
     config: dict = field(default_factory=dict)
     vectors: dict[str, SteeringVector] = field(default_factory=dict, repr=False)
+    # every distinct evaluation, (sha256 or "none", set, α) -> SideOutcome, and the sets'
+    # chat-formatted prompts (the coherence columns are computed from them)
+    outcomes: dict = field(default_factory=dict, repr=False)
+    formatted: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def curve(self, method: str, rule: str) -> list[dict]:
         """The points of one (method, rule), sorted by sparsity."""
@@ -178,6 +182,7 @@ def sparsity_sweep(
     arch=None,
     progress: bool = True,
     behaviour=None,
+    method_alphas: Mapping[str, tuple[float, float]] | None = None,
 ) -> SweepResult:
     """Evaluate every rule's sparse vector of every method at equal sparsity (module doc).
 
@@ -186,8 +191,10 @@ def sparsity_sweep(
     decides refusals (default: the paper's substring matcher); ``judge`` (optional) replaces
     it on the present sets. ``behaviour`` (a :class:`~steerscope.behaviours.Behaviour`)
     replaces ``refusal`` by its judge; ``present`` / ``absent`` are its test prompts
-    (refusal, the default: requests it refuses / answers). Identical sparse vectors (e.g. every rule at sparsity 0) are generated
-    once.
+    (refusal, the default: requests it refuses / answers). Identical sparse vectors (e.g.
+    every rule at sparsity 0) are generated once. ``method_alphas``: method → (remove α,
+    induce α) for that method's dense and sparse vectors (the strength sweep's choice), else
+    ``bypass_alpha`` / ``induce_alpha``.
     """
     if not vectors:
         raise SteerscopeError("no vectors to sparsify", "pass at least one method's vector")
@@ -213,29 +220,40 @@ def sparsity_sweep(
                                          rules=rules, seed=seed)
                 for m, sv in vectors.items()}
     # every distinct (vector, set) evaluation, generated together in packed batches
-    distinct: dict[tuple[str, str], SteeringVector | None] = {}
-    for sv in [None, *vectors.values(), *(r["vector"] for f in families.values() for r in f)]:
+    def alpha_of(method: str | None, e: str) -> float:
+        if method is None:
+            return 0.0
+        if method_alphas is None or method not in method_alphas:
+            return sets[e][1]
+        return float(method_alphas[method][1 if e == "induce" else 0])
+
+    # (sha256 or "none", set, α) -> (vector, α): each distinct evaluation once
+    distinct: dict[tuple[str, str, float], SteeringVector | None] = {}
+    owned = [(None, None), *((m, sv) for m, sv in vectors.items()),
+             *((m, r["vector"]) for m, f in families.items() for r in f)]
+    for m, sv in owned:
         for e in sets:
-            distinct.setdefault(("none" if sv is None else sv.sha256, e), sv)
+            distinct.setdefault(("none" if sv is None else sv.sha256, e, alpha_of(m, e)), sv)
     keys = list(distinct)
     outcomes = packed_outcomes(
-        model, tokenizer, [Setting(formatted[e], sets[e][0], distinct[k, e], sets[e][1])
-                           for k, e in keys],
+        model, tokenizer, [Setting(formatted[e], sets[e][0], distinct[k, e, a], a)
+                           for k, e, a in keys],
         judge=presence, max_new_tokens=max_new_tokens, batch_size=batch_size, arch=arch,
         desc="sparsity sweep", progress=progress)
-    cache: dict[tuple[str, str], float] = {}
-    for (k, e), got in zip(keys, outcomes):
+    cache: dict[tuple[str, str, float], float] = {}
+    for (k, e, a), got in zip(keys, outcomes):
         if judge is not None and e != "induce":
             ok = [bool(v) for v in judge.judge(sets[e][0], got.completions)]
         else:
             ok = [not p for p in got.present]
-        cache[k, e] = sum(ok) / len(ok)
+        cache[k, e, a] = sum(ok) / len(ok)
+    by_key = dict(zip(keys, outcomes))
 
-    def run(sv: SteeringVector | None, effect: str) -> float:
-        return cache["none" if sv is None else sv.sha256, effect]
+    def run(sv: SteeringVector | None, effect: str, method: str | None = None) -> float:
+        return cache["none" if sv is None else sv.sha256, effect, alpha_of(method, effect)]
 
     unsteered = {e: run(None, e) for e in sets}
-    dense = {m: {e: run(sv, e) for e in sets} for m, sv in vectors.items()}
+    dense = {m: {e: run(sv, e, m) for e in sets} for m, sv in vectors.items()}
     points, saved = [], {}
     for m, fam in families.items():
         for r in fam:
@@ -244,8 +262,9 @@ def sparsity_sweep(
                   "fraction": r["fraction"], "k": r["k"], "d": sv.d_model,
                   "sparsity": r["sparsity"], "vector_sha256": sv.sha256}
             for e in sets:
-                a = run(sv, e)
+                a = run(sv, e, m)
                 pt[f"{e}_asr"] = a
+                pt[f"{e}_alpha"] = alpha_of(m, e)
                 pt[f"{e}_retention"] = _retention(a, dense[m][e], unsteered[e])
             points.append(pt)
             saved[f"{m}_{r['rule']}_k{r['k']}"] = sv
@@ -258,7 +277,8 @@ def sparsity_sweep(
               "vectors": {m: {"layer": sv.layer, "norm": sv.norm, "sha256": sv.sha256,
                               "method": sv.method} for m, sv in vectors.items()},
               "generations": len(cache)}
-    return SweepResult(points, dense, unsteered, sparse_agreement(families), config, saved)
+    return SweepResult(points, dense, unsteered, sparse_agreement(families), config, saved,
+                       by_key, formatted)
 
 
 __all__ = ["SweepResult", "highest_retained_sparsity", "sparse_agreement", "sparsity_sweep"]

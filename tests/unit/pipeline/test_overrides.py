@@ -117,7 +117,7 @@ def _keys(cfg) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("text, changed", [
-    ("evaluation.max_new_tokens=9", {"evaluation"}),
+    ("evaluation.max_new_tokens=9", {"strength", "evaluation"}),  # both generate with it
     ("circuits.threshold=0.9", {"circuits"}),
     ("patching.ig_steps=3", {"patching"}),
     ("svv.n_heads=4", {"svv"}),

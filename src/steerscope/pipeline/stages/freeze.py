@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerscope.errors import SteerscopeError
+from steerscope.evaluate.coherence import COHERENCE_KEYS
 from steerscope.mechanisms import MODES, freeze_evaluation
 from steerscope.pipeline.checks import fail, known, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
@@ -27,6 +28,8 @@ from steerscope.pipeline.stages.common import (
     single_layer_only,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
+from steerscope.pipeline.strength import add_coherence, method_alphas, reference_ce
+from steerscope.results_schema import USE_OF_SIDE
 
 FREEZE_FILE = "freeze.json"
 FREEZE_MODES = tuple(m for m in MODES if m != "none")  # "none" (plain steering) always runs
@@ -75,19 +78,48 @@ def freeze_stage(ctx, section, inputs) -> dict[str, Any]:
                               "stage", "use dim or an extraction method listed in vectors.methods")
     p = read_prompts(inputs["data"])
     ev = ctx.config.evaluation
+    remove_alpha, induce_alpha = method_alphas(ctx.config, inputs, [section.method])[
+        section.method]
     res = freeze_evaluation(
         lm.model, lm.tokenizer, vectors[section.method],
         first(p["present_test"], section.n_prompts), first(p["absent_test"], section.n_prompts),
-        modes=section.modes, bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha,
+        modes=section.modes, bypass_alpha=remove_alpha, induce_alpha=induce_alpha,
         max_new_tokens=section.max_new_tokens, batch_size=ev.batch_size, arch=lm.arch,
         vector_name=section.method,
         behaviour=ctx.behaviour,
         score_ids=score_ids(inputs))  # the vectors stage's (score_tokens: auto needs them)
     res.save(ctx.out)
+    freeze_coherence(lm, ctx.out / FREEZE_FILE, vectors[section.method], ctx.behaviour,
+                     reference_ce(lm, inputs, ev.batch_size), ev)
     for line in res.table().splitlines():
         ctx.log(line)
     return {"file": FREEZE_FILE, "figure": "freeze.png", "method": section.method,
             "modes": res.modes}
+
+
+def freeze_coherence(lm, path, vector, behaviour, reference, ev) -> None:
+    """Add the coherence columns to every row of the written ``freeze.json`` (rewritten
+    atomically): fluency and coherent rates from each row's completions (verdicts by the
+    behaviour's judge); ``ce_reference`` for plain steering (``none``) only, the ablations
+    acting on the steered generation rather than being a vector addition."""
+    import json
+
+    from steerscope.artifacts import atomic_write_json
+    from steerscope.models.chat import format_prompt
+
+    table = json.loads(path.read_text(encoding="utf-8"))
+    judge = behaviour.make_judge()
+    add_coherence(
+        lm, table["rows"],
+        completions_of=lambda r: table["completions"][r["mode"]][r["side"]],
+        formatted_of=lambda r: [format_prompt(lm.tokenizer, q)
+                                for q in table["prompts"][r["side"]]],
+        verdicts_of=lambda r: [bool(v) for v in judge.judge(
+            table["prompts"][r["side"]], table["completions"][r["mode"]][r["side"]])],
+        use_of=lambda r: USE_OF_SIDE[r["side"]],
+        steering_of=lambda r: (vector, r["alpha"], "freeze") if r["mode"] == "none" else None,
+        reference=reference, threshold=ev.fluency_threshold, batch_size=ev.batch_size)
+    atomic_write_json(path, table)
 
 
 def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
@@ -95,7 +127,8 @@ def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
     plain steering first) ``mean_drop`` (absolute points, 0 for plain steering, the
     reference) and per side (``present`` / ``absent``) the ``behaviour_rate``, ``drop``,
     ``alpha``, ``repetition_rate`` (from the row, or from the stored completions for tables
-    written before rows carried it) and ``n``."""
+    written before rows carried it), ``n`` and ``coherence`` (the row's coherence columns,
+    :data:`~steerscope.evaluate.coherence.COHERENCE_KEYS`)."""
     out: dict[str, dict[str, Any]] = {}
     for r in table["rows"]:
         mode, side = r["mode"], r["side"]
@@ -105,7 +138,8 @@ def freeze_section(table: dict) -> dict[str, dict[str, Any]]:
         entry[side] = {"behaviour_rate": r["behaviour_rate"], "drop": 0.0 if none else r["drop"],
                        "alpha": r["alpha"],
                        "repetition_rate": row_loop_rate(r, table["completions"][mode][side]),
-                       "n": r["n"]}
+                       "n": r["n"],
+                       "coherence": {k: r[k] for k in COHERENCE_KEYS if k in r}}
     return out
 
 
@@ -114,5 +148,5 @@ def freeze_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
     return {"freeze": freeze_section(read_json(out, FREEZE_FILE))}
 
 
-register_stage("freeze", deps=("model", "data", "vectors", "evaluation"), section="freeze",
-               config=FreezeSection, results=freeze_results, order=80)(freeze_stage)
+register_stage("freeze", deps=("model", "data", "vectors", "strength", "evaluation"),
+               section="freeze", config=FreezeSection, results=freeze_results, order=80)(freeze_stage)

@@ -48,6 +48,7 @@ from steerscope.pipeline.stages.common import (
     read_prompts,
 )
 from steerscope.pipeline.stages.vectors import TRAINED_METHODS
+from steerscope.pipeline.strength import method_alphas
 
 PATCHED_DEFAULT = ("dim", *TRAINED_METHODS)
 PATCHING_FILE = "patching.json"
@@ -226,7 +227,6 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
     lm = ctx.model()
     vectors = load_vectors(ctx.config, inputs, lm.arch)
     p = read_prompts(inputs["data"])
-    ev = ctx.config.evaluation
     judge = None
     if section.flip == "refusal" and section.judge is not None and ctx.is_main:
         from steerscope.evaluate import get_judge
@@ -234,6 +234,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
         judge = get_judge(section.judge, trust_remote_code=ctx.config.allow_code)
     presence = ctx.behaviour.make_judge()
     methods, skipped, summary = {}, {}, {}
+    alphas = method_alphas(ctx.config, inputs, vectors)  # method -> (remove α, induce α)
     for m in patched_methods(ctx.config):
         if m not in vectors:
             raise SteerscopeError(f"patching.methods names '{m}', which the run did not make",
@@ -241,7 +242,7 @@ def patching_stage(ctx, section, inputs) -> dict[str, Any]:
         v = vectors[m]
         datasets, counts = patching_datasets(
             lm, v, p["present_test"], p["absent_test"], section=section,
-            bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, dist=ctx.dist,
+            bypass_alpha=alphas[m][0], induce_alpha=alphas[m][1], dist=ctx.dist,
             judge=judge, presence=presence)
         n = {k: len(x) for k, x in datasets.items()}
         ctx.log(f"{m}: flipped {counts['flipped']} of {counts['prompts']} test prompts; "
@@ -284,6 +285,7 @@ def patching_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
     return {"edge_types": {m: e["edge_types"] for m, e in info["methods"].items()}}
 
 
-register_stage("patching", deps=("model", "data", "vectors", "trained", "evaluation"),
+register_stage("patching", deps=("model", "data", "vectors", "trained", "strength",
+                               "evaluation"),
                section="patching", config=PatchingSection, results=patching_results,
                distributed=True, order=60)(patching_stage)

@@ -29,6 +29,7 @@ from steerscope.pipeline.stages.common import (
     read_prompts,
     single_layer_only,
 )
+from steerscope.pipeline.strength import method_alphas, reference_ce
 from steerscope.sparsify.rules import RULE_ALIASES, RULES, canonical_rule
 from steerscope.sparsify.sweep import sparsity_sweep
 
@@ -123,13 +124,46 @@ def sparsify_stage(ctx, section, inputs) -> dict[str, Any]:
         rules=[canonical_rule(r) for r in section.rules], seed=section.seed,
         bypass_alpha=ev.bypass_alpha, induce_alpha=ev.induce_alpha, max_new_tokens=max_new,
         batch_size=ev.batch_size, arch=lm.arch, progress=ctx.progress and ctx.is_main,
-        behaviour=ctx.behaviour)
+        behaviour=ctx.behaviour, method_alphas=method_alphas(ctx.config, inputs, vectors))
+    sweep_coherence(lm, res, vectors, reference_ce(lm, inputs, ev.batch_size), ev)
     res.save(ctx.out)
     for line in res.table().splitlines():
         ctx.log(line)
     ctx.log(f"{res.config['generations']} distinct steered generations")
     return {"file": SWEEP_FILE, "agreement": AGREEMENT_FILE, "methods": list(vectors),
             "rules": list(section.rules), "generations": res.config["generations"]}
+
+
+def sweep_coherence(lm, res, dense: dict, reference, ev) -> None:
+    """Add ``coherence`` (effect → the coherence columns of
+    :mod:`steerscope.evaluate.coherence`) to every point of the sweep, in place; each
+    distinct (vector, set, α) is measured once."""
+    from steerscope.evaluate.coherence import row_coherence
+
+    by_sha = {sv.sha256: sv for sv in [*dense.values(), *res.vectors.values()]}
+    done: dict[tuple, dict] = {}
+    for pt in res.points:
+        cols = {}
+        for e in res.formatted:
+            key = (pt["vector_sha256"], e, pt[f"{e}_alpha"])
+            if key not in done:
+                got = res.outcomes[key]
+                done[key] = row_coherence(
+                    lm.model, lm.tokenizer, res.formatted[e], got.completions, got.present,
+                    use="induce" if e == "induce" else "remove", steerer=by_sha.get(key[0]),
+                    alpha=key[2], reference=reference if key[0] in by_sha else None,
+                    key=key[0], arch=lm.arch,
+                    fluency_threshold=ev.fluency_threshold, batch_size=ev.batch_size)
+            cols[e] = done[key]
+        pt["coherence"] = cols
+
+
+def side_coherence(by_effect: dict | None) -> dict | None:
+    """A sweep point's ``coherence`` (effect → columns) keyed by side (bypass → present,
+    induce → absent)."""
+    if by_effect is None:
+        return None
+    return {"present": by_effect.get("bypass"), "absent": by_effect.get("induce")}
 
 
 def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
@@ -139,8 +173,10 @@ def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
     order; an alias such as ``grad`` stays ``grad``) and points
     ``{sparsity, present_behaviour_rate, absent_behaviour_rate, present_retention,
     absent_retention, tau, k, d}`` sorted by sparsity (present = the sweep's bypass set,
-    absent = its induce set; behaviour rate = 1 − the sweep's ``_asr``); ``iou``: one row
-    per τ level and method pair, ``level`` = τ.
+    absent = its induce set; behaviour rate = 1 − the sweep's ``_asr``), plus the α used
+    per side (``present_alpha``, ``absent_alpha``) and ``coherence`` (side → the coherence
+    columns; None for a sweep written without them); ``iou``: one row per τ level and method
+    pair, ``level`` = τ.
     """
     back = {canonical_rule(r): r for r in rules}
     out: dict[str, Any] = {}
@@ -153,7 +189,9 @@ def sparsify_section(sweep: dict, rules: list[str]) -> dict[str, Any]:
             "sparsity": pt["sparsity"], "present_behaviour_rate": 1.0 - pt["bypass_asr"],
             "absent_behaviour_rate": 1.0 - pt["induce_asr"], "tau": pt["tau"], "k": pt["k"],
             "d": pt["d"], "present_retention": pt["bypass_retention"],
-            "absent_retention": pt["induce_retention"]})
+            "absent_retention": pt["induce_retention"],
+            "present_alpha": pt.get("bypass_alpha"), "absent_alpha": pt.get("induce_alpha"),
+            "coherence": side_coherence(pt.get("coherence"))})
     for by_rule in out.values():
         for pts in by_rule.values():
             pts.sort(key=lambda q: (q["sparsity"], q["tau"] if q["tau"] is not None else 0.0))
@@ -175,6 +213,7 @@ def sparsify_results(out: StageOutput, so_far: dict) -> dict[str, Any]:
     return {"sparsify": sparsify_section(sweep, out.outputs.get("rules", list(RULES)))}
 
 
-register_stage("sparsify", deps=("model", "data", "vectors", "trained", "patching"),
+register_stage("sparsify", deps=("model", "data", "vectors", "trained", "strength",
+                               "patching"),
                section="sparsify", config=SparsifySection,
                results=sparsify_results, order=100)(sparsify_stage)
