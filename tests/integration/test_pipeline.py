@@ -142,7 +142,7 @@ def test_inputs_checked_before_any_compute(workdir, tmp_path, monkeypatch):
         run_pipeline(tiny_config(workdir, vectors={"layer": 4}), out)
     with pytest.raises(SteerscopeError, match=r"'vectors.dim.layers': layer 9 is out of range"):
         run_pipeline(tiny_config(workdir, vectors={"dim": {"layers": [0, 9]}}), out)
-    with pytest.raises(SteerscopeError, match=r"data.harmful_test.*'nope.txt' is neither an "
+    with pytest.raises(SteerscopeError, match=r"data.present_test.*'nope.txt' is neither an "
                                               r"existing file"):
         run_pipeline(tiny_config(workdir, data={"harmful_test": "nope.txt"}), out)
     with pytest.raises(SteerscopeError, match=r"'model.source'.*does not exist"):
