@@ -251,10 +251,11 @@ def test_a_new_threshold_reruns_circuits_only(run, workdir, tmp_path):
     cfg = _config(workdir, circuits={"threshold": 0.5})
     _, _, run_dir = prepare(cfg, tmp_path)
     assert run_dir.name != run.run_dir.name  # a changed config is a new run folder
-    _seed_run(run.run_dir, run_dir, ("model", "data", "vectors", "trained", "evaluation",
-                                     "patching", "circuits"))
+    _seed_run(run.run_dir, run_dir, ("model", "data", "vectors", "trained", "strength",
+                                     "evaluation", "patching", "circuits"))
     again = run_pipeline(cfg, tmp_path, until="circuits", progress=False)
-    assert again.skipped == ["model", "data", "vectors", "trained", "evaluation", "patching"]
+    assert again.skipped == ["model", "data", "vectors", "trained", "strength", "evaluation",
+                            "patching"]
     assert again.ran == ["circuits"]
     assert again.outputs["patching"].key == run.outputs["patching"].key
     assert again.outputs["circuits"].key != run.outputs["circuits"].key
@@ -263,8 +264,8 @@ def test_a_new_threshold_reruns_circuits_only(run, workdir, tmp_path):
     # a changed patching key reruns EAP-IG
     cfg2 = _config(workdir, patching={"ig_steps": 3})
     _, _, run_dir2 = prepare(cfg2, tmp_path)
-    _seed_run(run.run_dir, run_dir2, ("model", "data", "vectors", "trained", "evaluation",
-                                      "patching", "circuits"))
+    _seed_run(run.run_dir, run_dir2, ("model", "data", "vectors", "trained", "strength",
+                                      "evaluation", "patching", "circuits"))
     third = run_pipeline(cfg2, tmp_path, until="circuits", progress=False)
     assert third.ran == ["patching", "circuits"]
 
@@ -279,7 +280,8 @@ def test_reverse_roles_on_the_coarse_graph(run, workdir, tmp_path, model):
 
     cfg = _config(workdir, patching={"reverse": True, "graph": "coarse"})
     _, _, run_dir = prepare(cfg, tmp_path)
-    _seed_run(run.run_dir, run_dir, ("model", "data", "vectors", "trained", "evaluation"))
+    _seed_run(run.run_dir, run_dir, ("model", "data", "vectors", "trained", "strength",
+                                     "evaluation"))
     again = run_pipeline(cfg, tmp_path, until="circuits", progress=False)
     assert again.ran == ["patching", "circuits"]
     folder = again.outputs["patching"].path("dim")
@@ -299,7 +301,8 @@ def test_reverse_roles_on_the_coarse_graph(run, workdir, tmp_path, model):
 def test_nothing_flipped_is_a_one_line_error_naming_the_fix(run, workdir, tmp_path):
     cfg = _config(workdir, patching={"flip": "refusal"})  # a random model never refuses
     _, _, run_dir = prepare(cfg, tmp_path)
-    _seed_run(run.run_dir, run_dir, ("model", "data", "vectors", "trained", "evaluation"))
+    _seed_run(run.run_dir, run_dir, ("model", "data", "vectors", "trained", "strength",
+                                     "evaluation"))
     with pytest.raises(SteerscopeError, match=r"no test prompt flipped under steering for any "
                                               r"vector \(dim: .*set patching.flip: tokens") as e:
         run_pipeline(cfg, tmp_path, until="patching", progress=False)
