@@ -17,18 +17,20 @@ import json
 import sys
 from pathlib import Path
 
+from steerscope.results_schema import upgrade_results
+
 
 def _f(x, nd: int = 2) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
 def steering_lines(res: dict) -> list[str]:
-    """The steering table: one line per method and prompt set."""
+    """The steering table: one line per method and side (present: remove, absent: induce)."""
     lines = ["| method | set | α | behaviour rate | coherent share | behaviour rate among "
              "coherent | coherent success | loops | fluency |", "|---" * 9 + "|"]
     for m, sides in res.get("steering", {}).items():
         for side, c in sides.items():
-            lines.append(f"| {m} | {side} | {c['alpha']:+.2f} | {_f(c['refusal_rate'])} | "
+            lines.append(f"| {m} | {side} | {c['alpha']:+.2f} | {_f(c['behaviour_rate'])} | "
                          f"{_f(c.get('coherent_share'))} | "
                          f"{_f(c.get('coherent_behaviour_rate'))} | "
                          f"{_f(c.get('coherent_success'))} | {_f(c['repetition_rate'])} | "
@@ -68,16 +70,16 @@ def freeze_lines(res: dict) -> list[str]:
     fr = res.get("freeze")
     if not fr:
         return ["(no freeze section)"]
-    lines = ["| mode | mean drop | harmful / harmless drop | loops harmful / harmless | "
-             "α harmful / harmless |", "|---" * 5 + "|"]
+    lines = ["| mode | mean drop | present / absent drop | loops present / absent | "
+             "α present / absent |", "|---" * 5 + "|"]
     for mode, r in fr.items():
-        if mode == "coherence" or not isinstance(r, dict) or "mean_drop" not in r:
+        if not isinstance(r, dict) or "mean_drop" not in r:
             continue
-        lines.append(f"| {mode} | {r['mean_drop']:.1f} | {r.get('harmful_drop', 0):.1f} / "
-                     f"{r.get('harmless_drop', 0):.1f} | "
-                     f"{_f(r.get('harmful_repetition_rate'))} / "
-                     f"{_f(r.get('harmless_repetition_rate'))} | "
-                     f"{_f(r.get('harmful_alpha'))} / {_f(r.get('harmless_alpha'))} |")
+        pr, ab = r.get("present", {}), r.get("absent", {})
+        lines.append(f"| {mode} | {r['mean_drop']:.1f} | {pr.get('drop', 0):.1f} / "
+                     f"{ab.get('drop', 0):.1f} | "
+                     f"{_f(pr.get('repetition_rate'))} / {_f(ab.get('repetition_rate'))} | "
+                     f"{_f(pr.get('alpha'))} / {_f(ab.get('alpha'))} |")
     return lines
 
 
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
     for run in args.runs:
         path = Path(run)
         path = path / "results.json" if path.is_dir() else path
-        res = json.loads(path.read_text(encoding="utf-8"))
+        res = upgrade_results(json.loads(path.read_text(encoding="utf-8")))
         print(f"## {path.parent.name}")
         for part in (steering_lines, curve_lines, freeze_lines):
             print("\n".join(part(res)))
