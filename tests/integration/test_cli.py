@@ -147,8 +147,8 @@ def test_demo_config_overrides():
                           max_new_tokens=12, data_dir="/data/refusal", relax_kl=False)
     assert cfg.vectors.methods == ["dim", "po"] and not cfg.vectors.dim.relax_kl
     assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test) == (8, 4, 6)
-    assert cfg.data.data_dir == "/data/refusal" and cfg.data.harmful_test == "jailbreakbench"
-    assert cfg.data.harmful_train == "harmful_train"
+    assert cfg.data.data_dir == "/data/refusal" and cfg.data.present_test == "jailbreakbench"
+    assert cfg.data.present_train == "harmful_train"
     for section in (cfg.patching, cfg.freeze, cfg.sparsify):
         if getattr(section, "n_prompts", None) is not None:
             assert section.n_prompts <= 6
@@ -168,7 +168,7 @@ def test_demo_config_on_another_behaviour(tmp_path, monkeypatch):
     cfg = demo_run_config(behaviour="lists", methods=["dim"])
     assert cfg.behaviour == "lists" and cfg.model.source == "default"
     assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test) == (30, 8, 10)
-    assert cfg.data.harmful_train is None and cfg.data.harmless_test is None
+    assert cfg.data.present_train is None and cfg.data.absent_test is None
     assert cfg.patching.n_prompts <= 10 and cfg.freeze.n_prompts == 10
     assert cfg.vectors.dim.induce_threshold == -100.0  # refusal's absolute filter off
     assert demo_run_config(behaviour="code", model="demo", n_test=4).model.source == "demo"
