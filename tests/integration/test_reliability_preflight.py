@@ -130,7 +130,7 @@ def test_relative_paths_in_a_config_file_resolve_against_its_folder(workdir, tmp
     monkeypatch.chdir(elsewhere)
     loaded, _, run_dir = prepare(config, "runs")
     assert loaded.model.source == str(workdir / "model")
-    assert loaded.data.harmful_test == str(workdir / "harmful.txt")
+    assert loaded.data.present_test == str(workdir / "harmful.txt")
     assert loaded.evaluation.judge == f"classifier:{workdir / 'model'}"
     # the same run folder as the config written with absolute paths
     absolute = tiny_config(workdir, evaluation={"judge": f"classifier:{workdir / 'model'}"})
