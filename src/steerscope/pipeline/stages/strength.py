@@ -30,7 +30,6 @@ from steerscope.pipeline.strength import (
     AUTO,
     STRENGTH_FILE,
     fixed_alphas,
-    reference_ce,
 )
 
 KEYS = ("alpha", "alpha_grid", "auto_share", "fluency_threshold", "n_reference",
@@ -50,6 +49,7 @@ def strength_stage(ctx, section, inputs) -> dict[str, Any]:
         curve_table,
         reference_completions,
     )
+    from steerscope.evaluate.coherence import ReferenceCE
 
     ev = ctx.config.evaluation
     lm = ctx.model()
@@ -67,9 +67,8 @@ def strength_stage(ctx, section, inputs) -> dict[str, Any]:
                             "mode": "auto" if ev.alpha == AUTO else "fixed",
                             "fixed": fixed_alphas(ev), "alpha_curve": [], "chosen": {}}
     if ev.alpha == AUTO:
-        atomic_write_json(ctx.out / STRENGTH_FILE, data)  # the reference, read back below
-        ref = reference_ce(lm, {"strength": StageOutput("strength", "", ctx.out, {}, "")},
-                           ev.batch_size)
+        ref = ReferenceCE(lm.model, lm.tokenizer, formatted, outs, arch=lm.arch,
+                          batch_size=ev.batch_size)
         vectors = load_vectors(ctx.config, inputs, lm.arch)
         entries, completions = alpha_curve(
             lm.model, lm.tokenizer, vectors, present, absent, grid=ev.alpha_grid,
