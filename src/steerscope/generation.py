@@ -21,8 +21,9 @@ from transformers import DynamicCache
 
 from steerscope.errors import SteerscopeError
 from steerscope.generation_refill import generate_refill, refill_supported
+from steerscope.generation_slots import generate_slots, release_slots, slots_supported
 from steerscope.models.chat import encode_prompts
-from steerscope.runtime.core import Runtime, batch_rows
+from steerscope.runtime.core import Runtime, attached_runtimes, batch_rows
 from steerscope.runtime.interventions import Intervention, check_row_count
 from steerscope.validation import check_positive_int
 
@@ -271,6 +272,7 @@ def generate(
     desc: str = "generating",
     refill: bool = True,
     row_settings: Sequence[int] | None = None,
+    compiled: bool | str = "auto",
 ) -> list[str]:
     """Greedy completions of already chat-formatted ``prompts`` (strings), in input order.
 
@@ -283,6 +285,11 @@ def generate(
     (:func:`steerscope.generation_refill.generate_refill`; same tokens). ``batch_size``
     ``"auto"``: the largest batch that fits the free CUDA memory, halved on out-of-memory
     (:func:`batch_size_from_memory`; :data:`DEFAULT_BATCH_SIZE` off CUDA).
+    ``compiled``: decode in fixed slots with a compiled step (a CUDA graph on CUDA;
+    :func:`steerscope.generation_slots.generate_slots`, same tokens as the eager loop up to
+    the device's floating-point differences between kernels): ``"auto"`` (default) on CUDA
+    when the interventions are steering that the step supports (:func:`use_slots`),
+    ``True`` also off CUDA (compiling takes minutes on a CPU), ``False`` never.
     """
     if isinstance(prompts, str):
         raise SteerscopeError("prompts must be a list of strings, not one string")
@@ -302,16 +309,35 @@ def generate(
     runtime = Runtime(model, interventions) if interventions else None
     with runtime if runtime is not None else nullcontext():
         use_refill = refill and refill_supported(model)
-    if use_refill:
+    slots = use_slots(model, interventions, compiled) if refill else False
+    if use_refill or slots:
         tokens = _generate_refilled(model, token_ids, order, runtime, settings,
                                     batch_size=batch_size,
                                     max_new_tokens=max_new_tokens, pad_id=pad_id,
-                                    show=progress, desc=desc)
+                                    show=progress, desc=desc,
+                                    slots=interventions if slots else None)
     else:
         tokens = _generate_batched(model, tokenizer, prompts, order, runtime, settings,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    pad_id=pad_id, show=progress, desc=desc)
     return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+
+
+def use_slots(model, interventions: Sequence[Intervention], compiled: bool | str) -> bool:
+    """Whether :func:`generate` decodes in compiled slots: ``compiled`` ``"auto"`` on CUDA
+    and ``True`` anywhere, when no other runtime is attached to the model and the
+    interventions and model qualify (:func:`~steerscope.generation_slots.slots_supported`);
+    ``compiled=True`` with ones that do not is a one-line error."""
+    if compiled not in (True, False, "auto"):
+        raise SteerscopeError(f"compiled must be true, false or 'auto', got {compiled!r}")
+    if compiled is False:
+        return False
+    ok = slots_supported(model, interventions) and not attached_runtimes(model)
+    if compiled is True and not ok:
+        raise SteerscopeError("compiled decoding needs steering at resid_pre (scope all / "
+                              "generated / prompt), sdpa or eager attention and no other "
+                              "attached runtime", "pass compiled='auto' or False")
+    return ok and (compiled is True or next(model.parameters()).device.type == "cuda")
 
 
 def check_row_settings(interventions: Sequence[Intervention], row_settings: Sequence[int] | None,
@@ -358,10 +384,10 @@ def _generate_batched(model, tokenizer, prompts, order, runtime, settings, *, ba
 
 
 def _generate_refilled(model, token_ids, order, runtime, settings, *, batch_size,
-                       max_new_tokens,
-                       pad_id, show, desc) -> list[list[int]]:
-    """Rows leave the batch when they finish and waiting prompts join; on an out-of-memory
-    error the batch is halved and the unfinished prompts are run again."""
+                       max_new_tokens, pad_id, show, desc, slots=None) -> list[list[int]]:
+    """Rows leave the batch when they finish and waiting prompts join (in compiled slots
+    when ``slots`` is the list of interventions); on an out-of-memory error the batch is
+    halved and the unfinished prompts are run again."""
     _, _, eos, pad_id = prepare_greedy_inputs(model, torch.zeros(1, 1, dtype=torch.long),
                                               None, None, pad_id)
     device = next(model.parameters()).device
@@ -379,10 +405,20 @@ def _generate_refilled(model, token_ids, order, runtime, settings, *, batch_size
             bar.update(1)
 
         try:
-            with runtime if runtime is not None else nullcontext():
-                generate_refill(model, ids, batch_size=batch_size,
-                                max_new_tokens=max_new_tokens, eos=eos, pad_token_id=pad_id,
-                                row_ids=[settings[i] for i in todo], on_done=done)
+            if slots is not None:
+                try:
+                    generate_slots(model, ids, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, eos=eos, pad_token_id=pad_id,
+                                   interventions=slots, row_ids=[settings[i] for i in todo],
+                                   on_done=done)
+                finally:  # the slots' KV buffers are freed for whatever runs next
+                    release_slots(model)
+            else:
+                with runtime if runtime is not None else nullcontext():
+                    generate_refill(model, ids, batch_size=batch_size,
+                                    max_new_tokens=max_new_tokens, eos=eos,
+                                    pad_token_id=pad_id, row_ids=[settings[i] for i in todo],
+                                    on_done=done)
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise

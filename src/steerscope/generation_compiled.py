@@ -11,7 +11,9 @@ The prefill runs eagerly under a :class:`~steerscope.runtime.Runtime` (any scope
 decode steps the steering additions are plain forward pre-hooks that add a [B, 1, d] buffer
 (``alpha[r] * vector[r]`` per row, copied in before the loop) inside the captured graph: only steering
 (:class:`~steerscope.runtime.Add` at ``resid_pre``) with scope ``"all"``, ``"generated"`` or
-``"prompt"`` qualifies (:func:`compiled_supported`); anything else uses the eager loop.
+``"prompt"`` qualifies (:func:`compiled_supported`); anything else uses the eager loop. For many prompts,
+:func:`steerscope.generation_slots.generate_slots` keeps the batch full (finished rows
+refilled in place) with the same compiled step; this module decodes one left-padded batch.
 """
 
 from __future__ import annotations
@@ -23,30 +25,13 @@ from transformers import StaticCache
 
 from steerscope.errors import SteerscopeError
 from steerscope.generation import Generation, prepare_greedy_inputs, record_greedy_token
+from steerscope.generation_slots import decode_supported, register_delta_hooks, setting_deltas
 from steerscope.models.archs import validate_model
 from steerscope.runtime.core import Runtime
-from steerscope.runtime.interventions import Add, Intervention, check_row_count
-from steerscope.runtime.scope import StepContext
+from steerscope.runtime.interventions import Intervention, check_row_count
 
-DECODE_SCOPES = ("all", "generated", "prompt")
 _DECODERS_ATTR = "_steerscope_compiled_decoders"
-
-
-def compiled_supported(interventions: Sequence[Intervention]) -> bool:
-    """True when every intervention is steering at ``resid_pre`` with a named scope."""
-    return all(isinstance(op, Add) and op.point == "resid_pre" and op.heads is None
-               and isinstance(op.scope, str) and op.scope in DECODE_SCOPES
-               for op in interventions)
-
-
-def decode_delta(op: Add, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """[B, 1, d] in ``like``'s dtype and device: what ``op`` adds to every row in a decode
-    step, with the values :meth:`Add.apply` adds."""
-    if op.n_rows is not None:
-        ctx = StepContext(0, 1, batch, None, torch.zeros(batch, dtype=torch.long), like.device)
-        return op.row_delta(ctx, like).unsqueeze(1)
-    delta = (op.alpha * op.vector).to(device=like.device, dtype=like.dtype)  # [d]
-    return delta.expand(batch, 1, -1)
+compiled_supported = decode_supported  # every intervention is steering the step can add
 
 
 class CompiledDecoder:
@@ -64,22 +49,9 @@ class CompiledDecoder:
         self.deltas = [torch.zeros(batch, 1, arch.d_model, dtype=like.dtype, device=like.device)
                        for _ in layers]  # one [B, 1, d] buffer per decode-step steering op
         self.active = False
-        self.handles = []
-        for k, layer in enumerate(layers):
-            module = arch.final_norm if layer == arch.n_layers else arch.block(layer)
-            self.handles.append(module.register_forward_pre_hook(self._hook(k),
-                                                                 with_kwargs=True))
+        self.handles = register_delta_hooks(self, model, layers)
         self.step = torch.compile(self._step, mode=mode, dynamic=False) if compile \
             else self._step
-
-    def _hook(self, k: int):
-        def hook(module, args, kwargs):
-            if not self.active:
-                return None
-            if args:
-                return (args[0] + self.deltas[k], *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": kwargs["hidden_states"] + self.deltas[k]}
-        return hook
 
     def _step(self, token, pos, attn_mask):  # [B, 1], [B, 1], [B, P + N] -> [B, V]
         return self.model(input_ids=token, attention_mask=attn_mask, position_ids=pos,
@@ -139,8 +111,9 @@ def generate_compiled(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     dec = compiled_decoder(model, batch, total, tuple(op.layer for op in decode_ops),
                            compile=compile, mode=mode)
     dec.cache.reset()
+    every_row = torch.arange(batch, device=device)  # row i is setting i
     for buf, op in zip(dec.deltas, decode_ops):
-        buf.copy_(decode_delta(op, batch, buf))
+        buf.copy_(setting_deltas(op, every_row, buf).unsqueeze(1))
     full_mask = torch.zeros(batch, total, dtype=torch.long, device=device)  # [B, P + N]
     full_mask[:, :prompt_len] = mask
     position = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, P]
