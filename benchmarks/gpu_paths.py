@@ -8,6 +8,9 @@ Imported by gpu.py (not a script of its own). Sections (``cfg`` = gpu.py's FULL 
   ``batch``, one :func:`generate_ids` per batch. Packed: every (setting, prompt) row in one
   :func:`generate_refill` call with per-row vectors, at the batch size that fits the free
   memory (:func:`batch_size_from_memory`, ``cfg["batch"]`` off CUDA). Same tokens per row.
+  Packed in slots: the same rows through :func:`generate_slots` (the path ``generate`` takes
+  on CUDA: preallocated KV cache, rows refilled in place, the decode step compiled into a CUDA
+  graph), its first call (compilation) timed apart, tokens compared with packed.
 - ``refill``: ``refill_prompts`` prompts whose completions end at different steps (half after
   ``short_tokens`` like refusals, the rest spread up to ``new_tokens``; random weights never
   emit EOS, so the ends are per-row limits): fixed batches that decode until their longest
@@ -30,6 +33,7 @@ import torch
 from steerscope.generation import batch_size_from_memory, generate_ids, kv_bytes_per_token
 from steerscope.generation_compiled import generate_compiled
 from steerscope.generation_refill import generate_refill
+from steerscope.generation_slots import current_slot_decoder, generate_slots, release_slots
 from steerscope.patching import eap_ig
 from steerscope.runtime import Runtime, steer
 
@@ -75,20 +79,47 @@ def bench_packed_sweep(model, arch, layer, s, vocab, cfg, clock, random_ids) -> 
     packed_batch = batch_size_from_memory(model, cfg["prompt_tokens"] + n_new)
     packed_batch = packed_batch if device.type == "cuda" else cfg["batch"]
 
+    ops = [steer(vecs, layer, [-1.0] * n_set)]
+    row_prompts, row_ids = [prompts[i] for _, i in rows], [k for k, _ in rows]
+
     def packed():
-        with Runtime(model, [steer(vecs, layer, [-1.0] * n_set)]):
-            generate_refill(model, [prompts[i] for _, i in rows], batch_size=packed_batch,
-                            max_new_tokens=n_new, eos=EOS_NONE.to(device), pad_token_id=0,
-                            row_ids=[k for k, _ in rows])
+        with Runtime(model, ops):
+            return generate_refill(model, row_prompts, batch_size=packed_batch,
+                                   max_new_tokens=n_new, eos=EOS_NONE.to(device),
+                                   pad_token_id=0, row_ids=row_ids)
+
+    def slotted():
+        return generate_slots(model, row_prompts, batch_size=packed_batch, max_new_tokens=n_new,
+                              eos=EOS_NONE.to(device), pad_token_id=0, interventions=ops,
+                              row_ids=row_ids, compile=cfg["compile"])
 
     tokens = n_set * n_prompt * n_new
     t_sep, sep_runs = clock.best(separate, cfg["repeats"])
     t_pack, pack_runs = clock.best(packed, cfg["repeats"])
-    return dict(settings=n_set, prompts=n_prompt, new_tokens=n_new, separate_batch=cfg["batch"],
-                packed_batch=packed_batch, separate_s=t_sep, packed_s=t_pack,
-                separate_runs_s=sep_runs, packed_runs_s=pack_runs,
-                separate_tokens_per_s=tokens / t_sep, packed_tokens_per_s=tokens / t_pack,
-                packed_vs_separate_throughput=t_sep / t_pack)
+    out = dict(settings=n_set, prompts=n_prompt, new_tokens=n_new, separate_batch=cfg["batch"],
+               packed_batch=packed_batch, separate_s=t_sep, packed_s=t_pack,
+               separate_runs_s=sep_runs, packed_runs_s=pack_runs,
+               separate_tokens_per_s=tokens / t_sep, packed_tokens_per_s=tokens / t_pack,
+               packed_vs_separate_throughput=t_sep / t_pack)
+    try:
+        t_first, first = clock.time(slotted)  # compiles (on CUDA: captures the graph)
+        dec = current_slot_decoder(model)
+        steps0 = dec.steps
+        t_slot, slot_runs = clock.best(slotted, cfg["repeats"])
+        steps = (dec.steps - steps0) / max(1, cfg["repeats"])
+        ref = packed()
+        same = sum(a.tolist() == b.tolist() for a, b in zip(first, ref)) / len(ref)
+        out.update(packed_slots_s=t_slot, packed_slots_runs_s=slot_runs,
+                   packed_slots_first_call_s=t_first, torch_compile=cfg["compile"],
+                   packed_slots_compiled=dec.compiled_step is not None,
+                   packed_slots_tokens_per_s=tokens / t_slot,
+                   packed_slots_vs_separate_throughput=t_sep / t_slot,
+                   packed_slots_rows_equal_share=same, slots_steps=steps,
+                   slots_step_ms=1000 * t_slot / steps, slots_cache_columns=dec.total,
+                   slots_bytes_per_step=slot_bytes_per_step(model, packed_batch, dec.total))
+    finally:
+        release_slots(model)
+    return out
 
 
 def row_limits(n: int, short: int, longest: int) -> list[int]:
@@ -141,6 +172,13 @@ def bytes_per_step(model, batch: int, prompt: int, new: int) -> float:
     return weights + kv_bytes_per_token(model) * batch * (prompt + new / 2)
 
 
+def slot_bytes_per_step(model, batch: int, columns: int) -> float:
+    """Bytes one slot decode step reads: every weight once, plus every slot's whole KV cache
+    (``columns`` columns: the masked attention reads them all)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + kv_bytes_per_token(model) * batch * columns
+
+
 def bench_compiled(model, arch, layer, s, prompts, cfg, clock) -> dict:
     n, batch = cfg["new_tokens"], prompts.shape[0]
     ops = [steer(s, layer, 1.0)]
@@ -167,13 +205,22 @@ def bench_compiled(model, arch, layer, s, prompts, cfg, clock) -> dict:
                 eager_step_ms=1000 * t_eager / n, compiled_step_ms=1000 * t_comp / n)
 
 
-def bench_bandwidth(model, compiled: dict, cfg, clock, device) -> dict:
+def bench_bandwidth(model, compiled: dict, cfg, clock, device, packed: dict | None = None
+                    ) -> dict:
+    """Copy bandwidth, and each decoding path's (bytes read per step / step time / copy
+    bandwidth): eager and compiled at batch ``cfg["batch"]`` (compiled section), and the
+    packed sweep's slots at the batch that fits (packed_sweep section, when it ran)."""
     bw = copy_bandwidth(device, clock, cfg["copy_bytes"])
     per_step = bytes_per_step(model, compiled["batch"], cfg["prompt_tokens"], cfg["new_tokens"])
     out = dict(copy_bandwidth_gb_s=bw / 1e9, bytes_per_step_gb=per_step / 1e9)
     for path in ("eager", "compiled"):
         step_s = compiled[f"{path}_step_ms"] / 1000
         out[f"{path}_bandwidth_ratio"] = per_step / step_s / bw
+    if packed and "slots_step_ms" in packed:
+        out["slots_batch"] = packed["packed_batch"]
+        out["slots_bytes_per_step_gb"] = packed["slots_bytes_per_step"] / 1e9
+        out["slots_bandwidth_ratio"] = (packed["slots_bytes_per_step"]
+                                        / (packed["slots_step_ms"] / 1000) / bw)
     return out
 
 
@@ -193,7 +240,8 @@ NEW_ESTIMATE_FORMULA = (
     "per model, new paths: patching = vectors(3) x examples(400) x EAP-IG s/example at the "
     "batch that fits (eap_ig_batch); evaluation = 800 prompts x 512 tokens / packed tokens/s; "
     "sparsity = vectors(3) x settings(32) x 513 prompts x 512 tokens / packed tokens/s "
-    "(packed_sweep: per-row vectors at the batch that fits; per-token time taken as constant "
+    "(packed_sweep: per-row vectors at the batch that fits, the faster of packed refill and "
+    "packed slots, i.e. generate's CUDA path; per-token time taken as constant "
     "in the length, as the old formula's linear scaling does; every row runs to 512 tokens, so "
     "the refill gain on real EOS lengths comes on top); freezing = the old formula (freeze "
     "section); total = sum over both models")
@@ -204,14 +252,16 @@ def paper_estimate_new(res: dict, paper: dict, old: dict) -> dict:
     pack, ig = res.get("packed_sweep"), res.get("eap_ig_batch")
     if not (pack and ig) or "error" in pack or "error" in ig or "freezing_s" not in old:
         return dict(skipped="needs the packed_sweep, eap_ig_batch and freeze sections")
-    rate = pack["packed_tokens_per_s"]
+    rate = max(pack["packed_tokens_per_s"], pack.get("packed_slots_tokens_per_s", 0.0))
+    path = "packed_slots" if rate != pack["packed_tokens_per_s"] else "packed"
     parts = dict(
         patching_s=paper["vectors"] * paper["patching_examples"] * ig["batch_s_per_example"],
         evaluation_s=paper["eval_prompts"] * paper["response_tokens"] / rate,
         freezing_s=old["freezing_s"],
         sparsity_s=(paper["vectors"] * paper["sparsity_settings"] * paper["sparsity_prompts"]
                     * paper["response_tokens"] / rate))
-    return dict(parts, total_s=sum(parts.values()), total_h=sum(parts.values()) / 3600)
+    return dict(parts, total_s=sum(parts.values()), total_h=sum(parts.values()) / 3600,
+                generation_path=path, generation_tokens_per_s=rate)
 
 
 def table(results: dict, modes) -> str:
@@ -233,10 +283,14 @@ def table(results: dict, modes) -> str:
         ("packed sweep (tok/s)", "packed_sweep", "packed_tokens_per_s"),
         ("separate sweep (tok/s)", "packed_sweep", "separate_tokens_per_s"),
         ("packed / separate", "packed_sweep", "packed_vs_separate_throughput"),
+        ("packed slots (tok/s)", "packed_sweep", "packed_slots_tokens_per_s"),
+        ("packed slots / separate", "packed_sweep", "packed_slots_vs_separate_throughput"),
+        ("slots rows = packed rows", "packed_sweep", "packed_slots_rows_equal_share"),
         ("refill / fixed batches", "refill", "refill_vs_fixed_throughput"),
         ("compiled / eager decoding", "compiled", "compiled_vs_eager_throughput"),
         ("eager bandwidth ratio", "bandwidth", "eager_bandwidth_ratio"),
         ("compiled bandwidth ratio", "bandwidth", "compiled_bandwidth_ratio"),
+        ("slots bandwidth ratio", "bandwidth", "slots_bandwidth_ratio"),
         ("EAP-IG s / ex. (batch)", "eap_ig_batch", "batch_s_per_example"),
         ("paper study (GPU h)", "paper_estimate", "total_h"),
         ("new paths study (GPU h)", "paper_estimate_new_paths", "total_h"),

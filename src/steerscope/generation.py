@@ -28,6 +28,9 @@ from steerscope.runtime.interventions import Intervention, check_row_count
 from steerscope.validation import check_positive_int
 
 DEFAULT_BATCH_SIZE = 16  # prompts per batch when the batch size is not sized from memory
+# compiled="auto" decodes in compiled slots only for jobs of at least this many prompts x
+# max_new_tokens: below it, compiling the step (once per shape) costs more than it saves
+AUTO_SLOTS_MIN_TOKENS = 8192
 
 
 @dataclass
@@ -288,7 +291,8 @@ def generate(
     ``compiled``: decode in fixed slots with a compiled step (a CUDA graph on CUDA;
     :func:`steerscope.generation_slots.generate_slots`, same tokens as the eager loop up to
     the device's floating-point differences between kernels): ``"auto"`` (default) on CUDA
-    when the interventions are steering that the step supports (:func:`use_slots`),
+    for jobs of :data:`AUTO_SLOTS_MIN_TOKENS` or more when the interventions are steering that
+    the step supports (:func:`use_slots`),
     ``True`` also off CUDA (compiling takes minutes on a CPU), ``False`` never.
     """
     if isinstance(prompts, str):
@@ -309,7 +313,8 @@ def generate(
     runtime = Runtime(model, interventions) if interventions else None
     with runtime if runtime is not None else nullcontext():
         use_refill = refill and refill_supported(model)
-    slots = use_slots(model, interventions, compiled) if refill else False
+    slots = use_slots(model, interventions, compiled,
+                      n_tokens=len(prompts) * max_new_tokens) if refill else False
     if use_refill or slots:
         tokens = _generate_refilled(model, token_ids, order, runtime, settings,
                                     batch_size=batch_size,
@@ -323,11 +328,13 @@ def generate(
     return [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
 
 
-def use_slots(model, interventions: Sequence[Intervention], compiled: bool | str) -> bool:
+def use_slots(model, interventions: Sequence[Intervention], compiled: bool | str, *,
+              n_tokens: int = AUTO_SLOTS_MIN_TOKENS, device: torch.device | None = None) -> bool:
     """Whether :func:`generate` decodes in compiled slots: ``compiled`` ``"auto"`` on CUDA
+    for a job of ``n_tokens`` (prompts x max_new_tokens) >= :data:`AUTO_SLOTS_MIN_TOKENS`,
     and ``True`` anywhere, when no other runtime is attached to the model and the
     interventions and model qualify (:func:`~steerscope.generation_slots.slots_supported`);
-    ``compiled=True`` with ones that do not is a one-line error."""
+    ``compiled=True`` with ones that do not is a one-line error. ``device``: the model's."""
     if compiled not in (True, False, "auto"):
         raise SteerscopeError(f"compiled must be true, false or 'auto', got {compiled!r}")
     if compiled is False:
@@ -337,7 +344,9 @@ def use_slots(model, interventions: Sequence[Intervention], compiled: bool | str
         raise SteerscopeError("compiled decoding needs steering at resid_pre (scope all / "
                               "generated / prompt), sdpa or eager attention and no other "
                               "attached runtime", "pass compiled='auto' or False")
-    return ok and (compiled is True or next(model.parameters()).device.type == "cuda")
+    device = device if device is not None else next(model.parameters()).device
+    return ok and (compiled is True or (device.type == "cuda"
+                                        and n_tokens >= AUTO_SLOTS_MIN_TOKENS))
 
 
 def check_row_settings(interventions: Sequence[Intervention], row_settings: Sequence[int] | None,

@@ -23,8 +23,9 @@ a [B, 1, d] buffer (the slot's ``alpha * vector``) inside the compiled step.
 
 from __future__ import annotations
 
+import types
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -39,6 +40,7 @@ DECODE_SCOPES = ("all", "generated", "prompt")
 MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 LENGTH_QUANTUM = 256  # the cache length is rounded up to this, so calls share a compiled step
 _DECODER_ATTR = "_steerscope_slot_decoder"
+_COMPILED_STEPS: dict[tuple, Callable] = {}  # shape key -> compiled decode step
 
 
 def decode_supported(interventions: Sequence[Intervention]) -> bool:
@@ -135,9 +137,10 @@ class SlotDecoder:
             for t in [*self.keys, *self.values, self.pos, self.columns, *self.deltas]:
                 torch._dynamo.mark_static_address(t)
         self.active = False
+        self.steps = 0  # decode steps run (all slots at once), over every call
         self.handles = register_delta_hooks(self, model, layers)
-        self.compiled_step = torch.compile(self._step, mode=mode, dynamic=False) if compile \
-            else None  # None: the step runs eagerly
+        self.compiled_step = compiled_step_for(
+            (id(model), batch, total, layers, mode)) if compile else None  # None: eager
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """Write each slot's new key / value ([B, H, 1, D]) to column ``pos[b]``; return
@@ -164,23 +167,18 @@ class SlotDecoder:
             out[kind] = m
         return out if self.dict_mask else out[self.types[0]]
 
-    def _step(self, token):  # [B, 1] -> [B]
-        logits = self.model(input_ids=token, position_ids=self.pos[:, None],
-                            attention_mask=self.masks(), cache=self, use_cache=True,
-                            logits_to_keep=1).logits[:, -1]  # [B, V]
-        return logits.argmax(-1)
-
     def run_step(self, token: torch.Tensor) -> torch.Tensor:
         """One decode step of every slot (``token`` [B]); the greedy next tokens [B]. A step
         that fails to compile is run eagerly (with a warning) and the decoder stays eager."""
         self.active = True
+        self.steps += 1
         try:
             if self.compiled_step is None:
-                return self._step(token[:, None]).clone()
+                return slot_step(self, token[:, None]).clone()
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             try:
-                return self.compiled_step(token[:, None].clone()).clone()
+                return self.compiled_step(self, token[:, None].clone()).clone()
             except torch.OutOfMemoryError:
                 raise
             except Exception as err:  # noqa: BLE001 - any compiler failure: run eagerly
@@ -188,7 +186,7 @@ class SlotDecoder:
                               f"{str(err).splitlines()[0] if str(err) else ''}); decoding "
                               "eagerly", RuntimeWarning, stacklevel=2)
                 self.compiled_step = None
-                return self._step(token[:, None]).clone()
+                return slot_step(self, token[:, None]).clone()
         finally:
             self.active = False
 
@@ -213,6 +211,29 @@ class SlotDecoder:
         self.handles.clear()
 
 
+def slot_step(dec: SlotDecoder, token: torch.Tensor) -> torch.Tensor:
+    """One decode step of every slot of ``dec``: ``token`` [B, 1] in, greedy tokens [B] out."""
+    logits = dec.model(input_ids=token, position_ids=dec.pos[:, None],
+                       attention_mask=dec.masks(), cache=dec, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]  # [B, V]
+    return logits.argmax(-1)
+
+
+def compiled_step_for(key: tuple) -> Callable:
+    """:func:`slot_step` under :func:`torch.compile` for one shape ``key`` (model, batch,
+    length, steering layers, mode), kept for later decoders of that shape. Each key compiles
+    a copy with a code object of its own: torch keeps compiled versions per code object and
+    stops compiling one after ``recompile_limit`` (8) versions, which a shared function would
+    reach after 8 shapes. The buffers are inputs (not guarded by address), so a new decoder
+    of the same shape reuses the compiled step (on CUDA the graph is re-recorded)."""
+    fn = _COMPILED_STEPS.get(key)
+    if fn is None:
+        code = slot_step.__code__.replace(co_name=f"slot_step_{len(_COMPILED_STEPS)}")
+        fresh = types.FunctionType(code, slot_step.__globals__, code.co_name)
+        fn = _COMPILED_STEPS[key] = torch.compile(fresh, mode=key[-1], dynamic=False)
+    return fn
+
+
 def slot_decoder(model, batch: int, total: int, layers: tuple[int, ...], *, compile: bool,
                  mode: str | None) -> SlotDecoder:
     """The model's :class:`SlotDecoder` for this shape; a decoder of another shape is
@@ -227,6 +248,11 @@ def slot_decoder(model, batch: int, total: int, layers: tuple[int, ...], *, comp
     return dec
 
 
+def current_slot_decoder(model) -> SlotDecoder | None:
+    """The model's slot decoder kept from the last :func:`generate_slots` call, if any."""
+    return model.__dict__.get(_DECODER_ATTR)
+
+
 def release_slots(model) -> None:
     """Remove the model's slot decoder (hooks, KV buffers, compiled step)."""
     dec = model.__dict__.pop(_DECODER_ATTR, None)
@@ -234,6 +260,14 @@ def release_slots(model) -> None:
         dec.close()
         if next(model.parameters()).device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def slot_count(batch_size: int, n_prompts: int) -> int:
+    """Slots for ``n_prompts`` at most ``batch_size`` wide, in few distinct values (each
+    compiles once): a multiple of 16 at or below ``batch_size`` when it is 16 or more, and at
+    most the power of two at or above ``n_prompts``."""
+    cap = batch_size - batch_size % 16 if batch_size >= 16 else batch_size
+    return max(1, min(cap, 1 << max(0, n_prompts - 1).bit_length()))
 
 
 def cache_length(longest_prompt: int, max_new_tokens: int) -> int:
@@ -303,7 +337,7 @@ def generate_slots(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
         raise SteerscopeError("row_ids / row_limits must give one entry per prompt (limits >= 1)")
     if compile and mode is None and device.type == "cuda":
         mode = "reduce-overhead"
-    batch = max(1, min(batch_size, n))
+    batch = slot_count(batch_size, n)
     refill_at = refill_at if refill_at is not None else max(1, batch // 8)
     decode_ops = [op for op in interventions if op.scope != "prompt"]
     total = cache_length(max(len(p) for p in prompts), max_new_tokens)
@@ -360,5 +394,5 @@ def generate_slots(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
     return out  # type: ignore[return-value]
 
 
-__all__ = ["SlotDecoder", "decode_supported", "generate_slots", "release_slots",
+__all__ = ["SlotDecoder", "current_slot_decoder", "decode_supported", "generate_slots", "release_slots",
            "slots_supported"]

@@ -11,7 +11,13 @@ from conftest import TINY_ARCHS, tiny_model
 
 from steerscope.errors import SteerscopeError
 from steerscope.generation import generate_ids
-from steerscope.generation_slots import generate_slots, release_slots, slots_supported
+from steerscope.generation_slots import (
+    cache_length,
+    generate_slots,
+    release_slots,
+    slot_count,
+    slots_supported,
+)
 from steerscope.models.tiny import tiny_config
 from steerscope.runtime import Capture, steer
 
@@ -107,6 +113,15 @@ def test_default_refill_threshold_and_one_setting():
     assert [t.tolist() for t in got2] == [t.tolist() for t in got[::-1]]
 
 
+def test_slot_shapes_take_few_values():
+    """Few distinct (batch, length) shapes, so that each compiles once: batches are multiples
+    of 16 (from 16 up) and no wider than the power of two above the prompt count; lengths are
+    multiples of 256."""
+    assert [slot_count(40, n) for n in (1, 2, 3, 5, 17, 33, 1000)] == [1, 2, 4, 8, 32, 32, 32]
+    assert [slot_count(b, 1000) for b in (1, 7, 16, 31, 200)] == [1, 7, 16, 16, 192]
+    assert [cache_length(p, 64) for p in (10, 192, 193, 500)] == [256, 256, 512, 768]
+
+
 def test_on_done_reports_every_prompt_once():
     model = tiny_model("qwen2")
     prompts = _prompts((4, 6, 3), seed=6)
@@ -141,6 +156,7 @@ def test_a_step_that_fails_to_compile_runs_eagerly(monkeypatch):
         return fail
 
     monkeypatch.setattr(slots_module.torch, "compile", broken)
+    monkeypatch.setattr(slots_module, "_COMPILED_STEPS", {})  # the broken step is not kept
     model = tiny_model("llama")
     prompts = _prompts((5, 7, 3))
     with pytest.warns(RuntimeWarning, match="compiled decoding failed .*no working C compiler"):
@@ -203,3 +219,23 @@ def test_generate_decodes_in_slots_when_asked(monkeypatch):
                             max_new_tokens=2, compiled=True)
     with pytest.raises(SteerscopeError, match="compiled must be"):
         generation.generate(model, tok, prompts, compiled="yes")
+
+
+def test_auto_uses_slots_on_cuda_for_large_supported_jobs():
+    """compiled='auto': slots on CUDA for jobs of AUTO_SLOTS_MIN_TOKENS or more with
+    supported steering and no other runtime attached; never off CUDA."""
+    import steerscope.generation as generation
+    from steerscope.runtime import Runtime
+
+    model = tiny_model("llama")
+    ops = [steer(_vectors(1)[0], LAYER, 1.0)]
+    big = generation.AUTO_SLOTS_MIN_TOKENS
+    assert not generation.use_slots(model, ops, "auto", n_tokens=big)  # the model's CPU
+    cuda = dict(device=torch.device("cuda"))
+    assert generation.use_slots(model, ops, "auto", n_tokens=big, **cuda)
+    assert not generation.use_slots(model, ops, "auto", n_tokens=big - 1, **cuda)
+    assert not generation.use_slots(model, [Capture("resid_pre", 1)], "auto", n_tokens=big,
+                                    **cuda)
+    assert not generation.use_slots(model, ops, False, n_tokens=big, **cuda)
+    with Runtime(model, [Capture("resid_pre", 2)]):
+        assert not generation.use_slots(model, ops, "auto", n_tokens=big, **cuda)
