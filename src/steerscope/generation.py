@@ -256,6 +256,13 @@ def batch_size_from_memory(model, longest: int) -> int:
     return batch_size_for_free_memory(model, longest, free)
 
 
+def fixed_batch_size(batch_size: int | str) -> int:
+    """``batch_size``, or :data:`DEFAULT_BATCH_SIZE` for ``"auto"``: the batch of work that
+    is not sized from memory (scoring, cross-entropy, lockstep freezing)."""
+    return DEFAULT_BATCH_SIZE if batch_size == "auto" else check_positive_int(batch_size,
+                                                                              "batch_size")
+
+
 def resolve_batch_size(model, batch_size: int | str, longest: int) -> int:
     """``batch_size`` itself, or for ``"auto"`` :func:`batch_size_from_memory`."""
     if batch_size == "auto":

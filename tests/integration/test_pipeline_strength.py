@@ -96,3 +96,20 @@ def test_bad_strength_settings_fail_before_compute(evaluation, match):
     with pytest.raises(SteerscopeError, match=match) as info:
         config_from_dict({"evaluation": evaluation})
     assert "\n" not in str(info.value)
+
+
+def test_batch_size_auto_off_cuda_equals_16(tmp_path):
+    """evaluation.batch_size: auto reaches every stage that generates or scores (strength
+    sweep, steering table, freezing, sparsity); off CUDA it is the default 16: the same
+    tables as batch_size 16, number for number."""
+    workdir = write_pipeline_workdir(tmp_path / "w")
+    tables = []
+    for bs in ("auto", 16):
+        cfg = tiny_config(workdir, vectors={"methods": ["dim"]},
+                          evaluation={**AUTO, "max_new_tokens": 4, "batch_size": bs},
+                          circuits={"enabled": False}, svv={"enabled": False})
+        res = run_pipeline(cfg, tmp_path / f"out{bs}", progress=False)
+        results = json.loads(res.results_path.read_text())
+        tables.append({k: results[k] for k in ("alpha_curve", "alpha_chosen", "steering",
+                                               "freeze", "sparsify")})
+    assert tables[0] == tables[1]

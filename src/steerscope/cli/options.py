@@ -40,6 +40,15 @@ def _plain(tp) -> tuple[Any, bool]:
     return tp, False
 
 
+def int_or_word(text: str) -> int | str:
+    """An ``int | str`` option's value: the integer when the text is one (``8``), else the
+    word (``auto``), checked by the option's consumer."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 LISTS = "_config_lists"  # args attribute: {dest: (item type, flag)} of the list options
 
 
@@ -124,7 +133,9 @@ def add_config_option(p: argparse.ArgumentParser, key: str, flag: str | None = N
                                       dest: (typing.get_args(plain)[0], flag)}})
             kwargs["metavar"] = name.upper().rstrip("S") + ",..."
         else:
-            kwargs["type"] = plain if plain in (int, float) else str
+            words = set(typing.get_args(tp)) - {type(None)}
+            kwargs["type"] = (plain if plain in (int, float) else
+                              int_or_word if words == {int, str} else str)
         if choices is not None:
             kwargs["choices"] = list(choices)
         if override is not None:

@@ -38,6 +38,7 @@ from steerscope.evaluate.coherence import (
 )
 from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import Setting, packed_outcomes
+from steerscope.generation import fixed_batch_size
 from steerscope.models.chat import format_prompt
 
 # |α| magnitudes swept (× the vector as stored; 1 = the paper's coefficient)
@@ -113,7 +114,7 @@ def alpha_curve(model, tokenizer, vectors: Mapping[str, Any], present: Sequence[
     # every completion's CE under the unsteered model, in one pass
     all_prompts = [p for st in settings for p in st.formatted]
     all_outs = [c for got in outcomes for c in got.completions]
-    bs = batch_size if isinstance(batch_size, int) else 16
+    bs = fixed_batch_size(batch_size)
     sums, counts = completion_ce(model, tokenizer, all_prompts, all_outs, arch=arch,
                                  batch_size=bs)  # [total], [total]
     entries, completions, start = [], {}, 0

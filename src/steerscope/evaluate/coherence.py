@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.repetition import is_repetitive
-from steerscope.generation import position_ids_from_mask
+from steerscope.generation import fixed_batch_size, position_ids_from_mask
 from steerscope.runtime import Runtime
 
 # nats per token: a completion whose mean CE under the unsteered model is above this is not
@@ -70,7 +70,7 @@ def _encode(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
 
 @torch.no_grad()
 def completion_ce(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], *,
-                  interventions: Sequence = (), arch=None, batch_size: int = 16
+                  interventions: Sequence = (), arch=None, batch_size: int | str = 16
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced cross-entropy of each completion given its (chat-formatted) prompt,
     under ``interventions`` (none: the unsteered model): ``(ce_sum [N] float64, n_tokens [N]
@@ -78,6 +78,7 @@ def completion_ce(model, tokenizer, prompts: Sequence[str], completions: Sequenc
     if len(prompts) != len(completions):
         raise SteerscopeError(f"{len(prompts)} prompts but {len(completions)} completions",
                               "pass one completion per prompt")
+    batch_size = fixed_batch_size(batch_size)
     rows = [_encode(tokenizer, p, c) for p, c in zip(prompts, completions)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
         tokenizer.eos_token_id

@@ -19,7 +19,7 @@ import torch
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.presence import SubstringPresence
 from steerscope.evaluate.refusal import refusal_score_from_logits, refusal_scores
-from steerscope.generation import generate
+from steerscope.generation import fixed_batch_size, generate
 from steerscope.runtime import Add, Runtime
 
 
@@ -198,7 +198,7 @@ def packed_outcomes(model, tokenizer, settings: Sequence[Setting], *, judge=None
                                                      zip(settings, ops)],
                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
                                   desc=desc, progress=progress)
-    score_bs = batch_size if isinstance(batch_size, int) else 16
+    score_bs = fixed_batch_size(batch_size)
     return [steered_outcome(
         model, tokenizer, st.formatted, instructions=st.instructions,
         interventions=_parts(op), judge=judge, score_ids=score_ids,

@@ -42,7 +42,7 @@ from steerscope.evaluate.presence import SubstringPresence
 from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
 from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import packed_generate
-from steerscope.generation import generate
+from steerscope.generation import DEFAULT_BATCH_SIZE, generate
 from steerscope.models.chat import format_prompt
 from steerscope.results_schema import (
     REFUSAL_LABELS,
@@ -51,8 +51,12 @@ from steerscope.results_schema import (
     accepts_old_keywords,
 )
 from steerscope.runtime import Runtime
+from steerscope.validation import check_positive_int
 
 NONE = "none"
+# batch_size "auto" on CUDA: prompts per side in one unit of the steering table (every
+# method's rows of a unit are generated together, at the batch that fits the memory)
+AUTO_UNIT_PROMPTS = 64
 
 
 class Steerer(Protocol):
@@ -204,6 +208,17 @@ def cosine_matrix(vectors: Mapping[str, Steerer]) -> dict[str, dict[str, float]]
     return {a: {b: va.cosine(vb) for b, vb in vectors.items()} for a, va in vectors.items()}
 
 
+def unit_batches(model, batch_size: int | str) -> tuple[int, int | str | None]:
+    """(prompts per unit of the steering table, generation batch size; None: the unit's
+    size) for ``batch_size``: an int is both; ``"auto"`` is :data:`AUTO_UNIT_PROMPTS` and the
+    batch that fits the memory on CUDA, the default 16 elsewhere."""
+    if batch_size != "auto":
+        return check_positive_int(batch_size, "batch_size"), None
+    if next(model.parameters()).device.type == "cuda":
+        return AUTO_UNIT_PROMPTS, "auto"
+    return DEFAULT_BATCH_SIZE, None
+
+
 def length_batches(tokenizer, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
     """Prompt indices sorted by token length (longest first, stable) cut into batches: the
     batches :func:`steerscope.generation.generate` forms."""
@@ -224,7 +239,7 @@ def evaluate_steering(
     bypass_alpha: float = -1.0,
     induce_alpha: float = 1.0,
     max_new_tokens: int = 64,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     judge=None,
     include_unsteered: bool = True,
     behaviour=None,
@@ -247,6 +262,9 @@ def evaluate_steering(
     ``shard``: spreads the units over processes (module docstring; None: all here).
     ``method_alphas``: method → (remove α, induce α) replacing ``bypass_alpha`` /
     ``induce_alpha`` for that method (the pipeline's strength sweep's choice).
+    ``batch_size``: prompts per side in one unit (each unit's methods are generated together,
+    that many rows at a time); ``"auto"``: on CUDA units of :data:`AUTO_UNIT_PROMPTS` whose
+    rows are generated at the batch that fits the memory, elsewhere the default 16.
     """
     if not present or not absent:
         raise SteerscopeError("steered evaluation needs present and absent test prompts",
@@ -260,9 +278,10 @@ def evaluate_steering(
     for sv in vectors.values():
         sv.check_fits(arch)
     shard = shard if shard is not None else OneProcess()
+    unit_size, gen_batch = unit_batches(model, batch_size)
     sets = {"present": (list(present), bypass_alpha), "absent": (list(absent), induce_alpha)}
     formatted = {k: [format_prompt(tokenizer, p) for p in v[0]] for k, v in sets.items()}
-    batches = {k: length_batches(tokenizer, formatted[k], batch_size) for k in sets}
+    batches = {k: length_batches(tokenizer, formatted[k], unit_size) for k in sets}
     if score_ids is None:
         score_ids = (refusal_token_ids(tokenizer) if behaviour is None
                      else behaviour.score_token_ids(tokenizer))
@@ -285,8 +304,8 @@ def evaluate_steering(
                for m, sv in methods.items()}
         texts = [formatted[side][i] for i in batches[side][b]]
         packed = packed_generate(model, tokenizer, [(texts, op) for op in ops.values()],
-                                 max_new_tokens=max_new_tokens, batch_size=len(texts),
-                                 progress=False)
+                                 max_new_tokens=max_new_tokens,
+                                 batch_size=gen_batch or len(texts), progress=False)
         out = {}
         for (m, op), outs in zip(ops.items(), packed):
             steer_ops = [] if op is None else list(op) if isinstance(op, list) else [op]

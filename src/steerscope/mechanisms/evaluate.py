@@ -28,7 +28,7 @@ from steerscope.evaluate.presence import CallablePresence
 from steerscope.evaluate.refusal import refusal_token_ids
 from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import steered_outcome
-from steerscope.generation import generate
+from steerscope.generation import fixed_batch_size, generate
 from steerscope.mechanisms.freeze import MODE_NAMES, check_mode, frozen_generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import format_prompt
@@ -195,7 +195,7 @@ def freeze_evaluation(
     bypass_alpha: float = -1.0,
     induce_alpha: float = 1.0,
     max_new_tokens: int = 64,
-    batch_size: int = 16,
+    batch_size: int | str = 16,
     include_unsteered: bool = False,
     arch=None,
     vector_name: str | None = None,
@@ -206,7 +206,8 @@ def freeze_evaluation(
     with ``layer``). ``present`` / ``absent`` are the behaviour's raw test prompts
     (chat-formatted here; refusal, the default: requests it refuses / answers). ``include_unsteered`` adds the
     unsteered model as a reference row. ``score_ids``: the fast score's token ids (default:
-    the behaviour's; refusal: ``refusal_token_ids``)."""
+    the behaviour's; refusal: ``refusal_token_ids``). ``batch_size`` ``"auto"``: the
+    lockstep batches keep :data:`~steerscope.generation.DEFAULT_BATCH_SIZE`."""
     import torch
 
     from steerscope.vectors.vector import SteeringVector
@@ -215,6 +216,7 @@ def freeze_evaluation(
         raise SteerscopeError("the freezing evaluation needs present and absent test prompts",
                               "pass non-empty prompt lists")
     arch = arch if arch is not None else validate_model(model)
+    batch_size = fixed_batch_size(batch_size)
     if isinstance(vector, SteeringVector):
         vector.check_fits(arch)
         layer = vector.layer if layer is None else layer

@@ -63,11 +63,14 @@ def test_a_set_config_equals_the_file_with_that_value(tmp_path):
                                r"'evaluation.batchsize': valid keys of evaluation: "
                                r"max_new_tokens, batch_size"),
     ("evalution.batch_size=3", r"unknown config key 'evalution.batch_size': valid keys: name"),
-    ("evaluation.batch_size.x=3", r"\(evaluation.batch_size is int, not a section\)"),
-    ("evaluation.batch_size=eight", r"--set evaluation.batch_size: config key "
-                                    r"'evaluation.batch_size' must be int, got 'eight': pass "
-                                    r"a value of that type, e\.g\. --set "
-                                    r"evaluation.batch_size=16"),
+    ("evaluation.max_new_tokens.x=3", r"\(evaluation.max_new_tokens is int, not a section\)"),
+    ("evaluation.max_new_tokens=eight", r"--set evaluation.max_new_tokens: config key "
+                                        r"'evaluation.max_new_tokens' must be int, got 'eight': "
+                                        r"pass a value of that type, e\.g\. --set "
+                                        r"evaluation.max_new_tokens=64"),
+    ("evaluation.batch_size=eight", r"config key 'evaluation.batch_size' is 'eight', neither "
+                                    r"auto nor a number: set evaluation.batch_size to a "
+                                    r"positive integer or auto"),
     ("vectors.dim.relax_kl=maybe", r"'vectors.dim.relax_kl' must be bool"),
     ("circuits.sizes=[10, ten]", r"'circuits.sizes\[1\]' must be int"),
     ("sparsify.taus=[0.1", r"--set sparsify.taus: the value '\[0.1' is not valid YAML: quote"),

@@ -21,7 +21,7 @@ from steerscope.artifacts import atomic_write_json
 from steerscope.evaluate.alpha_sweep import DEFAULT_ALPHA_GRID, DEFAULT_AUTO_SHARE
 from steerscope.evaluate.coherence import COHERENCE_KEYS, DEFAULT_FLUENCY_THRESHOLD
 from steerscope.evaluate.steering import evaluate_steering
-from steerscope.pipeline.checks import finite, library_default, positive_int
+from steerscope.pipeline.checks import fail, finite, library_default, positive_int
 from steerscope.pipeline.registry import StageOutput, register_stage
 from steerscope.pipeline.stages.common import (
     load_vectors,
@@ -51,8 +51,10 @@ class EvaluationSection:
 
     max_new_tokens: int = _lib("max_new_tokens")
     """Tokens generated per completion (greedy)."""
-    batch_size: int = _lib("batch_size")
-    """Prompts per generation batch."""
+    batch_size: int | str = _lib("batch_size")
+    """Prompts per generation batch; auto = on CUDA the batch that fits the free memory (the
+    steering table in units of 64 prompts per side, the sparsity sweep and the strength sweep
+    at that batch; scoring, cross-entropy and lockstep freezing at 16), elsewhere 16."""
     bypass_alpha: float = _lib("bypass_alpha")
     """Steering coefficient on the present side (remove the behaviour)."""
     induce_alpha: float = _lib("induce_alpha")
@@ -81,7 +83,11 @@ class EvaluationSection:
     def check(self, cfg) -> None:
         """Positive sizes, finite alphas, a valid strength sweep (grid, share, threshold)."""
         positive_int("evaluation.max_new_tokens", self.max_new_tokens)
-        positive_int("evaluation.batch_size", self.batch_size)
+        if self.batch_size != "auto":
+            if isinstance(self.batch_size, str):
+                fail("evaluation.batch_size", f"is '{self.batch_size}', neither auto nor a "
+                     "number", "set evaluation.batch_size to a positive integer or auto")
+            positive_int("evaluation.batch_size", self.batch_size)
         finite("evaluation.bypass_alpha", self.bypass_alpha)
         finite("evaluation.induce_alpha", self.induce_alpha)
         positive_int("evaluation.n_reference", self.n_reference)
