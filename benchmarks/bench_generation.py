@@ -18,8 +18,11 @@ random vector of norm ``--norm``) × ``--batch`` prompts, real greedy generation
   P. packed: one ``generate`` call with per-row settings, finished rows leaving the batch and
      waiting rows joining (refill)
   F. packed, fixed batches (``refill=False``): packing alone
+  C. with ``--slots``: packed in compiled slots (``generate(compiled=True)``, the CUDA path:
+     preallocated KV cache, rows refilled in place, the decode step under ``torch.compile``);
+     one warm-up call first (compilation, timed apart)
 Completions are compared (they must be equal); prints wall and process-CPU seconds and the
-throughput ratios P/S and F/S (generated tokens per second, median over rounds).
+throughput ratios P/S, F/S (and C/S) (generated tokens per second, median over rounds).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def main() -> None:
     ap.add_argument("--packed", action="store_true", help="packed vs separate settings")
     ap.add_argument("--settings", type=int, default=4)
     ap.add_argument("--norm", type=float, default=8.0)
+    ap.add_argument("--slots", action="store_true",
+                    help="with --packed: also packed in compiled slots (compiles first)")
     args = ap.parse_args()
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -125,13 +130,20 @@ def bench_packed(loaded, args) -> None:
             model, tok, texts, interventions=[steer(vec, layer, a)], max_new_tokens=n,
             batch_size=bs, refill=False, progress=False)]
 
-    def packed(refill=True):
+    def packed(refill=True, compiled=False):
         return generate(model, tok, texts * len(alphas), interventions=packed_op,
                         row_settings=rows, max_new_tokens=n, batch_size=bs, refill=refill,
-                        progress=False)
+                        progress=False, compiled=compiled)
 
     runs = {"separate": separate, "packed_refill": packed,
             "packed_fixed": lambda: packed(refill=False)}
+    if args.slots:
+        runs["packed_slots"] = lambda: packed(compiled=True)
+        with torch.inference_mode():
+            w0 = time.perf_counter()
+            packed(compiled=True)
+            print(f"packed_slots warm-up call (compiling the decode step): "
+                  f"{time.perf_counter() - w0:.1f} s wall", flush=True)
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     outs = {}
@@ -142,7 +154,7 @@ def bench_packed(loaded, args) -> None:
                 outs[name] = fn()
                 wall[name].append(time.perf_counter() - w0)
                 cpu[name].append(time.process_time() - c0)
-    same = outs["separate"] == outs["packed_refill"] == outs["packed_fixed"]
+    same = all(o == outs["separate"] for o in outs.values())
     n_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1
                    for t in outs["separate"])  # + EOS (approximate for rows that hit the cap)
     med = SimpleNamespace(**{k: statistics.median(v) for k, v in wall.items()})
@@ -158,6 +170,9 @@ def bench_packed(loaded, args) -> None:
           f"{cmed.separate / cmed.packed_refill:.3f}  (wall {med.separate / med.packed_refill:.3f})")
     print(f"ratio packed_fixed  / separate (throughput, CPU time) = "
           f"{cmed.separate / cmed.packed_fixed:.3f}  (wall {med.separate / med.packed_fixed:.3f})")
+    if args.slots:
+        print(f"ratio packed_slots  / separate (throughput, CPU time) = "
+              f"{cmed.separate / cmed.packed_slots:.3f}  (wall {med.separate / med.packed_slots:.3f})")
 
 
 if __name__ == "__main__":
