@@ -21,7 +21,12 @@ from transformers import DynamicCache
 
 from steerscope.errors import SteerscopeError
 from steerscope.generation_refill import generate_refill, refill_supported
-from steerscope.generation_slots import generate_slots, release_slots, slots_supported
+from steerscope.generation_slots import (
+    cache_length,
+    generate_slots,
+    release_slots,
+    slots_supported,
+)
 from steerscope.models.chat import encode_prompts
 from steerscope.runtime.core import Runtime, attached_runtimes, batch_rows
 from steerscope.runtime.interventions import Intervention, check_row_count
@@ -315,13 +320,15 @@ def generate(
     refuse_longer_than_context(model, lengths)
     warn_if_too_long(model, max(lengths) + max_new_tokens, sum(
         n + max_new_tokens > context_length(model) for n in lengths))
-    batch_size = resolve_batch_size(model, batch_size, max(lengths) + max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     runtime = Runtime(model, interventions) if interventions else None
     with runtime if runtime is not None else nullcontext():
         use_refill = refill and refill_supported(model)
     slots = use_slots(model, interventions, compiled,
                       n_tokens=len(prompts) * max_new_tokens) if refill else False
+    longest = (cache_length(max(lengths), max_new_tokens) if slots  # the slots' cache length
+               else max(lengths) + max_new_tokens)
+    batch_size = resolve_batch_size(model, batch_size, longest)
     if use_refill or slots:
         tokens = _generate_refilled(model, token_ids, order, runtime, settings,
                                     batch_size=batch_size,
@@ -338,8 +345,9 @@ def generate(
 def use_slots(model, interventions: Sequence[Intervention], compiled: bool | str, *,
               n_tokens: int = AUTO_SLOTS_MIN_TOKENS, device: torch.device | None = None) -> bool:
     """Whether :func:`generate` decodes in compiled slots: ``compiled`` ``"auto"`` on CUDA
-    for a job of ``n_tokens`` (prompts x max_new_tokens) >= :data:`AUTO_SLOTS_MIN_TOKENS`,
-    and ``True`` anywhere, when no other runtime is attached to the model and the
+    for a job of ``n_tokens`` (prompts x max_new_tokens) >= :data:`AUTO_SLOTS_MIN_TOKENS`
+    on a model with unquantized weights (quantized kernels under ``torch.compile`` are
+    untested here), and ``True`` anywhere, when no other runtime is attached to the model and the
     interventions and model qualify (:func:`~steerscope.generation_slots.slots_supported`);
     ``compiled=True`` with ones that do not is a one-line error. ``device``: the model's."""
     if compiled not in (True, False, "auto"):
@@ -347,12 +355,13 @@ def use_slots(model, interventions: Sequence[Intervention], compiled: bool | str
     if compiled is False:
         return False
     ok = slots_supported(model, interventions) and not attached_runtimes(model)
+    quantized = getattr(model, "hf_quantizer", None) is not None  # int8 / 4-bit weights
     if compiled is True and not ok:
         raise SteerscopeError("compiled decoding needs steering at resid_pre (scope all / "
                               "generated / prompt), sdpa or eager attention and no other "
                               "attached runtime", "pass compiled='auto' or False")
     device = device if device is not None else next(model.parameters()).device
-    return ok and (compiled is True or (device.type == "cuda"
+    return ok and (compiled is True or (device.type == "cuda" and not quantized
                                         and n_tokens >= AUTO_SLOTS_MIN_TOKENS))
 
 

@@ -239,3 +239,6 @@ def test_auto_uses_slots_on_cuda_for_large_supported_jobs():
     assert not generation.use_slots(model, ops, False, n_tokens=big, **cuda)
     with Runtime(model, [Capture("resid_pre", 2)]):
         assert not generation.use_slots(model, ops, "auto", n_tokens=big, **cuda)
+    model.hf_quantizer = object()  # quantized weights: not by default
+    assert not generation.use_slots(model, ops, "auto", n_tokens=big, **cuda)
+    assert generation.use_slots(model, ops, True, n_tokens=big, **cuda)
