@@ -349,6 +349,7 @@ def generate_slots(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
     made: list[list[int]] = [[] for _ in range(batch)]
     token = torch.full((batch,), pad_token_id, dtype=torch.long, device=device)  # [B]
     waiting = list(range(n))
+    live: list[torch.Tensor | None] = [None]  # [B] bool on the device, rebuilt on a change
 
     def record(slot: int, tok: int) -> bool:
         """Append ``tok`` to the slot's row; True (and the slot freed) when the row ends."""
@@ -359,6 +360,7 @@ def generate_slots(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
             if on_done is not None:
                 on_done(i, made[slot])
             held[slot], made[slot] = None, []
+            live[0] = None
             return True
         return False
 
@@ -378,21 +380,23 @@ def generate_slots(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
             for d, op in zip(dec.deltas, decode_ops):
                 d[slots] = setting_deltas(op, joined, d).unsqueeze(1)
             token[slots] = first
+            live[0] = None
             for slot, i, tok in zip(slots.tolist(), take, first.tolist()):
                 held[slot] = i
                 record(slot, tok)
             continue
         if busy == 0:
             break
-        live = torch.tensor([h is not None for h in held], device=device)  # [B] bool
+        if live[0] is None:
+            live[0] = torch.tensor([h is not None for h in held], device=device)  # [B]
         nxt = dec.run_step(token)  # [B]
-        dec.pos += live.long()  # finished slots keep writing their last column
-        token = torch.where(live, nxt, token)
+        dec.pos += live[0].long()  # finished slots keep writing their last column
+        token = torch.where(live[0], nxt, token)
         for slot, tok in enumerate(nxt.tolist()):
             if held[slot] is not None:
                 record(slot, tok)
     return out  # type: ignore[return-value]
 
 
-__all__ = ["SlotDecoder", "current_slot_decoder", "decode_supported", "generate_slots", "release_slots",
-           "slots_supported"]
+__all__ = ["SlotDecoder", "current_slot_decoder", "decode_supported", "generate_slots",
+           "release_slots", "slots_supported"]
