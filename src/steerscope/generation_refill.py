@@ -132,10 +132,12 @@ class _Batch:
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
 
 
-def _prefill(model, prompts: Sequence[torch.Tensor], idx: list[int], pad_token_id: int,
-            settings: torch.Tensor) -> tuple[_Batch, torch.Tensor]:
-    """Prefill prompts ``idx`` (left-padded together) in a fresh cache; returns the batch
-    and each row's first token [k]. ``settings`` [n]: per-row setting of every prompt."""
+def prefill_left_padded(model, prompts: Sequence[torch.Tensor], idx: list[int],
+                        pad_token_id: int, settings: torch.Tensor
+                        ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward call of prompts ``idx`` left-padded together, in a fresh cache, under
+    the attached runtimes (row ``r`` is setting ``settings[idx[r]]``, positions in the padded
+    frame): ``(cache, mask [k, width] long, pad [k], greedy first token [k])``."""
     device = settings.device
     seqs = [prompts[i] for i in idx]
     width = max(len(s) for s in seqs)
@@ -145,16 +147,24 @@ def _prefill(model, prompts: Sequence[torch.Tensor], idx: list[int], pad_token_i
         ids[r, width - len(s):] = s
         mask[r, width - len(s):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    lengths = mask.sum(-1)  # [k]
+    pad = width - mask.sum(-1)  # [k]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # [k, width]
     cache = DynamicCache(config=model.config)
     rows = torch.tensor(idx, dtype=torch.long, device=device)
-    pad = width - lengths
     with batch_rows(model, settings[rows], RowFrame(0, width, pad)):
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
                     use_cache=True, logits_to_keep=1)
-    token = out.logits[:, -1].argmax(-1)  # [k]
-    full = torch.full_like(lengths, width)
+    return cache, mask, pad, out.logits[:, -1].argmax(-1)
+
+
+def _prefill(model, prompts: Sequence[torch.Tensor], idx: list[int], pad_token_id: int,
+            settings: torch.Tensor) -> tuple[_Batch, torch.Tensor]:
+    """Prefill prompts ``idx`` (left-padded together) in a fresh cache; returns the batch
+    and each row's first token [k]. ``settings`` [n]: per-row setting of every prompt."""
+    cache, mask, pad, token = prefill_left_padded(model, prompts, idx, pad_token_id, settings)
+    rows = torch.tensor(idx, dtype=torch.long, device=settings.device)
+    lengths = mask.sum(-1)  # [k]
+    full = torch.full_like(lengths, mask.shape[1])
     return _Batch(cache, mask, rows, lengths, token, pad, full, torch.ones_like(lengths)), token
 
 
@@ -244,4 +254,4 @@ def generate_refill(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
     return [torch.tensor(t, dtype=torch.long) for t in out]
 
 
-__all__ = ["generate_refill", "refill_supported"]
+__all__ = ["generate_refill", "prefill_left_padded", "refill_supported"]

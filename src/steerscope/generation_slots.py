@@ -31,8 +31,9 @@ import torch
 from transformers import DynamicCache
 
 from steerscope.errors import SteerscopeError
+from steerscope.generation_refill import prefill_left_padded
 from steerscope.models.archs import validate_model
-from steerscope.runtime.core import RowFrame, Runtime, batch_rows
+from steerscope.runtime.core import Runtime
 from steerscope.runtime.interventions import Add, Intervention
 from steerscope.runtime.scope import StepContext
 
@@ -280,23 +281,10 @@ def cache_length(longest_prompt: int, max_new_tokens: int) -> int:
 def _prefill(model, prompts, idx: list[int], ops, settings: torch.Tensor, pad_token_id: int):
     """Prefill prompts ``idx`` left-padded together under ``ops`` (per-row settings
     ``settings[idx]``); returns (cache, pad [k], width, first greedy token [k])."""
-    device = settings.device
-    seqs = [prompts[i] for i in idx]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, width - len(s):] = s
-        mask[r, width - len(s):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pad = width - mask.sum(-1)  # [k]
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # [k, width]
-    cache = DynamicCache(config=model.config)
-    rows = settings[torch.tensor(idx, dtype=torch.long, device=device)]
-    with Runtime(model, list(ops)), batch_rows(model, rows, RowFrame(0, width, pad)):
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
-    return cache, pad, width, logits.argmax(-1)
+    with Runtime(model, list(ops)):
+        cache, mask, pad, first = prefill_left_padded(model, prompts, idx, pad_token_id,
+                                                      settings)
+    return cache, pad, int(mask.shape[1]), first
 
 
 @torch.no_grad()
