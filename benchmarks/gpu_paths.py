@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import torch
 
-from steerscope.generation import batch_size_from_memory, generate_ids, kv_bytes_per_token
+from steerscope.generation import generate_ids
 from steerscope.generation_compiled import generate_compiled
 from steerscope.generation_refill import generate_refill
+from steerscope.generation_sizes import batch_size_from_memory, kv_bytes_per_token
 from steerscope.generation_slots import current_slot_decoder, generate_slots, release_slots
 from steerscope.patching import eap_ig
 from steerscope.runtime import Runtime, steer

@@ -34,7 +34,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("artifacts", "validation", "patching_conventions", "results_schema",
                      "safe_files", "providers")),
     ("models, data, runtime", ("models", "data", "runtime", "environment", "testing")),
-    ("generation and scores", ("generation", "generation_refill", "generation_slots", "generation_compiled", "evaluate",
+    ("generation and scores", ("generation", "generation_sizes", "generation_refill", "generation_slots",
+                                "generation_compiled", "evaluate",
                                 "behaviours")),
     ("demo models", ("demo",)),  # named model sources and prompt sets built by steerscope
     ("vectors", ("vectors",)),

@@ -38,7 +38,7 @@ from steerscope.evaluate.coherence import (
 )
 from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import Setting, packed_outcomes
-from steerscope.generation import fixed_batch_size
+from steerscope.generation_sizes import fixed_batch_size
 from steerscope.models.chat import format_prompt
 
 # |α| magnitudes swept (× the vector as stored; 1 = the paper's coefficient)

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.repetition import is_repetitive
-from steerscope.generation import fixed_batch_size, position_ids_from_mask
+from steerscope.generation import position_ids_from_mask
+from steerscope.generation_sizes import fixed_batch_size
 from steerscope.runtime import Runtime
 
 # nats per token: a completion whose mean CE under the unsteered model is above this is not

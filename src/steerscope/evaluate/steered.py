@@ -19,7 +19,8 @@ import torch
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.presence import SubstringPresence
 from steerscope.evaluate.refusal import refusal_score_from_logits, refusal_scores
-from steerscope.generation import fixed_batch_size, generate
+from steerscope.generation import generate
+from steerscope.generation_sizes import fixed_batch_size
 from steerscope.runtime import Add, Runtime
 
 

@@ -42,7 +42,8 @@ from steerscope.evaluate.presence import SubstringPresence
 from steerscope.evaluate.refusal import refusal_scores, refusal_token_ids
 from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import packed_generate
-from steerscope.generation import DEFAULT_BATCH_SIZE, generate
+from steerscope.generation import generate
+from steerscope.generation_sizes import DEFAULT_BATCH_SIZE
 from steerscope.models.chat import format_prompt
 from steerscope.results_schema import (
     REFUSAL_LABELS,

@@ -28,7 +28,8 @@ from steerscope.evaluate.presence import CallablePresence
 from steerscope.evaluate.refusal import refusal_token_ids
 from steerscope.evaluate.repetition import repetition_rate
 from steerscope.evaluate.steered import steered_outcome
-from steerscope.generation import fixed_batch_size, generate
+from steerscope.generation import generate
+from steerscope.generation_sizes import fixed_batch_size
 from steerscope.mechanisms.freeze import MODE_NAMES, check_mode, frozen_generate
 from steerscope.models.archs import validate_model
 from steerscope.models.chat import format_prompt

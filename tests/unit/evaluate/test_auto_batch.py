@@ -12,7 +12,7 @@ from conftest import tiny_model
 from steerscope.errors import SteerscopeError
 from steerscope.evaluate.coherence import completion_ce
 from steerscope.evaluate.steering import AUTO_UNIT_PROMPTS, evaluate_steering, unit_batches
-from steerscope.generation import fixed_batch_size
+from steerscope.generation_sizes import fixed_batch_size
 from steerscope.models.tiny import tiny_tokenizer
 from steerscope.vectors.vector import SteeringVector
 
