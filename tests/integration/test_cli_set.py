@@ -68,7 +68,8 @@ def test_set_reaches_the_run_and_only_the_stages_it_configures(config_file, tmp_
 
 @pytest.mark.parametrize("value, match", [
     ("evaluation.batchsize=3", "error: --set evaluation.batchsize: unknown config key"),
-    ("evaluation.batch_size=many", "must be int, got 'many'"),
+    ("evaluation.batch_size=many", "is 'many', neither auto nor a number"),
+    ("evaluation.max_new_tokens=many", "must be int, got 'many'"),
     ("sparsify.taus=[0.1", "--set sparsify.taus: the value '[0.1' is not valid YAML"),
     ("sparsify.taus=[0.1]", "--set sparsify.taus: stage sparsify does not run (it comes after "
                             "--until evaluation)"),
