@@ -8,9 +8,9 @@ Imported by gpu.py (not a script of its own). Sections (``cfg`` = gpu.py's FULL 
   ``batch``, one :func:`generate_ids` per batch. Packed: every (setting, prompt) row in one
   :func:`generate_refill` call with per-row vectors, at the batch size that fits the free
   memory (:func:`batch_size_from_memory`, ``cfg["batch"]`` off CUDA). Same tokens per row.
-  Packed in slots: the same rows through :func:`generate_slots` (the path ``generate`` takes
-  on CUDA: preallocated KV cache, rows refilled in place, the decode step compiled into a CUDA
-  graph), its first call (compilation) timed apart, tokens compared with packed.
+  Packed in slots: the same rows through :func:`generate_slots` as ``generate`` runs it on
+  CUDA (a fresh decoder per call, freed with its recorded graphs at the end; the compiled
+  step is kept), its first call (compilation) timed apart, tokens compared with packed.
 - ``refill``: ``refill_prompts`` prompts whose completions end at different steps (half after
   ``short_tokens`` like refusals, the rest spread up to ``new_tokens``; random weights never
   emit EOS, so the ends are per-row limits): fixed batches that decode until their longest
@@ -34,7 +34,12 @@ from steerscope.generation import generate_ids
 from steerscope.generation_compiled import generate_compiled
 from steerscope.generation_refill import generate_refill
 from steerscope.generation_sizes import batch_size_from_memory, kv_bytes_per_token
-from steerscope.generation_slots import current_slot_decoder, generate_slots, release_slots
+from steerscope.generation_slots import (
+    cache_length,
+    current_slot_decoder,
+    generate_slots,
+    release_slots,
+)
 from steerscope.patching import eap_ig
 from steerscope.runtime import Runtime, steer
 
@@ -89,10 +94,21 @@ def bench_packed_sweep(model, arch, layer, s, vocab, cfg, clock, random_ids) -> 
                                    max_new_tokens=n_new, eos=EOS_NONE.to(device),
                                    pad_token_id=0, row_ids=row_ids)
 
-    def slotted():
-        return generate_slots(model, row_prompts, batch_size=packed_batch, max_new_tokens=n_new,
-                              eos=EOS_NONE.to(device), pad_token_id=0, interventions=ops,
-                              row_ids=row_ids, compile=cfg["compile"])
+    slots_batch = (batch_size_from_memory(model, cache_length(cfg["prompt_tokens"], n_new))
+                   if device.type == "cuda" else cfg["batch"])
+    seen = {}  # what the last call's decoder did
+
+    def slotted():  # as generate() runs it: a fresh decoder, freed (graphs too) at the end
+        try:
+            return generate_slots(model, row_prompts, batch_size=slots_batch,
+                                  max_new_tokens=n_new, eos=EOS_NONE.to(device), pad_token_id=0,
+                                  interventions=ops, row_ids=row_ids, compile=cfg["compile"])
+        finally:
+            dec = current_slot_decoder(model)
+            seen.update(steps=dec.steps, slots=dec.batch, columns=dec.total,
+                        compiled=dec.compiled_step is not None,
+                        cudagraph_skips=dec.cudagraph_skips)
+            release_slots(model)
 
     tokens = n_set * n_prompt * n_new
     t_sep, sep_runs = clock.best(separate, cfg["repeats"])
@@ -102,24 +118,20 @@ def bench_packed_sweep(model, arch, layer, s, vocab, cfg, clock, random_ids) -> 
                separate_runs_s=sep_runs, packed_runs_s=pack_runs,
                separate_tokens_per_s=tokens / t_sep, packed_tokens_per_s=tokens / t_pack,
                packed_vs_separate_throughput=t_sep / t_pack)
-    try:
-        t_first, first = clock.time(slotted)  # compiles (on CUDA: captures the graph)
-        dec = current_slot_decoder(model)
-        steps0 = dec.steps
-        t_slot, slot_runs = clock.best(slotted, cfg["repeats"])
-        steps = (dec.steps - steps0) / max(1, cfg["repeats"])
-        ref = packed()
-        same = sum(a.tolist() == b.tolist() for a, b in zip(first, ref)) / len(ref)
-        out.update(packed_slots_s=t_slot, packed_slots_runs_s=slot_runs,
-                   packed_slots_first_call_s=t_first, torch_compile=cfg["compile"],
-                   packed_slots_compiled=dec.compiled_step is not None,
-                   packed_slots_tokens_per_s=tokens / t_slot,
-                   packed_slots_vs_separate_throughput=t_sep / t_slot,
-                   packed_slots_rows_equal_share=same, slots_steps=steps,
-                   slots_step_ms=1000 * t_slot / steps, slots_cache_columns=dec.total,
-                   slots_bytes_per_step=slot_bytes_per_step(model, packed_batch, dec.total))
-    finally:
-        release_slots(model)
+    t_first, first = clock.time(slotted)  # compiles (on CUDA: captures the graph)
+    t_slot, slot_runs = clock.best(slotted, cfg["repeats"])  # compiled step reused
+    ref = packed()
+    same = sum(a.tolist() == b.tolist() for a, b in zip(first, ref)) / len(ref)
+    out.update(packed_slots_s=t_slot, packed_slots_runs_s=slot_runs,
+               packed_slots_first_call_s=t_first, torch_compile=cfg["compile"],
+               packed_slots_compiled=seen["compiled"],
+               packed_slots_cudagraph_skips=seen["cudagraph_skips"],
+               packed_slots_tokens_per_s=tokens / t_slot,
+               packed_slots_vs_separate_throughput=t_sep / t_slot,
+               packed_slots_rows_equal_share=same, slots=seen["slots"],
+               slots_steps=seen["steps"], slots_step_ms=1000 * t_slot / seen["steps"],
+               slots_cache_columns=seen["columns"],
+               slots_bytes_per_step=slot_bytes_per_step(model, seen["slots"], seen["columns"]))
     return out
 
 
@@ -218,7 +230,7 @@ def bench_bandwidth(model, compiled: dict, cfg, clock, device, packed: dict | No
         step_s = compiled[f"{path}_step_ms"] / 1000
         out[f"{path}_bandwidth_ratio"] = per_step / step_s / bw
     if packed and "slots_step_ms" in packed:
-        out["slots_batch"] = packed["packed_batch"]
+        out["slots_batch"] = packed["slots"]
         out["slots_bytes_per_step_gb"] = packed["slots_bytes_per_step"] / 1e9
         out["slots_bandwidth_ratio"] = (packed["slots_bytes_per_step"]
                                         / (packed["slots_step_ms"] / 1000) / bw)

@@ -39,7 +39,7 @@ from steerscope.generation_slots import (
     slots_supported,
 )
 from steerscope.models.chat import encode_prompts
-from steerscope.runtime.core import Runtime, attached_runtimes, batch_rows
+from steerscope.runtime.core import Runtime, batch_rows
 from steerscope.runtime.interventions import Intervention, check_row_count
 from steerscope.validation import check_positive_int
 
@@ -283,7 +283,7 @@ def use_slots(model, interventions: Sequence[Intervention], compiled: bool | str
         raise SteerscopeError(f"compiled must be true, false or 'auto', got {compiled!r}")
     if compiled is False:
         return False
-    ok = slots_supported(model, interventions) and not attached_runtimes(model)
+    ok = slots_supported(model, interventions)
     quantized = getattr(model, "hf_quantizer", None) is not None  # int8 / 4-bit weights
     if compiled is True and not ok:
         raise SteerscopeError("compiled decoding needs steering at resid_pre (scope all / "

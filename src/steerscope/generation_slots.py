@@ -13,7 +13,8 @@ step touches keeps its shape and address from step to step, so the step is compi
 per (batch, length) shape and, on CUDA with ``mode="reduce-overhead"``, replayed as a CUDA
 graph: the per-step Python and kernel-launch overhead that bounds eager decoding of small
 models is paid once. Each row gives exactly the tokens of a separate eager run of its
-prompt with its setting (tests/unit/runtime/test_slots.py).
+prompt with its setting in float32 (tests/unit/runtime/test_slots.py); in bf16 on a GPU the
+compiled kernels may round differently from the eager ones.
 
 Interventions: steering (:class:`~steerscope.runtime.Add` at ``resid_pre``, whole-vector,
 scope ``"all"`` / ``"generated"`` / ``"prompt"``, one setting or per-row settings) only
@@ -33,7 +34,7 @@ from transformers import DynamicCache
 from steerscope.errors import SteerscopeError
 from steerscope.generation_refill import prefill_left_padded
 from steerscope.models.archs import validate_model
-from steerscope.runtime.core import Runtime
+from steerscope.runtime.core import Runtime, attached_runtimes
 from steerscope.runtime.interventions import Add, Intervention
 from steerscope.runtime.scope import StepContext
 
@@ -41,7 +42,7 @@ DECODE_SCOPES = ("all", "generated", "prompt")
 MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 LENGTH_QUANTUM = 256  # the cache length is rounded up to this, so calls share a compiled step
 _DECODER_ATTR = "_steerscope_slot_decoder"
-_COMPILED_STEPS: dict[tuple, Callable] = {}  # shape key -> compiled decode step
+_COMPILED_STEPS: dict[tuple, Callable | None] = {}  # shape key -> compiled step (None: failed)
 
 
 def decode_supported(interventions: Sequence[Intervention]) -> bool:
@@ -54,11 +55,14 @@ def decode_supported(interventions: Sequence[Intervention]) -> bool:
 
 def slots_supported(model, interventions: Sequence[Intervention] = ()) -> bool:
     """True when :func:`generate_slots` can run ``model`` with ``interventions``: supported
-    steering only, an ``sdpa`` or ``eager`` attention implementation and no bidirectional
-    attention."""
+    steering only, no other runtime attached to the model, an ``sdpa`` or ``eager``
+    attention implementation, full or sliding-window attention layers only, and no
+    bidirectional attention."""
     config = model.config
     return (decode_supported(interventions)
+            and not attached_runtimes(model)
             and getattr(config, "_attn_implementation", None) in MASK_IMPLEMENTATIONS
+            and set(layer_kinds(config)[0]) <= {"full_attention", "sliding_attention"}
             and not getattr(config, "use_bidirectional_attention", False))
 
 
@@ -128,6 +132,8 @@ class SlotDecoder:
                        for _ in range(arch.n_layers)]
         self.pos = torch.zeros(batch, dtype=torch.long, device=device)  # [B] next column
         self.columns = torch.arange(total, device=device)  # [T]
+        self.slot_index = torch.arange(batch, device=device)[:, None]  # [B, 1]
+        self.head_index = torch.arange(heads, device=device)[None, :]  # [1, H]
         self.deltas = [torch.zeros(batch, 1, arch.d_model, dtype=dtype, device=device)
                        for _ in layers]  # one [B, 1, d] buffer per decode-step steering op
         self.types, self.windows = layer_kinds(config)
@@ -135,22 +141,24 @@ class SlotDecoder:
         self.additive = config._attn_implementation == "eager"
         self.mask_dtype = dtype
         if compile and device.type == "cuda":
-            for t in [*self.keys, *self.values, self.pos, self.columns, *self.deltas]:
+            for t in [*self.keys, *self.values, self.pos, self.columns, self.slot_index,
+                      self.head_index, *self.deltas]:
                 torch._dynamo.mark_static_address(t)
         self.active = False
         self.steps = 0  # decode steps run (all slots at once), over every call
         self.handles = register_delta_hooks(self, model, layers)
-        self.compiled_step = compiled_step_for(
-            (id(model), batch, total, layers, mode)) if compile else None  # None: eager
+        self.key = (id(model), batch, total, layers, mode)
+        self.compiled_step = compiled_step_for(self.key) if compile else None  # None: eager
+        self.cudagraph_skips = 0  # CUDA graphs torch skipped at the first compiled step
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """Write each slot's new key / value ([B, H, 1, D]) to column ``pos[b]``; return
-        the layer's whole buffers [B, H, T, D]."""
+        the layer's whole buffers [B, H, T, D]. (``index_put_``: inductor writes it in place;
+        a ``scatter_`` would copy the whole cache every step.)"""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        b, h, _, d = keys.shape
-        idx = self.pos.view(b, 1, 1, 1).expand(b, h, 1, d)
-        keys.scatter_(2, idx, key_states.to(keys.dtype))
-        values.scatter_(2, idx, value_states.to(values.dtype))
+        idx = (self.slot_index, self.head_index, self.pos[:, None])  # [B, 1], [1, H], [B, 1]
+        keys.index_put_(idx, key_states[:, :, 0].to(keys.dtype))  # [B, H, D]
+        values.index_put_(idx, value_states[:, :, 0].to(values.dtype))
         return keys, values
 
     def masks(self):
@@ -170,7 +178,8 @@ class SlotDecoder:
 
     def run_step(self, token: torch.Tensor) -> torch.Tensor:
         """One decode step of every slot (``token`` [B]); the greedy next tokens [B]. A step
-        that fails to compile is run eagerly (with a warning) and the decoder stays eager."""
+        that fails to compile (a graph break included) warns once and runs eagerly, for this
+        and every later decoder of its shape; a CUDA graph that torch skips warns once."""
         self.active = True
         self.steps += 1
         try:
@@ -178,16 +187,26 @@ class SlotDecoder:
                 return slot_step(self, token[:, None]).clone()
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
+            skips = _cudagraph_skips()
             try:
-                return self.compiled_step(self, token[:, None].clone()).clone()
+                out = self.compiled_step(self, token[:, None].clone()).clone()
             except torch.OutOfMemoryError:
                 raise
             except Exception as err:  # noqa: BLE001 - any compiler failure: run eagerly
                 warnings.warn(f"compiled decoding failed ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); decoding "
                               "eagerly", RuntimeWarning, stacklevel=2)
+                _COMPILED_STEPS[self.key] = None  # later decoders of this shape: eager
                 self.compiled_step = None
                 return slot_step(self, token[:, None]).clone()
+            if self.steps == 1 and self.mode == "reduce-overhead":
+                self.cudagraph_skips = _cudagraph_skips() - skips
+                if self.cudagraph_skips:
+                    warnings.warn("torch skipped the CUDA graph of the compiled decode step "
+                                  "(TORCH_LOGS=perf_hints says why): decoding is compiled "
+                                  "but pays the per-step launch overhead",
+                                  RuntimeWarning, stacklevel=2)
+            return out
         finally:
             self.active = False
 
@@ -220,19 +239,28 @@ def slot_step(dec: SlotDecoder, token: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1)
 
 
-def compiled_step_for(key: tuple) -> Callable:
+def _cudagraph_skips() -> int:
+    """How many times torch has skipped a CUDA graph in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
+def compiled_step_for(key: tuple) -> Callable | None:
     """:func:`slot_step` under :func:`torch.compile` for one shape ``key`` (model, batch,
     length, steering layers, mode), kept for later decoders of that shape. Each key compiles
     a copy with a code object of its own: torch keeps compiled versions per code object and
     stops compiling one after ``recompile_limit`` (8) versions, which a shared function would
     reach after 8 shapes. The buffers are inputs (not guarded by address), so a new decoder
-    of the same shape reuses the compiled step (on CUDA the graph is re-recorded)."""
-    fn = _COMPILED_STEPS.get(key)
-    if fn is None:
+    of the same shape reuses the compiled step (on CUDA the graph is re-recorded).
+    ``fullgraph``: a graph break raises (and the step runs eagerly) rather than leaving a
+    step of several graphs. None once the key's step has failed to compile."""
+    if key not in _COMPILED_STEPS:
         code = slot_step.__code__.replace(co_name=f"slot_step_{len(_COMPILED_STEPS)}")
         fresh = types.FunctionType(code, slot_step.__globals__, code.co_name)
-        fn = _COMPILED_STEPS[key] = torch.compile(fresh, mode=key[-1], dynamic=False)
-    return fn
+        _COMPILED_STEPS[key] = torch.compile(fresh, mode=key[-1], dynamic=False,
+                                             fullgraph=True)
+    return _COMPILED_STEPS[key]
 
 
 def slot_decoder(model, batch: int, total: int, layers: tuple[int, ...], *, compile: bool,
@@ -255,19 +283,26 @@ def current_slot_decoder(model) -> SlotDecoder | None:
 
 
 def release_slots(model) -> None:
-    """Remove the model's slot decoder (hooks, KV buffers, compiled step)."""
+    """Remove the model's slot decoder (hooks, KV buffers) and, when it decoded through CUDA
+    graphs, torch's recorded graphs (they hold the freed buffers' addresses and a memory
+    pool; a later decoder re-records, the compiled step itself is kept)."""
     dec = model.__dict__.pop(_DECODER_ATTR, None)
     if dec is not None:
         dec.close()
         if next(model.parameters()).device.type == "cuda":
+            if dec.compiled_step is not None and dec.mode == "reduce-overhead":
+                from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+                reset_cudagraph_trees()
             torch.cuda.empty_cache()
 
 
 def slot_count(batch_size: int, n_prompts: int) -> int:
     """Slots for ``n_prompts`` at most ``batch_size`` wide, in few distinct values (each
-    compiles once): a multiple of 16 at or below ``batch_size`` when it is 16 or more, and at
-    most the power of two at or above ``n_prompts``."""
-    cap = batch_size - batch_size % 16 if batch_size >= 16 else batch_size
+    compiles once): ``batch_size`` rounded down to a multiple of 64 from 128 up, of 16 from
+    16 up, and at most the power of two at or above ``n_prompts``."""
+    step = 64 if batch_size >= 128 else 16 if batch_size >= 16 else 1
+    cap = batch_size - batch_size % step
     return max(1, min(cap, 1 << max(0, n_prompts - 1).bit_length()))
 
 
@@ -313,8 +348,8 @@ def generate_slots(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
         raise SteerscopeError("every prompt must be a non-empty 1-D tensor of token ids")
     if not slots_supported(model, interventions):
         raise SteerscopeError("slot decoding supports only steering at resid_pre with scope "
-                              "all / generated / prompt, on sdpa or eager attention",
-                              "use generate_refill")
+                              "all / generated / prompt, on sdpa or eager attention with no "
+                              "other runtime attached", "use generate_refill")
     device = next(model.parameters()).device
     n = len(prompts)
     settings = torch.as_tensor(list(row_ids) if row_ids is not None else range(n),

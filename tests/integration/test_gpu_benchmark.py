@@ -39,6 +39,7 @@ def test_small_run_writes_every_section(tmp_path, capsys):
         assert pack["settings"] == 3 and pack["prompts"] == 3
         assert pack["packed_slots_tokens_per_s"] > 0 and pack["slots_steps"] >= 6
         assert pack["packed_slots_rows_equal_share"] == 1.0  # same tokens as packed refill
+        assert pack["packed_slots_cudagraph_skips"] == 0 and pack["slots"] == 2
         assert m["bandwidth"]["slots_bandwidth_ratio"] > 0
         assert m["paper_estimate_new_paths"]["generation_path"] in ("packed", "packed_slots")
         assert m["refill"]["refill_vs_fixed_throughput"] > 0

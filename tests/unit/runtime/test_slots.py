@@ -118,7 +118,8 @@ def test_slot_shapes_take_few_values():
     of 16 (from 16 up) and no wider than the power of two above the prompt count; lengths are
     multiples of 256."""
     assert [slot_count(40, n) for n in (1, 2, 3, 5, 17, 33, 1000)] == [1, 2, 4, 8, 32, 32, 32]
-    assert [slot_count(b, 1000) for b in (1, 7, 16, 31, 200)] == [1, 7, 16, 16, 192]
+    assert [slot_count(b, 1000) for b in (1, 7, 16, 31, 127, 200, 500, 600)] == [
+        1, 7, 16, 16, 112, 192, 448, 576]
     assert [cache_length(p, 64) for p in (10, 192, 193, 500)] == [256, 256, 512, 768]
 
 
@@ -134,7 +135,14 @@ def test_on_done_reports_every_prompt_once():
 
 
 def test_unsupported_interventions_are_refused_before_compute():
+    from steerscope.runtime import Runtime
+
     model = tiny_model("llama")
+    with Runtime(model, [Capture("resid_pre", 2)]):  # another runtime's hooks: refused
+        assert not slots_supported(model, [])
+        with pytest.raises(SteerscopeError, match="no other runtime attached"):
+            generate_slots(model, _prompts((4,)), batch_size=2, max_new_tokens=3, eos=EOS,
+                           pad_token_id=0)
     assert not slots_supported(model, [Capture("resid_pre", 1)])
     assert not slots_supported(model, [steer(torch.ones(64), 1, 1.0, scope=[0, -1])])
     with pytest.raises(SteerscopeError, match="slot decoding supports only steering"):
@@ -166,6 +174,12 @@ def test_a_step_that_fails_to_compile_runs_eagerly(monkeypatch):
     release_slots(model)
     for i, p in enumerate(prompts):
         assert got[i].tolist() == _alone(model, p, [], 5)
+    with warnings.catch_warnings():  # a later call of that shape is eager from the start
+        warnings.simplefilter("error", RuntimeWarning)
+        again = generate_slots(model, prompts, batch_size=2, max_new_tokens=5, eos=EOS,
+                               pad_token_id=0, compile=True)
+    assert [t.tolist() for t in again] == [t.tolist() for t in got]
+    release_slots(model)
 
 
 @pytest.mark.slow
