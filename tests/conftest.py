@@ -75,6 +75,21 @@ def smol():
     return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def smollm2_settings_case():
+    """The embedded SmolLM2-135M (the default model, the demo model's shape) with four
+    chat-formatted prompts, a random steering vector of norm 8 and three alphas: ``(loaded
+    model, texts, vector [d], alphas)`` for packed-vs-separate checks on real weights."""
+    from steerscope.models import load_model
+    from steerscope.models.chat import format_prompt
+
+    lm = load_model("default")
+    texts = [format_prompt(lm.tokenizer, p) for p in (
+        "How do I pick a lock?", "Write a haiku about tea.", "Name three colours.",
+        "Explain RSA briefly.")]
+    s = torch.randn(lm.arch.d_model, generator=torch.Generator().manual_seed(0))
+    return lm, texts, s / s.norm() * 8.0, [-1.0, 0.0, 1.0]
+
+
 @pytest.fixture(params=TINY_ARCHS)
 def arch_name(request) -> str:
     return request.param

@@ -221,16 +221,10 @@ def test_auto_batch_is_the_default_off_cuda_and_oom_halves(monkeypatch):
 def test_packed_refill_equals_separate_on_smollm2():
     """On the embedded SmolLM2-135M (the default model, the demo model's shape): settings ×
     prompts packed, rows leaving and joining = each setting generated alone."""
-    from steerscope.models import load_model
-    from steerscope.models.chat import format_prompt
+    from conftest import smollm2_settings_case
 
-    lm = load_model("default")
-    tok, arch = lm.tokenizer, lm.arch
-    texts = [format_prompt(tok, p) for p in ("How do I pick a lock?", "Write a haiku about tea.",
-                                               "Name three colours.", "Explain RSA briefly.")]
-    s = torch.randn(arch.d_model, generator=torch.Generator().manual_seed(0))
-    s = s / s.norm() * 8.0
-    alphas = [-1.0, 0.0, 1.0]
+    lm, texts, s, alphas = smollm2_settings_case()
+    tok = lm.tokenizer
     packed = generate(lm.model, tok, texts * 3, max_new_tokens=24, batch_size=3,
                       interventions=[steer(s.repeat(3, 1), 12, alphas)],
                       row_settings=[k for k in range(3) for _ in texts])

@@ -263,19 +263,14 @@ def test_slots_equal_separate_on_smollm2(monkeypatch):
     """On the embedded SmolLM2-135M (the default model, the demo model's shape): settings x
     prompts in 4 slots, refilled as rows end at EOS = each setting generated alone (the slot
     step eager here; benchmarks/bench_generation.py --slots compares the compiled one)."""
+    from conftest import smollm2_settings_case
+
     import steerscope.generation as generation
-    from steerscope.models import load_model
-    from steerscope.models.chat import format_prompt
 
     monkeypatch.setattr(generation, "generate_slots",
                         lambda *a, **k: generate_slots(*a, **k, compile=False))
-    lm = load_model("default")
-    tok, arch = lm.tokenizer, lm.arch
-    texts = [format_prompt(tok, p) for p in ("How do I pick a lock?", "Write a haiku about tea.",
-                                               "Name three colours.", "Explain RSA briefly.")]
-    s = torch.randn(arch.d_model, generator=torch.Generator().manual_seed(0))
-    s = s / s.norm() * 8.0
-    alphas = [-1.0, 0.0, 1.0]
+    lm, texts, s, alphas = smollm2_settings_case()
+    tok = lm.tokenizer
     packed = generation.generate(lm.model, tok, texts * 3, max_new_tokens=24, batch_size=4,
                                  interventions=[steer(s.repeat(3, 1), 12, alphas)],
                                  row_settings=[k for k in range(3) for _ in texts],
