@@ -81,13 +81,13 @@ def setting_deltas(op: Add, rows: torch.Tensor, like: torch.Tensor) -> torch.Ten
 def layer_kinds(config) -> tuple[list[str], dict[str, int | None]]:
     """Each layer's attention kind and each kind's window (None: full attention), as the
     model's own mask functions see them."""
-    types = getattr(config, "layer_types", None)
-    if types is None:
+    kinds = getattr(config, "layer_types", None)
+    if kinds is None:
         kind = "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
-        types = [kind] * int(config.num_hidden_layers)
+        kinds = [kind] * int(config.num_hidden_layers)
     windows = {k: (int(config.sliding_window) if k == "sliding_attention" else None)
-               for k in set(types)}
-    return list(types), windows
+               for k in set(kinds)}
+    return list(kinds), windows
 
 
 def register_delta_hooks(owner, model, layers: Sequence[int]) -> list:
