@@ -374,8 +374,8 @@ def generate_slots(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
     waiting = list(range(n))
     live: list[torch.Tensor | None] = [None]  # [B] bool on the device, rebuilt on a change
 
-    def record(slot: int, tok: int) -> bool:
-        """Append ``tok`` to the slot's row; True (and the slot freed) when the row ends."""
+    def record(slot: int, tok: int) -> None:
+        """Append ``tok`` to the slot's row; free the slot when the row ends."""
         i = held[slot]
         made[slot].append(tok)
         if tok in eos_ids or len(made[slot]) >= limits[i]:
@@ -384,8 +384,6 @@ def generate_slots(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
                 on_done(i, made[slot])
             held[slot], made[slot] = None, []
             live[0] = None
-            return True
-        return False
 
     while True:
         free = [b for b in range(batch) if held[b] is None]
@@ -413,8 +411,8 @@ def generate_slots(model, prompts: Sequence[torch.Tensor], *, batch_size: int,
         if live[0] is None:
             live[0] = torch.tensor([h is not None for h in held], device=device)  # [B]
         nxt = dec.run_step(token)  # [B]
-        dec.pos += live[0].long()  # finished slots keep writing their last column
-        token = torch.where(live[0], nxt, token)
+        dec.pos += live[0].long()  # free slots keep writing their last column
+        token = nxt  # a free slot's token is never read (its next occupant's is set)
         for slot, tok in enumerate(nxt.tolist()):
             if held[slot] is not None:
                 record(slot, tok)
